@@ -1,0 +1,187 @@
+"""Turn a scenario's cohort into sites and held-out test sets, once per run.
+
+The cohort (synthesised into the cache, or read from disk with any supported layout) is
+split into the scenario's hospitals and a test set per modality, and every volume used is
+preprocessed into the slice cache, so trials (in any process) read arrays, not NIfTI.
+The split is written to the run directory as ``cohort.json``.
+
+Assignment rules (deterministic):
+- test patients: the cohort's ``split == "test"`` patients first, then others, in sorted
+  order; the first ``k`` with a T2 volume form the T2 test set, the next ``k`` with a
+  FLAIR volume the FLAIR test set (disjoint patients, as in the poster);
+- each site takes training patients whose cohort site has its name first, then patients
+  from the rest of the pool, in sorted order; no patient serves two sites.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from fedll.config import Scenario
+from fedll.data import MODALITIES
+from fedll.data.layouts import CaseRecord, discover
+from fedll.data.slices import CaseSlices, SliceCache, SliceSpec, load_slices
+from fedll.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PreparedCohort:
+    """Training records per site, test records per modality, and how to slice them."""
+
+    sites: dict[str, tuple[CaseRecord, ...]]
+    test: dict[str, tuple[CaseRecord, ...]]
+    spec: SliceSpec
+    cache_dir: Path
+
+    def cache(self) -> SliceCache:
+        return SliceCache(self.cache_dir / "slices")
+
+    def site_slices(self, site: str) -> list[CaseSlices]:
+        return load_slices(list(self.sites[site]), self.spec, self.cache())
+
+    def test_slices(self, modality: str) -> list[CaseSlices]:
+        return load_slices(list(self.test[modality]), self.spec, self.cache())
+
+    def to_json(self) -> str:
+        def rec(r: CaseRecord) -> dict:
+            d = asdict(r)
+            d["image"], d["mask"] = str(r.image), str(r.mask)
+            return d
+
+        return json.dumps(
+            {
+                "sites": {s: [rec(r) for r in rs] for s, rs in self.sites.items()},
+                "test": {m: [rec(r) for r in rs] for m, rs in self.test.items()},
+                "spec": asdict(self.spec),
+                "cache_dir": str(self.cache_dir),
+            },
+            indent=1,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> PreparedCohort:
+        data = json.loads(text)
+
+        def rec(d: dict) -> CaseRecord:
+            return CaseRecord(**{**d, "image": Path(d["image"]), "mask": Path(d["mask"])})
+
+        return cls(
+            sites={s: tuple(rec(d) for d in rs) for s, rs in data["sites"].items()},
+            test={m: tuple(rec(d) for d in rs) for m, rs in data["test"].items()},
+            spec=SliceSpec(**data["spec"]),
+            cache_dir=Path(data["cache_dir"]),
+        )
+
+    def write(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(self.to_json())
+        os.replace(tmp, path)
+
+    @classmethod
+    def read(cls, path: Path) -> PreparedCohort:
+        return cls.from_json(Path(path).read_text())
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/fedll`` (``~/.cache/fedll``): cohorts and slices shared by runs."""
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "fedll"
+
+
+def synthetic_cohort_dir(scenario: Scenario, cache_dir: Path) -> Path:
+    """Where the scenario's synthetic cohort lives in the cache (keyed by its arguments)."""
+    from fedll.data.cohort import generate_cohort
+
+    assert scenario.cohort.synthetic is not None
+    sites = [s.name for s in scenario.sites]
+    patients = scenario.synthetic_patients()
+    test_patients = 2 * scenario.test.patients_per_modality
+    key = json.dumps(
+        {"patients": patients, "sites": sites, "seed": scenario.cohort.synthetic.seed,
+         "test": test_patients, "v": 1},
+        sort_keys=True,
+    )
+    out = cache_dir / "cohorts" / hashlib.sha1(key.encode()).hexdigest()[:16]
+    manifest = out / "manifest.csv"
+    if not manifest.exists():
+        logger.info("synthesising %d patients into %s", patients, out)
+        tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+        generate_cohort(
+            tmp, patients=patients, sites=sites, seed=scenario.cohort.synthetic.seed,
+            test_patients=test_patients,
+        )
+        if out.exists():  # another process won the race; keep its copy
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    return out
+
+
+def split_cohort(records: list[CaseRecord], scenario: Scenario, source: str) -> tuple[dict, dict]:
+    """Assign records to the scenario's sites and per-modality test sets (see module doc)."""
+    by_patient: dict[str, dict[str, CaseRecord]] = defaultdict(dict)
+    for r in records:
+        by_patient[r.patient][r.modality] = r
+    patients = sorted(by_patient)
+    test_first = [p for p in patients if any(r.split == "test" for r in by_patient[p].values())]
+    order = test_first + [p for p in patients if p not in set(test_first)]
+    k = scenario.test.patients_per_modality
+    used: set[str] = set()
+    test: dict[str, tuple[CaseRecord, ...]] = {}
+    for modality in MODALITIES:
+        chosen = [p for p in order if p not in used and modality in by_patient[p]][:k]
+        if len(chosen) < k:
+            raise ConfigError(
+                f"{source}: test.patients_per_modality: {k} {modality} test patients asked, "
+                f"the cohort has {len(chosen)} left"
+            )
+        used.update(chosen)
+        test[modality] = tuple(by_patient[p][modality] for p in chosen)
+    sites: dict[str, tuple[CaseRecord, ...]] = {}
+    for i, site in enumerate(scenario.sites):
+        own = [p for p in patients if p not in used and site.modality in by_patient[p]
+               and by_patient[p][site.modality].site == site.name]
+        rest = [p for p in patients if p not in used and p not in set(own)
+                and site.modality in by_patient[p]
+                and by_patient[p][site.modality].site not in {s.name for s in scenario.sites}]
+        chosen = (own + rest)[: site.patients]
+        if len(chosen) < site.patients:
+            raise ConfigError(
+                f"{source}: sites.{i}.patients: {site.name} asks for {site.patients} "
+                f"{site.modality} patients, the cohort has {len(chosen)} left for it"
+            )
+        used.update(chosen)
+        sites[site.name] = tuple(by_patient[p][site.modality] for p in chosen)
+    return sites, test
+
+
+def prepare_cohort(scenario: Scenario, cache_dir: Path | None = None, source: str = "<scenario>") -> PreparedCohort:
+    """Build or read the cohort, split it, and fill the slice cache for every case used."""
+    cache_dir = Path(scenario.cache_dir or cache_dir or default_cache_dir())
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    if scenario.cohort.synthetic is not None:
+        root, layout = synthetic_cohort_dir(scenario, cache_dir), "manifest"
+    else:
+        assert scenario.cohort.path is not None
+        root, layout = scenario.cohort.path, scenario.cohort.layout
+    records = discover(root, layout)
+    sites, test = split_cohort(records, scenario, source)
+    spec = SliceSpec(
+        size=scenario.slices.size, empty_fraction=scenario.slices.empty_fraction,
+        seed=scenario.slices.seed,
+    )
+    prepared = PreparedCohort(sites=sites, test=test, spec=spec, cache_dir=cache_dir)
+    used = [r for rs in sites.values() for r in rs] + [r for rs in test.values() for r in rs]
+    logger.info("preprocessing %d volumes into the slice cache", len(used))
+    load_slices(used, spec, prepared.cache())
+    return prepared

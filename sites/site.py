@@ -1,0 +1,79 @@
+"""Who this node is and which cases it holds: from the scenario (simulation) or from
+the SuperNode's ``--node-config`` (deployment)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedll.data import MODALITIES
+from fedll.data.layouts import CaseRecord, discover
+from fedll.data.prepare import PreparedCohort, default_cache_dir
+from fedll.data.slices import CaseSlices, SliceCache, SliceSpec, load_slices
+from fedll.errors import ConfigError, DataError
+
+
+@dataclass(frozen=True)
+class Site:
+    """A hospital: its name, its one modality and its training cases in arrival order."""
+
+    name: str
+    modality: str
+    records: tuple[CaseRecord, ...]
+    cache_dir: Path
+
+    def cases(self, spec: SliceSpec, indices: range) -> list[CaseSlices]:
+        """Preprocessed slices of the cases at ``indices`` (0-based, arrival order)."""
+        if indices.stop > len(self.records):
+            raise DataError(
+                f"site {self.name}: cases {indices.start}..{indices.stop - 1} asked, "
+                f"it holds {len(self.records)}"
+            )
+        chosen = [self.records[i] for i in indices]
+        return load_slices(chosen, spec, SliceCache(self.cache_dir / "slices"))
+
+
+def site_from_node_config(node_config: Mapping[str, Any]) -> Site:
+    """A deployed site: ``site``, ``modality`` and ``data-dir`` (+ optional ``cache-dir``)."""
+    missing = [k for k in ("site", "modality", "data-dir") if k not in node_config]
+    if missing:
+        raise ConfigError(f"--node-config: missing {', '.join(missing)} (need site, modality, data-dir)")
+    name, modality = str(node_config["site"]), str(node_config["modality"]).lower()
+    if modality not in MODALITIES:
+        raise ConfigError(f"--node-config: modality {modality!r} is not one of {', '.join(MODALITIES)}")
+    data_dir = Path(str(node_config["data-dir"])).expanduser()
+    if not data_dir.exists():
+        raise ConfigError(f"--node-config: data-dir {data_dir} does not exist")
+    records = tuple(
+        sorted(
+            (r for r in discover(data_dir) if r.modality == modality and r.split != "test"),
+            key=lambda r: r.patient,
+        )
+    )
+    if not records:
+        raise DataError(f"{data_dir}: no {modality} training cases found")
+    cache = Path(str(node_config.get("cache-dir") or default_cache_dir())).expanduser()
+    return Site(name=name, modality=modality, records=records, cache_dir=cache)
+
+
+def site_from_simulation(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) -> Site:
+    """A simulated site: ``partition-id`` indexes the scenario's site list."""
+    if "cohort-index" not in run_config:
+        raise ConfigError("run config: missing cohort-index (the run's cohort.json)")
+    prepared = PreparedCohort.read(Path(str(run_config["cohort-index"])))
+    names = list(prepared.sites)
+    pid = int(node_config["partition-id"])
+    if not 0 <= pid < len(names):
+        raise ConfigError(f"node config: partition-id {pid} but the scenario has {len(names)} sites")
+    name = names[pid]
+    records = prepared.sites[name]
+    return Site(name=name, modality=records[0].modality, records=records, cache_dir=prepared.cache_dir)
+
+
+def resolve_site(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) -> Site:
+    """Deployment when the node config names a data dir, simulation otherwise."""
+    if "partition-id" in node_config and "data-dir" not in node_config:
+        return site_from_simulation(node_config, run_config)
+    return site_from_node_config(node_config)
