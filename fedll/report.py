@@ -1,0 +1,658 @@
+"""The forgetting table (CSV / Markdown / LaTeX) and the plots of a run, from results.csv.
+
+``results.csv`` is long: one row per trial x round x evaluated modality x test case, with the
+columns of ``RESULT_COLUMNS``; ``arriving`` holds the modalities that trained in that round,
+";"-joined ("" for round 0, the untrained model). A trial's rows give its Dice matrix ``R``
+(``dice_matrix``), from which ``fedll.metrics`` computes the measures of DESIGN.md
+"Definitions"; ``forgetting_table`` summarises them as mean ± std over the seeds of each
+configuration (``CONFIG_COLUMNS`` plus any of ``EXTRA_CONFIG_COLUMNS`` present).
+Plots are drawn on ``matplotlib.figure.Figure`` (Agg, no pyplot state), imported lazily.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fedll.data import MODALITIES
+from fedll.errors import DataError
+from fedll.metrics import (
+    area_under_curve,
+    backward_transfer,
+    final_dice,
+    forgetting,
+    learning_accuracy,
+    switch_drops,
+)
+
+logger = logging.getLogger(__name__)
+
+RESULT_COLUMNS: tuple[str, ...] = (
+    "trial", "model", "ordering", "arrival_batch", "strategy", "seed",
+    "round", "sites", "arriving", "modality", "case", "dice",
+)  # fmt: skip
+ATTENTION_COLUMNS: tuple[str, ...] = (
+    "trial", "model", "ordering", "arrival_batch", "strategy", "seed",
+    "round", "modality", "layer", "kernel", "mass",
+)  # fmt: skip
+CONFIG_COLUMNS: tuple[str, ...] = ("model", "ordering", "arrival_batch", "strategy")
+EXTRA_CONFIG_COLUMNS: tuple[str, ...] = ("cl", "cl_method", "variant")
+MEASURES: dict[str, str] = {  # column -> label in the formatted table
+    "final_dice": "final Dice",
+    "forgetting_final": "forgetting (final)",
+    "forgetting_max": "forgetting (max)",
+    "switch_drop_mean": "switch drop (mean)",
+    "switch_drop_max": "switch drop (max)",
+    "bwt": "BWT",
+    "learning_accuracy": "learning acc.",
+    "auc": "AUC",
+    "mean_final_dice": "mean final Dice",
+}
+LABELS = {"t2": "T2", "flair": "FLAIR"}
+_INTEGER_COLUMNS = ("arrival_batch", "seed", "round")
+_SHADES = {"t2": "#dde9f6", "flair": "#fdebd6", "both": "#ebe1f1"}
+_LINE_COLORS = ("#222222", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+
+Matrix = tuple[np.ndarray, list[frozenset[int]]]
+
+
+def config_columns(frame: pd.DataFrame) -> list[str]:
+    """The columns that identify a configuration (seeds of one configuration are averaged)."""
+    return [*CONFIG_COLUMNS, *(c for c in EXTRA_CONFIG_COLUMNS if c in frame.columns)]
+
+
+# ---------------------------------------------------------------- reading and checking
+
+
+def read_results(path: Path) -> pd.DataFrame:
+    """Read and check a results.csv; DataError (one line naming the file) when unusable."""
+    return check_results(_read_csv(Path(path)), str(path))
+
+
+def read_attention(path: Path) -> pd.DataFrame:
+    """Read and check an attention.csv (``ATTENTION_COLUMNS``)."""
+    frame = _read_csv(Path(path))
+    _require_columns(frame, ATTENTION_COLUMNS, str(path))
+    frame = frame.copy()
+    frame["trial"] = frame["trial"].astype(str)
+    for col in ("round", "seed", "arrival_batch"):
+        frame[col] = _integers(frame[col], str(path), col)
+    frame["mass"] = _floats(frame["mass"], str(path), "mass")
+    return frame
+
+
+def check_results(results: pd.DataFrame, source: str = "results") -> pd.DataFrame:
+    """Validate long-format results and return a normalised copy (typed columns).
+
+    Raises DataError naming ``source`` for missing columns, no rows, non-numeric or out-of-range
+    values, unknown modalities, duplicated cases, or a trial/round whose configuration or
+    ``arriving`` is not unique.
+    """
+    _require_columns(results, RESULT_COLUMNS, source)
+    if results.empty:
+        raise DataError(f"{source}: no result rows")
+    out = results.copy()
+    numeric = {*_INTEGER_COLUMNS, "dice"}
+    for col in [*RESULT_COLUMNS, *EXTRA_CONFIG_COLUMNS]:
+        if col in out.columns and col not in numeric:
+            out[col] = out[col].fillna("").astype(str)
+    for col in _INTEGER_COLUMNS:
+        out[col] = _integers(out[col], source, col)
+    out["dice"] = _floats(out["dice"], source, "dice")
+    if ((out["dice"] < 0) | (out["dice"] > 1)).any():
+        raise DataError(f"{source}: column dice has values outside [0, 1]")
+    unknown = sorted(set(out["modality"]) - set(MODALITIES))
+    if unknown:
+        raise DataError(
+            f"{source}: unknown modality {unknown[0]!r} (expected {', '.join(MODALITIES)})"
+        )
+    canonical = {  # "flair;t2" and " t2 ; flair" are the same arrival as "t2;flair"
+        value: ";".join(MODALITIES[m] for m in sorted(_parse_arriving(value, source)))
+        for value in out["arriving"].unique()
+    }
+    out["arriving"] = out["arriving"].map(canonical)
+    if (out["round"] < 0).any():
+        raise DataError(f"{source}: column round has negative values")
+    if (out.loc[out["round"] == 0, "arriving"] != "").any():
+        raise DataError(f"{source}: round 0 (the untrained model) must have an empty arriving")
+    dup = out.duplicated(["trial", "round", "modality", "case"])
+    if dup.any():
+        row = out[dup].iloc[0]
+        raise DataError(
+            f"{source}: trial {row['trial']} round {row['round']} has case {row['case']!r} "
+            f"({row['modality']}) twice"
+        )
+    for keys, cols in (
+        (["trial"], [*config_columns(out), "seed"]),
+        (["trial", "round"], ["arriving"]),
+    ):
+        counts = out.groupby(keys)[cols].nunique()
+        bad = counts[(counts > 1).any(axis=1)]
+        if not bad.empty:
+            col = bad.columns[(bad.iloc[0] > 1).to_numpy()][0]
+            where = " ".join(
+                f"{k} {v}" for k, v in zip(keys, np.atleast_1d(bad.index[0]), strict=True)
+            )
+            raise DataError(f"{source}: {where} has several values of {col}")
+    return out
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: empty file (no header)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DataError(f"{path}: not a readable CSV ({reason})") from None
+
+
+def _require_columns(frame: pd.DataFrame, columns: Sequence[str], source: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"{source}: missing columns {', '.join(missing)}")
+
+
+def _integers(series: pd.Series, source: str, col: str) -> pd.Series:
+    values = pd.to_numeric(series, errors="coerce")
+    bad = values.isna() | (values != values.round())
+    if bad.any():
+        raise DataError(f"{source}: column {col} needs integers, got {series[bad].iloc[0]!r}")
+    return values.astype(np.int64)
+
+
+def _floats(series: pd.Series, source: str, col: str) -> pd.Series:
+    values = pd.to_numeric(series, errors="coerce").astype(np.float64)
+    text = series.astype(str).str.strip().str.lower()
+    bad = values.isna() & series.notna() & ~text.isin(["", "nan", "none"])
+    if bad.any():
+        raise DataError(f"{source}: column {col} needs numbers, got {series[bad].iloc[0]!r}")
+    return values
+
+
+def _parse_arriving(value: str, source: str) -> frozenset[int]:
+    names = [v.strip() for v in value.split(";") if v.strip()]
+    unknown = [n for n in names if n not in MODALITIES]
+    if unknown:
+        raise DataError(f"{source}: column arriving has unknown modality {unknown[0]!r}")
+    return frozenset(MODALITIES.index(n) for n in names)
+
+
+# ---------------------------------------------------------------- Dice matrices and tables
+
+
+def dice_matrix(trial_results: pd.DataFrame, source: str = "results") -> Matrix:
+    """The Dice matrix of one trial's rows (checked, as from ``check_results``): ``R`` (T + 1, M)
+    and ``arriving`` (T + 1 sets).
+
+    ``R[t, m]`` is the mean Dice over modality ``MODALITIES[m]``'s test cases after round ``t``
+    (NaN Dice values skipped; NaN when a round or modality has no rows); ``arriving[t]`` the
+    indices of the modalities that trained in round ``t`` (empty for round 0 and missing rounds).
+    """
+    rounds = int(trial_results["round"].max())
+    R = np.full((rounds + 1, len(MODALITIES)), np.nan)
+    means = trial_results.groupby(["round", "modality"])["dice"].mean()
+    for (t, modality), value in means.items():
+        R[int(t), MODALITIES.index(modality)] = value
+    arriving: list[frozenset[int]] = [frozenset() for _ in range(rounds + 1)]
+    for t, value in trial_results.groupby("round")["arriving"].first().items():
+        arriving[int(t)] = _parse_arriving(value, source)
+    if arriving[0]:
+        raise DataError(f"{source}: round 0 (the untrained model) must have an empty arriving")
+    missing = sorted(set(range(rounds + 1)) - set(trial_results["round"]))
+    if missing:
+        logger.warning(
+            "trial %s has no rows for rounds %s", trial_results["trial"].iloc[0], missing
+        )
+    return R, arriving
+
+
+def trial_matrices(results: pd.DataFrame) -> dict[str, Matrix]:
+    """``dice_matrix`` of every trial, keyed by trial id (in the order of the rows)."""
+    return _matrices(check_results(results))
+
+
+def _matrices(results: pd.DataFrame) -> dict[str, Matrix]:
+    return {str(t): dice_matrix(frame) for t, frame in results.groupby("trial", sort=False)}
+
+
+def trial_summary(results: pd.DataFrame) -> pd.DataFrame:
+    """One row per trial x evaluated modality with every measure of ``MEASURES``.
+
+    Per modality ``m``: ``final_dice`` R[T, m]; ``forgetting_final`` / ``forgetting_max`` the
+    last and the largest entry of ``forgetting(R)[:, m]``; ``switch_drop_mean`` / ``_max`` over
+    the drops of ``m`` at switches (NaN without any); ``bwt`` and ``learning_accuracy`` as in
+    ``fedll.metrics`` for modality ``m``; ``auc`` the mean Dice over rounds 1..T. The trial's
+    ``mean_final_dice`` (mean over modalities) is repeated on each of its rows.
+    """
+    results = check_results(results)
+    keys = config_columns(results)
+    evaluated = [m for m in MODALITIES if m in set(results["modality"])]
+    rows = []
+    for trial, frame in results.groupby("trial", sort=False):
+        R, arriving = dice_matrix(frame)
+        F, final, auc = forgetting(R), final_dice(R), area_under_curve(R)
+        mean_final = _nan_reduce(np.nanmean, final[[MODALITIES.index(e) for e in evaluated]])
+        first = frame.iloc[0]
+        for modality in evaluated:
+            m = MODALITIES.index(modality)
+            drops = switch_drops(R, arriving, modality=m)
+            rows.append(
+                {
+                    "trial": trial,
+                    **{k: first[k] for k in keys},
+                    "seed": first["seed"],
+                    "modality": modality,
+                    "rounds": R.shape[0] - 1,
+                    "final_dice": final[m],
+                    "forgetting_final": F[-1, m],
+                    "forgetting_max": _nan_reduce(np.nanmax, F[:, m]),
+                    "switch_drop_mean": _nan_reduce(np.nanmean, drops),
+                    "switch_drop_max": _nan_reduce(np.nanmax, drops),
+                    "bwt": backward_transfer(R, arriving, modality=m),
+                    "learning_accuracy": learning_accuracy(R, arriving, modality=m),
+                    "auc": auc[m],
+                    "mean_final_dice": mean_final,
+                }
+            )
+    return _sorted(pd.DataFrame(rows), [*keys, "seed"])
+
+
+def forgetting_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Per configuration x modality: ``n_seeds`` and ``<measure>_mean`` / ``<measure>_std``.
+
+    Means skip NaN (a seed without switches adds no switch drop); std is the sample standard
+    deviation over seeds (ddof=1, NaN for a single seed).
+    """
+    return summarise(trial_summary(results))
+
+
+def summarise(summary: pd.DataFrame) -> pd.DataFrame:
+    """Aggregate a ``trial_summary`` over the seeds of each configuration x modality."""
+    keys = [*config_columns(summary), "modality"]
+    groups = summary.groupby(keys, sort=False, dropna=False)
+    measures = list(MEASURES)
+    parts = [
+        groups["trial"].nunique().rename("n_seeds"),
+        groups[measures].mean().add_suffix("_mean"),
+        groups[measures].std(ddof=1).add_suffix("_std"),
+        groups[measures].count().add_suffix("_n"),
+    ]
+    table = pd.concat(parts, axis=1).reset_index()
+    repeated = groups["seed"].nunique() < table.set_index(keys)["n_seeds"]
+    if repeated.any():
+        logger.warning("configurations with repeated seeds: %s", list(repeated[repeated].index))
+    stats = [f"{m}_{s}" for m in measures for s in ("mean", "std", "n")]
+    return _sorted(table[[*keys, "n_seeds", *stats]], keys[:-1])
+
+
+def format_table(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """The readable view: one "mean ± std" string per measure; "n/a" where no seed has a value,
+    and "(n=k)" where only k of the configuration's seeds have one."""
+
+    def cell(mean: float, std: float, n: int, seeds: int) -> str:
+        if np.isnan(mean):
+            return "n/a"
+        text = f"{mean:.{digits}f}" + ("" if np.isnan(std) else f" ± {std:.{digits}f}")
+        return text + (f" (n={n})" if n < seeds else "")
+
+    keys = [*config_columns(table), "modality"]
+    view = table[keys].copy()
+    view["modality"] = view["modality"].map(lambda m: LABELS.get(m, m))
+    view["seeds"] = table["n_seeds"]
+    for measure, label in MEASURES.items():
+        columns = [table[f"{measure}_{s}"] for s in ("mean", "std", "n")] + [table["n_seeds"]]
+        view[label] = [cell(*values) for values in zip(*columns, strict=True)]
+    return view.astype(str)
+
+
+def to_markdown(view: pd.DataFrame) -> str:
+    """A GitHub-style pipe table of a string DataFrame."""
+
+    def row(cells: Sequence[Any]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    lines = [row(view.columns), "|" + "|".join("---" for _ in view.columns) + "|"]
+    lines += [row(r) for r in view.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def to_latex(view: pd.DataFrame) -> str:
+    """A booktabs ``tabular`` of a string DataFrame (needs ``\\usepackage{booktabs}``)."""
+
+    def escape(text: Any) -> str:
+        text = re.sub(r"([&%$#_{}])", r"\\\1", str(text).replace("\\", "\0"))
+        text = text.replace("\0", r"\textbackslash{}").replace("~", r"\textasciitilde{}")
+        return text.replace("^", r"\textasciicircum{}").replace("±", r"$\pm$")
+
+    def row(cells: Sequence[Any]) -> str:
+        return " & ".join(escape(c) for c in cells) + r" \\"
+
+    return "\n".join(
+        [
+            r"\begin{tabular}{" + "l" * len(view.columns) + "}",
+            r"\toprule",
+            row(view.columns),
+            r"\midrule",
+            *(row(r) for r in view.itertuples(index=False)),
+            r"\bottomrule",
+            r"\end{tabular}",
+            "",
+        ]
+    )
+
+
+def write_tables(table: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Write forgetting.csv (numeric), forgetting.md and forgetting.tex (mean ± std)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    view = format_table(table)
+    texts = {
+        "forgetting.csv": table.to_csv(index=False),
+        "forgetting.md": to_markdown(view),
+        "forgetting.tex": to_latex(view),
+    }
+    paths = []
+    for name, text in texts.items():
+        path = out_dir / name
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+        paths.append(path)
+    logger.info("wrote %s", ", ".join(str(p) for p in paths))
+    return paths
+
+
+def attention_distance(attention: pd.DataFrame) -> pd.DataFrame:
+    """Total-variation distance between T2 and FLAIR attention, per trial x round x layer.
+
+    Each modality's ``mass`` over a layer's kernels is normalised to sum 1, then
+    ``tv = 0.5 * sum_k |p_t2(k) - p_flair(k)|`` (0 = same routing, 1 = disjoint kernels).
+    """
+    keys = ["trial", "round", "layer"]
+    mass = attention.groupby([*keys, "kernel", "modality"], sort=False)["mass"].mean()
+    wide = mass.unstack("modality").reindex(columns=list(MODALITIES))
+    wide = wide / wide.groupby(level=keys, sort=False).transform("sum")
+    tv = (wide["t2"] - wide["flair"]).abs().groupby(level=keys, sort=False).sum(min_count=1) / 2
+    return tv.rename("tv").reset_index()
+
+
+# ---------------------------------------------------------------- plots
+
+
+def write_plots(
+    results: pd.DataFrame, out_dir: Path, attention: pd.DataFrame | None = None
+) -> list[Path]:
+    """Learning curves and Dice-matrix heat maps per panel (configuration without the model),
+    and, given ``attention``, the kernel attention of each dynamic configuration.
+
+    Files: ``curves_<panel>.png`` (Dice vs round per modality, a line per model with the
+    min–max band over seeds, rounds shaded by arriving modality, switches dashed),
+    ``dice_matrix_<panel>.png`` (mean R over seeds, one heat map per model), and
+    ``attention_<configuration>.png``.
+    """
+    results = check_results(results)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    matrices = _matrices(results)
+    keys = config_columns(results)
+    panel_keys = [k for k in keys if k != "model"]
+    paths = []
+    for panel, frame in results.groupby(panel_keys, sort=False):
+        title = ", ".join(f"{k}={v}" for k, v in zip(panel_keys, panel, strict=True))
+        per_model = {
+            model: [matrices[str(t)] for t in trials["trial"].unique()]
+            for model, trials in frame.groupby("model", sort=False)
+        }
+        slug = _slug(panel)
+        paths.append(_plot_curves(per_model, title, out_dir / f"curves_{slug}.png"))
+        paths.append(_plot_heatmaps(per_model, title, out_dir / f"dice_matrix_{slug}.png"))
+    if attention is not None and not attention.empty:
+        att_keys = config_columns(attention)
+        for config, frame in attention.groupby(att_keys, sort=False):
+            title = ", ".join(f"{k}={v}" for k, v in zip(att_keys, config, strict=True))
+            paths.append(_plot_attention(frame, title, out_dir / f"attention_{_slug(config)}.png"))
+    logger.info("wrote %d plots to %s", len(paths), out_dir)
+    return paths
+
+
+def _plot_curves(per_model: dict[str, list[Matrix]], title: str, path: Path) -> Path:
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    arrivals = _common_arrivals([m for ms in per_model.values() for m in ms])
+    fig = Figure(figsize=(5.2 * len(MODALITIES), 3.8), layout="constrained")
+    axes = fig.subplots(1, len(MODALITIES), sharey=True, squeeze=False)[0]
+    for m, (ax, modality) in enumerate(zip(axes, MODALITIES, strict=True)):
+        if arrivals is not None:
+            _shade_rounds(ax, arrivals)
+        for i, (model, mats) in enumerate(per_model.items()):
+            color = _LINE_COLORS[i % len(_LINE_COLORS)]
+            stack = _stack([R for R, _ in mats])[:, :, m]
+            mean, lo, hi = (
+                _nan_reduce(f, stack, axis=0) for f in (np.nanmean, np.nanmin, np.nanmax)
+            )
+            x = np.arange(stack.shape[1])
+            ax.plot(
+                x, mean, color=color, marker="o", ms=3, lw=1.6, label=f"{model} ({len(mats)} seeds)"
+            )
+            if len(mats) > 1:
+                ax.fill_between(x, lo, hi, color=color, alpha=0.18, lw=0)
+        ax.set(title=f"Dice on {LABELS[modality]}", xlabel="round", ylim=(0, 1), xlim=(0, None))
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("Dice (mean over seeds, band min–max)")
+    handles, _ = axes[0].get_legend_handles_labels()
+    if arrivals is not None:
+        present = {_arrival_key(a) for a in arrivals if a}
+        handles += [
+            Patch(color=_SHADES[k], label=f"{LABELS.get(k, k)} arriving")
+            for k in _SHADES
+            if k in present
+        ]
+    else:
+        title += "  (arrivals differ between seeds: rounds not shaded)"
+    fig.legend(handles=handles, loc="outside right center", fontsize="small")
+    fig.suptitle(title, fontsize="medium")
+    return _save(fig, path)
+
+
+def _plot_heatmaps(per_model: dict[str, list[Matrix]], title: str, path: Path) -> Path:
+    from matplotlib.figure import Figure
+
+    arrivals = _common_arrivals([m for ms in per_model.values() for m in ms])
+    rounds = max(R.shape[0] for ms in per_model.values() for R, _ in ms)
+    fig = Figure(
+        figsize=(min(2.5 + 0.55 * rounds, 16), 0.4 + 1.45 * len(per_model)), layout="constrained"
+    )
+    axes = fig.subplots(len(per_model), 1, squeeze=False)[:, 0]
+    image = None
+    for ax, (model, mats) in zip(axes, per_model.items(), strict=True):
+        mean = _nan_reduce(np.nanmean, _stack([R for R, _ in mats]), axis=0).T  # (M, T + 1)
+        image = ax.imshow(mean, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        if rounds <= 24:
+            for (m, t), value in np.ndenumerate(mean):
+                if not np.isnan(value):
+                    ax.text(t, m, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if value < 0.6 else "black")  # fmt: skip
+        ax.set_yticks(range(len(MODALITIES)), [LABELS[m] for m in MODALITIES])
+        step = max(1, rounds // 24)
+        ticks = list(range(0, rounds, step))
+        labels = [str(t) for t in ticks]
+        if arrivals is not None:
+            labels = [f"{t}\n{_arrival_label(arrivals[t])}" if t else "0" for t in ticks]
+        ax.set_xticks(ticks, labels, fontsize=7)
+        ax.set_title(f"{model} ({len(mats)} seeds)", fontsize="small", loc="left")
+    axes[-1].set_xlabel("round (and arriving modality)" if arrivals is not None else "round")
+    fig.colorbar(image, ax=list(axes), label="Dice", shrink=0.9)
+    fig.suptitle(title, fontsize="medium")
+    return _save(fig, path)
+
+
+def _plot_attention(frame: pd.DataFrame, title: str, path: Path) -> Path:
+    """Final-round attention share per layer x kernel for T2 and FLAIR inputs and their
+    difference; the per-layer TV distance at the final round and over rounds (mean over seeds)."""
+    from matplotlib.figure import Figure
+
+    final = frame[frame["round"] == frame.groupby("trial")["round"].transform("max")]
+    layers = list(pd.unique(frame["layer"]))
+    kernels = sorted(pd.unique(frame["kernel"]), key=_natural_key)
+    mass = final.groupby(["modality", "layer", "kernel"])["mass"].mean()
+    shares = {}
+    for modality in MODALITIES:
+        grid = np.array([[mass.get((modality, la, k), np.nan) for k in kernels] for la in layers])
+        sums = np.nansum(grid, axis=1, keepdims=True)
+        shares[modality] = np.divide(grid, sums, out=np.full_like(grid, np.nan), where=sums > 0)
+    tv = attention_distance(frame)
+    tv_final = tv[tv["round"] == tv.groupby("trial")["round"].transform("max")]
+    tv_layer = tv_final.groupby("layer")["tv"].mean().reindex(layers).to_numpy()
+    tv_round = tv.groupby(["round", "layer"])["tv"].mean().unstack("layer")
+
+    height = max(2.4, 0.25 * len(layers) + 1.3)
+    fig = Figure(figsize=(13, height + 3.4), layout="constrained")
+    axes = fig.subplot_mosaic(
+        [["t2", "flair", "diff"], ["tv", "tv", "rounds"]], height_ratios=[height, 2.8]
+    )
+    step = max(1, len(kernels) // 16)
+    for name in ("t2", "flair", "diff"):
+        ax = axes[name]
+        if name == "diff":
+            values = shares["flair"] - shares["t2"]
+            limit = max(_nan_reduce(np.nanmax, np.abs(values)), 1e-6)
+            image = ax.imshow(values, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+            ax.set_title("FLAIR − T2 share", fontsize="medium")
+            fig.colorbar(image, ax=ax, shrink=0.9)
+        else:
+            image = ax.imshow(shares[name], vmin=0, vmax=1, cmap="magma", aspect="auto")
+            ax.set_title(f"{LABELS[name]} inputs: attention share", fontsize="medium")
+            if name == "flair":
+                fig.colorbar(image, ax=[axes["t2"], ax], shrink=0.9)
+        ax.set_yticks(range(len(layers)), layers if name == "t2" else [], fontsize=7)
+        ax.set_xticks(range(0, len(kernels), step), [str(k) for k in kernels[::step]], fontsize=7)
+        ax.set_xlabel("kernel")
+    ax = axes["tv"]
+    bars = ax.bar(range(len(layers)), tv_layer, color="#555555")
+    ax.bar_label(bars, fmt="%.3f", fontsize=7)
+    ax.set_xticks(range(len(layers)), layers, fontsize=7, rotation=30, ha="right")
+    ax.set(title="TV(T2, FLAIR) per layer, final round", ylabel="total variation")
+    ax.set_ylim(0, max(_nan_reduce(np.nanmax, tv_layer) * 1.25, 1e-3))
+    ax = axes["rounds"]
+    x, rows = tv_round.index.to_numpy(), tv_round.to_numpy()
+    lo, hi = _nan_reduce(np.nanmin, rows, axis=1), _nan_reduce(np.nanmax, rows, axis=1)
+    ax.fill_between(x, lo, hi, color="#222222", alpha=0.18, lw=0, label="min–max over layers")
+    ax.plot(x, _nan_reduce(np.nanmean, rows, axis=1), color="#222222", label="mean over layers")
+    ax.set(title="TV(T2, FLAIR) by round", xlabel="round", ylim=(0, None))
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    fig.suptitle(f"{title}  ({frame['trial'].nunique()} seeds)", fontsize="medium")
+    return _save(fig, path)
+
+
+def _shade_rounds(ax: Any, arrivals: list[frozenset[int]]) -> None:
+    """Shade (t-1, t) by the modalities trained in round t; dash the switch rounds."""
+    for t in range(1, len(arrivals)):
+        if arrivals[t]:
+            ax.axvspan(t - 1, t, color=_SHADES[_arrival_key(arrivals[t])], lw=0, zorder=0)
+        if t > 1 and arrivals[t] and arrivals[t - 1] and arrivals[t] != arrivals[t - 1]:
+            ax.axvline(t - 1, color="#888888", ls="--", lw=0.8, zorder=1)
+
+
+def _arrival_key(arriving: frozenset[int]) -> str:
+    return MODALITIES[next(iter(arriving))] if len(arriving) == 1 else "both"
+
+
+def _arrival_label(arriving: frozenset[int]) -> str:
+    return "+".join(LABELS[MODALITIES[m]] for m in sorted(arriving)) or "-"
+
+
+def _common_arrivals(mats: list[Matrix]) -> list[frozenset[int]] | None:
+    """The arrival sequence shared by all trials, or None where they differ (random orders)."""
+    first = mats[0][1]
+    return first if all(a == first for _, a in mats) else None
+
+
+def _stack(mats: list[np.ndarray]) -> np.ndarray:
+    """Stack Dice matrices of possibly different lengths, NaN-padded: (S, T + 1, M)."""
+    rows = max(R.shape[0] for R in mats)
+    out = np.full((len(mats), rows, mats[0].shape[1]), np.nan)
+    for i, R in enumerate(mats):
+        out[i, : R.shape[0]] = R
+    return out
+
+
+def _nan_reduce(func: Any, values: np.ndarray, axis: int | None = None) -> Any:
+    """``np.nanmean`` and friends without the all-NaN RuntimeWarning (the result is NaN)."""
+    values = np.asarray(values, dtype=np.float64)
+    if axis is None and values.size == 0:
+        return float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = func(values, axis=axis)
+    return float(result) if axis is None else result
+
+
+def _natural_key(value: Any) -> tuple[int, float | str]:
+    try:
+        return (0, float(value))
+    except (TypeError, ValueError):
+        return (1, str(value))
+
+
+def _slug(values: Any) -> str:
+    values = values if isinstance(values, tuple) else (values,)
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", "_".join(str(v) for v in values)).strip("-")
+
+
+def _sorted(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    order = frame["modality"].map({m: i for i, m in enumerate(MODALITIES)})
+    frame = frame.assign(_modality=order).sort_values([*keys, "_modality"], kind="stable")
+    return frame.drop(columns="_modality").reset_index(drop=True)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, format="png", dpi=120)
+    os.replace(tmp, path)
+    return path
+
+
+# ---------------------------------------------------------------- the `fedll report` command
+
+
+def build_report(run_dir: Path) -> dict[str, Any]:
+    """Read ``run_dir/results.csv`` (and ``attention.csv`` if present); write the tables to
+    ``run_dir/tables`` (forgetting.*, trials.csv, attention_tv.csv) and the plots to
+    ``run_dir/plots``.
+
+    Returns ``{"table": forgetting table, "summary": trial summary, "tables": [paths],
+    "plots": [paths], "csv" / "markdown" / "latex": the forgetting table's files}``.
+    DataError (one line naming the file) for a missing or bad CSV.
+    """
+    run_dir = Path(run_dir)
+    results = read_results(run_dir / "results.csv")
+    attention_path = run_dir / "attention.csv"
+    attention = read_attention(attention_path) if attention_path.exists() else None
+    summary = trial_summary(results)
+    table = summarise(summary)
+    tables_dir = run_dir / "tables"
+    tables = write_tables(table, tables_dir)
+    extra = {"trials.csv": summary}
+    if attention is not None:
+        extra["attention_tv.csv"] = attention_distance(attention)
+    for name, frame in extra.items():
+        frame.to_csv(tables_dir / name, index=False)
+        tables.append(tables_dir / name)
+    plots = write_plots(results, run_dir / "plots", attention)
+    files = dict(zip(("csv", "markdown", "latex"), tables[:3], strict=True))
+    return {"table": table, "summary": summary, "tables": tables, "plots": plots, **files}

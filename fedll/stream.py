@@ -1,0 +1,216 @@
+"""Arrival streams: which site's patients arrive in which federated round.
+
+Each site holds the training patients of one modality. Its patients, in the order given, are
+cut into chunks of ``arrival_batch`` patients (the last chunk may be smaller); an ordering puts
+all chunks into one sequence of arrivals, and ``arrivals_per_round`` consecutive arrivals form
+one round (several sites training in the same federated round).
+
+Orderings:
+
+- ``"alternating"``: the modalities take turns (T2, FLAIR, T2, ...); within a modality the
+  sites take turns round-robin (first chunk of every site, then every second chunk, ...). When
+  one modality runs out, the other's remaining chunks follow.
+- ``"blocked"``: every chunk of the first modality (round-robin over its sites), then the next.
+- ``"random"``: the chunks shuffled with ``seed`` (the only ordering that uses the seed).
+- ``"alternating:flair"`` / ``"blocked:flair"``: the suffix picks the first modality
+  (default: the first of ``fedll.data.MODALITIES``, T2).
+- a list of site names: each entry is the next chunk of that site. The list must use every
+  chunk exactly once, so a stream never silently drops training data: to train on fewer
+  patients, give the site fewer patients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedll.data import MODALITIES
+from fedll.errors import ConfigError
+
+ORDERINGS: tuple[str, ...] = ("alternating", "blocked", "random")
+
+
+@dataclass(frozen=True)
+class SiteHoldings:
+    """A hospital's training patients, all of one modality, in arrival order."""
+
+    name: str
+    modality: str
+    patients: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """Patients of one site that arrive (and train) in one round."""
+
+    site: str
+    modality: str
+    patients: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Round:
+    """A federated round (``index`` from 1) and the arrivals that train in it."""
+
+    index: int
+    arrivals: tuple[Arrival, ...]
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        """Names of the sites that train in this round, in arrival order."""
+        return tuple(a.site for a in self.arrivals)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The modalities arriving in this round, each once, in ``MODALITIES`` order."""
+        present = {a.modality for a in self.arrivals}
+        return tuple(m for m in MODALITIES if m in present)
+
+
+def build_stream(
+    sites: Sequence[SiteHoldings],
+    ordering: str | Sequence[str],
+    arrival_batch: int,
+    seed: int,
+    arrivals_per_round: int = 1,
+) -> tuple[Round, ...]:
+    """Cut each site's patients into chunks, order the chunks, and group them into rounds.
+
+    Arrivals of the same site that fall into one round are merged into one ``Arrival`` (a site
+    sends one update per round), so a round has at most ``arrivals_per_round`` arrivals.
+    Raises ConfigError (one line) for an invalid ``sites``, ``ordering``, ``arrival_batch`` or
+    ``arrivals_per_round``.
+    """
+    _check_positive("arrival_batch", arrival_batch)
+    _check_positive("arrivals_per_round", arrivals_per_round)
+    _check_sites(sites)
+    chunks = {
+        s.name: [
+            Arrival(s.name, s.modality, s.patients[i : i + arrival_batch])
+            for i in range(0, len(s.patients), arrival_batch)
+        ]
+        for s in sites
+    }
+    if isinstance(ordering, str):
+        order = _named_order(sites, chunks, ordering, seed)
+    else:
+        order = _listed_order(chunks, ordering, arrival_batch)
+
+    rounds = []
+    for start in range(0, len(order), arrivals_per_round):
+        merged: dict[str, Arrival] = {}
+        for arrival in order[start : start + arrivals_per_round]:
+            if arrival.site in merged:
+                before = merged[arrival.site]
+                arrival = Arrival(
+                    arrival.site, arrival.modality, before.patients + arrival.patients
+                )
+            merged[arrival.site] = arrival
+        rounds.append(Round(index=len(rounds) + 1, arrivals=tuple(merged.values())))
+    return tuple(rounds)
+
+
+def describe(stream: Sequence[Round]) -> list[str]:
+    """One line per round for ``--dry-run``: ``round 2: site_b (flair, 2 patients)``."""
+    lines = []
+    for rnd in stream:
+        parts = [f"{a.site} ({a.modality}, {len(a.patients)} patients)" for a in rnd.arrivals]
+        lines.append(f"round {rnd.index}: " + ", ".join(parts))
+    return lines
+
+
+def _check_positive(key: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ConfigError(f"{key} must be an integer >= 1, got {value!r}")
+
+
+def _check_sites(sites: Sequence[SiteHoldings]) -> None:
+    if not sites:
+        raise ConfigError("sites: the stream needs at least one site")
+    seen_sites: set[str] = set()
+    seen_patients: dict[str, str] = {}
+    for s in sites:
+        if s.name in seen_sites:
+            raise ConfigError(f"sites: site name {s.name!r} appears twice")
+        seen_sites.add(s.name)
+        if s.modality not in MODALITIES:
+            raise ConfigError(
+                f"sites: site {s.name!r} has modality {s.modality!r}, expected one of "
+                + ", ".join(MODALITIES)
+            )
+        if not s.patients:
+            raise ConfigError(f"sites: site {s.name!r} holds no training patients")
+        for p in s.patients:
+            if p in seen_patients:
+                raise ConfigError(
+                    f"sites: patient {p!r} is held twice (sites {seen_patients[p]!r}, {s.name!r})"
+                )
+            seen_patients[p] = s.name
+
+
+def _interleave(queues: Sequence[Sequence[Arrival]]) -> list[Arrival]:
+    """Round-robin: the first item of every queue, then every second item, ...; empty skip."""
+    longest = max((len(q) for q in queues), default=0)
+    return [q[i] for i in range(longest) for q in queues if i < len(q)]
+
+
+def _named_order(
+    sites: Sequence[SiteHoldings], chunks: dict[str, list[Arrival]], ordering: str, seed: int
+) -> list[Arrival]:
+    kind, _, first = ordering.partition(":")
+    if kind not in ORDERINGS:
+        raise ConfigError(
+            f"ordering: unknown ordering {ordering!r}, expected one of {', '.join(ORDERINGS)} "
+            "(optionally ':flair' or ':t2' after alternating/blocked) or a list of site names"
+        )
+    if kind == "random":
+        if first:
+            raise ConfigError(f"ordering: {ordering!r}: 'random' takes no first modality")
+        all_chunks = [c for s in sites for c in chunks[s.name]]
+        rng = np.random.default_rng(seed)
+        return [all_chunks[i] for i in rng.permutation(len(all_chunks))]
+
+    first = first or MODALITIES[0]
+    present = [m for m in MODALITIES if any(s.modality == m for s in sites)]
+    if first not in MODALITIES:
+        raise ConfigError(
+            f"ordering: {ordering!r}: unknown first modality {first!r}, expected one of "
+            + ", ".join(MODALITIES)
+        )
+    if first not in present:
+        raise ConfigError(f"ordering: {ordering!r} starts with {first} but no site holds {first}")
+    modality_order = [first] + [m for m in present if m != first]
+    per_modality = [
+        _interleave([chunks[s.name] for s in sites if s.modality == m]) for m in modality_order
+    ]
+    if kind == "alternating":
+        return _interleave(per_modality)
+    return [c for seq in per_modality for c in seq]
+
+
+def _listed_order(
+    chunks: dict[str, list[Arrival]], ordering: Sequence[str], arrival_batch: int
+) -> list[Arrival]:
+    used = dict.fromkeys(chunks, 0)
+    order = []
+    for name in ordering:
+        if name not in chunks:
+            raise ConfigError(f"ordering: unknown site {name!r} (sites: {', '.join(chunks)})")
+        if used[name] == len(chunks[name]):
+            raise ConfigError(
+                f"ordering: site {name!r} is listed more than its {len(chunks[name])} chunk(s) "
+                f"of arrival_batch {arrival_batch}"
+            )
+        order.append(chunks[name][used[name]])
+        used[name] += 1
+    unused = [
+        f"{name} x{len(chunks[name]) - n}" for name, n in used.items() if n < len(chunks[name])
+    ]
+    if unused:
+        raise ConfigError(
+            f"ordering: the list must use every chunk of arrival_batch {arrival_batch}; "
+            f"missing {', '.join(unused)}"
+        )
+    return order

@@ -1,0 +1,297 @@
+"""Forgetting table, plots and `fedll report` on a results table small enough to check by hand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedll.errors import DataError, FedllError
+from fedll.report import (
+    RESULT_COLUMNS,
+    attention_distance,
+    build_report,
+    forgetting_table,
+    format_table,
+    to_latex,
+    to_markdown,
+    trial_matrices,
+    trial_summary,
+    write_plots,
+    write_tables,
+)
+
+# Dice matrices (rows: rounds 0..2, columns: t2, flair); round 1 trains t2, round 2 flair
+MATRICES = {
+    ("static", 0): [[0.1, 0.2], [0.8, 0.3], [0.5, 0.7]],
+    ("static", 1): [[0.1, 0.0], [0.6, 0.1], [0.2, 0.9]],
+    ("dycnn", 0): [[0.0, 0.0], [0.7, 0.2], [0.7, 0.6]],
+    ("dycnn", 1): [[0.0, 0.0], [0.9, 0.2], [0.5, 0.8]],
+}
+ARRIVING = ["", "t2", "flair"]
+SITES = ["", "site_a", "site_b"]
+
+
+def make_results(matrices: dict = MATRICES, arriving: list[str] = ARRIVING) -> pd.DataFrame:
+    """2 models x 1 ordering x 1 batch x 2 seeds x 3 rounds x 2 modalities x 2 cases; the two
+    cases of an entry are r - d and r + d, so their mean is exactly the matrix entry r."""
+    rows = []
+    for (model, seed), R in matrices.items():
+        for t, row in enumerate(R):
+            for modality, r in zip(("t2", "flair"), row, strict=True):
+                d = min(r, 1 - r, 0.1)
+                for case, value in (("p1", r - d), ("p2", r + d)):
+                    rows.append(
+                        {
+                            "trial": f"{model}-s{seed}",
+                            "model": model,
+                            "ordering": "blocked",
+                            "arrival_batch": 2,
+                            "strategy": "fedavg",
+                            "seed": seed,
+                            "round": t,
+                            "sites": SITES[t],
+                            "arriving": arriving[t],
+                            "modality": modality,
+                            "case": f"{modality}-{case}",
+                            "dice": value,
+                        }
+                    )
+    return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+
+
+def entry(table: pd.DataFrame, model: str, modality: str, column: str) -> float:
+    row = table[(table["model"] == model) & (table["modality"] == modality)]
+    assert len(row) == 1
+    return float(row[column].iloc[0])
+
+
+def test_dice_matrix_is_the_mean_over_cases() -> None:
+    matrices = trial_matrices(make_results())
+    assert list(matrices) == ["static-s0", "static-s1", "dycnn-s0", "dycnn-s1"]
+    R, arriving = matrices["static-s1"]
+    np.testing.assert_allclose(R, MATRICES[("static", 1)])
+    assert arriving == [frozenset(), frozenset({0}), frozenset({1})]
+
+
+def test_trial_summary_by_hand() -> None:
+    summary = trial_summary(make_results())
+    assert len(summary) == 8
+    row = summary[(summary["trial"] == "static-s1") & (summary["modality"] == "t2")].iloc[0]
+    # static seed 1, t2: 0.1 -> 0.6 (trained) -> 0.2 (flair trained)
+    assert row["final_dice"] == pytest.approx(0.2)
+    assert row["forgetting_final"] == pytest.approx(0.4)  # max 0.6 - 0.2
+    assert row["switch_drop_mean"] == pytest.approx(0.4)
+    assert row["bwt"] == pytest.approx(-0.4)  # 0.2 - 0.6
+    assert row["learning_accuracy"] == pytest.approx(0.6)
+    assert row["auc"] == pytest.approx(0.4)  # (0.6 + 0.2) / 2
+    assert row["mean_final_dice"] == pytest.approx(0.55)  # (0.2 + 0.9) / 2
+    flair = summary[(summary["trial"] == "static-s1") & (summary["modality"] == "flair")].iloc[0]
+    assert np.isnan(flair["switch_drop_mean"])  # flair never stops arriving
+    assert np.isnan(flair["bwt"])  # trained in the final round
+
+
+def test_forgetting_table_by_hand() -> None:
+    table = forgetting_table(make_results())
+    assert list(table["model"]) == ["dycnn", "dycnn", "static", "static"]
+    assert list(table["modality"]) == ["t2", "flair", "t2", "flair"]
+    assert set(table["n_seeds"]) == {2}
+    s2 = np.sqrt(2)
+    # static t2: seeds give final 0.5 / 0.2, forgetting 0.3 / 0.4, drops 0.3 / 0.4,
+    # BWT -0.3 / -0.4, learning accuracy 0.8 / 0.6, AUC 0.65 / 0.4 (std of two = |a - b| / sqrt 2)
+    expected = {
+        "final_dice": (0.35, 0.3 / s2),
+        "forgetting_final": (0.35, 0.1 / s2),
+        "forgetting_max": (0.35, 0.1 / s2),
+        "switch_drop_mean": (0.35, 0.1 / s2),
+        "switch_drop_max": (0.35, 0.1 / s2),
+        "bwt": (-0.35, 0.1 / s2),
+        "learning_accuracy": (0.7, 0.2 / s2),
+        "auc": (0.525, 0.25 / s2),
+        "mean_final_dice": (0.575, 0.05 / s2),  # (0.5 + 0.7) / 2 and (0.2 + 0.9) / 2
+    }
+    for measure, (mean, std) in expected.items():
+        assert entry(table, "static", "t2", f"{measure}_mean") == pytest.approx(mean), measure
+        assert entry(table, "static", "t2", f"{measure}_std") == pytest.approx(std), measure
+    # dycnn t2: final 0.7 / 0.5, forgetting 0 / 0.4 -> 0.2 ± 0.4 / sqrt 2, AUC 0.7 / 0.7
+    assert entry(table, "dycnn", "t2", "forgetting_final_mean") == pytest.approx(0.2)
+    assert entry(table, "dycnn", "t2", "forgetting_final_std") == pytest.approx(0.4 / s2)
+    assert entry(table, "dycnn", "t2", "auc_std") == pytest.approx(0.0)
+    # dycnn flair: final 0.6 / 0.8, AUC (0.2 + 0.6) / 2 and (0.2 + 0.8) / 2; never switched away
+    assert entry(table, "dycnn", "flair", "final_dice_mean") == pytest.approx(0.7)
+    assert entry(table, "dycnn", "flair", "auc_mean") == pytest.approx(0.45)
+    assert np.isnan(entry(table, "dycnn", "flair", "switch_drop_mean_mean"))
+
+    view = format_table(table)
+    static_t2 = view[(view["model"] == "static") & (view["modality"] == "T2")].iloc[0]
+    assert static_t2["final Dice"] == "0.350 ± 0.212"
+    assert static_t2["BWT"] == "-0.350 ± 0.071"
+    assert view[view["modality"] == "FLAIR"]["BWT"].eq("n/a").all()
+
+
+def test_arriving_order_does_not_matter() -> None:
+    results = make_results()
+    both = results["round"] == 2
+    results.loc[both, "arriving"] = np.where(results.loc[both, "case"].str.endswith("1"),
+                                             "flair;t2", " t2 ; flair ")  # fmt: skip
+    R, arriving = trial_matrices(results)["static-s0"]
+    assert arriving[2] == frozenset({0, 1})
+
+
+def test_extra_config_column_splits_configurations() -> None:
+    results = make_results()
+    results["cl"] = np.where(results["seed"] == 0, "none", "ewc")
+    table = forgetting_table(results)
+    assert "cl" in table.columns
+    assert len(table) == 8 and set(table["n_seeds"]) == {1}
+    assert np.isnan(table["final_dice_std"]).all()  # one seed: no spread
+    assert "0.500" in set(format_table(table)["final Dice"])  # no "± nan"
+
+
+def test_markdown_and_latex_formatters() -> None:
+    view = pd.DataFrame({"model": ["dy_cnn|x"], "Dice": ["0.5 ± 0.1"]})
+    assert to_markdown(view) == "| model | Dice |\n|---|---|\n| dy_cnn\\|x | 0.5 ± 0.1 |\n"
+    latex = to_latex(view)
+    assert r"dy\_cnn|x & 0.5 $\pm$ 0.1 \\" in latex
+    assert latex.startswith(r"\begin{tabular}{ll}") and r"\bottomrule" in latex
+
+
+def test_write_tables(tmp_path: Path) -> None:
+    paths = write_tables(forgetting_table(make_results()), tmp_path / "tables")
+    assert [p.name for p in paths] == ["forgetting.csv", "forgetting.md", "forgetting.tex"]
+    back = pd.read_csv(paths[0])
+    assert back["final_dice_mean"].notna().all() and len(back) == 4
+    assert "| static | blocked | 2 | fedavg | T2 | 2 | 0.350 ± 0.212 |" in paths[1].read_text()
+    assert r"0.350 $\pm$ 0.212" in paths[2].read_text()
+
+
+def make_attention() -> pd.DataFrame:
+    """dycnn only; layer enc1 routes T2 to kernels 0-1 and FLAIR to 1-2, enc2 identically."""
+    masses = {
+        ("t2", "enc1"): [2, 2, 0, 0],  # normalised 0.5 0.5 0 0
+        ("flair", "enc1"): [0, 1, 1, 0],  # 0 0.5 0.5 0 -> TV 0.5 * (0.5 + 0.5) = 0.5
+        ("t2", "enc2"): [0.25] * 4,
+        ("flair", "enc2"): [0.25] * 4,  # TV 0
+    }
+    rows = []
+    for seed in (0, 1):
+        for t in range(3):
+            for (modality, layer), mass in masses.items():
+                for kernel, value in enumerate(mass):
+                    rows.append(
+                        {"trial": f"dycnn-s{seed}", "model": "dycnn", "ordering": "blocked",
+                         "arrival_batch": 2, "strategy": "fedavg", "seed": seed, "round": t,
+                         "modality": modality, "layer": layer, "kernel": kernel, "mass": value}
+                    )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_attention_distance_by_hand() -> None:
+    tv = attention_distance(make_attention())
+    assert len(tv) == 2 * 3 * 2
+    np.testing.assert_allclose(tv[tv["layer"] == "enc1"]["tv"], 0.5)
+    np.testing.assert_allclose(tv[tv["layer"] == "enc2"]["tv"], 0.0)
+
+
+def test_write_plots(tmp_path: Path) -> None:
+    paths = write_plots(make_results(), tmp_path, attention=make_attention())
+    names = sorted(p.name for p in paths)
+    assert names == [
+        "attention_dycnn_blocked_2_fedavg.png",
+        "curves_blocked_2_fedavg.png",
+        "dice_matrix_blocked_2_fedavg.png",
+    ]
+    assert all(p.stat().st_size > 10_000 for p in paths)
+    # seeds with different arrival orders (a random ordering) are drawn without shading
+    flipped = make_results()
+    flipped.loc[(flipped["seed"] == 1) & (flipped["round"] == 1), "arriving"] = "flair"
+    flipped.loc[(flipped["seed"] == 1) & (flipped["round"] == 2), "arriving"] = "t2"
+    assert len(write_plots(flipped, tmp_path / "random")) == 2
+
+
+def test_build_report_round_trip(tmp_path: Path) -> None:
+    make_results().to_csv(tmp_path / "results.csv", index=False)
+    make_attention().to_csv(tmp_path / "attention.csv", index=False)
+    report = build_report(tmp_path)
+    expected = forgetting_table(make_results())
+    pd.testing.assert_frame_equal(report["table"], expected)
+    assert {p.name for p in report["tables"]} == {
+        "forgetting.csv", "forgetting.md", "forgetting.tex", "trials.csv", "attention_tv.csv"
+    }  # fmt: skip
+    assert all(p.exists() and p.stat().st_size > 0 for p in report["tables"] + report["plots"])
+    assert len(report["plots"]) == 3
+    assert report["markdown"] == tmp_path / "tables" / "forgetting.md"
+
+
+def write_csv(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path.parent
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "results.csv: file not found"),
+        ("", "empty file"),
+        (",".join(RESULT_COLUMNS) + "\n", "no result rows"),
+        ("trial,model,round\n1,static,0\n", "missing columns ordering, arrival_batch, strategy"),
+        (",".join(RESULT_COLUMNS) + '\n"unclosed,1\n', "not a readable CSV"),
+    ],
+)
+def test_bad_results_file(tmp_path: Path, content: str | None, message: str) -> None:
+    if content is not None:
+        (tmp_path / "results.csv").write_text(content)
+    with pytest.raises(DataError, match=message) as info:
+        build_report(tmp_path)
+    assert str(tmp_path / "results.csv") in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda r: r.assign(dice="high"), "column dice needs numbers, got 'high'"),
+        (lambda r: r.assign(dice=1.5), "outside"),
+        (lambda r: r.assign(round="first"), "column round needs integers"),
+        (lambda r: r.assign(modality="t1"), "unknown modality 't1'"),
+        (lambda r: r.assign(arriving="t2;pd"), "arriving has unknown modality 'pd'"),
+        (lambda r: r.assign(case="p1"), "has case 'p1'"),
+        (lambda r: r.assign(model=np.arange(len(r)) % 2), "has several values of model"),
+        (lambda r: r.assign(arriving=r["arriving"].where(r["case"] != "t2-p2", "")), "arriving"),
+        (lambda r: r.assign(arriving="t2"), "round 0"),
+        (lambda r: r.assign(round=r["round"] - 1), "negative"),
+    ],
+)
+def test_malformed_results(tmp_path: Path, change, message: str) -> None:
+    change(make_results()).to_csv(tmp_path / "results.csv", index=False)
+    with pytest.raises(FedllError, match=message) as info:
+        build_report(tmp_path)
+    assert "results.csv" in str(info.value)
+
+
+def test_measure_missing_for_some_seeds_is_marked() -> None:
+    results = make_results()
+    # static seed 1 trains t2 twice: no switch, so only seed 0 has a t2 switch drop (0.3)
+    results.loc[(results["trial"] == "static-s1") & (results["round"] == 2), "arriving"] = "t2"
+    table = forgetting_table(results)
+    assert entry(table, "static", "t2", "switch_drop_mean_n") == 1
+    assert entry(table, "static", "t2", "final_dice_n") == 2
+    view = format_table(table)
+    row = view[(view["model"] == "static") & (view["modality"] == "T2")].iloc[0]
+    assert row["switch drop (mean)"] == "0.300 (n=1)"
+
+
+def test_dice_matrix_skips_nan_cases_and_fills_missing_rows() -> None:
+    results = make_results()
+    results = results[results["trial"] == "static-s0"].copy()
+    # an unscored case (NaN) is skipped: t2 round 1 keeps only p2 = 0.8 + 0.1
+    results.loc[(results["round"] == 1) & (results["case"] == "t2-p1"), "dice"] = np.nan
+    # flair not evaluated after round 2
+    results = results[~((results["round"] == 2) & (results["modality"] == "flair"))]
+    R, arriving = trial_matrices(results)["static-s0"]
+    np.testing.assert_allclose(R[:, 0], [0.1, 0.9, 0.5])
+    np.testing.assert_allclose(R[:2, 1], [0.2, 0.3])
+    assert np.isnan(R[2, 1])
+    assert arriving[2] == frozenset({1})
