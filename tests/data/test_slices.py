@@ -1,0 +1,195 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from fedll.data.layouts import CaseRecord, Volume, discover, load_volume
+from fedll.data.slices import (
+    SliceCache,
+    SliceSpec,
+    brain_mask,
+    load_slices,
+    normalise,
+    preprocess,
+    resize,
+    select_slices,
+)
+from fedll.errors import ConfigError, DataError
+
+Phantom = Callable[..., tuple[np.ndarray, np.ndarray]]
+WriteNifti = Callable[..., Path]
+
+
+def _volume(make_phantom: Phantom, shape=(16, 16, 10), spacing=(1.0, 1.0, 1.0)) -> Volume:
+    image, labels = make_phantom(0, shape)
+    return Volume(image, labels, spacing)
+
+
+def test_shapes_dtypes_and_binary_masks(make_phantom: Phantom) -> None:
+    volume = _volume(make_phantom)
+    images, masks = preprocess(volume, SliceSpec(size=8, empty_fraction=0.0))
+    tumour_slices = int((volume.labels > 0).any(axis=(0, 1)).sum())
+    assert images.shape == masks.shape == (tumour_slices, 1, 8, 8)
+    assert images.dtype == np.float32 and masks.dtype == np.uint8
+    assert set(np.unique(masks)) == {0, 1}  # labels 1, 2 and 4 all became 1
+    assert masks.reshape(tumour_slices, -1).any(axis=1).all()  # every kept slice has tumour
+
+
+def test_tumour_free_slices_need_enough_brain(make_phantom: Phantom) -> None:
+    volume = _volume(make_phantom)
+    image = volume.image.copy()
+    image[:, :, 8:] = 0
+    image[8, 8, 8] = 100.0  # slice 8 holds one brain voxel, slice 9 none
+    spec = SliceSpec(size=16, empty_fraction=100.0)  # every candidate is taken
+    images, _ = preprocess(Volume(image, volume.labels, volume.spacing), spec)
+    brain_pixels = (images != images.min()).reshape(len(images), -1).sum(axis=1)
+    assert brain_pixels.min() > 10 and len(images) == 7  # slices 1..7 (0 and 8, 9: no brain)
+
+
+def test_identity_resize_gives_the_normalised_slices(make_phantom: Phantom) -> None:
+    volume = _volume(make_phantom)
+    images, masks = preprocess(volume, SliceSpec(size=16, empty_fraction=0.0))
+    keep = np.flatnonzero((volume.labels > 0).any(axis=(0, 1)))
+    brain = brain_mask(volume.image) | (volume.labels > 0)
+    expected = normalise(volume.image, brain)[:, :, keep]
+    np.testing.assert_allclose(images[:, 0], np.moveaxis(expected, 2, 0), atol=1e-5)
+    np.testing.assert_array_equal(masks[:, 0], np.moveaxis(volume.labels[:, :, keep] > 0, 2, 0))
+
+
+def test_normalisation_inside_brain(make_phantom: Phantom) -> None:
+    head, _ = make_phantom(1, (24, 24, 20))
+    rng = np.random.default_rng(0)
+    uniform = rng.uniform(200, 300, head.shape)  # z stays within +-1.8: no clipping
+    image = np.where(head > 0, uniform, 0).astype(np.float32)
+    brain = brain_mask(image)
+    np.testing.assert_array_equal(brain, image > 0)  # background is exactly 0 here
+    z = normalise(image, brain)
+    assert abs(z[brain].mean()) < 1e-5 and abs(z[brain].std() - 1) < 1e-5
+    values = image[brain].astype(np.float64)
+    background = max(-values.mean() / values.std(), -5.0)  # one constant, clipped
+    np.testing.assert_allclose(z[~brain], background, rtol=1e-5)
+    # a Rician noise floor (sigma 3 % of the tissue level) stays (almost all) out of the brain
+    noise = np.abs(rng.normal(0, 7.5, head.shape) + 1j * rng.normal(0, 7.5, head.shape))
+    noisy = brain_mask(image + noise * ~brain)
+    assert np.all(noisy[brain]) and noisy[~brain].mean() < 0.005
+    image[tuple(np.argwhere(brain)[0])] = 1e6
+    assert normalise(image, brain).max() == pytest.approx(5.0)  # an extreme voxel is clipped
+
+
+def test_empty_share_respected_and_seeded() -> None:
+    tumour = np.zeros(40, bool)
+    tumour[10:14] = True
+    brain = np.zeros(40, bool)
+    brain[2:38] = True
+    for fraction, empty in ((0.0, 0), (0.5, 2), (1.0, 4), (2.5, 10), (100.0, 32)):
+        keep = select_slices(tumour, brain, SliceSpec(empty_fraction=fraction))
+        assert set(range(10, 14)) <= set(keep.tolist())
+        assert len(keep) == 4 + empty and np.all(brain[keep]) and np.all(np.diff(keep) > 0)
+    spec = SliceSpec(empty_fraction=1.0, seed=3)
+    first = select_slices(tumour, brain, spec)
+    np.testing.assert_array_equal(first, select_slices(tumour, brain, spec))
+    others = [select_slices(tumour, brain, SliceSpec(empty_fraction=1.0, seed=s)) for s in range(8)]
+    assert any(not np.array_equal(first, other) for other in others)
+
+
+def test_padding_keeps_the_physical_aspect() -> None:
+    stack = np.ones((1, 10, 20), np.float32)
+    square = resize(stack, (1.0, 1.0), 20, mode="nearest-exact")[0]
+    assert square[:5].sum() == 0 and square[15:].sum() == 0 and np.all(square[5:15] == 1)
+    anisotropic = resize(stack, (2.0, 1.0), 20, mode="nearest-exact")[0]  # 20 mm x 20 mm
+    assert np.all(anisotropic == 1)
+    assert resize(stack[:0], (1.0, 1.0), 8, mode="bilinear").shape == (0, 8, 8)
+
+
+def test_spec_validation() -> None:
+    for bad in ({"size": 0}, {"empty_fraction": -0.1}, {"axis": 3}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            SliceSpec(**bad)
+
+
+def test_preprocess_error_names_the_file(tmp_path: Path, write_nifti: WriteNifti) -> None:
+    flat = np.zeros((8, 8, 6), np.float32)
+    flat[2:6, 2:6, 1:5] = 10.0  # a brain without contrast
+    labels = np.zeros((8, 8, 6), np.uint8)
+    record = CaseRecord(
+        "c",
+        "t2",
+        write_nifti(tmp_path / "c_t2.nii", flat),
+        write_nifti(tmp_path / "c_seg.nii", labels),
+    )
+    with pytest.raises(DataError, match="c_t2.nii: no intensity variation"):
+        load_slices([record], SliceSpec(size=8))
+
+
+def test_cache_hit_equal_and_reads_no_nifti(
+    brats2021_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    records = discover(brats2021_root)
+    spec = SliceSpec(size=8, empty_fraction=0.5)
+    cache = SliceCache(tmp_path / "cache")
+    cold = load_slices(records, spec, cache)
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2 * len(records)
+    assert not list((tmp_path / "cache").glob("*.tmp"))
+
+    def no_nifti(*args: object, **kwargs: object) -> None:
+        raise AssertionError("nibabel.load called on a cache hit")
+
+    monkeypatch.setattr(nib, "load", no_nifti)
+    warm = load_slices(records, spec, cache)
+    for a, b, record in zip(cold, warm, records, strict=True):
+        assert (b.patient, b.modality, b.site) == (record.patient, record.modality, record.site)
+        assert isinstance(b.images, np.memmap)
+        np.testing.assert_array_equal(a.images, b.images)
+        np.testing.assert_array_equal(a.masks, b.masks)
+    with pytest.raises(DataError, match="nibabel.load called"):  # a new spec misses
+        cache.get(records[0], SliceSpec(size=8, empty_fraction=0.5, seed=1))
+
+
+def test_cache_invalidated_when_the_file_changes(
+    brats2021_root: Path, tmp_path: Path, write_nifti: WriteNifti
+) -> None:
+    record = discover(brats2021_root)[0]
+    spec = SliceSpec(size=8, empty_fraction=0.0)
+    cache = SliceCache(tmp_path / "cache")
+    before = cache.get(record, spec)
+    key = cache.key(record, spec)
+    image = load_volume(record).image
+    write_nifti(record.image, np.where(image > 0, image.max() + 1 - image, 0))  # inverted contrast
+    stat = record.image.stat()
+    os.utime(record.image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert cache.key(record, spec) != key
+    after = cache.get(record, spec)
+    np.testing.assert_array_equal(before.masks, after.masks)
+    assert not np.allclose(before.images, after.images)
+    assert cache.key(record, SliceSpec(size=8, empty_fraction=0.0, seed=1)) != cache.key(
+        record, spec
+    )
+
+
+def test_corrupt_cache_entry_is_recomputed(brats2021_root: Path, tmp_path: Path) -> None:
+    record = discover(brats2021_root)[0]
+    spec = SliceSpec(size=8)
+    cache = SliceCache(tmp_path / "cache")
+    good = cache.get(record, spec)
+    (tmp_path / "cache" / f"{cache.key(record, spec)}.images.npy").write_bytes(b"\x93NUMPY junk")
+    again = cache.get(record, spec)
+    np.testing.assert_array_equal(good.images, again.images)
+
+
+@pytest.mark.slow  # two spawned workers import torch: ~5-10 s on a busy 2-core machine
+def test_process_pool_matches_serial(brats2021_root: Path, tmp_path: Path) -> None:
+    records = discover(brats2021_root)[:2]
+    spec = SliceSpec(size=8)
+    serial = load_slices(records, spec, None)
+    cached = load_slices(records, spec, SliceCache(tmp_path / "cache"), processes=2)
+    pooled = load_slices(records, spec, None, processes=2)
+    for a, b, c in zip(serial, cached, pooled, strict=True):
+        assert (a.patient, a.modality) == (b.patient, b.modality) == (c.patient, c.modality)
+        for other in (b, c):
+            np.testing.assert_array_equal(a.images, other.images)
+            np.testing.assert_array_equal(a.masks, other.masks)
