@@ -91,8 +91,8 @@ def train_local(
         resumed["state"] = optimizer_state
         optimizer.load_state_dict(resumed)
     generator = torch.Generator().manual_seed(seed)
-    x_all = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
-    y_all = torch.from_numpy(np.ascontiguousarray(masks)).float()
+    x_all = torch.tensor(images, dtype=torch.float32)
+    y_all = torch.tensor(masks, dtype=torch.float32)
     model.train()
     losses: list[float] = []
     mass: dict[str, np.ndarray] = {}
@@ -131,7 +131,7 @@ def predict(model: nn.Module, images: np.ndarray, batch_size: int = 32) -> np.nd
     model.eval()
     out = []
     for start in range(0, len(images), batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size], dtype=np.float32))
+        x = torch.tensor(images[start : start + batch_size], dtype=torch.float32)
         out.append((model(x) > 0).numpy())
     return np.concatenate(out) if out else np.zeros((0,) + images.shape[1:], dtype=bool)
 
@@ -156,8 +156,9 @@ def evaluate_cases(
     for case in cases:
         preds = []
         for start in range(0, len(case.images), batch_size):
-            chunk = np.ascontiguousarray(case.images[start : start + batch_size], dtype=np.float32)
-            preds.append((model(torch.from_numpy(chunk)) > 0).numpy())
+            # a copy: cached slices are read-only memory maps
+            chunk = torch.tensor(case.images[start : start + batch_size], dtype=torch.float32)
+            preds.append((model(chunk) > 0).numpy())
             if collect_attention:
                 _accumulate(mass, last_attention(model))
         slices += len(case.images)

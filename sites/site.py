@@ -59,10 +59,19 @@ def site_from_node_config(node_config: Mapping[str, Any]) -> Site:
 
 
 def site_from_simulation(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) -> Site:
-    """A simulated site: ``partition-id`` indexes the scenario's site list."""
-    if "cohort-index" not in run_config:
-        raise ConfigError("run config: missing cohort-index (the run's cohort.json)")
-    prepared = PreparedCohort.read(Path(str(run_config["cohort-index"])))
+    """A simulated site: ``partition-id`` indexes the scenario's site list.
+
+    The split comes from ``cohort-index`` in the run config, else ``RUN_DIR/cohort.json``.
+    """
+    if "cohort-index" in run_config:
+        index = Path(str(run_config["cohort-index"]))
+    elif "run-dir" in run_config:
+        index = Path(str(run_config["run-dir"])) / "cohort.json"
+    else:
+        raise ConfigError("run config: missing run-dir (or cohort-index) for a simulated site")
+    if not index.exists():
+        raise ConfigError(f"{index}: the run's cohort split does not exist yet")
+    prepared = PreparedCohort.read(index)
     names = list(prepared.sites)
     pid = int(node_config["partition-id"])
     if not 0 <= pid < len(names):

@@ -35,10 +35,10 @@ def weighted_average(states: Sequence[State], weights: Sequence[float], groups: 
         stacked = [np.asarray(s[name]) for s in states]
         dtype = stacked[0].dtype
         if groups.get(name) == "counter" or not np.issubdtype(dtype, np.floating):
-            out[name] = np.max(np.stack(stacked), axis=0).astype(dtype)
+            out[name] = np.asarray(np.max(np.stack(stacked), axis=0), dtype=dtype)
         else:
             acc = np.zeros(stacked[0].shape, dtype=np.float64)
             for wi, arr in zip(w, stacked, strict=True):
                 acc += wi * arr.astype(np.float64)
-            out[name] = acc.astype(dtype)
+            out[name] = np.asarray(acc, dtype=dtype)
     return out

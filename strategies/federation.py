@@ -141,8 +141,10 @@ def run_federation(
     infos = discover_sites(grid, expected=len(scenario.sites), timeout=min(timeout, 300.0))
     bound = match_sites(scenario, infos)
     holdings = [
+        # sites report counts, not case ids: case i of a site is "<site>/<i>"
         SiteHoldings(
-            name=s.name, modality=s.modality, patients=tuple(str(i) for i in range(s.patients))
+            name=s.name, modality=s.modality,
+            patients=tuple(f"{s.name}/{i}" for i in range(s.patients)),
         )
         for s in scenario.sites
         if s.name in bound

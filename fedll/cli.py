@@ -1,0 +1,228 @@
+"""The ``fedll`` command line: thin commands over the library.
+
+Every error caused by the user's input (a bad scenario key, a bad NIfTI file) is printed
+as one line on stderr and exits with code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fedll.config import Scenario, Trial, dump_scenario, expand_trials, load_scenario
+from fedll.errors import ConfigError, FedllError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Federated lifelong learning for glioma segmentation: static vs Dy-CNN U-Nets.",
+)
+
+
+def _console() -> Console:
+    return Console(stderr=False, highlight=False)
+
+
+def _fail(message: str) -> None:
+    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log progress details")] = False) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _quiet_flower(verbose: bool) -> None:
+    """Flower logs every round at INFO through its own handler; keep that for --verbose."""
+    from flwr.common.logger import FLOWER_LOGGER
+
+    FLOWER_LOGGER.propagate = False
+    if not verbose:
+        FLOWER_LOGGER.setLevel(logging.WARNING)
+
+
+@app.command()
+def cohort(
+    out: Annotated[Path, typer.Option(help="folder to write the cohort into")],
+    patients: Annotated[int, typer.Option(help="number of patients")] = 130,
+    sites: Annotated[str, typer.Option(help="site names, comma-separated, or a number of sites")] = "4",
+    seed: Annotated[int, typer.Option(help="random seed (same seed, same bytes)")] = 0,
+    test_patients: Annotated[int | None, typer.Option(help="patients in the test split")] = None,
+    workers: Annotated[int, typer.Option(help="processes to use")] = 1,
+    preview: Annotated[bool, typer.Option(help="also write preview.png (a montage of a few cases)")] = False,
+) -> None:
+    """Write a synthetic multi-site glioma cohort (BraTS 2021 layout + manifest.csv)."""
+    from fedll.data.cohort import generate_cohort
+    from fedll.data.preview import write_preview
+
+    names = [f"site{i + 1}" for i in range(int(sites))] if sites.strip().isdigit() else [
+        s.strip() for s in sites.split(",") if s.strip()
+    ]
+    try:
+        kwargs = {} if test_patients is None else {"test_patients": test_patients}
+        manifest = generate_cohort(out, patients=patients, sites=names, seed=seed, workers=workers, **kwargs)
+        _console().print(f"wrote {patients} patients at {len(names)} sites: {manifest}")
+        if preview:
+            png = write_preview(manifest, out / "preview.png")
+            _console().print(f"preview: {png}")
+    except FedllError as error:
+        _fail(str(error))
+
+
+def _check_names(scenario: Scenario, source: str) -> None:
+    """Models and strategies exist and the model arguments build (errors name the key)."""
+    from fedll.models import build_model, model_names
+    from strategies.registry import strategy_names
+
+    for key, spec in scenario.models.items():
+        if spec.name not in model_names():
+            raise ConfigError(f"{source}: models.{key}.name: unknown model {spec.name!r}; "
+                              f"known: {', '.join(model_names())}")
+        try:
+            build_model(spec.name, **spec.kwargs())
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"{source}: models.{key}: {error}") from None
+    for i, name in enumerate(scenario.strategies):
+        if name not in strategy_names():
+            raise ConfigError(f"{source}: strategies.{i}: unknown strategy {name!r}; "
+                              f"known: {', '.join(strategy_names())}")
+
+
+@app.command()
+def run(
+    scenario_path: Annotated[Path, typer.Argument(metavar="SCENARIO", help="scenario YAML")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="run directory (default runs/<name>)")] = None,
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="override KEY=VALUE (YAML value)")] = None,
+    dry_run: Annotated[bool, typer.Option(help="print the trials and exit")] = False,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: a local Ray)")] = None,
+    cpus_per_trial: Annotated[int | None, typer.Option(help="CPUs (and torch threads) per trial")] = None,
+    local: Annotated[bool, typer.Option(help="run trials one after another in this process, no Ray")] = False,
+) -> None:
+    """Run every trial of a scenario, then write the forgetting tables and plots."""
+    source = str(scenario_path)
+    try:
+        scenario = load_scenario(scenario_path, overrides or [])
+        _check_names(scenario, source)
+    except FedllError as error:
+        _fail(str(error))
+    trials = expand_trials(scenario)
+    if dry_run:
+        _print_trials(scenario, trials)
+        return
+    run_dir = out or Path("runs") / scenario.name
+    resolved = dump_scenario(scenario)
+    saved = run_dir / "scenario.yaml"
+    if saved.exists() and saved.read_text() != resolved:
+        _fail(f"{saved}: this run directory holds a different scenario; choose another --out "
+              "(or delete it) to start afresh")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    saved.write_text(resolved)
+    try:
+        _run(run_dir, scenario, address, cpus_per_trial, local)
+    except FedllError as error:
+        _fail(str(error))
+    except KeyboardInterrupt:
+        Console(stderr=True).print(f"interrupted; finished trials are kept in {run_dir}/trials, "
+                                   "rerun the same command to resume")
+        raise typer.Exit(code=130) from None
+
+
+def _run(run_dir: Path, scenario: Scenario, address: str | None, cpus: int | None, local: bool) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from fedll.data.prepare import prepare_cohort
+    from fedll.report import build_report
+    from fedll.results import collect
+    from fedll.sweep import Progress as SweepProgress
+    from fedll.sweep import SweepOptions, run_sweep
+    from strategies.server_app import cohort_for
+
+    _quiet_flower(verbose=logging.getLogger().level <= logging.INFO)
+    console = _console()
+    with console.status("preparing the cohort (synthesis and slice cache, once per cohort)"):
+        cohort_for(run_dir, lambda: prepare_cohort(scenario, source=str(run_dir / "scenario.yaml")))
+    options = SweepOptions.from_scenario(
+        scenario, address=address, cpus_per_trial=cpus, backend="local" if local else "ray"
+    )
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        trials = expand_trials(scenario)
+        overall = bar.add_task("trials", total=len(trials))
+        rounds: dict[str, int] = {}
+
+        def on_progress(event: SweepProgress) -> None:
+            tid = event.trial_id
+            if tid not in rounds:
+                rounds[tid] = bar.add_task(f"  {tid}", total=event.rounds)
+            bar.update(rounds[tid], completed=event.round)
+
+        def on_done(tid: str, error: str | None) -> None:
+            bar.advance(overall)
+            if tid in rounds:
+                bar.remove_task(rounds.pop(tid))
+            if error:
+                console.print(f"[red]trial {tid} failed:[/] {error}")
+
+        summary = run_sweep(run_dir, options, on_progress=on_progress, on_trial_done=on_done)
+        bar.update(overall, completed=len(trials) - len(summary.failed))
+    if summary.skipped:
+        console.print(f"{len(summary.skipped)} finished trial(s) were kept from an earlier run")
+    results, _ = collect(run_dir)
+    if results.empty:
+        _fail(f"{run_dir}: no trial finished; see the errors above")
+    report = build_report(run_dir)
+    _print_table(report)
+    console.print(f"results: {run_dir / 'results.csv'}")
+    if summary.failed:
+        _fail(f"{len(summary.failed)} trial(s) failed: {', '.join(summary.failed)}")
+
+
+def _print_trials(scenario: Scenario, trials: list[Trial]) -> None:
+    table = Table(title=f"{len(trials)} trials of {scenario.name}")
+    for col in ("#", "trial", "model", "ordering", "batch", "strategy", "seed"):
+        table.add_column(col)
+    for i, t in enumerate(trials):
+        table.add_row(str(i), t.trial_id, t.model, t.ordering_label, str(t.arrival_batch), t.strategy, str(t.seed))
+    _console().print(table)
+
+
+def _print_table(report: dict) -> None:
+    path = report.get("markdown")
+    if path is not None and Path(path).exists():
+        _console().print(Path(path).read_text(), soft_wrap=True, markup=False)
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="a run directory")]) -> None:
+    """Rebuild the forgetting tables and plots from RUN_DIR/results.csv alone."""
+    from fedll.report import build_report
+
+    try:
+        built = build_report(run_dir)
+    except FedllError as error:
+        _fail(str(error))
+    _print_table(built)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except FedllError as error:  # a library error that escaped a command
+        Console(stderr=True).print(f"error: {error}", soft_wrap=True, markup=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

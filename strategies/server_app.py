@@ -1,0 +1,55 @@
+"""The Flower ServerApp: one trial of a scenario, named by the run config.
+
+Run config keys (kebab-case, from ``[tool.flwr.app.config]``, ``flwr run --run-config``
+or a sweep): ``scenario`` (path of the scenario YAML), ``trial`` (index into its grid, or
+a trial id), ``run-dir`` (where results go), ``threads`` (torch threads), ``collect`` (rebuild
+``RUN_DIR/results.csv`` after the trial; a sweep does it once at the end instead). The cohort split
+is read from ``RUN_DIR/cohort.json`` when a sweep prepared it, and prepared here otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedll.data.prepare import PreparedCohort, prepare_cohort
+from fedll.results import collect, write_trial
+from strategies.federation import RoundCallback, run_federation, trial_from_run_config
+
+logger = logging.getLogger(__name__)
+
+
+def cohort_for(run_dir: Path, prepare: Callable[[], PreparedCohort]) -> PreparedCohort:
+    """The run's prepared cohort: read ``cohort.json`` or prepare and write it."""
+    index = run_dir / "cohort.json"
+    if index.exists():
+        return PreparedCohort.read(index)
+    prepared = prepare()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    prepared.write(index)
+    return prepared
+
+
+def make_server_app(on_round: RoundCallback | None = None) -> ServerApp:
+    """A ServerApp; a sweep passes ``on_round`` to follow progress."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        scenario, trial, run_dir = trial_from_run_config(context.run_config)
+        prepared = cohort_for(run_dir, lambda: prepare_cohort(scenario))
+        threads = int(context.run_config.get("threads", 1))
+        results = run_federation(grid, scenario, trial, prepared, threads=threads, on_round=on_round)
+        path = write_trial(run_dir, results)
+        logger.info("trial %s written to %s", trial.trial_id, path)
+        if context.run_config.get("collect", True):
+            collect(run_dir)
+
+    return app
+
+
+app = make_server_app()
