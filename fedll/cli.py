@@ -118,7 +118,10 @@ def run(
         _fail(str(error))
     trials = expand_trials(scenario)
     if dry_run:
-        _print_trials(scenario, trials)
+        try:
+            _print_trials(scenario, trials)
+        except FedllError as error:
+            _fail(f"{source}: {error}")
         return
     run_dir = out or Path("runs") / scenario.name
     resolved = dump_scenario(scenario)
@@ -189,11 +192,18 @@ def _run(run_dir: Path, scenario: Scenario, address: str | None, cpus: int | Non
 
 
 def _print_trials(scenario: Scenario, trials: list[Trial]) -> None:
+    from fedll.stream import SiteHoldings, build_stream
+
+    holdings = [SiteHoldings(s.name, s.modality, tuple(f"{s.name}/{i}" for i in range(s.patients)))
+                for s in scenario.sites]
     table = Table(title=f"{len(trials)} trials of {scenario.name}")
-    for col in ("#", "trial", "model", "ordering", "batch", "strategy", "seed"):
+    for col in ("#", "model", "ordering", "batch", "strategy", "seed", "rounds"):
         table.add_column(col)
     for i, t in enumerate(trials):
-        table.add_row(str(i), t.trial_id, t.model, t.ordering_label, str(t.arrival_batch), t.strategy, str(t.seed))
+        rounds = build_stream(holdings, t.ordering, t.arrival_batch, t.seed,
+                              scenario.stream.arrivals_per_round)
+        table.add_row(str(i), t.model, t.ordering_label, str(t.arrival_batch), t.strategy,
+                      str(t.seed), str(len(rounds)))
     _console().print(table)
 
 

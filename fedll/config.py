@@ -37,6 +37,9 @@ class SyntheticCohort(_Frozen):
         default=None, ge=2, description="total patients; default: what sites and test need"
     )
     seed: int = 0
+    shape: tuple[int, int, int] | None = Field(
+        default=None, description="volume grid (X, Y, Z); default: the MNI 2-mm grid cropped to the head"
+    )
 
 
 class CohortConfig(_Frozen):

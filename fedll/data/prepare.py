@@ -104,9 +104,11 @@ def synthetic_cohort_dir(scenario: Scenario, cache_dir: Path) -> Path:
     sites = [s.name for s in scenario.sites]
     patients = scenario.synthetic_patients()
     test_patients = 2 * scenario.test.patients_per_modality
+    synthetic = scenario.cohort.synthetic
+    shape = {"shape": tuple(synthetic.shape)} if synthetic.shape is not None else {}
     key = json.dumps(
-        {"patients": patients, "sites": sites, "seed": scenario.cohort.synthetic.seed,
-         "test": test_patients, "v": 1},
+        {"patients": patients, "sites": sites, "seed": synthetic.seed,
+         "test": test_patients, "v": 1, **shape},
         sort_keys=True,
     )
     out = cache_dir / "cohorts" / hashlib.sha1(key.encode()).hexdigest()[:16]
@@ -115,8 +117,8 @@ def synthetic_cohort_dir(scenario: Scenario, cache_dir: Path) -> Path:
         logger.info("synthesising %d patients into %s", patients, out)
         tmp = out.with_name(out.name + f".tmp{os.getpid()}")
         generate_cohort(
-            tmp, patients=patients, sites=sites, seed=scenario.cohort.synthetic.seed,
-            test_patients=test_patients,
+            tmp, patients=patients, sites=sites, seed=synthetic.seed,
+            test_patients=test_patients, **shape,
         )
         if out.exists():  # another process won the race; keep its copy
             import shutil

@@ -1,0 +1,187 @@
+"""Federation overhead, sweep speed-up and peak memory, measured side by side.
+
+1. Round overhead: one trial through the in-process Flower grid (ServerApp + ClientApp,
+   messages, aggregation) against a bare torch loop doing the same local training and the
+   same per-round test evaluation. Target: <= 1.10x.
+2. Sweep speed-up: N trials as Ray tasks (1 CPU each) against the same trials one after
+   another in one process. Target: >= 1.8x on 2 cores.
+3. Peak memory of a whole `fedll run` (driver + Ray + workers, summed RSS sampled every
+   0.2 s). Targets: quickstart < 3 GiB, paper < 8 GiB.
+
+    python benchmarks/bench_federation.py [--scenario scenarios/quickstart.yaml] [--repeats 3]
+        [--memory scenarios/quickstart.yaml ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+
+from fedll.config import dump_scenario, expand_trials, load_scenario
+from fedll.data.prepare import prepare_cohort
+from fedll.models import build_model
+from fedll.stream import SiteHoldings, build_stream
+from fedll.sweep import SweepOptions, run_sweep, run_trial
+from fedll.train import evaluate_cases, train_local
+
+
+def prepare_run(scenario_path: Path, out: Path, overrides: list[str]) -> Path:
+    scenario = load_scenario(scenario_path, overrides)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scenario.yaml").write_text(dump_scenario(scenario))
+    prepare_cohort(scenario).write(out / "cohort.json")
+    return out
+
+
+def bare_loop(run_dir: Path, trial_index: int) -> float:
+    """The same training and evaluation as one trial, without Flower: seconds."""
+    from fedll.data.prepare import PreparedCohort
+
+    torch.set_num_threads(1)
+    scenario = load_scenario(run_dir / "scenario.yaml")
+    trial = expand_trials(scenario)[trial_index]
+    prepared = PreparedCohort.read(run_dir / "cohort.json")
+    start = time.perf_counter()
+    holdings = [
+        SiteHoldings(s.name, s.modality, tuple(f"{s.name}/{i}" for i in range(s.patients)))
+        for s in scenario.sites
+    ]
+    stream = build_stream(
+        holdings,
+        trial.ordering,
+        trial.arrival_batch,
+        trial.seed,
+        scenario.stream.arrivals_per_round,
+    )
+    spec = scenario.models[trial.model]
+    torch.manual_seed(trial.seed)
+    model = build_model(spec.name, **spec.kwargs())
+    test = {m: prepared.test_slices(m) for m in prepared.test}
+    site_cases = {name: prepared.site_slices(name) for name in prepared.sites}
+    seen = dict.fromkeys(site_cases, 0)
+    for m, cases in test.items():
+        evaluate_cases(model, cases, collect_attention=True)
+    for rnd in stream:
+        for arrival in rnd.arrivals:
+            a, b = seen[arrival.site], seen[arrival.site] + len(arrival.patients)
+            seen[arrival.site] = b
+            cases = site_cases[arrival.site][a:b]
+            train_local(
+                model,
+                np.concatenate([c.images for c in cases]),
+                np.concatenate([c.masks for c in cases]),
+                scenario.training,
+                seed=rnd.index,
+            )
+        for m, cases in test.items():
+            evaluate_cases(model, cases, collect_attention=True)
+    return time.perf_counter() - start
+
+
+def federated(run_dir: Path, trial_index: int) -> float:
+    shutil.rmtree(run_dir / "trials", ignore_errors=True)
+    start = time.perf_counter()
+    run_trial(run_dir, trial_index, threads=1)
+    return time.perf_counter() - start
+
+
+def round_overhead(run_dir: Path, repeats: int) -> None:
+    fed, bare = [], []
+    for _ in range(repeats):  # alternate, so drift in machine load hits both
+        fed.append(federated(run_dir, 0))
+        bare.append(bare_loop(run_dir, 0))
+    f, b = statistics.median(fed), statistics.median(bare)
+    print(
+        f"round overhead: in-process federation {f:.2f} s vs bare torch loop {b:.2f} s "
+        f"-> {f / b:.3f}x (target <= 1.10x; medians of {repeats})"
+    )
+
+
+def sweep_speedup(run_dir: Path) -> None:
+    trials = expand_trials(load_scenario(run_dir / "scenario.yaml"))
+    shutil.rmtree(run_dir / "trials", ignore_errors=True)
+    start = time.perf_counter()
+    run_sweep(run_dir, SweepOptions(backend="local"))
+    sequential = time.perf_counter() - start
+    shutil.rmtree(run_dir / "trials", ignore_errors=True)
+    start = time.perf_counter()
+    summary = run_sweep(run_dir, SweepOptions(backend="ray", cpus_per_trial=1))
+    parallel = time.perf_counter() - start
+    assert not summary.failed, summary.failed
+    print(
+        f"sweep of {len(trials)} trials: sequential {sequential:.1f} s, Ray ({os.cpu_count()} CPUs) "
+        f"{parallel:.1f} s incl. Ray start -> speed-up {sequential / parallel:.2f}x (target >= 1.8x)"
+    )
+
+
+def peak_memory(scenario: Path, out: Path) -> None:
+    """Run `fedll run` in a subprocess; sample the summed RSS of its whole process tree."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedll.cli", "run", str(scenario), "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    peak, root = 0, psutil.Process(proc.pid)
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            try:
+                procs = [root, *root.children(recursive=True)]
+                total = sum(p.memory_info().rss for p in procs if p.is_running())
+                peak = max(peak, total)
+            except psutil.Error:
+                pass
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    start = time.perf_counter()
+    thread.start()
+    _, err = proc.communicate()
+    done.set()
+    thread.join()
+    status = "ok" if proc.returncode == 0 else f"exit {proc.returncode}: {err.decode()[-300:]}"
+    print(
+        f"peak memory of `fedll run {scenario}`: {peak / 2**30:.2f} GiB over "
+        f"{time.perf_counter() - start:.0f} s ({status})"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenario", type=Path, default=Path("scenarios/quickstart.yaml"))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--memory", type=Path, nargs="*", default=[])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["overhead", "sweep"])
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        # a 4-trial slice of the scenario keeps the benchmark short
+        run_dir = prepare_run(
+            args.scenario,
+            Path(tmp) / "run",
+            ["stream.ordering=[alternating]", "stream.arrival_batch=[2, 4]"],
+        )
+        if "overhead" not in args.skip:
+            round_overhead(run_dir, args.repeats)
+        if "sweep" not in args.skip:
+            sweep_speedup(run_dir)
+        for scenario in args.memory:
+            peak_memory(scenario, Path(tmp) / f"mem-{scenario.stem}")
+
+
+if __name__ == "__main__":
+    main()
