@@ -91,7 +91,7 @@ def _check_names(scenario: Scenario, source: str) -> None:
                               f"known: {', '.join(model_names())}")
         try:
             build_model(spec.name, **spec.kwargs())
-        except (TypeError, ValueError) as error:
+        except (TypeError, ValueError, FedllError) as error:
             raise ConfigError(f"{source}: models.{key}: {error}") from None
     for i, name in enumerate(scenario.strategies):
         if name not in strategy_names():
