@@ -71,7 +71,7 @@ def bare_loop(run_dir: Path, trial_index: int) -> float:
     test = {m: prepared.test_slices(m) for m in prepared.test}
     site_cases = {name: prepared.site_slices(name) for name in prepared.sites}
     seen = dict.fromkeys(site_cases, 0)
-    for m, cases in test.items():
+    for cases in test.values():
         evaluate_cases(model, cases, collect_attention=True)
     for rnd in stream:
         for arrival in rnd.arrivals:
@@ -85,7 +85,7 @@ def bare_loop(run_dir: Path, trial_index: int) -> float:
                 scenario.training,
                 seed=rnd.index,
             )
-        for m, cases in test.items():
+        for cases in test.values():
             evaluate_cases(model, cases, collect_attention=True)
     return time.perf_counter() - start
 
@@ -121,8 +121,9 @@ def sweep_speedup(run_dir: Path) -> None:
     parallel = time.perf_counter() - start
     assert not summary.failed, summary.failed
     print(
-        f"sweep of {len(trials)} trials: sequential {sequential:.1f} s, Ray ({os.cpu_count()} CPUs) "
-        f"{parallel:.1f} s incl. Ray start -> speed-up {sequential / parallel:.2f}x (target >= 1.8x)"
+        f"sweep of {len(trials)} trials: sequential {sequential:.1f} s, "
+        f"Ray ({os.cpu_count()} CPUs) {parallel:.1f} s incl. Ray start "
+        f"-> speed-up {sequential / parallel:.2f}x (target >= 1.8x)"
     )
 
 

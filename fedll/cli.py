@@ -36,7 +36,9 @@ def _fail(message: str) -> None:
 
 
 @app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log progress details")] = False) -> None:
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log progress details")] = False,
+) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -56,22 +58,30 @@ def _quiet_flower(verbose: bool) -> None:
 def cohort(
     out: Annotated[Path, typer.Option(help="folder to write the cohort into")],
     patients: Annotated[int, typer.Option(help="number of patients")] = 130,
-    sites: Annotated[str, typer.Option(help="site names, comma-separated, or a number of sites")] = "4",
+    sites: Annotated[
+        str, typer.Option(help="site names, comma-separated, or a number of sites")
+    ] = "4",
     seed: Annotated[int, typer.Option(help="random seed (same seed, same bytes)")] = 0,
     test_patients: Annotated[int | None, typer.Option(help="patients in the test split")] = None,
     workers: Annotated[int, typer.Option(help="processes to use")] = 1,
-    preview: Annotated[bool, typer.Option(help="also write preview.png (a montage of a few cases)")] = False,
+    preview: Annotated[
+        bool, typer.Option(help="also write preview.png (a montage of a few cases)")
+    ] = False,
 ) -> None:
     """Write a synthetic multi-site glioma cohort (BraTS 2021 layout + manifest.csv)."""
     from fedll.data.cohort import generate_cohort
     from fedll.data.preview import write_preview
 
-    names = [f"site{i + 1}" for i in range(int(sites))] if sites.strip().isdigit() else [
-        s.strip() for s in sites.split(",") if s.strip()
-    ]
+    names = (
+        [f"site{i + 1}" for i in range(int(sites))]
+        if sites.strip().isdigit()
+        else [s.strip() for s in sites.split(",") if s.strip()]
+    )
     try:
         kwargs = {} if test_patients is None else {"test_patients": test_patients}
-        manifest = generate_cohort(out, patients=patients, sites=names, seed=seed, workers=workers, **kwargs)
+        manifest = generate_cohort(
+            out, patients=patients, sites=names, seed=seed, workers=workers, **kwargs
+        )
         _console().print(f"wrote {patients} patients at {len(names)} sites: {manifest}")
         if preview:
             png = write_preview(manifest, out / "preview.png")
@@ -87,27 +97,41 @@ def _check_names(scenario: Scenario, source: str) -> None:
 
     for key, spec in scenario.models.items():
         if spec.name not in model_names():
-            raise ConfigError(f"{source}: models.{key}.name: unknown model {spec.name!r}; "
-                              f"known: {', '.join(model_names())}")
+            raise ConfigError(
+                f"{source}: models.{key}.name: unknown model {spec.name!r}; "
+                f"known: {', '.join(model_names())}"
+            )
         try:
             build_model(spec.name, **spec.kwargs())
         except (TypeError, ValueError, FedllError) as error:
             raise ConfigError(f"{source}: models.{key}: {error}") from None
     for i, name in enumerate(scenario.strategies):
         if name not in strategy_names():
-            raise ConfigError(f"{source}: strategies.{i}: unknown strategy {name!r}; "
-                              f"known: {', '.join(strategy_names())}")
+            raise ConfigError(
+                f"{source}: strategies.{i}: unknown strategy {name!r}; "
+                f"known: {', '.join(strategy_names())}"
+            )
 
 
 @app.command()
 def run(
     scenario_path: Annotated[Path, typer.Argument(metavar="SCENARIO", help="scenario YAML")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="run directory (default runs/<name>)")] = None,
-    overrides: Annotated[list[str] | None, typer.Option("--set", help="override KEY=VALUE (YAML value)")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="run directory (default runs/<name>)")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="override KEY=VALUE (YAML value)")
+    ] = None,
     dry_run: Annotated[bool, typer.Option(help="print the trials and exit")] = False,
-    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: a local Ray)")] = None,
-    cpus_per_trial: Annotated[int | None, typer.Option(help="CPUs (and torch threads) per trial")] = None,
-    local: Annotated[bool, typer.Option(help="run trials one after another in this process, no Ray")] = False,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (default: a local Ray)")
+    ] = None,
+    cpus_per_trial: Annotated[
+        int | None, typer.Option(help="CPUs (and torch threads) per trial")
+    ] = None,
+    local: Annotated[
+        bool, typer.Option(help="run trials one after another in this process, no Ray")
+    ] = False,
 ) -> None:
     """Run every trial of a scenario, then write the forgetting tables and plots."""
     source = str(scenario_path)
@@ -127,8 +151,10 @@ def run(
     resolved = dump_scenario(scenario)
     saved = run_dir / "scenario.yaml"
     if saved.exists() and saved.read_text() != resolved:
-        _fail(f"{saved}: this run directory holds a different scenario; choose another --out "
-              "(or delete it) to start afresh")
+        _fail(
+            f"{saved}: this run directory holds a different scenario; choose another --out "
+            "(or delete it) to start afresh"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     saved.write_text(resolved)
     try:
@@ -136,12 +162,16 @@ def run(
     except FedllError as error:
         _fail(str(error))
     except KeyboardInterrupt:
-        Console(stderr=True).print(f"interrupted; finished trials are kept in {run_dir}/trials, "
-                                   "rerun the same command to resume")
+        Console(stderr=True).print(
+            f"interrupted; finished trials are kept in {run_dir}/trials, "
+            "rerun the same command to resume"
+        )
         raise typer.Exit(code=130) from None
 
 
-def _run(run_dir: Path, scenario: Scenario, address: str | None, cpus: int | None, local: bool) -> None:
+def _run(
+    run_dir: Path, scenario: Scenario, address: str | None, cpus: int | None, local: bool
+) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fedll.data.prepare import prepare_cohort
@@ -158,7 +188,12 @@ def _run(run_dir: Path, scenario: Scenario, address: str | None, cpus: int | Non
     options = SweepOptions.from_scenario(
         scenario, address=address, cpus_per_trial=cpus, backend="local" if local else "ray"
     )
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console, transient=False) as bar:
         trials = expand_trials(scenario)
         overall = bar.add_task("trials", total=len(trials))
@@ -194,16 +229,26 @@ def _run(run_dir: Path, scenario: Scenario, address: str | None, cpus: int | Non
 def _print_trials(scenario: Scenario, trials: list[Trial]) -> None:
     from fedll.stream import SiteHoldings, build_stream
 
-    holdings = [SiteHoldings(s.name, s.modality, tuple(f"{s.name}/{i}" for i in range(s.patients)))
-                for s in scenario.sites]
+    holdings = [
+        SiteHoldings(s.name, s.modality, tuple(f"{s.name}/{i}" for i in range(s.patients)))
+        for s in scenario.sites
+    ]
     table = Table(title=f"{len(trials)} trials of {scenario.name}")
     for col in ("#", "model", "ordering", "batch", "strategy", "seed", "rounds"):
         table.add_column(col)
     for i, t in enumerate(trials):
-        rounds = build_stream(holdings, t.ordering, t.arrival_batch, t.seed,
-                              scenario.stream.arrivals_per_round)
-        table.add_row(str(i), t.model, t.ordering_label, str(t.arrival_batch), t.strategy,
-                      str(t.seed), str(len(rounds)))
+        rounds = build_stream(
+            holdings, t.ordering, t.arrival_batch, t.seed, scenario.stream.arrivals_per_round
+        )
+        table.add_row(
+            str(i),
+            t.model,
+            t.ordering_label,
+            str(t.arrival_batch),
+            t.strategy,
+            str(t.seed),
+            str(len(rounds)),
+        )
     _console().print(table)
 
 
@@ -214,7 +259,9 @@ def _print_table(report: dict) -> None:
 
 
 @app.command()
-def report(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="a run directory")]) -> None:
+def report(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="a run directory")],
+) -> None:
     """Rebuild the forgetting tables and plots from RUN_DIR/results.csv alone."""
     from fedll.report import build_report
 

@@ -38,7 +38,8 @@ class SyntheticCohort(_Frozen):
     )
     seed: int = 0
     shape: tuple[int, int, int] | None = Field(
-        default=None, description="volume grid (X, Y, Z); default: the MNI 2-mm grid cropped to the head"
+        default=None,
+        description="volume grid (X, Y, Z); default: the MNI 2-mm grid cropped to the head",
     )
 
 
@@ -126,7 +127,9 @@ class TrainingConfig(_Frozen):
         description="reset: a fresh optimiser every round; keep: the site keeps its own "
         "optimiser moments across rounds (in its context state)",
     )
-    routing_weight: float = Field(default=1.0, ge=0, description="multiplier of the model's routing loss")
+    routing_weight: float = Field(
+        default=1.0, ge=0, description="multiplier of the model's routing loss"
+    )
 
 
 class ExecutionConfig(_Frozen):
@@ -271,7 +274,9 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], source: str) 
     return result
 
 
-def parse_scenario(raw: Mapping[str, Any], source: str = "<scenario>", base_dir: Path | None = None) -> Scenario:
+def parse_scenario(
+    raw: Mapping[str, Any], source: str = "<scenario>", base_dir: Path | None = None
+) -> Scenario:
     """Validate a raw mapping; relative paths resolve against ``base_dir``."""
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{source}: expected a mapping at the top level")

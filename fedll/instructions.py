@@ -112,7 +112,9 @@ class TrainInstruction:
                 threads=int(config.get("threads", 1)),
             )
         except (KeyError, ValueError, TypeError) as error:
-            raise ConfigError(f"train instruction from the server: bad or missing {error}") from None
+            raise ConfigError(
+                f"train instruction from the server: bad or missing {error}"
+            ) from None
 
 
 def evaluate_config(model: ModelSpec, slices: SliceRecipe, threads: int = 1) -> dict[str, Any]:

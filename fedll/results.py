@@ -19,7 +19,16 @@ from fedll.config import Trial
 from fedll.stream import Round
 
 TRIAL_COLUMNS = ["trial", "model", "ordering", "arrival_batch", "strategy", "seed"]
-RESULT_COLUMNS = [*TRIAL_COLUMNS, "round", "sites", "arriving", "failed", "modality", "case", "dice"]
+RESULT_COLUMNS = [
+    *TRIAL_COLUMNS,
+    "round",
+    "sites",
+    "arriving",
+    "failed",
+    "modality",
+    "case",
+    "dice",
+]
 ATTENTION_COLUMNS = [*TRIAL_COLUMNS, "round", "modality", "layer", "kernel", "mass"]
 
 
@@ -35,8 +44,14 @@ class TrialResults:
 
     def _key(self) -> dict:
         t = self.trial
-        return {"trial": t.trial_id, "model": t.model, "ordering": t.ordering_label,
-                "arrival_batch": t.arrival_batch, "strategy": t.strategy, "seed": t.seed}
+        return {
+            "trial": t.trial_id,
+            "model": t.model,
+            "ordering": t.ordering_label,
+            "arrival_batch": t.arrival_batch,
+            "strategy": t.strategy,
+            "seed": t.seed,
+        }
 
     def add_round(
         self,
@@ -51,21 +66,41 @@ class TrialResults:
         sites = ";".join(sorted({a.site for a in arrivals}))
         arriving = ";".join(sorted({a.modality for a in arrivals}))
         for case, score in zip(cases, dice, strict=True):
-            self.rows.append({**key, "round": server_round, "sites": sites, "arriving": arriving,
-                              "modality": modality, "case": case, "dice": float(score)})
+            self.rows.append(
+                {
+                    **key,
+                    "round": server_round,
+                    "sites": sites,
+                    "arriving": arriving,
+                    "modality": modality,
+                    "case": case,
+                    "dice": float(score),
+                }
+            )
         for layer, mass in attention.items():
             per_kernel = np.asarray(mass, dtype=np.float64)
             # grouped mode gives (C_out, G): report the mass per kernel of a group, averaged
             per_kernel = per_kernel.reshape(-1, per_kernel.shape[-1]).mean(axis=0)
             for k, value in enumerate(per_kernel):
-                self.attention_rows.append({**key, "round": server_round, "modality": modality,
-                                            "layer": layer, "kernel": k, "mass": float(value)})
+                self.attention_rows.append(
+                    {
+                        **key,
+                        "round": server_round,
+                        "modality": modality,
+                        "layer": layer,
+                        "kernel": k,
+                        "mass": float(value),
+                    }
+                )
 
     def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         results = pd.DataFrame(self.rows, columns=[c for c in RESULT_COLUMNS if c != "failed"])
         failed = {r: ";".join(sorted(s)) for r, s in self.failures.items()}
-        results.insert(results.columns.get_loc("arriving") + 1, "failed",
-                       results["round"].map(failed).fillna(""))
+        results.insert(
+            results.columns.get_loc("arriving") + 1,
+            "failed",
+            results["round"].map(failed).fillna(""),
+        )
         return results, pd.DataFrame(self.attention_rows, columns=ATTENTION_COLUMNS)
 
 
@@ -95,12 +130,21 @@ def collect(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     run_dir = Path(run_dir)
     files = sorted((run_dir / "trials").glob("*.csv"))
     result_files = [f for f in files if not f.name.endswith(".attention.csv")]
-    results = pd.concat([pd.read_csv(f, keep_default_na=False, na_values=[""]) for f in result_files],
-                        ignore_index=True) if result_files else pd.DataFrame(columns=RESULT_COLUMNS)
+    results = (
+        pd.concat(
+            [pd.read_csv(f, keep_default_na=False, na_values=[""]) for f in result_files],
+            ignore_index=True,
+        )
+        if result_files
+        else pd.DataFrame(columns=RESULT_COLUMNS)
+    )
     att_files = [f.with_suffix(".attention.csv") for f in result_files]
     att_frames = [pd.read_csv(f) for f in att_files if f.exists()]
-    attention = (pd.concat(att_frames, ignore_index=True) if att_frames
-                 else pd.DataFrame(columns=ATTENTION_COLUMNS))
+    attention = (
+        pd.concat(att_frames, ignore_index=True)
+        if att_frames
+        else pd.DataFrame(columns=ATTENTION_COLUMNS)
+    )
     atomic_csv(results, run_dir / "results.csv")
     atomic_csv(attention, run_dir / "attention.csv")
     return results, attention

@@ -47,8 +47,12 @@ class SweepOptions:
     @classmethod
     def from_scenario(cls, scenario: Scenario, **overrides: Any) -> SweepOptions:
         e = scenario.execution
-        base = {"address": e.address, "cpus_per_trial": e.cpus_per_trial,
-                "max_concurrent": e.max_concurrent, "object_store_mb": e.object_store_mb}
+        base = {
+            "address": e.address,
+            "cpus_per_trial": e.cpus_per_trial,
+            "max_concurrent": e.max_concurrent,
+            "object_store_mb": e.object_store_mb,
+        }
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
 
@@ -65,8 +69,12 @@ def pending(run_dir: Path, trials: Sequence[Trial]) -> list[Trial]:
     return [t for t in trials if not trial_path(run_dir, t).exists()]
 
 
-def run_trial(run_dir: Path, trial_index: int, threads: int,
-              on_round: Callable[[int, int], None] | None = None) -> Path:
+def run_trial(
+    run_dir: Path,
+    trial_index: int,
+    threads: int,
+    on_round: Callable[[int, int], None] | None = None,
+) -> Path:
     """Run one trial of ``RUN_DIR/scenario.yaml`` in this process; returns its results file."""
     import torch
 
@@ -78,10 +86,16 @@ def run_trial(run_dir: Path, trial_index: int, threads: int,
     run_dir = Path(run_dir)
     scenario = load_scenario(run_dir / RESOLVED_SCENARIO)
     trial = expand_trials(scenario)[trial_index]
-    run_config = {"scenario": str(run_dir / RESOLVED_SCENARIO), "trial": trial_index,
-                  "run-dir": str(run_dir), "threads": threads, "collect": False}
-    grid = InProcessGrid(client_app, simulation_node_configs(len(scenario.sites)), run_config,
-                         seed=trial.seed)
+    run_config = {
+        "scenario": str(run_dir / RESOLVED_SCENARIO),
+        "trial": trial_index,
+        "run-dir": str(run_dir),
+        "threads": threads,
+        "collect": False,
+    }
+    grid = InProcessGrid(
+        client_app, simulation_node_configs(len(scenario.sites)), run_config, seed=trial.seed
+    )
     run_server_app(make_server_app(on_round), grid, run_config)
     return trial_path(run_dir, trial)
 
@@ -134,9 +148,11 @@ def run_sweep(
 
     if options.backend == "local":
         for trial in todo:
+
             def report(rnd: int, rounds: int, tid: str = trial.trial_id) -> None:
                 if on_progress is not None:
                     on_progress(Progress(tid, rnd, rounds))
+
             try:
                 run_trial(run_dir, index[trial.trial_id], options.cpus_per_trial, report)
             except Exception as error:  # one bad trial must not lose the others
@@ -183,8 +199,13 @@ def _run_with_ray(
         while queue or running:
             while queue and len(running) < limit:
                 trial = queue.pop(0)
-                ref = task.remote(str(run_dir), index[trial.trial_id], trial.trial_id,
-                                  options.cpus_per_trial, progress)
+                ref = task.remote(
+                    str(run_dir),
+                    index[trial.trial_id],
+                    trial.trial_id,
+                    options.cpus_per_trial,
+                    progress,
+                )
                 running[ref] = trial.trial_id
             ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
             if on_progress is not None:

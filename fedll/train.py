@@ -120,7 +120,10 @@ def train_local(
                 _accumulate(mass, last_attention(model))
     state = optimizer.state_dict()["state"] if cfg.optimizer_state == "keep" else None
     return TrainResult(
-        loss=float(np.mean(losses)), steps=steps, samples=n, attention_mass=mass,
+        loss=float(np.mean(losses)),
+        steps=steps,
+        samples=n,
+        attention_mass=mass,
         optimizer_state=state,
     )
 

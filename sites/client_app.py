@@ -48,7 +48,9 @@ def _config(msg: Message) -> dict[str, Any]:
 def meta(msg: Message, context: Context) -> Message:
     """Who this node is: site, modality and how many training cases it holds."""
     site = resolve_site(context.node_config, context.run_config)
-    record = ConfigRecord({"site": site.name, "modality": site.modality, "num-cases": len(site.records)})
+    record = ConfigRecord(
+        {"site": site.name, "modality": site.modality, "num-cases": len(site.records)}
+    )
     return Message(RecordDict({"meta": record}), reply_to=msg)
 
 
@@ -67,13 +69,19 @@ def train(msg: Message, context: Context) -> Message:
     if instruction.training.optimizer_state == "keep" and state_key in context.state:
         optimizer_state = _unpack_optimizer(context.state[state_key])
     torch.manual_seed(instruction.seed)
-    result = train_local(model, images, masks, instruction.training, instruction.seed, optimizer_state)
+    result = train_local(
+        model, images, masks, instruction.training, instruction.seed, optimizer_state
+    )
     if result.optimizer_state is not None:
         context.state[state_key] = _pack_optimizer(result.optimizer_state)
     logger.info("site %s trained on %d slices, loss %.4f", site.name, result.samples, result.loss)
     metrics = MetricRecord(
-        {"num-examples": result.samples, "train-loss": result.loss, "steps": result.steps,
-         "cases": len(cases)}
+        {
+            "num-examples": result.samples,
+            "train-loss": result.loss,
+            "steps": result.steps,
+            "cases": len(cases),
+        }
     )
     attention = ConfigRecord(
         {f"mass/{layer}": mass.ravel().tolist() for layer, mass in result.attention_mass.items()}
@@ -91,14 +99,17 @@ def evaluate(msg: Message, context: Context) -> Message:
     config = _config(msg)
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
     recipe = SliceRecipe(
-        size=int(config["slice-size"]), empty_fraction=float(config["empty-fraction"]),
+        size=int(config["slice-size"]),
+        empty_fraction=float(config["empty-fraction"]),
         seed=int(config["slice-seed"]),
     )
     stop = int(config.get("arrival-stop", len(site.records)))
     cases = site.cases(_spec(recipe), range(0, stop))
     model = _model(ModelSpec.from_json(str(config["model"])), msg.content["arrays"])
     scores = evaluate_cases(model, cases).dice
-    metrics = MetricRecord({"num-examples": len(scores), "dice": float(np.mean(scores)) if scores else 0.0})
+    metrics = MetricRecord(
+        {"num-examples": len(scores), "dice": float(np.mean(scores)) if scores else 0.0}
+    )
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 
 

@@ -39,10 +39,14 @@ def site_from_node_config(node_config: Mapping[str, Any]) -> Site:
     """A deployed site: ``site``, ``modality`` and ``data-dir`` (+ optional ``cache-dir``)."""
     missing = [k for k in ("site", "modality", "data-dir") if k not in node_config]
     if missing:
-        raise ConfigError(f"--node-config: missing {', '.join(missing)} (need site, modality, data-dir)")
+        raise ConfigError(
+            f"--node-config: missing {', '.join(missing)} (need site, modality, data-dir)"
+        )
     name, modality = str(node_config["site"]), str(node_config["modality"]).lower()
     if modality not in MODALITIES:
-        raise ConfigError(f"--node-config: modality {modality!r} is not one of {', '.join(MODALITIES)}")
+        raise ConfigError(
+            f"--node-config: modality {modality!r} is not one of {', '.join(MODALITIES)}"
+        )
     data_dir = Path(str(node_config["data-dir"])).expanduser()
     if not data_dir.exists():
         raise ConfigError(f"--node-config: data-dir {data_dir} does not exist")
@@ -75,10 +79,14 @@ def site_from_simulation(node_config: Mapping[str, Any], run_config: Mapping[str
     names = list(prepared.sites)
     pid = int(node_config["partition-id"])
     if not 0 <= pid < len(names):
-        raise ConfigError(f"node config: partition-id {pid} but the scenario has {len(names)} sites")
+        raise ConfigError(
+            f"node config: partition-id {pid} but the scenario has {len(names)} sites"
+        )
     name = names[pid]
     records = prepared.sites[name]
-    return Site(name=name, modality=records[0].modality, records=records, cache_dir=prepared.cache_dir)
+    return Site(
+        name=name, modality=records[0].modality, records=records, cache_dir=prepared.cache_dir
+    )
 
 
 def resolve_site(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) -> Site:

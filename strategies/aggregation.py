@@ -22,7 +22,9 @@ def normalised(weights: Sequence[float]) -> np.ndarray:
     return w / w.sum()
 
 
-def weighted_average(states: Sequence[State], weights: Sequence[float], groups: Mapping[str, str]) -> dict[str, np.ndarray]:
+def weighted_average(
+    states: Sequence[State], weights: Sequence[float], groups: Mapping[str, str]
+) -> dict[str, np.ndarray]:
     """FedAvg (McMahan et al. 2017): the weighted mean of every floating-point tensor.
 
     Counters (integer buffers such as BatchNorm's ``num_batches_tracked`` or the

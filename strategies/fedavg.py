@@ -12,7 +12,15 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
@@ -55,24 +63,34 @@ class LifelongFedAvg(FedAvg):
     ) -> Iterable[Message]:
         messages = []
         for node_id, instruction in self.plan.get(server_round, {}).items():
-            node_config = ConfigRecord({**dict(config), **instruction, "server-round": server_round})
+            node_config = ConfigRecord(
+                {**dict(config), **instruction, "server-round": server_round}
+            )
             content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: node_config})
-            messages.append(Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node_id))
+            messages.append(
+                Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node_id)
+            )
         return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         valid, errors = self._check_and_log_replies(list(replies), is_train=True, validate=False)
-        self.failures[server_round] = [self.site_of.get(m.metadata.src_node_id, "?") for m in errors]
+        self.failures[server_round] = [
+            self.site_of.get(m.metadata.src_node_id, "?") for m in errors
+        ]
         for m in errors:
             logger.warning(
-                "round %d: site %s failed: %s", server_round,
-                self.site_of.get(m.metadata.src_node_id, "?"), m.error.reason,
+                "round %d: site %s failed: %s",
+                server_round,
+                self.site_of.get(m.metadata.src_node_id, "?"),
+                m.error.reason,
             )
         if not valid:
             if errors:
-                logger.warning("round %d: every arriving site failed; the model is kept", server_round)
+                logger.warning(
+                    "round %d: every arriving site failed; the model is kept", server_round
+                )
             return None, None
         states = [m.content[self.arrayrecord_key] for m in valid]
         states_np = [{k: v.numpy() for k, v in s.items()} for s in states]

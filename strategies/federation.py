@@ -57,7 +57,9 @@ def discover_sites(grid: Grid, expected: int, timeout: float = 300.0) -> list[Si
     deadline = time.monotonic() + timeout
     while len(node_ids := sorted(grid.get_node_ids())) < expected:
         if time.monotonic() > deadline:
-            raise ConfigError(f"only {len(node_ids)} of {expected} sites connected within {timeout:.0f}s")
+            raise ConfigError(
+                f"only {len(node_ids)} of {expected} sites connected within {timeout:.0f}s"
+            )
         time.sleep(0.5)
     messages = [
         Message(RecordDict({"meta": ConfigRecord()}), message_type="query.meta", dst_node_id=n)
@@ -70,7 +72,9 @@ def discover_sites(grid: Grid, expected: int, timeout: float = 300.0) -> list[Si
             logger.error("node %d could not describe itself: %s", node, reply.error.reason)
             continue
         meta = reply.content["meta"]
-        infos.append(SiteInfo(node, str(meta["site"]), str(meta["modality"]), int(meta["num-cases"])))
+        infos.append(
+            SiteInfo(node, str(meta["site"]), str(meta["modality"]), int(meta["num-cases"]))
+        )
     return sorted(infos, key=lambda s: s.name)
 
 
@@ -81,15 +85,19 @@ def match_sites(scenario: Scenario, infos: Sequence[SiteInfo]) -> dict[str, Site
     for index, site in enumerate(scenario.sites):
         info = by_name.get(site.name)
         if info is None:
-            logger.error("site %s (sites.%d) did not join; it is left out of the stream", site.name, index)
+            logger.error(
+                "site %s (sites.%d) did not join; it is left out of the stream", site.name, index
+            )
             continue
         if info.modality != site.modality:
             raise ConfigError(
-                f"sites.{index}.modality: scenario says {site.modality}, site {site.name} holds {info.modality}"
+                f"sites.{index}.modality: scenario says {site.modality}, "
+                f"site {site.name} holds {info.modality}"
             )
         if info.num_cases < site.patients:
             raise ConfigError(
-                f"sites.{index}.patients: scenario asks {site.patients}, site {site.name} holds {info.num_cases}"
+                f"sites.{index}.patients: scenario asks {site.patients}, "
+                f"site {site.name} holds {info.num_cases}"
             )
         bound[site.name] = info
     if not bound:
@@ -120,9 +128,14 @@ def plan_rounds(
         for site, count in per_site.items():
             start = seen.get(site, 0)
             seen[site] = start + count
-            site_seed = int(np.random.SeedSequence([seed, rnd.index, site_index[site]]).generate_state(1)[0])
+            site_seed = int(
+                np.random.SeedSequence([seed, rnd.index, site_index[site]]).generate_state(1)[0]
+            )
             plan[rnd.index][node_of[site]] = {
-                **base, "arrival-start": start, "arrival-stop": start + count, "seed": site_seed,
+                **base,
+                "arrival-start": start,
+                "arrival-stop": start + count,
+                "seed": site_seed,
             }
     return plan
 
@@ -143,27 +156,41 @@ def run_federation(
     holdings = [
         # sites report counts, not case ids: case i of a site is "<site>/<i>"
         SiteHoldings(
-            name=s.name, modality=s.modality,
+            name=s.name,
+            modality=s.modality,
             patients=tuple(f"{s.name}/{i}" for i in range(s.patients)),
         )
         for s in scenario.sites
         if s.name in bound
     ]
-    stream = build_stream(holdings, trial.ordering, trial.arrival_batch, trial.seed,
-                          scenario.stream.arrivals_per_round)
+    stream = build_stream(
+        holdings,
+        trial.ordering,
+        trial.arrival_batch,
+        trial.seed,
+        scenario.stream.arrivals_per_round,
+    )
     model_cfg = scenario.models[trial.model]
     spec = ModelSpec(name=model_cfg.name, kwargs=model_cfg.kwargs())
     torch.manual_seed(trial.seed)
     model = build_model(spec.name, **spec.kwargs)
     recipe = SliceRecipe.from_config(scenario.slices)
     template = TrainInstruction(
-        model=spec, training=scenario.training, slices=recipe, arrival_start=0, arrival_stop=0,
-        train_on=scenario.stream.train_on, seed=0, threads=threads,
+        model=spec,
+        training=scenario.training,
+        slices=recipe,
+        arrival_start=0,
+        arrival_stop=0,
+        train_on=scenario.stream.train_on,
+        seed=0,
+        threads=threads,
     ).to_config()
     node_of = {name: info.node_id for name, info in bound.items()}
     plan = plan_rounds(stream, template, node_of, [s.name for s in scenario.sites], trial.seed)
     strategy = build_strategy(
-        trial.strategy, plan=plan, groups=parameter_groups(model),
+        trial.strategy,
+        plan=plan,
+        groups=parameter_groups(model),
         site_of={i.node_id: n for n, i in bound.items()},
     )
     test = {m: prepared.test_slices(m) for m in prepared.test}
@@ -173,13 +200,18 @@ def run_federation(
         model.load_state_dict(arrays.to_torch_state_dict())
         for modality, cases in test.items():
             ev = evaluate_cases(model, cases, collect_attention=True)
-            results.add_round(server_round, modality, [c.patient for c in cases], ev.dice, ev.attention)
+            results.add_round(
+                server_round, modality, [c.patient for c in cases], ev.dice, ev.attention
+            )
         if on_round is not None:
             on_round(server_round, len(stream))
 
     strategy.start(
-        grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=len(stream),
-        timeout=timeout, evaluate_fn=evaluate,
+        grid=grid,
+        initial_arrays=ArrayRecord(model.state_dict()),
+        num_rounds=len(stream),
+        timeout=timeout,
+        evaluate_fn=evaluate,
     )
     results.failures.update(strategy.failures)
     return results
@@ -198,7 +230,9 @@ def trial_from_run_config(run_config: Mapping[str, object]) -> tuple[Scenario, T
     if isinstance(wanted, int) or str(wanted).isdigit():
         index = int(wanted)
         if not 0 <= index < len(trials):
-            raise ConfigError(f"run config: trial {index} out of range (the scenario has {len(trials)})")
+            raise ConfigError(
+                f"run config: trial {index} out of range (the scenario has {len(trials)})"
+            )
         trial = trials[index]
     else:
         matches = [t for t in trials if t.trial_id == wanted]

@@ -23,5 +23,7 @@ def build_strategy(name: str, **kwargs: Any) -> FedAvg:
     try:
         factory = STRATEGIES[name]
     except KeyError:
-        raise ValueError(f"unknown strategy {name!r}; known: {', '.join(strategy_names())}") from None
+        raise ValueError(
+            f"unknown strategy {name!r}; known: {', '.join(strategy_names())}"
+        ) from None
     return factory(**kwargs)

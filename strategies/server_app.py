@@ -43,7 +43,9 @@ def make_server_app(on_round: RoundCallback | None = None) -> ServerApp:
         scenario, trial, run_dir = trial_from_run_config(context.run_config)
         prepared = cohort_for(run_dir, lambda: prepare_cohort(scenario))
         threads = int(context.run_config.get("threads", 1))
-        results = run_federation(grid, scenario, trial, prepared, threads=threads, on_round=on_round)
+        results = run_federation(
+            grid, scenario, trial, prepared, threads=threads, on_round=on_round
+        )
         path = write_trial(run_dir, results)
         logger.info("trial %s written to %s", trial.trial_id, path)
         if context.run_config.get("collect", True):

@@ -107,8 +107,14 @@ def synthetic_cohort_dir(scenario: Scenario, cache_dir: Path) -> Path:
     synthetic = scenario.cohort.synthetic
     shape = {"shape": tuple(synthetic.shape)} if synthetic.shape is not None else {}
     key = json.dumps(
-        {"patients": patients, "sites": sites, "seed": synthetic.seed,
-         "test": test_patients, "v": 1, **shape},
+        {
+            "patients": patients,
+            "sites": sites,
+            "seed": synthetic.seed,
+            "test": test_patients,
+            "v": 1,
+            **shape,
+        },
         sort_keys=True,
     )
     out = cache_dir / "cohorts" / hashlib.sha1(key.encode()).hexdigest()[:16]
@@ -116,9 +122,16 @@ def synthetic_cohort_dir(scenario: Scenario, cache_dir: Path) -> Path:
     if not manifest.exists():
         logger.info("synthesising %d patients into %s", patients, out)
         tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+        # a process pool pays off past a few dozen patients (same bytes for any worker count)
+        workers = min(os.cpu_count() or 1, 8) if patients >= 24 else 1
         generate_cohort(
-            tmp, patients=patients, sites=sites, seed=synthetic.seed,
-            test_patients=test_patients, **shape,
+            tmp,
+            patients=patients,
+            sites=sites,
+            seed=synthetic.seed,
+            test_patients=test_patients,
+            workers=workers,
+            **shape,
         )
         if out.exists():  # another process won the race; keep its copy
             import shutil
@@ -151,11 +164,21 @@ def split_cohort(records: list[CaseRecord], scenario: Scenario, source: str) -> 
         test[modality] = tuple(by_patient[p][modality] for p in chosen)
     sites: dict[str, tuple[CaseRecord, ...]] = {}
     for i, site in enumerate(scenario.sites):
-        own = [p for p in patients if p not in used and site.modality in by_patient[p]
-               and by_patient[p][site.modality].site == site.name]
-        rest = [p for p in patients if p not in used and p not in set(own)
-                and site.modality in by_patient[p]
-                and by_patient[p][site.modality].site not in {s.name for s in scenario.sites}]
+        own = [
+            p
+            for p in patients
+            if p not in used
+            and site.modality in by_patient[p]
+            and by_patient[p][site.modality].site == site.name
+        ]
+        rest = [
+            p
+            for p in patients
+            if p not in used
+            and p not in set(own)
+            and site.modality in by_patient[p]
+            and by_patient[p][site.modality].site not in {s.name for s in scenario.sites}
+        ]
         chosen = (own + rest)[: site.patients]
         if len(chosen) < site.patients:
             raise ConfigError(
@@ -167,7 +190,9 @@ def split_cohort(records: list[CaseRecord], scenario: Scenario, source: str) -> 
     return sites, test
 
 
-def prepare_cohort(scenario: Scenario, cache_dir: Path | None = None, source: str = "<scenario>") -> PreparedCohort:
+def prepare_cohort(
+    scenario: Scenario, cache_dir: Path | None = None, source: str = "<scenario>"
+) -> PreparedCohort:
     """Build or read the cohort, split it, and fill the slice cache for every case used."""
     cache_dir = Path(scenario.cache_dir or cache_dir or default_cache_dir())
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -179,7 +204,8 @@ def prepare_cohort(scenario: Scenario, cache_dir: Path | None = None, source: st
     records = discover(root, layout)
     sites, test = split_cohort(records, scenario, source)
     spec = SliceSpec(
-        size=scenario.slices.size, empty_fraction=scenario.slices.empty_fraction,
+        size=scenario.slices.size,
+        empty_fraction=scenario.slices.empty_fraction,
         seed=scenario.slices.seed,
     )
     prepared = PreparedCohort(sites=sites, test=test, spec=spec, cache_dir=cache_dir)
