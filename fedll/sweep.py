@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,7 +190,10 @@ def _run_with_ray(
 
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(**ray_init_kwargs(options))
+        with warnings.catch_warnings():
+            # a tip about GPU env vars; fedll asks Ray for no GPUs
+            warnings.filterwarnings("ignore", category=FutureWarning, module="ray")
+            ray.init(**ray_init_kwargs(options))
     try:
         progress = ray.remote(num_cpus=0)(_ProgressLog).remote()
         task = ray.remote(num_cpus=options.cpus_per_trial, max_retries=0)(_ray_task)
