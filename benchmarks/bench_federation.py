@@ -32,7 +32,7 @@ import torch
 from fedll.config import dump_scenario, expand_trials, load_scenario
 from fedll.data.prepare import prepare_cohort
 from fedll.models import build_model
-from fedll.stream import SiteHoldings, build_stream
+from fedll.stream import build_stream, counted_holdings
 from fedll.sweep import SweepOptions, run_sweep, run_trial
 from fedll.train import evaluate_cases, train_local
 
@@ -54,10 +54,7 @@ def bare_loop(run_dir: Path, trial_index: int) -> float:
     trial = expand_trials(scenario)[trial_index]
     prepared = PreparedCohort.read(run_dir / "cohort.json")
     start = time.perf_counter()
-    holdings = [
-        SiteHoldings(s.name, s.modality, tuple(f"{s.name}/{i}" for i in range(s.patients)))
-        for s in scenario.sites
-    ]
+    holdings = counted_holdings([(s.name, s.modality, s.patients) for s in scenario.sites])
     stream = build_stream(
         holdings,
         trial.ordering,

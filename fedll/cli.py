@@ -227,12 +227,9 @@ def _run(
 
 
 def _print_trials(scenario: Scenario, trials: list[Trial]) -> None:
-    from fedll.stream import SiteHoldings, build_stream
+    from fedll.stream import build_stream, counted_holdings
 
-    holdings = [
-        SiteHoldings(s.name, s.modality, tuple(f"{s.name}/{i}" for i in range(s.patients)))
-        for s in scenario.sites
-    ]
+    holdings = counted_holdings([(s.name, s.modality, s.patients) for s in scenario.sites])
     table = Table(title=f"{len(trials)} trials of {scenario.name}")
     for col in ("#", "model", "ordering", "batch", "strategy", "seed", "rounds"):
         table.add_column(col)

@@ -69,6 +69,15 @@ class Round:
         return tuple(m for m in MODALITIES if m in present)
 
 
+def counted_holdings(sites: Sequence[tuple[str, str, int]]) -> list[SiteHoldings]:
+    """Holdings from (name, modality, number of cases); case ``i`` of site ``s`` is ``"s/i"``.
+
+    The server knows only how many cases each site holds (sites send counts, not case ids);
+    the arrival stream then addresses a site's cases by position.
+    """
+    return [SiteHoldings(n, m, tuple(f"{n}/{i}" for i in range(count))) for n, m, count in sites]
+
+
 def build_stream(
     sites: Sequence[SiteHoldings],
     ordering: str | Sequence[str],

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ from fedll.errors import ConfigError
 from fedll.instructions import ModelSpec, SliceRecipe, TrainInstruction
 from fedll.models import build_model, parameter_groups
 from fedll.results import TrialResults
-from fedll.stream import Round, SiteHoldings, build_stream
+from fedll.stream import Round, build_stream, counted_holdings
 from fedll.train import evaluate_cases
 from strategies.registry import build_strategy
 
@@ -42,14 +42,6 @@ class SiteInfo:
     name: str
     modality: str
     num_cases: int
-
-
-@dataclass
-class FederationLog:
-    """Per-round facts the results table needs beyond Dice."""
-
-    sites: dict[int, list[str]] = field(default_factory=dict)
-    failures: dict[int, list[str]] = field(default_factory=dict)
 
 
 def discover_sites(grid: Grid, expected: int, timeout: float = 300.0) -> list[SiteInfo]:
@@ -153,16 +145,9 @@ def run_federation(
     torch.set_num_threads(max(1, threads))
     infos = discover_sites(grid, expected=len(scenario.sites), timeout=min(timeout, 300.0))
     bound = match_sites(scenario, infos)
-    holdings = [
-        # sites report counts, not case ids: case i of a site is "<site>/<i>"
-        SiteHoldings(
-            name=s.name,
-            modality=s.modality,
-            patients=tuple(f"{s.name}/{i}" for i in range(s.patients)),
-        )
-        for s in scenario.sites
-        if s.name in bound
-    ]
+    holdings = counted_holdings(
+        [(s.name, s.modality, s.patients) for s in scenario.sites if s.name in bound]
+    )
     stream = build_stream(
         holdings,
         trial.ordering,
