@@ -1,0 +1,226 @@
+"""One 2-D U-Net (Ronneberger et al. 2015) built from a 3x3 convolution factory.
+
+Static and dynamic-convolution U-Nets are the same :class:`UNet` with a different ``conv``
+factory (as MONAI's ``BasicUNet`` takes its layers from factories): the factory makes every
+3x3 convolution; pooling, upsampling (parameter-free, bilinear), normalisation, activations and
+the final 1x1 head are the same in both.
+
+Shapes: (B, C_in, H, W) -> (B, C_out, H, W) for any H, W >= 1. Max pooling uses
+``ceil_mode=True`` and the decoder upsamples each feature map to its skip connection's exact
+size, so odd sizes (e.g. 37 x 45) need no padding.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from functools import partial
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedll.errors import ConfigError
+
+NORMS: tuple[str, ...] = ("batch", "instance", "group", "none")
+
+
+class ConvFactory(Protocol):
+    """Makes a 3x3, stride-1, "same"-padded convolution module: (B, in, H, W) -> (B, out, H, W)."""
+
+    def __call__(self, in_channels: int, out_channels: int, *, bias: bool) -> nn.Module: ...
+
+
+static_conv: ConvFactory = partial(nn.Conv2d, kernel_size=3, padding=1)
+"""The plain 3x3 convolution factory."""
+
+
+def make_norm(norm: str, channels: int) -> nn.Module:
+    """A normalisation layer over ``channels``: batch, instance (affine), group or none.
+
+    Group norm uses the largest divisor of ``channels`` that is at most 8 as its group count.
+    """
+    if norm == "batch":
+        return nn.BatchNorm2d(channels)
+    if norm == "instance":
+        return nn.InstanceNorm2d(channels, affine=True)
+    if norm == "group":
+        groups = max(g for g in range(1, min(8, channels) + 1) if channels % g == 0)
+        return nn.GroupNorm(groups, channels)
+    if norm == "none":
+        return nn.Identity()
+    raise ConfigError(f"model.norm: unknown normalisation {norm!r} (known: {NORMS})")
+
+
+class TwoConv(nn.Sequential):
+    """(conv 3x3 -> norm -> ReLU) x 2: (B, in, H, W) -> (B, out, H, W)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        conv: ConvFactory,
+        norm: str,
+        first_conv: ConvFactory | None = None,
+    ) -> None:
+        bias = norm == "none"  # a conv bias before a normalisation layer is redundant
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        layers["conv1"] = (first_conv or conv)(in_channels, out_channels, bias=bias)
+        layers["norm1"] = make_norm(norm, out_channels)
+        layers["act1"] = nn.ReLU(inplace=True)
+        layers["conv2"] = conv(out_channels, out_channels, bias=bias)
+        layers["norm2"] = make_norm(norm, out_channels)
+        layers["act2"] = nn.ReLU(inplace=True)
+        super().__init__(layers)
+
+
+class Down(nn.Module):
+    """2x2 max pooling (ceil mode), :class:`TwoConv`: (B, in, H, W) -> (B, out, ⌈H/2⌉, ⌈W/2⌉)."""
+
+    def __init__(self, in_channels: int, out_channels: int, conv: ConvFactory, norm: str) -> None:
+        super().__init__()
+        self.pool = nn.MaxPool2d(2, ceil_mode=True)
+        self.convs = TwoConv(in_channels, out_channels, conv, norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.convs(self.pool(x))
+
+
+class UpCat(nn.Module):
+    """Bilinear upsampling to the skip's size, concatenation, :class:`TwoConv`.
+
+    ``forward(x, skip)``: x (B, in, h, w), skip (B, skip, H, W) -> (B, out, H, W).
+    """
+
+    def __init__(
+        self, in_channels: int, skip_channels: int, out_channels: int, conv: ConvFactory, norm: str
+    ) -> None:
+        super().__init__()
+        self.convs = TwoConv(in_channels + skip_channels, out_channels, conv, norm)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        return self.convs(torch.cat([skip, x], dim=1))
+
+
+class UNet(nn.Module):
+    """Encoder-decoder with skip connections; every 3x3 convolution comes from ``conv``.
+
+    Widths are ``base_width * 2**level`` for levels 0..depth (the bottleneck at ``depth``).
+
+    Args:
+        conv: the 3x3 convolution factory (static or dynamic).
+        in_channels, out_channels: image channels in, logit channels out.
+        depth: the number of 2x down-samplings.
+        base_width: channels at full resolution.
+        norm: ``"batch"``, ``"instance"``, ``"group"`` or ``"none"`` (then convs have a bias).
+        first_conv: factory for the very first convolution only (e.g. static in a Dy-CNN,
+            where the pooled statistics of a z-scored slice carry little information).
+
+    ``forward(x)``: (B, in_channels, H, W) -> (B, out_channels, H, W) logits.
+    """
+
+    def __init__(
+        self,
+        conv: ConvFactory,
+        *,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        depth: int = 3,
+        base_width: int = 16,
+        norm: str = "batch",
+        first_conv: ConvFactory | None = None,
+    ) -> None:
+        super().__init__()
+        if depth < 0:
+            raise ConfigError(f"model.depth: must be >= 0, got {depth}")
+        if base_width < 1 or in_channels < 1 or out_channels < 1:
+            raise ConfigError(
+                "model.base_width/in_channels/out_channels: must be >= 1, got "
+                f"{base_width}, {in_channels}, {out_channels}"
+            )
+        if norm not in NORMS:
+            raise ConfigError(f"model.norm: unknown normalisation {norm!r} (known: {NORMS})")
+        widths = [base_width * 2**level for level in range(depth + 1)]
+        self.depth = depth
+        self.stem = TwoConv(in_channels, widths[0], conv, norm, first_conv)
+        self.down = nn.ModuleList(
+            Down(widths[level], widths[level + 1], conv, norm) for level in range(depth)
+        )
+        self.up = nn.ModuleList(
+            UpCat(widths[level + 1], widths[level], widths[level], conv, norm)
+            for level in reversed(range(depth))
+        )
+        self.head = nn.Conv2d(widths[0], out_channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = [self.stem(x)]
+        for down in self.down:
+            skips.append(down(skips[-1]))
+        y = skips.pop()
+        for up in self.up:
+            y = up(y, skips.pop())
+        return self.head(y)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """The number of trainable parameter elements of ``model``."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def static_unet_parameters(
+    base_width: int,
+    *,
+    in_channels: int = 1,
+    out_channels: int = 1,
+    depth: int = 3,
+    norm: str = "batch",
+) -> int:
+    """Parameter count of a static :class:`UNet`, in closed form (no model is built)."""
+    affine = 0 if norm == "none" else 2  # norm weight + bias, or conv bias (counted below)
+    bias = 1 if norm == "none" else 0
+    total = 0
+
+    def two_conv(cin: int, cout: int) -> int:
+        return (cin * 9 + bias + affine) * cout + (cout * 9 + bias + affine) * cout
+
+    widths = [base_width * 2**level for level in range(depth + 1)]
+    total += two_conv(in_channels, widths[0])
+    for level in range(depth):
+        total += two_conv(widths[level], widths[level + 1])
+        total += two_conv(widths[level + 1] + widths[level], widths[level])
+    total += widths[0] * out_channels + out_channels
+    return total
+
+
+def equal_param_width(
+    target_parameters: int,
+    *,
+    in_channels: int = 1,
+    out_channels: int = 1,
+    depth: int = 3,
+    norm: str = "batch",
+) -> int:
+    """The static :class:`UNet` ``base_width`` whose parameter count is closest to the target.
+
+    For equal-parameter comparisons (a static U-Net as large as a Dy-CNN); ties go to the
+    smaller width.
+    """
+
+    def count(width: int) -> int:
+        return static_unet_parameters(
+            width, in_channels=in_channels, out_channels=out_channels, depth=depth, norm=norm
+        )
+
+    # The count grows roughly with width**2 * 4**depth: start near that and walk.
+    per_width2 = max(count(1), 1)
+    width = max(1, int(math.sqrt(target_parameters / per_width2)))
+    while width > 1 and count(width) > target_parameters:
+        width -= 1
+    while count(width + 1) <= target_parameters:
+        width += 1
+    below, above = width, width + 1
+    if abs(count(above) - target_parameters) < abs(count(below) - target_parameters):
+        return above
+    return below

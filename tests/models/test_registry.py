@@ -1,0 +1,162 @@
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fedll.errors import ConfigError
+from fedll.models import (
+    PARAMETER_GROUPS,
+    advance_schedule,
+    build_model,
+    current_temperature,
+    last_attention,
+    model_names,
+    parameter_groups,
+    routing_loss,
+)
+
+SMALL = {"depth": 2, "base_width": 4}
+
+
+def test_model_names() -> None:
+    assert model_names() == ["dycnn", "dycnn-grouped", "static", "static-wide"]
+
+
+def test_unknown_name_or_key_raises_config_error() -> None:
+    with pytest.raises(ConfigError, match="unknown model 'unet'"):
+        build_model("unet")
+    with pytest.raises(ConfigError, match="num_kernels"):
+        build_model("static", num_kernels=4)
+    with pytest.raises(ConfigError, match="mode"):
+        build_model("dycnn", mode="grouped")  # a name's fixed argument is not a key
+    with pytest.raises(ConfigError, match="routing_loss_weights"):
+        build_model("dycnn", routing_loss_weights={"sparsity": 1.0})
+
+
+def test_yaml_style_kwargs() -> None:
+    model = build_model(
+        "dycnn",
+        seed=0,
+        **SMALL,
+        acp_stats=["mean", "std", "max"],
+        top_k=1,
+        temperature_end=0.5,
+        routing_loss_weights={"confidence": 0.1},
+    )
+    acp = model.stem.conv2.acp
+    assert acp.stats == ("mean", "std", "max") and acp.top_k == 1
+    assert acp.fc1.in_features == 3 * 4
+    model(torch.randn(2, 1, 8, 8))
+    assert all(((a > 0).sum(-1) == 1).all() for a in last_attention(model).values())
+
+
+def test_seed_makes_builds_identical_and_leaves_global_rng_alone() -> None:
+    state = torch.random.get_rng_state()
+    a = build_model("dycnn", seed=3, **SMALL).state_dict()
+    b = build_model("dycnn", seed=3, **SMALL).state_dict()
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("name", model_names())
+@pytest.mark.parametrize("norm", ["batch", "group", "none"])
+def test_parameter_groups_cover_every_state_key(name: str, norm: str) -> None:
+    model = build_model(name, norm=norm, **SMALL)
+    groups = parameter_groups(model)
+    assert list(groups) == list(model.state_dict())
+    assert set(groups.values()) <= set(PARAMETER_GROUPS)
+    dynamic = name.startswith("dycnn")
+    assert ("kernel_bank" in groups.values()) is dynamic
+    assert ("acp" in groups.values()) is dynamic
+    assert ("norm" in groups.values()) is (norm != "none")
+    for key, group in groups.items():
+        if key.endswith(("num_batches_tracked", "anneal_step")):
+            assert group == "counter", key
+        if key.endswith(("weight_bank", "bias_bank")):
+            assert group == "kernel_bank", key
+        if ".acp.fc" in key:
+            assert group == "acp", key
+    assert groups["head.weight"] == "other"
+    if dynamic:
+        assert groups["stem.conv1.conv.weight_bank"] == "kernel_bank"
+        assert groups["stem.conv1.acp.fc1.weight"] == "acp"
+        assert groups["stem.conv1.acp.anneal_step"] == "counter"
+
+
+@pytest.mark.parametrize("name", ["dycnn", "dycnn-grouped"])
+def test_last_attention_per_layer(name: str) -> None:
+    model = build_model(name, seed=0, **SMALL)
+    assert last_attention(model) == {}
+    model(torch.randn(3, 1, 8, 8))
+    attention = last_attention(model)
+    assert len(attention) == 10 and "stem.conv1" in attention
+    for layer, a in attention.items():
+        out_channels = model.get_submodule(layer).conv.out_channels
+        assert a.shape == ((3, 4) if name == "dycnn" else (3, out_channels, 4))
+        torch.testing.assert_close(a.sum(-1), torch.ones(a.shape[:-1]))
+    assert last_attention(build_model("static", **SMALL)) == {}
+
+
+def test_routing_loss() -> None:
+    x = torch.randn(3, 1, 8, 8)
+    static = build_model("static", **SMALL)
+    static(x)
+    assert routing_loss(static).item() == 0.0
+    plain = build_model("dycnn", seed=0, **SMALL)
+    plain(x)
+    assert routing_loss(plain).item() == 0.0
+    weighted = build_model("dycnn", seed=0, **SMALL, routing_loss_weights={"confidence": 1.0})
+    weighted(x)
+    loss = routing_loss(weighted)
+    # tau = 30 at the start: nearly uniform, entropy close to log 4 in each of the 10 layers
+    assert loss.item() == pytest.approx(10 * torch.log(torch.tensor(4.0)).item(), rel=1e-2)
+    loss.backward()
+    assert weighted.stem.conv1.acp.fc2.weight.grad is not None
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_state_dict_round_trip_and_schedule_resume(name: str) -> None:
+    kwargs = dict(SMALL) if name == "static" else {**SMALL, "anneal_steps": 10}
+    if name == "static-wide":
+        kwargs = {**SMALL, "match_kwargs": {"num_kernels": 2}}
+    model = build_model(name, seed=0, **kwargs)
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(4, 1, 12, 12)
+    for _ in range(7):
+        optimiser.zero_grad()
+        model(x).square().mean().backward()
+        optimiser.step()
+        advance_schedule(model)
+    fresh = build_model(name, seed=1, **kwargs)
+    fresh.load_state_dict(model.state_dict())
+    model.eval()
+    fresh.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), fresh(x))
+    assert current_temperature(fresh) == current_temperature(model)
+    if name.startswith("dycnn"):
+        assert current_temperature(fresh) == pytest.approx(30.0 - 29.0 * 0.7)
+        for _ in range(3):
+            advance_schedule(fresh)
+        assert current_temperature(fresh) == 1.0
+
+
+@pytest.mark.parametrize("name", ["static", "dycnn", "dycnn-grouped"])
+def test_builders_train_and_the_loss_falls(name: str, blobs) -> None:
+    images, masks = blobs
+    model = (
+        build_model(name, seed=0, depth=2, base_width=4, anneal_steps=10)
+        if name != "static"
+        else build_model(name, seed=0, depth=2, base_width=4)
+    )
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(15):
+        optimiser.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(model(images), masks)
+        (loss + routing_loss(model)).backward()
+        optimiser.step()
+        advance_schedule(model)
+        losses.append(loss.item())
+    assert losses[-1] < 0.75 * losses[0], losses

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedll.errors import ConfigError
+from fedll.models import (
+    NORMS,
+    DynamicConvLayer,
+    UNet,
+    build_model,
+    count_parameters,
+    equal_param_width,
+    static_conv,
+    static_unet_parameters,
+)
+
+
+@pytest.mark.parametrize("name", ["static", "dycnn", "dycnn-grouped"])
+@pytest.mark.parametrize("size", [(37, 45), (16, 16), (5, 3), (1, 1)])
+def test_any_size_maps_to_same_size_logits(name: str, size: tuple[int, int]) -> None:
+    model = build_model(name, seed=0, depth=3, base_width=4).eval()
+    with torch.no_grad():
+        y = model(torch.randn(2, 1, *size))
+    assert y.shape == (2, 1, *size)
+    assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_norms_and_closed_form_parameter_count(norm: str) -> None:
+    for depth in (0, 2):
+        model = UNet(
+            static_conv, in_channels=2, out_channels=3, depth=depth, base_width=6, norm=norm
+        )
+        expected = static_unet_parameters(6, in_channels=2, out_channels=3, depth=depth, norm=norm)
+        assert count_parameters(model) == expected
+        assert model.train()(torch.randn(2, 2, 9, 10)).shape == (2, 3, 9, 10)
+
+
+def test_every_3x3_conv_is_dynamic_and_the_head_static() -> None:
+    model = build_model("dycnn", depth=2, base_width=4)
+    dynamic = [m for m in model.modules() if isinstance(m, DynamicConvLayer)]
+    assert len(dynamic) == 2 + 2 * 2 + 2 * 2  # stem + 2 downs + 2 ups, two convs each
+    assert isinstance(model.head, torch.nn.Conv2d) and model.head.kernel_size == (1, 1)
+    first_static = build_model("dycnn", depth=2, base_width=4, first_layer_static=True)
+    assert isinstance(first_static.stem.conv1, torch.nn.Conv2d)
+    assert isinstance(first_static.stem.conv2, DynamicConvLayer)
+
+
+def test_equal_param_width_matches_a_dycnn() -> None:
+    dycnn = build_model("dycnn", depth=2, base_width=8)
+    target = count_parameters(dycnn)
+    width = equal_param_width(target, depth=2)
+    best = min(range(1, 64), key=lambda w: abs(static_unet_parameters(w, depth=2) - target))
+    assert width == best
+    wide = build_model("static-wide", depth=2, base_width=8)
+    assert wide.stem.conv1.out_channels == width
+    assert abs(count_parameters(wide) - target) / target < 0.1
+
+
+def test_bad_unet_arguments_raise_config_error() -> None:
+    with pytest.raises(ConfigError, match="norm"):
+        build_model("static", norm="layer")
+    with pytest.raises(ConfigError, match="depth"):
+        build_model("static", depth=-1)
+
+
+def test_match_kwargs_may_not_repeat_common_keys() -> None:
+    with pytest.raises(ConfigError, match="match_kwargs"):
+        build_model("static-wide", match_kwargs={"depth": 2})
+    with pytest.raises(ConfigError, match="num_kernel"):
+        build_model("static-wide", match_kwargs={"num_kernel": 2})
