@@ -127,7 +127,7 @@ def run(
         str | None, typer.Option(help="Ray cluster address (default: a local Ray)")
     ] = None,
     cpus_per_trial: Annotated[
-        int | None, typer.Option(help="CPUs (and torch threads) per trial")
+        int | None, typer.Option(min=1, help="CPUs (and torch threads) per trial")
     ] = None,
     local: Annotated[
         bool, typer.Option(help="run trials one after another in this process, no Ray")

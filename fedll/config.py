@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedll.errors import ConfigError
+from fedll.stream import build_stream, counted_holdings
 
 Modality = Literal["t2", "flair"]
 
@@ -41,6 +42,13 @@ class SyntheticCohort(_Frozen):
         default=None,
         description="volume grid (X, Y, Z); default: the MNI 2-mm grid cropped to the head",
     )
+
+    @field_validator("shape")
+    @classmethod
+    def _large_enough(cls, value: tuple[int, int, int] | None) -> tuple[int, int, int] | None:
+        if value is not None and min(value) < 16:
+            raise ValueError(f"expected three integers >= 16, got {list(value)}")
+        return value
 
 
 class CohortConfig(_Frozen):
@@ -190,6 +198,24 @@ class Scenario(_Frozen):
                 unknown = sorted(set(ordering) - set(names))
                 if unknown:
                     raise ValueError(f"stream.ordering: unknown site(s) {unknown}")
+        grid = (
+            ("stream.ordering", [json.dumps(o) for o in self.stream.ordering]),
+            ("stream.arrival_batch", self.stream.arrival_batch),
+            ("strategies", self.strategies),
+            ("seeds", self.seeds),
+        )
+        for key, values in grid:
+            if len(set(values)) != len(values):
+                raise ValueError(f"{key}: duplicate values in {values} (trial ids would clash)")
+        # the stream rules (ordering names, the chunks of an explicit list) are checked once,
+        # here, not when each trial builds its stream; sites declare counts, not case ids
+        holdings = counted_holdings([(s.name, s.modality, s.patients) for s in self.sites])
+        for ordering in self.stream.ordering:
+            for batch in self.stream.arrival_batch:
+                try:
+                    build_stream(holdings, ordering, batch, 0, self.stream.arrivals_per_round)
+                except ConfigError as error:
+                    raise ValueError(f"stream.{error}") from None
         return self
 
     def synthetic_patients(self) -> int:
@@ -239,12 +265,13 @@ def expand_trials(scenario: Scenario) -> list[Trial]:
 
 def _format_error(source: str, error: ValidationError) -> str:
     first = error.errors()[0]
-    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    key = ".".join(str(part) for part in first["loc"])
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown key"
     more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
-    return f"{source}: {key}: {message}{more}"
+    where = f"{key}: " if key else ""  # cross-field errors name their key in the message
+    return f"{source}: {where}{message}{more}"
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], source: str) -> dict[str, Any]:
@@ -254,7 +281,10 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], source: str) 
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"{source}: --set {item!r}: expected KEY=VALUE")
-        value = yaml.safe_load(text) if text else ""
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError:
+            raise ConfigError(f"{source}: --set {key}: {text!r} is not a YAML value") from None
         node: Any = result
         parts = key.split(".")
         for part in parts[:-1]:
