@@ -1,0 +1,216 @@
+"""The command line: bad input is one line on stderr and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from fedll.cli import app
+from fedll.config import dump_scenario, load_scenario
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *names: str) -> str:
+    """Exit 2, nothing on stdout, one 'error: ...' line on stderr naming ``names``."""
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), lines[0]
+    for name in names:
+        assert name in lines[0], lines[0]
+    assert result.stdout == ""
+    return lines[0]
+
+
+# ---------------------------------------------------------------- fedll run --dry-run
+
+
+def test_dry_run_lists_the_trials_and_runs_nothing(write_scenario, tmp_path):
+    out = tmp_path / "run"
+    result = invoke("run", write_scenario(), "--out", out, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "2 trials of tiny" in result.stdout
+    for model in ("static", "dycnn"):
+        assert model in result.stdout
+    assert not out.exists()
+
+
+def test_dry_run_applies_overrides(write_scenario):
+    result = invoke("run", write_scenario(), "--dry-run", "--set", "seeds=[0, 1, 2]",
+                    "--set", "stream.arrival_batch=[1, 2]")
+    assert result.exit_code == 0, result.output
+    assert "12 trials of tiny" in result.stdout
+
+
+def test_the_quickstart_scenario_is_valid():
+    result = invoke("run", REPO / "scenarios" / "quickstart.yaml", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "8 trials of quickstart" in result.stdout
+
+
+# ---------------------------------------------------------------- fedll run: bad input
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        pytest.param(["models.static.name=unet9000"], "models.static.name", id="unknown-model"),
+        pytest.param(["strategies=[fedavg, fedmagic]"], "strategies.1", id="unknown-strategy"),
+        pytest.param(["training.epoch=2"], "training.epoch", id="unknown-key"),
+        pytest.param(["sites.0.modality=t1"], "sites.0.modality", id="bad-modality"),
+        pytest.param(["stream.arrival_batch=-2"], "stream.arrival_batch", id="negative-batch"),
+        pytest.param(["training.epochs"], "training.epochs", id="set-without-value"),
+        pytest.param(["models.static.base_width=wide"], "models.static", id="model-kwarg-type"),
+    ],
+)
+def test_run_with_bad_input_exits_2_naming_the_file_and_key(write_scenario, overrides, key):
+    path = write_scenario()
+    args = [a for o in overrides for a in ("--set", o)]
+    result = invoke("run", path, "--dry-run", *args)
+    assert_one_line_error(result, str(path), key)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        pytest.param("models.static.kernel=5", id="unknown-kwarg"),
+        pytest.param("models.dycnn.routing_loss_weights={sparsity: 1}", id="bad-nested-kwarg"),
+        pytest.param("models.static.base_width=-3", id="impossible-kwarg"),
+    ],
+)
+def test_a_bad_model_kwarg_names_the_file_and_the_model_key(write_scenario, override):
+    path = write_scenario()
+    result = invoke("run", path, "--dry-run", "--set", override)
+    key = override.split("=")[0].rsplit(".", 1)[0]  # models.static / models.dycnn
+    assert_one_line_error(result, str(path), key)
+
+
+@pytest.mark.parametrize("ordering", ["sideways", "blocked:t1"])
+def test_run_with_an_impossible_ordering_exits_2_before_running(write_scenario, tmp_path,
+                                                                 ordering):
+    path = write_scenario()
+    run_dir = tmp_path / "run"
+    result = invoke("run", path, "--out", run_dir, "--local",
+                    "--set", f"stream.ordering={ordering}")
+    assert_one_line_error(result, str(path), "stream.ordering")
+    assert not run_dir.exists()
+
+
+def test_dry_run_with_an_impossible_ordering_exits_2(write_scenario):
+    path = write_scenario()
+    result = invoke("run", path, "--dry-run", "--set", "stream.ordering=blocked:t1")
+    assert_one_line_error(result, str(path), "ordering", "t1")
+
+
+@pytest.mark.parametrize("cpus", ["0", "-1"])
+def test_run_with_a_non_positive_cpus_per_trial_exits_2(write_scenario, cpus):
+    result = invoke("run", write_scenario(), "--dry-run", "--cpus-per-trial", cpus)
+    assert result.exit_code == 2, result.output
+    assert "--cpus-per-trial" in result.stderr
+
+
+def test_run_with_a_missing_scenario_exits_2(tmp_path):
+    path = tmp_path / "missing.yaml"
+    assert_one_line_error(invoke("run", path, "--dry-run"), str(path))
+
+
+def test_run_with_an_empty_scenario_exits_2(write_scenario):
+    path = write_scenario(text="")
+    assert_one_line_error(invoke("run", path), str(path), "empty")
+
+
+def test_run_with_invalid_yaml_exits_2(write_scenario):
+    path = write_scenario(text="sites: [\n")
+    assert_one_line_error(invoke("run", path), str(path), "YAML")
+
+
+def test_run_refuses_a_run_dir_holding_another_scenario(write_scenario, tmp_path):
+    path = write_scenario()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    other = dump_scenario(load_scenario(path, ["training.epochs=2"]))
+    (run_dir / "scenario.yaml").write_text(other)
+    result = invoke("run", path, "--out", run_dir, "--local")
+    assert_one_line_error(result, str(run_dir / "scenario.yaml"), "different scenario")
+    assert (run_dir / "scenario.yaml").read_text() == other
+    assert sorted(p.name for p in run_dir.iterdir()) == ["scenario.yaml"]
+
+
+def test_impossible_value_through_the_entry_point_has_no_traceback(write_scenario, tmp_path,
+                                                                  run_fedll):
+    """The real console script: exit 2, one line on stderr, no 'Traceback'."""
+    path = write_scenario()
+    done = run_fedll("run", path, "--out", tmp_path / "run", "--local",
+                     "--set", "training.epochs=0", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(path) in lines[0] and "training.epochs" in lines[0], lines
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_override_that_is_not_yaml_has_no_traceback(write_scenario, tmp_path, run_fedll):
+    path = write_scenario()
+    done = run_fedll("run", path, "--dry-run", "--set", "seeds=[0, 1", cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+
+
+# ---------------------------------------------------------------- fedll report / cohort
+
+
+def test_report_without_results_exits_2(tmp_path):
+    assert_one_line_error(invoke("report", tmp_path), str(tmp_path / "results.csv"))
+
+
+def test_report_on_a_bad_results_file_exits_2(tmp_path):
+    (tmp_path / "results.csv").write_text("trial,round\nx,0\n")
+    assert_one_line_error(invoke("report", tmp_path), "results.csv", "missing columns")
+
+
+@pytest.mark.parametrize(
+    ("args", "key"),
+    [
+        pytest.param(["--patients", "0"], "patients", id="no-patients"),
+        pytest.param(["--patients", "3", "--sites", "4"], "patients",
+                     id="fewer-patients-than-sites"),
+        pytest.param(["--patients", "4", "--sites", "a,a"], "sites", id="duplicate-sites"),
+        pytest.param(["--patients", "4", "--sites", "a b"], "sites", id="bad-site-name"),
+        pytest.param(["--patients", "4", "--sites", "2", "--test-patients", "4"], "test_patients",
+                     id="all-test"),
+        pytest.param(["--patients", "4", "--sites", "2", "--workers", "0"], "workers",
+                     id="no-workers"),
+        pytest.param(["--patients", "4", "--sites", "2", "--seed", "-1"], "seed",
+                     id="negative-seed"),
+    ],
+)
+def test_cohort_with_bad_arguments_exits_2(tmp_path, args, key):
+    out = tmp_path / "cohort"
+    assert_one_line_error(invoke("cohort", "--out", out, *args), key)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_cohort_into_a_file_exits_2(tmp_path):
+    target = tmp_path / "taken.txt"
+    target.write_text("x")
+    assert_one_line_error(invoke("cohort", "--out", target, "--patients", "4", "--sites", "2"),
+                          str(target))
+
+
+def test_cohort_with_a_non_integer_is_a_usage_error(tmp_path):
+    result = invoke("cohort", "--out", tmp_path / "c", "--patients", "many")
+    assert result.exit_code == 2
+    assert "--patients" in result.stderr
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_a_scenario_file_from_yaml_dump_loads(write_scenario):
+    """The factory's YAML is what a user would write (keys in order, plain values)."""
+    assert yaml.safe_load(write_scenario().read_text())["name"] == "tiny"

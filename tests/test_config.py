@@ -1,0 +1,317 @@
+"""Scenario loading: one-line errors that name the file and the key, overrides, the grid."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from fedll.config import (
+    ConfigError,
+    Scenario,
+    Trial,
+    apply_overrides,
+    dump_scenario,
+    expand_trials,
+    load_scenario,
+)
+
+T2 = {"name": "hospital-t2", "modality": "t2", "patients": 2}
+FLAIR = {"name": "hospital-flair", "modality": "flair", "patients": 2}
+
+ORDERING_BUG = (
+    "bug: stream.ordering is only checked against the stream rules when a trial builds its "
+    "stream, so `fedll run` starts the sweep and every trial fails; fix: build each "
+    "ordering x arrival_batch stream in Scenario._consistent"
+)
+
+
+def config_error(path: Path, overrides: Sequence[str] = ()) -> str:
+    """The message of the ConfigError that loading ``path`` raises; it must be one line."""
+    with pytest.raises(ConfigError) as caught:
+        load_scenario(path, overrides)
+    message = str(caught.value)
+    assert "\n" not in message, message
+    return message
+
+
+def assert_names(message: str, path: Path, key: str) -> None:
+    assert message.startswith(f"{path}:"), message
+    assert key in message, message
+
+
+def test_the_tiny_scenario_loads(write_scenario):
+    scenario = load_scenario(write_scenario())
+    assert [s.name for s in scenario.sites] == ["hospital-t2", "hospital-flair"]
+    assert scenario.stream.ordering == ["alternating"]
+    assert scenario.stream.arrival_batch == [1]
+    assert scenario.synthetic_patients() == 2 + 2 + 2 * 1
+
+
+@pytest.mark.parametrize(
+    ("updates", "key"),
+    [
+        pytest.param({"epochs": 1}, "epochs", id="unknown-top-level-key"),
+        pytest.param({"training": {"epoch": 1}}, "training.epoch", id="unknown-nested-key"),
+        pytest.param({"models": {"static": {"name": 3}}}, "models.static.name",
+                     id="model-name-type"),
+        pytest.param({"training": {"epochs": "many"}}, "training.epochs", id="wrong-type"),
+        pytest.param({"training": {"epochs": 1.5}}, "training.epochs", id="fractional-int"),
+        pytest.param({"sites": [T2, {**FLAIR, "patients": "two"}]}, "sites.1.patients",
+                     id="wrong-type-in-list"),
+        pytest.param({"sites": [{**T2, "modality": "t1"}, FLAIR]}, "sites.0.modality",
+                     id="modality-t1"),
+        pytest.param({"sites": [T2, {**FLAIR, "modality": "FLAIR"}]}, "sites.1.modality",
+                     id="modality-case"),
+        pytest.param({"stream": {"arrival_batch": -1}}, "stream.arrival_batch",
+                     id="negative-arrival-batch"),
+        pytest.param({"stream": {"arrival_batch": [2, 0]}}, "stream.arrival_batch",
+                     id="zero-arrival-batch-in-grid"),
+        pytest.param({"sites": [T2, {**FLAIR, "name": "hospital-t2"}]}, "sites",
+                     id="duplicate-site-names"),
+        pytest.param({"cohort": {"synthetic": {"patients": 5}}}, "cohort.synthetic.patients",
+                     id="more-patients-than-the-cohort"),
+        pytest.param({"stream": {"ordering": [["hospital-t2", "nowhere"], "alternating"]}},
+                     "stream.ordering", id="unknown-site-in-ordering"),
+        pytest.param({"stream": {"ordering": ["hospital-t2", "nowhere"]}}, "stream.ordering",
+                     id="unknown-site-in-single-ordering"),
+        pytest.param({"cohort": {"path": "somewhere"}}, "cohort", id="two-cohort-sources"),
+        pytest.param({"sites": []}, "sites", id="no-sites"),
+        pytest.param({"sites": [{**T2, "name": "a b"}, FLAIR]}, "sites.0.name", id="site-name"),
+        pytest.param({"models": {"wide": {"base_width": 8}}}, "models.wide.name",
+                     id="model-without-name"),
+        pytest.param({"seeds": ["zero"]}, "seeds.0", id="seed-type"),
+    ],
+)
+def test_an_invalid_value_names_the_file_and_the_key(write_scenario, updates, key):
+    path = write_scenario(updates)
+    assert_names(config_error(path), path, key)
+
+
+def test_a_cohort_short_of_patients_says_how_many_are_needed(write_scenario):
+    path = write_scenario({"cohort": {"synthetic": {"patients": 5}}})
+    message = config_error(path)
+    assert "5 patients" in message and "4 training patients" in message and "2 x 1" in message
+
+
+def test_a_cohort_with_just_enough_patients_loads(write_scenario):
+    scenario = load_scenario(write_scenario({"cohort": {"synthetic": {"patients": 6}}}))
+    assert scenario.synthetic_patients() == 6
+
+
+def test_the_unknown_ordering_site_is_named(write_scenario):
+    path = write_scenario({"stream": {"ordering": ["hospital-t2", "nowhere", "hospital-flair"]}})
+    assert "nowhere" in config_error(path)
+
+
+def test_a_cross_field_error_starts_with_its_key(write_scenario):
+    path = write_scenario({"sites": [T2, {**FLAIR, "name": "hospital-t2"}]})
+    assert config_error(path).startswith(f"{path}: sites: ")
+
+
+@pytest.mark.parametrize(
+    "ordering",
+    [
+        pytest.param("sideways", id="unknown-name"),
+        pytest.param("alternating:t1", id="unknown-first-modality"),
+        pytest.param("random:flair", id="random-with-modality"),
+        pytest.param(["hospital-t2", "hospital-flair"], id="list-missing-chunks"),
+    ],
+)
+def test_an_ordering_the_stream_rejects_is_a_config_error(write_scenario, ordering):
+    path = write_scenario({"stream": {"ordering": ordering}})
+    assert_names(config_error(path), path, "stream.ordering")
+
+
+def test_duplicate_grid_values_are_a_config_error(write_scenario):
+    path = write_scenario({"seeds": [0, 0]})
+    assert_names(config_error(path), path, "seeds")
+
+
+def test_a_too_small_synthetic_shape_is_a_config_error(write_scenario):
+    path = write_scenario({"cohort": {"synthetic": {"shape": [8, 8, 8]}}})
+    assert_names(config_error(path), path, "cohort.synthetic.shape")
+
+
+# ---------------------------------------------------------------- the file itself
+
+
+def test_a_missing_file_is_named(tmp_path):
+    path = tmp_path / "nowhere.yaml"
+    message = config_error(path)
+    assert_names(message, path, "cannot read")
+    assert "No such file" in message
+
+
+def test_a_directory_is_not_a_scenario(tmp_path):
+    assert_names(config_error(tmp_path), tmp_path, "cannot read")
+
+
+def test_invalid_yaml_names_the_file_and_line(write_scenario):
+    path = write_scenario(text="name: tiny\nsites: [unclosed\nmodels: {}\n")
+    message = config_error(path)
+    assert_names(message, path, "not valid YAML")
+    assert "line 3" in message
+
+
+@pytest.mark.parametrize("text", ["", "\n# only a comment\n"], ids=["empty", "comment-only"])
+def test_an_empty_file_is_named(write_scenario, text):
+    path = write_scenario(text=text)
+    assert_names(config_error(path), path, "empty")
+
+
+def test_a_list_is_not_a_scenario(write_scenario):
+    path = write_scenario(text="- name: tiny\n")
+    assert_names(config_error(path), path, "mapping")
+
+
+# ---------------------------------------------------------------- --set overrides
+
+
+def test_overrides_set_nested_keys_and_list_items(write_scenario):
+    scenario = load_scenario(
+        write_scenario(),
+        ["training.epochs=3", "sites.0.patients=1", "sites.1.name=other", "training.lr=0.5",
+         "seeds=[0, 1]", "stream.ordering=blocked:flair"],
+    )
+    assert scenario.training.epochs == 3
+    assert scenario.training.lr == 0.5
+    assert [(s.name, s.patients) for s in scenario.sites] == [("hospital-t2", 1), ("other", 2)]
+    assert scenario.seeds == [0, 1]
+    assert scenario.stream.ordering == ["blocked:flair"]
+
+
+def test_later_overrides_win_and_the_file_is_untouched(write_scenario):
+    path = write_scenario()
+    before = path.read_text()
+    scenario = load_scenario(path, ["training.epochs=2", "training.epochs=4"])
+    assert scenario.training.epochs == 4
+    assert path.read_text() == before
+
+
+def test_apply_overrides_leaves_the_raw_mapping_alone():
+    raw: dict[str, Any] = {"training": {"epochs": 1}, "sites": [{"patients": 2}]}
+    out = apply_overrides(raw, ["training.epochs=5", "sites.0.patients=7"], "s.yaml")
+    assert out == {"training": {"epochs": 5}, "sites": [{"patients": 7}]}
+    assert raw == {"training": {"epochs": 1}, "sites": [{"patients": 2}]}
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        pytest.param("training.epoch=3", "training.epoch", id="unknown-key"),
+        pytest.param("training.epochs=0", "training.epochs", id="impossible-value"),
+        pytest.param("sites.0.patients=0", "sites.0.patients", id="list-index-value"),
+        pytest.param("sites.1.modality=t1", "sites.1.modality", id="list-index-modality"),
+        pytest.param("training.epochs", "training.epochs", id="no-equals"),
+        pytest.param("=3", "--set", id="no-key"),
+        pytest.param("sites.5.patients=1", "sites.5.patients", id="index-out-of-range"),
+        pytest.param("name.first=x", "name.first", id="descend-into-a-scalar"),
+    ],
+)
+def test_a_bad_override_names_the_file_and_the_key(write_scenario, override, key):
+    path = write_scenario()
+    assert_names(config_error(path, [override]), path, key)
+
+
+def test_an_override_value_that_is_not_yaml_is_a_config_error(write_scenario):
+    path = write_scenario()
+    assert_names(config_error(path, ["seeds=[0, 1"]), path, "seeds")
+
+
+# ---------------------------------------------------------------- the grid
+
+
+GRID = {
+    "models": {
+        "static": {"name": "static", "base_width": 4, "depth": 2},
+        "dycnn": {"name": "dycnn", "base_width": 4, "depth": 2},
+    },
+    "stream": {
+        "ordering": ["alternating", "random"],
+        "arrival_batch": [1, 2],
+    },
+    "seeds": [0, 1, 2],
+}
+
+
+def test_the_grid_is_the_product_in_a_stable_order(write_scenario):
+    scenario = load_scenario(write_scenario(GRID))
+    trials = expand_trials(scenario)
+    assert len(trials) == 2 * 2 * 2 * 3
+    assert expand_trials(scenario) == trials
+    # model, then ordering, then batch, then strategy, then seed
+    assert trials[0] == Trial(model="static", ordering="alternating", arrival_batch=1,
+                              strategy="fedavg", seed=0)
+    assert trials[1].seed == 1 and trials[2].seed == 2
+    assert (trials[3].arrival_batch, trials[3].seed) == (2, 0)
+    assert (trials[6].ordering, trials[6].arrival_batch) == ("random", 1)
+    assert trials[12].model == "dycnn" and trials[12].ordering == "alternating"
+    assert [t.model for t in trials] == ["static"] * 12 + ["dycnn"] * 12
+
+
+def test_trial_ids_are_unique_stable_and_file_name_safe(write_scenario):
+    scenario = load_scenario(write_scenario(GRID))
+    ids = [t.trial_id for t in expand_trials(scenario)]
+    assert len(set(ids)) == len(ids)
+    assert ids[0] == "static__alternating__b1__fedavg__s0"
+    assert ids[6] == "static__random__b1__fedavg__s0"
+    assert all("/" not in i and ":" not in i and " " not in i for i in ids)
+    again = [t.trial_id for t in expand_trials(load_scenario(write_scenario(GRID, name="b.yaml")))]
+    assert again == ids
+
+
+LISTED = ["hospital-flair", "hospital-t2", "hospital-flair", "hospital-t2"]
+
+
+def test_explicit_orderings_get_distinct_file_name_safe_ids(write_scenario):
+    scenario = load_scenario(write_scenario(
+        {"stream": {"ordering": [LISTED, LISTED[::-1], "alternating:flair"]}}))
+    ids = [t.trial_id for t in expand_trials(scenario)][:3]
+    assert ids[0].startswith("static__list-") and ids[0].endswith("__b1__fedavg__s0")
+    assert ids[1].startswith("static__list-") and ids[1] != ids[0]
+    assert ids[2] == "static__alternating-flair__b1__fedavg__s0"
+    assert expand_trials(scenario)[0].ordering_label == ",".join(LISTED)
+
+
+def test_a_single_explicit_ordering_is_one_grid_value(write_scenario):
+    listed = ["hospital-t2", "hospital-flair", "hospital-t2", "hospital-flair"]
+    scenario = load_scenario(write_scenario({"stream": {"ordering": listed}}))
+    assert scenario.stream.ordering == [listed]
+    assert len(expand_trials(scenario)) == 2
+
+
+def test_scalars_are_one_grid_value(write_scenario):
+    scenario = load_scenario(
+        write_scenario({"strategies": "fedavg", "seeds": 7, "stream": {"arrival_batch": 2}})
+    )
+    assert (scenario.strategies, scenario.seeds, scenario.stream.arrival_batch) == (
+        ["fedavg"], [7], [2])
+
+
+@pytest.mark.parametrize(
+    "updates",
+    [{}, GRID, {"stream": {"ordering": [LISTED, "blocked"]}, "strategies": "fedavg"}],
+    ids=["tiny", "grid", "explicit-ordering"],
+)
+def test_dump_round_trips(write_scenario, updates, tmp_path):
+    original = load_scenario(write_scenario(updates))
+    text = dump_scenario(original)
+    dumped = tmp_path / "dumped" / "scenario.yaml"
+    dumped.parent.mkdir()
+    dumped.write_text(text)
+    reloaded = load_scenario(dumped)
+    assert reloaded == original
+    # a run directory compares this text to decide whether it holds the same scenario
+    assert dump_scenario(reloaded) == text
+    assert isinstance(yaml.safe_load(text), dict)
+
+
+def test_relative_paths_resolve_against_the_scenario_file(write_scenario, tmp_path):
+    path = write_scenario({"cache_dir": "cache"}, name="sub/scenario.yaml")
+    scenario = load_scenario(path)
+    assert scenario.cache_dir == tmp_path / "sub" / "cache"
+    assert isinstance(scenario, Scenario)

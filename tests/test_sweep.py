@@ -1,0 +1,245 @@
+"""End to end: `fedll run` on the tiny scenario, the report, determinism, resume, a killed
+Ray run, and Ray against in-process trials.
+
+The tiny scenario has two sites of two patients (T2 first, then FLAIR) and arrival batches of
+one patient, so the alternating stream has 4 rounds: T2, FLAIR, T2, FLAIR; each round is
+evaluated on one T2 and one FLAIR test patient, and round 0 is the untrained model.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from fedll.config import dump_scenario, expand_trials, load_scenario
+from fedll.results import RESULT_COLUMNS
+from fedll.sweep import SweepOptions, pending, run_sweep, run_trial
+
+REQUIRED = ["trial", "model", "ordering", "arrival_batch", "strategy", "seed", "round", "sites",
+            "arriving", "modality", "case", "dice"]
+ROUNDS = [0, 1, 2, 3, 4]
+ARRIVING = {0: "", 1: "t2", 2: "flair", 3: "t2", 4: "flair"}
+SITES = {0: "", 1: "hospital-t2", 2: "hospital-flair", 3: "hospital-t2", 4: "hospital-flair"}
+TRIALS = ["static__alternating__b1__fedavg__s0", "dycnn__alternating__b1__fedavg__s0"]
+# Several optimiser steps per round, so that the models move away from predicting background
+# (the tiny U-Nets often still score Dice 0: the comparisons below also compare the Dy-CNN's
+# attention mass per kernel, which any change in its weights shows).
+LEARNS = {"training": {"epochs": 2, "lr": 0.01, "batch_size": 4}}
+# One model and three seeds: three quick trials.
+THREE_SEEDS = {"models": {"dycnn": None}, "seeds": [0, 1, 2]}
+
+
+def read(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, keep_default_na=False, na_values=[""])
+
+
+def dice_by_case(frame: pd.DataFrame) -> pd.Series:
+    return frame.set_index(["trial", "round", "modality", "case"])["dice"].sort_index()
+
+
+def mass_by_kernel(frame: pd.DataFrame) -> pd.Series:
+    return frame.set_index(["trial", "round", "modality", "layer", "kernel"])["mass"].sort_index()
+
+
+def assert_attention_moved(attention: pd.DataFrame) -> None:
+    """The Dy-CNN's attention after the last round differs from the untrained model's: the
+    weights did change, so equal results are not the equality of two untrained models."""
+    mass = attention.set_index(["round", "modality", "layer", "kernel"])["mass"]
+    assert not mass.loc[0].equals(mass.loc[max(ROUNDS)]), "the model did not change"
+
+
+def result_files(run_dir: Path) -> list[Path]:
+    """What a sweep counts as finished trials: visible, non-attention CSVs in trials/."""
+    return sorted(p for p in (run_dir / "trials").glob("*.csv")
+                  if not p.name.startswith(".") and not p.name.endswith(".attention.csv"))
+
+
+def assert_complete_trial(frame: pd.DataFrame) -> None:
+    """Every round 0..4, each with one T2 and one FLAIR test case and its Dice."""
+    assert sorted(frame["round"].unique()) == ROUNDS
+    for rnd, rows in frame.groupby("round"):
+        assert sorted(rows["modality"]) == ["flair", "t2"]
+        assert set(rows["arriving"].fillna("")) == {ARRIVING[rnd]}
+        assert set(rows["sites"].fillna("")) == {SITES[rnd]}
+    assert frame["dice"].between(0, 1).all()
+
+
+@pytest.fixture
+def restore_torch_threads():
+    """run_trial sets torch's thread count for the process; put it back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory, make_scenario, run_fedll):
+    """`fedll run --local` of the tiny scenario (static and Dy-CNN), through the console script."""
+    root = tmp_path_factory.mktemp("local")
+    scenario = make_scenario(root / "tiny.yaml", LEARNS)
+    run_dir = root / "run"
+    done = run_fedll("run", scenario, "--out", run_dir, "--local", cwd=root)
+    assert done.returncode == 0, done.stderr
+    return scenario, run_dir, done
+
+
+@pytest.mark.slow
+def test_local_run_writes_results_tables_and_plots(local_run):
+    _, run_dir, done = local_run
+    assert "Traceback" not in done.stderr
+    assert f"results: {run_dir / 'results.csv'}" in done.stdout
+    results = read(run_dir / "results.csv")
+    assert set(REQUIRED) <= set(results.columns)
+    assert list(results.columns) == RESULT_COLUMNS
+    assert sorted(results["trial"].unique()) == sorted(TRIALS)
+    assert len(results) == 2 * len(ROUNDS) * 2
+    for trial, frame in results.groupby("trial"):
+        assert_complete_trial(frame)
+        model = str(trial).split("__")[0]
+        assert set(frame["model"]) == {model}
+        assert set(frame["ordering"]) == {"alternating"}
+        assert set(frame["arrival_batch"]) == {1} and set(frame["seed"]) == {0}
+        assert set(frame["strategy"]) == {"fedavg"}
+    assert sorted(p.stem for p in result_files(run_dir)) == sorted(TRIALS)
+    for name in ("forgetting.csv", "forgetting.md", "forgetting.tex"):
+        assert (run_dir / "tables" / name).stat().st_size > 0
+    plots = sorted(p.name for p in (run_dir / "plots").glob("*.png"))
+    assert any(p.startswith("curves_") for p in plots)
+    assert any(p.startswith("dice_matrix_") for p in plots)
+    for plot in plots:
+        assert (run_dir / "plots" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run_dir / "scenario.yaml").exists() and (run_dir / "cohort.json").exists()
+    forgetting = pd.read_csv(run_dir / "tables" / "forgetting.csv")
+    assert set(forgetting["model"]) == {"static", "dycnn"}
+
+
+@pytest.mark.slow
+def test_report_rebuilds_the_tables_from_results_csv_alone(local_run, tmp_path, run_fedll):
+    _, run_dir, _ = local_run
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(run_dir / "results.csv", alone / "results.csv")
+    done = run_fedll("report", alone, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    for name in ("forgetting.csv", "forgetting.md", "forgetting.tex", "trials.csv"):
+        assert (alone / "tables" / name).read_text() == (run_dir / "tables" / name).read_text()
+    rebuilt = {p.name for p in (alone / "plots").glob("*.png")}
+    assert rebuilt == {p.name for p in (run_dir / "plots").glob("*.png")
+                       if not p.name.startswith("attention_")}
+    assert "forgetting" not in done.stderr
+
+
+@pytest.mark.slow
+def test_report_in_the_run_dir_after_deleting_the_tables(local_run, tmp_path, run_fedll):
+    _, run_dir, _ = local_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    before = {p.name: p.read_text() for p in (copy / "tables").iterdir()}
+    plots = {p.name for p in (copy / "plots").iterdir()}
+    shutil.rmtree(copy / "tables")
+    shutil.rmtree(copy / "plots")
+    done = run_fedll("report", copy, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert {p.name: p.read_text() for p in (copy / "tables").iterdir()} == before
+    assert {p.name for p in (copy / "plots").iterdir()} == plots
+
+
+@pytest.mark.slow
+def test_run_trial_twice_gives_identical_dice(make_scenario, tmp_path, restore_torch_threads):
+    scenario = load_scenario(make_scenario(tmp_path / "tiny.yaml", LEARNS))
+    dycnn = [t.model for t in expand_trials(scenario)].index("dycnn")
+    frames, attention = [], []
+    for name in ("a", "b"):
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        (run_dir / "scenario.yaml").write_text(dump_scenario(scenario))
+        path = run_trial(run_dir, dycnn, threads=1)
+        frames.append(read(path))
+        attention.append(read(path.with_suffix(".attention.csv")))
+    assert_complete_trial(frames[0])
+    assert_attention_moved(attention[0])
+    pd.testing.assert_frame_equal(frames[0], frames[1])
+    pd.testing.assert_frame_equal(attention[0], attention[1])
+
+
+@pytest.mark.slow
+def test_a_rerun_runs_only_the_missing_trial(make_scenario, tmp_path, restore_torch_threads):
+    scenario = load_scenario(make_scenario(tmp_path / "s.yaml", {**THREE_SEEDS, "seeds": [0, 1]}))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "scenario.yaml").write_text(dump_scenario(scenario))
+    kept, redone = [t.trial_id for t in expand_trials(scenario)]
+    first = run_sweep(run_dir, SweepOptions(backend="local"))
+    assert (first.done, first.skipped, first.failed) == ([kept, redone], [], {})
+    kept_file = run_dir / "trials" / f"{kept}.csv"
+    stamp = kept_file.stat().st_mtime_ns
+    (run_dir / "trials" / f"{redone}.csv").unlink()
+    time.sleep(0.01)  # so that a rewrite would show in the mtime
+    second = run_sweep(run_dir, SweepOptions(backend="local"))
+    assert (second.done, second.skipped, second.failed) == ([redone], [kept], {})
+    assert kept_file.stat().st_mtime_ns == stamp
+    assert_complete_trial(read(run_dir / "trials" / f"{redone}.csv"))
+    third = run_sweep(run_dir, SweepOptions(backend="local"))
+    assert (third.done, third.skipped) == ([], [kept, redone])
+
+
+@pytest.mark.slow
+def test_a_killed_ray_run_resumes_keeping_finished_trials(make_scenario, tmp_path, spawn_fedll,
+                                                          run_fedll):
+    scenario_path = make_scenario(tmp_path / "s.yaml",
+                                  {**THREE_SEEDS, "execution": {"max_concurrent": 1}})
+    run_dir = tmp_path / "run"
+    proc = spawn_fedll("run", str(scenario_path), "--out", str(run_dir))
+    deadline = time.monotonic() + 240
+    while not result_files(run_dir):
+        assert proc.running(), f"fedll exited early:\n{proc.stderr}"
+        assert time.monotonic() < deadline, f"no trial finished in 240 s:\n{proc.stderr}"
+        time.sleep(0.05)
+    assert proc.running(), "the run finished before it could be killed"
+    survivors = proc.kill()
+    assert survivors == [], f"processes outlived SIGKILL of the session: {survivors}"
+
+    scenario = load_scenario(run_dir / "scenario.yaml")
+    finished = result_files(run_dir)
+    assert len(finished) == 1, finished  # one trial at a time, killed as the first finished
+    assert_complete_trial(read(finished[0]))
+    assert len(pending(run_dir, expand_trials(scenario))) == 2
+    # nothing else visible in trials/ looks like a results file; temporaries are hidden
+    for path in (run_dir / "trials").iterdir():
+        assert path in finished or path.name.endswith(".attention.csv") or (
+            path.name.startswith(".") and path.name.endswith(".tmp")), path
+    stamp = finished[0].stat().st_mtime_ns
+
+    done = run_fedll("run", scenario_path, "--out", run_dir, "--local", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "1 finished trial(s) were kept" in done.stdout
+    assert finished[0].stat().st_mtime_ns == stamp
+    results = read(run_dir / "results.csv")
+    assert sorted(results["trial"].unique()) == sorted(t.trial_id for t in expand_trials(scenario))
+    for _, frame in results.groupby("trial"):
+        assert_complete_trial(frame)
+
+
+@pytest.mark.slow
+def test_a_ray_sweep_gives_the_dice_of_the_local_run(local_run, tmp_path, spawn_fedll):
+    scenario, local_dir, _ = local_run
+    run_dir = tmp_path / "ray"
+    proc = spawn_fedll("run", str(scenario), "--out", str(run_dir))
+    code = proc.wait(timeout=300)
+    assert code == 0, proc.stderr
+    local = dice_by_case(read(local_dir / "results.csv"))
+    pd.testing.assert_series_equal(dice_by_case(read(run_dir / "results.csv")), local)
+    local_attention = read(local_dir / "attention.csv")
+    assert_attention_moved(local_attention)
+    pd.testing.assert_series_equal(mass_by_kernel(read(run_dir / "attention.csv")),
+                                   mass_by_kernel(local_attention))
+    # Ray's daemons and workers go with the driver
+    deadline = time.monotonic() + 20
+    while (left := proc.leftovers()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert left == [], f"Ray processes outlived the driver: {left}"
