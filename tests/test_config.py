@@ -22,13 +22,6 @@ from fedll.config import (
 T2 = {"name": "hospital-t2", "modality": "t2", "patients": 2}
 FLAIR = {"name": "hospital-flair", "modality": "flair", "patients": 2}
 
-ORDERING_BUG = (
-    "bug: stream.ordering is only checked against the stream rules when a trial builds its "
-    "stream, so `fedll run` starts the sweep and every trial fails; fix: build each "
-    "ordering x arrival_batch stream in Scenario._consistent"
-)
-
-
 def config_error(path: Path, overrides: Sequence[str] = ()) -> str:
     """The message of the ConfigError that loading ``path`` raises; it must be one line."""
     with pytest.raises(ConfigError) as caught:
