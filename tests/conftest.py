@@ -116,8 +116,14 @@ def run_fedll() -> RunFedll:
     env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
 
     def run(*args: str | Path, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run([*fedll_command(), *map(str, args)], cwd=cwd, env=env,
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [*fedll_command(), *map(str, args)],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     return run
 
@@ -158,14 +164,19 @@ class FedllProcess:
 
     def __init__(self, args: list[str], cwd: Path, ray_tmp: Path, log_dir: Path) -> None:
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-        env.update(RAY_TMPDIR=str(ray_tmp), RAY_USAGE_STATS_ENABLED="0", NO_COLOR="1",
-                   COLUMNS="200")
+        env.update(
+            RAY_TMPDIR=str(ray_tmp), RAY_USAGE_STATS_ENABLED="0", NO_COLOR="1", COLUMNS="200"
+        )
         self.ray_tmp = ray_tmp
         log_dir.mkdir(parents=True, exist_ok=True)
         self._out = (log_dir / "stdout.txt").open("w+")
         self._err = (log_dir / "stderr.txt").open("w+")
         self.proc = subprocess.Popen(
-            [*fedll_command(), *args], cwd=cwd, env=env, stdout=self._out, stderr=self._err,
+            [*fedll_command(), *args],
+            cwd=cwd,
+            env=env,
+            stdout=self._out,
+            stderr=self._err,
             start_new_session=True,
         )
         self.sid = self.proc.pid
@@ -174,8 +185,9 @@ class FedllProcess:
         """The exit code (``-signal`` if killed), leaving the process unreaped: its pid, and so
         its process group and session ids, cannot be reused before :meth:`close`."""
         deadline = time.monotonic() + timeout
-        while (info := os.waitid(os.P_PID, self.proc.pid,
-                                 os.WEXITED | os.WNOWAIT | os.WNOHANG)) is None:
+        while (
+            info := os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG)
+        ) is None:
             if time.monotonic() > deadline:
                 raise subprocess.TimeoutExpired(self.proc.args, timeout)
             time.sleep(0.1)

@@ -44,8 +44,15 @@ def test_dry_run_lists_the_trials_and_runs_nothing(write_scenario, tmp_path):
 
 
 def test_dry_run_applies_overrides(write_scenario):
-    result = invoke("run", write_scenario(), "--dry-run", "--set", "seeds=[0, 1, 2]",
-                    "--set", "stream.arrival_batch=[1, 2]")
+    result = invoke(
+        "run",
+        write_scenario(),
+        "--dry-run",
+        "--set",
+        "seeds=[0, 1, 2]",
+        "--set",
+        "stream.arrival_batch=[1, 2]",
+    )
     assert result.exit_code == 0, result.output
     assert "12 trials of tiny" in result.stdout
 
@@ -94,12 +101,12 @@ def test_a_bad_model_kwarg_names_the_file_and_the_model_key(write_scenario, over
 
 
 @pytest.mark.parametrize("ordering", ["sideways", "blocked:t1"])
-def test_run_with_an_impossible_ordering_exits_2_before_running(write_scenario, tmp_path,
-                                                                 ordering):
+def test_run_with_an_impossible_ordering_exits_2_before_running(write_scenario, tmp_path, ordering):
     path = write_scenario()
     run_dir = tmp_path / "run"
-    result = invoke("run", path, "--out", run_dir, "--local",
-                    "--set", f"stream.ordering={ordering}")
+    result = invoke(
+        "run", path, "--out", run_dir, "--local", "--set", f"stream.ordering={ordering}"
+    )
     assert_one_line_error(result, str(path), "stream.ordering")
     assert not run_dir.exists()
 
@@ -144,12 +151,21 @@ def test_run_refuses_a_run_dir_holding_another_scenario(write_scenario, tmp_path
     assert sorted(p.name for p in run_dir.iterdir()) == ["scenario.yaml"]
 
 
-def test_impossible_value_through_the_entry_point_has_no_traceback(write_scenario, tmp_path,
-                                                                  run_fedll):
+def test_impossible_value_through_the_entry_point_has_no_traceback(
+    write_scenario, tmp_path, run_fedll
+):
     """The real console script: exit 2, one line on stderr, no 'Traceback'."""
     path = write_scenario()
-    done = run_fedll("run", path, "--out", tmp_path / "run", "--local",
-                     "--set", "training.epochs=0", cwd=tmp_path)
+    done = run_fedll(
+        "run",
+        path,
+        "--out",
+        tmp_path / "run",
+        "--local",
+        "--set",
+        "training.epochs=0",
+        cwd=tmp_path,
+    )
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     lines = done.stderr.strip().splitlines()
@@ -179,16 +195,22 @@ def test_report_on_a_bad_results_file_exits_2(tmp_path):
     ("args", "key"),
     [
         pytest.param(["--patients", "0"], "patients", id="no-patients"),
-        pytest.param(["--patients", "3", "--sites", "4"], "patients",
-                     id="fewer-patients-than-sites"),
+        pytest.param(
+            ["--patients", "3", "--sites", "4"], "patients", id="fewer-patients-than-sites"
+        ),
         pytest.param(["--patients", "4", "--sites", "a,a"], "sites", id="duplicate-sites"),
         pytest.param(["--patients", "4", "--sites", "a b"], "sites", id="bad-site-name"),
-        pytest.param(["--patients", "4", "--sites", "2", "--test-patients", "4"], "test_patients",
-                     id="all-test"),
-        pytest.param(["--patients", "4", "--sites", "2", "--workers", "0"], "workers",
-                     id="no-workers"),
-        pytest.param(["--patients", "4", "--sites", "2", "--seed", "-1"], "seed",
-                     id="negative-seed"),
+        pytest.param(
+            ["--patients", "4", "--sites", "2", "--test-patients", "4"],
+            "test_patients",
+            id="all-test",
+        ),
+        pytest.param(
+            ["--patients", "4", "--sites", "2", "--workers", "0"], "workers", id="no-workers"
+        ),
+        pytest.param(
+            ["--patients", "4", "--sites", "2", "--seed", "-1"], "seed", id="negative-seed"
+        ),
     ],
 )
 def test_cohort_with_bad_arguments_exits_2(tmp_path, args, key):
@@ -200,8 +222,9 @@ def test_cohort_with_bad_arguments_exits_2(tmp_path, args, key):
 def test_cohort_into_a_file_exits_2(tmp_path):
     target = tmp_path / "taken.txt"
     target.write_text("x")
-    assert_one_line_error(invoke("cohort", "--out", target, "--patients", "4", "--sites", "2"),
-                          str(target))
+    assert_one_line_error(
+        invoke("cohort", "--out", target, "--patients", "4", "--sites", "2"), str(target)
+    )
 
 
 def test_cohort_with_a_non_integer_is_a_usage_error(tmp_path):

@@ -22,6 +22,7 @@ from fedll.config import (
 T2 = {"name": "hospital-t2", "modality": "t2", "patients": 2}
 FLAIR = {"name": "hospital-flair", "modality": "flair", "patients": 2}
 
+
 def config_error(path: Path, overrides: Sequence[str] = ()) -> str:
     """The message of the ConfigError that loading ``path`` raises; it must be one line."""
     with pytest.raises(ConfigError) as caught:
@@ -49,33 +50,54 @@ def test_the_tiny_scenario_loads(write_scenario):
     [
         pytest.param({"epochs": 1}, "epochs", id="unknown-top-level-key"),
         pytest.param({"training": {"epoch": 1}}, "training.epoch", id="unknown-nested-key"),
-        pytest.param({"models": {"static": {"name": 3}}}, "models.static.name",
-                     id="model-name-type"),
+        pytest.param(
+            {"models": {"static": {"name": 3}}}, "models.static.name", id="model-name-type"
+        ),
         pytest.param({"training": {"epochs": "many"}}, "training.epochs", id="wrong-type"),
         pytest.param({"training": {"epochs": 1.5}}, "training.epochs", id="fractional-int"),
-        pytest.param({"sites": [T2, {**FLAIR, "patients": "two"}]}, "sites.1.patients",
-                     id="wrong-type-in-list"),
-        pytest.param({"sites": [{**T2, "modality": "t1"}, FLAIR]}, "sites.0.modality",
-                     id="modality-t1"),
-        pytest.param({"sites": [T2, {**FLAIR, "modality": "FLAIR"}]}, "sites.1.modality",
-                     id="modality-case"),
-        pytest.param({"stream": {"arrival_batch": -1}}, "stream.arrival_batch",
-                     id="negative-arrival-batch"),
-        pytest.param({"stream": {"arrival_batch": [2, 0]}}, "stream.arrival_batch",
-                     id="zero-arrival-batch-in-grid"),
-        pytest.param({"sites": [T2, {**FLAIR, "name": "hospital-t2"}]}, "sites",
-                     id="duplicate-site-names"),
-        pytest.param({"cohort": {"synthetic": {"patients": 5}}}, "cohort.synthetic.patients",
-                     id="more-patients-than-the-cohort"),
-        pytest.param({"stream": {"ordering": [["hospital-t2", "nowhere"], "alternating"]}},
-                     "stream.ordering", id="unknown-site-in-ordering"),
-        pytest.param({"stream": {"ordering": ["hospital-t2", "nowhere"]}}, "stream.ordering",
-                     id="unknown-site-in-single-ordering"),
+        pytest.param(
+            {"sites": [T2, {**FLAIR, "patients": "two"}]},
+            "sites.1.patients",
+            id="wrong-type-in-list",
+        ),
+        pytest.param(
+            {"sites": [{**T2, "modality": "t1"}, FLAIR]}, "sites.0.modality", id="modality-t1"
+        ),
+        pytest.param(
+            {"sites": [T2, {**FLAIR, "modality": "FLAIR"}]}, "sites.1.modality", id="modality-case"
+        ),
+        pytest.param(
+            {"stream": {"arrival_batch": -1}}, "stream.arrival_batch", id="negative-arrival-batch"
+        ),
+        pytest.param(
+            {"stream": {"arrival_batch": [2, 0]}},
+            "stream.arrival_batch",
+            id="zero-arrival-batch-in-grid",
+        ),
+        pytest.param(
+            {"sites": [T2, {**FLAIR, "name": "hospital-t2"}]}, "sites", id="duplicate-site-names"
+        ),
+        pytest.param(
+            {"cohort": {"synthetic": {"patients": 5}}},
+            "cohort.synthetic.patients",
+            id="more-patients-than-the-cohort",
+        ),
+        pytest.param(
+            {"stream": {"ordering": [["hospital-t2", "nowhere"], "alternating"]}},
+            "stream.ordering",
+            id="unknown-site-in-ordering",
+        ),
+        pytest.param(
+            {"stream": {"ordering": ["hospital-t2", "nowhere"]}},
+            "stream.ordering",
+            id="unknown-site-in-single-ordering",
+        ),
         pytest.param({"cohort": {"path": "somewhere"}}, "cohort", id="two-cohort-sources"),
         pytest.param({"sites": []}, "sites", id="no-sites"),
         pytest.param({"sites": [{**T2, "name": "a b"}, FLAIR]}, "sites.0.name", id="site-name"),
-        pytest.param({"models": {"wide": {"base_width": 8}}}, "models.wide.name",
-                     id="model-without-name"),
+        pytest.param(
+            {"models": {"wide": {"base_width": 8}}}, "models.wide.name", id="model-without-name"
+        ),
         pytest.param({"seeds": ["zero"]}, "seeds.0", id="seed-type"),
     ],
 )
@@ -167,8 +189,14 @@ def test_a_list_is_not_a_scenario(write_scenario):
 def test_overrides_set_nested_keys_and_list_items(write_scenario):
     scenario = load_scenario(
         write_scenario(),
-        ["training.epochs=3", "sites.0.patients=1", "sites.1.name=other", "training.lr=0.5",
-         "seeds=[0, 1]", "stream.ordering=blocked:flair"],
+        [
+            "training.epochs=3",
+            "sites.0.patients=1",
+            "sites.1.name=other",
+            "training.lr=0.5",
+            "seeds=[0, 1]",
+            "stream.ordering=blocked:flair",
+        ],
     )
     assert scenario.training.epochs == 3
     assert scenario.training.lr == 0.5
@@ -237,8 +265,9 @@ def test_the_grid_is_the_product_in_a_stable_order(write_scenario):
     assert len(trials) == 2 * 2 * 2 * 3
     assert expand_trials(scenario) == trials
     # model, then ordering, then batch, then strategy, then seed
-    assert trials[0] == Trial(model="static", ordering="alternating", arrival_batch=1,
-                              strategy="fedavg", seed=0)
+    assert trials[0] == Trial(
+        model="static", ordering="alternating", arrival_batch=1, strategy="fedavg", seed=0
+    )
     assert trials[1].seed == 1 and trials[2].seed == 2
     assert (trials[3].arrival_batch, trials[3].seed) == (2, 0)
     assert (trials[6].ordering, trials[6].arrival_batch) == ("random", 1)
@@ -261,8 +290,9 @@ LISTED = ["hospital-flair", "hospital-t2", "hospital-flair", "hospital-t2"]
 
 
 def test_explicit_orderings_get_distinct_file_name_safe_ids(write_scenario):
-    scenario = load_scenario(write_scenario(
-        {"stream": {"ordering": [LISTED, LISTED[::-1], "alternating:flair"]}}))
+    scenario = load_scenario(
+        write_scenario({"stream": {"ordering": [LISTED, LISTED[::-1], "alternating:flair"]}})
+    )
     ids = [t.trial_id for t in expand_trials(scenario)][:3]
     assert ids[0].startswith("static__list-") and ids[0].endswith("__b1__fedavg__s0")
     assert ids[1].startswith("static__list-") and ids[1] != ids[0]
@@ -282,7 +312,10 @@ def test_scalars_are_one_grid_value(write_scenario):
         write_scenario({"strategies": "fedavg", "seeds": 7, "stream": {"arrival_batch": 2}})
     )
     assert (scenario.strategies, scenario.seeds, scenario.stream.arrival_batch) == (
-        ["fedavg"], [7], [2])
+        ["fedavg"],
+        [7],
+        [2],
+    )
 
 
 @pytest.mark.parametrize(

@@ -20,8 +20,20 @@ from fedll.config import dump_scenario, expand_trials, load_scenario
 from fedll.results import RESULT_COLUMNS
 from fedll.sweep import SweepOptions, pending, run_sweep, run_trial
 
-REQUIRED = ["trial", "model", "ordering", "arrival_batch", "strategy", "seed", "round", "sites",
-            "arriving", "modality", "case", "dice"]
+REQUIRED = [
+    "trial",
+    "model",
+    "ordering",
+    "arrival_batch",
+    "strategy",
+    "seed",
+    "round",
+    "sites",
+    "arriving",
+    "modality",
+    "case",
+    "dice",
+]
 ROUNDS = [0, 1, 2, 3, 4]
 ARRIVING = {0: "", 1: "t2", 2: "flair", 3: "t2", 4: "flair"}
 SITES = {0: "", 1: "hospital-t2", 2: "hospital-flair", 3: "hospital-t2", 4: "hospital-flair"}
@@ -55,8 +67,11 @@ def assert_attention_moved(attention: pd.DataFrame) -> None:
 
 def result_files(run_dir: Path) -> list[Path]:
     """What a sweep counts as finished trials: visible, non-attention CSVs in trials/."""
-    return sorted(p for p in (run_dir / "trials").glob("*.csv")
-                  if not p.name.startswith(".") and not p.name.endswith(".attention.csv"))
+    return sorted(
+        p
+        for p in (run_dir / "trials").glob("*.csv")
+        if not p.name.startswith(".") and not p.name.endswith(".attention.csv")
+    )
 
 
 def assert_complete_trial(frame: pd.DataFrame) -> None:
@@ -129,8 +144,9 @@ def test_report_rebuilds_the_tables_from_results_csv_alone(local_run, tmp_path, 
     for name in ("forgetting.csv", "forgetting.md", "forgetting.tex", "trials.csv"):
         assert (alone / "tables" / name).read_text() == (run_dir / "tables" / name).read_text()
     rebuilt = {p.name for p in (alone / "plots").glob("*.png")}
-    assert rebuilt == {p.name for p in (run_dir / "plots").glob("*.png")
-                       if not p.name.startswith("attention_")}
+    assert rebuilt == {
+        p.name for p in (run_dir / "plots").glob("*.png") if not p.name.startswith("attention_")
+    }
     assert "forgetting" not in done.stderr
 
 
@@ -189,10 +205,12 @@ def test_a_rerun_runs_only_the_missing_trial(make_scenario, tmp_path, restore_to
 
 
 @pytest.mark.slow
-def test_a_killed_ray_run_resumes_keeping_finished_trials(make_scenario, tmp_path, spawn_fedll,
-                                                          run_fedll):
-    scenario_path = make_scenario(tmp_path / "s.yaml",
-                                  {**THREE_SEEDS, "execution": {"max_concurrent": 1}})
+def test_a_killed_ray_run_resumes_keeping_finished_trials(
+    make_scenario, tmp_path, spawn_fedll, run_fedll
+):
+    scenario_path = make_scenario(
+        tmp_path / "s.yaml", {**THREE_SEEDS, "execution": {"max_concurrent": 1}}
+    )
     run_dir = tmp_path / "run"
     proc = spawn_fedll("run", str(scenario_path), "--out", str(run_dir))
     deadline = time.monotonic() + 240
@@ -211,8 +229,11 @@ def test_a_killed_ray_run_resumes_keeping_finished_trials(make_scenario, tmp_pat
     assert len(pending(run_dir, expand_trials(scenario))) == 2
     # nothing else visible in trials/ looks like a results file; temporaries are hidden
     for path in (run_dir / "trials").iterdir():
-        assert path in finished or path.name.endswith(".attention.csv") or (
-            path.name.startswith(".") and path.name.endswith(".tmp")), path
+        assert (
+            path in finished
+            or path.name.endswith(".attention.csv")
+            or (path.name.startswith(".") and path.name.endswith(".tmp"))
+        ), path
     stamp = finished[0].stat().st_mtime_ns
 
     done = run_fedll("run", scenario_path, "--out", run_dir, "--local", cwd=tmp_path)
@@ -236,8 +257,9 @@ def test_a_ray_sweep_gives_the_dice_of_the_local_run(local_run, tmp_path, spawn_
     pd.testing.assert_series_equal(dice_by_case(read(run_dir / "results.csv")), local)
     local_attention = read(local_dir / "attention.csv")
     assert_attention_moved(local_attention)
-    pd.testing.assert_series_equal(mass_by_kernel(read(run_dir / "attention.csv")),
-                                   mass_by_kernel(local_attention))
+    pd.testing.assert_series_equal(
+        mass_by_kernel(read(run_dir / "attention.csv")), mass_by_kernel(local_attention)
+    )
     # Ray's daemons and workers go with the driver
     deadline = time.monotonic() + 20
     while (left := proc.leftovers()) and time.monotonic() < deadline:
