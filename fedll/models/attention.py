@@ -185,7 +185,7 @@ class AttentionCoefficients(nn.Module):
         min_hidden: int = 4,
         temperature_start: float = 30.0,
         temperature_end: float = 1.0,
-        anneal_steps: int = 1000,
+        anneal_steps: int = 100,
         top_k: int | None = None,
         quantiles: Sequence[float] = (0.1, 0.5, 0.9),
     ) -> None:

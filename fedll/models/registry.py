@@ -86,7 +86,7 @@ def dynamic_unet(
     min_hidden: int = 4,
     temperature_start: float = 30.0,
     temperature_end: float = 1.0,
-    anneal_steps: int = 1000,
+    anneal_steps: int = 100,
     top_k: int | None = None,
     routing_loss_weights: Mapping[str, float] | RoutingLossWeights | None = None,
     first_layer_static: bool = False,
