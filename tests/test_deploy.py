@@ -1,10 +1,12 @@
 """Deployment without Flower processes: test certificates and node keys (checked with a real
 TLS handshake and with Flower's own key readers), per-site data folders, the checks a site's
-node config gets, and the ``fedll site`` command.
+node config gets, the ``fedll site`` command, and a federation that goes on without a failed
+site. The same apps against real SuperLink and SuperNode processes: ``test_flwr_deploy.py``.
 """
 
 from __future__ import annotations
 
+import logging
 import shlex
 import socket
 import ssl
@@ -12,7 +14,9 @@ import stat
 import threading
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import torch
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -20,7 +24,7 @@ from flwr.cli.supernode.register import try_load_public_key
 from typer.testing import CliRunner
 
 from fedll.cli import app
-from fedll.config import dump_scenario, load_scenario
+from fedll.config import dump_scenario, expand_trials, load_scenario
 from fedll.data.prepare import prepare_cohort
 from fedll.deploy import (
     load_auth_key,
@@ -30,7 +34,13 @@ from fedll.deploy import (
     write_site_manifests,
 )
 from fedll.errors import ConfigError, DataError
+from fedll.inprocess import InProcessGrid, run_server_app
+from fedll.results import trial_path
+from fedll.sweep import run_trial
+from sites.client_app import app as client_app
 from sites.site import site_from_node_config
+from strategies.federation import SiteInfo, match_sites
+from strategies.server_app import make_server_app
 
 # Two rounds (each site's two patients arrive at once), trained enough that Dice moves.
 TWO_ROUNDS = {
@@ -51,6 +61,13 @@ def one_line_error(result, *names: str) -> str:
     for name in names:
         assert name in lines[0], lines[0]
     return lines[0]
+
+
+@pytest.fixture
+def restore_torch_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 # ------------------------------------------------------------------ certificates and keys
@@ -197,6 +214,44 @@ def test_a_site_folder_holds_exactly_the_cases_of_the_split(prepared_run):
         assert [r.patient for r in expected] == sorted(r.patient for r in expected)
 
 
+def test_deployed_node_configs_give_the_simulated_dice(
+    prepared_run, tmp_path, restore_torch_threads
+):
+    """The ServerApp and ClientApp in-process: nodes that read their cases from a data dir
+    (deployment) train exactly as nodes mapped to the split by partition id (simulation)."""
+    scenario, _, run_dir, manifests = prepared_run
+    simulated, deployed = tmp_path / "sim", tmp_path / "dep"
+    for target in (simulated, deployed):
+        target.mkdir()
+        for name in ("scenario.yaml", "cohort.json"):
+            (target / name).write_text((run_dir / name).read_text())
+    trial = expand_trials(scenario)[0]
+
+    expected = pd.read_csv(run_trial(simulated, 0, threads=1))
+    run_config = {
+        "scenario": str(deployed / "scenario.yaml"),
+        "trial": 0,
+        "run-dir": str(deployed),
+        "threads": 1,
+        "collect": True,
+    }
+    node_configs = [
+        {"site": s.name, "modality": s.modality, "data-dir": str(manifests[s.name].parent)}
+        for s in reversed(scenario.sites)  # node order plays no part
+    ]
+    grid = InProcessGrid(client_app, node_configs, run_config, seed=7)
+    run_server_app(make_server_app(), grid, run_config)
+    got = pd.read_csv(trial_path(deployed, trial))
+
+    assert sorted(expected["round"].unique()) == [0, 1, 2]
+    assert (expected["dice"] > 0).any()
+    pd.testing.assert_frame_equal(got, expected)
+    # collect=True: results, the resolved scenario and the report, as `fedll run` writes them
+    for name in ("results.csv", "attention.csv", "tables/forgetting.md", "scenario.yaml"):
+        assert (deployed / name).exists(), name
+    assert list((deployed / "plots").glob("*.png"))
+
+
 def test_node_config_errors_name_the_site_and_the_problem(prepared_run, tmp_path):
     _, _, _, manifests = prepared_run
     t2 = str(manifests["hospital-t2"].parent)
@@ -337,3 +392,115 @@ def test_site_data_command(tmp_path, make_scenario):
         "hospital-t2",
     ]
     one_line_error(invoke("site-data", tmp_path / "none.yaml", "--out", tmp_path), "none.yaml")
+
+
+# ------------------------------------------------------------------ the server goes on
+
+
+def _info(node: int, name: str, modality: str, cases: int = 2) -> SiteInfo:
+    return SiteInfo(node_id=node, name=name, modality=modality, num_cases=cases)
+
+
+def test_match_sites_leaves_out_what_does_not_fit_and_says_why(prepared_run, caplog):
+    scenario = prepared_run[0]
+    infos = [
+        _info(11, "hospital-t2", "flair"),  # wrong modality
+        _info(12, "hospital-flair", "flair"),
+        _info(13, "hospital-x", "t2"),  # not in the scenario
+    ]
+    with caplog.at_level(logging.ERROR, logger="strategies.federation"):
+        bound = match_sites(scenario, infos)
+    assert list(bound) == ["hospital-flair"]
+    assert "site hospital-t2 (sites.0) (node 11) holds flair, the scenario says t2" in caplog.text
+    assert "node 13 says it is site hospital-x" in caplog.text
+
+    caplog.clear()
+    with (
+        caplog.at_level(logging.ERROR, logger="strategies.federation"),
+        pytest.raises(ConfigError, match="none of the scenario's sites joined"),
+    ):
+        match_sites(scenario, [_info(12, "hospital-flair", "flair", cases=1)])
+    assert "site hospital-t2 (sites.0) did not join" in caplog.text
+    assert "site hospital-flair (sites.1) (node 12) holds 1 cases, the scenario asks 2" in (
+        caplog.text
+    )
+
+
+@pytest.mark.parametrize("broken", ["hospital-t2", "hospital-flair"])
+def test_a_site_with_a_bad_node_config_is_left_out_and_recorded(
+    prepared_run, tmp_path, caplog, restore_torch_threads, broken
+):
+    """The broken site's ClientApp raises on ``query.meta``; the server logs the node id and the
+    reason, runs the stream of the other site (whichever modality the ordering starts with)
+    and records the missing site in round 0's ``failed``."""
+    scenario, _, run_dir, manifests = prepared_run
+    for name in ("scenario.yaml", "cohort.json"):
+        (tmp_path / name).write_text((run_dir / name).read_text())
+    run_config = {"scenario": str(tmp_path / "scenario.yaml"), "run-dir": str(tmp_path)}
+    missing = tmp_path / "not-mounted"
+    node_configs = [
+        {
+            "site": s.name,
+            "modality": s.modality,
+            "data-dir": str(missing if s.name == broken else manifests[s.name].parent),
+        }
+        for s in scenario.sites
+    ]
+    grid = InProcessGrid(client_app, node_configs, run_config, seed=3)
+    with caplog.at_level(logging.ERROR):
+        run_server_app(make_server_app(), grid, run_config)
+
+    results = pd.read_csv(tmp_path / "results.csv", keep_default_na=False)
+    healthy = next(s for s in scenario.sites if s.name != broken)
+    assert sorted(results["round"].unique()) == [0, 1]  # one arrival of the healthy site
+    assert set(results.loc[results["round"] == 1, "sites"]) == {healthy.name}
+    assert set(results.loc[results["round"] == 0, "failed"]) == {broken}
+    assert set(results.loc[results["round"] == 1, "failed"]) == {""}
+    assert "could not describe itself" in caplog.text
+    assert f"site {broken}: data-dir {missing} does not exist" in caplog.text
+    assert f"site {broken} (sites." in caplog.text and "did not join" in caplog.text
+
+
+def test_discovery_goes_on_with_the_sites_that_connected(caplog):
+    """A site whose SuperNode never starts: after the join timeout the others go ahead."""
+    from flwr.app import Context
+    from flwr.serverapp import Grid, ServerApp
+
+    from strategies.federation import discover_sites
+
+    class Answering:
+        """Stands in for the ClientApp: answers ``query.meta`` with partition-named sites."""
+
+        def __call__(self, message, context):
+            from flwr.app import ConfigRecord, Message, RecordDict
+
+            pid = int(context.node_config["partition-id"])
+            meta = ConfigRecord({"site": f"s{pid}", "modality": "t2", "num-cases": 1})
+            return Message(RecordDict({"meta": meta}), reply_to=message)
+
+    grid = InProcessGrid(Answering(), [{"partition-id": 0}, {"partition-id": 1}], {}, seed=1)
+    server = ServerApp()
+    found: list = []
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        found.extend(discover_sites(grid, expected=3, timeout=0.2))
+
+    with caplog.at_level(logging.ERROR, logger="strategies.federation"):
+        run_server_app(server, grid, {})
+    assert [i.name for i in found] == ["s0", "s1"]
+    assert "only 2 of 3 sites connected within 0s; going on with them" in caplog.text
+
+
+def test_the_ordering_skips_the_sites_that_did_not_join():
+    from fedll.stream import counted_holdings
+    from strategies.federation import ordering_among
+
+    flair_only = counted_holdings([("f", "flair", 2)])
+    assert ordering_among(["t", "f", "t", "f"], flair_only) == ["f", "f"]
+    assert ordering_among("alternating", flair_only) == "alternating:flair"
+    assert ordering_among("blocked:t2", flair_only) == "blocked:flair"
+    assert ordering_among("alternating:flair", flair_only) == "alternating:flair"
+    assert ordering_among("random", flair_only) == "random"
+    both = counted_holdings([("t", "t2", 1), ("f", "flair", 1)])
+    assert ordering_among("alternating", both) == "alternating"
