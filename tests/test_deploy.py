@@ -42,7 +42,8 @@ from sites.site import site_from_node_config
 from strategies.federation import SiteInfo, match_sites
 from strategies.server_app import make_server_app
 
-# Two rounds (each site's two patients arrive at once), trained enough that Dice moves.
+# Two rounds (each site's two patients arrive at once), trained enough that Dice moves (and
+# T2 is partly forgotten after the FLAIR round).
 TWO_ROUNDS = {
     "stream": {"arrival_batch": 2},
     "models": {"dycnn": None},
