@@ -269,6 +269,129 @@ def report(
     _print_table(built)
 
 
+@app.command()
+def certs(
+    out: Annotated[Path, typer.Option(help="folder to write the certificates and keys into")],
+    sites: Annotated[
+        str, typer.Option(help="site names, comma-separated: one node-auth key pair each")
+    ] = "",
+    hosts: Annotated[
+        list[str] | None,
+        typer.Option("--host", help="SuperLink name or IP in its certificate (repeatable)"),
+    ] = None,
+    days: Annotated[int, typer.Option(help="days the certificates stay valid")] = 365,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing set")] = False,
+) -> None:
+    """Write a test CA, a SuperLink TLS certificate and per-site node-auth keys (local trials)."""
+    from fedll.deploy import DEFAULT_HOSTS, write_certificates
+
+    names = [s.strip() for s in sites.split(",") if s.strip()]
+    try:
+        files = write_certificates(out, names, hosts or DEFAULT_HOSTS, days, overwrite)
+    except FedllError as error:
+        _fail(str(error))
+    console = _console()
+    console.print(f"CA: {files.ca_cert}  SuperLink: {files.server_cert}, {files.server_key}")
+    for site, (private, public) in files.keys.items():
+        console.print(f"{site}: {private} (stays at the site), {public} (register it)")
+
+
+@app.command("site-data")
+def site_data(
+    scenario_path: Annotated[Path, typer.Argument(metavar="SCENARIO", help="scenario YAML")],
+    out: Annotated[Path, typer.Option(help="folder for one data folder per site")],
+) -> None:
+    """Write OUT/<site>/manifest.csv: the cases the scenario's split gives each site (a local
+    stand-in for each hospital's own data folder)."""
+    from fedll.data.prepare import prepare_cohort
+    from fedll.deploy import write_site_manifests
+
+    try:
+        scenario = load_scenario(scenario_path)
+        with _console().status("preparing the cohort"):
+            prepared = prepare_cohort(scenario, source=str(scenario_path))
+        written = write_site_manifests(prepared, out)
+    except FedllError as error:
+        _fail(str(error))
+    for site, path in written.items():
+        _console().print(f"{site}: {len(prepared.sites[site])} cases in {path}")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def site(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Option("--site", help="the site's name in the scenario")],
+    modality: Annotated[str, typer.Option(help="the one modality it holds: t2 or flair")],
+    data_dir: Annotated[Path, typer.Option(help="its cases, in any supported layout")],
+    superlink: Annotated[str, typer.Option(help="SuperLink address HOST:PORT")],
+    root_certificates: Annotated[
+        Path | None, typer.Option(help="the SuperLink's CA certificate (TLS)")
+    ] = None,
+    insecure: Annotated[bool, typer.Option(help="no TLS (loopback tests only)")] = False,
+    auth_key: Annotated[
+        Path | None, typer.Option(help="node-auth private key (OpenSSH EC), if the link asks")
+    ] = None,
+    runtime_port: Annotated[
+        int | None,
+        typer.Option(help="port of this SuperNode's local Runtime API (default 9094)"),
+    ] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="slice cache of this site")] = None,
+    dry_run: Annotated[
+        bool, typer.Option(help="check and print the flower-supernode command only")
+    ] = False,
+) -> None:
+    """Check this site's data, then run flower-supernode for it (extra arguments after --
+    go to flower-supernode)."""
+    import os
+    import shlex
+    import shutil
+
+    from fedll.deploy import load_auth_key, supernode_command
+    from sites.site import site_from_node_config
+
+    config = {
+        "site": name,
+        "modality": modality.lower(),
+        "data-dir": str(data_dir.expanduser().resolve()),
+    }
+    if cache_dir is not None:
+        config["cache-dir"] = str(cache_dir.expanduser().resolve())
+    try:
+        if insecure == (root_certificates is not None):
+            raise ConfigError("give either --root-certificates CA (TLS) or --insecure")
+        if root_certificates is not None and not root_certificates.is_file():
+            raise ConfigError(f"--root-certificates: {root_certificates} is not a file")
+        if auth_key is not None:
+            load_auth_key(auth_key)
+        found = site_from_node_config(config)
+        executable = str(Path(sys.executable).with_name("flower-supernode"))
+        if not Path(executable).exists():
+            executable = shutil.which("flower-supernode") or "flower-supernode"
+        command = supernode_command(
+            executable,
+            superlink,
+            config,
+            root_certificates=root_certificates.resolve() if root_certificates else None,
+            auth_key=auth_key.expanduser().resolve() if auth_key else None,
+            runtime_port=runtime_port,
+            extra=ctx.args,
+        )
+    except FedllError as error:
+        _fail(str(error))
+    console = Console(stderr=True, highlight=False)
+    console.print(
+        f"site {found.name}: {len(found.records)} {found.modality} training cases in "
+        f"{config['data-dir']}",
+        soft_wrap=True,
+    )
+    if dry_run:
+        _console().print(shlex.join(command), soft_wrap=True, markup=False)
+        return
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os.execvp(command[0], command)
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

@@ -36,28 +36,40 @@ class Site:
 
 
 def site_from_node_config(node_config: Mapping[str, Any]) -> Site:
-    """A deployed site: ``site``, ``modality`` and ``data-dir`` (+ optional ``cache-dir``)."""
+    """A deployed site: ``site``, ``modality`` and ``data-dir`` (+ optional ``cache-dir``).
+
+    The data dir is read with the loader (any supported layout); the site's training cases
+    are its ``modality`` records not marked ``split=test``, sorted by patient id, and the
+    server's stream uses the first ``patients`` of them (the scenario's count for the site).
+    """
     missing = [k for k in ("site", "modality", "data-dir") if k not in node_config]
     if missing:
         raise ConfigError(
             f"--node-config: missing {', '.join(missing)} (need site, modality, data-dir)"
         )
     name, modality = str(node_config["site"]), str(node_config["modality"]).lower()
+    if not name.strip():
+        raise ConfigError("--node-config: site is empty")
     if modality not in MODALITIES:
         raise ConfigError(
-            f"--node-config: modality {modality!r} is not one of {', '.join(MODALITIES)}"
+            f"--node-config: site {name}: modality {modality!r} is not one of "
+            f"{', '.join(MODALITIES)}"
         )
     data_dir = Path(str(node_config["data-dir"])).expanduser()
     if not data_dir.exists():
-        raise ConfigError(f"--node-config: data-dir {data_dir} does not exist")
+        raise ConfigError(f"--node-config: site {name}: data-dir {data_dir} does not exist")
+    try:
+        found = discover(data_dir)
+    except DataError as error:
+        raise DataError(f"site {name}: {error}") from None
     records = tuple(
         sorted(
-            (r for r in discover(data_dir) if r.modality == modality and r.split != "test"),
+            (r for r in found if r.modality == modality and r.split != "test"),
             key=lambda r: r.patient,
         )
     )
     if not records:
-        raise DataError(f"{data_dir}: no {modality} training cases found")
+        raise DataError(f"site {name}: {data_dir}: no {modality} training cases found")
     cache = Path(str(node_config.get("cache-dir") or default_cache_dir())).expanduser()
     return Site(name=name, modality=modality, records=records, cache_dir=cache)
 

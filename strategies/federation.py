@@ -20,12 +20,13 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedll.config import Scenario, Trial
+from fedll.data import MODALITIES
 from fedll.data.prepare import PreparedCohort
 from fedll.errors import ConfigError
 from fedll.instructions import ModelSpec, SliceRecipe, TrainInstruction
 from fedll.models import build_model, parameter_groups
 from fedll.results import TrialResults
-from fedll.stream import Round, build_stream, counted_holdings
+from fedll.stream import Round, SiteHoldings, build_stream, counted_holdings
 from fedll.train import evaluate_cases
 from strategies.registry import build_strategy
 
@@ -45,13 +46,23 @@ class SiteInfo:
 
 
 def discover_sites(grid: Grid, expected: int, timeout: float = 300.0) -> list[SiteInfo]:
-    """Wait for ``expected`` nodes, then ask each who it is (``query.meta``)."""
+    """Wait up to ``timeout`` for ``expected`` nodes, then ask each who it is (``query.meta``).
+
+    A node that cannot answer (a bad ``--node-config``, no data) is logged with its id and
+    the reason and left out; so are sites that did not connect in time, if any node did.
+    """
     deadline = time.monotonic() + timeout
     while len(node_ids := sorted(grid.get_node_ids())) < expected:
         if time.monotonic() > deadline:
-            raise ConfigError(
-                f"only {len(node_ids)} of {expected} sites connected within {timeout:.0f}s"
+            if not node_ids:
+                raise ConfigError(f"no site connected within {timeout:.0f}s")
+            logger.error(
+                "only %d of %d sites connected within %.0fs; going on with them",
+                len(node_ids),
+                expected,
+                timeout,
             )
+            break
         time.sleep(0.5)
     messages = [
         Message(RecordDict({"meta": ConfigRecord()}), message_type="query.meta", dst_node_id=n)
@@ -71,30 +82,60 @@ def discover_sites(grid: Grid, expected: int, timeout: float = 300.0) -> list[Si
 
 
 def match_sites(scenario: Scenario, infos: Sequence[SiteInfo]) -> dict[str, SiteInfo]:
-    """The scenario's sites, each bound to the node that claims it (modality checked)."""
+    """The scenario's sites, each bound to the node that claims it.
+
+    A site that did not join, holds another modality than the scenario says, or holds fewer
+    cases than the scenario's ``patients`` is logged (naming the site and the node) and
+    left out of the stream; the run goes on with the others.
+    """
+    names = {s.name for s in scenario.sites}
+    for info in infos:
+        if info.name not in names:
+            logger.error(
+                "node %d says it is site %s, which the scenario does not name; ignored",
+                info.node_id,
+                info.name,
+            )
     by_name = {i.name: i for i in infos}
     bound: dict[str, SiteInfo] = {}
     for index, site in enumerate(scenario.sites):
         info = by_name.get(site.name)
         if info is None:
-            logger.error(
-                "site %s (sites.%d) did not join; it is left out of the stream", site.name, index
-            )
+            problem = "did not join"
+        elif info.modality != site.modality:
+            problem = f"holds {info.modality}, the scenario says {site.modality}"
+        elif info.num_cases < site.patients:
+            problem = f"holds {info.num_cases} cases, the scenario asks {site.patients}"
+        else:
+            bound[site.name] = info
             continue
-        if info.modality != site.modality:
-            raise ConfigError(
-                f"sites.{index}.modality: scenario says {site.modality}, "
-                f"site {site.name} holds {info.modality}"
-            )
-        if info.num_cases < site.patients:
-            raise ConfigError(
-                f"sites.{index}.patients: scenario asks {site.patients}, "
-                f"site {site.name} holds {info.num_cases}"
-            )
-        bound[site.name] = info
+        node = "" if info is None else f" (node {info.node_id})"
+        logger.error(
+            "site %s (sites.%d)%s %s; it is left out of the stream",
+            site.name,
+            index,
+            node,
+            problem,
+        )
     if not bound:
         raise ConfigError("none of the scenario's sites joined the federation")
     return bound
+
+
+def ordering_among(
+    ordering: str | Sequence[str], holdings: Sequence[SiteHoldings]
+) -> str | list[str]:
+    """The trial's ordering over the sites that joined: a listed site that did not join is
+    dropped, and a named ordering that starts with a modality none of them holds starts with
+    one they hold (``alternating`` with only FLAIR sites left is ``alternating:flair``)."""
+    if not isinstance(ordering, str):
+        names = {h.name for h in holdings}
+        return [name for name in ordering if name in names]
+    kind, _, first = ordering.partition(":")
+    held = [m for m in MODALITIES if any(h.modality == m for h in holdings)]
+    if kind != "random" and (first or MODALITIES[0]) not in held:
+        return f"{kind}:{held[0]}"
+    return ordering
 
 
 def plan_rounds(
@@ -150,7 +191,7 @@ def run_federation(
     )
     stream = build_stream(
         holdings,
-        trial.ordering,
+        ordering_among(trial.ordering, holdings),
         trial.arrival_batch,
         trial.seed,
         scenario.stream.arrivals_per_round,
@@ -199,6 +240,8 @@ def run_federation(
         evaluate_fn=evaluate,
     )
     results.failures.update(strategy.failures)
+    if left_out := [s.name for s in scenario.sites if s.name not in bound]:
+        results.failures[0] = left_out  # round 0: the sites that never took part
     return results
 
 

@@ -3,8 +3,10 @@
 Run config keys (kebab-case, from ``[tool.flwr.app.config]``, ``flwr run --run-config``
 or a sweep): ``scenario`` (path of the scenario YAML), ``trial`` (index into its grid, or
 a trial id), ``run-dir`` (where results go), ``threads`` (torch threads), ``collect`` (rebuild
-``RUN_DIR/results.csv`` after the trial; a sweep does it once at the end instead). The cohort split
-is read from ``RUN_DIR/cohort.json`` when a sweep prepared it, and prepared here otherwise.
+``RUN_DIR/results.csv`` and the report after the trial; a sweep does it once at the end instead).
+The cohort split is read from ``RUN_DIR/cohort.json`` when a sweep prepared it, and prepared here
+otherwise (on the coordinator: in deployment, the held-out test sets live there). The resolved
+scenario is kept as ``RUN_DIR/scenario.yaml``, as ``fedll run`` keeps it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from fedll.config import dump_scenario
 from fedll.data.prepare import PreparedCohort, prepare_cohort
+from fedll.report import build_report
 from fedll.results import collect, write_trial
 from strategies.federation import RoundCallback, run_federation, trial_from_run_config
 
@@ -42,6 +46,8 @@ def make_server_app(on_round: RoundCallback | None = None) -> ServerApp:
     def main(grid: Grid, context: Context) -> None:
         scenario, trial, run_dir = trial_from_run_config(context.run_config)
         prepared = cohort_for(run_dir, lambda: prepare_cohort(scenario))
+        if not (resolved := run_dir / "scenario.yaml").exists():
+            resolved.write_text(dump_scenario(scenario))
         threads = int(context.run_config.get("threads", 1))
         results = run_federation(
             grid, scenario, trial, prepared, threads=threads, on_round=on_round
@@ -50,6 +56,7 @@ def make_server_app(on_round: RoundCallback | None = None) -> ServerApp:
         logger.info("trial %s written to %s", trial.trial_id, path)
         if context.run_config.get("collect", True):
             collect(run_dir)
+            build_report(run_dir)
 
     return app
 

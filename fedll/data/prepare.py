@@ -10,7 +10,8 @@ Assignment rules (deterministic):
   order; the first ``k`` with a T2 volume form the T2 test set, the next ``k`` with a
   FLAIR volume the FLAIR test set (disjoint patients, as in the poster);
 - each site takes training patients whose cohort site has its name first, then patients
-  from the rest of the pool, in sorted order; no patient serves two sites.
+  from the rest of the pool, in sorted order; no patient serves two sites. A site's cases
+  arrive sorted by patient id, as a deployed site orders its own (``sites.site``).
 """
 
 from __future__ import annotations
@@ -186,7 +187,7 @@ def split_cohort(records: list[CaseRecord], scenario: Scenario, source: str) -> 
                 f"{site.modality} patients, the cohort has {len(chosen)} left for it"
             )
         used.update(chosen)
-        sites[site.name] = tuple(by_patient[p][site.modality] for p in chosen)
+        sites[site.name] = tuple(by_patient[p][site.modality] for p in sorted(chosen))
     return sites, test
 
 

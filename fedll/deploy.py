@@ -1,0 +1,267 @@
+"""Deploying a scenario at real sites: test certificates and node keys, per-site data folders,
+and the ``flower-supernode`` command a site runs.
+
+Flower 1.42 serves the SuperLink's Fleet, Control and Runtime APIs on one TLS port. The
+SuperLink takes a CA certificate, a server certificate and its key (``--ssl-ca-certfile``,
+``--ssl-certfile``, ``--ssl-keyfile``); a SuperNode trusts the CA (``--root-certificates``).
+With ``--enable-supernode-auth`` a SuperNode must sign with a NIST-curve EC key in OpenSSH
+format (``--auth-supernode-private-key``) whose public half was registered beforehand
+(``flwr supernode register KEY.pub <connection>``). :func:`write_certificates` makes all
+of these for a local trial; a real deployment uses its own PKI.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import ipaddress
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from fedll.data.prepare import PreparedCohort
+from fedll.errors import ConfigError
+
+DEFAULT_HOSTS: tuple[str, ...] = ("127.0.0.1", "localhost")
+MANIFEST_HEADER = ("patient", "site", "modality", "split", "image", "mask")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class Certificates:
+    """The files :func:`write_certificates` wrote; ``keys``: site -> (private, public) key."""
+
+    ca_cert: Path
+    ca_key: Path
+    server_cert: Path
+    server_key: Path
+    keys: dict[str, tuple[Path, Path]]
+
+
+def write_certificates(
+    out: Path,
+    sites: Sequence[str] = (),
+    hosts: Sequence[str] = DEFAULT_HOSTS,
+    days: int = 365,
+    overwrite: bool = False,
+) -> Certificates:
+    """A test CA, a SuperLink certificate for ``hosts`` and one node-auth key pair per site.
+
+    Writes ``ca.crt``/``ca.key``, ``server.pem``/``server.key`` (ECDSA P-256, the server
+    certificate valid for every name and IP address in ``hosts``) and ``<site>.key`` /
+    ``<site>.pub`` (ECDSA P-384 in OpenSSH format, as Flower's node authentication reads
+    them). Private keys are written with mode 0600. Existing files are kept unless
+    ``overwrite``: a key is never replaced silently.
+    """
+    if days < 1:
+        raise ConfigError(f"certs: days must be >= 1, got {days}")
+    if not hosts:
+        raise ConfigError("certs: at least one host name or IP address is needed")
+    for site in sites:
+        if not _SAFE_NAME.match(site):
+            raise ConfigError(
+                f"certs: site name {site!r} cannot name a key file (letters, digits, . _ -)"
+            )
+    if len(set(sites)) != len(sites):
+        raise ConfigError(f"certs: a site is named twice in {', '.join(sites)}")
+    out = Path(out)
+    files = Certificates(
+        ca_cert=out / "ca.crt",
+        ca_key=out / "ca.key",
+        server_cert=out / "server.pem",
+        server_key=out / "server.key",
+        keys={s: (out / f"{s}.key", out / f"{s}.pub") for s in sites},
+    )
+    targets = [files.ca_cert, files.ca_key, files.server_cert, files.server_key]
+    targets += [p for pair in files.keys.values() for p in pair]
+    if not overwrite and (existing := [p for p in targets if p.exists()]):
+        raise ConfigError(f"certs: {existing[0]} exists (pass --overwrite to replace the set)")
+    out.mkdir(parents=True, exist_ok=True)
+
+    now = dt.datetime.now(dt.timezone.utc)
+    valid = (now - dt.timedelta(minutes=5), now + dt.timedelta(days=days))
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedll test CA")])
+    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+    ca_cert = (
+        _builder(ca_name, ca_name, ca_key.public_key(), valid)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_key_usage(cert_sign=True), critical=True)
+        .add_extension(ca_ski, critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])])
+    server_cert = (
+        _builder(server_name, ca_name, server_key.public_key(), valid)
+        .add_extension(x509.SubjectAlternativeName([_san(h) for h in hosts]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(cert_sign=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(server_key.public_key()), critical=False
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    _write(files.ca_cert, ca_cert.public_bytes(pem))
+    _write(files.ca_key, _pkcs8(ca_key), private=True)
+    _write(files.server_cert, server_cert.public_bytes(pem))
+    _write(files.server_key, _pkcs8(server_key), private=True)
+    for private_path, public_path in files.keys.values():
+        key = ec.generate_private_key(ec.SECP384R1())
+        openssh = key.private_bytes(
+            pem, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+        )
+        _write(private_path, openssh, private=True)
+        public = key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
+        _write(public_path, public + b"\n")
+    return files
+
+
+def _builder(
+    subject: x509.Name,
+    issuer: x509.Name,
+    public_key: ec.EllipticCurvePublicKey,
+    valid: tuple[dt.datetime, dt.datetime],
+) -> x509.CertificateBuilder:
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(valid[0])
+        .not_valid_after(valid[1])
+    )
+
+
+def _key_usage(cert_sign: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=cert_sign,
+        crl_sign=cert_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _san(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
+
+
+def _pkcs8(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _write(path: Path, data: bytes, private: bool = False) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.replace(tmp, path)
+
+
+def load_auth_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    """A SuperNode's node-auth private key, checked as Flower will read it (OpenSSH, EC)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such key file")
+    try:
+        key = serialization.load_ssh_private_key(path.read_bytes(), None)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"{path}: not an unencrypted OpenSSH private key ({error})") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ConfigError(f"{path}: Flower needs an EC (NIST P-curve) key, not {key.__class__}")
+    return key
+
+
+def write_site_manifests(prepared: PreparedCohort, out: Path) -> dict[str, Path]:
+    """``OUT/<site>/manifest.csv`` per site: exactly the training cases the scenario's split
+    assigns to it (absolute paths), so a deployed site trains on what a simulated one does.
+
+    A stand-in for each hospital's own data folder in a local trial. MSD's 4-D volumes (a
+    channel per modality) cannot be listed in a manifest: give those sites a folder each.
+    """
+    written: dict[str, Path] = {}
+    for site, records in prepared.sites.items():
+        if not _SAFE_NAME.match(site):
+            raise ConfigError(f"site-data: site name {site!r} cannot name a folder")
+        if any(r.channel is not None for r in records):
+            raise ConfigError(
+                f"site-data: site {site} holds 4-D (MSD) volumes, which a manifest cannot "
+                "list; give the site a folder of its own cases instead"
+            )
+        folder = Path(out) / site
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "manifest.csv"
+        tmp = path.with_name(".manifest.csv.tmp")
+        with tmp.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(MANIFEST_HEADER)
+            for r in records:
+                image, mask = Path(r.image).resolve(), Path(r.mask).resolve()
+                writer.writerow([r.patient, site, r.modality, "train", image, mask])
+        os.replace(tmp, path)
+        written[site] = path
+    return written
+
+
+def node_config_arg(config: Mapping[str, str]) -> str:
+    """``--node-config`` text: ``key="value"`` pairs (values quoted as TOML strings)."""
+    pairs = []
+    for key, value in config.items():
+        if '"' in value or "\n" in value:
+            raise ConfigError(f"--node-config: {key} {value!r} may not hold a quote or newline")
+        pairs.append(f'{key}="{value.replace(chr(92), chr(92) * 2)}"')
+    return " ".join(pairs)
+
+
+def supernode_command(
+    executable: str,
+    superlink: str,
+    node_config: Mapping[str, str],
+    root_certificates: Path | None = None,
+    auth_key: Path | None = None,
+    runtime_port: int | None = None,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """The ``flower-supernode`` argv for a site: TLS when ``root_certificates`` is given,
+    else ``--insecure`` (node authentication needs TLS)."""
+    if auth_key is not None and root_certificates is None:
+        raise ConfigError("--auth-key needs TLS: give --root-certificates (the SuperLink's CA)")
+    command = [executable, "--superlink", superlink]
+    if root_certificates is None:
+        command.append("--insecure")
+    else:
+        command += ["--root-certificates", str(root_certificates)]
+    if auth_key is not None:
+        command += ["--auth-supernode-private-key", str(auth_key)]
+    if runtime_port is not None:
+        command += ["--port", str(runtime_port)]
+    command += ["--node-config", node_config_arg(node_config), *extra]
+    return command
