@@ -91,9 +91,9 @@ def cohort(
 
 
 def _check_names(scenario: Scenario, source: str) -> None:
-    """Models and strategies exist and the model arguments build (errors name the key)."""
+    """Models exist and their arguments build (errors name the key); strategy and CL names
+    are checked by the scenario schema."""
     from fedll.models import build_model, model_names
-    from strategies.registry import strategy_names
 
     for key, spec in scenario.models.items():
         if spec.name not in model_names():
@@ -105,12 +105,6 @@ def _check_names(scenario: Scenario, source: str) -> None:
             build_model(spec.name, **spec.kwargs())
         except (TypeError, ValueError, FedllError) as error:
             raise ConfigError(f"{source}: models.{key}: {error}") from None
-    for i, name in enumerate(scenario.strategies):
-        if name not in strategy_names():
-            raise ConfigError(
-                f"{source}: strategies.{i}: unknown strategy {name!r}; "
-                f"known: {', '.join(strategy_names())}"
-            )
 
 
 @app.command()
@@ -231,20 +225,24 @@ def _print_trials(scenario: Scenario, trials: list[Trial]) -> None:
 
     holdings = counted_holdings([(s.name, s.modality, s.patients) for s in scenario.sites])
     table = Table(title=f"{len(trials)} trials of {scenario.name}")
-    for col in ("#", "model", "ordering", "batch", "strategy", "seed", "rounds"):
+    for col in ("#", "model", "ordering", "batch", "strategy", "cl", "seed", "rounds"):
         table.add_column(col)
+    per_round = scenario.stream.arrivals_per_round
     for i, t in enumerate(trials):
-        rounds = build_stream(
-            holdings, t.ordering, t.arrival_batch, t.seed, scenario.stream.arrivals_per_round
+        rounds = (
+            1  # the joint bound trains once on the pooled cases
+            if t.kind == "joint"
+            else len(build_stream(holdings, t.ordering, t.arrival_batch, t.seed, per_round))
         )
         table.add_row(
             str(i),
             t.model,
             t.ordering_label,
             str(t.arrival_batch),
-            t.strategy,
+            t.strategy_label,
+            t.cl_label,
             str(t.seed),
-            str(len(rounds)),
+            str(rounds),
         )
     _console().print(table)
 

@@ -1,9 +1,16 @@
 """Scenario schema: YAML -> frozen typed objects, and grid expansion into trials.
 
 A scenario names the cohort, the hospitals (sites) and the modality each contributes,
-the held-out test set, how cases arrive (the stream), what to compare (models, strategies)
-and how to train. Any of ``stream.ordering``, ``stream.arrival_batch``, ``models``,
-``strategies`` and ``seeds`` may hold several values; the run is their product.
+the held-out test set, how cases arrive (the stream), what to compare (models, strategies,
+continual-learning methods), how to train, and which faults to inject. Any of
+``stream.ordering``, ``stream.arrival_batch``, ``models``, ``strategies``, ``cl`` and ``seeds``
+may hold several values; the run is their product, plus one joint (upper-bound) trial per
+model and seed when ``joint`` is set.
+
+Strategies and continual-learning methods are given by name or as a mapping of the name and
+its options (``strategies: [fedavg, {name: fedprox, mu: 0.01}]``); each option set has a
+stable label (the name, then the options that differ from their defaults) that names it in
+trial ids and in the results.
 
 Everything is validated here, once: an unknown key, a wrong type or an impossible value
 raises :class:`~fedll.errors.ConfigError` with one line naming the file and the key.
@@ -19,9 +26,26 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fedll.errors import ConfigError
+from fedll.options import (
+    CL_NAMES,
+    STRATEGY_NAMES,
+    ContinualOptions,
+    FaultConfig,
+    FedAvgOptions,
+    FineTuneOptions,
+    StrategyOptions,
+    named,
+)
 from fedll.stream import build_stream, counted_holdings
 
 Modality = Literal["t2", "flair"]
@@ -111,7 +135,7 @@ class StreamConfig(_Frozen):
     @field_validator("arrival_batch", mode="before")
     @classmethod
     def _listify_batch(cls, value: Any) -> Any:
-        return [value] if isinstance(value, int) else value
+        return [value] if isinstance(value, (str, int)) else value
 
     @field_validator("arrival_batch")
     @classmethod
@@ -170,15 +194,33 @@ class Scenario(_Frozen):
     test: TestConfig = TestConfig()
     stream: StreamConfig = StreamConfig()
     models: dict[str, ModelConfig] = Field(min_length=1)
-    strategies: list[str] = Field(default_factory=lambda: ["fedavg"], min_length=1)
+    strategies: list[StrategyOptions] = Field(
+        default_factory=lambda: [FedAvgOptions(name="fedavg")], min_length=1
+    )
+    cl: list[ContinualOptions] = Field(
+        default_factory=lambda: [FineTuneOptions(name="finetune")], min_length=1
+    )
+    joint: bool = Field(
+        default=False,
+        description="also train one model per model x seed on every site's cases pooled "
+        "(no stream, no federation): the upper bound",
+    )
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     training: TrainingConfig = TrainingConfig()
+    faults: list[FaultConfig] = Field(default_factory=list)
     execution: ExecutionConfig = ExecutionConfig()
 
-    @field_validator("strategies", "seeds", mode="before")
+    @field_validator("seeds", mode="before")
     @classmethod
     def _listify(cls, value: Any) -> Any:
         return [value] if isinstance(value, (str, int)) else value
+
+    @field_validator("strategies", "cl", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        # a name, or one mapping, is one grid value; a bare name is {name: ...}
+        value = [value] if isinstance(value, (str, dict)) else value
+        return [named(v) for v in value] if isinstance(value, list) else value
 
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:
@@ -198,10 +240,16 @@ class Scenario(_Frozen):
                 unknown = sorted(set(ordering) - set(names))
                 if unknown:
                     raise ValueError(f"stream.ordering: unknown site(s) {unknown}")
+        for index, fault in enumerate(self.faults):
+            if fault.site not in names:
+                raise ValueError(f"faults.{index}.site: unknown site {fault.site!r}")
+            if fault.site in [f.site for f in self.faults[:index]]:
+                raise ValueError(f"faults.{index}.site: site {fault.site!r} has a fault already")
         grid = (
             ("stream.ordering", [json.dumps(o) for o in self.stream.ordering]),
             ("stream.arrival_batch", self.stream.arrival_batch),
-            ("strategies", self.strategies),
+            ("strategies", [s.label for s in self.strategies]),
+            ("cl", [c.label for c in self.cl]),
             ("seeds", self.seeds),
         )
         for key, values in grid:
@@ -225,53 +273,108 @@ class Scenario(_Frozen):
         return self.cohort.synthetic.patients or need
 
 
+JOINT = "joint"
+"""The ``cl`` label of a joint trial; its ordering and strategy read ``NONE``."""
+NONE = "none"
+
+
 class Trial(_Frozen):
-    """One point of the grid: a federation run start to finish."""
+    """One point of the grid: a federation run start to finish (``kind="stream"``), or the
+    joint upper bound: one model trained on every site's cases pooled (``kind="joint"``;
+    ``ordering``, ``arrival_batch`` and ``strategy`` play no part)."""
 
     model: str
     ordering: str | list[str]
     arrival_batch: int
-    strategy: str
+    strategy: StrategyOptions
     seed: int
+    cl: ContinualOptions = FineTuneOptions(name="finetune")
+    kind: Literal["stream", "joint"] = "stream"
+
+    @field_validator("strategy", "cl", mode="before")
+    @classmethod
+    def _by_name(cls, value: Any) -> Any:
+        return named(value)
 
     @property
     def ordering_label(self) -> str:
+        if self.kind == "joint":
+            return NONE
         return self.ordering if isinstance(self.ordering, str) else ",".join(self.ordering)
+
+    @property
+    def strategy_label(self) -> str:
+        return NONE if self.kind == "joint" else self.strategy.label
+
+    @property
+    def cl_label(self) -> str:
+        return JOINT if self.kind == "joint" else self.cl.label
 
     @property
     def trial_id(self) -> str:
         """A stable, file-name-safe identifier."""
+        if self.kind == "joint":
+            return f"{self.model}__{JOINT}__s{self.seed}"
         ordering = self.ordering_label
         if not isinstance(self.ordering, str):
             ordering = "list-" + hashlib.sha1(ordering.encode()).hexdigest()[:8]
         ordering = ordering.replace(":", "-")
-        return f"{self.model}__{ordering}__b{self.arrival_batch}__{self.strategy}__s{self.seed}"
+        return (
+            f"{self.model}__{ordering}__b{self.arrival_batch}__{self.strategy_label}"
+            f"__{self.cl_label}__s{self.seed}"
+        )
+
+
+def joint_trial(model: str, seed: int) -> Trial:
+    """The joint upper-bound trial of ``model`` and ``seed``."""
+    return Trial(
+        model=model, ordering=NONE, arrival_batch=0, strategy="fedavg", seed=seed, kind="joint"
+    )
 
 
 def expand_trials(scenario: Scenario) -> list[Trial]:
-    """The grid's product, in a stable order (model, ordering, batch, strategy, seed)."""
+    """The grid's product, in a stable order (model, ordering, batch, strategy, cl, seed),
+    then, with ``joint``, the joint trials (model, seed)."""
     axes = itertools.product(
         scenario.models,
         scenario.stream.ordering,
         scenario.stream.arrival_batch,
         scenario.strategies,
+        scenario.cl,
         scenario.seeds,
     )
-    return [
-        Trial(model=m, ordering=o, arrival_batch=b, strategy=s, seed=seed)
-        for m, o, b, s, seed in axes
+    trials = [
+        Trial(model=m, ordering=o, arrival_batch=b, strategy=s, cl=c, seed=seed)
+        for m, o, b, s, c, seed in axes
     ]
+    if scenario.joint:
+        trials += [joint_trial(m, seed) for m in scenario.models for seed in scenario.seeds]
+    return trials
 
 
 def _format_error(source: str, error: ValidationError) -> str:
     first = error.errors()[0]
-    key = ".".join(str(part) for part in first["loc"])
+    # a tagged union (strategies, cl) puts its tag into the location: strategies.1.fedprox.mu
+    loc = [
+        part
+        for i, part in enumerate(first["loc"])
+        if not (i and isinstance(first["loc"][i - 1], int) and part in _TAGS)
+    ]
+    key = ".".join(str(part) for part in loc)
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown key"
+    elif first["type"] == "union_tag_invalid":
+        ctx = first.get("ctx", {})
+        message = f"unknown name {ctx.get('tag')!r} (known: {ctx.get('expected_tags')})"
+    elif first["type"] == "union_tag_not_found":
+        message = "missing 'name'"
     more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
     where = f"{key}: " if key else ""  # cross-field errors name their key in the message
     return f"{source}: {where}{message}{more}"
+
+
+_TAGS = frozenset((*STRATEGY_NAMES, *CL_NAMES))
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], source: str) -> dict[str, Any]:

@@ -9,11 +9,17 @@ arrived this round all come from here.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
 
 from fedll.config import SliceConfig, TrainingConfig
 from fedll.errors import ConfigError
+from fedll.faults import Fault
+from fedll.options import ContinualOptions, FineTuneOptions
+
+_CONTINUAL = TypeAdapter(ContinualOptions)
 
 
 @dataclass(frozen=True)
@@ -47,7 +53,11 @@ class SliceRecipe:
 
 @dataclass(frozen=True)
 class TrainInstruction:
-    """One site's work in one round: train on cases [arrival_start, arrival_stop)."""
+    """One site's work in one round: train on cases [arrival_start, arrival_stop).
+
+    ``continual`` is the CL method and ``fault`` what the scenario injects at this site; the
+    strategy adds ``proximal-mu`` (FedProx), ``local-norm`` (FedBN) and ``server-round``.
+    """
 
     model: ModelSpec
     training: TrainingConfig
@@ -57,6 +67,11 @@ class TrainInstruction:
     train_on: str  # "new": this round's arrivals only; "all": every case arrived so far
     seed: int
     threads: int = 1
+    continual: ContinualOptions = field(default_factory=lambda: FineTuneOptions(name="finetune"))
+    fault: Fault = Fault()
+    proximal_mu: float = 0.0
+    local_norm: bool = False
+    server_round: int = 0
 
     def case_range(self) -> range:
         start = 0 if self.train_on == "all" else self.arrival_start
@@ -82,6 +97,8 @@ class TrainInstruction:
             "train-on": self.train_on,
             "seed": self.seed,
             "threads": self.threads,
+            "cl": self.continual.model_dump_json(),
+            **self.fault.to_config(),
         }
 
     @classmethod
@@ -110,7 +127,16 @@ class TrainInstruction:
                 train_on=str(config["train-on"]),
                 seed=int(config["seed"]),
                 threads=int(config.get("threads", 1)),
+                continual=_CONTINUAL.validate_json(str(config.get("cl", '{"name": "finetune"}'))),
+                fault=Fault.from_config(config),
+                proximal_mu=float(config.get("proximal-mu", 0.0)),
+                local_norm=bool(config.get("local-norm", False)),
+                server_round=int(config.get("server-round", 0)),
             )
+        except ValidationError as error:
+            raise ConfigError(
+                f"train instruction from the server: bad cl ({error.errors()[0]['msg']})"
+            ) from None
         except (KeyError, ValueError, TypeError) as error:
             raise ConfigError(
                 f"train instruction from the server: bad or missing {error}"

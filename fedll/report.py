@@ -5,7 +5,10 @@ columns of ``RESULT_COLUMNS``; ``arriving`` holds the modalities that trained in
 ";"-joined ("" for round 0, the untrained model). A trial's rows give its Dice matrix ``R``
 (``dice_matrix``), from which ``fedll.metrics`` computes the measures of DESIGN.md
 "Definitions"; ``forgetting_table`` summarises them as mean ± std over the seeds of each
-configuration (``CONFIG_COLUMNS`` plus any of ``EXTRA_CONFIG_COLUMNS`` present).
+configuration (``CONFIG_COLUMNS`` plus any of ``EXTRA_CONFIG_COLUMNS`` present). Where the
+results have the per-round ``failed`` and ``rejected`` columns (sites that failed, updates the
+strategy rejected), the table also counts them per configuration (``COUNTS``, summed over
+seeds).
 Plots are drawn on ``matplotlib.figure.Figure`` (Agg, no pyplot state), imported lazily.
 """
 
@@ -56,6 +59,10 @@ MEASURES: dict[str, str] = {  # column -> label in the formatted table
     "auc": "AUC",
     "mean_final_dice": "mean final Dice",
 }
+COUNTS: dict[str, str] = {  # per-round event column -> count column in the summaries
+    "failed": "failed_updates",
+    "rejected": "rejected_updates",
+}
 LABELS = {"t2": "T2", "flair": "FLAIR"}
 _INTEGER_COLUMNS = ("arrival_batch", "seed", "round")
 _SHADES = {"t2": "#dde9f6", "flair": "#fdebd6", "both": "#ebe1f1"}
@@ -101,7 +108,7 @@ def check_results(results: pd.DataFrame, source: str = "results") -> pd.DataFram
         raise DataError(f"{source}: no result rows")
     out = results.copy()
     numeric = {*_INTEGER_COLUMNS, "dice"}
-    for col in [*RESULT_COLUMNS, *EXTRA_CONFIG_COLUMNS]:
+    for col in [*RESULT_COLUMNS, *EXTRA_CONFIG_COLUMNS, *COUNTS]:
         if col in out.columns and col not in numeric:
             out[col] = out[col].fillna("").astype(str)
     for col in _INTEGER_COLUMNS:
@@ -233,16 +240,20 @@ def trial_summary(results: pd.DataFrame) -> pd.DataFrame:
     last and the largest entry of ``forgetting(R)[:, m]``; ``switch_drop_mean`` / ``_max`` over
     the drops of ``m`` at switches (NaN without any); ``bwt`` and ``learning_accuracy`` as in
     ``fedll.metrics`` for modality ``m``; ``auc`` the mean Dice over rounds 1..T. The trial's
-    ``mean_final_dice`` (mean over modalities) is repeated on each of its rows.
+    ``mean_final_dice`` (mean over modalities) and, where the results have them, its counts of
+    failed sites and rejected updates over all rounds (``COUNTS``) are repeated on each of its
+    rows.
     """
     results = check_results(results)
     keys = config_columns(results)
     evaluated = [m for m in MODALITIES if m in set(results["modality"])]
+    counted = {c: n for c, n in COUNTS.items() if c in results.columns}
     rows = []
     for trial, frame in results.groupby("trial", sort=False):
         R, arriving = dice_matrix(frame)
         F, final, auc = forgetting(R), final_dice(R), area_under_curve(R)
         mean_final = _nan_reduce(np.nanmean, final[[MODALITIES.index(e) for e in evaluated]])
+        counts = {n: round_events(frame, c) for c, n in counted.items()}
         first = frame.iloc[0]
         for modality in evaluated:
             m = MODALITIES.index(modality)
@@ -263,13 +274,22 @@ def trial_summary(results: pd.DataFrame) -> pd.DataFrame:
                     "learning_accuracy": learning_accuracy(R, arriving, modality=m),
                     "auc": auc[m],
                     "mean_final_dice": mean_final,
+                    **counts,
                 }
             )
     return _sorted(pd.DataFrame(rows), [*keys, "seed"])
 
 
+def round_events(trial_results: pd.DataFrame, column: str) -> int:
+    """How many sites one trial's ``column`` (``failed`` or ``rejected``) names over its rounds
+    (each round's rows repeat the same ";"-joined names)."""
+    per_round = trial_results.groupby("round")[column].first()
+    return sum(len([s for s in str(v).split(";") if s.strip()]) for v in per_round)
+
+
 def forgetting_table(results: pd.DataFrame) -> pd.DataFrame:
-    """Per configuration x modality: ``n_seeds`` and ``<measure>_mean`` / ``<measure>_std``.
+    """Per configuration x modality: ``n_seeds`` and ``<measure>_mean`` / ``<measure>_std``,
+    and the ``COUNTS`` columns summed over seeds where the results have them.
 
     Means skip NaN (a seed without switches adds no switch drop); std is the sample standard
     deviation over seeds (ddof=1, NaN for a single seed).
@@ -288,17 +308,21 @@ def summarise(summary: pd.DataFrame) -> pd.DataFrame:
         groups[measures].std(ddof=1).add_suffix("_std"),
         groups[measures].count().add_suffix("_n"),
     ]
+    counts = [n for n in COUNTS.values() if n in summary.columns]
+    if counts:
+        parts.append(groups[counts].sum())
     table = pd.concat(parts, axis=1).reset_index()
     repeated = groups["seed"].nunique() < table.set_index(keys)["n_seeds"]
     if repeated.any():
         logger.warning("configurations with repeated seeds: %s", list(repeated[repeated].index))
     stats = [f"{m}_{s}" for m in measures for s in ("mean", "std", "n")]
-    return _sorted(table[[*keys, "n_seeds", *stats]], keys[:-1])
+    return _sorted(table[[*keys, "n_seeds", *stats, *counts]], keys[:-1])
 
 
 def format_table(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     """The readable view: one "mean ± std" string per measure; "n/a" where no seed has a value,
-    and "(n=k)" where only k of the configuration's seeds have one."""
+    and "(n=k)" where only k of the configuration's seeds have one; then the ``COUNTS`` (summed
+    over seeds) where the table has them."""
 
     def cell(mean: float, std: float, n: int, seeds: int) -> str:
         if np.isnan(mean):
@@ -313,6 +337,9 @@ def format_table(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     for measure, label in MEASURES.items():
         columns = [table[f"{measure}_{s}"] for s in ("mean", "std", "n")] + [table["n_seeds"]]
         view[label] = [cell(*values) for values in zip(*columns, strict=True)]
+    for name in COUNTS.values():
+        if name in table.columns:
+            view[name.replace("_", " ")] = table[name].astype(int)
     return view.astype(str)
 
 

@@ -18,17 +18,21 @@ import pandas as pd
 from fedll.config import Trial
 from fedll.stream import Round
 
-TRIAL_COLUMNS = ["trial", "model", "ordering", "arrival_batch", "strategy", "seed"]
+TRIAL_COLUMNS = ["trial", "model", "ordering", "arrival_batch", "strategy", "cl", "seed"]
 RESULT_COLUMNS = [
     *TRIAL_COLUMNS,
     "round",
     "sites",
     "arriving",
     "failed",
+    "rejected",
     "modality",
     "case",
     "dice",
 ]
+# per round: the sites that failed (raised, or no reply) and whose update was rejected
+# (non-finite, wrong shape or dtype), ";"-joined
+ROUND_EVENTS = ("failed", "rejected")
 ATTENTION_COLUMNS = [*TRIAL_COLUMNS, "round", "modality", "layer", "kernel", "mass"]
 
 
@@ -41,6 +45,7 @@ class TrialResults:
     rows: list[dict] = field(default_factory=list)
     attention_rows: list[dict] = field(default_factory=list)
     failures: dict[int, list[str]] = field(default_factory=dict)
+    rejected: dict[int, list[str]] = field(default_factory=dict)
 
     def _key(self) -> dict:
         t = self.trial
@@ -49,7 +54,8 @@ class TrialResults:
             "model": t.model,
             "ordering": t.ordering_label,
             "arrival_batch": t.arrival_batch,
-            "strategy": t.strategy,
+            "strategy": t.strategy_label,
+            "cl": t.cl_label,
             "seed": t.seed,
         }
 
@@ -94,13 +100,10 @@ class TrialResults:
                 )
 
     def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
-        results = pd.DataFrame(self.rows, columns=[c for c in RESULT_COLUMNS if c != "failed"])
-        failed = {r: ";".join(sorted(s)) for r, s in self.failures.items()}
-        results.insert(
-            results.columns.get_loc("arriving") + 1,
-            "failed",
-            results["round"].map(failed).fillna(""),
-        )
+        results = pd.DataFrame(self.rows, columns=RESULT_COLUMNS)
+        for column, events in zip(ROUND_EVENTS, (self.failures, self.rejected), strict=True):
+            joined = {r: ";".join(sorted(s)) for r, s in events.items()}
+            results[column] = results["round"].map(joined).fillna("").astype(str)
         return results, pd.DataFrame(self.attention_rows, columns=ATTENTION_COLUMNS)
 
 

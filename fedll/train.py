@@ -1,8 +1,10 @@
 """Local training and evaluation of a segmentation model: plain torch, no Flower.
 
 Loss: binary cross-entropy plus soft Dice on whole-tumour logits, plus the model's routing
-regulariser (0 for static models) times ``TrainingConfig.routing_weight``. One optimiser
-step advances the dynamic-convolution temperature schedule once.
+regulariser (0 for static models) times ``TrainingConfig.routing_weight``, plus the extra
+terms of any :class:`TrainingHook` (continual-learning penalties, FedProx's proximal term; see
+:mod:`fedll.continual`). One optimiser step advances the dynamic-convolution temperature
+schedule once.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -35,6 +37,18 @@ class TrainResult:
     attention_mass: dict[str, np.ndarray] = field(default_factory=dict)
     # per-parameter optimiser moments ({index: {name: tensor}}), when the scenario keeps them
     optimizer_state: dict[int, dict[str, torch.Tensor]] | None = None
+
+
+class TrainingHook(Protocol):
+    """What :func:`train_local` calls besides its own loss (see :mod:`fedll.continual`)."""
+
+    def before_training(self, model: nn.Module) -> None: ...
+
+    def extra_loss(
+        self, model: nn.Module, x: torch.Tensor, logits: torch.Tensor
+    ) -> torch.Tensor | None: ...
+
+    def after_training(self, model: nn.Module, images: np.ndarray, masks: np.ndarray) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -75,15 +89,20 @@ def train_local(
     cfg: TrainingConfig,
     seed: int,
     optimizer_state: dict[int, dict[str, torch.Tensor]] | None = None,
+    hooks: Sequence[TrainingHook] = (),
 ) -> TrainResult:
     """Train ``model`` in place on ``images`` (N, 1, H, W) float32 and ``masks`` (N, 1, H, W).
 
     The mini-batch order comes from ``seed``; ``optimizer_state`` (from an earlier call)
-    resumes the optimiser's moments when the scenario keeps them across rounds.
+    resumes the optimiser's moments when the scenario keeps them across rounds; each of
+    ``hooks`` sees the model before the first step, adds its ``extra_loss`` at every step and
+    sees the trained model and its data at the end.
     """
     n = len(images)
     if n == 0:
         return TrainResult(loss=float("nan"), steps=0, samples=0)
+    for hook in hooks:
+        hook.before_training(model)
     optimizer = make_optimizer(model, cfg)
     if optimizer_state is not None:
         # the moments come from an earlier round; the hyper-parameters from this one
@@ -106,10 +125,15 @@ def train_local(
         for i, start in enumerate(starts):
             stop = starts[i + 1] if i + 1 < len(starts) else n
             idx = order[start:stop]
-            logits = model(x_all[idx])
+            x = x_all[idx]
+            logits = model(x)
             loss = segmentation_loss(logits, y_all[idx])
             if cfg.routing_weight:
                 loss = loss + cfg.routing_weight * routing_loss(model)
+            for hook in hooks:
+                extra = hook.extra_loss(model, x, logits)
+                if extra is not None:
+                    loss = loss + extra
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -119,6 +143,8 @@ def train_local(
             if epoch == cfg.epochs - 1:
                 _accumulate(mass, last_attention(model))
     state = optimizer.state_dict()["state"] if cfg.optimizer_state == "keep" else None
+    for hook in hooks:
+        hook.after_training(model, images, masks)
     return TrainResult(
         loss=float(np.mean(losses)),
         steps=steps,

@@ -2,11 +2,17 @@
 
 Messages it answers:
 - ``query.meta``: the site's name, modality and number of training cases (no case ids);
-- ``train``: load the global model, train on the cases the server says arrived, reply
-  with the new weights, the number of training slices and the attention mass per kernel;
+- ``train``: load the global model, train on the cases the server says arrived (plus what
+  the CL method adds, e.g. replayed earlier cases), reply with the new weights, the number of
+  training slices and the attention mass per kernel;
 - ``evaluate``: Dice of the global model on the site's cases that have arrived so far.
 
-Images and masks never leave the site: only parameters and aggregate metrics do.
+Images and masks never leave the site: only parameters and aggregate metrics do. What a
+site keeps between its rounds lives in ``context.state``: the optimiser's moments (when the
+scenario keeps them), the CL method's state (``continual``: an EWC Fisher, a replay buffer of
+case indices) and, with a FedBN-style strategy, its own normalisation layers (``local-norm``),
+overlaid on every model it receives. A fault the scenario injects (:mod:`fedll.faults`) is
+applied here: the site raises, or sends a corrupted update.
 """
 
 from __future__ import annotations
@@ -19,10 +25,12 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedll.continual import ProximalTerm, build_method
 from fedll.data.slices import SliceSpec
+from fedll.faults import InjectedFault, corrupt, raises
 from fedll.instructions import ModelSpec, SliceRecipe, TrainInstruction
-from fedll.models import build_model
-from fedll.train import evaluate_cases, train_local
+from fedll.models import build_model, parameter_groups
+from fedll.train import TrainingHook, evaluate_cases, train_local
 from sites.site import resolve_site
 
 logger = logging.getLogger(__name__)
@@ -59,21 +67,41 @@ def train(msg: Message, context: Context) -> Message:
     """Train the received model on this round's arrivals (or all arrived cases)."""
     site = resolve_site(context.node_config, context.run_config)
     instruction = TrainInstruction.from_config(_config(msg))
+    fault = instruction.fault
+    if raises(fault, instruction.server_round, instruction.seed):
+        raise InjectedFault(f"site {site.name}: injected failure, round {instruction.server_round}")
     torch.set_num_threads(max(1, instruction.threads))
-    cases = site.cases(_spec(instruction.slices), instruction.case_range())
+    method = build_method(
+        instruction.continual,
+        _numpy(context.state.get("continual", ArrayRecord())),
+        instruction.seed,
+        instruction.server_round,
+    )
+    cases = site.cases(_spec(instruction.slices), method.select_cases(instruction.case_range()))
     images = np.concatenate([c.images for c in cases])
     masks = np.concatenate([c.masks for c in cases])
     model = _model(instruction.model, msg.content["arrays"])
-    state_key = "optimizer"
+    norm_keys = [k for k, g in parameter_groups(model).items() if g == "norm"]
+    if instruction.local_norm and "local-norm" in context.state:
+        model.load_state_dict(context.state["local-norm"].to_torch_state_dict(), strict=False)
     optimizer_state = None
-    if instruction.training.optimizer_state == "keep" and state_key in context.state:
-        optimizer_state = _unpack_optimizer(context.state[state_key])
+    if instruction.training.optimizer_state == "keep" and "optimizer" in context.state:
+        optimizer_state = _unpack_optimizer(context.state["optimizer"])
+    hooks: list[TrainingHook] = [method]
+    if instruction.proximal_mu > 0:
+        hooks.append(ProximalTerm(instruction.proximal_mu))
     torch.manual_seed(instruction.seed)
     result = train_local(
-        model, images, masks, instruction.training, instruction.seed, optimizer_state
+        model, images, masks, instruction.training, instruction.seed, optimizer_state, hooks
     )
     if result.optimizer_state is not None:
-        context.state[state_key] = _pack_optimizer(result.optimizer_state)
+        context.state["optimizer"] = _pack_optimizer(result.optimizer_state)
+    kept = method.state()
+    if kept:
+        context.state["continual"] = ArrayRecord({k: Array(v) for k, v in kept.items()})
+    state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    if instruction.local_norm:
+        context.state["local-norm"] = ArrayRecord({k: Array(state[k]) for k in norm_keys})
     logger.info("site %s trained on %d slices, loss %.4f", site.name, result.samples, result.loss)
     metrics = MetricRecord(
         {
@@ -86,9 +114,9 @@ def train(msg: Message, context: Context) -> Message:
     attention = ConfigRecord(
         {f"mass/{layer}": mass.ravel().tolist() for layer, mass in result.attention_mass.items()}
     )
-    content = RecordDict(
-        {"arrays": ArrayRecord(model.state_dict()), "metrics": metrics, "attention": attention}
-    )
+    sent = corrupt(state, fault.send) if fault.send else state
+    arrays = ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in sent.items()})
+    content = RecordDict({"arrays": arrays, "metrics": metrics, "attention": attention})
     return Message(content, reply_to=msg)
 
 
@@ -122,6 +150,10 @@ def _pack_optimizer(state: dict[int, dict[str, torch.Tensor]]) -> ArrayRecord:
             for name, value in slot.items()
         }
     )
+
+
+def _numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in record.items()}
 
 
 def _unpack_optimizer(record: ArrayRecord) -> dict[int, dict[str, torch.Tensor]]:

@@ -3,7 +3,7 @@ the SuperNode's ``--node-config`` (deployment)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,12 +24,12 @@ class Site:
     records: tuple[CaseRecord, ...]
     cache_dir: Path
 
-    def cases(self, spec: SliceSpec, indices: range) -> list[CaseSlices]:
+    def cases(self, spec: SliceSpec, indices: Sequence[int]) -> list[CaseSlices]:
         """Preprocessed slices of the cases at ``indices`` (0-based, arrival order)."""
-        if indices.stop > len(self.records):
+        outside = [i for i in indices if not 0 <= i < len(self.records)]
+        if outside:
             raise DataError(
-                f"site {self.name}: cases {indices.start}..{indices.stop - 1} asked, "
-                f"it holds {len(self.records)}"
+                f"site {self.name}: case {outside[0]} asked, it holds {len(self.records)}"
             )
         chosen = [self.records[i] for i in indices]
         return load_slices(chosen, spec, SliceCache(self.cache_dir / "slices"))

@@ -23,11 +23,13 @@ from fedll.config import Scenario, Trial
 from fedll.data import MODALITIES
 from fedll.data.prepare import PreparedCohort
 from fedll.errors import ConfigError
+from fedll.faults import Fault
 from fedll.instructions import ModelSpec, SliceRecipe, TrainInstruction
-from fedll.models import build_model, parameter_groups
+from fedll.models import build_model
 from fedll.results import TrialResults
 from fedll.stream import Round, SiteHoldings, build_stream, counted_holdings
 from fedll.train import evaluate_cases
+from strategies.fedavg import ModelLayout
 from strategies.registry import build_strategy
 
 logger = logging.getLogger(__name__)
@@ -144,12 +146,15 @@ def plan_rounds(
     node_of: Mapping[str, int],
     site_order: Sequence[str],
     seed: int,
+    faults: Mapping[str, Fault] | None = None,
 ) -> dict[int, dict[int, dict[str, object]]]:
-    """round -> node -> that node's instruction: which of its cases arrived (index range).
+    """round -> node -> that node's instruction: which of its cases arrived (index range),
+    and the fault the scenario injects at that site, if any.
 
     Each site's training seed derives from (trial seed, round, the site's position in the
     scenario), never from node ids, which Flower draws at random.
     """
+    faults = faults or {}
     seen: dict[str, int] = {}
     plan: dict[int, dict[int, dict[str, object]]] = {}
     site_index = {name: i for i, name in enumerate(site_order)}
@@ -166,6 +171,7 @@ def plan_rounds(
             )
             plan[rnd.index][node_of[site]] = {
                 **base,
+                **faults.get(site, Fault()).to_config(),
                 "arrival-start": start,
                 "arrival-stop": start + count,
                 "seed": site_seed,
@@ -210,13 +216,17 @@ def run_federation(
         train_on=scenario.stream.train_on,
         seed=0,
         threads=threads,
+        continual=trial.cl,
     ).to_config()
     node_of = {name: info.node_id for name, info in bound.items()}
-    plan = plan_rounds(stream, template, node_of, [s.name for s in scenario.sites], trial.seed)
+    faults = {f.site: Fault.from_scenario(f) for f in scenario.faults}
+    plan = plan_rounds(
+        stream, template, node_of, [s.name for s in scenario.sites], trial.seed, faults
+    )
     strategy = build_strategy(
         trial.strategy,
         plan=plan,
-        groups=parameter_groups(model),
+        layout=ModelLayout.of(model),
         site_of={i.node_id: n for n, i in bound.items()},
     )
     test = {m: prepared.test_slices(m) for m in prepared.test}
@@ -240,6 +250,7 @@ def run_federation(
         evaluate_fn=evaluate,
     )
     results.failures.update(strategy.failures)
+    results.rejected.update(strategy.rejected)
     if left_out := [s.name for s in scenario.sites if s.name not in bound]:
         results.failures[0] = left_out  # round 0: the sites that never took part
     return results

@@ -1,5 +1,8 @@
 """The Flower ServerApp: one trial of a scenario, named by the run config.
 
+A joint trial (the upper bound) trains one model on the pooled cases in this process, without
+the grid (:mod:`fedll.joint`).
+
 Run config keys (kebab-case, from ``[tool.flwr.app.config]``, ``flwr run --run-config``
 or a sweep): ``scenario`` (path of the scenario YAML), ``trial`` (index into its grid, or
 a trial id), ``run-dir`` (where results go), ``threads`` (torch threads), ``collect`` (rebuild
@@ -20,6 +23,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedll.config import dump_scenario
 from fedll.data.prepare import PreparedCohort, prepare_cohort
+from fedll.joint import run_joint
 from fedll.report import build_report
 from fedll.results import collect, write_trial
 from strategies.federation import RoundCallback, run_federation, trial_from_run_config
@@ -49,9 +53,12 @@ def make_server_app(on_round: RoundCallback | None = None) -> ServerApp:
         if not (resolved := run_dir / "scenario.yaml").exists():
             resolved.write_text(dump_scenario(scenario))
         threads = int(context.run_config.get("threads", 1))
-        results = run_federation(
-            grid, scenario, trial, prepared, threads=threads, on_round=on_round
-        )
+        if trial.kind == "joint":  # the upper bound: no stream, no federation
+            results = run_joint(scenario, trial, prepared, threads=threads, on_round=on_round)
+        else:
+            results = run_federation(
+                grid, scenario, trial, prepared, threads=threads, on_round=on_round
+            )
         path = write_trial(run_dir, results)
         logger.info("trial %s written to %s", trial.trial_id, path)
         if context.run_config.get("collect", True):

@@ -57,10 +57,11 @@ def test_dry_run_applies_overrides(write_scenario):
     assert "12 trials of tiny" in result.stdout
 
 
-def test_the_quickstart_scenario_is_valid():
-    result = invoke("run", REPO / "scenarios" / "quickstart.yaml", "--dry-run")
+@pytest.mark.parametrize(("name", "trials"), [("quickstart", 8), ("federated", 30), ("paper", 18)])
+def test_the_shipped_scenarios_are_valid(name, trials):
+    result = invoke("run", REPO / "scenarios" / f"{name}.yaml", "--dry-run")
     assert result.exit_code == 0, result.output
-    assert "8 trials of quickstart" in result.stdout
+    assert f"{trials} trials of {name}" in result.stdout
 
 
 # ---------------------------------------------------------------- fedll run: bad input

@@ -99,6 +99,50 @@ def test_the_tiny_scenario_loads(write_scenario):
             {"models": {"wide": {"base_width": 8}}}, "models.wide.name", id="model-without-name"
         ),
         pytest.param({"seeds": ["zero"]}, "seeds.0", id="seed-type"),
+        pytest.param(
+            {"strategies": ["fedavg", "fedmagic"]}, "strategies.1: unknown name", id="strategy"
+        ),
+        pytest.param(
+            {"strategies": [{"name": "fedprox", "nu": 1}]},
+            "strategies.0.nu: unknown key",
+            id="strategy-option",
+        ),
+        pytest.param(
+            {"strategies": [{"name": "fedavg", "mu": 0.1}]},
+            "strategies.0.mu: unknown key",
+            id="option-of-another-strategy",
+        ),
+        pytest.param(
+            {"strategies": [{"name": "fedprox", "mu": -1}]}, "strategies.0.mu", id="negative-mu"
+        ),
+        pytest.param({"strategies": [{"mu": 0.1}]}, "strategies.0: missing 'name'", id="no-name"),
+        pytest.param(
+            {"strategies": ["fedprox", {"name": "fedprox", "mu": 0.01}]},
+            "strategies: duplicate values",
+            id="same-strategy-twice",
+        ),
+        pytest.param({"cl": ["finetune", "forget"]}, "cl.1: unknown name", id="cl"),
+        pytest.param(
+            {"cl": [{"name": "replay", "buffer": 0}]}, "cl.0.buffer", id="empty-replay-buffer"
+        ),
+        pytest.param(
+            {"faults": [{"site": "nowhere", "send": "nan"}]},
+            "faults.0.site: unknown site 'nowhere'",
+            id="fault-site",
+        ),
+        pytest.param(
+            {"faults": [{"site": "hospital-t2", "send": "zeros"}]}, "faults.0.send", id="fault"
+        ),
+        pytest.param(
+            {"faults": [{"site": "hospital-t2", "raise_probability": 1.5}]},
+            "faults.0.raise_probability",
+            id="fault-probability",
+        ),
+        pytest.param(
+            {"faults": [{"site": "hospital-t2"}, {"site": "hospital-t2", "send": "nan"}]},
+            "faults.1.site",
+            id="two-faults-at-a-site",
+        ),
     ],
 )
 def test_an_invalid_value_names_the_file_and_the_key(write_scenario, updates, key):
@@ -264,9 +308,14 @@ def test_the_grid_is_the_product_in_a_stable_order(write_scenario):
     trials = expand_trials(scenario)
     assert len(trials) == 2 * 2 * 2 * 3
     assert expand_trials(scenario) == trials
-    # model, then ordering, then batch, then strategy, then seed
+    # model, then ordering, then batch, then strategy, then cl, then seed
     assert trials[0] == Trial(
-        model="static", ordering="alternating", arrival_batch=1, strategy="fedavg", seed=0
+        model="static",
+        ordering="alternating",
+        arrival_batch=1,
+        strategy="fedavg",
+        cl="finetune",
+        seed=0,
     )
     assert trials[1].seed == 1 and trials[2].seed == 2
     assert (trials[3].arrival_batch, trials[3].seed) == (2, 0)
@@ -279,11 +328,20 @@ def test_trial_ids_are_unique_stable_and_file_name_safe(write_scenario):
     scenario = load_scenario(write_scenario(GRID))
     ids = [t.trial_id for t in expand_trials(scenario)]
     assert len(set(ids)) == len(ids)
-    assert ids[0] == "static__alternating__b1__fedavg__s0"
-    assert ids[6] == "static__random__b1__fedavg__s0"
+    assert ids[0] == "static__alternating__b1__fedavg__finetune__s0"
+    assert ids[6] == "static__random__b1__fedavg__finetune__s0"
     assert all("/" not in i and ":" not in i and " " not in i for i in ids)
     again = [t.trial_id for t in expand_trials(load_scenario(write_scenario(GRID, name="b.yaml")))]
     assert again == ids
+
+
+METHODS = {
+    "strategies": ["fedavg", {"name": "fedprox", "mu": 0.1}, {"name": "dynamic-aware"}],
+    "cl": ["finetune", {"name": "replay", "buffer": 2}],
+    "models": {"dycnn": None},
+    "seeds": [0, 1],
+    "joint": True,
+}
 
 
 LISTED = ["hospital-flair", "hospital-t2", "hospital-flair", "hospital-t2"]
@@ -294,9 +352,9 @@ def test_explicit_orderings_get_distinct_file_name_safe_ids(write_scenario):
         write_scenario({"stream": {"ordering": [LISTED, LISTED[::-1], "alternating:flair"]}})
     )
     ids = [t.trial_id for t in expand_trials(scenario)][:3]
-    assert ids[0].startswith("static__list-") and ids[0].endswith("__b1__fedavg__s0")
+    assert ids[0].startswith("static__list-") and ids[0].endswith("__b1__fedavg__finetune__s0")
     assert ids[1].startswith("static__list-") and ids[1] != ids[0]
-    assert ids[2] == "static__alternating-flair__b1__fedavg__s0"
+    assert ids[2] == "static__alternating-flair__b1__fedavg__finetune__s0"
     assert expand_trials(scenario)[0].ordering_label == ",".join(LISTED)
 
 
@@ -311,17 +369,19 @@ def test_scalars_are_one_grid_value(write_scenario):
     scenario = load_scenario(
         write_scenario({"strategies": "fedavg", "seeds": 7, "stream": {"arrival_batch": 2}})
     )
-    assert (scenario.strategies, scenario.seeds, scenario.stream.arrival_batch) == (
-        ["fedavg"],
-        [7],
-        [2],
-    )
+    assert [s.label for s in scenario.strategies] == ["fedavg"]
+    assert (scenario.seeds, scenario.stream.arrival_batch) == ([7], [2])
 
 
 @pytest.mark.parametrize(
     "updates",
-    [{}, GRID, {"stream": {"ordering": [LISTED, "blocked"]}, "strategies": "fedavg"}],
-    ids=["tiny", "grid", "explicit-ordering"],
+    [
+        {},
+        GRID,
+        {"stream": {"ordering": [LISTED, "blocked"]}, "strategies": "fedavg"},
+        {**METHODS, "faults": [{"site": "hospital-t2", "raise_every": 2}]},
+    ],
+    ids=["tiny", "grid", "explicit-ordering", "methods-and-faults"],
 )
 def test_dump_round_trips(write_scenario, updates, tmp_path):
     original = load_scenario(write_scenario(updates))
@@ -341,3 +401,62 @@ def test_relative_paths_resolve_against_the_scenario_file(write_scenario, tmp_pa
     scenario = load_scenario(path)
     assert scenario.cache_dir == tmp_path / "sub" / "cache"
     assert isinstance(scenario, Scenario)
+
+
+def test_strategies_and_cl_methods_are_grid_axes_and_joint_adds_the_bound(write_scenario):
+    trials = expand_trials(load_scenario(write_scenario(METHODS)))
+    assert len(trials) == 3 * 2 * 2 + 2  # the stream grid, then one joint trial per seed
+    ids = [t.trial_id for t in trials]
+    assert ids[:4] == [
+        "static__alternating__b1__fedavg__finetune__s0",
+        "static__alternating__b1__fedavg__finetune__s1",
+        "static__alternating__b1__fedavg__replay-buffer2__s0",
+        "static__alternating__b1__fedavg__replay-buffer2__s1",
+    ]
+    assert ids[4] == "static__alternating__b1__fedprox-mu0.1__finetune__s0"
+    assert ids[8] == "static__alternating__b1__dynamic-aware__finetune__s0"
+    assert ids[-2:] == ["static__joint__s0", "static__joint__s1"]
+    joint = trials[-1]
+    assert (joint.kind, joint.cl_label, joint.strategy_label, joint.ordering_label) == (
+        "joint",
+        "joint",
+        "none",
+        "none",
+    )
+    assert trials[4].strategy.options() == {"mu": 0.1, "norm": "average"}
+    assert trials[2].cl.options() == {"buffer": 2}
+
+
+def test_labels_name_the_options_that_differ_from_their_defaults(write_scenario):
+    scenario = load_scenario(
+        write_scenario(
+            {
+                "strategies": [
+                    {"name": "fedprox", "mu": 0.01},  # the default: just "fedprox"
+                    {"name": "fedavgm", "server_lr": 0.5},
+                    {"name": "fedavg", "norm": "local"},
+                    "fedbn",
+                ],
+                "cl": [{"name": "lwf", "weight": 2.0, "temperature": 1.0}, "ewc"],
+            }
+        )
+    )
+    assert [s.label for s in scenario.strategies] == [
+        "fedprox",
+        "fedavgm-serverlr0.5",
+        "fedavg-normlocal",
+        "fedbn",
+    ]
+    assert [c.label for c in scenario.cl] == ["lwf-weight2.0-temperature1.0", "ewc"]
+
+
+def test_faults_are_read_per_site(write_scenario):
+    faults = [
+        {"site": "hospital-t2", "raise_probability": 0.5},
+        {"site": "hospital-flair", "send": "nan"},
+    ]
+    scenario = load_scenario(write_scenario({"faults": faults}))
+    assert [(f.site, f.raise_probability, f.send) for f in scenario.faults] == [
+        ("hospital-t2", 0.5, None),
+        ("hospital-flair", 0.0, "nan"),
+    ]

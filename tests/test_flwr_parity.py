@@ -51,11 +51,13 @@ KEYS = [
     "ordering",
     "arrival_batch",
     "strategy",
+    "cl",
     "seed",
     "round",
     "sites",
     "arriving",
     "failed",
+    "rejected",
     "modality",
     "case",
 ]
@@ -292,7 +294,9 @@ def test_flwr_run_matches_the_in_process_run(tmp_path: Path, flower: Flower) -> 
     assert (expected["dice"] > 0).any(), "Dice never moved off 0: the comparison would be empty"
     pd.testing.assert_frame_equal(got[KEYS], expected[KEYS])
     diff = float((got["dice"] - expected["dice"]).abs().max())
-    table = pd.concat([expected[KEYS[6:]], expected["dice"], got["dice"]], axis=1)
+    table = pd.concat(
+        [expected[KEYS[KEYS.index("round") :]], expected["dice"], got["dice"]], axis=1
+    )
     assert diff <= 1e-6, f"Dice differ by up to {diff}\n{table}"
 
     identical = "bit-identical" if (got["dice"] == expected["dice"]).all() else f"{diff:.1e} apart"

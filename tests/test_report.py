@@ -295,3 +295,27 @@ def test_dice_matrix_skips_nan_cases_and_fills_missing_rows() -> None:
     np.testing.assert_allclose(R[:2, 1], [0.2, 0.3])
     assert np.isnan(R[2, 1])
     assert arriving[2] == frozenset({1})
+
+
+def test_failed_sites_and_rejected_updates_are_counted_per_configuration() -> None:
+    results = make_results()
+    # static seed 0: round 1 site_a failed; round 2 two rejected; dycnn seed 1: one failure
+    failed = {("static-s0", 1): "site_a", ("dycnn-s1", 2): "site_b"}
+    rejected = {("static-s0", 2): "site_a;site_b"}
+    keys = list(zip(results["trial"], results["round"], strict=True))
+    results["failed"] = [failed.get(k, "") for k in keys]
+    results["rejected"] = [rejected.get(k, "") for k in keys]
+
+    summary = trial_summary(results).set_index(["trial", "modality"])
+    assert summary.loc[("static-s0", "t2"), "failed_updates"] == 1
+    assert summary.loc[("static-s0", "flair"), "rejected_updates"] == 2
+    assert summary.loc[("static-s1", "t2"), "failed_updates"] == 0
+    table = forgetting_table(results)
+    assert entry(table, "static", "t2", "failed_updates") == 1  # summed over seeds
+    assert entry(table, "static", "t2", "rejected_updates") == 2
+    assert entry(table, "dycnn", "flair", "failed_updates") == 1
+    view = format_table(table)
+    assert list(view.columns[-2:]) == ["failed updates", "rejected updates"]
+    assert view.loc[view["model"] == "static", "rejected updates"].tolist() == ["2", "2"]
+    # results without the columns (older runs) have no counts
+    assert "failed_updates" not in forgetting_table(make_results()).columns

@@ -37,7 +37,10 @@ REQUIRED = [
 ROUNDS = [0, 1, 2, 3, 4]
 ARRIVING = {0: "", 1: "t2", 2: "flair", 3: "t2", 4: "flair"}
 SITES = {0: "", 1: "hospital-t2", 2: "hospital-flair", 3: "hospital-t2", 4: "hospital-flair"}
-TRIALS = ["static__alternating__b1__fedavg__s0", "dycnn__alternating__b1__fedavg__s0"]
+TRIALS = [
+    "static__alternating__b1__fedavg__finetune__s0",
+    "dycnn__alternating__b1__fedavg__finetune__s0",
+]
 # Several optimiser steps per round, so that the models move away from predicting background
 # (the tiny U-Nets often still score Dice 0: the comparisons below also compare the Dy-CNN's
 # attention mass per kernel, which any change in its weights shows).

@@ -9,7 +9,8 @@ Builders differ only in arguments (as timm's registered model functions do):
 * ``"dycnn-grouped"``: the poster's DyNet-style variant, attention (B, C_out, G).
 
 The helpers below work on any model: :func:`parameter_groups` tells strategies which state
-keys are kernel banks, ACP, normalisation, integer counters or other; :func:`last_attention`
+keys are kernel banks, ACP, normalisation, integer counters or other, and
+:func:`kernel_banks` which layer's attention mixes each bank; :func:`last_attention`
 and :func:`routing_loss` read the last forward; :func:`advance_schedule` steps the temperature.
 """
 
@@ -208,6 +209,26 @@ def _module_group(module: nn.Module) -> str | None:
     if isinstance(module, (_NormBase, nn.GroupNorm, nn.LayerNorm)):
         return "norm"
     return None
+
+
+def kernel_banks(model: nn.Module) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """State key of every dynamic kernel (and bias) bank -> (the :class:`DynamicConvLayer`
+    whose attention mixes it, that attention's shape per sample).
+
+    The attention shape is the bank's leading axes: (K,) in mode ``"bank"``, (C_out, G) in mode
+    ``"grouped"``; the layer name is the key of :func:`last_attention`.
+    """
+    banks: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for name, layer in _dynamic_layers(model):
+        conv = layer.conv
+        shape = (
+            (conv.num_kernels,) if conv.mode == "bank" else (conv.out_channels, conv.num_kernels)
+        )
+        prefix = f"{name}.conv." if name else "conv."
+        for param, value in conv.named_parameters(recurse=False):
+            if value is not None:
+                banks[prefix + param] = (name, shape)
+    return banks
 
 
 def _dynamic_layers(model: nn.Module) -> list[tuple[str, DynamicConvLayer]]:

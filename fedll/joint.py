@@ -1,0 +1,74 @@
+"""The joint upper bound: one model trained on every site's training cases pooled.
+
+No stream and no federation: all training slices of all sites are shuffled together and
+trained for ``training.epochs`` epochs, so each case is seen as often as in a stream that
+trains on new arrivals only. The model starts from the same weights as the trial's streams of
+the same seed. Its results have the rows of a one-round trial: round 0 (the untrained model)
+and round 1, in which every site and both modalities "arrive".
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from fedll.config import Scenario, Trial
+from fedll.data.prepare import PreparedCohort
+from fedll.models import build_model
+from fedll.results import TrialResults
+from fedll.stream import Arrival, Round
+from fedll.train import evaluate_cases, train_local
+
+logger = logging.getLogger(__name__)
+
+
+def joint_stream(prepared: PreparedCohort, scenario: Scenario) -> tuple[Round]:
+    """One round in which every site's cases arrive."""
+    arrivals = tuple(
+        Arrival(s.name, s.modality, tuple(r.patient for r in prepared.sites[s.name]))
+        for s in scenario.sites
+    )
+    return (Round(index=1, arrivals=arrivals),)
+
+
+def run_joint(
+    scenario: Scenario,
+    trial: Trial,
+    prepared: PreparedCohort,
+    threads: int = 1,
+    on_round: Callable[[int, int], None] | None = None,
+) -> TrialResults:
+    """Train and evaluate the joint model of ``trial`` (``kind="joint"``)."""
+    torch.set_num_threads(max(1, threads))
+    spec = scenario.models[trial.model]
+    torch.manual_seed(trial.seed)
+    model = build_model(spec.name, **spec.kwargs())
+    stream = joint_stream(prepared, scenario)
+    results = TrialResults(trial=trial, stream=stream)
+    test = {m: prepared.test_slices(m) for m in prepared.test}
+
+    def evaluate(server_round: int) -> None:
+        for modality, cases in test.items():
+            ev = evaluate_cases(model, cases, collect_attention=True)
+            results.add_round(
+                server_round, modality, [c.patient for c in cases], ev.dice, ev.attention
+            )
+        if on_round is not None:
+            on_round(server_round, len(stream))
+
+    evaluate(0)
+    cases = [c for s in scenario.sites for c in prepared.site_slices(s.name)]
+    images = np.concatenate([c.images for c in cases])
+    masks = np.concatenate([c.masks for c in cases])
+    seed = int(np.random.SeedSequence([trial.seed, 0]).generate_state(1)[0])
+    torch.manual_seed(seed)
+    result = train_local(model, images, masks, scenario.training, seed)
+    logger.info(
+        "joint %s: %d slices of %d cases, loss %.4f", trial.trial_id, result.samples,
+        len(cases), result.loss,
+    )  # fmt: skip
+    evaluate(1)
+    return results

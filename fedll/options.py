@@ -1,0 +1,153 @@
+"""Typed options of what a scenario compares: strategies and continual-learning (CL) methods,
+and the faults it injects.
+
+A strategy or CL method is a registered name plus its options, each a small frozen model
+(a tagged union on ``name``); ``label`` names an option set in trial ids and results: the
+name, then every option that differs from its default (``fedprox-mu0.1``). The strategies
+themselves live in ``strategies/`` and the CL methods in :mod:`fedll.continual`; their
+registries are keyed by these names.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Named(_Frozen):
+    """A registered method and its options; ``label`` names this option set."""
+
+    name: str
+
+    @property
+    def label(self) -> str:
+        """The name, then each option that differs from its default (``fedprox-mu0.1``)."""
+        changed = [
+            f"-{key.replace('_', '')}{value}"
+            for key, value in self.options().items()
+            if value != type(self).model_fields[key].default
+        ]
+        return self.name + "".join(changed)
+
+    def options(self) -> dict[str, Any]:
+        """Every option but the name, defaults filled in."""
+        return self.model_dump(exclude={"name"})
+
+
+NormRule = Literal["average", "local"]
+_NORM = Field(
+    default="average",
+    description="average: normalisation layers are averaged like any weight; local: each site "
+    "keeps its own (FedBN) and the server's copy is the average of what the round's sites sent",
+)
+
+
+class FedAvgOptions(_Named):
+    """FedAvg (McMahan et al. 2017): the sample-weighted mean of the round's updates."""
+
+    name: Literal["fedavg"]
+    norm: NormRule = _NORM
+
+
+class FedBNOptions(_Named):
+    """FedBN (Li et al. 2021): FedAvg with normalisation layers kept local at each site."""
+
+    name: Literal["fedbn"]
+
+
+class FedProxOptions(_Named):
+    """FedProx (Li et al. 2020): FedAvg, and a proximal term mu/2 ||w - w_global||^2 at sites."""
+
+    name: Literal["fedprox"]
+    mu: float = Field(default=0.01, ge=0)
+    norm: NormRule = _NORM
+
+
+class DynamicAwareOptions(_Named):
+    """Kernel banks averaged per kernel by attention mass, ACP by samples, the rest FedAvg."""
+
+    name: Literal["dynamic-aware"]
+    norm: NormRule = _NORM
+
+
+class FedAvgMOptions(_Named):
+    """FedAvgM (Hsu et al. 2019): server momentum on the average's pseudo-gradient."""
+
+    name: Literal["fedavgm"]
+    server_lr: float = Field(default=1.0, gt=0)
+    server_momentum: float = Field(default=0.9, ge=0, lt=1)
+    norm: NormRule = _NORM
+
+
+StrategyOptions = Annotated[
+    FedAvgOptions | FedBNOptions | FedProxOptions | DynamicAwareOptions | FedAvgMOptions,
+    Field(discriminator="name"),
+]
+STRATEGY_NAMES: tuple[str, ...] = ("fedavg", "fedbn", "fedprox", "dynamic-aware", "fedavgm")
+
+
+class FineTuneOptions(_Named):
+    """Plain fine-tuning on each arrival (the lifelong lower bound)."""
+
+    name: Literal["finetune"]
+
+
+class EWCOptions(_Named):
+    """Elastic weight consolidation (Kirkpatrick et al. 2017), online: the site keeps a diagonal
+    Fisher (decayed by ``decay`` at each of its rounds) and its last weights; the penalty is
+    ``weight / 2 * sum F (w - w_site)^2``."""
+
+    name: Literal["ewc"]
+    weight: float = Field(default=100.0, ge=0)
+    decay: float = Field(default=1.0, ge=0, le=1)
+
+
+class LwFOptions(_Named):
+    """Learning without forgetting (Li & Hoiem 2017): distil the model the site received,
+    ``weight * BCE(student, sigmoid(teacher / temperature))`` on the site's own slices."""
+
+    name: Literal["lwf"]
+    weight: float = Field(default=1.0, ge=0)
+    temperature: float = Field(default=2.0, gt=0)
+
+
+class ReplayOptions(_Named):
+    """Experience replay: a reservoir of ``buffer`` of the site's own earlier cases is trained
+    on with each arrival; nothing leaves the site."""
+
+    name: Literal["replay"]
+    buffer: int = Field(default=4, ge=1)
+
+
+ContinualOptions = Annotated[
+    FineTuneOptions | EWCOptions | LwFOptions | ReplayOptions, Field(discriminator="name")
+]
+CL_NAMES: tuple[str, ...] = ("finetune", "ewc", "lwf", "replay")
+
+
+class FaultConfig(_Frozen):
+    """A fault injected at one site (to test and show the strategies' robustness).
+
+    Draws are seeded by (trial seed, round, site), so a run is deterministic.
+    """
+
+    site: str
+    raise_probability: float = Field(
+        default=0.0, ge=0, le=1, description="the site raises instead of training"
+    )
+    raise_every: int | None = Field(
+        default=None, ge=1, description="the site raises in rounds N, 2N, ... (server rounds)"
+    )
+    send: Literal["nan", "wrong-shape", "wrong-dtype"] | None = Field(
+        default=None, description="the site trains, then sends a corrupted update"
+    )
+
+
+def named(value: Any) -> Any:
+    """A bare name is the mapping ``{name: ...}``."""
+    return {"name": value} if isinstance(value, str) else value

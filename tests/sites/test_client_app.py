@@ -1,0 +1,140 @@
+"""The ClientApp's train handler: what a site keeps between its rounds (FedBN's local
+normalisation, a CL method's state) and the faults it injects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
+
+from fedll.config import TrainingConfig, load_scenario
+from fedll.data.prepare import prepare_cohort
+from fedll.faults import Fault, InjectedFault
+from fedll.inprocess import _assign_message_id, _set_task_identity
+from fedll.instructions import ModelSpec, SliceRecipe, TrainInstruction
+from fedll.models import build_model, parameter_groups
+from fedll.options import ReplayOptions
+from sites.client_app import train
+
+pytestmark = pytest.mark.slow
+
+SPEC = ModelSpec("static", {"base_width": 4, "depth": 2})
+
+
+@pytest.fixture(scope="module")
+def cohort_index(tmp_path_factory, make_scenario) -> Path:
+    root = tmp_path_factory.mktemp("client")
+    scenario = load_scenario(make_scenario(root / "s.yaml"))
+    index = root / "cohort.json"
+    prepare_cohort(scenario).write(index)
+    return index
+
+
+@pytest.fixture
+def restore_torch_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def context(index: Path) -> Context:
+    """Partition 0 of the tiny scenario: hospital-t2, two patients."""
+    return Context(
+        run_id=1,
+        node_id=5,
+        node_config={"partition-id": 0, "num-partitions": 2},
+        state=RecordDict(),
+        run_config={"cohort-index": str(index)},
+    )
+
+
+def message(model: torch.nn.Module, server_round: int, start: int, **extra: Any) -> Message:
+    _set_task_identity(run_id=1, node_id=SUPERLINK_NODE_ID, task_id=1)
+    instruction = TrainInstruction(
+        model=SPEC,
+        training=TrainingConfig(epochs=1, batch_size=8, lr=1e-12),
+        slices=SliceRecipe(size=32, empty_fraction=0.1, seed=0),
+        arrival_start=start,
+        arrival_stop=start + 1,
+        train_on="new",
+        seed=3,
+        **extra,
+    )
+    config = {**instruction.to_config(), "server-round": server_round}
+    content = RecordDict(
+        {"arrays": ArrayRecord(model.state_dict()), "config": ConfigRecord(config)}
+    )
+    msg = Message(content, dst_node_id=5, message_type="train")
+    _assign_message_id(msg, f"m{server_round}")
+    return msg
+
+
+def norms(state: dict[str, np.ndarray], groups: dict[str, str]) -> dict[str, np.ndarray]:
+    return {k: v for k, v in state.items() if groups[k] == "norm" and "running" not in k}
+
+
+def test_a_fedbn_site_overlays_its_own_normalisation(cohort_index, restore_torch_threads):
+    torch.manual_seed(0)
+    model = build_model(SPEC.name, **SPEC.kwargs)
+    groups = parameter_groups(model)
+    ctx = context(cohort_index)
+    own = {k: v + 1.0 for k, v in model.state_dict().items() if groups[k] == "norm"}
+    ctx.state["local-norm"] = ArrayRecord({k: v for k, v in own.items()})
+    msg = message(model, 2, 0)
+    msg.content["config"]["local-norm"] = True
+
+    reply = train(msg, ctx)
+
+    sent = {k: v.numpy() for k, v in reply.content["arrays"].items()}
+    # lr 1e-12: the affine norm weights trained from the site's own, not the received ones
+    for key, value in norms(sent, groups).items():
+        np.testing.assert_allclose(value, own[key].numpy(), atol=1e-6)
+    kept = {k: v.numpy() for k, v in ctx.state["local-norm"].items()}
+    assert set(kept) == {k for k, g in groups.items() if g == "norm"}
+    np.testing.assert_array_equal(kept["stem.norm1.weight"], sent["stem.norm1.weight"])
+
+
+def test_without_local_norm_the_received_normalisation_is_trained(
+    cohort_index, restore_torch_threads
+):
+    torch.manual_seed(0)
+    model = build_model(SPEC.name, **SPEC.kwargs)
+    groups = parameter_groups(model)
+    ctx = context(cohort_index)
+    ctx.state["local-norm"] = ArrayRecord(
+        {k: v + 1.0 for k, v in model.state_dict().items() if groups[k] == "norm"}
+    )
+    reply = train(message(model, 2, 0), ctx)
+    sent = {k: v.numpy() for k, v in reply.content["arrays"].items()}
+    received = {k: v.numpy() for k, v in model.state_dict().items()}
+    for key, value in norms(sent, groups).items():
+        np.testing.assert_allclose(value, received[key], atol=1e-6)
+
+
+def test_replay_keeps_its_buffer_in_the_site_state(cohort_index, restore_torch_threads):
+    model = build_model(SPEC.name, **SPEC.kwargs)
+    ctx = context(cohort_index)
+    replay = ReplayOptions(name="replay", buffer=2)
+    first = train(message(model, 1, 0, continual=replay), ctx)
+    assert first.content["metrics"]["cases"] == 1
+    np.testing.assert_array_equal(ctx.state["continual"]["buffer"].numpy(), [0])
+    second = train(message(model, 3, 1, continual=replay), ctx)
+    assert second.content["metrics"]["cases"] == 2  # the arrival and the replayed case
+    assert second.content["metrics"]["num-examples"] > first.content["metrics"]["num-examples"]
+    np.testing.assert_array_equal(ctx.state["continual"]["buffer"].numpy(), [0, 1])
+
+
+def test_faults_raise_or_corrupt_the_update(cohort_index, restore_torch_threads):
+    model = build_model(SPEC.name, **SPEC.kwargs)
+    ctx = context(cohort_index)
+    with pytest.raises(InjectedFault, match="site hospital-t2: injected failure, round 2"):
+        train(message(model, 2, 0, fault=Fault(raise_every=2)), ctx)
+    reply = train(message(model, 1, 0, fault=Fault(raise_every=2, send="nan")), ctx)
+    sent = {k: v.numpy() for k, v in reply.content["arrays"].items()}
+    assert np.isnan(sent["head.weight"]).all()
+    assert np.isfinite(reply.content["metrics"]["train-loss"])

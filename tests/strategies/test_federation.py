@@ -1,0 +1,139 @@
+"""Trials end to end on the tiny scenario: injected faults, every strategy and CL method, and
+the joint bound.
+
+With ``arrivals_per_round: 2`` the tiny stream has two rounds, and in each both sites train
+(one T2 and one FLAIR patient each).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from fedll.config import dump_scenario, load_scenario
+from fedll.report import forgetting_table, format_table, trial_summary
+from fedll.results import collect
+from fedll.sweep import SweepOptions, run_sweep
+from strategies import federation
+
+pytestmark = pytest.mark.slow
+
+DYCNN = {"static": None}  # the tiny scenario's Dy-CNN only
+STATIC = {"dycnn": None}
+BOTH_PER_ROUND = {
+    "stream": {"arrivals_per_round": 2},
+    "training": {"epochs": 1, "batch_size": 8, "lr": 0.01},
+}
+FAULTS = [
+    {"site": "hospital-t2", "send": "nan"},
+    {"site": "hospital-flair", "raise_every": 2},
+]
+
+
+@pytest.fixture
+def restore_torch_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def sweep(make_scenario, tmp_path, updates) -> pd.DataFrame:
+    """Run every trial of the tiny scenario with ``updates`` in this process; results.csv."""
+    scenario = load_scenario(make_scenario(tmp_path / "s.yaml", updates))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "scenario.yaml").write_text(dump_scenario(scenario))
+    summary = run_sweep(run_dir, SweepOptions(backend="local"))
+    assert summary.failed == {}
+    results, _ = collect(run_dir)
+    return results.fillna("")
+
+
+def test_a_nan_site_and_a_site_failing_every_other_round(
+    make_scenario, tmp_path, monkeypatch, caplog, restore_torch_threads
+):
+    evaluated = []
+
+    def finite_model(model, cases, **kwargs):
+        # the global model the federation evaluates after every round
+        evaluated.append(all(torch.isfinite(v).all() for v in model.state_dict().values()))
+        return evaluate_cases(model, cases, **kwargs)
+
+    evaluate_cases = federation.evaluate_cases
+    monkeypatch.setattr(federation, "evaluate_cases", finite_model)
+    updates = {
+        **BOTH_PER_ROUND,
+        "models": DYCNN,  # dynamic-aware has kernel banks to weigh
+        "strategies": ["fedavg", "dynamic-aware"],
+        "faults": FAULTS,
+    }
+    with caplog.at_level(logging.WARNING):
+        results = sweep(make_scenario, tmp_path, updates)
+
+    assert evaluated and all(evaluated)  # rounds 0..2 x 2 modalities x 2 trials
+    assert len(evaluated) == 3 * 2 * 2
+    assert set(results["strategy"]) == {"fedavg", "dynamic-aware"}
+    per_round = results.groupby(["strategy", "round"])[["failed", "rejected"]].first()
+    for strategy in ("fedavg", "dynamic-aware"):
+        # round 1: the NaN update is rejected and the FLAIR site's update is the model;
+        # round 2: the FLAIR site raises as well, so the model of round 1 is kept
+        assert per_round.loc[strategy].to_dict("index") == {
+            0: {"failed": "", "rejected": ""},
+            1: {"failed": "", "rejected": "hospital-t2"},
+            2: {"failed": "hospital-flair", "rejected": "hospital-t2"},
+        }
+    kept = results[results["round"] >= 1].pivot_table("dice", ["trial", "case"], "round")
+    np.testing.assert_array_equal(kept[1], kept[2])  # round 2 kept round 1's model
+    assert "update of site hospital-t2 rejected: " in caplog.text
+    assert "non-finite values" in caplog.text
+    assert "site hospital-flair failed: raised: " in caplog.text
+    assert "injected failure, round 2" in caplog.text
+    assert "round 2: no usable update (1 failed, 1 rejected); the global model is kept" in (
+        caplog.text
+    )
+    table = forgetting_table(results)
+    assert set(table["failed_updates"]) == {1} and set(table["rejected_updates"]) == {2}
+    assert set(trial_summary(results)["failed_updates"]) == {1}
+    assert "failed updates" in format_table(table).columns
+
+
+def test_every_strategy_runs_a_healthy_federation(make_scenario, tmp_path, restore_torch_threads):
+    strategies = ["fedavg", "fedbn", {"name": "fedprox", "mu": 0.1}, "dynamic-aware", "fedavgm"]
+    results = sweep(
+        make_scenario,
+        tmp_path,
+        {**BOTH_PER_ROUND, "models": DYCNN, "strategies": strategies},
+    )
+    assert sorted(results["strategy"].unique()) == sorted(
+        ["fedavg", "fedbn", "fedprox-mu0.1", "dynamic-aware", "fedavgm"]
+    )
+    assert (results["failed"] == "").all() and (results["rejected"] == "").all()
+    assert sorted(results["round"].unique()) == [0, 1, 2]
+    assert results["dice"].between(0, 1).all()
+
+
+def test_cl_methods_and_the_joint_bound_side_by_side(
+    make_scenario, tmp_path, restore_torch_threads
+):
+    cl = ["finetune", "ewc", "lwf", {"name": "replay", "buffer": 1}]
+    results = sweep(
+        make_scenario,
+        tmp_path,
+        {"models": STATIC, "cl": cl, "joint": True, "training": BOTH_PER_ROUND["training"]},
+    )
+    assert sorted(results["cl"].unique()) == sorted(
+        ["finetune", "ewc", "lwf", "replay-buffer1", "joint"]
+    )
+    joint = results[results["cl"] == "joint"]
+    assert sorted(joint["round"].unique()) == [0, 1]
+    assert set(joint.loc[joint["round"] == 1, "arriving"]) == {"flair;t2"}
+    assert set(joint[["ordering", "strategy"]].itertuples(index=False, name=None)) == {
+        ("none", "none")
+    }
+    table = format_table(forgetting_table(results))
+    assert set(table["cl"]) == {"finetune", "ewc", "lwf", "replay-buffer1", "joint"}
+    assert len(table) == 5 * 2  # one row per configuration and modality
