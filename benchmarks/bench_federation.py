@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import statistics
@@ -166,6 +167,9 @@ def main() -> None:
     parser.add_argument("--memory", type=Path, nargs="*", default=[])
     parser.add_argument("--skip", nargs="*", default=[], choices=["overhead", "sweep"])
     args = parser.parse_args()
+    from flwr.common.logger import FLOWER_LOGGER
+
+    FLOWER_LOGGER.setLevel(logging.WARNING)  # Flower logs every round at INFO
     with tempfile.TemporaryDirectory() as tmp:
         # a 4-trial slice of the scenario keeps the benchmark short
         run_dir = prepare_run(

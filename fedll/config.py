@@ -159,9 +159,6 @@ class TrainingConfig(_Frozen):
         description="reset: a fresh optimiser every round; keep: the site keeps its own "
         "optimiser moments across rounds (in its context state)",
     )
-    routing_weight: float = Field(
-        default=1.0, ge=0, description="multiplier of the model's routing loss"
-    )
 
 
 class ExecutionConfig(_Frozen):

@@ -88,7 +88,6 @@ class TrainInstruction:
             "weight-decay": t.weight_decay,
             "momentum": t.momentum,
             "optimizer-state": t.optimizer_state,
-            "routing-weight": t.routing_weight,
             "slice-size": self.slices.size,
             "empty-fraction": self.slices.empty_fraction,
             "slice-seed": self.slices.seed,
@@ -112,7 +111,6 @@ class TrainInstruction:
                 weight_decay=config["weight-decay"],
                 momentum=config["momentum"],
                 optimizer_state=config["optimizer-state"],
-                routing_weight=config["routing-weight"],
             )
             return cls(
                 model=ModelSpec.from_json(config["model"]),

@@ -65,8 +65,6 @@ COUNTS: dict[str, str] = {  # per-round event column -> count column in the summ
 }
 LABELS = {"t2": "T2", "flair": "FLAIR"}
 _INTEGER_COLUMNS = ("arrival_batch", "seed", "round")
-_SHADES = {"t2": "#dde9f6", "flair": "#fdebd6", "both": "#ebe1f1"}
-_LINE_COLORS = ("#222222", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
 Matrix = tuple[np.ndarray, list[frozenset[int]]]
 
@@ -226,10 +224,11 @@ def dice_matrix(trial_results: pd.DataFrame, source: str = "results") -> Matrix:
 
 def trial_matrices(results: pd.DataFrame) -> dict[str, Matrix]:
     """``dice_matrix`` of every trial, keyed by trial id (in the order of the rows)."""
-    return _matrices(check_results(results))
+    return checked_matrices(check_results(results))
 
 
-def _matrices(results: pd.DataFrame) -> dict[str, Matrix]:
+def checked_matrices(results: pd.DataFrame) -> dict[str, Matrix]:
+    """``trial_matrices`` of results already through :func:`check_results`."""
     return {str(t): dice_matrix(frame) for t, frame in results.groupby("trial", sort=False)}
 
 
@@ -252,7 +251,7 @@ def trial_summary(results: pd.DataFrame) -> pd.DataFrame:
     for trial, frame in results.groupby("trial", sort=False):
         R, arriving = dice_matrix(frame)
         F, final, auc = forgetting(R), final_dice(R), area_under_curve(R)
-        mean_final = _nan_reduce(np.nanmean, final[[MODALITIES.index(e) for e in evaluated]])
+        mean_final = nan_reduce(np.nanmean, final[[MODALITIES.index(e) for e in evaluated]])
         counts = {n: round_events(frame, c) for c, n in counted.items()}
         first = frame.iloc[0]
         for modality in evaluated:
@@ -267,9 +266,9 @@ def trial_summary(results: pd.DataFrame) -> pd.DataFrame:
                     "rounds": R.shape[0] - 1,
                     "final_dice": final[m],
                     "forgetting_final": F[-1, m],
-                    "forgetting_max": _nan_reduce(np.nanmax, F[:, m]),
-                    "switch_drop_mean": _nan_reduce(np.nanmean, drops),
-                    "switch_drop_max": _nan_reduce(np.nanmax, drops),
+                    "forgetting_max": nan_reduce(np.nanmax, F[:, m]),
+                    "switch_drop_mean": nan_reduce(np.nanmean, drops),
+                    "switch_drop_max": nan_reduce(np.nanmax, drops),
                     "bwt": backward_transfer(R, arriving, modality=m),
                     "learning_accuracy": learning_accuracy(R, arriving, modality=m),
                     "auc": auc[m],
@@ -417,208 +416,7 @@ def attention_distance(attention: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------- plots
 
 
-def write_plots(
-    results: pd.DataFrame, out_dir: Path, attention: pd.DataFrame | None = None
-) -> list[Path]:
-    """Learning curves and Dice-matrix heat maps per panel (configuration without the model),
-    and, given ``attention``, the kernel attention of each dynamic configuration.
-
-    Files: ``curves_<panel>.png`` (Dice vs round per modality, a line per model with the
-    min–max band over seeds, rounds shaded by arriving modality, switches dashed),
-    ``dice_matrix_<panel>.png`` (mean R over seeds, one heat map per model), and
-    ``attention_<configuration>.png``.
-    """
-    results = check_results(results)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    matrices = _matrices(results)
-    keys = config_columns(results)
-    panel_keys = [k for k in keys if k != "model"]
-    paths = []
-    for panel, frame in results.groupby(panel_keys, sort=False):
-        title = ", ".join(f"{k}={v}" for k, v in zip(panel_keys, panel, strict=True))
-        per_model = {
-            model: [matrices[str(t)] for t in trials["trial"].unique()]
-            for model, trials in frame.groupby("model", sort=False)
-        }
-        slug = _slug(panel)
-        paths.append(_plot_curves(per_model, title, out_dir / f"curves_{slug}.png"))
-        paths.append(_plot_heatmaps(per_model, title, out_dir / f"dice_matrix_{slug}.png"))
-    if attention is not None and not attention.empty:
-        att_keys = config_columns(attention)
-        for config, frame in attention.groupby(att_keys, sort=False):
-            title = ", ".join(f"{k}={v}" for k, v in zip(att_keys, config, strict=True))
-            paths.append(_plot_attention(frame, title, out_dir / f"attention_{_slug(config)}.png"))
-    logger.info("wrote %d plots to %s", len(paths), out_dir)
-    return paths
-
-
-def _plot_curves(per_model: dict[str, list[Matrix]], title: str, path: Path) -> Path:
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
-
-    arrivals = _common_arrivals([m for ms in per_model.values() for m in ms])
-    fig = Figure(figsize=(5.2 * len(MODALITIES), 3.8), layout="constrained")
-    axes = fig.subplots(1, len(MODALITIES), sharey=True, squeeze=False)[0]
-    for m, (ax, modality) in enumerate(zip(axes, MODALITIES, strict=True)):
-        if arrivals is not None:
-            _shade_rounds(ax, arrivals)
-        for i, (model, mats) in enumerate(per_model.items()):
-            color = _LINE_COLORS[i % len(_LINE_COLORS)]
-            stack = _stack([R for R, _ in mats])[:, :, m]
-            mean, lo, hi = (
-                _nan_reduce(f, stack, axis=0) for f in (np.nanmean, np.nanmin, np.nanmax)
-            )
-            x = np.arange(stack.shape[1])
-            ax.plot(
-                x, mean, color=color, marker="o", ms=3, lw=1.6, label=f"{model} ({len(mats)} seeds)"
-            )
-            if len(mats) > 1:
-                ax.fill_between(x, lo, hi, color=color, alpha=0.18, lw=0)
-        ax.set(title=f"Dice on {LABELS[modality]}", xlabel="round", ylim=(0, 1), xlim=(0, None))
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("Dice (mean over seeds, band min–max)")
-    handles, _ = axes[0].get_legend_handles_labels()
-    if arrivals is not None:
-        present = {_arrival_key(a) for a in arrivals if a}
-        handles += [
-            Patch(color=_SHADES[k], label=f"{LABELS.get(k, k)} arriving")
-            for k in _SHADES
-            if k in present
-        ]
-    else:
-        title += "  (arrivals differ between seeds: rounds not shaded)"
-    fig.legend(handles=handles, loc="outside right center", fontsize="small")
-    fig.suptitle(title, fontsize="medium")
-    return _save(fig, path)
-
-
-def _plot_heatmaps(per_model: dict[str, list[Matrix]], title: str, path: Path) -> Path:
-    from matplotlib.figure import Figure
-
-    arrivals = _common_arrivals([m for ms in per_model.values() for m in ms])
-    rounds = max(R.shape[0] for ms in per_model.values() for R, _ in ms)
-    fig = Figure(
-        figsize=(min(2.5 + 0.55 * rounds, 16), 0.4 + 1.45 * len(per_model)), layout="constrained"
-    )
-    axes = fig.subplots(len(per_model), 1, squeeze=False)[:, 0]
-    image = None
-    for ax, (model, mats) in zip(axes, per_model.items(), strict=True):
-        mean = _nan_reduce(np.nanmean, _stack([R for R, _ in mats]), axis=0).T  # (M, T + 1)
-        image = ax.imshow(mean, vmin=0, vmax=1, cmap="viridis", aspect="auto")
-        if rounds <= 24:
-            for (m, t), value in np.ndenumerate(mean):
-                if not np.isnan(value):
-                    ax.text(t, m, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                            color="white" if value < 0.6 else "black")  # fmt: skip
-        ax.set_yticks(range(len(MODALITIES)), [LABELS[m] for m in MODALITIES])
-        step = max(1, rounds // 24)
-        ticks = list(range(0, rounds, step))
-        labels = [str(t) for t in ticks]
-        if arrivals is not None:
-            labels = [f"{t}\n{_arrival_label(arrivals[t])}" if t else "0" for t in ticks]
-        ax.set_xticks(ticks, labels, fontsize=7)
-        ax.set_title(f"{model} ({len(mats)} seeds)", fontsize="small", loc="left")
-    axes[-1].set_xlabel("round (and arriving modality)" if arrivals is not None else "round")
-    fig.colorbar(image, ax=list(axes), label="Dice", shrink=0.9)
-    fig.suptitle(title, fontsize="medium")
-    return _save(fig, path)
-
-
-def _plot_attention(frame: pd.DataFrame, title: str, path: Path) -> Path:
-    """Final-round attention share per layer x kernel for T2 and FLAIR inputs and their
-    difference; the per-layer TV distance at the final round and over rounds (mean over seeds)."""
-    from matplotlib.figure import Figure
-
-    final = frame[frame["round"] == frame.groupby("trial")["round"].transform("max")]
-    layers = list(pd.unique(frame["layer"]))
-    kernels = sorted(pd.unique(frame["kernel"]), key=_natural_key)
-    mass = final.groupby(["modality", "layer", "kernel"])["mass"].mean()
-    shares = {}
-    for modality in MODALITIES:
-        grid = np.array([[mass.get((modality, la, k), np.nan) for k in kernels] for la in layers])
-        sums = np.nansum(grid, axis=1, keepdims=True)
-        shares[modality] = np.divide(grid, sums, out=np.full_like(grid, np.nan), where=sums > 0)
-    tv = attention_distance(frame)
-    tv_final = tv[tv["round"] == tv.groupby("trial")["round"].transform("max")]
-    tv_layer = tv_final.groupby("layer")["tv"].mean().reindex(layers).to_numpy()
-    tv_round = tv.groupby(["round", "layer"])["tv"].mean().unstack("layer")
-
-    height = max(2.4, 0.25 * len(layers) + 1.3)
-    fig = Figure(figsize=(13, height + 3.4), layout="constrained")
-    axes = fig.subplot_mosaic(
-        [["t2", "flair", "diff"], ["tv", "tv", "rounds"]], height_ratios=[height, 2.8]
-    )
-    step = max(1, len(kernels) // 16)
-    for name in ("t2", "flair", "diff"):
-        ax = axes[name]
-        if name == "diff":
-            values = shares["flair"] - shares["t2"]
-            limit = max(_nan_reduce(np.nanmax, np.abs(values)), 1e-6)
-            image = ax.imshow(values, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
-            ax.set_title("FLAIR − T2 share", fontsize="medium")
-            fig.colorbar(image, ax=ax, shrink=0.9)
-        else:
-            image = ax.imshow(shares[name], vmin=0, vmax=1, cmap="magma", aspect="auto")
-            ax.set_title(f"{LABELS[name]} inputs: attention share", fontsize="medium")
-            if name == "flair":
-                fig.colorbar(image, ax=[axes["t2"], ax], shrink=0.9)
-        ax.set_yticks(range(len(layers)), layers if name == "t2" else [], fontsize=7)
-        ax.set_xticks(range(0, len(kernels), step), [str(k) for k in kernels[::step]], fontsize=7)
-        ax.set_xlabel("kernel")
-    ax = axes["tv"]
-    bars = ax.bar(range(len(layers)), tv_layer, color="#555555")
-    ax.bar_label(bars, fmt="%.3f", fontsize=7)
-    ax.set_xticks(range(len(layers)), layers, fontsize=7, rotation=30, ha="right")
-    ax.set(title="TV(T2, FLAIR) per layer, final round", ylabel="total variation")
-    ax.set_ylim(0, max(_nan_reduce(np.nanmax, tv_layer) * 1.25, 1e-3))
-    ax = axes["rounds"]
-    x, rows = tv_round.index.to_numpy(), tv_round.to_numpy()
-    lo, hi = _nan_reduce(np.nanmin, rows, axis=1), _nan_reduce(np.nanmax, rows, axis=1)
-    ax.fill_between(x, lo, hi, color="#222222", alpha=0.18, lw=0, label="min–max over layers")
-    ax.plot(x, _nan_reduce(np.nanmean, rows, axis=1), color="#222222", label="mean over layers")
-    ax.set(title="TV(T2, FLAIR) by round", xlabel="round", ylim=(0, None))
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.legend(fontsize="small")
-    ax.grid(alpha=0.3)
-    fig.suptitle(f"{title}  ({frame['trial'].nunique()} seeds)", fontsize="medium")
-    return _save(fig, path)
-
-
-def _shade_rounds(ax: Any, arrivals: list[frozenset[int]]) -> None:
-    """Shade (t-1, t) by the modalities trained in round t; dash the switch rounds."""
-    for t in range(1, len(arrivals)):
-        if arrivals[t]:
-            ax.axvspan(t - 1, t, color=_SHADES[_arrival_key(arrivals[t])], lw=0, zorder=0)
-        if t > 1 and arrivals[t] and arrivals[t - 1] and arrivals[t] != arrivals[t - 1]:
-            ax.axvline(t - 1, color="#888888", ls="--", lw=0.8, zorder=1)
-
-
-def _arrival_key(arriving: frozenset[int]) -> str:
-    return MODALITIES[next(iter(arriving))] if len(arriving) == 1 else "both"
-
-
-def _arrival_label(arriving: frozenset[int]) -> str:
-    return "+".join(LABELS[MODALITIES[m]] for m in sorted(arriving)) or "-"
-
-
-def _common_arrivals(mats: list[Matrix]) -> list[frozenset[int]] | None:
-    """The arrival sequence shared by all trials, or None where they differ (random orders)."""
-    first = mats[0][1]
-    return first if all(a == first for _, a in mats) else None
-
-
-def _stack(mats: list[np.ndarray]) -> np.ndarray:
-    """Stack Dice matrices of possibly different lengths, NaN-padded: (S, T + 1, M)."""
-    rows = max(R.shape[0] for R in mats)
-    out = np.full((len(mats), rows, mats[0].shape[1]), np.nan)
-    for i, R in enumerate(mats):
-        out[i, : R.shape[0]] = R
-    return out
-
-
-def _nan_reduce(func: Any, values: np.ndarray, axis: int | None = None) -> Any:
+def nan_reduce(func: Any, values: np.ndarray, axis: int | None = None) -> Any:
     """``np.nanmean`` and friends without the all-NaN RuntimeWarning (the result is NaN)."""
     values = np.asarray(values, dtype=np.float64)
     if axis is None and values.size == 0:
@@ -629,29 +427,10 @@ def _nan_reduce(func: Any, values: np.ndarray, axis: int | None = None) -> Any:
     return float(result) if axis is None else result
 
 
-def _natural_key(value: Any) -> tuple[int, float | str]:
-    try:
-        return (0, float(value))
-    except (TypeError, ValueError):
-        return (1, str(value))
-
-
-def _slug(values: Any) -> str:
-    values = values if isinstance(values, tuple) else (values,)
-    return re.sub(r"[^A-Za-z0-9._+-]+", "-", "_".join(str(v) for v in values)).strip("-")
-
-
 def _sorted(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     order = frame["modality"].map({m: i for i, m in enumerate(MODALITIES)})
     frame = frame.assign(_modality=order).sort_values([*keys, "_modality"], kind="stable")
     return frame.drop(columns="_modality").reset_index(drop=True)
-
-
-def _save(fig: Any, path: Path) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=120)
-    os.replace(tmp, path)
-    return path
 
 
 # ---------------------------------------------------------------- the `fedll report` command
@@ -680,6 +459,8 @@ def build_report(run_dir: Path) -> dict[str, Any]:
     for name, frame in extra.items():
         frame.to_csv(tables_dir / name, index=False)
         tables.append(tables_dir / name)
+    from fedll.plots import write_plots  # matplotlib only when plotting
+
     plots = write_plots(results, run_dir / "plots", attention)
     files = dict(zip(("csv", "markdown", "latex"), tables[:3], strict=True))
     return {"table": table, "summary": summary, "tables": tables, "plots": plots, **files}

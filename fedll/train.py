@@ -1,7 +1,8 @@
 """Local training and evaluation of a segmentation model: plain torch, no Flower.
 
 Loss: binary cross-entropy plus soft Dice on whole-tumour logits, plus the model's routing
-regulariser (0 for static models) times ``TrainingConfig.routing_weight``, plus the extra
+regulariser (weighted by the model's own ``routing_loss_weights``; 0 for static models and by
+default), plus the extra
 terms of any :class:`TrainingHook` (continual-learning penalties, FedProx's proximal term; see
 :mod:`fedll.continual`). One optimiser step advances the dynamic-convolution temperature
 schedule once.
@@ -128,8 +129,7 @@ def train_local(
             x = x_all[idx]
             logits = model(x)
             loss = segmentation_loss(logits, y_all[idx])
-            if cfg.routing_weight:
-                loss = loss + cfg.routing_weight * routing_loss(model)
+            loss = loss + routing_loss(model)
             for hook in hooks:
                 extra = hook.extra_loss(model, x, logits)
                 if extra is not None:

@@ -19,7 +19,6 @@ from fedll.report import (
     to_markdown,
     trial_matrices,
     trial_summary,
-    write_plots,
     write_tables,
 )
 
@@ -193,22 +192,6 @@ def test_attention_distance_by_hand() -> None:
     assert len(tv) == 2 * 3 * 2
     np.testing.assert_allclose(tv[tv["layer"] == "enc1"]["tv"], 0.5)
     np.testing.assert_allclose(tv[tv["layer"] == "enc2"]["tv"], 0.0)
-
-
-def test_write_plots(tmp_path: Path) -> None:
-    paths = write_plots(make_results(), tmp_path, attention=make_attention())
-    names = sorted(p.name for p in paths)
-    assert names == [
-        "attention_dycnn_blocked_2_fedavg.png",
-        "curves_blocked_2_fedavg.png",
-        "dice_matrix_blocked_2_fedavg.png",
-    ]
-    assert all(p.stat().st_size > 10_000 for p in paths)
-    # seeds with different arrival orders (a random ordering) are drawn without shading
-    flipped = make_results()
-    flipped.loc[(flipped["seed"] == 1) & (flipped["round"] == 1), "arriving"] = "flair"
-    flipped.loc[(flipped["seed"] == 1) & (flipped["round"] == 2), "arriving"] = "t2"
-    assert len(write_plots(flipped, tmp_path / "random")) == 2
 
 
 def test_build_report_round_trip(tmp_path: Path) -> None:

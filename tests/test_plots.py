@@ -1,0 +1,25 @@
+"""Plots of a run: the files each panel and dynamic configuration gets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from test_report import make_attention, make_results  # the hand-built run of test_report
+
+from fedll.plots import write_plots
+
+
+def test_write_plots(tmp_path: Path) -> None:
+    paths = write_plots(make_results(), tmp_path, attention=make_attention())
+    names = sorted(p.name for p in paths)
+    assert names == [
+        "attention_dycnn_blocked_2_fedavg.png",
+        "curves_blocked_2_fedavg.png",
+        "dice_matrix_blocked_2_fedavg.png",
+    ]
+    assert all(p.stat().st_size > 10_000 for p in paths)
+    # seeds with different arrival orders (a random ordering) are drawn without shading
+    flipped = make_results()
+    flipped.loc[(flipped["seed"] == 1) & (flipped["round"] == 1), "arriving"] = "flair"
+    flipped.loc[(flipped["seed"] == 1) & (flipped["round"] == 2), "arriving"] = "t2"
+    assert len(write_plots(flipped, tmp_path / "random")) == 2
