@@ -18,9 +18,9 @@ import torch
 from fedll.config import Scenario, Trial
 from fedll.data.prepare import PreparedCohort
 from fedll.models import build_model
-from fedll.results import TrialResults
+from fedll.results import TrialResults, evaluate_into
 from fedll.stream import Arrival, Round
-from fedll.train import evaluate_cases, train_local
+from fedll.train import train_local
 
 logger = logging.getLogger(__name__)
 
@@ -51,11 +51,7 @@ def run_joint(
     test = {m: prepared.test_slices(m) for m in prepared.test}
 
     def evaluate(server_round: int) -> None:
-        for modality, cases in test.items():
-            ev = evaluate_cases(model, cases, collect_attention=True)
-            results.add_round(
-                server_round, modality, [c.patient for c in cases], ev.dice, ev.attention
-            )
+        evaluate_into(results, server_round, model, test)
         if on_round is not None:
             on_round(server_round, len(stream))
 

@@ -8,15 +8,18 @@ rerun skips it. ``RUN_DIR/results.csv`` is the concatenation of every finished t
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from fedll.config import Trial
+from fedll.data.slices import CaseSlices
 from fedll.stream import Round
+from fedll.train import evaluate_cases
 
 TRIAL_COLUMNS = ["trial", "model", "ordering", "arrival_batch", "strategy", "cl", "seed"]
 RESULT_COLUMNS = [
@@ -151,3 +154,15 @@ def collect(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     atomic_csv(results, run_dir / "results.csv")
     atomic_csv(attention, run_dir / "attention.csv")
     return results, attention
+
+
+def evaluate_into(
+    results: TrialResults,
+    server_round: int,
+    model: torch.nn.Module,
+    test: Mapping[str, Sequence[CaseSlices]],
+) -> None:
+    """Evaluate ``model`` on each modality's test cases; add the rows of ``server_round``."""
+    for modality, cases in test.items():
+        ev = evaluate_cases(model, cases, collect_attention=True)
+        results.add_round(server_round, modality, [c.patient for c in cases], ev.dice, ev.attention)

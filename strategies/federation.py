@@ -26,9 +26,8 @@ from fedll.errors import ConfigError
 from fedll.faults import Fault
 from fedll.instructions import ModelSpec, SliceRecipe, TrainInstruction
 from fedll.models import build_model
-from fedll.results import TrialResults
+from fedll.results import TrialResults, evaluate_into
 from fedll.stream import Round, SiteHoldings, build_stream, counted_holdings
-from fedll.train import evaluate_cases
 from strategies.fedavg import ModelLayout
 from strategies.registry import build_strategy
 
@@ -234,11 +233,7 @@ def run_federation(
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> None:
         model.load_state_dict(arrays.to_torch_state_dict())
-        for modality, cases in test.items():
-            ev = evaluate_cases(model, cases, collect_attention=True)
-            results.add_round(
-                server_round, modality, [c.patient for c in cases], ev.dice, ev.attention
-            )
+        evaluate_into(results, server_round, model, test)
         if on_round is not None:
             on_round(server_round, len(stream))
 
