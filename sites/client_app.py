@@ -145,7 +145,8 @@ def _pack_optimizer(state: dict[int, dict[str, torch.Tensor]]) -> ArrayRecord:
     """Per-parameter optimiser moments as one ArrayRecord (kept in the site's context)."""
     return ArrayRecord(
         {
-            f"{index}/{name}": Array(np.ascontiguousarray(torch.as_tensor(value).cpu().numpy()))
+            # np.array, not np.ascontiguousarray: that turns Adam's 0-d step into shape (1,)
+            f"{index}/{name}": Array(np.array(torch.as_tensor(value).cpu().numpy(), order="C"))
             for index, slot in state.items()
             for name, value in slot.items()
         }
