@@ -160,3 +160,21 @@ def test_builders_train_and_the_loss_falls(name: str, blobs) -> None:
         advance_schedule(model)
         losses.append(loss.item())
     assert losses[-1] < 0.75 * losses[0], losses
+
+
+def test_builder_defaults_are_the_acp_defaults() -> None:
+    """dynamic_unet spells out the ACP's keyword defaults (the YAML-facing signature); they
+    must not drift apart."""
+    import inspect
+
+    from fedll.models import AttentionCoefficients, dynamic_unet
+
+    builder = inspect.signature(dynamic_unet).parameters
+    acp = inspect.signature(AttentionCoefficients).parameters
+    renamed = {"stats": "acp_stats"}
+    shared = [
+        "stats", "quantiles", "hidden_ratio", "min_hidden", "temperature_start",
+        "temperature_end", "anneal_steps", "top_k",
+    ]  # fmt: skip
+    for name in shared:
+        assert builder[renamed.get(name, name)].default == acp[name].default, name
