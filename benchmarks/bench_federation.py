@@ -177,17 +177,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--memory", type=Path, nargs="*", default=[])
     parser.add_argument("--skip", nargs="*", default=[], choices=["overhead", "sweep"])
+    parser.add_argument(
+        "--all-trials", action="store_true", help="time the scenario's whole grid, not 4 trials"
+    )
     args = parser.parse_args()
     from flwr.common.logger import FLOWER_LOGGER
 
     FLOWER_LOGGER.setLevel(logging.WARNING)  # Flower logs every round at INFO
     with tempfile.TemporaryDirectory() as tmp:
         # a 4-trial slice of the scenario keeps the benchmark short
-        run_dir = prepare_run(
-            args.scenario,
-            Path(tmp) / "run",
-            ["stream.ordering=[alternating]", "stream.arrival_batch=[2, 4]"],
-        )
+        subset = ["stream.ordering=[alternating]", "stream.arrival_batch=[2, 4]"]
+        run_dir = prepare_run(args.scenario, Path(tmp) / "run", [] if args.all_trials else subset)
         if "overhead" not in args.skip:
             round_overhead(run_dir, args.repeats)
         if "sweep" not in args.skip:
