@@ -61,7 +61,7 @@ def bare_loop(run_dir: Path, trial_index: int) -> float:
         trial.ordering,
         trial.arrival_batch,
         trial.seed,
-        scenario.stream.arrivals_per_round,
+        trial.arrivals_per_round,
     )
     spec = scenario.models[trial.model]
     torch.manual_seed(trial.seed)

@@ -225,20 +225,23 @@ def _print_trials(scenario: Scenario, trials: list[Trial]) -> None:
 
     holdings = counted_holdings([(s.name, s.modality, s.patients) for s in scenario.sites])
     table = Table(title=f"{len(trials)} trials of {scenario.name}")
-    for col in ("#", "model", "ordering", "batch", "strategy", "cl", "seed", "rounds"):
+    columns = ("#", "model", "ordering", "batch", "per round", "strategy", "cl", "seed", "rounds")
+    for col in columns:
         table.add_column(col)
-    per_round = scenario.stream.arrivals_per_round
     for i, t in enumerate(trials):
         rounds = (
             1  # the joint bound trains once on the pooled cases
             if t.kind == "joint"
-            else len(build_stream(holdings, t.ordering, t.arrival_batch, t.seed, per_round))
+            else len(
+                build_stream(holdings, t.ordering, t.arrival_batch, t.seed, t.arrivals_per_round)
+            )
         )
         table.add_row(
             str(i),
             t.model,
             t.ordering_label,
             str(t.arrival_batch),
+            str(t.arrivals_per_round),
             t.strategy_label,
             t.cl_label,
             str(t.seed),

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -46,7 +47,9 @@ from fedll.options import (
     StrategyOptions,
     named,
 )
-from fedll.stream import build_stream, counted_holdings
+from fedll.stream import ORDERINGS, build_stream, counted_holdings
+
+logger = logging.getLogger(__name__)
 
 Modality = Literal["t2", "flair"]
 
@@ -117,7 +120,7 @@ class StreamConfig(_Frozen):
 
     ordering: list[str | list[str]] = Field(default_factory=lambda: ["alternating"], min_length=1)
     arrival_batch: list[int] = Field(default_factory=lambda: [5], min_length=1)
-    arrivals_per_round: int = Field(default=1, ge=1)
+    arrivals_per_round: list[int] = Field(default_factory=lambda: [1], min_length=1)
     train_on: Literal["new", "all"] = "new"
 
     @field_validator("ordering", mode="before")
@@ -126,13 +129,12 @@ class StreamConfig(_Frozen):
         # a single name, or a single explicit list of site names, is one grid value
         if isinstance(value, str):
             return [value]
-        if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-            known = {"alternating", "blocked", "random"}
-            if not any(v.split(":")[0] in known for v in value):
-                return [value]
+        names = isinstance(value, list) and value and all(isinstance(v, str) for v in value)
+        if names and not any(v.split(":")[0] in ORDERINGS for v in value):
+            return [value]
         return value
 
-    @field_validator("arrival_batch", mode="before")
+    @field_validator("arrival_batch", "arrivals_per_round", mode="before")
     @classmethod
     def _listify_batch(cls, value: Any) -> Any:
         return [value] if isinstance(value, (str, int)) else value
@@ -142,6 +144,13 @@ class StreamConfig(_Frozen):
     def _positive(cls, value: list[int]) -> list[int]:
         if any(v < 1 for v in value):
             raise ValueError("arrival batch sizes must be >= 1 patient")
+        return value
+
+    @field_validator("arrivals_per_round")
+    @classmethod
+    def _positive_rounds(cls, value: list[int]) -> list[int]:
+        if any(v < 1 for v in value):
+            raise ValueError("arrivals per round must be >= 1")
         return value
 
 
@@ -203,6 +212,12 @@ class Scenario(_Frozen):
         "(no stream, no federation): the upper bound",
     )
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    exclude: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="grid points to leave out: each entry maps axis names (model, ordering, "
+        "arrival_batch, arrivals_per_round, strategy, cl, seed) to one value; a trial matching "
+        "every key of an entry is not run (joint trials are never excluded)",
+    )
     training: TrainingConfig = TrainingConfig()
     faults: list[FaultConfig] = Field(default_factory=list)
     execution: ExecutionConfig = ExecutionConfig()
@@ -245,6 +260,7 @@ class Scenario(_Frozen):
         grid = (
             ("stream.ordering", [json.dumps(o) for o in self.stream.ordering]),
             ("stream.arrival_batch", self.stream.arrival_batch),
+            ("stream.arrivals_per_round", self.stream.arrivals_per_round),
             ("strategies", [s.label for s in self.strategies]),
             ("cl", [c.label for c in self.cl]),
             ("seeds", self.seeds),
@@ -255,12 +271,14 @@ class Scenario(_Frozen):
         # the stream rules (ordering names, the chunks of an explicit list) are checked once,
         # here, not when each trial builds its stream; sites declare counts, not case ids
         holdings = counted_holdings([(s.name, s.modality, s.patients) for s in self.sites])
-        for ordering in self.stream.ordering:
-            for batch in self.stream.arrival_batch:
-                try:
-                    build_stream(holdings, ordering, batch, 0, self.stream.arrivals_per_round)
-                except ConfigError as error:
-                    raise ValueError(f"stream.{error}") from None
+        for ordering, batch, per_round in itertools.product(
+            self.stream.ordering, self.stream.arrival_batch, self.stream.arrivals_per_round
+        ):
+            try:
+                build_stream(holdings, ordering, batch, 0, per_round)
+            except ConfigError as error:
+                raise ValueError(f"stream.{error}") from None
+        _check_exclude(self)
         return self
 
     def synthetic_patients(self) -> int:
@@ -287,6 +305,7 @@ class Trial(_Frozen):
     seed: int
     cl: ContinualOptions = FineTuneOptions(name="finetune")
     kind: Literal["stream", "joint"] = "stream"
+    arrivals_per_round: int = Field(default=1, ge=0, description="0 for a joint trial")
 
     @field_validator("strategy", "cl", mode="before")
     @classmethod
@@ -316,37 +335,100 @@ class Trial(_Frozen):
         if not isinstance(self.ordering, str):
             ordering = "list-" + hashlib.sha1(ordering.encode()).hexdigest()[:8]
         ordering = ordering.replace(":", "-")
+        # one arrival per round, the default, is left out: the ids of earlier runs stay valid
+        per_round = f"__r{self.arrivals_per_round}" if self.arrivals_per_round != 1 else ""
         return (
-            f"{self.model}__{ordering}__b{self.arrival_batch}__{self.strategy_label}"
+            f"{self.model}__{ordering}__b{self.arrival_batch}{per_round}__{self.strategy_label}"
             f"__{self.cl_label}__s{self.seed}"
         )
+
+    def axis_values(self) -> dict[str, Any]:
+        """This trial's value on each grid axis, as ``exclude`` entries name them."""
+        return {
+            "model": self.model,
+            "ordering": self.ordering_label,
+            "arrival_batch": self.arrival_batch,
+            "arrivals_per_round": self.arrivals_per_round,
+            "strategy": self.strategy_label,
+            "cl": self.cl_label,
+            "seed": self.seed,
+        }
 
 
 def joint_trial(model: str, seed: int) -> Trial:
     """The joint upper-bound trial of ``model`` and ``seed``."""
     return Trial(
-        model=model, ordering=NONE, arrival_batch=0, strategy="fedavg", seed=seed, kind="joint"
+        model=model,
+        ordering=NONE,
+        arrival_batch=0,
+        arrivals_per_round=0,
+        strategy="fedavg",
+        seed=seed,
+        kind="joint",
     )
 
 
 def expand_trials(scenario: Scenario) -> list[Trial]:
-    """The grid's product, in a stable order (model, ordering, batch, strategy, cl, seed),
-    then, with ``joint``, the joint trials (model, seed)."""
+    """The grid's product, in a stable order (model, ordering, batch, arrivals per round,
+    strategy, cl, seed) less the ``exclude`` entries, then, with ``joint``, the joint trials
+    (model, seed)."""
+    trials = [t for t in _grid(scenario) if not any(_matches(t, e) for e in scenario.exclude)]
+    if scenario.joint:
+        trials += [joint_trial(m, seed) for m in scenario.models for seed in scenario.seeds]
+    return trials
+
+
+def _grid(scenario: Scenario) -> list[Trial]:
     axes = itertools.product(
         scenario.models,
         scenario.stream.ordering,
         scenario.stream.arrival_batch,
+        scenario.stream.arrivals_per_round,
         scenario.strategies,
         scenario.cl,
         scenario.seeds,
     )
-    trials = [
-        Trial(model=m, ordering=o, arrival_batch=b, strategy=s, cl=c, seed=seed)
-        for m, o, b, s, c, seed in axes
+    return [
+        Trial(model=m, ordering=o, arrival_batch=b, arrivals_per_round=r, strategy=s, cl=c, seed=x)
+        for m, o, b, r, s, c, x in axes
     ]
-    if scenario.joint:
-        trials += [joint_trial(m, seed) for m in scenario.models for seed in scenario.seeds]
-    return trials
+
+
+def _matches(trial: Trial, entry: Mapping[str, Any]) -> bool:
+    values = trial.axis_values()
+    return all(_same(values[key], wanted) for key, wanted in entry.items())
+
+
+def _same(value: Any, wanted: Any) -> bool:
+    if isinstance(wanted, list):  # an explicit ordering, as the YAML gives it
+        wanted = ",".join(str(w) for w in wanted)
+    return str(value) == str(wanted)
+
+
+def _check_exclude(scenario: Scenario) -> None:
+    """Each ``exclude`` entry names known axes; together they leave at least one trial.
+
+    A value that is not on its axis only warns: ``--set`` may narrow an axis that an entry
+    names (``--set strategies=[fedavg]`` with an entry for ``dynamic-aware``)."""
+    grid = _grid(scenario)
+    axes = list(grid[0].axis_values())
+    for index, entry in enumerate(scenario.exclude):
+        if not entry:
+            raise ValueError(f"exclude.{index}: an empty entry would exclude every trial")
+        for key, wanted in entry.items():
+            if key not in axes:
+                raise ValueError(f"exclude.{index}.{key}: unknown axis (axes: {', '.join(axes)})")
+            held = list(dict.fromkeys(str(t.axis_values()[key]) for t in grid))
+            if not any(_same(v, wanted) for v in held):
+                logger.warning(
+                    "exclude.%d.%s: %r is not a value of the grid (%s); the entry excludes nothing",
+                    index,
+                    key,
+                    wanted,
+                    ", ".join(held),
+                )
+    if all(any(_matches(t, e) for e in scenario.exclude) for t in grid):
+        raise ValueError("exclude: every trial of the grid is excluded")
 
 
 def _format_error(source: str, error: ValidationError) -> str:

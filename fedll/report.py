@@ -47,7 +47,7 @@ ATTENTION_COLUMNS: tuple[str, ...] = (
     "round", "modality", "layer", "kernel", "mass",
 )  # fmt: skip
 CONFIG_COLUMNS: tuple[str, ...] = ("model", "ordering", "arrival_batch", "strategy")
-EXTRA_CONFIG_COLUMNS: tuple[str, ...] = ("cl", "cl_method", "variant")
+EXTRA_CONFIG_COLUMNS: tuple[str, ...] = ("arrivals_per_round", "cl", "cl_method", "variant")
 MEASURES: dict[str, str] = {  # column -> label in the formatted table
     "final_dice": "final Dice",
     "forgetting_final": "forgetting (final)",

@@ -21,7 +21,9 @@ from fedll.data.slices import CaseSlices
 from fedll.stream import Round
 from fedll.train import evaluate_cases
 
-TRIAL_COLUMNS = ["trial", "model", "ordering", "arrival_batch", "strategy", "cl", "seed"]
+TRIAL_COLUMNS = [
+    "trial", "model", "ordering", "arrival_batch", "arrivals_per_round", "strategy", "cl", "seed",
+]  # fmt: skip
 RESULT_COLUMNS = [
     *TRIAL_COLUMNS,
     "round",
@@ -57,6 +59,7 @@ class TrialResults:
             "model": t.model,
             "ordering": t.ordering_label,
             "arrival_batch": t.arrival_batch,
+            "arrivals_per_round": t.arrivals_per_round,
             "strategy": t.strategy_label,
             "cl": t.cl_label,
             "seed": t.seed,

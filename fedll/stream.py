@@ -3,17 +3,23 @@
 Each site holds the training patients of one modality. Its patients, in the order given, are
 cut into chunks of ``arrival_batch`` patients (the last chunk may be smaller); an ordering puts
 all chunks into one sequence of arrivals, and ``arrivals_per_round`` consecutive arrivals form
-one round (several sites training in the same federated round).
+one round (several sites training in the same federated round; under
+``"alternating-rounds"`` a modality's last, short turn is a short round of its own).
 
 Orderings:
 
 - ``"alternating"``: the modalities take turns (T2, FLAIR, T2, ...); within a modality the
   sites take turns round-robin (first chunk of every site, then every second chunk, ...). When
   one modality runs out, the other's remaining chunks follow.
+- ``"alternating-rounds"``: the modalities take turns round by round: a round takes
+  ``arrivals_per_round`` chunks of one modality (its sites round-robin), the next round as
+  many of the other. With two sites per modality and ``arrivals_per_round: 2`` both T2 sites
+  train in one round and both FLAIR sites in the next (a lifelong federation); with
+  ``arrivals_per_round: 1`` it is ``"alternating"``.
 - ``"blocked"``: every chunk of the first modality (round-robin over its sites), then the next.
 - ``"random"``: the chunks shuffled with ``seed`` (the only ordering that uses the seed).
-- ``"alternating:flair"`` / ``"blocked:flair"``: the suffix picks the first modality
-  (default: the first of ``fedll.data.MODALITIES``, T2).
+- ``"alternating:flair"`` / ``"alternating-rounds:flair"`` / ``"blocked:flair"``: the suffix
+  picks the first modality (default: the first of ``fedll.data.MODALITIES``, T2).
 - a list of site names: each entry is the next chunk of that site. The list must use every
   chunk exactly once, so a stream never silently drops training data: to train on fewer
   patients, give the site fewer patients.
@@ -23,13 +29,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
 from fedll.data import MODALITIES
 from fedll.errors import ConfigError
 
-ORDERINGS: tuple[str, ...] = ("alternating", "blocked", "random")
+T = TypeVar("T")
+
+ORDERINGS: tuple[str, ...] = ("alternating", "alternating-rounds", "blocked", "random")
 
 
 @dataclass(frozen=True)
@@ -103,14 +112,14 @@ def build_stream(
         for s in sites
     }
     if isinstance(ordering, str):
-        order = _named_order(sites, chunks, ordering, seed)
+        groups = _named_order(sites, chunks, ordering, seed, arrivals_per_round)
     else:
-        order = _listed_order(chunks, ordering, arrival_batch)
+        groups = _consecutive(_listed_order(chunks, ordering, arrival_batch), arrivals_per_round)
 
     rounds = []
-    for start in range(0, len(order), arrivals_per_round):
+    for group in groups:
         merged: dict[str, Arrival] = {}
-        for arrival in order[start : start + arrivals_per_round]:
+        for arrival in group:
             if arrival.site in merged:
                 before = merged[arrival.site]
                 arrival = Arrival(
@@ -159,27 +168,39 @@ def _check_sites(sites: Sequence[SiteHoldings]) -> None:
             seen_patients[p] = s.name
 
 
-def _interleave(queues: Sequence[Sequence[Arrival]]) -> list[Arrival]:
+def _consecutive(order: Sequence[T], size: int) -> list[list[T]]:
+    """``order`` cut into groups of ``size`` consecutive items (the last may be shorter)."""
+    return [list(order[i : i + size]) for i in range(0, len(order), size)]
+
+
+def _interleave(queues: Sequence[Sequence[T]]) -> list[T]:
     """Round-robin: the first item of every queue, then every second item, ...; empty skip."""
     longest = max((len(q) for q in queues), default=0)
     return [q[i] for i in range(longest) for q in queues if i < len(q)]
 
 
 def _named_order(
-    sites: Sequence[SiteHoldings], chunks: dict[str, list[Arrival]], ordering: str, seed: int
-) -> list[Arrival]:
+    sites: Sequence[SiteHoldings],
+    chunks: dict[str, list[Arrival]],
+    ordering: str,
+    seed: int,
+    arrivals_per_round: int,
+) -> list[list[Arrival]]:
+    """The arrivals of a named ordering, grouped into rounds."""
     kind, _, first = ordering.partition(":")
     if kind not in ORDERINGS:
         raise ConfigError(
             f"ordering: unknown ordering {ordering!r}, expected one of {', '.join(ORDERINGS)} "
-            "(optionally ':flair' or ':t2' after alternating/blocked) or a list of site names"
+            "(optionally ':flair' or ':t2' after the alternating and blocked ones) or a list of "
+            "site names"
         )
     if kind == "random":
         if first:
             raise ConfigError(f"ordering: {ordering!r}: 'random' takes no first modality")
         all_chunks = [c for s in sites for c in chunks[s.name]]
         rng = np.random.default_rng(seed)
-        return [all_chunks[i] for i in rng.permutation(len(all_chunks))]
+        shuffled = [all_chunks[i] for i in rng.permutation(len(all_chunks))]
+        return _consecutive(shuffled, arrivals_per_round)
 
     first = first or MODALITIES[0]
     present = [m for m in MODALITIES if any(s.modality == m for s in sites)]
@@ -194,9 +215,11 @@ def _named_order(
     per_modality = [
         _interleave([chunks[s.name] for s in sites if s.modality == m]) for m in modality_order
     ]
+    if kind == "alternating-rounds":  # a round never mixes modalities
+        return _interleave([_consecutive(seq, arrivals_per_round) for seq in per_modality])
     if kind == "alternating":
-        return _interleave(per_modality)
-    return [c for seq in per_modality for c in seq]
+        return _consecutive(_interleave(per_modality), arrivals_per_round)
+    return _consecutive([c for seq in per_modality for c in seq], arrivals_per_round)
 
 
 def _listed_order(

@@ -199,7 +199,7 @@ def run_federation(
         ordering_among(trial.ordering, holdings),
         trial.arrival_batch,
         trial.seed,
-        scenario.stream.arrivals_per_round,
+        trial.arrivals_per_round,
     )
     model_cfg = scenario.models[trial.model]
     spec = ModelSpec(name=model_cfg.name, kwargs=model_cfg.kwargs())

@@ -380,8 +380,13 @@ def test_scalars_are_one_grid_value(write_scenario):
         GRID,
         {"stream": {"ordering": [LISTED, "blocked"]}, "strategies": "fedavg"},
         {**METHODS, "faults": [{"site": "hospital-t2", "raise_every": 2}]},
+        {
+            "stream": {"ordering": "alternating-rounds", "arrivals_per_round": [1, 2]},
+            "strategies": ["fedavg", "dynamic-aware"],
+            "exclude": [{"arrivals_per_round": 1, "strategy": "dynamic-aware"}],
+        },
     ],
-    ids=["tiny", "grid", "explicit-ordering", "methods-and-faults"],
+    ids=["tiny", "grid", "explicit-ordering", "methods-and-faults", "per-round-and-exclude"],
 )
 def test_dump_round_trips(write_scenario, updates, tmp_path):
     original = load_scenario(write_scenario(updates))
@@ -460,3 +465,81 @@ def test_faults_are_read_per_site(write_scenario):
         ("hospital-t2", 0.5, None),
         ("hospital-flair", 0.0, "nan"),
     ]
+
+
+def test_arrivals_per_round_is_a_grid_axis_after_the_batch(write_scenario):
+    trials = expand_trials(
+        load_scenario(
+            write_scenario(
+                {
+                    "stream": {"arrivals_per_round": [1, 2]},
+                    "seeds": [0, 1],
+                    "models": {"dycnn": None},
+                }
+            )
+        )
+    )
+    assert [(t.arrivals_per_round, t.seed) for t in trials] == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    # one arrival per round (the default) keeps the ids earlier runs wrote
+    assert [t.trial_id for t in trials[::2]] == [
+        "static__alternating__b1__fedavg__finetune__s0",
+        "static__alternating__b1__r2__fedavg__finetune__s0",
+    ]
+    scalar = load_scenario(write_scenario({"stream": {"arrivals_per_round": 2}}))
+    assert scalar.stream.arrivals_per_round == [2]
+
+
+EXCLUDING = {
+    **METHODS,
+    "models": {},  # static and dycnn
+    "strategies": ["fedavg", "dynamic-aware"],
+    "stream": {"arrivals_per_round": [1, 2]},
+    "cl": ["finetune"],
+}
+
+
+def test_exclude_leaves_out_the_matching_stream_trials_only(write_scenario):
+    everything = expand_trials(load_scenario(write_scenario(EXCLUDING)))
+    exclude = [
+        {"model": "static", "strategy": "dynamic-aware"},  # the same as FedAvg for a static net
+        {"arrivals_per_round": 1, "strategy": "dynamic-aware"},  # one site: nothing to weigh
+    ]
+    kept = expand_trials(load_scenario(write_scenario({**EXCLUDING, "exclude": exclude})))
+    dropped = [
+        t
+        for t in everything
+        if t.kind == "stream"
+        and t.strategy_label == "dynamic-aware"
+        and (t.model == "static" or t.arrivals_per_round == 1)
+    ]
+    # 2 models x 2 arrivals per round x 2 strategies x 2 seeds, + 2 x 2 joint; the entries
+    # overlap on static with one arrival per round
+    assert len(everything) == 2 * 2 * 2 * 2 + 2 * 2 and len(dropped) == (2 + 2 - 1) * 2
+    assert kept == [t for t in everything if t not in dropped]
+    assert sum(t.kind == "joint" for t in kept) == 4  # joint trials are never excluded
+
+
+@pytest.mark.parametrize(
+    ("exclude", "key"),
+    [
+        pytest.param([{"modle": "static"}], "exclude.0.modle: unknown axis"),
+        pytest.param([{}], "exclude.0: an empty entry"),
+        pytest.param(
+            [{"model": "static", "strategy": "fedavg"}, {"sed": 5}], "exclude.1.sed", id="second"
+        ),
+        pytest.param([{"seed": 0}, {"seed": 1}], "exclude: every trial", id="everything"),
+        pytest.param(["static"], "exclude.0", id="not-a-mapping"),
+    ],
+)
+def test_a_bad_exclude_entry_is_named(write_scenario, exclude, key):
+    path = write_scenario({**EXCLUDING, "exclude": exclude})
+    assert_names(config_error(path), path, key)
+
+
+def test_an_exclude_value_off_its_axis_warns_so_overrides_can_narrow_the_grid(
+    write_scenario, caplog
+):
+    path = write_scenario({**EXCLUDING, "exclude": [{"strategy": "dynamic-aware"}]})
+    narrowed = load_scenario(path, ["strategies=[fedavg]"])
+    assert len(expand_trials(narrowed)) == 2 * 2 * 2 + 4  # nothing excluded
+    assert "exclude.0.strategy: 'dynamic-aware' is not a value of the grid" in caplog.text

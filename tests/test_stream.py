@@ -35,6 +35,7 @@ def arrivals(stream: tuple[Round, ...]) -> list[Arrival]:
         ("alternating", [A0, C0, B0, C1, A1, C2, B1]),
         ("alternating:t2", [A0, C0, B0, C1, A1, C2, B1]),
         ("alternating:flair", [C0, A0, C1, B0, C2, A1, B1]),
+        ("alternating-rounds", [A0, C0, B0, C1, A1, C2, B1]),  # one per round: alternating
         ("blocked", [A0, B0, A1, B1, C0, C1, C2]),
         ("blocked:flair", [C0, C1, C2, A0, B0, A1, B1]),
         (["C", "A", "A", "B", "C", "B", "C"], [C0, A0, A1, B0, C1, B1, C2]),
@@ -67,6 +68,21 @@ def test_arrivals_per_round_groups_consecutive_arrivals() -> None:
     assert stream[0].sites == ("A", "C")
     assert stream[0].modalities == ("t2", "flair")
     assert stream[3].modalities == ("t2",)
+
+
+def test_alternating_rounds_never_mixes_modalities_in_a_round() -> None:
+    stream = build_stream(SITES, "alternating-rounds", 2, seed=0, arrivals_per_round=2)
+    # t2 turns (A0 B0) (A1 B1), flair turns (C0 C1) (C2): a short turn is a short round
+    c01 = Arrival("C", "flair", ("c1", "c2", "c3", "c4"))  # one site sends one update a round
+    assert [r.arrivals for r in stream] == [(A0, B0), (c01,), (A1, B1), (C2,)]
+    assert [r.modalities for r in stream] == [("t2",), ("flair",), ("t2",), ("flair",)]
+    first_flair = build_stream(SITES, "alternating-rounds:flair", 2, 0, arrivals_per_round=3)
+    # flair's one turn (C0 C1 C2) is one arrival of C; t2's turns are (A0 B0 A1) and (B1)
+    assert [r.arrivals for r in first_flair] == [
+        (Arrival("C", "flair", ("c1", "c2", "c3", "c4", "c5")),),
+        (Arrival("A", "t2", ("a1", "a2", "a3")), B0),
+        (B1,),
+    ]
 
 
 def test_same_site_in_one_round_is_merged() -> None:
