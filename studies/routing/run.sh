@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The routing study from one command: every trial of scenarios/routing-study.yaml (resumable:
+# rerun to finish an interrupted run), then its results, tables, plots and the comparison
+# with the equal-parameter static U-Net copied into this folder, with the command and the
+# revision that produced them (provenance.txt).
+#
+#   studies/routing/run.sh                 # ~1 hour on 2 cores
+#   studies/routing/run.sh --local         # extra arguments go to `fedll run`
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+run_dir=${RUN_DIR:-$root/runs/routing-study}
+fedll=${FEDLL:-$root/.venv/bin/fedll}
+python=$(dirname "$fedll")/python
+cd "$root"
+
+command=("$fedll" run scenarios/routing-study.yaml --out "$run_dir" "$@")
+start=$(date +%s)
+"${command[@]}"
+seconds=$(($(date +%s) - start))
+
+cp "$run_dir/scenario.yaml" "$run_dir/results.csv" "$here/"
+gzip -9 -n -c "$run_dir/attention.csv" > "$here/attention.csv.gz"
+rm -rf "$here/tables" "$here/plots"
+cp -r "$run_dir/tables" "$run_dir/plots" "$here/"
+"$python" "$here/analyse.py" "$here"
+
+{
+  echo "command:  studies/routing/run.sh $*"
+  echo "runs:     fedll run scenarios/routing-study.yaml --out $(realpath --relative-to="$root" "$run_dir") $*"
+  echo "revision: $(git rev-parse HEAD)$(git diff --quiet HEAD -- fedll strategies sites scenarios || echo ' (with uncommitted changes)')"
+  echo "date:     $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "machine:  $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+  echo "versions: $("$python" -c 'import importlib.metadata as m; print(", ".join(f"{p} {m.version(p)}" for p in ("fedll", "torch", "flwr", "ray")))')"
+  echo "wall:     ${seconds} s for this invocation (trials finished by an earlier one are kept, not rerun)"
+} > "$here/provenance.txt"
+echo "wrote $here"
