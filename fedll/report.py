@@ -436,8 +436,15 @@ def _sorted(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 # ---------------------------------------------------------------- the `fedll report` command
 
 
+def _maybe_compressed(path: Path) -> Path:
+    """``path``, or ``path.gz`` where only that exists (pandas reads either)."""
+    gz = path.with_name(path.name + ".gz")
+    return gz if not path.exists() and gz.exists() else path
+
+
 def build_report(run_dir: Path) -> dict[str, Any]:
-    """Read ``run_dir/results.csv`` (and ``attention.csv`` if present); write the tables to
+    """Read ``run_dir/results.csv`` (and ``attention.csv`` if present; either may be gzipped,
+    ``.csv.gz``, as a study folder stores them); write the tables to
     ``run_dir/tables`` (forgetting.*, trials.csv, attention_tv.csv) and the plots to
     ``run_dir/plots``.
 
@@ -446,8 +453,8 @@ def build_report(run_dir: Path) -> dict[str, Any]:
     DataError (one line naming the file) for a missing or bad CSV.
     """
     run_dir = Path(run_dir)
-    results = read_results(run_dir / "results.csv")
-    attention_path = run_dir / "attention.csv"
+    results = read_results(_maybe_compressed(run_dir / "results.csv"))
+    attention_path = _maybe_compressed(run_dir / "attention.csv")
     attention = read_attention(attention_path) if attention_path.exists() else None
     summary = trial_summary(results)
     table = summarise(summary)

@@ -57,7 +57,10 @@ def test_dry_run_applies_overrides(write_scenario):
     assert "12 trials of tiny" in result.stdout
 
 
-@pytest.mark.parametrize(("name", "trials"), [("quickstart", 8), ("federated", 30), ("paper", 18)])
+@pytest.mark.parametrize(
+    ("name", "trials"),
+    [("quickstart", 8), ("federated", 30), ("paper", 18), ("routing-study", 177)],
+)
 def test_the_shipped_scenarios_are_valid(name, trials):
     result = invoke("run", REPO / "scenarios" / f"{name}.yaml", "--dry-run")
     assert result.exit_code == 0, result.output

@@ -194,9 +194,10 @@ def test_attention_distance_by_hand() -> None:
     np.testing.assert_allclose(tv[tv["layer"] == "enc2"]["tv"], 0.0)
 
 
-def test_build_report_round_trip(tmp_path: Path) -> None:
-    make_results().to_csv(tmp_path / "results.csv", index=False)
-    make_attention().to_csv(tmp_path / "attention.csv", index=False)
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz"])
+def test_build_report_round_trip(tmp_path: Path, suffix: str) -> None:
+    make_results().to_csv(tmp_path / f"results{suffix}", index=False)
+    make_attention().to_csv(tmp_path / f"attention{suffix}", index=False)
     report = build_report(tmp_path)
     expected = forgetting_table(make_results())
     pd.testing.assert_frame_equal(report["table"], expected)
