@@ -46,6 +46,7 @@ def static_unet(
     norm: str = "batch",
     match_model: str | None = None,
     match_kwargs: Mapping[str, Any] | None = None,
+    head_prior: float | None = None,
 ) -> UNet:
     """A static U-Net; with ``match_model``, as wide as needed to match that model's size.
 
@@ -69,7 +70,7 @@ def static_unet(
         )
     elif match_kwargs:
         raise ConfigError("model.match_kwargs: given without model.match_model")
-    return UNet(static_conv, base_width=base_width, **common)
+    return UNet(static_conv, base_width=base_width, head_prior=head_prior, **common)
 
 
 def dynamic_unet(
@@ -91,6 +92,7 @@ def dynamic_unet(
     top_k: int | None = None,
     routing_loss_weights: Mapping[str, float] | RoutingLossWeights | None = None,
     first_layer_static: bool = False,
+    head_prior: float | None = None,
 ) -> UNet:
     """A U-Net whose 3x3 convolutions are :class:`DynamicConvLayer` s (the 1x1 head is static).
 
@@ -98,7 +100,8 @@ def dynamic_unet(
     ``mode="grouped"``: G = ``num_kernels`` fixed kernels per output channel. The remaining
     arguments configure the ACP (see :class:`AttentionCoefficients`);
     ``routing_loss_weights`` is ``{"confidence": w, "balance": w}`` (missing keys are 0);
-    ``first_layer_static`` keeps the very first convolution static.
+    ``first_layer_static`` keeps the very first convolution static; ``head_prior`` see
+    :class:`~fedll.models.unet.UNet`.
     """
     conv = partial(
         DynamicConvLayer,
@@ -123,6 +126,7 @@ def dynamic_unet(
         base_width=base_width,
         norm=norm,
         first_conv=static_conv if first_layer_static else None,
+        head_prior=head_prior,
     )
 
 

@@ -117,6 +117,13 @@ class UNet(nn.Module):
         norm: ``"batch"``, ``"instance"``, ``"group"`` or ``"none"`` (then convs have a bias).
         first_conv: factory for the very first convolution only (e.g. static in a Dy-CNN,
             where the pooled statistics of a z-scored slice carry little information).
+        head_prior: if given, the head's bias starts at ``log(p / (1 - p))`` for this foreground
+            probability ``p`` (the prior initialisation of Lin et al. 2017), instead of
+            ``nn.Conv2d``'s uniform draw. The head reads post-ReLU (non-negative) features, so
+            its logit is at most its bias wherever every head weight is <= 0; with a default
+            draw whose weights are all about <= 0 (rare, e.g. ``dycnn`` seed 2 at width 8), the
+            background-dominated loss keeps them negative and lowers the bias, and the model
+            never predicts foreground (Dice 0). Starting near the prior removes that push.
 
     ``forward(x)``: (B, in_channels, H, W) -> (B, out_channels, H, W) logits.
     """
@@ -131,8 +138,11 @@ class UNet(nn.Module):
         base_width: int = 16,
         norm: str = "batch",
         first_conv: ConvFactory | None = None,
+        head_prior: float | None = None,
     ) -> None:
         super().__init__()
+        if head_prior is not None and not 0.0 < head_prior < 1.0:
+            raise ConfigError(f"model.head_prior: must be in (0, 1), got {head_prior}")
         if depth < 0:
             raise ConfigError(f"model.depth: must be >= 0, got {depth}")
         if base_width < 1 or in_channels < 1 or out_channels < 1:
@@ -153,6 +163,9 @@ class UNet(nn.Module):
             for level in reversed(range(depth))
         )
         self.head = nn.Conv2d(widths[0], out_channels, kernel_size=1)
+        if head_prior is not None:
+            assert self.head.bias is not None
+            nn.init.constant_(self.head.bias, math.log(head_prior / (1.0 - head_prior)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = [self.stem(x)]

@@ -14,10 +14,16 @@ fedll=${FEDLL:-$root/.venv/bin/fedll}
 python=$(dirname "$fedll")/python
 cd "$root"
 
-command=("$fedll" run scenarios/routing-study.yaml --out "$run_dir" "$@")
+revision() {
+  echo "$(git rev-parse HEAD)$(git diff --quiet HEAD -- fedll strategies sites scenarios || echo '+uncommitted')"
+}
+mkdir -p "$run_dir"
+# which revision ran which invocation: a resumed run's trials may come from several
+echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) started at $(revision)" >> "$run_dir/invocations.txt"
 start=$(date +%s)
-"${command[@]}"
+"$fedll" run scenarios/routing-study.yaml --out "$run_dir" "$@"
 seconds=$(($(date +%s) - start))
+echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) finished in ${seconds} s" >> "$run_dir/invocations.txt"
 
 cp "$run_dir/scenario.yaml" "$run_dir/results.csv" "$here/"
 gzip -9 -n -c "$run_dir/attention.csv" > "$here/attention.csv.gz"
@@ -28,10 +34,12 @@ cp -r "$run_dir/tables" "$run_dir/plots" "$here/"
 {
   echo "command:  studies/routing/run.sh $*"
   echo "runs:     fedll run scenarios/routing-study.yaml --out $(realpath --relative-to="$root" "$run_dir") $*"
-  echo "revision: $(git rev-parse HEAD)$(git diff --quiet HEAD -- fedll strategies sites scenarios || echo ' (with uncommitted changes)')"
+  echo "revision: $(revision) (this copy and analysis)"
   echo "date:     $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "machine:  $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
   echo "versions: $("$python" -c 'import importlib.metadata as m; print(", ".join(f"{p} {m.version(p)}" for p in ("fedll", "torch", "flwr", "ray")))')"
   echo "wall:     ${seconds} s for this invocation (trials finished by an earlier one are kept, not rerun)"
+  echo "invocations of the run (the revision that ran its trials):"
+  sed 's/^/  /' "$run_dir/invocations.txt"
 } > "$here/provenance.txt"
 echo "wrote $here"

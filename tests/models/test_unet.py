@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -70,3 +72,16 @@ def test_match_kwargs_may_not_repeat_common_keys() -> None:
         build_model("static-wide", match_kwargs={"depth": 2})
     with pytest.raises(ConfigError, match="num_kernel"):
         build_model("static-wide", match_kwargs={"num_kernel": 2})
+
+
+@pytest.mark.parametrize("name", ["static", "dycnn", "static-wide"])
+def test_head_prior_sets_the_head_bias(name: str) -> None:
+    # dycnn seed 2 at width 8 draws a head whose weights are all <= 0.02: the logit can then
+    # not exceed the bias, which the background-dominated loss lowers (Dice 0 for ever).
+    default = build_model(name, seed=2, depth=2, base_width=8)
+    prior = build_model(name, seed=2, depth=2, base_width=8, head_prior=0.02)
+    assert torch.allclose(prior.head.bias, torch.full((1,), math.log(0.02 / 0.98)))
+    assert torch.equal(prior.head.weight, default.head.weight)  # only the bias changes
+    assert count_parameters(prior) == count_parameters(default)
+    with pytest.raises(ConfigError, match="head_prior"):
+        build_model(name, depth=2, base_width=8, head_prior=1.0)
