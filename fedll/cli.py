@@ -144,7 +144,7 @@ def run(
     run_dir = out or Path("runs") / scenario.name
     resolved = dump_scenario(scenario)
     saved = run_dir / "scenario.yaml"
-    if saved.exists() and saved.read_text() != resolved:
+    if saved.exists() and not _same_scenario(saved, resolved, scenario):
         _fail(
             f"{saved}: this run directory holds a different scenario; choose another --out "
             "(or delete it) to start afresh"
@@ -161,6 +161,18 @@ def run(
             "rerun the same command to resume"
         )
         raise typer.Exit(code=130) from None
+
+
+def _same_scenario(saved: Path, resolved: str, scenario: Scenario) -> bool:
+    """Whether the run directory's scenario is ``scenario``: the same text, or one that an
+    earlier fedll wrote differently and that parses to the same scenario (a scalar that is
+    now a one-value list), so a rerun resumes instead of refusing."""
+    if saved.read_text() == resolved:
+        return True
+    try:
+        return load_scenario(saved) == scenario
+    except FedllError:
+        return False
 
 
 def _run(

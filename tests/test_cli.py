@@ -8,7 +8,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from fedll.cli import app
+from fedll.cli import _same_scenario, app
 from fedll.config import dump_scenario, load_scenario
 
 REPO = Path(__file__).resolve().parents[1]
@@ -153,6 +153,23 @@ def test_run_refuses_a_run_dir_holding_another_scenario(write_scenario, tmp_path
     assert_one_line_error(result, str(run_dir / "scenario.yaml"), "different scenario")
     assert (run_dir / "scenario.yaml").read_text() == other
     assert sorted(p.name for p in run_dir.iterdir()) == ["scenario.yaml"]
+
+
+def test_a_run_dir_written_by_an_earlier_fedll_is_the_same_scenario(write_scenario, tmp_path):
+    # earlier releases wrote a scalar arrivals_per_round; it parses to today's one-value list
+    scenario = load_scenario(write_scenario())
+    resolved = dump_scenario(scenario)
+    raw = yaml.safe_load(resolved)
+    raw["stream"]["arrivals_per_round"] = 1
+    saved = tmp_path / "scenario.yaml"
+    saved.write_text(yaml.safe_dump(raw))
+    assert saved.read_text() != resolved
+    assert _same_scenario(saved, resolved, scenario)
+    raw["training"]["epochs"] += 1
+    saved.write_text(yaml.safe_dump(raw))
+    assert not _same_scenario(saved, resolved, scenario)
+    saved.write_text("sites: [\n")
+    assert not _same_scenario(saved, resolved, scenario)
 
 
 def test_impossible_value_through_the_entry_point_has_no_traceback(
