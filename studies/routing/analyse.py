@@ -1,8 +1,9 @@
 """The routing study's comparison: each model against the equal-parameter static U-Net.
 
 Usage: ``python studies/routing/analyse.py STUDY_DIR`` (reads ``STUDY_DIR/results.csv`` and
-``attention.csv.gz``; writes ``comparison.csv``, ``tally.csv``, ``comparison.md`` and
-``plots/forgetting_vs_joint.png`` there). ``run.sh`` calls it after the run.
+``attention.csv.gz``; writes ``comparison.csv``, ``tally.csv``, ``comparison.md``,
+``plots/forgetting_vs_joint.png`` and ``plots/routing_separation.png`` there). ``run.sh``
+calls it after the run.
 
 Per trial, with fedll's definitions (DESIGN.md "Definitions"; ``fedll.report``):
 forgetting = the forgetting (max) of T2 and of FLAIR, averaged; switch drop = the mean Dice a
@@ -177,9 +178,7 @@ def tally_markdown(tallied: pd.DataFrame) -> str:
             " / ".join(str(r[f"{m}_{w}"]) for w in ("better", "tie", "worse"))
             for m in (*MEASURES, "joint")
         ]
-        lines.append(
-            f"| {r['model']} | {' | '.join(cells)} | {RECOMMENDED[r['recommended']]} |"
-        )
+        lines.append(f"| {r['model']} | {' | '.join(cells)} | {RECOMMENDED[r['recommended']]} |")
     return "\n".join(lines) + "\n"
 
 
@@ -216,6 +215,47 @@ def plot(table: pd.DataFrame, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def plot_routing(results: pd.DataFrame, attention: pd.DataFrame, path: Path) -> None:
+    """Does routing separate the modalities? Per setting, a heat map of the T2-FLAIR attention
+    TV at the last round (median over seeds), one row per Dy-CNN model, one column per layer."""
+    from matplotlib.figure import Figure
+
+    tv = attention_distance(attention)
+    tv = tv[tv["round"] == tv.groupby("trial")["round"].transform("max")]
+    keys = results.drop_duplicates("trial").set_index("trial")[["model", "cl", *SETTINGS]]
+    tv = tv.join(keys, on="trial")
+    tv = tv[tv["cl"] != "joint"]
+    layers = list(pd.unique(tv["layer"]))
+    groups = list(tv.groupby(SETTINGS, sort=False))
+    # the scale ends at the largest TV seen (at least 0.05), written into each cell: near-0
+    # values must stay readable, and the colour bar says how far from 1 (disjoint) they are
+    top = max(0.05, float(np.nanmax(tv["tv"])) if len(tv) else 0.05)
+    cols = min(3, len(groups))
+    rows = -(-len(groups) // cols)
+    fig = Figure(figsize=(5.5 * cols, 3.8 * rows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax in axes[len(groups) :]:
+        ax.set_visible(False)
+    axes = axes[: len(groups)]
+    image = None
+    for ax, (setting, frame) in zip(axes, groups, strict=True):
+        grid = frame.groupby(["model", "layer"])["tv"].median().unstack("layer")
+        grid = grid.reindex(columns=layers)
+        values = grid.to_numpy()
+        image = ax.imshow(values, vmin=0, vmax=top, cmap="viridis", aspect="auto")
+        for (i, j), value in np.ndenumerate(values):
+            if np.isfinite(value):
+                color = "black" if value > 0.6 * top else "white"
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=5, color=color)
+        ax.set_xticks(range(len(layers)), layers, rotation=90, fontsize=6)
+        ax.set_yticks(range(len(grid)), grid.index, fontsize=7)
+        ax.set_title(setting_label(*setting), fontsize="small")
+    if image is not None:
+        fig.colorbar(image, ax=list(axes), shrink=0.8, label="TV(T2, FLAIR), last round")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
 def main(study: Path) -> None:
     results = read_results(study / "results.csv")
     attention = read_attention(study / "attention.csv.gz")
@@ -231,6 +271,7 @@ def main(study: Path) -> None:
     )
     (study / "comparison.md").write_text(text)
     plot(table, study / "plots" / "forgetting_vs_joint.png")
+    plot_routing(results, attention, study / "plots" / "routing_separation.png")
     sys.stdout.write(text)
 
 
