@@ -26,7 +26,18 @@ from fedll.report import (
 logger = logging.getLogger(__name__)
 
 _SHADES = {"t2": "#dde9f6", "flair": "#fdebd6", "both": "#ebe1f1"}
-_LINE_COLORS = ("#222222", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+_LINE_COLORS = (
+    "#222222", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#1f77b4",
+    "#ff7f0e", "#bcbd22", "#7f7f7f", "#aec7e8",
+)  # fmt: skip
+_LINE_STYLES = ("-", "--", ":")  # after every colour is used, the next models are dashed
+
+
+def line_style(index: int) -> tuple[str, str]:
+    """The colour and line style of the ``index``-th model of a plot: distinct for the first
+    ``len(_LINE_COLORS) * len(_LINE_STYLES)`` models."""
+    colors = len(_LINE_COLORS)
+    return _LINE_COLORS[index % colors], _LINE_STYLES[index // colors % len(_LINE_STYLES)]
 
 
 def write_plots(
@@ -76,15 +87,14 @@ def _plot_curves(per_model: dict[str, list[Matrix]], title: str, path: Path) -> 
         if arrivals is not None:
             _shade_rounds(ax, arrivals)
         for i, (model, mats) in enumerate(per_model.items()):
-            color = _LINE_COLORS[i % len(_LINE_COLORS)]
+            color, style = line_style(i)
             stack = _stack([R for R, _ in mats])[:, :, m]
             mean, lo, hi = (
                 nan_reduce(f, stack, axis=0) for f in (np.nanmean, np.nanmin, np.nanmax)
             )
             x = np.arange(stack.shape[1])
-            ax.plot(
-                x, mean, color=color, marker="o", ms=3, lw=1.6, label=f"{model} ({len(mats)} seeds)"
-            )
+            label = f"{model} ({len(mats)} seeds)"
+            ax.plot(x, mean, color=color, ls=style, marker="o", ms=3, lw=1.6, label=label)
             if len(mats) > 1:
                 ax.fill_between(x, lo, hi, color=color, alpha=0.18, lw=0)
         ax.set(title=f"Dice on {LABELS[modality]}", xlabel="round", ylim=(0, 1), xlim=(0, None))

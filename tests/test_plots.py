@@ -23,3 +23,10 @@ def test_write_plots(tmp_path: Path) -> None:
     flipped.loc[(flipped["seed"] == 1) & (flipped["round"] == 1), "arriving"] = "flair"
     flipped.loc[(flipped["seed"] == 1) & (flipped["round"] == 2), "arriving"] = "t2"
     assert len(write_plots(flipped, tmp_path / "random")) == 2
+
+
+def test_every_model_of_a_crowded_plot_gets_its_own_line_style():
+    from fedll.plots import line_style
+
+    styles = [line_style(i) for i in range(30)]
+    assert len(set(styles)) == 30  # the routing study draws 9 models in one panel

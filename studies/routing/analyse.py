@@ -21,10 +21,12 @@ else is a tie.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from fedll.report import attention_distance, read_attention, read_results, trial_summary
 
@@ -54,14 +56,15 @@ def per_trial(results: pd.DataFrame, attention: pd.DataFrame) -> pd.DataFrame:
     return trials.merge(last.groupby("trial")["tv"].median(), on="trial", how="left")
 
 
-def compare(trials: pd.DataFrame) -> pd.DataFrame:
+def compare(trials: pd.DataFrame, models: Sequence[str] = ()) -> pd.DataFrame:
     """Per setting x model: mean and std over seeds of each measure and of the model's joint
     Dice, the differences from the baseline in the same setting, and whether each is beyond
     the seed spread (``<measure>_verdict``: better, worse, tie or baseline).
 
     The baseline has no dynamic-aware trials (the scenario excludes them: for a static U-Net
     dynamic-aware aggregation is FedAvg, bit-identical), so a dynamic-aware setting is compared
-    with the baseline's FedAvg trials of the same batch and arrivals per round.
+    with the baseline's FedAvg trials of the same batch and arrivals per round. Rows follow
+    ``models`` (the scenario's order), then any other model, then the settings.
     """
     stream = trials[trials["cl"] != "joint"]
     tv = stream.groupby([*SETTINGS, "model"], sort=False)["tv"].median()
@@ -96,7 +99,14 @@ def compare(trials: pd.DataFrame) -> pd.DataFrame:
             )
         out["routing_tv"] = tv.get((*row[SETTINGS], row["model"]), np.nan)
         rows.append(out)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    order = list(dict.fromkeys([*models, *pd.unique(trials["model"])]))
+    rank = {m: i for i, m in enumerate(order)}
+    order = table.assign(
+        _model=table["model"].map(rank),
+        _strategy=table["strategy"] != "fedavg",
+    ).sort_values(["_model", "arrivals_per_round", "arrival_batch", "_strategy"], kind="stable")
+    return table.loc[order.index].reset_index(drop=True)
 
 
 def tally(table: pd.DataFrame) -> pd.DataFrame:
@@ -164,6 +174,35 @@ def to_markdown(table: pd.DataFrame) -> str:
             f"| {setting} | {r['model']} | {cell(r, 'forgetting')} | {cell(r, 'switch_drop')} "
             f"| {cell(r, 'final')} | {cell(r, 'joint')} | {tv} |"
         )
+    return "\n".join(lines) + "\n"
+
+
+def main_table(table: pd.DataFrame) -> str:
+    """The compact view: per model, forgetting (max) in each setting (mean ± std; ▼ lower and
+    ▲ higher than the baseline beyond the seed spread), joint Dice and the median routing TV."""
+    settings = list(dict.fromkeys(tuple(r) for r in table[SETTINGS].itertuples(index=False)))
+    marks = {"better": " ▼", "worse": " ▲"}
+    head = [setting_label(*k) for k in settings]
+    lines = [
+        "| model | " + " | ".join(head) + " | joint Dice | routing TV |",
+        "|---|" + "---|" * (len(head) + 2),
+    ]
+    for model, frame in table.groupby("model", sort=False):
+        by = frame.set_index(SETTINGS)
+        cells = []
+        for key in settings:
+            if key not in by.index:
+                cells.append("")
+                continue
+            r = by.loc[key]
+            mark = marks.get(r["forgetting_verdict"], "")
+            cells.append(f"{r['forgetting_mean']:.2f} ± {r['forgetting_std']:.2f}{mark}")
+        first = frame.iloc[0]
+        joint = f"{first['joint_mean']:.2f} ± {first['joint_std']:.2f}"
+        joint += {"better": " ▲", "worse": " ▼"}.get(first["joint_verdict"], "")
+        tv = frame["routing_tv"].median()
+        tv_text = f"{tv:.3f}" if np.isfinite(tv) else ""
+        lines.append(f"| {model} | " + " | ".join(cells) + f" | {joint} | {tv_text} |")
     return "\n".join(lines) + "\n"
 
 
@@ -259,12 +298,17 @@ def plot_routing(results: pd.DataFrame, attention: pd.DataFrame, path: Path) -> 
 def main(study: Path) -> None:
     results = read_results(study / "results.csv")
     attention = read_attention(study / "attention.csv.gz")
-    table = compare(per_trial(results, attention))
+    scenario = study / "scenario.yaml"
+    models = list(yaml.safe_load(scenario.read_text())["models"]) if scenario.exists() else []
+    table = compare(per_trial(results, attention), models)
     tallied = tally(table)
     table.to_csv(study / "comparison.csv", index=False)
     tallied.to_csv(study / "tally.csv", index=False)
     text = (
-        f"Against {BASELINE}; (difference, verdict): beyond the seed spread or a tie.\n\n"
+        "Forgetting (max), mean ± std over seeds; ▼ / ▲: lower / higher than "
+        f"{BASELINE}'s beyond the seed spread (joint Dice: ▲ / ▼ higher / lower).\n\n"
+        + main_table(table)
+        + f"\nEvery measure against {BASELINE}; (difference, verdict).\n\n"
         + to_markdown(table)
         + "\nPer model over the settings: better / tie / worse than the baseline.\n\n"
         + tally_markdown(tallied)

@@ -28,7 +28,13 @@ echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) finished in ${seconds} s" >> "$run_dir/invo
 cp "$run_dir/scenario.yaml" "$run_dir/results.csv" "$here/"
 gzip -9 -n -c "$run_dir/attention.csv" > "$here/attention.csv.gz"
 rm -rf "$here/tables" "$here/plots"
-cp -r "$run_dir/tables" "$run_dir/plots" "$here/"
+mkdir -p "$here/tables" "$here/plots"
+# the forgetting tables; attention_tv.csv (2 MB) is rebuilt from attention.csv.gz by
+# `fedll report studies/routing`, as are the 42 per-configuration attention plots, of which
+# the stream with small batches is kept here (one per Dy-CNN)
+cp "$run_dir"/tables/forgetting.* "$run_dir/tables/trials.csv" "$here/tables/"
+cp "$run_dir"/plots/curves_* "$run_dir"/plots/dice_matrix_* "$here/plots/"
+cp "$run_dir"/plots/attention_*_alternating-rounds_2_fedavg_1_finetune.png "$here/plots/"
 "$python" "$here/analyse.py" "$here"
 
 {
