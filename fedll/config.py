@@ -24,7 +24,7 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -120,7 +120,9 @@ class StreamConfig(_Frozen):
 
     ordering: list[str | list[str]] = Field(default_factory=lambda: ["alternating"], min_length=1)
     arrival_batch: list[int] = Field(default_factory=lambda: [5], min_length=1)
-    arrivals_per_round: list[int] = Field(default_factory=lambda: [1], min_length=1)
+    arrivals_per_round: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [1], min_length=1
+    )
     train_on: Literal["new", "all"] = "new"
 
     @field_validator("ordering", mode="before")
@@ -144,13 +146,6 @@ class StreamConfig(_Frozen):
     def _positive(cls, value: list[int]) -> list[int]:
         if any(v < 1 for v in value):
             raise ValueError("arrival batch sizes must be >= 1 patient")
-        return value
-
-    @field_validator("arrivals_per_round")
-    @classmethod
-    def _positive_rounds(cls, value: list[int]) -> list[int]:
-        if any(v < 1 for v in value):
-            raise ValueError("arrivals per round must be >= 1")
         return value
 
 

@@ -100,6 +100,11 @@ def test_the_tiny_scenario_loads(write_scenario):
         ),
         pytest.param({"seeds": ["zero"]}, "seeds.0", id="seed-type"),
         pytest.param(
+            {"stream": {"arrivals_per_round": [1, 0]}},
+            "stream.arrivals_per_round.1",
+            id="no-arrivals-per-round",
+        ),
+        pytest.param(
             {"strategies": ["fedavg", "fedmagic"]}, "strategies.1: unknown name", id="strategy"
         ),
         pytest.param(

@@ -1,9 +1,9 @@
 """The routing study's comparison: each model against the equal-parameter static U-Net.
 
 Usage: ``python studies/routing/analyse.py STUDY_DIR`` (reads ``STUDY_DIR/results.csv`` and
-``attention.csv.gz``; writes ``comparison.csv``, ``tally.csv``, ``comparison.md``,
-``plots/forgetting_vs_joint.png`` and ``plots/routing_separation.png`` there). ``run.sh``
-calls it after the run.
+``attention.csv.gz``; writes ``comparison.csv``, ``tally.csv``, ``strategies.csv``,
+``comparison.md``, ``plots/forgetting_vs_joint.png`` and ``plots/routing_separation.png``
+there). ``run.sh`` calls it after the run.
 
 Per trial, with fedll's definitions (DESIGN.md "Definitions"; ``fedll.report``):
 forgetting = the forgetting (max) of T2 and of FLAIR, averaged; switch drop = the mean Dice a
@@ -109,6 +109,47 @@ def compare(trials: pd.DataFrame, models: Sequence[str] = ()) -> pd.DataFrame:
     return table.loc[order.index].reset_index(drop=True)
 
 
+def strategy_comparison(trials: pd.DataFrame) -> pd.DataFrame:
+    """Each strategy other than FedAvg against FedAvg, per model, batch and arrivals per round:
+    forgetting and final Dice, the difference and its verdict (the same rule)."""
+    stream = trials[trials["cl"] != "joint"]
+    keys = ["model", "arrivals_per_round", "arrival_batch"]
+    stats = stream.groupby([*keys, "strategy"], sort=False)[["forgetting", "final"]].agg(
+        ["mean", "std"]
+    )
+    rows = []
+    for key, frame in stats.groupby(level=keys, sort=False):
+        strategies = frame.index.get_level_values("strategy")
+        if "fedavg" not in strategies:
+            continue
+        base = frame.xs("fedavg", level="strategy").iloc[0]
+        for strategy in strategies:
+            if strategy == "fedavg":
+                continue
+            row = frame.xs(strategy, level="strategy").iloc[0]
+            out = dict(zip(keys, key, strict=True), strategy=strategy)
+            for measure in ("forgetting", "final"):
+                diff = row[(measure, "mean")] - base[(measure, "mean")]
+                spread = row[(measure, "std")] + base[(measure, "std")]
+                out[f"{measure}_diff"] = diff
+                out[f"{measure}_verdict"] = verdict(diff, spread, measure in LOWER_IS_BETTER)
+            rows.append(out)
+    return pd.DataFrame(rows)
+
+
+def strategy_markdown(frame: pd.DataFrame) -> str:
+    lines = [
+        "| model | batch | strategy | forgetting (max) vs FedAvg | final Dice vs FedAvg |",
+        "|---|---|---|---|---|",
+    ]
+    for _, r in frame.iterrows():
+        cells = [f"{r[f'{m}_diff']:+.3f} ({r[f'{m}_verdict']})" for m in ("forgetting", "final")]
+        lines.append(
+            f"| {r['model']} | {r['arrival_batch']} | {r['strategy']} | {' | '.join(cells)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def tally(table: pd.DataFrame) -> pd.DataFrame:
     """Per model, over the settings: how often each measure is better / tie / worse than the
     baseline's, and whether the model meets the study's rule for a recommendation:
@@ -124,8 +165,11 @@ def tally(table: pd.DataFrame) -> pd.DataFrame:
         out["recommended"] = (
             None
             if model.startswith("static")
-            else bool(  # Dy-CNNs only
-                out["forgetting_better"] > len(frame) / 2
+            else bool(  # Dy-CNNs only; a measure without a verdict blocks it
+                not frame[[f"{m}_verdict" for m in ("forgetting", "final", "joint")]]
+                .isin(["n/a", "no baseline"])
+                .any(axis=None)
+                and out["forgetting_better"] > len(frame) / 2
                 and out["forgetting_worse"] == 0
                 and out["final_worse"] == 0
                 and out["joint_worse"] == 0
@@ -136,8 +180,11 @@ def tally(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def verdict(diff: float, spread: float, lower_is_better: bool) -> str:
-    """ "better" / "worse" when ``|diff|`` exceeds ``spread``, else "tie"."""
-    if not np.isfinite(diff) or not np.isfinite(spread) or abs(diff) <= spread:
+    """ "better" / "worse" when ``|diff|`` exceeds ``spread``, else "tie"; "n/a" without a
+    difference or a spread (a missing measure, or a single seed: no claim either way)."""
+    if not np.isfinite(diff) or not np.isfinite(spread):
+        return "n/a"
+    if abs(diff) <= spread:
         return "tie"
     better = diff < 0 if lower_is_better else diff > 0
     return "better" if better else "worse"
@@ -300,10 +347,13 @@ def main(study: Path) -> None:
     attention = read_attention(study / "attention.csv.gz")
     scenario = study / "scenario.yaml"
     models = list(yaml.safe_load(scenario.read_text())["models"]) if scenario.exists() else []
-    table = compare(per_trial(results, attention), models)
+    trials = per_trial(results, attention)
+    table = compare(trials, models)
     tallied = tally(table)
+    by_strategy = strategy_comparison(trials)
     table.to_csv(study / "comparison.csv", index=False)
     tallied.to_csv(study / "tally.csv", index=False)
+    by_strategy.to_csv(study / "strategies.csv", index=False)
     text = (
         "Forgetting (max), mean ± std over seeds; ▼ / ▲: lower / higher than "
         f"{BASELINE}'s beyond the seed spread (joint Dice: ▲ / ▼ higher / lower).\n\n"
@@ -312,6 +362,8 @@ def main(study: Path) -> None:
         + to_markdown(table)
         + "\nPer model over the settings: better / tie / worse than the baseline.\n\n"
         + tally_markdown(tallied)
+        + "\nDynamic-aware aggregation against FedAvg, same model and batch (federation).\n\n"
+        + strategy_markdown(by_strategy)
     )
     (study / "comparison.md").write_text(text)
     plot(table, study / "plots" / "forgetting_vs_joint.png")

@@ -107,6 +107,13 @@ def test_each_model_is_compared_with_the_equal_parameter_baseline(analyse):
     assert table.loc["dycnn-routed", "joint_mean"] == pytest.approx(0.8)
     assert table.loc["dycnn-routed", "joint_verdict"] == "tie"
 
+    # the routed model's dynamic-aware trials repeat its FedAvg ones: a tie, difference 0
+    by_strategy = analyse.strategy_comparison(trials).set_index("model")
+    assert list(by_strategy.index) == ["dycnn-routed"]
+    assert by_strategy.loc["dycnn-routed", "strategy"] == "dyn"
+    assert by_strategy.loc["dycnn-routed", "forgetting_diff"] == pytest.approx(0.0)
+    assert by_strategy.loc["dycnn-routed", "final_verdict"] == "tie"
+
     tallied = analyse.tally(full).set_index("model")
     assert tallied.loc["dycnn-routed", "settings"] == 2
     assert tallied.loc["dycnn-routed", "forgetting_better"] == 2
@@ -140,10 +147,28 @@ def test_each_model_is_compared_with_the_equal_parameter_baseline(analyse):
         (-0.2, 0.2, True, "tie"),  # on the edge of the spread: a tie
         (0.3, 0.1, True, "worse"),
         (0.3, 0.1, False, "better"),
-        (0.3, float("nan"), True, "tie"),  # one seed: no spread, no claim
+        (0.3, float("nan"), True, "n/a"),  # one seed: no spread, no claim
     ],
 )
 def test_a_difference_within_the_seed_spread_is_a_tie(
     analyse, diff, spread, lower_is_better, expected
 ):
     assert analyse.verdict(diff, spread, lower_is_better) == expected
+
+
+def test_a_design_without_a_verdict_is_not_recommended(analyse):
+    # forgetting better in both settings, but a single seed of joint Dice: no spread, "n/a"
+    table = pd.DataFrame(
+        {
+            "model": ["dycnn-x", "dycnn-x"],
+            "forgetting_verdict": ["better", "better"],
+            "switch_drop_verdict": ["tie", "tie"],
+            "final_verdict": ["tie", "tie"],
+            "joint_verdict": ["n/a", "n/a"],
+        }
+    )
+    tallied = analyse.tally(table).set_index("model")
+    assert tallied.loc["dycnn-x", "forgetting_better"] == 2
+    assert not bool(tallied.loc["dycnn-x", "recommended"])
+    table["joint_verdict"] = "tie"
+    assert bool(analyse.tally(table).set_index("model").loc["dycnn-x", "recommended"])
