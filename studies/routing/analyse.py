@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from fedll.errors import FedllError
 from fedll.report import attention_distance, read_attention, read_results, trial_summary
 
 BASELINE = "static-equal-params"
@@ -59,7 +60,8 @@ def per_trial(results: pd.DataFrame, attention: pd.DataFrame) -> pd.DataFrame:
 def compare(trials: pd.DataFrame, models: Sequence[str] = ()) -> pd.DataFrame:
     """Per setting x model: mean and std over seeds of each measure and of the model's joint
     Dice, the differences from the baseline in the same setting, and whether each is beyond
-    the seed spread (``<measure>_verdict``: better, worse, tie or baseline).
+    the seed spread (``<measure>_verdict``: better, worse, tie, n/a, baseline, or no baseline
+    where the baseline has no trials in that setting).
 
     The baseline has no dynamic-aware trials (the scenario excludes them: for a static U-Net
     dynamic-aware aggregation is FedAvg, bit-identical), so a dynamic-aware setting is compared
@@ -374,4 +376,8 @@ def main(study: Path) -> None:
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit("usage: analyse.py STUDY_DIR")
-    main(Path(sys.argv[1]))
+    try:
+        main(Path(sys.argv[1]))
+    except FedllError as error:  # a missing or malformed results/attention file: one line
+        sys.stderr.write(f"analyse.py: {error}\n")
+        sys.exit(2)

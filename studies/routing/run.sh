@@ -12,6 +12,10 @@ root=$(cd "$here/../.." && pwd)
 run_dir=${RUN_DIR:-$root/runs/routing-study}
 fedll=${FEDLL:-$root/.venv/bin/fedll}
 python=$(dirname "$fedll")/python
+if [[ ! -x "$fedll" ]]; then
+  echo "run.sh: $fedll not found: install fedll first (README, Quick start) or set FEDLL" >&2
+  exit 2
+fi
 cd "$root"
 
 revision() {

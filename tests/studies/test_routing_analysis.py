@@ -4,6 +4,8 @@ rounds (T2, then FLAIR), one test case per modality, so every measure is compute
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -172,3 +174,11 @@ def test_a_design_without_a_verdict_is_not_recommended(analyse):
     assert not bool(tallied.loc["dycnn-x", "recommended"])
     table["joint_verdict"] = "tie"
     assert bool(analyse.tally(table).set_index("model").loc["dycnn-x", "recommended"])
+
+
+def test_a_missing_results_file_is_one_line_and_exit_code_2(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"analyse.py: {tmp_path / 'results.csv'}: file not found"
