@@ -20,6 +20,7 @@ from fedll.report import (
     check_results,
     checked_matrices,
     config_columns,
+    last_round,
     nan_reduce,
 )
 
@@ -153,7 +154,7 @@ def _plot_attention(frame: pd.DataFrame, title: str, path: Path) -> Path:
     difference; the per-layer TV distance at the final round and over rounds (mean over seeds)."""
     from matplotlib.figure import Figure
 
-    final = frame[frame["round"] == frame.groupby("trial")["round"].transform("max")]
+    final = last_round(frame)
     layers = list(pd.unique(frame["layer"]))
     kernels = sorted(pd.unique(frame["kernel"]), key=_natural_key)
     mass = final.groupby(["modality", "layer", "kernel"])["mass"].mean()
@@ -163,7 +164,7 @@ def _plot_attention(frame: pd.DataFrame, title: str, path: Path) -> Path:
         sums = np.nansum(grid, axis=1, keepdims=True)
         shares[modality] = np.divide(grid, sums, out=np.full_like(grid, np.nan), where=sums > 0)
     tv = attention_distance(frame)
-    tv_final = tv[tv["round"] == tv.groupby("trial")["round"].transform("max")]
+    tv_final = last_round(tv)
     tv_layer = tv_final.groupby("layer")["tv"].mean().reindex(layers).to_numpy()
     tv_round = tv.groupby(["round", "layer"])["tv"].mean().unstack("layer")
 

@@ -399,6 +399,11 @@ def write_tables(table: pd.DataFrame, out_dir: Path) -> list[Path]:
     return paths
 
 
+def last_round(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of each trial's last round (a frame with ``trial`` and ``round`` columns)."""
+    return frame[frame["round"] == frame.groupby("trial")["round"].transform("max")]
+
+
 def attention_distance(attention: pd.DataFrame) -> pd.DataFrame:
     """Total-variation distance between T2 and FLAIR attention, per trial x round x layer.
 

@@ -29,7 +29,13 @@ import pandas as pd
 import yaml
 
 from fedll.errors import FedllError
-from fedll.report import attention_distance, read_attention, read_results, trial_summary
+from fedll.report import (
+    attention_distance,
+    last_round,
+    read_attention,
+    read_results,
+    trial_summary,
+)
 
 BASELINE = "static-equal-params"
 SETTINGS = ["arrivals_per_round", "arrival_batch", "strategy"]
@@ -38,9 +44,10 @@ LOWER_IS_BETTER = frozenset({"forgetting", "switch_drop"})
 RECOMMENDED = {True: "yes", False: "no", None: "(static)"}
 
 
-def per_trial(results: pd.DataFrame, attention: pd.DataFrame) -> pd.DataFrame:
+def per_trial(results: pd.DataFrame, tv: pd.DataFrame) -> pd.DataFrame:
     """One row per trial: its setting, model, seed, forgetting, final Dice and routing TV (the
-    median over layers of the T2-FLAIR attention TV at its last round; NaN if static)."""
+    median over layers of ``tv``, the T2-FLAIR attention TV per trial x layer at its last
+    round; NaN if static)."""
     summary = trial_summary(results)
     keys = ["trial", "model", "seed", "cl", *SETTINGS]
     trials = (
@@ -52,9 +59,7 @@ def per_trial(results: pd.DataFrame, attention: pd.DataFrame) -> pd.DataFrame:
         )
         .reset_index()
     )
-    tv = attention_distance(attention)
-    last = tv[tv["round"] == tv.groupby("trial")["round"].transform("max")]
-    return trials.merge(last.groupby("trial")["tv"].median(), on="trial", how="left")
+    return trials.merge(tv.groupby("trial")["tv"].median(), on="trial", how="left")
 
 
 def compare(trials: pd.DataFrame, models: Sequence[str] = ()) -> pd.DataFrame:
@@ -303,13 +308,12 @@ def plot(table: pd.DataFrame, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def plot_routing(results: pd.DataFrame, attention: pd.DataFrame, path: Path) -> None:
-    """Does routing separate the modalities? Per setting, a heat map of the T2-FLAIR attention
-    TV at the last round (median over seeds), one row per Dy-CNN model, one column per layer."""
+def plot_routing(results: pd.DataFrame, tv: pd.DataFrame, path: Path) -> None:
+    """Does routing separate the modalities? Per setting, a heat map of ``tv``, the T2-FLAIR
+    attention TV at the last round (median over seeds), one row per Dy-CNN model, one column
+    per layer."""
     from matplotlib.figure import Figure
 
-    tv = attention_distance(attention)
-    tv = tv[tv["round"] == tv.groupby("trial")["round"].transform("max")]
     keys = results.drop_duplicates("trial").set_index("trial")[["model", "cl", *SETTINGS]]
     tv = tv.join(keys, on="trial")
     tv = tv[tv["cl"] != "joint"]
@@ -349,7 +353,8 @@ def main(study: Path) -> None:
     attention = read_attention(study / "attention.csv.gz")
     scenario = study / "scenario.yaml"
     models = list(yaml.safe_load(scenario.read_text())["models"]) if scenario.exists() else []
-    trials = per_trial(results, attention)
+    tv = last_round(attention_distance(attention))  # per trial x layer
+    trials = per_trial(results, tv)
     table = compare(trials, models)
     tallied = tally(table)
     by_strategy = strategy_comparison(trials)
@@ -369,7 +374,7 @@ def main(study: Path) -> None:
     )
     (study / "comparison.md").write_text(text)
     plot(table, study / "plots" / "forgetting_vs_joint.png")
-    plot_routing(results, attention, study / "plots" / "routing_separation.png")
+    plot_routing(results, tv, study / "plots" / "routing_separation.png")
     sys.stdout.write(text)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedll.report import check_results
+from fedll.report import attention_distance, check_results, last_round
 
 SCRIPT = Path(__file__).resolve().parents[2] / "studies" / "routing" / "analyse.py"
 
@@ -100,7 +100,7 @@ def test_each_model_is_compared_with_the_equal_parameter_baseline(analyse):
                     for rnd, row in enumerate(trial_rows(model, seed, [0] * 3, [0] * 3)[:2])
                 ]
     results = check_results(pd.DataFrame(rows))
-    trials = analyse.per_trial(results, pd.DataFrame(attention))
+    trials = analyse.per_trial(results, last_round(attention_distance(pd.DataFrame(attention))))
     full = analyse.compare(trials)
     dynamic = full[full["strategy"] == "dyn"].set_index("model")
     assert list(dynamic.index) == ["dycnn-routed"]
