@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fedll.atomic import atomic_path
 from fedll.data.prepare import PreparedCohort
 from fedll.errors import ConfigError
 
@@ -179,11 +180,10 @@ def _pkcs8(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def _write(path: Path, data: bytes, private: bool = False) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
 
 
 def load_auth_key(path: Path) -> ec.EllipticCurvePrivateKey:
@@ -219,14 +219,12 @@ def write_site_manifests(prepared: PreparedCohort, out: Path) -> dict[str, Path]
         folder = Path(out) / site
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "manifest.csv"
-        tmp = path.with_name(".manifest.csv.tmp")
-        with tmp.open("w", newline="") as handle:
+        with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(MANIFEST_HEADER)
             for r in records:
                 image, mask = Path(r.image).resolve(), Path(r.mask).resolve()
                 writer.writerow([r.patient, site, r.modality, "train", image, mask])
-        os.replace(tmp, path)
         written[site] = path
     return written
 

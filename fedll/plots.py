@@ -4,7 +4,6 @@ maps, and which kernels each modality's data attends to (matplotlib, no pyplot s
 from __future__ import annotations
 
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fedll.atomic import atomic_path
 from fedll.data import MODALITIES
 from fedll.report import (
     LABELS,
@@ -254,7 +254,6 @@ def _slug(values: Any) -> str:
 
 
 def _save(fig: Any, path: Path) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=120)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
     return path

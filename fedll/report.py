@@ -15,7 +15,6 @@ Plots are drawn on ``matplotlib.figure.Figure`` (Agg, no pyplot state), imported
 from __future__ import annotations
 
 import logging
-import os
 import re
 import warnings
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fedll.atomic import atomic_path
 from fedll.data import MODALITIES
 from fedll.errors import DataError
 from fedll.metrics import (
@@ -391,9 +391,8 @@ def write_tables(table: pd.DataFrame, out_dir: Path) -> list[Path]:
     paths = []
     for name, text in texts.items():
         path = out_dir / name
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            tmp.write_text(text, encoding="utf-8")
         paths.append(path)
     logger.info("wrote %s", ", ".join(str(p) for p in paths))
     return paths

@@ -7,7 +7,6 @@ rerun skips it. ``RUN_DIR/results.csv`` is the concatenation of every finished t
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from fedll.atomic import atomic_path
 from fedll.config import Trial
 from fedll.data.slices import CaseSlices
 from fedll.stream import Round
@@ -120,9 +120,8 @@ def trial_path(run_dir: Path, trial: Trial) -> Path:
 def atomic_csv(frame: pd.DataFrame, path: Path) -> None:
     """Write a CSV so that a reader sees the whole file or none of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
 
 
 def write_trial(run_dir: Path, results: TrialResults) -> Path:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import re
 import time
 import zlib
@@ -33,6 +32,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from fedll.atomic import atomic_path
 from fedll.data import MODALITIES
 from fedll.data.phantom import DEFAULT_SHAPE, Atlas, load_atlas, output_grid, synthesize_case
 from fedll.data.scanner import ScannerProfile, sample_scanner
@@ -269,8 +269,7 @@ def _save(nii: nib.Nifti1Image, path: Path) -> None:
 
 def _write_manifest(out: Path, plans: Sequence[CasePlan]) -> Path:
     path = out / "manifest.csv"
-    tmp = out / f".manifest.csv.tmp{os.getpid()}"
-    with tmp.open("w", newline="") as handle:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(MANIFEST_COLUMNS)
         for plan in plans:
@@ -278,5 +277,4 @@ def _write_manifest(out: Path, plans: Sequence[CasePlan]) -> Path:
             for modality in MODALITIES:
                 image = f"{plan.patient}/{plan.patient}_{modality}.nii.gz"
                 writer.writerow((plan.patient, plan.site, modality, plan.split, image, seg))
-    os.replace(tmp, path)
     return path

@@ -24,6 +24,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from fedll.atomic import atomic_path
 from fedll.config import Scenario
 from fedll.data import MODALITIES
 from fedll.data.layouts import CaseRecord, discover
@@ -82,9 +83,8 @@ class PreparedCohort:
         )
 
     def write(self, path: Path) -> None:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(self.to_json())
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            tmp.write_text(self.to_json())
 
     @classmethod
     def read(cls, path: Path) -> PreparedCohort:

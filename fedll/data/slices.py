@@ -23,8 +23,6 @@ import json
 import logging
 import math
 import multiprocessing
-import os
-import uuid
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -35,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fedll.atomic import atomic_path
 from fedll.data.layouts import CaseRecord, Volume, load_volume
 from fedll.errors import ConfigError, DataError
 
@@ -287,10 +286,5 @@ def _read_entry(
 
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        with tmp.open("wb") as handle:
-            np.save(handle, np.ascontiguousarray(array))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, tmp.open("wb") as handle:
+        np.save(handle, np.ascontiguousarray(array))
