@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedll.config import Scenario, Trial, dump_scenario, expand_trials, load_scenario
-from fedll.errors import ConfigError, FedllError
+from fedll.errors import FedllError
 
 app = typer.Typer(
     add_completion=False,
@@ -67,6 +67,9 @@ def cohort(
     preview: Annotated[
         bool, typer.Option(help="also write preview.png (a montage of a few cases)")
     ] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="replace the cohort already in OUT (its files only)")
+    ] = False,
 ) -> None:
     """Write a synthetic multi-site glioma cohort (BraTS 2021 layout + manifest.csv)."""
     from fedll.data.cohort import generate_cohort
@@ -80,7 +83,13 @@ def cohort(
     try:
         kwargs = {} if test_patients is None else {"test_patients": test_patients}
         manifest = generate_cohort(
-            out, patients=patients, sites=names, seed=seed, workers=workers, **kwargs
+            out,
+            patients=patients,
+            sites=names,
+            seed=seed,
+            workers=workers,
+            overwrite=overwrite,
+            **kwargs,
         )
         _console().print(f"wrote {patients} patients at {len(names)} sites: {manifest}")
         if preview:
@@ -88,23 +97,6 @@ def cohort(
             _console().print(f"preview: {png}")
     except FedllError as error:
         _fail(str(error))
-
-
-def _check_names(scenario: Scenario, source: str) -> None:
-    """Models exist and their arguments build (errors name the key); strategy and CL names
-    are checked by the scenario schema."""
-    from fedll.models import build_model, model_names
-
-    for key, spec in scenario.models.items():
-        if spec.name not in model_names():
-            raise ConfigError(
-                f"{source}: models.{key}.name: unknown model {spec.name!r}; "
-                f"known: {', '.join(model_names())}"
-            )
-        try:
-            build_model(spec.name, **spec.kwargs())
-        except (TypeError, ValueError, FedllError) as error:
-            raise ConfigError(f"{source}: models.{key}: {error}") from None
 
 
 @app.command()
@@ -131,7 +123,6 @@ def run(
     source = str(scenario_path)
     try:
         scenario = load_scenario(scenario_path, overrides or [])
-        _check_names(scenario, source)
     except FedllError as error:
         _fail(str(error))
     trials = expand_trials(scenario)
@@ -180,17 +171,16 @@ def _run(
 ) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from fedll.data.prepare import prepare_cohort
-    from fedll.report import build_report
+    from fedll.data.prepare import cohort_for
+    from fedll.report.build import build_report
     from fedll.results import collect
     from fedll.sweep import Progress as SweepProgress
     from fedll.sweep import SweepOptions, run_sweep
-    from strategies.server_app import cohort_for
 
     _quiet_flower(verbose=logging.getLogger().level <= logging.INFO)
     console = _console()
     with console.status("preparing the cohort (synthesis and slice cache, once per cohort)"):
-        cohort_for(run_dir, lambda: prepare_cohort(scenario, source=str(run_dir / "scenario.yaml")))
+        cohort_for(run_dir, scenario, source=str(run_dir / "scenario.yaml"))
     options = SweepOptions.from_scenario(
         scenario, address=address, cpus_per_trial=cpus, backend="local" if local else "ray"
     )
@@ -273,7 +263,7 @@ def report(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="a run directory")],
 ) -> None:
     """Rebuild the forgetting tables and plots from RUN_DIR/results.csv alone."""
-    from fedll.report import build_report
+    from fedll.report.build import build_report
 
     try:
         built = build_report(run_dir)
@@ -296,7 +286,7 @@ def certs(
     overwrite: Annotated[bool, typer.Option(help="replace an existing set")] = False,
 ) -> None:
     """Write a test CA, a SuperLink TLS certificate and per-site node-auth keys (local trials)."""
-    from fedll.deploy import DEFAULT_HOSTS, write_certificates
+    from fedll.deploy.certs import DEFAULT_HOSTS, write_certificates
 
     names = [s.strip() for s in sites.split(",") if s.strip()]
     try:
@@ -317,7 +307,7 @@ def site_data(
     """Write OUT/<site>/manifest.csv: the cases the scenario's split gives each site (a local
     stand-in for each hospital's own data folder)."""
     from fedll.data.prepare import prepare_cohort
-    from fedll.deploy import write_site_manifests
+    from fedll.deploy.site_data import write_site_manifests
 
     try:
         scenario = load_scenario(scenario_path)
@@ -357,45 +347,29 @@ def site(
     go to flower-supernode)."""
     import os
     import shlex
-    import shutil
 
-    from fedll.deploy import load_auth_key, supernode_command
-    from sites.site import site_from_node_config
+    from fedll.deploy.supernode import site_command
 
-    config = {
-        "site": name,
-        "modality": modality.lower(),
-        "data-dir": str(data_dir.expanduser().resolve()),
-    }
-    if cache_dir is not None:
-        config["cache-dir"] = str(cache_dir.expanduser().resolve())
     try:
-        if insecure == (root_certificates is not None):
-            raise ConfigError("give either --root-certificates CA (TLS) or --insecure")
-        if root_certificates is not None and not root_certificates.is_file():
-            raise ConfigError(f"--root-certificates: {root_certificates} is not a file")
-        if auth_key is not None:
-            load_auth_key(auth_key)
-        found = site_from_node_config(config)
-        executable = str(Path(sys.executable).with_name("flower-supernode"))
-        if not Path(executable).exists():
-            executable = shutil.which("flower-supernode") or "flower-supernode"
-        command = supernode_command(
-            executable,
+        found, command = site_command(
+            name,
+            modality,
+            data_dir,
             superlink,
-            config,
-            root_certificates=root_certificates.resolve() if root_certificates else None,
-            auth_key=auth_key.expanduser().resolve() if auth_key else None,
+            root_certificates=root_certificates,
+            insecure=insecure,
+            auth_key=auth_key,
             runtime_port=runtime_port,
+            cache_dir=cache_dir,
             extra=ctx.args,
         )
     except FedllError as error:
         _fail(str(error))
-    console = Console(stderr=True, highlight=False)
-    console.print(
+    Console(stderr=True, highlight=False).print(
         f"site {found.name}: {len(found.records)} {found.modality} training cases in "
-        f"{config['data-dir']}",
+        f"{data_dir.expanduser().resolve()}",
         soft_wrap=True,
+        markup=False,
     )
     if dry_run:
         _console().print(shlex.join(command), soft_wrap=True, markup=False)

@@ -6,7 +6,7 @@ once, ``extra_loss(model, x, logits)`` at every step (added to the loss when not
 ``select_cases`` (which of the site's cases to train on) and ``state()``, the arrays it keeps
 between a site's rounds (in the ClientApp's ``context.state``; nothing leaves the site).
 
-Methods, by the names of :data:`fedll.options.CL_NAMES`:
+Methods, by their YAML names (the option classes of :data:`fedll.config.options.ContinualOptions`):
 
 - ``finetune``: train on the arrived cases, nothing else (the lower bound);
 - ``ewc``: online elastic weight consolidation (Kirkpatrick et al., PNAS 2017; Schwarz et al.
@@ -30,7 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedll.options import ContinualOptions
+from fedll.config.options import (
+    ContinualOptions,
+    EWCOptions,
+    FineTuneOptions,
+    LwFOptions,
+    ReplayOptions,
+)
 from fedll.train import segmentation_loss
 
 ArrayState = dict[str, np.ndarray]
@@ -264,12 +270,13 @@ def _prefixed(state: Mapping[str, np.ndarray], prefix: str) -> dict[str, torch.T
     }
 
 
-METHODS: Mapping[str, type[ContinualMethod]] = {
-    "finetune": ContinualMethod,
-    "ewc": EWC,
-    "lwf": LwF,
-    "replay": Replay,
+METHODS: Mapping[type, type[ContinualMethod]] = {
+    FineTuneOptions: ContinualMethod,
+    EWCOptions: EWC,
+    LwFOptions: LwF,
+    ReplayOptions: Replay,
 }
+"""Each CL option class of the scenario schema -> the method it configures."""
 
 
 def build_method(
@@ -277,4 +284,4 @@ def build_method(
 ) -> ContinualMethod:
     """The CL method ``options`` names, resumed from the site's kept ``state``; ``seed`` is
     the site's seed for this round."""
-    return METHODS[options.name].build(options.options(), state, seed, server_round)
+    return METHODS[type(options)].build(options.options(), state, seed, server_round)

@@ -13,7 +13,3 @@ class DataError(FedllError):
 
 class ConfigError(FedllError):
     """A scenario key or value that is invalid."""
-
-
-class UpdateError(FedllError):
-    """A model update from a site that cannot be aggregated."""

@@ -1,61 +1,35 @@
 """Faults a scenario injects at a site, so that the strategies' robustness is testable.
 
-A site with a fault may raise instead of training (with a probability, or every N-th server
-round), or train and then send a corrupted update (NaN weights, a wrong shape, a wrong
-dtype). Every draw is seeded by the site's seed for the round, which derives from (trial
-seed, round, site), so a run with faults is as deterministic as one without.
+A site with a fault (:class:`~fedll.config.options.FaultConfig`) may raise instead of training
+(with a probability, or every N-th server round), or train and then send a corrupted update
+(NaN weights, a wrong shape, a wrong dtype). Every draw is seeded by the site's seed for the
+round, which derives from (trial seed, round, site), so a run with faults is as deterministic
+as one without.
 """
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from fedll.options import FaultConfig
+from fedll.config.options import FaultConfig
 
-SENDS: tuple[str, ...] = ("nan", "wrong-shape", "wrong-dtype")
+SENDS: tuple[str, ...] = typing.get_args(
+    typing.get_args(FaultConfig.model_fields["send"].annotation)[0]
+)
+"""The corrupted updates a faulty site can send (the values of ``FaultConfig.send``)."""
 
 
 class InjectedFault(RuntimeError):
     """A failure the scenario asked for."""
 
 
-@dataclass(frozen=True)
-class Fault:
-    """One site's fault, as its training instruction carries it (no fault: the defaults)."""
-
-    raise_probability: float = 0.0
-    raise_every: int = 0  # 0: never
-    send: str = ""  # "": a faithful update; else one of SENDS
-
-    @classmethod
-    def from_scenario(cls, config: FaultConfig) -> Fault:
-        return cls(config.raise_probability, config.raise_every or 0, config.send or "")
-
-    def to_config(self) -> dict[str, Any]:
-        return {
-            "fault-raise-probability": self.raise_probability,
-            "fault-raise-every": self.raise_every,
-            "fault-send": self.send,
-        }
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> Fault:
-        send = str(config.get("fault-send", ""))
-        if send and send not in SENDS:
-            raise ValueError(f"fault-send {send!r} (known: {', '.join(SENDS)})")
-        return cls(
-            float(config.get("fault-raise-probability", 0.0)),
-            int(config.get("fault-raise-every", 0)),
-            send,
-        )
-
-
-def raises(fault: Fault, server_round: int, seed: int) -> bool:
+def raises(fault: FaultConfig | None, server_round: int, seed: int) -> bool:
     """Whether the site raises in ``server_round`` (``seed``: the site's seed for it)."""
+    if fault is None:
+        return False
     if fault.raise_every and server_round % fault.raise_every == 0:
         return True
     if fault.raise_probability <= 0:
@@ -63,10 +37,10 @@ def raises(fault: Fault, server_round: int, seed: int) -> bool:
     return bool(np.random.default_rng([seed, 1]).random() < fault.raise_probability)
 
 
-def corrupt(state: Mapping[str, np.ndarray], send: str) -> dict[str, np.ndarray]:
+def corrupt(state: Mapping[str, np.ndarray], send: str | None) -> dict[str, np.ndarray]:
     """``state`` as a faulty site sends it: ``"nan"`` fills every floating tensor with NaN,
     ``"wrong-shape"`` drops the last value of the first floating tensor, ``"wrong-dtype"``
-    casts floating tensors to float64 (float16 where they already are); ``""`` is a copy."""
+    casts floating tensors to float64 (float16 where they already are); None is a copy."""
     out = {name: np.array(value) for name, value in state.items()}
     floating = [n for n, v in out.items() if np.issubdtype(v.dtype, np.floating)]
     if send == "nan":

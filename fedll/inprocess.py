@@ -32,11 +32,14 @@ server, so one process runs one trial at a time (a Ray task does).
 from __future__ import annotations
 
 import copy
+import datetime
+import importlib
 import logging
 import random
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from flwr.app import Context, Error, Message, RecordDict, UserConfig, UserConfigValue
 from flwr.clientapp import ClientApp
@@ -47,7 +50,6 @@ from flwr.common.constant import (
     ErrorCode,
 )
 from flwr.serverapp import Grid, ServerApp
-from flwr.supercore.date import now
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -57,10 +59,11 @@ _ID_BITS = 63  # node, run and task ids fit a signed int64, as every Flower reco
 
 
 # --- Private Flower corners (flwr 1.42, pinned in pyproject.toml) ---------------------------
-# Flower has no public way to do the two things below; its own runtimes do them exactly so
+# Flower has no public way to do the things below; its own runtimes do them exactly so
 # (flwr/simulation/run_simulation.py, flwr/superlink/runtime/run_serverapp.py for the identity;
 # flwr/superlink/grid/inmemory_grid.py, flwr/server/superlink/fleet/vce/vce_api.py for the id).
-# tests/test_inprocess.py::test_flower_private_corners fails loudly if either changes.
+# ``flwr.supercore.run.Run`` (a grid's run) is the third; tests/test_inprocess.py::
+# test_flower_private_corners fails loudly if any of them changes.
 
 
 def _set_task_identity(run_id: int, node_id: int, task_id: int) -> None:
@@ -83,7 +86,21 @@ def _assign_message_id(message: Message, message_id: str) -> None:
     message.metadata.__dict__["_message_id"] = message_id
 
 
+def _error_reason(ex: Exception) -> str:
+    """The reason of an error reply, as Flower's SuperNode words it (COPIED FORMAT:
+    ``flwr/supernode/runtime/run_clientapp.py`` builds it inline, with no function to call)."""
+    return f"{type(ex)}:<'{ex}'>"
+
+
 # ---------------------------------------------------------------------------------------------
+
+
+def load_reference(reference: str) -> Any:
+    """The object a Flower-style ``"package.module:attribute"`` reference names."""
+    module, sep, attribute = reference.partition(":")
+    if not sep or not module or not attribute:
+        raise ValueError(f"expected 'module:attribute', got {reference!r}")
+    return getattr(importlib.import_module(module), attribute)
 
 
 def simulation_node_configs(num_nodes: int) -> list[UserConfig]:
@@ -242,9 +259,7 @@ class InProcessGrid(Grid):
                 message.metadata.message_type,
                 exc_info=True,
             )
-            # The reason is formatted as Flower's SuperNode formats it (run_clientapp.py).
-            reason = f"{type(ex)}:<'{ex}'>"
-            error = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason)
+            error = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=_error_reason(ex))
             return Message(error, reply_to=message)
         self._contexts[node_id] = context
         logger.debug(
@@ -258,7 +273,7 @@ class InProcessGrid(Grid):
     def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
         """Return (once) the replies to the given message ids that have not been pulled yet."""
         replies = [self._replies.pop(i) for i in message_ids if i in self._replies]
-        delivered_at = now().isoformat()
+        delivered_at = datetime.datetime.now(tz=datetime.timezone.utc).isoformat()
         for reply in replies:
             reply.metadata.delivered_at = delivered_at
         return replies

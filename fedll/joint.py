@@ -15,10 +15,12 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from fedll.config import Scenario, Trial
+from fedll.config.grid import Trial
+from fedll.config.schema import Scenario
 from fedll.data.prepare import PreparedCohort
+from fedll.evaluation import evaluate_round
 from fedll.models import build_model
-from fedll.results import TrialResults, evaluate_into
+from fedll.results import TrialResults
 from fedll.stream import Arrival, Round
 from fedll.train import train_local
 
@@ -51,7 +53,7 @@ def run_joint(
     test = {m: prepared.test_slices(m) for m in prepared.test}
 
     def evaluate(server_round: int) -> None:
-        evaluate_into(results, server_round, model, test)
+        evaluate_round(results, server_round, model, test)
         if on_round is not None:
             on_round(server_round, len(stream))
 

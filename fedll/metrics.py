@@ -14,7 +14,9 @@ when nothing is left, without a RuntimeWarning.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Collection, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -178,3 +180,14 @@ def area_under_curve(R: np.ndarray) -> np.ndarray:
     """
     R = _matrix(R)
     return np.array([_nanmean(R[1:, m]) for m in range(R.shape[1])])
+
+
+def nan_reduce(func: Any, values: np.ndarray, axis: int | None = None) -> Any:
+    """``np.nanmean`` and friends without the all-NaN RuntimeWarning (the result is NaN)."""
+    values = np.asarray(values, dtype=np.float64)
+    if axis is None and values.size == 0:
+        return float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = func(values, axis=axis)
+    return float(result) if axis is None else result

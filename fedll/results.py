@@ -1,4 +1,4 @@
-"""Per-trial results: rows of per-case Dice and attention, written atomically.
+"""Per-trial results: rows of per-case Dice and attention, written atomically (torch-free).
 
 A trial's results live in ``RUN_DIR/trials/<trial_id>.csv`` (and ``.attention.csv``);
 the results file is written last and its presence marks the trial as finished, so a
@@ -7,38 +7,20 @@ rerun skips it. ``RUN_DIR/results.csv`` is the concatenation of every finished t
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 
 from fedll.atomic import atomic_path
-from fedll.config import Trial
-from fedll.data.slices import CaseSlices
+from fedll.columns import ATTENTION_COLUMNS, RESULT_COLUMNS, ROUND_EVENTS
 from fedll.stream import Round
-from fedll.train import evaluate_cases
 
-TRIAL_COLUMNS = [
-    "trial", "model", "ordering", "arrival_batch", "arrivals_per_round", "strategy", "cl", "seed",
-]  # fmt: skip
-RESULT_COLUMNS = [
-    *TRIAL_COLUMNS,
-    "round",
-    "sites",
-    "arriving",
-    "failed",
-    "rejected",
-    "modality",
-    "case",
-    "dice",
-]
-# per round: the sites that failed (raised, or no reply) and whose update was rejected
-# (non-finite, wrong shape or dtype), ";"-joined
-ROUND_EVENTS = ("failed", "rejected")
-ATTENTION_COLUMNS = [*TRIAL_COLUMNS, "round", "modality", "layer", "kernel", "mass"]
+if TYPE_CHECKING:
+    from fedll.config.grid import Trial
 
 
 @dataclass
@@ -53,17 +35,7 @@ class TrialResults:
     rejected: dict[int, list[str]] = field(default_factory=dict)
 
     def _key(self) -> dict:
-        t = self.trial
-        return {
-            "trial": t.trial_id,
-            "model": t.model,
-            "ordering": t.ordering_label,
-            "arrival_batch": t.arrival_batch,
-            "arrivals_per_round": t.arrivals_per_round,
-            "strategy": t.strategy_label,
-            "cl": t.cl_label,
-            "seed": t.seed,
-        }
+        return {"trial": self.trial.trial_id, **self.trial.axis_values()}
 
     def add_round(
         self,
@@ -106,11 +78,11 @@ class TrialResults:
                 )
 
     def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
-        results = pd.DataFrame(self.rows, columns=RESULT_COLUMNS)
+        results = pd.DataFrame(self.rows, columns=list(RESULT_COLUMNS))
         for column, events in zip(ROUND_EVENTS, (self.failures, self.rejected), strict=True):
             joined = {r: ";".join(sorted(s)) for r, s in events.items()}
             results[column] = results["round"].map(joined).fillna("").astype(str)
-        return results, pd.DataFrame(self.attention_rows, columns=ATTENTION_COLUMNS)
+        return results, pd.DataFrame(self.attention_rows, columns=list(ATTENTION_COLUMNS))
 
 
 def trial_path(run_dir: Path, trial: Trial) -> Path:
@@ -144,27 +116,15 @@ def collect(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             ignore_index=True,
         )
         if result_files
-        else pd.DataFrame(columns=RESULT_COLUMNS)
+        else pd.DataFrame(columns=list(RESULT_COLUMNS))
     )
     att_files = [f.with_suffix(".attention.csv") for f in result_files]
     att_frames = [pd.read_csv(f) for f in att_files if f.exists()]
     attention = (
         pd.concat(att_frames, ignore_index=True)
         if att_frames
-        else pd.DataFrame(columns=ATTENTION_COLUMNS)
+        else pd.DataFrame(columns=list(ATTENTION_COLUMNS))
     )
     atomic_csv(results, run_dir / "results.csv")
     atomic_csv(attention, run_dir / "attention.csv")
     return results, attention
-
-
-def evaluate_into(
-    results: TrialResults,
-    server_round: int,
-    model: torch.nn.Module,
-    test: Mapping[str, Sequence[CaseSlices]],
-) -> None:
-    """Evaluate ``model`` on each modality's test cases; add the rows of ``server_round``."""
-    for modality, cases in test.items():
-        ev = evaluate_cases(model, cases, collect_attention=True)
-        results.add_round(server_round, modality, [c.patient for c in cases], ev.dice, ev.attention)

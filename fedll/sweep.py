@@ -15,10 +15,11 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from fedll.config import Scenario, Trial, expand_trials, load_scenario
 from fedll.results import trial_path
@@ -26,6 +27,10 @@ from fedll.results import trial_path
 logger = logging.getLogger(__name__)
 
 RESOLVED_SCENARIO = "scenario.yaml"
+# fedll's Flower app (pyproject.toml, [tool.flwr.app.components]); the ServerApp by its
+# factory, which takes the sweep's progress callback
+CLIENT_APP = "sites.client_app:app"
+SERVER_APP_FACTORY = "strategies.server_app:make_server_app"
 
 
 @dataclass(frozen=True)
@@ -76,12 +81,20 @@ def run_trial(
     threads: int,
     on_round: Callable[[int, int], None] | None = None,
 ) -> Path:
-    """Run one trial of ``RUN_DIR/scenario.yaml`` in this process; returns its results file."""
+    """Run one trial of ``RUN_DIR/scenario.yaml`` in this process; returns its results file.
+
+    The ServerApp and the ClientApp are fedll's Flower app, loaded by the references the app
+    declares (``[tool.flwr.app.components]``), so the sweep runs exactly what ``flwr run``
+    runs, through an :class:`~fedll.inprocess.InProcessGrid`.
+    """
     import torch
 
-    from fedll.inprocess import InProcessGrid, run_server_app, simulation_node_configs
-    from sites.client_app import app as client_app
-    from strategies.server_app import make_server_app
+    from fedll.inprocess import (
+        InProcessGrid,
+        load_reference,
+        run_server_app,
+        simulation_node_configs,
+    )
 
     torch.set_num_threads(max(1, threads))
     run_dir = Path(run_dir)
@@ -95,10 +108,33 @@ def run_trial(
         "collect": False,
     }
     grid = InProcessGrid(
-        client_app, simulation_node_configs(len(scenario.sites)), run_config, seed=trial.seed
+        load_reference(CLIENT_APP),
+        simulation_node_configs(len(scenario.sites)),
+        run_config,
+        seed=trial.seed,
     )
-    run_server_app(make_server_app(on_round), grid, run_config)
+    run_server_app(load_reference(SERVER_APP_FACTORY)(on_round), grid, run_config)
     return trial_path(run_dir, trial)
+
+
+class ProgressLog:
+    """Round events that trials push and the driver drains (a Ray actor's body with Ray);
+    with ``forward``, each event is handed on as it comes instead (a trial in this process)."""
+
+    def __init__(self, forward: Callable[[Progress], None] | None = None) -> None:
+        self.events: list[Progress] = []
+        self.forward = forward
+
+    def push(self, trial_id: str, rnd: int, rounds: int) -> None:
+        event = Progress(trial_id, rnd, rounds)
+        if self.forward is not None:
+            self.forward(event)
+        else:
+            self.events.append(event)
+
+    def drain(self) -> list[Progress]:
+        events, self.events = self.events, []
+        return events
 
 
 def _ray_task(run_dir: str, trial_index: int, trial_id: str, threads: int, progress: Any) -> str:
@@ -108,18 +144,92 @@ def _ray_task(run_dir: str, trial_index: int, trial_id: str, threads: int, progr
     return str(run_trial(Path(run_dir), trial_index, threads, report))
 
 
-class _ProgressLog:
-    """A Ray actor's body: trials push round events, the driver drains them."""
+class Backend(Protocol):
+    """Where trials run: :class:`LocalBackend` (this process) or :class:`RayBackend`."""
 
-    def __init__(self) -> None:
-        self.events: list[tuple[str, int, int]] = []
+    limit: int  # trials at a time
 
-    def push(self, trial_id: str, rnd: int, rounds: int) -> None:
-        self.events.append((trial_id, rnd, rounds))
+    def submit(self, trial: Trial, index: int) -> Any:
+        """Start ``trial`` (number ``index`` of the grid); returns its handle."""
 
-    def drain(self) -> list[tuple[str, int, int]]:
-        events, self.events = self.events, []
-        return events
+    def wait(self, handles: Sequence[Any]) -> list[Any]:
+        """The handles of trials that have finished (blocking a little at most)."""
+
+    def error(self, handle: Any) -> str | None:
+        """None if the trial of ``handle`` succeeded, else what went wrong (one line)."""
+
+    def drain(self) -> list[Progress]:
+        """Round events pushed since the last drain."""
+
+
+class LocalBackend:
+    """Trials one after another in this process: ``wait`` runs the one submitted, and its
+    round events reach ``on_progress`` as they happen."""
+
+    limit = 1
+
+    def __init__(
+        self, run_dir: Path, threads: int, on_progress: Callable[[Progress], None] | None = None
+    ) -> None:
+        self.run_dir, self.threads = run_dir, threads
+        self.progress = ProgressLog(forward=on_progress or (lambda event: None))
+        self.errors: dict[str, str | None] = {}
+        self.submitted: dict[str, int] = {}
+
+    def submit(self, trial: Trial, index: int) -> str:
+        self.submitted[trial.trial_id] = index
+        return trial.trial_id
+
+    def wait(self, handles: Sequence[str]) -> list[str]:
+        trial_id = handles[0]
+
+        def report(rnd: int, rounds: int) -> None:
+            self.progress.push(trial_id, rnd, rounds)
+
+        try:
+            run_trial(self.run_dir, self.submitted.pop(trial_id), self.threads, report)
+        except Exception as error:  # one bad trial must not lose the others
+            self.errors[trial_id] = f"{type(error).__name__}: {error}"
+        else:
+            self.errors[trial_id] = None
+        return [trial_id]
+
+    def error(self, handle: str) -> str | None:
+        return self.errors.pop(handle)
+
+    def drain(self) -> list[Progress]:
+        return self.progress.drain()
+
+
+class RayBackend:
+    """Trials as Ray tasks of ``cpus_per_trial`` CPUs; progress through a Ray actor."""
+
+    def __init__(self, run_dir: Path, options: SweepOptions, limit: int) -> None:
+        import ray
+
+        self.ray, self.run_dir, self.options, self.limit = ray, run_dir, options, limit
+        self.progress = ray.remote(num_cpus=0)(ProgressLog).remote()
+        self.task = ray.remote(num_cpus=options.cpus_per_trial, max_retries=0)(_ray_task)
+
+    def submit(self, trial: Trial, index: int) -> Any:
+        return self.task.remote(
+            str(self.run_dir), index, trial.trial_id, self.options.cpus_per_trial, self.progress
+        )
+
+    def wait(self, handles: Sequence[Any]) -> list[Any]:
+        ready, _ = self.ray.wait(list(handles), num_returns=1, timeout=0.5)
+        return ready
+
+    def error(self, handle: Any) -> str | None:
+        try:
+            self.ray.get(handle)
+        except self.ray.exceptions.RayTaskError as error:
+            cause = error.cause if error.cause is not None else error
+            return f"{type(cause).__name__}: {cause}"
+        return None
+
+    def drain(self) -> list[Progress]:
+        return self.ray.get(self.progress.drain.remote())
 
 
 def run_sweep(
@@ -136,33 +246,52 @@ def run_sweep(
     summary = SweepSummary(skipped=[t.trial_id for t in trials if t not in todo])
     if not todo:
         return summary
-    index = {t.trial_id: i for i, t in enumerate(trials)}
-
-    def finished(trial_id: str, error: str | None) -> None:
-        if error is None:
-            summary.done.append(trial_id)
-        else:
-            summary.failed[trial_id] = error
-            logger.error("trial %s failed: %s", trial_id, error)
-        if on_trial_done is not None:
-            on_trial_done(trial_id, error)
-
     if options.backend == "local":
-        for trial in todo:
-
-            def report(rnd: int, rounds: int, tid: str = trial.trial_id) -> None:
-                if on_progress is not None:
-                    on_progress(Progress(tid, rnd, rounds))
-
-            try:
-                run_trial(run_dir, index[trial.trial_id], options.cpus_per_trial, report)
-            except Exception as error:  # one bad trial must not lose the others
-                finished(trial.trial_id, f"{type(error).__name__}: {error}")
-            else:
-                finished(trial.trial_id, None)
+        local = LocalBackend(run_dir, options.cpus_per_trial, on_progress)
+        schedule(local, trials, todo, summary, on_progress, on_trial_done)
         return summary
-    _run_with_ray(run_dir, todo, index, options, on_progress, finished)
+    with _ray(options):
+        remote = RayBackend(run_dir, options, options.max_concurrent or len(todo))
+        schedule(remote, trials, todo, summary, on_progress, on_trial_done)
     return summary
+
+
+def schedule(
+    backend: Backend,
+    trials: Sequence[Trial],
+    todo: Sequence[Trial],
+    summary: SweepSummary,
+    on_progress: Callable[[Progress], None] | None = None,
+    on_trial_done: Callable[[str, str | None], None] | None = None,
+) -> None:
+    """Keep ``backend.limit`` trials of ``todo`` running until all have finished; report
+    every round event and every finished trial (into ``summary`` and the callbacks)."""
+    index = {t.trial_id: i for i, t in enumerate(trials)}
+    queue = list(todo)
+    running: dict[Any, str] = {}
+
+    def drain() -> None:
+        for event in backend.drain():
+            if on_progress is not None:
+                on_progress(event)
+
+    while queue or running:
+        while queue and len(running) < backend.limit:
+            trial = queue.pop(0)
+            running[backend.submit(trial, index[trial.trial_id])] = trial.trial_id
+        ready = backend.wait(list(running))
+        drain()
+        for handle in ready:
+            trial_id = running.pop(handle)
+            error = backend.error(handle)
+            if error is None:
+                summary.done.append(trial_id)
+            else:
+                summary.failed[trial_id] = error
+                logger.error("trial %s failed: %s", trial_id, error)
+            if on_trial_done is not None:
+                on_trial_done(trial_id, error)
+    drain()
 
 
 def ray_init_kwargs(options: SweepOptions) -> dict[str, Any]:
@@ -178,14 +307,9 @@ def ray_init_kwargs(options: SweepOptions) -> dict[str, Any]:
     }
 
 
-def _run_with_ray(
-    run_dir: Path,
-    todo: Sequence[Trial],
-    index: dict[str, int],
-    options: SweepOptions,
-    on_progress: Callable[[Progress], None] | None,
-    finished: Callable[[str, str | None], None],
-) -> None:
+@contextmanager
+def _ray(options: SweepOptions) -> Iterator[None]:
+    """Ray for the sweep: the running one, or one started here and shut down after."""
     import ray
 
     started_here = not ray.is_initialized()
@@ -195,38 +319,7 @@ def _run_with_ray(
             warnings.filterwarnings("ignore", category=FutureWarning, module="ray")
             ray.init(**ray_init_kwargs(options))
     try:
-        progress = ray.remote(num_cpus=0)(_ProgressLog).remote()
-        task = ray.remote(num_cpus=options.cpus_per_trial, max_retries=0)(_ray_task)
-        limit = options.max_concurrent or len(todo)
-        queue = list(todo)
-        running: dict[Any, str] = {}
-        while queue or running:
-            while queue and len(running) < limit:
-                trial = queue.pop(0)
-                ref = task.remote(
-                    str(run_dir),
-                    index[trial.trial_id],
-                    trial.trial_id,
-                    options.cpus_per_trial,
-                    progress,
-                )
-                running[ref] = trial.trial_id
-            ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
-            if on_progress is not None:
-                for trial_id, rnd, rounds in ray.get(progress.drain.remote()):
-                    on_progress(Progress(trial_id, rnd, rounds))
-            for ref in ready:
-                trial_id = running.pop(ref)
-                try:
-                    ray.get(ref)
-                except ray.exceptions.RayTaskError as error:
-                    cause = error.cause if error.cause is not None else error
-                    finished(trial_id, f"{type(cause).__name__}: {cause}")
-                else:
-                    finished(trial_id, None)
-        if on_progress is not None:
-            for trial_id, rnd, rounds in ray.get(progress.drain.remote()):
-                on_progress(Progress(trial_id, rnd, rounds))
+        yield
     finally:
         if started_here:
             ray.shutdown()

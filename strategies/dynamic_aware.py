@@ -16,7 +16,8 @@ import numpy as np
 from flwr.app import ConfigRecord, Message
 
 from strategies.aggregation import State, attention_masses, attention_weighted_average
-from strategies.fedavg import LifelongFedAvg, Update
+from strategies.fedavg import LifelongFedAvg
+from strategies.replies import Update
 
 
 class DynamicAwareFedAvg(LifelongFedAvg):

@@ -2,9 +2,9 @@
 
 A narrow subclass of Flower's ``FedAvg``: ``configure_train`` addresses the arriving sites
 with their own instruction (which of their cases arrived); ``aggregate_train`` sorts the
-replies into failed (an error reply, or no reply before the timeout), rejected (an update
-that is not finite or not shaped and typed like the global model) and accepted, and merges
-the accepted ones with :meth:`LifelongFedAvg.merge` (here
+replies with :func:`strategies.replies.triage` into failed (an error reply, or no reply before
+the timeout), rejected (an update that is not finite or not shaped and typed like the global
+model) and accepted, and merges the accepted ones with :meth:`LifelongFedAvg.merge` (here
 :func:`strategies.aggregation.weighted_average`). When no update is accepted the round keeps
 the previous model and logs so. Variants override :meth:`merge` or :meth:`problem`, or add a
 key to the training config; the ``start()`` loop is Flower's.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,45 +28,16 @@ from flwr.app import (
 )
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
-from torch import nn
 
-from fedll.models import kernel_banks, parameter_groups
+from fedll.config.instruction import TrainInstruction
+from fedll.models.inspection import ModelLayout
 from strategies.aggregation import State, update_problem, weighted_average
+from strategies.replies import Triage, Update, triage
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class ModelLayout:
-    """What strategies need to know about the model's state keys.
-
-    groups: key -> parameter group (``fedll.models.parameter_groups``);
-    banks: kernel-bank key -> (the dynamic layer whose attention mixes it, that attention's
-    shape per sample) (``fedll.models.kernel_banks``);
-    trainable: the keys that are parameters (not buffers such as running statistics).
-    """
-
-    groups: Mapping[str, str]
-    banks: Mapping[str, tuple[str, tuple[int, ...]]] = field(default_factory=dict)
-    trainable: frozenset[str] = frozenset()
-
-    @classmethod
-    def of(cls, model: nn.Module) -> ModelLayout:
-        return cls(
-            groups=parameter_groups(model),
-            banks=kernel_banks(model),
-            trainable=frozenset(name for name, _ in model.named_parameters()),
-        )
-
-
-@dataclass(frozen=True)
-class Update:
-    """An accepted reply: who sent it, its state and its sample count."""
-
-    site: str
-    state: dict[str, np.ndarray]
-    samples: float
-    reply: Message
+Plan = Mapping[int, Mapping[int, TrainInstruction]]
+"""round -> {node id: that node's instruction}."""
 
 
 class LifelongFedAvg(FedAvg):
@@ -76,8 +46,8 @@ class LifelongFedAvg(FedAvg):
     Parameters
     ----------
     plan:
-        round -> {node id: that node's instruction (flat config)}; a round with no entry
-        trains nobody and keeps the model.
+        round -> {node id: that node's instruction}; a round with no entry trains nobody and
+        keeps the model.
     layout:
         the model's parameter groups, kernel banks and trainable keys.
     site_of:
@@ -91,7 +61,7 @@ class LifelongFedAvg(FedAvg):
 
     def __init__(
         self,
-        plan: Mapping[int, Mapping[int, Mapping[str, Any]]],
+        plan: Plan,
         layout: ModelLayout,
         site_of: Mapping[int, str],
         norm: str = "average",
@@ -107,7 +77,6 @@ class LifelongFedAvg(FedAvg):
         self.local_norm = norm == "local"
         self.failures: dict[int, list[str]] = {}
         self.rejected: dict[int, list[str]] = {}
-        self.attention: dict[int, dict[str, dict[str, list[float]]]] = {}
         self.current: dict[str, np.ndarray] = {}
 
     def configure_train(
@@ -117,8 +86,9 @@ class LifelongFedAvg(FedAvg):
         config["local-norm"] = self.local_norm
         messages = []
         for node_id, instruction in self.plan.get(server_round, {}).items():
+            # what the strategy sets (local-norm, proximal-mu) overrides the instruction's default
             node_config = ConfigRecord(
-                {**dict(config), **instruction, "server-round": server_round}
+                {**instruction.to_config(), **dict(config), "server-round": server_round}
             )
             content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: node_config})
             messages.append(
@@ -129,54 +99,15 @@ class LifelongFedAvg(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
-        valid, errors = self._check_and_log_replies(replies, is_train=True, validate=False)
-        failed = [(self._site(m), f"raised: {m.error.reason}") for m in errors]
-        answered = {m.metadata.src_node_id for m in replies}
-        failed += [
-            (self.site_of.get(node, str(node)), "no reply before the timeout")
-            for node in self.plan.get(server_round, {})
-            if node not in answered
-        ]
-        accepted: list[Update] = []
-        rejected: list[tuple[str, str]] = []
-        for m in valid:
-            site = self._site(m)
-            try:
-                state = {k: v.numpy() for k, v in m.content[self.arrayrecord_key].items()}
-                samples = float(m.content["metrics"][self.weighted_by_key])
-            except (KeyError, TypeError, ValueError) as error:
-                rejected.append((site, f"unreadable reply ({error})"))
-                continue
-            problem = self.problem(m, state, samples)
-            if problem is None:
-                accepted.append(Update(site, state, samples, m))
-            else:
-                rejected.append((site, problem))
-        self.failures[server_round] = [site for site, _ in failed]
-        self.rejected[server_round] = [site for site, _ in rejected]
-        for site, reason in failed:
-            logger.warning("round %d: site %s failed: %s", server_round, site, reason)
-        for site, reason in rejected:
-            logger.warning("round %d: update of site %s rejected: %s", server_round, site, reason)
-        if not accepted:
-            if failed or rejected:
-                logger.warning(
-                    "round %d: no usable update (%d failed, %d rejected); the global model is kept",
-                    server_round,
-                    len(failed),
-                    len(rejected),
-                )
+        outcome = triage(
+            replies, self.plan.get(server_round, {}), self.site_of, self._read, self.problem
+        )
+        self._record(server_round, outcome)
+        if not outcome.accepted:
             return None, None
-        merged = self.merge(server_round, accepted)
-        self.attention[server_round] = {
-            u.site: {
-                k: list(v) for k, v in u.reply.content.get("attention", ConfigRecord()).items()
-            }
-            for u in accepted
-        }
+        merged = self.merge(server_round, outcome.accepted)
         metrics = self.train_metrics_aggr_fn(
-            [u.reply.content for u in accepted], self.weighted_by_key
+            [u.reply.content for u in outcome.accepted], self.weighted_by_key
         )
         return ArrayRecord({k: Array(np.asarray(v)) for k, v in merged.items()}), metrics
 
@@ -193,6 +124,22 @@ class LifelongFedAvg(FedAvg):
             [u.state for u in updates], [u.samples for u in updates], self.layout.groups
         )
 
-    def _site(self, message: Message) -> str:
-        node = message.metadata.src_node_id
-        return self.site_of.get(node, str(node))
+    def _read(self, reply: Message) -> tuple[State, float]:
+        state = {k: v.numpy() for k, v in reply.content[self.arrayrecord_key].items()}
+        return state, float(reply.content["metrics"][self.weighted_by_key])
+
+    def _record(self, server_round: int, outcome: Triage) -> None:
+        """Keep the round's failed and rejected sites (for the results) and log them."""
+        self.failures[server_round] = [site for site, _ in outcome.failed]
+        self.rejected[server_round] = [site for site, _ in outcome.rejected]
+        for site, reason in outcome.failed:
+            logger.warning("round %d: site %s failed: %s", server_round, site, reason)
+        for site, reason in outcome.rejected:
+            logger.warning("round %d: update of site %s rejected: %s", server_round, site, reason)
+        if not outcome.accepted and (outcome.failed or outcome.rejected):
+            logger.warning(
+                "round %d: no usable update (%d failed, %d rejected); the global model is kept",
+                server_round,
+                len(outcome.failed),
+                len(outcome.rejected),
+            )

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from strategies.aggregation import server_momentum
-from strategies.fedavg import LifelongFedAvg, Update
+from strategies.fedavg import LifelongFedAvg
+from strategies.replies import Update
 
 
 class LifelongFedAvgM(LifelongFedAvg):

@@ -1,39 +1,38 @@
-"""Strategies by the names used in scenario files (``fedll.options.STRATEGY_NAMES``)."""
+"""Strategies by the names used in scenario files (the option classes of
+:data:`fedll.config.options.StrategyOptions`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
 from flwr.serverapp.strategy import FedAvg
 
-from fedll.options import StrategyOptions
+from fedll.config.options import (
+    DynamicAwareOptions,
+    FedAvgMOptions,
+    FedAvgOptions,
+    FedBNOptions,
+    FedProxOptions,
+    StrategyOptions,
+)
 from strategies.dynamic_aware import DynamicAwareFedAvg
 from strategies.fedavg import LifelongFedAvg
 from strategies.fedavgm import LifelongFedAvgM
 from strategies.fedprox import LifelongFedProx
 
-STRATEGIES: dict[str, Callable[..., FedAvg]] = {
-    "fedavg": LifelongFedAvg,
-    "fedbn": partial(LifelongFedAvg, norm="local"),
-    "fedprox": LifelongFedProx,
-    "dynamic-aware": DynamicAwareFedAvg,
-    "fedavgm": LifelongFedAvgM,
+STRATEGIES: Mapping[type, Callable[..., FedAvg]] = {
+    FedAvgOptions: LifelongFedAvg,
+    FedBNOptions: partial(LifelongFedAvg, norm="local"),
+    FedProxOptions: LifelongFedProx,
+    DynamicAwareOptions: DynamicAwareFedAvg,
+    FedAvgMOptions: LifelongFedAvgM,
 }
-
-
-def strategy_names() -> list[str]:
-    return sorted(STRATEGIES)
+"""Each strategy option class of the scenario schema -> the strategy it configures."""
 
 
 def build_strategy(options: StrategyOptions, **kwargs: Any) -> FedAvg:
     """The strategy ``options`` names, with its options; ``kwargs`` are the plan, the model
     layout and the site map."""
-    try:
-        factory = STRATEGIES[options.name]
-    except KeyError:
-        raise ValueError(
-            f"unknown strategy {options.name!r}; known: {', '.join(strategy_names())}"
-        ) from None
-    return factory(**kwargs, **options.options())
+    return STRATEGIES[type(options)](**kwargs, **options.options())

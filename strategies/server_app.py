@@ -15,31 +15,44 @@ scenario is kept as ``RUN_DIR/scenario.yaml``, as ``fedll run`` keeps it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Mapping
 from pathlib import Path
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedll.config import dump_scenario
-from fedll.data.prepare import PreparedCohort, prepare_cohort
+from fedll.config import Scenario, Trial, dump_scenario, expand_trials, load_scenario
+from fedll.data.prepare import cohort_for
+from fedll.errors import ConfigError
 from fedll.joint import run_joint
-from fedll.report import build_report
+from fedll.report.build import build_report
 from fedll.results import collect, write_trial
-from strategies.federation import RoundCallback, run_federation, trial_from_run_config
+from strategies.federation import RoundCallback, run_federation
 
 logger = logging.getLogger(__name__)
 
 
-def cohort_for(run_dir: Path, prepare: Callable[[], PreparedCohort]) -> PreparedCohort:
-    """The run's prepared cohort: read ``cohort.json`` or prepare and write it."""
-    index = run_dir / "cohort.json"
-    if index.exists():
-        return PreparedCohort.read(index)
-    prepared = prepare()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    prepared.write(index)
-    return prepared
+def trial_from_run_config(run_config: Mapping[str, object]) -> tuple[Scenario, Trial, Path]:
+    """Scenario, trial and run directory named by a ServerApp's run config."""
+    for key in ("scenario", "run-dir"):
+        if key not in run_config:
+            raise ConfigError(f"run config: missing {key!r}")
+    scenario = load_scenario(Path(str(run_config["scenario"])))
+    trials = expand_trials(scenario)
+    wanted = run_config.get("trial", 0)
+    if isinstance(wanted, int) or str(wanted).isdigit():
+        index = int(wanted)
+        if not 0 <= index < len(trials):
+            raise ConfigError(
+                f"run config: trial {index} out of range (the scenario has {len(trials)})"
+            )
+        trial = trials[index]
+    else:
+        matches = [t for t in trials if t.trial_id == wanted]
+        if not matches:
+            raise ConfigError(f"run config: no trial {wanted!r} in the scenario")
+        trial = matches[0]
+    return scenario, trial, Path(str(run_config["run-dir"]))
 
 
 def make_server_app(on_round: RoundCallback | None = None) -> ServerApp:
@@ -49,7 +62,7 @@ def make_server_app(on_round: RoundCallback | None = None) -> ServerApp:
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         scenario, trial, run_dir = trial_from_run_config(context.run_config)
-        prepared = cohort_for(run_dir, lambda: prepare_cohort(scenario))
+        prepared = cohort_for(run_dir, scenario)
         if not (resolved := run_dir / "scenario.yaml").exists():
             resolved.write_text(dump_scenario(scenario))
         threads = int(context.run_config.get("threads", 1))

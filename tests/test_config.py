@@ -10,7 +10,6 @@ import pytest
 import yaml
 
 from fedll.config import (
-    ConfigError,
     Scenario,
     Trial,
     apply_overrides,
@@ -18,6 +17,7 @@ from fedll.config import (
     expand_trials,
     load_scenario,
 )
+from fedll.errors import ConfigError
 
 T2 = {"name": "hospital-t2", "modality": "t2", "patients": 2}
 FLAIR = {"name": "hospital-flair", "modality": "flair", "patients": 2}

@@ -20,7 +20,13 @@ from fedll.continual import (
     empirical_fisher,
     reservoir,
 )
-from fedll.options import CL_NAMES, EWCOptions, FineTuneOptions, ReplayOptions
+from fedll.config.options import (
+    ContinualOptions,
+    EWCOptions,
+    FineTuneOptions,
+    ReplayOptions,
+    option_types,
+)
 from fedll.train import segmentation_loss, train_local
 
 
@@ -41,8 +47,18 @@ def set_weight(model: nn.Module, weight: float) -> None:
 X = torch.ones(1, 1, 2, 2)
 
 
-def test_the_registry_has_every_scenario_name():
-    assert sorted(METHODS) == sorted(CL_NAMES)
+@pytest.mark.parametrize("options", option_types(ContinualOptions))
+def test_every_cl_method_of_the_schema_builds_and_trains(options):
+    method = build_method(
+        options(name=options.model_fields["name"].annotation.__args__[0]), {}, 0, 2
+    )
+    model = pixel_model(1.0)
+    result = train_local(
+        model, np.ones((2, 1, 2, 2), np.float32), np.ones((2, 1, 2, 2), np.float32),
+        TrainingConfig(epochs=1, batch_size=2), seed=0, hooks=[method],
+    )  # fmt: skip
+    assert result.steps == 1 and np.isfinite(result.loss)
+    assert isinstance(method, METHODS[options])
 
 
 def test_proximal_term_by_hand():

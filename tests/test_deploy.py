@@ -26,20 +26,16 @@ from typer.testing import CliRunner
 from fedll.cli import app
 from fedll.config import dump_scenario, expand_trials, load_scenario
 from fedll.data.prepare import prepare_cohort
-from fedll.deploy import (
-    load_auth_key,
-    node_config_arg,
-    supernode_command,
-    write_certificates,
-    write_site_manifests,
-)
+from fedll.data.site import site_from_node_config
+from fedll.deploy.certs import write_certificates
+from fedll.deploy.site_data import write_site_manifests
+from fedll.deploy.supernode import load_auth_key, node_config_arg, supernode_command
 from fedll.errors import ConfigError, DataError
 from fedll.inprocess import InProcessGrid, run_server_app
 from fedll.results import trial_path
 from fedll.sweep import run_trial
 from sites.client_app import app as client_app
-from sites.site import site_from_node_config
-from strategies.federation import SiteInfo, match_sites
+from strategies.handshake import SiteInfo, match_sites
 from strategies.server_app import make_server_app
 
 # Two rounds (each site's two patients arrive at once), trained enough that Dice moves (and
@@ -409,7 +405,7 @@ def test_match_sites_leaves_out_what_does_not_fit_and_says_why(prepared_run, cap
         _info(12, "hospital-flair", "flair"),
         _info(13, "hospital-x", "t2"),  # not in the scenario
     ]
-    with caplog.at_level(logging.ERROR, logger="strategies.federation"):
+    with caplog.at_level(logging.ERROR, logger="strategies.handshake"):
         bound = match_sites(scenario, infos)
     assert list(bound) == ["hospital-flair"]
     assert "site hospital-t2 (sites.0) (node 11) holds flair, the scenario says t2" in caplog.text
@@ -417,7 +413,7 @@ def test_match_sites_leaves_out_what_does_not_fit_and_says_why(prepared_run, cap
 
     caplog.clear()
     with (
-        caplog.at_level(logging.ERROR, logger="strategies.federation"),
+        caplog.at_level(logging.ERROR, logger="strategies.handshake"),
         pytest.raises(ConfigError, match="none of the scenario's sites joined"),
     ):
         match_sites(scenario, [_info(12, "hospital-flair", "flair", cases=1)])
@@ -467,7 +463,7 @@ def test_discovery_goes_on_with_the_sites_that_connected(caplog):
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
 
-    from strategies.federation import discover_sites
+    from strategies.handshake import discover_sites
 
     class Answering:
         """Stands in for the ClientApp: answers ``query.meta`` with partition-named sites."""
@@ -487,7 +483,7 @@ def test_discovery_goes_on_with_the_sites_that_connected(caplog):
     def main(grid: Grid, context: Context) -> None:
         found.extend(discover_sites(grid, expected=3, timeout=0.2))
 
-    with caplog.at_level(logging.ERROR, logger="strategies.federation"):
+    with caplog.at_level(logging.ERROR, logger="strategies.handshake"):
         run_server_app(server, grid, {})
     assert [i.name for i in found] == ["s0", "s1"]
     assert "only 2 of 3 sites connected within 0s; going on with them" in caplog.text
@@ -495,7 +491,7 @@ def test_discovery_goes_on_with_the_sites_that_connected(caplog):
 
 def test_the_ordering_skips_the_sites_that_did_not_join():
     from fedll.stream import counted_holdings
-    from strategies.federation import ordering_among
+    from fedll.planning import ordering_among
 
     flair_only = counted_holdings([("f", "flair", 2)])
     assert ordering_among(["t", "f", "t", "f"], flair_only) == ["f", "f"]

@@ -37,7 +37,8 @@ from test_flwr_parity import KEYS, MARKER, Flower, _free_ports, copy_app
 
 from fedll.config import dump_scenario, expand_trials, load_scenario
 from fedll.data.prepare import prepare_cohort
-from fedll.deploy import Certificates, write_certificates, write_site_manifests
+from fedll.deploy.certs import Certificates, write_certificates
+from fedll.deploy.site_data import write_site_manifests
 from fedll.results import trial_path
 from fedll.sweep import RESOLVED_SCENARIO, run_trial
 

@@ -32,7 +32,8 @@ import torch
 
 from fedll.config import dump_scenario, expand_trials, load_scenario
 from fedll.data.prepare import prepare_cohort
-from fedll.results import RESULT_COLUMNS, trial_path
+from fedll.columns import RESULT_COLUMNS
+from fedll.results import trial_path
 from fedll.sweep import RESOLVED_SCENARIO, run_trial
 
 try:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from test_report import make_attention, make_results  # the hand-built run of test_report
 
-from fedll.plots import write_plots
+from fedll.report.plots import write_plots
 
 
 def test_write_plots(tmp_path: Path) -> None:
@@ -26,7 +26,7 @@ def test_write_plots(tmp_path: Path) -> None:
 
 
 def test_every_model_of_a_crowded_plot_gets_its_own_line_style():
-    from fedll.plots import line_style
+    from fedll.report.plots import line_style
 
     styles = [line_style(i) for i in range(30)]
     assert len(set(styles)) == 30  # the routing study draws 9 models in one panel

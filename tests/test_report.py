@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from fedll.errors import DataError, FedllError
+from fedll.columns import REQUIRED_RESULT_COLUMNS as RESULT_COLUMNS
 from fedll.report import (
-    RESULT_COLUMNS,
     attention_distance,
     build_report,
     forgetting_table,

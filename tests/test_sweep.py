@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from fedll.config import dump_scenario, expand_trials, load_scenario
-from fedll.results import RESULT_COLUMNS
+from fedll.columns import RESULT_COLUMNS
 from fedll.sweep import SweepOptions, pending, run_sweep, run_trial
 
 REQUIRED = [
@@ -113,7 +113,7 @@ def test_local_run_writes_results_tables_and_plots(local_run):
     assert f"results: {run_dir / 'results.csv'}" in done.stdout
     results = read(run_dir / "results.csv")
     assert set(REQUIRED) <= set(results.columns)
-    assert list(results.columns) == RESULT_COLUMNS
+    assert tuple(results.columns) == RESULT_COLUMNS
     assert sorted(results["trial"].unique()) == sorted(TRIALS)
     assert len(results) == 2 * len(ROUNDS) * 2
     for trial, frame in results.groupby("trial"):

@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import re
 import time
 import zlib
 from collections.abc import Sequence
@@ -32,16 +31,16 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from fedll.atomic import atomic_path
 from fedll.data import MODALITIES
+from fedll.data.manifest import write_manifest
 from fedll.data.phantom import DEFAULT_SHAPE, Atlas, load_atlas, output_grid, synthesize_case
 from fedll.data.scanner import ScannerProfile, sample_scanner
 from fedll.errors import ConfigError, DataError
+from fedll.names import RULE as NAME_RULE
+from fedll.names import is_simple_name
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_COLUMNS: tuple[str, ...] = ("patient", "site", "modality", "split", "image", "mask")
-_SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _INT16_TOP = 32000.0  # largest stored value; leaves headroom below 32767
 
 
@@ -176,9 +175,9 @@ def _check_arguments(
     names = [str(s) for s in sites]
     if not names:
         raise ConfigError("sites: at least one site name is needed, got none")
-    bad = [s for s in names if not _SITE_NAME.match(s)]
+    bad = [s for s in names if not is_simple_name(s)]
     if bad:
-        raise ConfigError(f"sites: {bad[0]!r} is not a name of letters, digits, '_', '.', '-'")
+        raise ConfigError(f"sites: {bad[0]!r} is not a simple name ({NAME_RULE})")
     if len(set(names)) < len(names):
         raise ConfigError(f"sites: names must be unique, got {names}")
     if patients < len(names):
@@ -204,7 +203,9 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
         raise DataError(f"out: {out} is a file, not a directory")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
-            raise DataError(f"out: {out} is not empty (overwrite to replace a cohort there)")
+            raise DataError(
+                f"out: {out} is not empty (pass --overwrite to replace the cohort there)"
+            )
         _remove_previous(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -268,13 +269,18 @@ def _save(nii: nib.Nifti1Image, path: Path) -> None:
 
 
 def _write_manifest(out: Path, plans: Sequence[CasePlan]) -> Path:
-    path = out / "manifest.csv"
-    with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(MANIFEST_COLUMNS)
-        for plan in plans:
-            seg = f"{plan.patient}/{plan.patient}_seg.nii.gz"
-            for modality in MODALITIES:
-                image = f"{plan.patient}/{plan.patient}_{modality}.nii.gz"
-                writer.writerow((plan.patient, plan.site, modality, plan.split, image, seg))
-    return path
+    return write_manifest(
+        out / "manifest.csv",
+        (
+            (
+                plan.patient,
+                plan.site,
+                modality,
+                plan.split,
+                f"{plan.patient}/{plan.patient}_{modality}.nii.gz",
+                f"{plan.patient}/{plan.patient}_seg.nii.gz",
+            )
+            for plan in plans
+            for modality in MODALITIES
+        ),
+    )

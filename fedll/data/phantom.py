@@ -24,7 +24,15 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from fedll.data.fields import bias_field, ramp, smooth_field
 from fedll.data.scanner import ScannerProfile, Tissue, acquire
+from fedll.data.tumour import (
+    box_mm_offsets,
+    mass_effect,
+    render_tumour,
+    sample_tumour,
+    tumour_box,
+)
 
 DEFAULT_SHAPE: tuple[int, int, int] = (96, 112, 88)
 # Field of view that holds any (scaled) head; spacing = max(FOV / shape), isotropic.
@@ -154,41 +162,6 @@ def _rotation(rng: np.random.Generator, max_degrees: tuple[float, float, float])
     return rx @ ry @ rz
 
 
-def _bspline_matrix(n_out: int, n_ctrl: int) -> np.ndarray:
-    """Cubic B-spline weights (n_out, n_ctrl) spreading n_ctrl control points over n_out samples."""
-    t = 1.0 + (n_ctrl - 3) * np.arange(n_out) / max(n_out - 1, 1)
-    d = np.abs(t[:, None] - np.arange(n_ctrl)[None, :])
-    w = np.where(d < 1, 2 / 3 - d**2 + d**3 / 2, np.where(d < 2, (2 - d) ** 3 / 6, 0.0))
-    return w.astype(np.float32)
-
-
-def smooth_field(
-    rng: np.random.Generator, shape: tuple[int, ...], ctrl: tuple[int, ...]
-) -> np.ndarray:
-    """Smooth random field (X, Y, Z) float32 within [-1, 1]: Gaussian control points ``ctrl``
-    scaled to max |c| = 1, interpolated by separable cubic B-spline matrices (a few matmuls).
-    B-spline weights are non-negative and sum to 1, so |f| <= max |c| = 1."""
-    c = rng.standard_normal(ctrl)
-    c = (c / np.abs(c).max()).astype(np.float32)
-    wx, wy, wz = (_bspline_matrix(n, m) for n, m in zip(shape, ctrl, strict=True))
-    return np.einsum("yj,xjk->xyk", wy, np.einsum("xi,ijk->xjk", wx, c)) @ wz.T
-
-
-def bias_field(
-    rng: np.random.Generator, shape: tuple[int, int, int], amplitude: float
-) -> np.ndarray:
-    """Smooth multiplicative coil sensitivity (X, Y, Z) float32 within 1 +- amplitude."""
-    field = smooth_field(rng, shape, (4, 4, 4))
-    field *= amplitude
-    field += 1.0
-    return field
-
-
-def _ramp(distance: np.ndarray, edge: float, width: float) -> np.ndarray:
-    """Fraction of a voxel (width mm) lying on the inner side of ``distance == edge``."""
-    return np.clip(0.5 + (edge - distance) / width, 0.0, 1.0)
-
-
 def synthesize_phantom(
     atlas: Atlas, shape: tuple[int, int, int], rng: np.random.Generator
 ) -> Phantom:
@@ -209,9 +182,9 @@ def synthesize_phantom(
         coords[i] += (matrix[i, 1] * axes[1])[None, :, None]
         coords[i] += (matrix[i, 2] * axes[2])[None, None, :]
     centre = _tumour_centre(atlas, coords, rng)
-    tumour = _sample_tumour(rng)
-    push_box = _box(centre, 3.0 * tumour.push_sigma, spacing, shape)
-    _mass_effect(coords, push_box, _box_mm(axes, push_box, centre), matrix, tumour)
+    tumour = sample_tumour(rng)
+    push_box = tumour_box(centre, 3.0 * tumour.push_sigma, spacing, shape)
+    mass_effect(coords, push_box, box_mm_offsets(axes, push_box, centre), matrix, tumour)
 
     csf_rim, bone, scalp = rng.uniform(0.5, 2.5), rng.uniform(4.0, 7.0), rng.uniform(3.0, 7.0)
     hull = _sample(atlas.hull, coords)
@@ -224,9 +197,9 @@ def synthesize_phantom(
     grey[within] = _sample(atlas.grey, points)
     white[within] = _sample(atlas.white, points)
     fractions = np.zeros((len(Tissue), *shape), dtype=np.float32)
-    inside = _ramp(hull, csf_rim, spacing)
-    skull = _ramp(hull, csf_rim + bone, spacing)
-    head = _ramp(hull, csf_rim + bone + scalp, spacing)
+    inside = ramp(hull, csf_rim, spacing)
+    skull = ramp(hull, csf_rim + bone, spacing)
+    head = ramp(hull, csf_rim + bone + scalp, spacing)
     brain = grey + white
     squeeze = np.minimum(1.0, inside / np.maximum(brain, 1e-6))
     fractions[Tissue.GREY] = grey * squeeze
@@ -236,9 +209,11 @@ def synthesize_phantom(
     fractions[Tissue.FAT] = head - skull
     fractions[Tissue.AIR] = 1.0 - head
     labels = np.zeros(shape, dtype=np.uint8)
-    box = _box(centre, tumour.extent, spacing, shape)
+    box = tumour_box(centre, tumour.extent, spacing, shape)
     side = _midline_side(atlas, origin, matrix, axes, box, centre)
-    _render_tumour(fractions, labels, box, _box_mm(axes, box, centre), side, tumour, spacing, rng)
+    render_tumour(
+        fractions, labels, box, box_mm_offsets(axes, box, centre), side, tumour, spacing, rng
+    )
     return Phantom(fractions=fractions, labels=labels, spacing=spacing, affine=affine)
 
 
@@ -271,95 +246,6 @@ def _candidate(atlas: Atlas, points: np.ndarray) -> np.ndarray:
     return hits
 
 
-Lobes = tuple[np.ndarray, np.ndarray, np.ndarray]  # directions (K, 3), amplitudes (K,), kappas (K,)
-ROUGHNESS = 0.12  # relative amplitude of the smooth boundary irregularity
-_WHITE_REACH = (0.6, 1.1)  # oedema reach factor in grey (0) ... white (1) matter
-
-
-@dataclass(frozen=True, eq=False)
-class _Tumour:
-    radius: float  # mm, mean core radius
-    radii: np.ndarray  # (3,) mm, anisotropic semi-axes of the core
-    rotation: np.ndarray  # (3, 3)
-    necrosis: float | None  # necrotic core as a fraction of the core radius; None: low grade
-    oedema: float  # oedema reach as a multiple of the core radius
-    core_lobes: Lobes
-    oedema_lobes: Lobes
-    push: float  # mass effect: compression at the centre, in [0, 1)
-
-    @property
-    def extent(self) -> float:
-        """mm from the centre beyond which no tumour tissue reaches."""
-        widest = float(self.radii.max()) * (1 + ROUGHNESS)
-        core = widest * _lobe_max(self.core_lobes)
-        return max(core, widest * self.oedema * _lobe_max(self.oedema_lobes) * _WHITE_REACH[1])
-
-    @property
-    def push_sigma(self) -> float:
-        """mm, width of the mass effect's Gaussian fall-off."""
-        return 1.2 * self.radius
-
-
-def _lobes(rng: np.random.Generator) -> Lobes:
-    k = int(rng.integers(3, 7))
-    v = rng.standard_normal((k, 3))
-    return (
-        v / np.linalg.norm(v, axis=1, keepdims=True),
-        rng.uniform(0.1, 0.35, k),
-        rng.uniform(3.0, 10.0, k),
-    )
-
-
-def _lobe_mean(lobes: Lobes) -> float:
-    """Mean over directions of sum_k a_k exp(kappa_k (cos - 1))."""
-    _, amps, kappas = lobes
-    terms = (a * (1 - math.exp(-2 * k)) / (2 * k) for a, k in zip(amps, kappas, strict=True))
-    return float(sum(terms))
-
-
-def _lobe_max(lobes: Lobes) -> float:
-    """Largest radial scale of ``_lobe`` over 400 near-uniform directions, plus 10%."""
-    k = np.arange(400) + 0.5
-    polar, azimuth = np.arccos(1 - 2 * k / 400), np.pi * (1 + 5**0.5) * k
-    sin = np.sin(polar)
-    unit = [sin * np.cos(azimuth), sin * np.sin(azimuth), np.cos(polar)]
-    return 1.1 * float(_lobe(unit, lobes).max())
-
-
-def _sample_tumour(rng: np.random.Generator) -> _Tumour:
-    radius = rng.uniform(6.0, 20.0)
-    aspect = rng.uniform(0.7, 1.3, size=3)
-    q, r = np.linalg.qr(rng.standard_normal((3, 3)))
-    high_grade = rng.random() < 0.75
-    rim = rng.uniform(2.5, 6.0)  # mm of enhancing rim around the necrosis
-    return _Tumour(
-        radius=radius,
-        radii=radius * aspect / np.prod(aspect) ** (1 / 3),
-        rotation=q * np.sign(np.diag(r))[None, :],
-        necrosis=max(0.2, 1.0 - rim / radius) if high_grade else None,
-        oedema=rng.uniform(1.4, 2.8),
-        core_lobes=_lobes(rng),
-        oedema_lobes=_lobes(rng),
-        push=rng.uniform(0.2, 0.45),
-    )
-
-
-def _box(
-    centre: tuple[int, int, int], extent: float, spacing: float, shape: tuple[int, int, int]
-) -> tuple[slice, slice, slice]:
-    h = math.ceil(extent / spacing) + 1
-    return tuple(
-        slice(max(c - h, 0), min(c + h + 1, n)) for c, n in zip(centre, shape, strict=True)
-    )
-
-
-def _box_mm(
-    axes: list[np.ndarray], box: tuple[slice, slice, slice], centre: tuple[int, int, int]
-) -> list[np.ndarray]:
-    """1-D float32 mm offsets from the centre voxel along each axis of ``box``."""
-    return [(axes[i][box[i]] - axes[i][centre[i]]).astype(np.float32) for i in range(3)]
-
-
 def _midline_side(
     atlas: Atlas,
     origin: np.ndarray,
@@ -375,88 +261,6 @@ def _midline_side(
     x = atlas.affine[0, 0] * u + atlas.affine[0, 3]
     inner = tuple(v - s.start for v, s in zip(centre, box, strict=True))
     return (x if x[inner] >= 0 else -x).astype(np.float32)
-
-
-def _mass_effect(
-    coords: np.ndarray,
-    box: tuple[slice, slice, slice],
-    box_mm: list[np.ndarray],
-    matrix: np.ndarray,
-    tumour: _Tumour,
-) -> None:
-    """Push anatomy away from the centre: output point p samples the template at
-    c + (p - c)(1 - k exp(-|p - c|^2 / 2 s^2)), monotone in |p - c| for k < 1."""
-    x, y, z = box_mm[0][:, None, None], box_mm[1][None, :, None], box_mm[2][None, None, :]
-    sigma = tumour.push_sigma
-    shrink = -tumour.push * np.exp(-(x * x + y * y + z * z) / (2 * sigma * sigma))
-    for i in range(3):
-        coords[(i, *box)] += shrink * (matrix[i, 0] * x + matrix[i, 1] * y + matrix[i, 2] * z)
-
-
-def _lobe(unit: list[np.ndarray], lobes: Lobes) -> np.ndarray:
-    """Radial scale of a lobulated surface along unit directions (3 arrays), mean 1."""
-    dirs, amps, kappas = lobes
-    scale = np.ones_like(unit[0])
-    for d, a, k in zip(dirs.astype(unit[0].dtype), amps, kappas, strict=True):
-        cos = d[0] * unit[0] + d[1] * unit[1] + d[2] * unit[2]
-        cos -= 1.0
-        cos *= k
-        scale += a * np.exp(cos, out=cos)
-    scale /= 1.0 + _lobe_mean(lobes)
-    return scale
-
-
-def _render_tumour(
-    fractions: np.ndarray,
-    labels: np.ndarray,
-    box: tuple[slice, slice, slice],
-    box_mm: list[np.ndarray],
-    side: np.ndarray,
-    tumour: _Tumour,
-    spacing: float,
-    rng: np.random.Generator,
-) -> None:
-    """Write core / rim / oedema fractions and BraTS labels inside ``box`` (in place).
-
-    ``side`` (box-shaped) is the signed mm from the mid-sagittal plane, positive on the
-    tumour's side: oedema crosses the falx only a few mm (as along the corpus callosum)."""
-    x, y, z = box_mm[0][:, None, None], box_mm[1][None, :, None], box_mm[2][None, None, :]
-    # float32 throughout: numpy scalars (unlike Python floats) would promote to float64.
-    rt = (tumour.rotation.T / tumour.radii[:, None]).astype(np.float32)
-    q = [rt[i, 0] * x + rt[i, 1] * y + rt[i, 2] * z for i in range(3)]
-    r = np.sqrt(q[0] ** 2 + q[1] ** 2 + q[2] ** 2)
-    unit = [qi / np.maximum(r, 1e-6) for qi in q]
-    bshape = r.shape
-    rough = 1.0 + ROUGHNESS * smooth_field(
-        rng, bshape, tuple(max(4, round(n * spacing / 8.0) + 3) for n in bshape)
-    )
-    rho = r / (_lobe(unit, tumour.core_lobes) * rough)
-    local = fractions[(slice(None), *box)]
-    inside = 1.0 - local[Tissue.AIR] - local[Tissue.BONE] - local[Tissue.FAT]
-    core = _ramp(rho, 1.0, spacing / tumour.radius) * inside
-    # Oedema reaches further along white matter and spares cortex and CSF.
-    white = ndi.uniform_filter(local[Tissue.WHITE], 2 * round(4.0 / spacing) + 1)
-    lo, hi = _WHITE_REACH
-    reach = tumour.oedema * _lobe(unit, tumour.oedema_lobes) * rough * (lo + (hi - lo) * white)
-    reach *= np.exp(np.minimum(side, 0.0) / 6.0)
-    affinity = np.clip(local[Tissue.WHITE] + 0.4 * local[Tissue.GREY], 0.0, 1.0)
-    extent = tumour.oedema * tumour.radius
-    oedema = _ramp(r / reach, 1.0, spacing / extent) * affinity * (1.0 - core)
-    if tumour.necrosis is None:
-        parts = {Tissue.NON_ENHANCING: core}
-    else:
-        necrotic = np.minimum(_ramp(rho, tumour.necrosis, spacing / tumour.radius) * inside, core)
-        parts = {Tissue.NECROSIS: necrotic, Tissue.ENHANCING: core - necrotic}
-    parts[Tissue.OEDEMA] = oedema
-    total = core + oedema
-    local[: Tissue.OEDEMA] *= 1.0 - total  # normal tissues make room
-    for tissue, part in parts.items():
-        local[tissue] = part
-    codes = {Tissue.NECROSIS: 1, Tissue.NON_ENHANCING: 1, Tissue.OEDEMA: 2, Tissue.ENHANCING: 4}
-    order = list(parts)
-    winner = np.argmax(np.stack([parts[t] for t in order]), axis=0)
-    sub = np.asarray([codes[t] for t in order], dtype=np.uint8)[winner]
-    labels[box] = np.where(total >= 0.5, sub, 0)
 
 
 def synthesize_case(

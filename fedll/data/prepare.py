@@ -11,7 +11,7 @@ Assignment rules (deterministic):
   FLAIR volume the FLAIR test set (disjoint patients, as in the poster);
 - each site takes training patients whose cohort site has its name first, then patients
   from the rest of the pool, in sorted order; no patient serves two sites. A site's cases
-  arrive sorted by patient id, as a deployed site orders its own (``sites.site``).
+  arrive sorted by patient id, as a deployed site orders its own (:mod:`fedll.data.site`).
 """
 
 from __future__ import annotations
@@ -25,10 +25,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fedll.atomic import atomic_path
-from fedll.config import Scenario
+from fedll.config.schema import Scenario, SliceConfig
 from fedll.data import MODALITIES
-from fedll.data.layouts import CaseRecord, discover
-from fedll.data.slices import CaseSlices, SliceCache, SliceSpec, load_slices
+from fedll.data.layouts import discover
+from fedll.data.nifti import CaseRecord
+from fedll.data.slices import CaseSlices, SliceCache, load_slices
 from fedll.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ class PreparedCohort:
 
     sites: dict[str, tuple[CaseRecord, ...]]
     test: dict[str, tuple[CaseRecord, ...]]
-    spec: SliceSpec
+    spec: SliceConfig
     cache_dir: Path
 
     def cache(self) -> SliceCache:
@@ -62,7 +63,7 @@ class PreparedCohort:
             {
                 "sites": {s: [rec(r) for r in rs] for s, rs in self.sites.items()},
                 "test": {m: [rec(r) for r in rs] for m, rs in self.test.items()},
-                "spec": asdict(self.spec),
+                "spec": self.spec.model_dump(),
                 "cache_dir": str(self.cache_dir),
             },
             indent=1,
@@ -78,7 +79,7 @@ class PreparedCohort:
         return cls(
             sites={s: tuple(rec(d) for d in rs) for s, rs in data["sites"].items()},
             test={m: tuple(rec(d) for d in rs) for m, rs in data["test"].items()},
-            spec=SliceSpec(**data["spec"]),
+            spec=SliceConfig(**data["spec"]),
             cache_dir=Path(data["cache_dir"]),
         )
 
@@ -204,13 +205,21 @@ def prepare_cohort(
         root, layout = scenario.cohort.path, scenario.cohort.layout
     records = discover(root, layout)
     sites, test = split_cohort(records, scenario, source)
-    spec = SliceSpec(
-        size=scenario.slices.size,
-        empty_fraction=scenario.slices.empty_fraction,
-        seed=scenario.slices.seed,
-    )
+    spec = scenario.slices
     prepared = PreparedCohort(sites=sites, test=test, spec=spec, cache_dir=cache_dir)
     used = [r for rs in sites.values() for r in rs] + [r for rs in test.values() for r in rs]
     logger.info("preprocessing %d volumes into the slice cache", len(used))
     load_slices(used, spec, prepared.cache())
+    return prepared
+
+
+def cohort_for(run_dir: Path, scenario: Scenario, source: str = "<scenario>") -> PreparedCohort:
+    """The run's prepared cohort: ``RUN_DIR/cohort.json`` when a sweep (or an earlier trial)
+    wrote it, else prepared now and written there."""
+    index = Path(run_dir) / "cohort.json"
+    if index.exists():
+        return PreparedCohort.read(index)
+    prepared = prepare_cohort(scenario, source=source)
+    index.parent.mkdir(parents=True, exist_ok=True)
+    prepared.write(index)
     return prepared

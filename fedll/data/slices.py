@@ -1,6 +1,7 @@
 """Preprocessing for training: brain z-score, 2-D slice selection, resizing, and an on-disk cache.
 
-A volume becomes ``(N, 1, size, size)`` slices: every slice with tumour along ``spec.axis``,
+A volume becomes ``(N, 1, size, size)`` slices (the recipe is the scenario's
+:class:`~fedll.config.schema.SliceConfig`): every slice with tumour along ``spec.axis``,
 plus ``round(empty_fraction x tumour slices)`` tumour-free slices with brain (at least 10 %
 of the largest brain cross-section), drawn with ``spec.seed``. Intensities are z-scored
 with the mean and standard deviation of the brain voxels (:func:`brain_mask`, plus the
@@ -17,7 +18,6 @@ trials read memory maps instead of NIfTI.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -34,8 +34,9 @@ import torch
 import torch.nn.functional as F
 
 from fedll.atomic import atomic_path
-from fedll.data.layouts import CaseRecord, Volume, load_volume
-from fedll.errors import ConfigError, DataError
+from fedll.config.schema import SliceConfig
+from fedll.data.nifti import CaseRecord, Volume, load_volume
+from fedll.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -44,24 +45,6 @@ MIN_BRAIN_AREA = 0.1  # tumour-free slices need this share of the largest brain 
 CLIP = 5.0  # z-scores are clipped to [-CLIP, CLIP]
 # Bump when the preprocessing changes so old cache entries are no longer read.
 CACHE_FORMAT = 2
-
-
-@dataclass(frozen=True)
-class SliceSpec:
-    """How volumes become training slices; part of the cache key."""
-
-    size: int = 64  # slices resized to size x size
-    empty_fraction: float = 0.1  # tumour-free slices kept, as a fraction of the tumour slices
-    axis: int = 2  # slicing axis in RAS+ (2: axial)
-    seed: int = 0  # draws the tumour-free slices
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.size, int) or self.size < 1:
-            raise ConfigError(f"size: must be a positive number of pixels, got {self.size}")
-        if not (self.empty_fraction >= 0 and math.isfinite(self.empty_fraction)):
-            raise ConfigError(f"empty_fraction: must be >= 0, got {self.empty_fraction}")
-        if self.axis not in (0, 1, 2):
-            raise ConfigError(f"axis: must be 0, 1 or 2, got {self.axis}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -80,7 +63,7 @@ class CaseSlices:
 
 
 def preprocess(
-    volume: Volume, spec: SliceSpec, *, brain: np.ndarray | None = None
+    volume: Volume, spec: SliceConfig, *, brain: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Slices of a volume: float32 images and uint8 whole-tumour masks, both (N, 1, S, S).
 
@@ -129,7 +112,7 @@ def normalise(image: np.ndarray, brain: np.ndarray) -> np.ndarray:
     return np.clip((image.astype(np.float32, copy=False) - mean) / std, -CLIP, CLIP)
 
 
-def select_slices(tumour: np.ndarray, brain: np.ndarray, spec: SliceSpec) -> np.ndarray:
+def select_slices(tumour: np.ndarray, brain: np.ndarray, spec: SliceConfig) -> np.ndarray:
     """Sorted slice indices: all tumour slices plus a seeded share of tumour-free brain slices.
 
     tumour, brain: bool (D,), whether each slice holds tumour / enough brain.
@@ -173,7 +156,7 @@ def resize(
 
 
 class SliceCache:
-    """Preprocessed slices on disk, keyed by the source files' identity and the SliceSpec.
+    """Preprocessed slices on disk, keyed by the source files' identity and the SliceConfig.
 
     The key hashes the resolved image and mask paths with their size and mtime_ns, the
     channel, the spec and CACHE_FORMAT, so an edited file or a new spec misses. Entries are
@@ -184,18 +167,18 @@ class SliceCache:
     def __init__(self, cache_dir: Path) -> None:
         self.cache_dir = Path(cache_dir)
 
-    def key(self, record: CaseRecord, spec: SliceSpec) -> str:
+    def key(self, record: CaseRecord, spec: SliceConfig) -> str:
         """The hex key of a record's slices under ``spec``."""
         parts = {
             "format": CACHE_FORMAT,
             "image": _file_identity(record.image),
             "mask": _file_identity(record.mask),
             "channel": record.channel,
-            "spec": dataclasses.asdict(spec),
+            "spec": spec.model_dump(),
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
-    def get(self, record: CaseRecord, spec: SliceSpec) -> CaseSlices:
+    def get(self, record: CaseRecord, spec: SliceConfig) -> CaseSlices:
         """The record's slices: memory-mapped from the cache, or computed and stored."""
         key = self.key(record, spec)
         images_path = self.cache_dir / f"{key}.images.npy"
@@ -212,7 +195,7 @@ class SliceCache:
 
 def load_slices(
     records: Sequence[CaseRecord],
-    spec: SliceSpec,
+    spec: SliceConfig,
     cache: SliceCache | None = None,
     *,
     processes: int = 1,
@@ -232,14 +215,14 @@ def load_slices(
     return [cache.get(record, spec) for record in records]  # every entry is now a hit
 
 
-def _slices(record: CaseRecord, spec: SliceSpec, cache: SliceCache | None) -> CaseSlices:
+def _slices(record: CaseRecord, spec: SliceConfig, cache: SliceCache | None) -> CaseSlices:
     if cache is not None:
         return cache.get(record, spec)
     images, masks = _compute(record, spec)
     return CaseSlices(record.patient, record.modality, record.site, images, masks)
 
 
-def _fill(record: CaseRecord, spec: SliceSpec, cache_dir: Path) -> None:
+def _fill(record: CaseRecord, spec: SliceConfig, cache_dir: Path) -> None:
     SliceCache(cache_dir).get(record, spec)
 
 
@@ -247,7 +230,7 @@ def _one_thread() -> None:
     torch.set_num_threads(1)  # the pool's processes already use the cores
 
 
-def _compute(record: CaseRecord, spec: SliceSpec) -> tuple[np.ndarray, np.ndarray]:
+def _compute(record: CaseRecord, spec: SliceConfig) -> tuple[np.ndarray, np.ndarray]:
     try:
         return preprocess(load_volume(record), spec)
     except DataError as exc:

@@ -1,7 +1,13 @@
 """Static and dynamic-convolution U-Nets for whole-tumour segmentation.
 
-``build_model(name, **kwargs)`` builds a registered model (``model_names()``); the helpers
-read and steer dynamic layers on any model. See :mod:`fedll.models.registry`.
+- :mod:`~fedll.models.dynamic_conv`: :class:`DynamicConv2d` (mixes a kernel bank per sample)
+  and :class:`DynamicConvLayer` (an ACP plus a dynamic conv);
+- :mod:`~fedll.models.attention`: the ACP (:class:`AttentionCoefficients`), its statistics,
+  temperature schedule, hard routing and routing regulariser;
+- :mod:`~fedll.models.unet`: one :class:`UNet` built from a 3x3 convolution factory;
+- :mod:`~fedll.models.registry`: the builders by their YAML names (``build_model``,
+  ``model_names``) and argument validation (``check_arguments``);
+- :mod:`~fedll.models.inspection`: what strategies and training read off any model.
 """
 
 from __future__ import annotations
@@ -17,17 +23,22 @@ from fedll.models.attention import (
     temperature_at,
 )
 from fedll.models.dynamic_conv import DynamicConv2d, DynamicConvLayer
-from fedll.models.registry import (
+from fedll.models.inspection import (
     PARAMETER_GROUPS,
+    ModelLayout,
     advance_schedule,
-    build_model,
     current_temperature,
-    dynamic_unet,
     kernel_banks,
     last_attention,
-    model_names,
     parameter_groups,
     routing_loss,
+)
+from fedll.models.registry import (
+    ArgumentError,
+    build_model,
+    check_arguments,
+    dynamic_unet,
+    model_names,
     static_unet,
 )
 from fedll.models.unet import (
@@ -44,15 +55,18 @@ __all__ = [
     "ACP_STATS",
     "NORMS",
     "PARAMETER_GROUPS",
+    "ArgumentError",
     "AttentionCoefficients",
     "ConvFactory",
     "DynamicConv2d",
     "DynamicConvLayer",
+    "ModelLayout",
     "Routing",
     "RoutingLossWeights",
     "UNet",
     "advance_schedule",
     "build_model",
+    "check_arguments",
     "count_parameters",
     "current_temperature",
     "dynamic_unet",

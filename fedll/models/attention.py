@@ -25,8 +25,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedll.errors import ConfigError
-
 ACP_STATS: tuple[str, ...] = ("mean", "std", "max", "quantiles")
 """The pooled per-channel statistics the ACP can read, concatenated in the order given."""
 
@@ -93,7 +91,7 @@ def pooled_statistics(
         elif name == "quantiles":
             parts.append(_quantiles(flat, quantiles).flatten(1))
         else:
-            raise ConfigError(f"model.acp_stats: unknown statistic {name!r} (known: {ACP_STATS})")
+            raise ValueError(f"acp_stats: unknown statistic {name!r} (known: {ACP_STATS})")
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
@@ -191,31 +189,29 @@ class AttentionCoefficients(nn.Module):
     ) -> None:
         super().__init__()
         if mode not in MODES:
-            raise ConfigError(f"model: unknown dynamic mode {mode!r} (known: {MODES})")
+            raise ValueError(f"mode: unknown dynamic mode {mode!r} (known: {MODES})")
         if mode == "grouped" and out_channels is None:
-            raise ConfigError("model: the grouped ACP needs out_channels")
+            raise ValueError("out_channels: the grouped ACP needs out_channels")
         unknown = [s for s in stats if s not in ACP_STATS]
         if not stats or unknown:
-            raise ConfigError(
-                f"model.acp_stats: {list(stats)!r} must be a non-empty subset of {ACP_STATS}"
+            raise ValueError(
+                f"acp_stats: {list(stats)!r} must be a non-empty subset of {ACP_STATS}"
             )
         if num_kernels < 1:
-            raise ConfigError(f"model.num_kernels: must be >= 1, got {num_kernels}")
+            raise ValueError(f"num_kernels: must be >= 1, got {num_kernels}")
         if top_k is not None and not 1 <= top_k <= num_kernels:
-            raise ConfigError(f"model.top_k: must be in 1..num_kernels={num_kernels}, got {top_k}")
+            raise ValueError(f"top_k: must be in 1..num_kernels={num_kernels}, got {top_k}")
         if temperature_start <= 0 or temperature_end <= 0:
-            raise ConfigError(
-                f"model.temperature_start/end: must be > 0, got {temperature_start}, "
-                f"{temperature_end}"
+            raise ValueError(
+                f"temperature_start/end: must be > 0, got {temperature_start}, {temperature_end}"
             )
         if anneal_steps < 0:
-            raise ConfigError(f"model.anneal_steps: must be >= 0, got {anneal_steps}")
+            raise ValueError(f"anneal_steps: must be >= 0, got {anneal_steps}")
         if not quantiles or not all(0.0 <= q <= 1.0 for q in quantiles):
-            raise ConfigError(f"model.quantiles: must be levels in [0, 1], got {list(quantiles)!r}")
+            raise ValueError(f"quantiles: must be levels in [0, 1], got {list(quantiles)!r}")
         if hidden_ratio <= 0 or min_hidden < 1:
-            raise ConfigError(
-                f"model.hidden_ratio/min_hidden: must be > 0 and >= 1, got {hidden_ratio}, "
-                f"{min_hidden}"
+            raise ValueError(
+                f"hidden_ratio/min_hidden: must be > 0 and >= 1, got {hidden_ratio}, {min_hidden}"
             )
         self.mode = mode
         self.num_kernels = num_kernels

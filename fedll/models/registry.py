@@ -1,4 +1,4 @@
-"""Model registry keyed by the names used in scenario YAML, and model-level helpers.
+"""Model registry keyed by the names used in scenario YAML.
 
 Builders differ only in arguments (as timm's registered model functions do):
 
@@ -8,45 +8,64 @@ Builders differ only in arguments (as timm's registered model functions do):
 * ``"dycnn"``: every 3x3 convolution dynamic, Chen et al. (CVPR 2020), attention (B, K).
 * ``"dycnn-grouped"``: the poster's DyNet-style variant, attention (B, C_out, G).
 
-The helpers below work on any model: :func:`parameter_groups` tells strategies which state
-keys are kernel banks, ACP, normalisation, integer counters or other, and
-:func:`kernel_banks` which layer's attention mixes each bank; :func:`last_attention`
-and :func:`routing_loss` read the last forward; :func:`advance_schedule` steps the temperature.
+A builder's signature is its schema: :func:`check_arguments` validates YAML arguments against
+its annotations (types and the ranges given as ``Field`` constraints), then runs the builder
+on the meta device (no memory, no random draws) so that its own cross-argument checks run
+too. Every problem is an :class:`ArgumentError` naming the argument; the scenario schema turns
+it into a config error naming ``models.<key>.<argument>``. Layers know nothing of config files:
+they raise ``ValueError`` whose message starts with the argument's name.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from types import MappingProxyType
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import pydantic
 import torch
+from pydantic import ConfigDict, Field
 from torch import nn
-from torch.nn.modules.batchnorm import _NormBase
 
-from fedll.errors import ConfigError
-from fedll.models.attention import AttentionCoefficients, RoutingLossWeights
-from fedll.models.dynamic_conv import DynamicConv2d, DynamicConvLayer
-from fedll.models.unet import UNet, count_parameters, equal_param_width, static_conv
+from fedll.models.attention import ACP_STATS, RoutingLossWeights
+from fedll.models.dynamic_conv import DynamicConvLayer
+from fedll.models.unet import NORMS, UNet, count_parameters, equal_param_width, static_conv
 
 logger = logging.getLogger(__name__)
 
-PARAMETER_GROUPS: tuple[str, ...] = ("kernel_bank", "acp", "norm", "counter", "other")
+Positive = Annotated[int, Field(ge=1)]
+NonNegative = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Probability = Annotated[float, Field(gt=0, lt=1)]
+Norm = Literal[NORMS]  # type: ignore[valid-type]
+Statistic = Literal[ACP_STATS]  # type: ignore[valid-type]
+Level = Annotated[float, Field(ge=0, le=1)]
+RoutingWeights = Mapping[Literal["confidence", "balance"], float]
+
+
+class ArgumentError(ValueError):
+    """A builder argument that cannot be used; ``argument`` names it (None: the combination)."""
+
+    def __init__(self, argument: str | None, message: str) -> None:
+        super().__init__(message if argument is None else f"{argument}: {message}")
+        self.argument = argument
+        self.message = message
 
 
 def static_unet(
     *,
-    in_channels: int = 1,
-    out_channels: int = 1,
-    depth: int = 3,
-    base_width: int = 16,
-    norm: str = "batch",
+    in_channels: Positive = 1,
+    out_channels: Positive = 1,
+    depth: NonNegative = 3,
+    base_width: Positive = 16,
+    norm: Norm = "batch",
     match_model: str | None = None,
     match_kwargs: Mapping[str, Any] | None = None,
-    head_prior: float | None = None,
+    head_prior: Probability | None = None,
 ) -> UNet:
     """A static U-Net; with ``match_model``, as wide as needed to match that model's size.
 
@@ -58,7 +77,7 @@ def static_unet(
     if match_model is not None:
         clash = sorted(set(match_kwargs or {}) & {"base_width", *common})
         if clash:
-            raise ConfigError(f"model.match_kwargs: {clash} are common keys; set them on model")
+            raise ArgumentError("match_kwargs", f"{clash} are common keys; set them on the model")
         with torch.device("meta"):
             reference = build_model(
                 match_model, base_width=base_width, **common, **(match_kwargs or {})
@@ -69,30 +88,30 @@ def static_unet(
             "static U-Net width %d matches %s (%d parameters)", base_width, match_model, target
         )
     elif match_kwargs:
-        raise ConfigError("model.match_kwargs: given without model.match_model")
+        raise ArgumentError("match_kwargs", "given without match_model")
     return UNet(static_conv, base_width=base_width, head_prior=head_prior, **common)
 
 
 def dynamic_unet(
     *,
-    mode: str = "bank",
-    in_channels: int = 1,
-    out_channels: int = 1,
-    depth: int = 3,
-    base_width: int = 16,
-    norm: str = "batch",
-    num_kernels: int = 4,
-    acp_stats: Sequence[str] | str = ("mean",),
-    quantiles: Sequence[float] = (0.1, 0.5, 0.9),
-    hidden_ratio: float = 0.25,
-    min_hidden: int = 4,
-    temperature_start: float = 30.0,
-    temperature_end: float = 1.0,
-    anneal_steps: int = 100,
-    top_k: int | None = None,
-    routing_loss_weights: Mapping[str, float] | RoutingLossWeights | None = None,
+    mode: Literal["bank", "grouped"] = "bank",
+    in_channels: Positive = 1,
+    out_channels: Positive = 1,
+    depth: NonNegative = 3,
+    base_width: Positive = 16,
+    norm: Norm = "batch",
+    num_kernels: Positive = 4,
+    acp_stats: Sequence[Statistic] | Statistic = ("mean",),
+    quantiles: Sequence[Level] = (0.1, 0.5, 0.9),
+    hidden_ratio: PositiveFloat = 0.25,
+    min_hidden: Positive = 4,
+    temperature_start: PositiveFloat = 30.0,
+    temperature_end: PositiveFloat = 1.0,
+    anneal_steps: NonNegative = 100,
+    top_k: Positive | None = None,
+    routing_loss_weights: RoutingWeights | RoutingLossWeights | None = None,
     first_layer_static: bool = False,
-    head_prior: float | None = None,
+    head_prior: Probability | None = None,
 ) -> UNet:
     """A U-Net whose 3x3 convolutions are :class:`DynamicConvLayer` s (the 1x1 head is static).
 
@@ -103,12 +122,18 @@ def dynamic_unet(
     ``first_layer_static`` keeps the very first convolution static; ``head_prior`` see
     :class:`~fedll.models.unet.UNet`.
     """
+    if top_k is not None and top_k > num_kernels:
+        raise ArgumentError("top_k", f"must be in 1..num_kernels={num_kernels}, got {top_k}")
+    if isinstance(routing_loss_weights, RoutingLossWeights) or routing_loss_weights is None:
+        weights = routing_loss_weights or RoutingLossWeights()
+    else:
+        weights = RoutingLossWeights(**{k: float(w) for k, w in routing_loss_weights.items()})
     conv = partial(
         DynamicConvLayer,
         kernel_size=3,
         num_kernels=num_kernels,
         mode=mode,
-        routing_loss_weights=_routing_loss_weights(routing_loss_weights),
+        routing_loss_weights=weights,
         stats=(acp_stats,) if isinstance(acp_stats, str) else tuple(acp_stats),
         quantiles=tuple(quantiles),
         hidden_ratio=hidden_ratio,
@@ -130,19 +155,6 @@ def dynamic_unet(
     )
 
 
-def _routing_loss_weights(
-    value: Mapping[str, float] | RoutingLossWeights | None,
-) -> RoutingLossWeights:
-    if value is None or isinstance(value, RoutingLossWeights):
-        return value or RoutingLossWeights()
-    known = ("confidence", "balance")
-    if not isinstance(value, Mapping) or any(key not in known for key in value):
-        raise ConfigError(
-            f"model.routing_loss_weights: expected a mapping with keys {known}, got {value!r}"
-        )
-    return RoutingLossWeights(**{key: float(w) for key, w in value.items()})
-
-
 _BUILDERS: Mapping[str, Callable[..., nn.Module]] = MappingProxyType(
     {
         "static": static_unet,
@@ -158,22 +170,57 @@ def model_names() -> list[str]:
     return sorted(_BUILDERS)
 
 
+def check_arguments(name: str, kwargs: Mapping[str, Any]) -> None:
+    """Raise :class:`ArgumentError` unless ``build_model(name, **kwargs)`` would build.
+
+    Unknown arguments, wrong types and values outside the ranges of the builder's signature
+    name their argument; then the builder runs on the meta device (nothing is allocated, no
+    random number is drawn), so its cross-argument checks and the layers' checks run too.
+    """
+    builder = _builder(name)
+    parameters = _parameters(builder)
+    unknown = sorted(set(kwargs) - set(parameters))
+    if unknown:
+        raise ArgumentError(unknown[0], f"unknown argument of {name!r} (known: {list(parameters)})")
+    hints = typing.get_type_hints(getattr(builder, "func", builder), include_extras=True)
+    fields: dict[str, Any] = {key: (hints[key], p.default) for key, p in parameters.items()}
+    schema = pydantic.create_model(  # type: ignore[call-overload]
+        f"{name} arguments",
+        __config__=ConfigDict(strict=True, allow_inf_nan=False, arbitrary_types_allowed=True),
+        **fields,
+    )
+    try:
+        schema.model_validate(dict(kwargs))
+    except pydantic.ValidationError as error:
+        first = error.errors()[0]
+        loc = first["loc"]
+        raise ArgumentError(str(loc[0]) if loc else None, first["msg"]) from None
+    try:
+        with torch.device("meta"), torch.random.fork_rng(devices=[]):
+            builder(**kwargs)
+    except ArgumentError:
+        raise
+    except ValueError as error:  # a layer's check: its message starts with the argument
+        argument, sep, message = str(error).partition(": ")
+        if sep and argument in parameters:
+            raise ArgumentError(argument, message) from None
+        raise ArgumentError(None, str(error)) from None
+
+
 def build_model(name: str, *, seed: int | None = None, **kwargs: Any) -> nn.Module:
     """Build the registered model ``name`` with builder ``kwargs`` (the YAML ``model:`` keys).
 
     Every model maps (B, in_channels, H, W) float -> (B, out_channels, H, W) logits. With
     ``seed``, the initial weights are drawn from a generator seeded by it (the global RNG state
-    is left unchanged); without it, from the global RNG. Unknown names or keys raise
-    :class:`~fedll.errors.ConfigError`.
+    is left unchanged); without it, from the global RNG. Unknown names or arguments raise
+    :class:`ArgumentError` (see :func:`check_arguments` to validate without building).
     """
-    if name not in _BUILDERS:
-        raise ConfigError(f"model.name: unknown model {name!r} (known: {model_names()})")
-    builder = _BUILDERS[name]
-    fixed = getattr(builder, "keywords", {})
-    allowed = [key for key in inspect.signature(builder).parameters if key not in fixed]
-    unknown = sorted(set(kwargs) - set(allowed))
+    builder = _builder(name)
+    unknown = sorted(set(kwargs) - set(_parameters(builder)))
     if unknown:
-        raise ConfigError(f"model: unknown key(s) {unknown} for {name!r} (allowed: {allowed})")
+        raise ArgumentError(
+            unknown[0], f"unknown argument of {name!r} (known: {list(_parameters(builder))})"
+        )
     if seed is None:
         return builder(**kwargs)
     with torch.random.fork_rng(devices=[]):
@@ -181,105 +228,13 @@ def build_model(name: str, *, seed: int | None = None, **kwargs: Any) -> nn.Modu
         return builder(**kwargs)
 
 
-def parameter_groups(model: nn.Module) -> dict[str, str]:
-    """Map every ``state_dict`` key of ``model`` to its group.
-
-    ``"kernel_bank"``: dynamic kernel (and bias) banks; ``"acp"``: attention-coefficient
-    prediction weights; ``"norm"``: normalisation affine parameters and running statistics;
-    ``"counter"``: integer buffers (``num_batches_tracked``, the annealing ``anneal_step``),
-    which strategies should take the max of, never average; ``"other"``: everything else
-    (static convolutions, the head).
-    """
-    groups: dict[str, str] = {}
-    for key, value in model.state_dict().items():
-        if not (value.is_floating_point() or value.is_complex()):
-            groups[key] = "counter"
-            continue
-        groups[key] = "other"
-        path = key.split(".")[:-1]
-        for depth in range(len(path), -1, -1):  # the nearest enclosing module that has a group
-            group = _module_group(model.get_submodule(".".join(path[:depth])))
-            if group is not None:
-                groups[key] = group
-                break
-    return groups
+def _builder(name: str) -> Callable[..., nn.Module]:
+    if name not in _BUILDERS:
+        raise ArgumentError("name", f"unknown model {name!r} (known: {', '.join(model_names())})")
+    return _BUILDERS[name]
 
 
-def _module_group(module: nn.Module) -> str | None:
-    if isinstance(module, DynamicConv2d):
-        return "kernel_bank"
-    if isinstance(module, AttentionCoefficients):
-        return "acp"
-    if isinstance(module, (_NormBase, nn.GroupNorm, nn.LayerNorm)):
-        return "norm"
-    return None
-
-
-def kernel_banks(model: nn.Module) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """State key of every dynamic kernel (and bias) bank -> (the :class:`DynamicConvLayer`
-    whose attention mixes it, that attention's shape per sample).
-
-    The attention shape is the bank's leading axes: (K,) in mode ``"bank"``, (C_out, G) in mode
-    ``"grouped"``; the layer name is the key of :func:`last_attention`.
-    """
-    banks: dict[str, tuple[str, tuple[int, ...]]] = {}
-    for name, layer in _dynamic_layers(model):
-        conv = layer.conv
-        shape = (
-            (conv.num_kernels,) if conv.mode == "bank" else (conv.out_channels, conv.num_kernels)
-        )
-        prefix = f"{name}.conv." if name else "conv."
-        for param, value in conv.named_parameters(recurse=False):
-            if value is not None:
-                banks[prefix + param] = (name, shape)
-    return banks
-
-
-def _dynamic_layers(model: nn.Module) -> list[tuple[str, DynamicConvLayer]]:
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, DynamicConvLayer)]
-
-
-def last_attention(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Layer name -> detached coefficients of the last forward, (B, K) or (B, C_out, G).
-
-    Empty for static models and before the first forward.
-    """
-    return {
-        name: layer.last_attention
-        for name, layer in _dynamic_layers(model)
-        if layer.last_attention is not None
-    }
-
-
-def routing_loss(model: nn.Module) -> torch.Tensor:
-    """The weighted routing regulariser summed over dynamic layers, from the last forward.
-
-    A scalar with the forward's graph; 0 for static models or when its weights are 0.
-    """
-    losses = [
-        loss for _, layer in _dynamic_layers(model) if (loss := layer.routing_loss()) is not None
-    ]
-    if losses:
-        return torch.stack(losses).sum()
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    return torch.zeros((), device=device)
-
-
-def advance_schedule(model: nn.Module, steps: int = 1) -> None:
-    """Advance every ACP's temperature annealing; call once per optimiser step.
-
-    The step count lives in each ACP's ``anneal_step`` buffer (state-dict group "counter"),
-    so it travels with the model: a lifelong or federated run anneals once over its first
-    ``anneal_steps`` optimiser steps, not again at each arrival (aggregate counters with max).
-    """
-    for module in model.modules():
-        if isinstance(module, AttentionCoefficients):
-            module.advance(steps)
-
-
-def current_temperature(model: nn.Module) -> float | None:
-    """The softmax temperature of the model's first ACP (all share one schedule), or None."""
-    for module in model.modules():
-        if isinstance(module, AttentionCoefficients):
-            return module.temperature
-    return None
+def _parameters(builder: Callable[..., nn.Module]) -> dict[str, inspect.Parameter]:
+    """The builder's keyword arguments, less those its registration fixes (``partial``)."""
+    fixed = getattr(builder, "keywords", {})
+    return {k: p for k, p in inspect.signature(builder).parameters.items() if k not in fixed}

@@ -21,8 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedll.errors import ConfigError
-
 NORMS: tuple[str, ...] = ("batch", "instance", "group", "none")
 
 
@@ -50,7 +48,7 @@ def make_norm(norm: str, channels: int) -> nn.Module:
         return nn.GroupNorm(groups, channels)
     if norm == "none":
         return nn.Identity()
-    raise ConfigError(f"model.norm: unknown normalisation {norm!r} (known: {NORMS})")
+    raise ValueError(f"norm: unknown normalisation {norm!r} (known: {NORMS})")
 
 
 class TwoConv(nn.Sequential):
@@ -142,16 +140,16 @@ class UNet(nn.Module):
     ) -> None:
         super().__init__()
         if head_prior is not None and not 0.0 < head_prior < 1.0:
-            raise ConfigError(f"model.head_prior: must be in (0, 1), got {head_prior}")
+            raise ValueError(f"head_prior: must be in (0, 1), got {head_prior}")
         if depth < 0:
-            raise ConfigError(f"model.depth: must be >= 0, got {depth}")
+            raise ValueError(f"depth: must be >= 0, got {depth}")
         if base_width < 1 or in_channels < 1 or out_channels < 1:
-            raise ConfigError(
-                "model.base_width/in_channels/out_channels: must be >= 1, got "
+            raise ValueError(
+                "base_width/in_channels/out_channels: must be >= 1, got "
                 f"{base_width}, {in_channels}, {out_channels}"
             )
         if norm not in NORMS:
-            raise ConfigError(f"model.norm: unknown normalisation {norm!r} (known: {NORMS})")
+            raise ValueError(f"norm: unknown normalisation {norm!r} (known: {NORMS})")
         widths = [base_width * 2**level for level in range(depth + 1)]
         self.depth = depth
         self.stem = TwoConv(in_channels, widths[0], conv, norm, first_conv)

@@ -10,8 +10,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from fedll.data.manifest import MANIFEST_COLUMNS
 from fedll.data.cohort import (
-    MANIFEST_COLUMNS,
     default_test_patients,
     generate_cohort,
     plan_cohort,

@@ -10,7 +10,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from fedll.data.layouts import CaseRecord, detect_layout, discover, label_convention, load_volume
+from fedll.data.layouts import detect_layout, discover
+from fedll.data.nifti import CaseRecord, label_convention, load_volume
 from fedll.errors import DataError
 
 Phantom = Callable[..., tuple[np.ndarray, np.ndarray]]

@@ -9,12 +9,11 @@ import pytest
 from scipy import ndimage as ndi
 
 from fedll.data.cohort import patient_rng, site_scanner
+from fedll.data.fields import bias_field, smooth_field
 from fedll.data.phantom import (
     Atlas,
-    bias_field,
     load_atlas,
     output_grid,
-    smooth_field,
     synthesize_case,
     synthesize_phantom,
 )

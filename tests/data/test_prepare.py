@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedll.config import load_scenario
-from fedll.data.layouts import CaseRecord
+from fedll.data.nifti import CaseRecord
 from fedll.data.prepare import split_cohort
 
 

@@ -7,11 +7,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
-from fedll.data.layouts import CaseRecord, Volume, discover, load_volume
+from fedll.config import SliceConfig
+from fedll.data.layouts import discover
+from fedll.data.nifti import CaseRecord, Volume, load_volume
 from fedll.data.slices import (
     SliceCache,
-    SliceSpec,
     brain_mask,
     load_slices,
     normalise,
@@ -19,7 +21,7 @@ from fedll.data.slices import (
     resize,
     select_slices,
 )
-from fedll.errors import ConfigError, DataError
+from fedll.errors import DataError
 
 Phantom = Callable[..., tuple[np.ndarray, np.ndarray]]
 WriteNifti = Callable[..., Path]
@@ -32,9 +34,9 @@ def _volume(make_phantom: Phantom, shape=(16, 16, 10), spacing=(1.0, 1.0, 1.0)) 
 
 def test_shapes_dtypes_and_binary_masks(make_phantom: Phantom) -> None:
     volume = _volume(make_phantom)
-    images, masks = preprocess(volume, SliceSpec(size=8, empty_fraction=0.0))
+    images, masks = preprocess(volume, SliceConfig(size=16, empty_fraction=0.0))
     tumour_slices = int((volume.labels > 0).any(axis=(0, 1)).sum())
-    assert images.shape == masks.shape == (tumour_slices, 1, 8, 8)
+    assert images.shape == masks.shape == (tumour_slices, 1, 16, 16)
     assert images.dtype == np.float32 and masks.dtype == np.uint8
     assert set(np.unique(masks)) == {0, 1}  # labels 1, 2 and 4 all became 1
     assert masks.reshape(tumour_slices, -1).any(axis=1).all()  # every kept slice has tumour
@@ -45,15 +47,16 @@ def test_tumour_free_slices_need_enough_brain(make_phantom: Phantom) -> None:
     image = volume.image.copy()
     image[:, :, 8:] = 0
     image[8, 8, 8] = 100.0  # slice 8 holds one brain voxel, slice 9 none
-    spec = SliceSpec(size=16, empty_fraction=100.0)  # every candidate is taken
+    spec = SliceConfig(size=16, empty_fraction=5.0)  # the most the schema allows
     images, _ = preprocess(Volume(image, volume.labels, volume.spacing), spec)
     brain_pixels = (images != images.min()).reshape(len(images), -1).sum(axis=1)
-    assert brain_pixels.min() > 10 and len(images) == 7  # slices 1..7 (0 and 8, 9: no brain)
+    # the one tumour slice and 5 of the 6 tumour-free ones among slices 1..7; never 0, 8, 9
+    assert brain_pixels.min() > 10 and len(images) == 6
 
 
 def test_identity_resize_gives_the_normalised_slices(make_phantom: Phantom) -> None:
     volume = _volume(make_phantom)
-    images, masks = preprocess(volume, SliceSpec(size=16, empty_fraction=0.0))
+    images, masks = preprocess(volume, SliceConfig(size=16, empty_fraction=0.0))
     keep = np.flatnonzero((volume.labels > 0).any(axis=(0, 1)))
     brain = brain_mask(volume.image) | (volume.labels > 0)
     expected = normalise(volume.image, brain)[:, :, keep]
@@ -86,14 +89,14 @@ def test_empty_share_respected_and_seeded() -> None:
     tumour[10:14] = True
     brain = np.zeros(40, bool)
     brain[2:38] = True
-    for fraction, empty in ((0.0, 0), (0.5, 2), (1.0, 4), (2.5, 10), (100.0, 32)):
-        keep = select_slices(tumour, brain, SliceSpec(empty_fraction=fraction))
+    for fraction, empty in ((0.0, 0), (0.5, 2), (1.0, 4), (2.5, 10), (5.0, 20)):
+        keep = select_slices(tumour, brain, SliceConfig(empty_fraction=fraction))
         assert set(range(10, 14)) <= set(keep.tolist())
         assert len(keep) == 4 + empty and np.all(brain[keep]) and np.all(np.diff(keep) > 0)
-    spec = SliceSpec(empty_fraction=1.0, seed=3)
+    spec = SliceConfig(empty_fraction=1.0, seed=3)
     first = select_slices(tumour, brain, spec)
     np.testing.assert_array_equal(first, select_slices(tumour, brain, spec))
-    others = [select_slices(tumour, brain, SliceSpec(empty_fraction=1.0, seed=s)) for s in range(8)]
+    others = [select_slices(tumour, brain, SliceConfig(empty_fraction=1.0, seed=s)) for s in range(8)]
     assert any(not np.array_equal(first, other) for other in others)
 
 
@@ -108,8 +111,8 @@ def test_padding_keeps_the_physical_aspect() -> None:
 
 def test_spec_validation() -> None:
     for bad in ({"size": 0}, {"empty_fraction": -0.1}, {"axis": 3}):
-        with pytest.raises(ConfigError, match=next(iter(bad))):
-            SliceSpec(**bad)
+        with pytest.raises(ValidationError, match=next(iter(bad))):
+            SliceConfig(**bad)
 
 
 def test_preprocess_error_names_the_file(tmp_path: Path, write_nifti: WriteNifti) -> None:
@@ -123,14 +126,14 @@ def test_preprocess_error_names_the_file(tmp_path: Path, write_nifti: WriteNifti
         write_nifti(tmp_path / "c_seg.nii", labels),
     )
     with pytest.raises(DataError, match="c_t2.nii: no intensity variation"):
-        load_slices([record], SliceSpec(size=8))
+        load_slices([record], SliceConfig(size=16))
 
 
 def test_cache_hit_equal_and_reads_no_nifti(
     brats2021_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     records = discover(brats2021_root)
-    spec = SliceSpec(size=8, empty_fraction=0.5)
+    spec = SliceConfig(size=16, empty_fraction=0.5)
     cache = SliceCache(tmp_path / "cache")
     cold = load_slices(records, spec, cache)
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 2 * len(records)
@@ -147,14 +150,14 @@ def test_cache_hit_equal_and_reads_no_nifti(
         np.testing.assert_array_equal(a.images, b.images)
         np.testing.assert_array_equal(a.masks, b.masks)
     with pytest.raises(DataError, match="nibabel.load called"):  # a new spec misses
-        cache.get(records[0], SliceSpec(size=8, empty_fraction=0.5, seed=1))
+        cache.get(records[0], SliceConfig(size=16, empty_fraction=0.5, seed=1))
 
 
 def test_cache_invalidated_when_the_file_changes(
     brats2021_root: Path, tmp_path: Path, write_nifti: WriteNifti
 ) -> None:
     record = discover(brats2021_root)[0]
-    spec = SliceSpec(size=8, empty_fraction=0.0)
+    spec = SliceConfig(size=16, empty_fraction=0.0)
     cache = SliceCache(tmp_path / "cache")
     before = cache.get(record, spec)
     key = cache.key(record, spec)
@@ -166,14 +169,14 @@ def test_cache_invalidated_when_the_file_changes(
     after = cache.get(record, spec)
     np.testing.assert_array_equal(before.masks, after.masks)
     assert not np.allclose(before.images, after.images)
-    assert cache.key(record, SliceSpec(size=8, empty_fraction=0.0, seed=1)) != cache.key(
+    assert cache.key(record, SliceConfig(size=16, empty_fraction=0.0, seed=1)) != cache.key(
         record, spec
     )
 
 
 def test_corrupt_cache_entry_is_recomputed(brats2021_root: Path, tmp_path: Path) -> None:
     record = discover(brats2021_root)[0]
-    spec = SliceSpec(size=8)
+    spec = SliceConfig(size=16)
     cache = SliceCache(tmp_path / "cache")
     good = cache.get(record, spec)
     (tmp_path / "cache" / f"{cache.key(record, spec)}.images.npy").write_bytes(b"\x93NUMPY junk")
@@ -184,7 +187,7 @@ def test_corrupt_cache_entry_is_recomputed(brats2021_root: Path, tmp_path: Path)
 @pytest.mark.slow  # two spawned workers import torch: ~5-10 s on a busy 2-core machine
 def test_process_pool_matches_serial(brats2021_root: Path, tmp_path: Path) -> None:
     records = discover(brats2021_root)[:2]
-    spec = SliceSpec(size=8)
+    spec = SliceConfig(size=16)
     serial = load_slices(records, spec, None)
     cached = load_slices(records, spec, SliceCache(tmp_path / "cache"), processes=2)
     pooled = load_slices(records, spec, None, processes=2)

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from fedll.errors import ConfigError
 from fedll.models import (
+    ArgumentError,
+    check_arguments,
     PARAMETER_GROUPS,
     advance_schedule,
     build_model,
@@ -23,15 +26,49 @@ def test_model_names() -> None:
     assert model_names() == ["dycnn", "dycnn-grouped", "static", "static-wide"]
 
 
-def test_unknown_name_or_key_raises_config_error() -> None:
-    with pytest.raises(ConfigError, match="unknown model 'unet'"):
+def test_unknown_name_or_key_raises_an_argument_error() -> None:
+    with pytest.raises(ArgumentError, match="unknown model 'unet'"):
         build_model("unet")
-    with pytest.raises(ConfigError, match="num_kernels"):
+    with pytest.raises(ArgumentError, match="num_kernels"):
         build_model("static", num_kernels=4)
-    with pytest.raises(ConfigError, match="mode"):
+    with pytest.raises(ArgumentError, match="mode"):
         build_model("dycnn", mode="grouped")  # a name's fixed argument is not a key
-    with pytest.raises(ConfigError, match="routing_loss_weights"):
-        build_model("dycnn", routing_loss_weights={"sparsity": 1.0})
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "argument", "message"),
+    [
+        ("unet", {}, "name", "unknown model 'unet'"),
+        ("static", {"num_kernels": 4}, "num_kernels", "unknown argument of 'static'"),
+        ("dycnn", {"mode": "grouped"}, "mode", "unknown argument"),  # fixed by the name
+        ("static", {"base_width": "wide"}, "base_width", "valid integer"),
+        ("static", {"depth": 2.5}, "depth", "valid integer"),
+        ("static", {"norm": "layer"}, "norm", "'batch', 'instance', 'group' or 'none'"),
+        ("static", {"head_prior": 1.0}, "head_prior", "less than 1"),
+        ("dycnn", {"lr": 0.1}, "lr", "unknown argument"),
+        ("dycnn", {"top_k": 99}, "top_k", "must be in 1..num_kernels=4, got 99"),
+        ("dycnn", {"top_k": 0}, "top_k", "greater than or equal to 1"),
+        ("dycnn", {"acp_stats": ["mean", "median"]}, "acp_stats", "'mean', 'std'"),
+        ("dycnn", {"acp_stats": []}, "acp_stats", "non-empty"),  # the ACP's own check
+        ("dycnn", {"quantiles": [0.5, 2.0]}, "quantiles", "less than or equal to 1"),
+        ("dycnn", {"temperature_end": float("inf")}, "temperature_end", "finite"),
+        ("dycnn", {"routing_loss_weights": {"sparsity": 1.0}}, "routing_loss_weights", "balance"),
+        ("static-wide", {"match_kwargs": {"depth": 2}}, "match_kwargs", "common keys"),
+        ("static", {"match_kwargs": {"top_k": 1}}, "match_kwargs", "without match_model"),
+    ],
+)
+def test_check_arguments_names_the_argument(name, kwargs, argument, message) -> None:
+    with pytest.raises(ArgumentError, match=re.escape(message)) as caught:
+        check_arguments(name, kwargs)
+    assert caught.value.argument == argument
+
+
+def test_check_arguments_builds_nothing() -> None:
+    """Validation runs the builder on the meta device: a model of terabytes is checked without
+    memory, and no random number is drawn."""
+    state = torch.random.get_rng_state()
+    check_arguments("dycnn", {"depth": 8, "base_width": 4096, "num_kernels": 8})
+    assert torch.equal(torch.random.get_rng_state(), state)
 
 
 def test_yaml_style_kwargs() -> None:

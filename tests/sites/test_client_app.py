@@ -12,18 +12,18 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 
-from fedll.config import TrainingConfig, load_scenario
+from fedll.config import ModelConfig, SliceConfig, TrainingConfig, load_scenario
+from fedll.config.instruction import TrainInstruction
+from fedll.config.options import FaultConfig, ReplayOptions
 from fedll.data.prepare import prepare_cohort
-from fedll.faults import Fault, InjectedFault
+from fedll.faults import InjectedFault
 from fedll.inprocess import _assign_message_id, _set_task_identity
-from fedll.instructions import ModelSpec, SliceRecipe, TrainInstruction
 from fedll.models import build_model, parameter_groups
-from fedll.options import ReplayOptions
 from sites.client_app import train
 
 pytestmark = pytest.mark.slow
 
-SPEC = ModelSpec("static", {"base_width": 4, "depth": 2})
+SPEC = ModelConfig(name="static", base_width=4, depth=2)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def message(model: torch.nn.Module, server_round: int, start: int, **extra: Any)
     instruction = TrainInstruction(
         model=SPEC,
         training=TrainingConfig(epochs=1, batch_size=8, lr=1e-12),
-        slices=SliceRecipe(size=32, empty_fraction=0.1, seed=0),
+        slices=SliceConfig(size=32, empty_fraction=0.1, seed=0),
         arrival_start=start,
         arrival_stop=start + 1,
         train_on="new",
@@ -80,7 +80,7 @@ def norms(state: dict[str, np.ndarray], groups: dict[str, str]) -> dict[str, np.
 
 def test_a_fedbn_site_overlays_its_own_normalisation(cohort_index, restore_torch_threads):
     torch.manual_seed(0)
-    model = build_model(SPEC.name, **SPEC.kwargs)
+    model = build_model(SPEC.name, **SPEC.kwargs())
     groups = parameter_groups(model)
     ctx = context(cohort_index)
     own = {k: v + 1.0 for k, v in model.state_dict().items() if groups[k] == "norm"}
@@ -103,7 +103,7 @@ def test_without_local_norm_the_received_normalisation_is_trained(
     cohort_index, restore_torch_threads
 ):
     torch.manual_seed(0)
-    model = build_model(SPEC.name, **SPEC.kwargs)
+    model = build_model(SPEC.name, **SPEC.kwargs())
     groups = parameter_groups(model)
     ctx = context(cohort_index)
     ctx.state["local-norm"] = ArrayRecord(
@@ -117,7 +117,7 @@ def test_without_local_norm_the_received_normalisation_is_trained(
 
 
 def test_replay_keeps_its_buffer_in_the_site_state(cohort_index, restore_torch_threads):
-    model = build_model(SPEC.name, **SPEC.kwargs)
+    model = build_model(SPEC.name, **SPEC.kwargs())
     ctx = context(cohort_index)
     replay = ReplayOptions(name="replay", buffer=2)
     first = train(message(model, 1, 0, continual=replay), ctx)
@@ -130,11 +130,13 @@ def test_replay_keeps_its_buffer_in_the_site_state(cohort_index, restore_torch_t
 
 
 def test_faults_raise_or_corrupt_the_update(cohort_index, restore_torch_threads):
-    model = build_model(SPEC.name, **SPEC.kwargs)
+    model = build_model(SPEC.name, **SPEC.kwargs())
     ctx = context(cohort_index)
     with pytest.raises(InjectedFault, match="site hospital-t2: injected failure, round 2"):
-        train(message(model, 2, 0, fault=Fault(raise_every=2)), ctx)
-    reply = train(message(model, 1, 0, fault=Fault(raise_every=2, send="nan")), ctx)
+        train(message(model, 2, 0, fault=FaultConfig(site="hospital-t2", raise_every=2)), ctx)
+    reply = train(
+        message(model, 1, 0, fault=FaultConfig(site="hospital-t2", raise_every=2, send="nan")), ctx
+    )
     sent = {k: v.numpy() for k, v in reply.content["arrays"].items()}
     assert np.isnan(sent["head.weight"]).all()
     assert np.isfinite(reply.content["metrics"]["train-loss"])

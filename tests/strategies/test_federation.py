@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-import fedll.results
+import fedll.evaluation
 from fedll.config import dump_scenario, load_scenario
 from fedll.report import forgetting_table, format_table, trial_summary
 from fedll.results import collect
@@ -63,8 +63,8 @@ def test_a_nan_site_and_a_site_failing_every_other_round(
         evaluated.append(all(torch.isfinite(v).all() for v in model.state_dict().values()))
         return evaluate_cases(model, cases, **kwargs)
 
-    evaluate_cases = fedll.results.evaluate_cases
-    monkeypatch.setattr(fedll.results, "evaluate_cases", finite_model)
+    evaluate_cases = fedll.evaluation.evaluate_cases
+    monkeypatch.setattr(fedll.evaluation, "evaluate_cases", finite_model)
     updates = {
         **BOTH_PER_ROUND,
         "models": DYCNN,  # dynamic-aware has kernel banks to weigh

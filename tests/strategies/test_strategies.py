@@ -12,16 +12,28 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRec
 from flwr.common.constant import SUPERLINK_NODE_ID
 from pydantic import TypeAdapter
 
+from fedll.config import ModelConfig, SliceConfig, TrainingConfig
+from fedll.config.instruction import TrainInstruction
+from fedll.config.options import FedAvgMOptions, FedProxOptions, StrategyOptions, option_names
 from fedll.inprocess import _assign_message_id, _set_task_identity
-from fedll.options import STRATEGY_NAMES, FedAvgMOptions, FedProxOptions, StrategyOptions
-from strategies.fedavg import LifelongFedAvg, ModelLayout
-from strategies.registry import STRATEGIES, build_strategy
+from fedll.models import ModelLayout
+from strategies.fedavg import LifelongFedAvg
+from strategies.registry import build_strategy
 
 NODES = {11: "site-a", 12: "site-b", 13: "site-c", 14: "site-d"}
 LAYOUT = ModelLayout(
     groups={"bank": "kernel_bank", "w": "other", "steps": "counter"},
     banks={"bank": ("layer", (2,))},
     trainable=frozenset({"bank", "w"}),
+)
+INSTRUCTION = TrainInstruction(
+    model=ModelConfig(name="static"),
+    training=TrainingConfig(),
+    slices=SliceConfig(),
+    arrival_start=0,
+    arrival_stop=1,
+    train_on="new",
+    seed=0,
 )
 GLOBAL = {
     "bank": np.zeros((2, 3), np.float32),
@@ -42,7 +54,7 @@ def state(value: float, **changes: np.ndarray) -> dict[str, np.ndarray]:
 def make(name: str = "fedavg", nodes: tuple[int, ...] = tuple(NODES), **options: Any):
     """A strategy whose round 1 trains ``nodes``, and its round-1 messages."""
     _set_task_identity(run_id=1, node_id=SUPERLINK_NODE_ID, task_id=1)
-    plan = {1: {node: {"arrival-start": 0, "arrival-stop": 1} for node in nodes}}
+    plan = {1: {node: INSTRUCTION for node in nodes}}
     strategy = build_strategy(_options(name, **options), plan=plan, layout=LAYOUT, site_of=NODES)
     arrays = ArrayRecord({k: Array(v) for k, v in GLOBAL.items()})
     messages = list(strategy.configure_train(1, arrays, ConfigRecord(), grid=None))
@@ -77,8 +89,11 @@ def aggregated(result: tuple[ArrayRecord | None, Any]) -> dict[str, np.ndarray] 
     return None if arrays is None else {k: v.numpy() for k, v in arrays.items()}
 
 
-def test_every_scenario_name_is_registered():
-    assert sorted(STRATEGIES) == sorted(STRATEGY_NAMES)
+@pytest.mark.parametrize("name", option_names(StrategyOptions))
+def test_every_strategy_of_the_schema_builds_and_configures_a_round(name):
+    strategy, messages = make(name, nodes=(11,))
+    assert isinstance(strategy, LifelongFedAvg)
+    assert TrainInstruction.from_config(messages[11].content["config"]).arrival_stop == 1
 
 
 def test_configure_train_sends_each_arriving_node_its_instruction():
@@ -87,7 +102,7 @@ def test_configure_train_sends_each_arriving_node_its_instruction():
     config = messages[13].content["config"]
     assert config["arrival-stop"] == 1 and config["server-round"] == 1
     assert config["local-norm"] is False
-    assert "proximal-mu" not in config
+    assert config["proximal-mu"] == 0.0
 
 
 def test_fedprox_and_fedbn_tell_the_sites():
@@ -195,7 +210,7 @@ def test_fedavgm_steps_with_momentum_and_keeps_its_velocity_over_a_kept_round():
     np.testing.assert_allclose(strategy.velocity["w"], [1.0, 1.0])
     # next round from w = -1 with the average at -2: v = 0.5 * 1 + 1 = 1.5, w = -1 - 1.5
     arrays = ArrayRecord({k: Array(np.asarray(v)) for k, v in out.items()})
-    strategy.plan = {2: {11: {}}}
+    strategy.plan = {2: {11: INSTRUCTION}}
     (message,) = strategy.configure_train(2, arrays, ConfigRecord(), grid=None)
     _assign_message_id(message, "next")
     out = aggregated(strategy.aggregate_train(2, [reply(message, state(-2.0), 1)]))

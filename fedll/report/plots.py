@@ -12,17 +12,12 @@ import numpy as np
 import pandas as pd
 
 from fedll.atomic import atomic_path
-from fedll.data import MODALITIES
-from fedll.report import (
-    LABELS,
-    Matrix,
-    attention_distance,
-    check_results,
-    checked_matrices,
-    config_columns,
-    last_round,
-    nan_reduce,
-)
+from fedll.columns import config_columns
+from fedll.data import LABELS, MODALITIES
+from fedll.metrics import nan_reduce
+from fedll.report.attention import attention_distance
+from fedll.report.matrices import Matrix, checked_matrices, last_round
+from fedll.report.read import check_results
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,6 @@
-"""Who this node is and which cases it holds: from the scenario (simulation) or from
-the SuperNode's ``--node-config`` (deployment)."""
+"""Who a Flower node is and which cases it holds: from the scenario (simulation) or from
+the SuperNode's ``--node-config`` (deployment). Plain data, no Flower types: the ClientApp
+(``sites/client_app.py``) and ``fedll site`` both read a site through here."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedll.config.schema import SliceConfig
 from fedll.data import MODALITIES
-from fedll.data.layouts import CaseRecord, discover
+from fedll.data.layouts import discover
+from fedll.data.nifti import CaseRecord
 from fedll.data.prepare import PreparedCohort, default_cache_dir
-from fedll.data.slices import CaseSlices, SliceCache, SliceSpec, load_slices
+from fedll.data.slices import CaseSlices, SliceCache, load_slices
 from fedll.errors import ConfigError, DataError
 
 
@@ -24,7 +27,7 @@ class Site:
     records: tuple[CaseRecord, ...]
     cache_dir: Path
 
-    def cases(self, spec: SliceSpec, indices: Sequence[int]) -> list[CaseSlices]:
+    def cases(self, spec: SliceConfig, indices: Sequence[int]) -> list[CaseSlices]:
         """Preprocessed slices of the cases at ``indices`` (0-based, arrival order)."""
         outside = [i for i in indices if not 0 <= i < len(self.records)]
         if outside:

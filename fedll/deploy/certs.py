@@ -1,5 +1,4 @@
-"""Deploying a scenario at real sites: test certificates and node keys, per-site data folders,
-and the ``flower-supernode`` command a site runs.
+"""Test certificates and node-authentication keys for a local (or trial) deployment.
 
 Flower 1.42 serves the SuperLink's Fleet, Control and Runtime APIs on one TLS port. The
 SuperLink takes a CA certificate, a server certificate and its key (``--ssl-ca-certfile``,
@@ -12,12 +11,10 @@ of these for a local trial; a real deployment uses its own PKI.
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import ipaddress
 import os
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,12 +24,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedll.atomic import atomic_path
-from fedll.data.prepare import PreparedCohort
 from fedll.errors import ConfigError
+from fedll.names import RULE, is_simple_name
 
 DEFAULT_HOSTS: tuple[str, ...] = ("127.0.0.1", "localhost")
-MANIFEST_HEADER = ("patient", "site", "modality", "split", "image", "mask")
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass(frozen=True)
@@ -66,10 +61,8 @@ def write_certificates(
     if not hosts:
         raise ConfigError("certs: at least one host name or IP address is needed")
     for site in sites:
-        if not _SAFE_NAME.match(site):
-            raise ConfigError(
-                f"certs: site name {site!r} cannot name a key file (letters, digits, . _ -)"
-            )
+        if not is_simple_name(site):
+            raise ConfigError(f"certs: site name {site!r} cannot name a key file ({RULE})")
     if len(set(sites)) != len(sites):
         raise ConfigError(f"certs: a site is named twice in {', '.join(sites)}")
     out = Path(out)
@@ -198,68 +191,3 @@ def load_auth_key(path: Path) -> ec.EllipticCurvePrivateKey:
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ConfigError(f"{path}: Flower needs an EC (NIST P-curve) key, not {key.__class__}")
     return key
-
-
-def write_site_manifests(prepared: PreparedCohort, out: Path) -> dict[str, Path]:
-    """``OUT/<site>/manifest.csv`` per site: exactly the training cases the scenario's split
-    assigns to it (absolute paths), so a deployed site trains on what a simulated one does.
-
-    A stand-in for each hospital's own data folder in a local trial. MSD's 4-D volumes (a
-    channel per modality) cannot be listed in a manifest: give those sites a folder each.
-    """
-    written: dict[str, Path] = {}
-    for site, records in prepared.sites.items():
-        if not _SAFE_NAME.match(site):
-            raise ConfigError(f"site-data: site name {site!r} cannot name a folder")
-        if any(r.channel is not None for r in records):
-            raise ConfigError(
-                f"site-data: site {site} holds 4-D (MSD) volumes, which a manifest cannot "
-                "list; give the site a folder of its own cases instead"
-            )
-        folder = Path(out) / site
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / "manifest.csv"
-        with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(MANIFEST_HEADER)
-            for r in records:
-                image, mask = Path(r.image).resolve(), Path(r.mask).resolve()
-                writer.writerow([r.patient, site, r.modality, "train", image, mask])
-        written[site] = path
-    return written
-
-
-def node_config_arg(config: Mapping[str, str]) -> str:
-    """``--node-config`` text: ``key="value"`` pairs (values quoted as TOML strings)."""
-    pairs = []
-    for key, value in config.items():
-        if '"' in value or "\n" in value:
-            raise ConfigError(f"--node-config: {key} {value!r} may not hold a quote or newline")
-        pairs.append(f'{key}="{value.replace(chr(92), chr(92) * 2)}"')
-    return " ".join(pairs)
-
-
-def supernode_command(
-    executable: str,
-    superlink: str,
-    node_config: Mapping[str, str],
-    root_certificates: Path | None = None,
-    auth_key: Path | None = None,
-    runtime_port: int | None = None,
-    extra: Sequence[str] = (),
-) -> list[str]:
-    """The ``flower-supernode`` argv for a site: TLS when ``root_certificates`` is given,
-    else ``--insecure`` (node authentication needs TLS)."""
-    if auth_key is not None and root_certificates is None:
-        raise ConfigError("--auth-key needs TLS: give --root-certificates (the SuperLink's CA)")
-    command = [executable, "--superlink", superlink]
-    if root_certificates is None:
-        command.append("--insecure")
-    else:
-        command += ["--root-certificates", str(root_certificates)]
-    if auth_key is not None:
-        command += ["--auth-supernode-private-key", str(auth_key)]
-    if runtime_port is not None:
-        command += ["--port", str(runtime_port)]
-    command += ["--node-config", node_config_arg(node_config), *extra]
-    return command

@@ -5,11 +5,13 @@ A strategy or CL method is a registered name plus its options, each a small froz
 (a tagged union on ``name``); ``label`` names an option set in trial ids and results: the
 name, then every option that differs from its default (``fedprox-mu0.1``). The strategies
 themselves live in ``strategies/`` and the CL methods in :mod:`fedll.continual`; their
-registries are keyed by these names.
+registries are keyed by these names, and :func:`option_names` lists them (there is no second
+list to keep in step).
 """
 
 from __future__ import annotations
 
+import typing
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -88,7 +90,6 @@ StrategyOptions = Annotated[
     FedAvgOptions | FedBNOptions | FedProxOptions | DynamicAwareOptions | FedAvgMOptions,
     Field(discriminator="name"),
 ]
-STRATEGY_NAMES: tuple[str, ...] = ("fedavg", "fedbn", "fedprox", "dynamic-aware", "fedavgm")
 
 
 class FineTuneOptions(_Named):
@@ -127,7 +128,6 @@ class ReplayOptions(_Named):
 ContinualOptions = Annotated[
     FineTuneOptions | EWCOptions | LwFOptions | ReplayOptions, Field(discriminator="name")
 ]
-CL_NAMES: tuple[str, ...] = ("finetune", "ewc", "lwf", "replay")
 
 
 class FaultConfig(_Frozen):
@@ -151,3 +151,18 @@ class FaultConfig(_Frozen):
 def named(value: Any) -> Any:
     """A bare name is the mapping ``{name: ...}``."""
     return {"name": value} if isinstance(value, str) else value
+
+
+def option_types(union: Any) -> tuple[type[_Named], ...]:
+    """The option classes of a tagged union such as :data:`StrategyOptions`."""
+    return typing.get_args(typing.get_args(union)[0])
+
+
+def name_of(options: type[_Named]) -> str:
+    """The registered name an option class is tagged with (its ``name`` literal)."""
+    return typing.get_args(options.model_fields["name"].annotation)[0]
+
+
+def option_names(union: Any) -> tuple[str, ...]:
+    """The names a tagged union accepts, in declaration order: the one list of them."""
+    return tuple(name_of(t) for t in option_types(union))

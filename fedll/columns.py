@@ -1,0 +1,47 @@
+"""The columns of fedll's result files, defined once (and free of torch, for the report).
+
+``results.csv`` (and each trial's file) is long: one row per trial x round x evaluated
+modality x test case (:data:`RESULT_COLUMNS`); ``attention.csv`` one row per trial x round x
+modality x dynamic layer x kernel (:data:`ATTENTION_COLUMNS`). Both start with the trial id
+and its value on each grid axis (:data:`AXES`, which trial ids and ``exclude`` entries use
+too). Files written by an earlier fedll lack the :data:`ADDED` columns; readers accept that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+AXES: tuple[str, ...] = (
+    "model", "ordering", "arrival_batch", "arrivals_per_round", "strategy", "cl", "seed",
+)  # fmt: skip
+"""The grid's axes, in the order trial ids, result columns and ``exclude`` use them."""
+
+TRIAL_COLUMNS: tuple[str, ...] = ("trial", *AXES)
+ROUND_EVENTS: tuple[str, ...] = ("failed", "rejected")
+"""Per round, ";"-joined: the sites that failed (raised, or no reply) and those whose update
+the strategy rejected (non-finite, wrong shape or dtype)."""
+RESULT_COLUMNS: tuple[str, ...] = (
+    *TRIAL_COLUMNS, "round", "sites", "arriving", *ROUND_EVENTS, "modality", "case", "dice",
+)  # fmt: skip
+ATTENTION_COLUMNS: tuple[str, ...] = (
+    *TRIAL_COLUMNS, "round", "modality", "layer", "kernel", "mass",
+)  # fmt: skip
+
+ADDED: frozenset[str] = frozenset({"arrivals_per_round", "cl", *ROUND_EVENTS})
+"""Columns that results written by an earlier fedll may lack."""
+REQUIRED_RESULT_COLUMNS: tuple[str, ...] = tuple(c for c in RESULT_COLUMNS if c not in ADDED)
+REQUIRED_ATTENTION_COLUMNS: tuple[str, ...] = tuple(c for c in ATTENTION_COLUMNS if c not in ADDED)
+
+CONFIG_COLUMNS: tuple[str, ...] = (
+    *(a for a in AXES if a != "seed" and a not in ADDED),
+    *(a for a in AXES if a in ADDED),
+)
+"""The axes that identify a configuration (its seeds are averaged), in table order: those
+every fedll wrote first, so tables of old and new runs start alike."""
+
+
+def config_columns(frame: Iterable[str]) -> list[str]:
+    """The :data:`CONFIG_COLUMNS` a frame (or a list of column names) has: an earlier
+    fedll's files lack the :data:`ADDED` ones."""
+    present = set(frame)
+    return [c for c in CONFIG_COLUMNS if c not in ADDED or c in present]

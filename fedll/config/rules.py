@@ -1,0 +1,123 @@
+"""The rules that relate a scenario's sections to each other, one small function each.
+
+Each rule takes the parsed :class:`~fedll.config.schema.Scenario` and raises ``ValueError``
+whose message starts with the key it is about; :data:`RULES` is the order they run in.
+Checked once, at load time, so no trial discovers a bad stream or fault late.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from fedll.config.grid import axis_product, matches, same
+from fedll.errors import ConfigError
+from fedll.stream import build_stream, counted_holdings
+
+if TYPE_CHECKING:
+    from fedll.config.schema import Scenario
+
+logger = logging.getLogger(__name__)
+
+
+def unique_site_names(scenario: Scenario) -> None:
+    names = [s.name for s in scenario.sites]
+    if len(set(names)) != len(names):
+        raise ValueError(f"sites: duplicate site name in {names}")
+
+
+def enough_synthetic_patients(scenario: Scenario) -> None:
+    synthetic = scenario.cohort.synthetic
+    if synthetic is None or synthetic.patients is None:
+        return
+    test = 2 * scenario.test.patients_per_modality
+    need = sum(s.patients for s in scenario.sites) + test
+    if need > synthetic.patients:
+        raise ValueError(
+            f"cohort.synthetic.patients: {synthetic.patients} patients cannot cover the sites' "
+            f"{need - test} training patients plus 2 x {scenario.test.patients_per_modality} "
+            "test patients"
+        )
+
+
+def listed_orderings_name_sites(scenario: Scenario) -> None:
+    names = {s.name for s in scenario.sites}
+    for ordering in scenario.stream.ordering:
+        if isinstance(ordering, list) and (unknown := sorted(set(ordering) - names)):
+            raise ValueError(f"stream.ordering: unknown site(s) {unknown}")
+
+
+def one_fault_per_known_site(scenario: Scenario) -> None:
+    names = [s.name for s in scenario.sites]
+    for index, fault in enumerate(scenario.faults):
+        if fault.site not in names:
+            raise ValueError(f"faults.{index}.site: unknown site {fault.site!r}")
+        if fault.site in [f.site for f in scenario.faults[:index]]:
+            raise ValueError(f"faults.{index}.site: site {fault.site!r} has a fault already")
+
+
+def distinct_axis_values(scenario: Scenario) -> None:
+    axes = (
+        ("stream.ordering", [json.dumps(o) for o in scenario.stream.ordering]),
+        ("stream.arrival_batch", scenario.stream.arrival_batch),
+        ("stream.arrivals_per_round", scenario.stream.arrivals_per_round),
+        ("strategies", [s.label for s in scenario.strategies]),
+        ("cl", [c.label for c in scenario.cl]),
+        ("seeds", scenario.seeds),
+    )
+    for key, values in axes:
+        if len(set(values)) != len(values):
+            raise ValueError(f"{key}: duplicate values in {values} (trial ids would clash)")
+
+
+def streams_build(scenario: Scenario) -> None:
+    """Every ordering x batch x arrivals-per-round makes a stream (sites declare counts)."""
+    holdings = counted_holdings([(s.name, s.modality, s.patients) for s in scenario.sites])
+    stream = scenario.stream
+    for ordering, batch, per_round in itertools.product(
+        stream.ordering, stream.arrival_batch, stream.arrivals_per_round
+    ):
+        try:
+            build_stream(holdings, ordering, batch, 0, per_round)
+        except ConfigError as error:
+            raise ValueError(f"stream.{error}") from None
+
+
+def exclude_entries_fit(scenario: Scenario) -> None:
+    """Each ``exclude`` entry names known axes; together they leave at least one trial.
+
+    A value that is not on its axis only warns: ``--set`` may narrow an axis that an entry
+    names (``--set strategies=[fedavg]`` with an entry for ``dynamic-aware``)."""
+    grid = axis_product(scenario)
+    axes = list(grid[0].axis_values())
+    for index, entry in enumerate(scenario.exclude):
+        if not entry:
+            raise ValueError(f"exclude.{index}: an empty entry would exclude every trial")
+        for key, wanted in entry.items():
+            if key not in axes:
+                raise ValueError(f"exclude.{index}.{key}: unknown axis (axes: {', '.join(axes)})")
+            held = list(dict.fromkeys(str(t.axis_values()[key]) for t in grid))
+            if not any(same(v, wanted) for v in held):
+                logger.warning(
+                    "exclude.%d.%s: %r is not a value of the grid (%s); the entry excludes nothing",
+                    index,
+                    key,
+                    wanted,
+                    ", ".join(held),
+                )
+    if all(any(matches(t, e) for e in scenario.exclude) for t in grid):
+        raise ValueError("exclude: every trial of the grid is excluded")
+
+
+RULES: tuple[Callable[[Scenario], None], ...] = (
+    unique_site_names,
+    enough_synthetic_patients,
+    listed_orderings_name_sites,
+    one_fault_per_known_site,
+    distinct_axis_values,
+    streams_build,
+    exclude_entries_fit,
+)

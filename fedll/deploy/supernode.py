@@ -1,0 +1,116 @@
+"""The ``flower-supernode`` command of a site, checked before anything starts.
+
+:func:`site_command` is what ``fedll site`` runs: it reads the site's data folder as the
+ClientApp will (:func:`fedll.data.site.site_from_node_config`), checks the TLS and
+node-authentication files, and builds the argv.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from fedll.data.site import Site, site_from_node_config
+from fedll.errors import ConfigError
+
+
+def load_auth_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    """A SuperNode's node-auth private key, checked as Flower will read it (OpenSSH, EC)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such key file")
+    try:
+        key = serialization.load_ssh_private_key(path.read_bytes(), None)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"{path}: not an unencrypted OpenSSH private key ({error})") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ConfigError(f"{path}: Flower needs an EC (NIST P-curve) key, not {key.__class__}")
+    return key
+
+
+def node_config_arg(config: Mapping[str, str]) -> str:
+    """``--node-config`` text: ``key="value"`` pairs (values quoted as TOML strings)."""
+    pairs = []
+    for key, value in config.items():
+        if '"' in value or "\n" in value:
+            raise ConfigError(f"--node-config: {key} {value!r} may not hold a quote or newline")
+        pairs.append(f'{key}="{value.replace(chr(92), chr(92) * 2)}"')
+    return " ".join(pairs)
+
+
+def supernode_command(
+    executable: str,
+    superlink: str,
+    node_config: Mapping[str, str],
+    root_certificates: Path | None = None,
+    auth_key: Path | None = None,
+    runtime_port: int | None = None,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """The ``flower-supernode`` argv for a site: TLS when ``root_certificates`` is given,
+    else ``--insecure`` (node authentication needs TLS)."""
+    if auth_key is not None and root_certificates is None:
+        raise ConfigError("--auth-key needs TLS: give --root-certificates (the SuperLink's CA)")
+    command = [executable, "--superlink", superlink]
+    if root_certificates is None:
+        command.append("--insecure")
+    else:
+        command += ["--root-certificates", str(root_certificates)]
+    if auth_key is not None:
+        command += ["--auth-supernode-private-key", str(auth_key)]
+    if runtime_port is not None:
+        command += ["--port", str(runtime_port)]
+    command += ["--node-config", node_config_arg(node_config), *extra]
+    return command
+
+
+def site_command(
+    name: str,
+    modality: str,
+    data_dir: Path,
+    superlink: str,
+    *,
+    root_certificates: Path | None = None,
+    insecure: bool = False,
+    auth_key: Path | None = None,
+    runtime_port: int | None = None,
+    cache_dir: Path | None = None,
+    extra: Sequence[str] = (),
+) -> tuple[Site, list[str]]:
+    """Check a site's data and files, and return it with its ``flower-supernode`` argv.
+
+    ConfigError / DataError (one line) for a bad node config, no or both of TLS and
+    ``insecure``, a missing CA file or an unusable node-auth key.
+    """
+    config = {
+        "site": name,
+        "modality": modality.lower(),
+        "data-dir": str(Path(data_dir).expanduser().resolve()),
+    }
+    if cache_dir is not None:
+        config["cache-dir"] = str(Path(cache_dir).expanduser().resolve())
+    if insecure == (root_certificates is not None):
+        raise ConfigError("give either --root-certificates CA (TLS) or --insecure")
+    if root_certificates is not None and not root_certificates.is_file():
+        raise ConfigError(f"--root-certificates: {root_certificates} is not a file")
+    if auth_key is not None:
+        load_auth_key(auth_key)
+    site = site_from_node_config(config)
+    executable = str(Path(sys.executable).with_name("flower-supernode"))
+    if not Path(executable).exists():
+        executable = shutil.which("flower-supernode") or "flower-supernode"
+    command = supernode_command(
+        executable,
+        superlink,
+        config,
+        root_certificates=root_certificates.resolve() if root_certificates else None,
+        auth_key=auth_key.expanduser().resolve() if auth_key else None,
+        runtime_port=runtime_port,
+        extra=extra,
+    )
+    return site, command

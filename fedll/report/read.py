@@ -1,0 +1,152 @@
+"""Reading and checking results: ``results.csv`` and ``attention.csv`` into typed frames.
+
+:func:`check_results` validates long-format results (columns of
+:data:`fedll.columns.RESULT_COLUMNS`; files of an earlier fedll may lack the added ones) and
+returns a normalised copy; every problem is a :class:`~fedll.errors.DataError` naming the
+source. Either file may be gzipped (``.csv.gz``), as a study folder stores them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fedll.columns import (
+    REQUIRED_ATTENTION_COLUMNS,
+    REQUIRED_RESULT_COLUMNS,
+    RESULT_COLUMNS,
+    config_columns,
+)
+from fedll.data import MODALITIES
+from fedll.errors import DataError
+
+COUNTS: dict[str, str] = {  # per-round event column -> count column in the summaries
+    "failed": "failed_updates",
+    "rejected": "rejected_updates",
+}
+_INTEGER_COLUMNS = ("arrival_batch", "seed", "round")
+
+
+def read_results(path: Path) -> pd.DataFrame:
+    """Read and check a results.csv; DataError (one line naming the file) when unusable."""
+    return check_results(_read_csv(Path(path)), str(path))
+
+
+def read_attention(path: Path) -> pd.DataFrame:
+    """Read and check an attention.csv (:data:`fedll.columns.ATTENTION_COLUMNS`)."""
+    frame = _read_csv(Path(path))
+    _require_columns(frame, REQUIRED_ATTENTION_COLUMNS, str(path))
+    frame = frame.copy()
+    frame["trial"] = frame["trial"].astype(str)
+    for col in ("round", "seed", "arrival_batch"):
+        frame[col] = _integers(frame[col], str(path), col)
+    frame["mass"] = _floats(frame["mass"], str(path), "mass")
+    return frame
+
+
+def check_results(results: pd.DataFrame, source: str = "results") -> pd.DataFrame:
+    """Validate long-format results and return a normalised copy (typed columns).
+
+    Raises DataError naming ``source`` for missing columns, no rows, non-numeric or out-of-range
+    values, unknown modalities, duplicated cases, or a trial/round whose configuration or
+    ``arriving`` is not unique.
+    """
+    _require_columns(results, REQUIRED_RESULT_COLUMNS, source)
+    if results.empty:
+        raise DataError(f"{source}: no result rows")
+    out = results.copy()
+    numeric = {*_INTEGER_COLUMNS, "dice"}
+    for col in RESULT_COLUMNS:
+        if col in out.columns and col not in numeric:
+            out[col] = out[col].fillna("").astype(str)
+    for col in _INTEGER_COLUMNS:
+        out[col] = _integers(out[col], source, col)
+    out["dice"] = _floats(out["dice"], source, "dice")
+    if ((out["dice"] < 0) | (out["dice"] > 1)).any():
+        raise DataError(f"{source}: column dice has values outside [0, 1]")
+    unknown = sorted(set(out["modality"]) - set(MODALITIES))
+    if unknown:
+        raise DataError(
+            f"{source}: unknown modality {unknown[0]!r} (expected {', '.join(MODALITIES)})"
+        )
+    canonical = {  # "flair;t2" and " t2 ; flair" are the same arrival as "t2;flair"
+        value: ";".join(MODALITIES[m] for m in sorted(parse_arriving(value, source)))
+        for value in out["arriving"].unique()
+    }
+    out["arriving"] = out["arriving"].map(canonical)
+    if (out["round"] < 0).any():
+        raise DataError(f"{source}: column round has negative values")
+    if (out.loc[out["round"] == 0, "arriving"] != "").any():
+        raise DataError(f"{source}: round 0 (the untrained model) must have an empty arriving")
+    dup = out.duplicated(["trial", "round", "modality", "case"])
+    if dup.any():
+        row = out[dup].iloc[0]
+        raise DataError(
+            f"{source}: trial {row['trial']} round {row['round']} has case {row['case']!r} "
+            f"({row['modality']}) twice"
+        )
+    for keys, cols in (
+        (["trial"], [*config_columns(out), "seed"]),
+        (["trial", "round"], ["arriving"]),
+    ):
+        counts = out.groupby(keys)[cols].nunique()
+        bad = counts[(counts > 1).any(axis=1)]
+        if not bad.empty:
+            col = bad.columns[(bad.iloc[0] > 1).to_numpy()][0]
+            where = " ".join(
+                f"{k} {v}" for k, v in zip(keys, np.atleast_1d(bad.index[0]), strict=True)
+            )
+            raise DataError(f"{source}: {where} has several values of {col}")
+    return out
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: empty file (no header)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DataError(f"{path}: not a readable CSV ({reason})") from None
+
+
+def _require_columns(frame: pd.DataFrame, columns: Sequence[str], source: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"{source}: missing columns {', '.join(missing)}")
+
+
+def _integers(series: pd.Series, source: str, col: str) -> pd.Series:
+    values = pd.to_numeric(series, errors="coerce")
+    bad = values.isna() | (values != values.round())
+    if bad.any():
+        raise DataError(f"{source}: column {col} needs integers, got {series[bad].iloc[0]!r}")
+    return values.astype(np.int64)
+
+
+def _floats(series: pd.Series, source: str, col: str) -> pd.Series:
+    values = pd.to_numeric(series, errors="coerce").astype(np.float64)
+    text = series.astype(str).str.strip().str.lower()
+    bad = values.isna() & series.notna() & ~text.isin(["", "nan", "none"])
+    if bad.any():
+        raise DataError(f"{source}: column {col} needs numbers, got {series[bad].iloc[0]!r}")
+    return values
+
+
+def parse_arriving(value: str, source: str) -> frozenset[int]:
+    names = [v.strip() for v in value.split(";") if v.strip()]
+    unknown = [n for n in names if n not in MODALITIES]
+    if unknown:
+        raise DataError(f"{source}: column arriving has unknown modality {unknown[0]!r}")
+    return frozenset(MODALITIES.index(n) for n in names)
+
+
+def maybe_compressed(path: Path) -> Path:
+    """``path``, or ``path.gz`` where only that exists (pandas reads either)."""
+    gz = path.with_name(path.name + ".gz")
+    return gz if not path.exists() and gz.exists() else path

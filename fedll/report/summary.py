@@ -1,0 +1,135 @@
+"""Per-trial measures and the forgetting table: mean ± std over the seeds of a configuration.
+
+:func:`trial_summary` computes every measure of :data:`MEASURES` per trial and evaluated
+modality from its Dice matrix; :func:`summarise` (and :func:`forgetting_table`, both steps)
+aggregates them over the seeds of each configuration (:data:`fedll.columns.CONFIG_COLUMNS`).
+Where the results have the per-round ``failed`` and ``rejected`` columns, the table also
+counts them per configuration (summed over seeds).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from fedll.columns import config_columns
+from fedll.data import MODALITIES
+from fedll.metrics import (
+    area_under_curve,
+    backward_transfer,
+    final_dice,
+    forgetting,
+    learning_accuracy,
+    nan_reduce,
+    switch_drops,
+)
+from fedll.report.matrices import dice_matrix
+from fedll.report.read import COUNTS, check_results
+
+logger = logging.getLogger(__name__)
+
+MEASURES: dict[str, str] = {  # column -> label in the formatted table
+    "final_dice": "final Dice",
+    "forgetting_final": "forgetting (final)",
+    "forgetting_max": "forgetting (max)",
+    "switch_drop_mean": "switch drop (mean)",
+    "switch_drop_max": "switch drop (max)",
+    "bwt": "BWT",
+    "learning_accuracy": "learning acc.",
+    "auc": "AUC",
+    "mean_final_dice": "mean final Dice",
+}
+
+
+def trial_summary(results: pd.DataFrame) -> pd.DataFrame:
+    """One row per trial x evaluated modality with every measure of ``MEASURES``.
+
+    Per modality ``m``: ``final_dice`` R[T, m]; ``forgetting_final`` / ``forgetting_max`` the
+    last and the largest entry of ``forgetting(R)[:, m]``; ``switch_drop_mean`` / ``_max`` over
+    the drops of ``m`` at switches (NaN without any); ``bwt`` and ``learning_accuracy`` as in
+    ``fedll.metrics`` for modality ``m``; ``auc`` the mean Dice over rounds 1..T. The trial's
+    ``mean_final_dice`` (mean over modalities) and, where the results have them, its counts of
+    failed sites and rejected updates over all rounds (``COUNTS``) are repeated on each of its
+    rows.
+    """
+    results = check_results(results)
+    keys = config_columns(results)
+    evaluated = [m for m in MODALITIES if m in set(results["modality"])]
+    counted = {c: n for c, n in COUNTS.items() if c in results.columns}
+    rows = []
+    for trial, frame in results.groupby("trial", sort=False):
+        R, arriving = dice_matrix(frame)
+        F, final, auc = forgetting(R), final_dice(R), area_under_curve(R)
+        mean_final = nan_reduce(np.nanmean, final[[MODALITIES.index(e) for e in evaluated]])
+        counts = {n: round_events(frame, c) for c, n in counted.items()}
+        first = frame.iloc[0]
+        for modality in evaluated:
+            m = MODALITIES.index(modality)
+            drops = switch_drops(R, arriving, modality=m)
+            rows.append(
+                {
+                    "trial": trial,
+                    **{k: first[k] for k in keys},
+                    "seed": first["seed"],
+                    "modality": modality,
+                    "rounds": R.shape[0] - 1,
+                    "final_dice": final[m],
+                    "forgetting_final": F[-1, m],
+                    "forgetting_max": nan_reduce(np.nanmax, F[:, m]),
+                    "switch_drop_mean": nan_reduce(np.nanmean, drops),
+                    "switch_drop_max": nan_reduce(np.nanmax, drops),
+                    "bwt": backward_transfer(R, arriving, modality=m),
+                    "learning_accuracy": learning_accuracy(R, arriving, modality=m),
+                    "auc": auc[m],
+                    "mean_final_dice": mean_final,
+                    **counts,
+                }
+            )
+    return _sorted(pd.DataFrame(rows), [*keys, "seed"])
+
+
+def round_events(trial_results: pd.DataFrame, column: str) -> int:
+    """How many sites one trial's ``column`` (``failed`` or ``rejected``) names over its rounds
+    (each round's rows repeat the same ";"-joined names)."""
+    per_round = trial_results.groupby("round")[column].first()
+    return sum(len([s for s in str(v).split(";") if s.strip()]) for v in per_round)
+
+
+def forgetting_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Per configuration x modality: ``n_seeds`` and ``<measure>_mean`` / ``<measure>_std``,
+    and the ``COUNTS`` columns summed over seeds where the results have them.
+
+    Means skip NaN (a seed without switches adds no switch drop); std is the sample standard
+    deviation over seeds (ddof=1, NaN for a single seed).
+    """
+    return summarise(trial_summary(results))
+
+
+def summarise(summary: pd.DataFrame) -> pd.DataFrame:
+    """Aggregate a ``trial_summary`` over the seeds of each configuration x modality."""
+    keys = [*config_columns(summary), "modality"]
+    groups = summary.groupby(keys, sort=False, dropna=False)
+    measures = list(MEASURES)
+    parts = [
+        groups["trial"].nunique().rename("n_seeds"),
+        groups[measures].mean().add_suffix("_mean"),
+        groups[measures].std(ddof=1).add_suffix("_std"),
+        groups[measures].count().add_suffix("_n"),
+    ]
+    counts = [n for n in COUNTS.values() if n in summary.columns]
+    if counts:
+        parts.append(groups[counts].sum())
+    table = pd.concat(parts, axis=1).reset_index()
+    repeated = groups["seed"].nunique() < table.set_index(keys)["n_seeds"]
+    if repeated.any():
+        logger.warning("configurations with repeated seeds: %s", list(repeated[repeated].index))
+    stats = [f"{m}_{s}" for m in measures for s in ("mean", "std", "n")]
+    return _sorted(table[[*keys, "n_seeds", *stats, *counts]], keys[:-1])
+
+
+def _sorted(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    order = frame["modality"].map({m: i for i, m in enumerate(MODALITIES)})
+    frame = frame.assign(_modality=order).sort_values([*keys, "_modality"], kind="stable")
+    return frame.drop(columns="_modality").reset_index(drop=True)
