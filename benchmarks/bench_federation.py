@@ -32,10 +32,11 @@ import torch
 
 from fedll.config import dump_scenario, expand_trials, load_scenario
 from fedll.data.prepare import prepare_cohort
+from fedll.evaluation import evaluate_cases
 from fedll.models import build_model
 from fedll.stream import build_stream, counted_holdings
 from fedll.sweep import SweepOptions, run_sweep, run_trial
-from fedll.train import evaluate_cases, train_local
+from fedll.train import train_local
 
 
 def prepare_run(scenario_path: Path, out: Path, overrides: list[str]) -> Path:

@@ -24,15 +24,17 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from fedll.data.layouts import discover, load_volume
-from fedll.data.slices import SliceCache, SliceSpec, load_slices, preprocess
+from fedll.config import SliceConfig
+from fedll.data.layouts import discover
+from fedll.data.nifti import load_volume
+from fedll.data.slices import SliceCache, load_slices, preprocess
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=20)
     parser.add_argument("--shape", nargs=3, type=int, default=[96, 112, 80])
-    parser.add_argument("--size", type=int, default=64, help="SliceSpec.size")
+    parser.add_argument("--size", type=int, default=64, help="SliceConfig.size")
     parser.add_argument("--empty-fraction", type=float, default=0.1)
     parser.add_argument("--repeats", type=int, default=3, help="warm passes (median)")
     parser.add_argument("--processes", type=int, default=1, help="load_slices processes")
@@ -70,7 +72,7 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     shape = tuple(args.shape)
-    spec = SliceSpec(size=args.size, empty_fraction=args.empty_fraction, seed=args.seed)
+    spec = SliceConfig(size=args.size, empty_fraction=args.empty_fraction, seed=args.seed)
     with tempfile.TemporaryDirectory(dir=args.out) as tmp:
         root = Path(tmp) / "cohort"
         for index in range(args.cases):
