@@ -10,6 +10,13 @@ import torch
 from torch import nn
 
 from fedll.config import TrainingConfig
+from fedll.config.options import (
+    ContinualOptions,
+    EWCOptions,
+    FineTuneOptions,
+    ReplayOptions,
+    option_types,
+)
 from fedll.continual import (
     EWC,
     METHODS,
@@ -19,13 +26,6 @@ from fedll.continual import (
     build_method,
     empirical_fisher,
     reservoir,
-)
-from fedll.config.options import (
-    ContinualOptions,
-    EWCOptions,
-    FineTuneOptions,
-    ReplayOptions,
-    option_types,
 )
 from fedll.train import segmentation_loss, train_local
 

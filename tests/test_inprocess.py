@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import logging
 import os
@@ -22,6 +23,7 @@ from flwr.supercore.run import Run
 from fedll.inprocess import (
     InProcessGrid,
     _assign_message_id,
+    _error_reason,
     _set_task_identity,
     run_server_app,
     simulation_node_configs,
@@ -236,8 +238,12 @@ def test_flower_private_corners():
     reply = Message(RecordDict(), reply_to=message)
     assert reply.metadata.reply_to_message_id == "abc"
 
-    # The error code Flower gives an exception raised in a ClientApp.
+    # The error code Flower gives an exception raised in a ClientApp, and its reason, which
+    # the SuperNode builds inline (the copied format must be the one in Flower's source).
     assert ErrorCode.CLIENT_APP_RAISED_EXCEPTION == 2
+    source = inspect.getsource(importlib.import_module("flwr.supernode.runtime.run_clientapp"))
+    assert 'reason = str(type(ex)) + ":<\'" + str(ex) + "\'>"' in source
+    assert _error_reason(ValueError("x")) == str(ValueError) + ":<'x'>"
 
 
 @pytest.mark.slow

@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 import torch
 
-from fedll.config import dump_scenario, expand_trials, load_scenario
 from fedll.columns import RESULT_COLUMNS
+from fedll.config import dump_scenario, expand_trials, load_scenario
 from fedll.sweep import SweepOptions, pending, run_sweep, run_trial
 
 REQUIRED = [

@@ -10,13 +10,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from fedll.data.manifest import MANIFEST_COLUMNS
 from fedll.data.cohort import (
     default_test_patients,
     generate_cohort,
     plan_cohort,
     site_scanner,
 )
+from fedll.data.manifest import MANIFEST_COLUMNS
 from fedll.data.phantom import Atlas, load_atlas
 from fedll.data.preview import write_preview
 from fedll.errors import ConfigError, DataError, FedllError

@@ -96,7 +96,9 @@ def test_empty_share_respected_and_seeded() -> None:
     spec = SliceConfig(empty_fraction=1.0, seed=3)
     first = select_slices(tumour, brain, spec)
     np.testing.assert_array_equal(first, select_slices(tumour, brain, spec))
-    others = [select_slices(tumour, brain, SliceConfig(empty_fraction=1.0, seed=s)) for s in range(8)]
+    others = [
+        select_slices(tumour, brain, SliceConfig(empty_fraction=1.0, seed=s)) for s in range(8)
+    ]
     assert any(not np.array_equal(first, other) for other in others)
 
 

@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 
 from fedll.models import (
-    ArgumentError,
-    check_arguments,
     PARAMETER_GROUPS,
+    ArgumentError,
     advance_schedule,
     build_model,
+    check_arguments,
     current_temperature,
     last_attention,
     model_names,

@@ -487,17 +487,3 @@ def test_discovery_goes_on_with_the_sites_that_connected(caplog):
         run_server_app(server, grid, {})
     assert [i.name for i in found] == ["s0", "s1"]
     assert "only 2 of 3 sites connected within 0s; going on with them" in caplog.text
-
-
-def test_the_ordering_skips_the_sites_that_did_not_join():
-    from fedll.stream import counted_holdings
-    from fedll.planning import ordering_among
-
-    flair_only = counted_holdings([("f", "flair", 2)])
-    assert ordering_among(["t", "f", "t", "f"], flair_only) == ["f", "f"]
-    assert ordering_among("alternating", flair_only) == "alternating:flair"
-    assert ordering_among("blocked:t2", flair_only) == "blocked:flair"
-    assert ordering_among("alternating:flair", flair_only) == "alternating:flair"
-    assert ordering_among("random", flair_only) == "random"
-    both = counted_holdings([("t", "t2", 1), ("f", "flair", 1)])
-    assert ordering_among("alternating", both) == "alternating"

@@ -155,6 +155,30 @@ def test_an_invalid_value_names_the_file_and_the_key(write_scenario, updates, ke
     assert_names(config_error(path), path, key)
 
 
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ({"name": "dycnn", "top_k": 99}, "models.m.top_k: must be in 1..num_kernels=4, got 99"),
+        ({"name": "static", "base_width": "wide"}, "models.m.base_width: Input should be"),
+        ({"name": "static", "kernel": 5}, "models.m.kernel: unknown argument of 'static'"),
+        ({"name": "dycnn", "acp_stats": ["mean", "median"]}, "models.m.acp_stats: Input"),
+        ({"name": "dycnn", "acp_stats": []}, "models.m.acp_stats: [] must be a non-empty"),
+        ({"name": "unet"}, "models.m.name: unknown model 'unet'"),
+        ({"name": "static-wide", "match_kwargs": {"depth": 1}}, "models.m.match_kwargs: "),
+    ],
+)
+def test_load_scenario_refuses_a_bad_model_argument_naming_it(write_scenario, model, message):
+    path = write_scenario({"models": {"static": None, "dycnn": None, "m": model}})
+    assert config_error(path).startswith(f"{path}: {message}")
+
+
+def test_a_model_is_checked_without_building_it(write_scenario):
+    """A model of terabytes is validated on the meta device (no memory, no time)."""
+    model = {"name": "dycnn", "depth": 8, "base_width": 4096, "num_kernels": 8}
+    scenario = load_scenario(write_scenario({"models": {"huge": model}}))
+    assert scenario.models["huge"].kwargs()["base_width"] == 4096
+
+
 def test_a_cohort_short_of_patients_says_how_many_are_needed(write_scenario):
     path = write_scenario({"cohort": {"synthetic": {"patients": 5}}})
     message = config_error(path)

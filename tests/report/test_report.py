@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedll.errors import DataError, FedllError
 from fedll.columns import REQUIRED_RESULT_COLUMNS as RESULT_COLUMNS
+from fedll.errors import DataError, FedllError
 from fedll.report import (
     attention_distance,
     build_report,

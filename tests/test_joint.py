@@ -1,0 +1,46 @@
+"""The joint upper bound: every site's cases pooled, trained once, evaluated before and after."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedll.config import joint_trial, load_scenario
+from fedll.data.prepare import prepare_cohort
+from fedll.joint import joint_stream, run_joint
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, make_scenario):
+    path = make_scenario(tmp_path_factory.mktemp("joint") / "s.yaml", {"joint": True})
+    scenario = load_scenario(path)
+    return scenario, prepare_cohort(scenario)
+
+
+def test_one_round_in_which_every_site_arrives(prepared):
+    scenario, cohort = prepared
+    (only,) = joint_stream(cohort, scenario)
+    assert only.index == 1
+    assert only.sites == ("hospital-t2", "hospital-flair")
+    assert only.modalities == ("t2", "flair")
+    assert [len(a.patients) for a in only.arrivals] == [2, 2]
+
+
+def test_the_joint_trial_evaluates_the_untrained_and_the_trained_model(prepared):
+    scenario, cohort = prepared
+    threads = torch.get_num_threads()
+    trial = joint_trial("static", seed=0)
+    rounds = []
+    results = run_joint(scenario, trial, cohort, on_round=lambda r, n: rounds.append((r, n)))
+    torch.set_num_threads(threads)
+    frame, _ = results.frames()
+    assert rounds == [(0, 1), (1, 1)]
+    assert set(frame["round"]) == {0, 1}
+    assert set(frame["strategy"]) == {"none"} and set(frame["cl"]) == {"joint"}
+    assert set(frame.loc[frame["round"] == 1, "arriving"]) == {"flair;t2"}
+    assert len(frame) == 2 * 2  # one test case per modality, two rounds
+    again, _ = run_joint(scenario, trial, cohort).frames()
+    torch.set_num_threads(threads)
+    assert frame["dice"].tolist() == again["dice"].tolist()  # seeded

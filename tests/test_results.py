@@ -1,0 +1,58 @@
+"""A trial's results: the rows of each evaluated round, the per-round events, the files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from fedll.columns import ATTENTION_COLUMNS, RESULT_COLUMNS
+from fedll.config import Trial
+from fedll.results import TrialResults, collect, trial_path, write_trial
+from fedll.stream import Arrival, Round
+
+TRIAL = Trial(model="dycnn", ordering="alternating", arrival_batch=1, strategy="fedavg", seed=3)
+STREAM = (
+    Round(1, (Arrival("h-t2", "t2", ("p1",)),)),
+    Round(2, (Arrival("h-flair", "flair", ("p2",)), Arrival("h-t2b", "t2", ("p3",)))),
+)
+
+
+def results() -> TrialResults:
+    out = TrialResults(trial=TRIAL, stream=STREAM)
+    out.add_round(0, "t2", ["a", "b"], [0.0, 0.5], {"stem": np.array([2.0, 2.0])})
+    out.add_round(2, "flair", ["c"], [1.0], {"stem": np.array([[1.0, 3.0], [3.0, 5.0]])})
+    out.failures[2] = ["h-x", "h-a"]
+    out.rejected[1] = ["h-t2"]
+    return out
+
+
+def test_rows_carry_the_trial_the_round_and_its_arrivals():
+    frame, attention = results().frames()
+    assert tuple(frame.columns) == RESULT_COLUMNS
+    assert tuple(attention.columns) == ATTENTION_COLUMNS
+    assert frame["case"].tolist() == ["a", "b", "c"]
+    first, last = frame.iloc[0], frame.iloc[-1]
+    assert first["trial"] == TRIAL.trial_id and first["strategy"] == "fedavg"
+    assert (first["sites"], first["arriving"]) == ("", "")  # round 0: the untrained model
+    assert (last["sites"], last["arriving"]) == ("h-flair;h-t2b", "flair;t2")
+    assert frame.groupby("round")["failed"].first().to_dict() == {0: "", 2: "h-a;h-x"}
+    assert set(frame["rejected"]) == {""}  # round 1 was not evaluated here
+
+
+def test_grouped_attention_is_averaged_over_output_channels():
+    _, attention = results().frames()
+    grouped = attention[attention["round"] == 2].sort_values("kernel")
+    assert grouped["mass"].tolist() == [2.0, 4.0]  # mean over (C_out=2) rows of each kernel
+
+
+def test_a_trial_is_written_attention_first_and_collected(tmp_path):
+    path = write_trial(tmp_path, results())
+    assert path == trial_path(tmp_path, TRIAL)
+    assert path.with_suffix(".attention.csv").exists()
+    other = Trial(model="static", ordering="blocked", arrival_batch=2, strategy="fedavg", seed=0)
+    write_trial(tmp_path, TrialResults(trial=other, stream=STREAM))
+    frame, attention = collect(tmp_path)
+    assert set(frame["trial"]) == {TRIAL.trial_id}  # the empty trial adds no row
+    on_disk = pd.read_csv(tmp_path / "results.csv", keep_default_na=False)
+    assert on_disk["dice"].tolist() == [0.0, 0.5, 1.0]
+    assert len(attention) == len(pd.read_csv(tmp_path / "attention.csv"))

@@ -1,0 +1,105 @@
+"""Local training: the mini-batch plan, the hooks' order, seeding, kept optimiser moments."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fedll.config import TrainingConfig
+from fedll.train import batch_bounds, make_optimizer, segmentation_loss, train_local
+
+
+@pytest.mark.parametrize(
+    ("n", "size", "bounds"),
+    [
+        (4, 2, [(0, 2), (2, 4)]),
+        (5, 2, [(0, 2), (2, 5)]),  # a last batch of one sample joins the one before
+        (17, 16, [(0, 17)]),
+        (1, 16, [(0, 1)]),  # a lone sample stays a batch: there is nothing to join
+        (7, 3, [(0, 3), (3, 7)]),
+        (8, 3, [(0, 3), (3, 6), (6, 8)]),
+    ],
+)
+def test_batch_bounds(n, size, bounds):
+    assert batch_bounds(n, size) == bounds
+
+
+class Recorder:
+    """A training hook that records what it was given."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def before_training(self, model: nn.Module) -> None:
+        self.calls.append("before")
+
+    def extra_loss(self, model, x, logits):
+        self.calls.append(f"loss{len(x)}")
+        return None
+
+    def after_training(self, model, images, masks) -> None:
+        self.calls.append(f"after{len(images)}")
+
+
+def data(n: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(n, 1, 4, 4)).astype(np.float32)
+    return images, (images > 0.5).astype(np.uint8)
+
+
+def test_hooks_see_each_step_and_the_batch_norm_rule_holds():
+    """5 samples in batches of 2 for 2 epochs: steps of 2 and 3 (never 1), 4 in all."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2), nn.Conv2d(2, 1, 1))
+    hook = Recorder()
+    images, masks = data(5)
+    result = train_local(model, images, masks, TrainingConfig(epochs=2, batch_size=2), 0,
+                         hooks=[hook])  # fmt: skip
+    assert hook.calls == ["before", "loss2", "loss3", "loss2", "loss3", "after5"]
+    assert (result.steps, result.samples) == (4, 5) and np.isfinite(result.loss)
+
+
+def test_no_data_trains_nothing():
+    model = nn.Conv2d(1, 1, 1)
+    before = model.weight.detach().clone()
+    result = train_local(model, *data(0), TrainingConfig(), 0)
+    assert (result.steps, result.samples) == (0, 0) and np.isnan(result.loss)
+    assert torch.equal(model.weight, before)
+
+
+def test_the_seed_fixes_the_batch_order():
+    images, masks = data(12)
+    cfg = TrainingConfig(epochs=20, batch_size=4, lr=0.05)
+    runs = []
+    for seed in (1, 1, 2):
+        torch.manual_seed(0)
+        model = nn.Conv2d(1, 1, 3, padding=1)
+        train_local(model, images, masks, cfg, seed)
+        runs.append((model.weight.detach().clone(), seed))
+    assert torch.equal(runs[0][0], runs[1][0]) and not torch.equal(runs[0][0], runs[2][0])
+
+
+def test_training_lowers_the_loss():
+    images, masks = data(12)
+    torch.manual_seed(0)
+    model = nn.Conv2d(1, 1, 3, padding=1)
+    x, y = torch.tensor(images), torch.tensor(masks).float()
+    before = float(segmentation_loss(model(x), y).detach())
+    train_local(model, images, masks, TrainingConfig(epochs=30, batch_size=4, lr=0.05), 0)
+    assert float(segmentation_loss(model(x), y).detach()) < 0.8 * before
+
+
+def test_kept_moments_resume_the_optimiser():
+    images, masks = data(6)
+    keep = TrainingConfig(epochs=1, batch_size=3, optimizer_state="keep")
+    torch.manual_seed(0)
+    model = nn.Conv2d(1, 1, 1)
+    result = train_local(model, images, masks, keep, 0)
+    assert result.optimizer_state is not None and result.optimizer_state[0]["step"] == 2
+    resumed = make_optimizer(model, keep, result.optimizer_state)
+    assert resumed.state_dict()["state"][0]["step"] == 2
+    reset = train_local(
+        model, images, masks, keep.model_copy(update={"optimizer_state": "reset"}), 0
+    )
+    assert reset.optimizer_state is None
