@@ -1,22 +1,29 @@
 """The ``fedll`` command line: thin commands over the library.
 
-Every error caused by the user's input (a bad scenario key, a bad NIfTI file) is printed
-as one line on stderr and exits with code 2, without a traceback.
+Every error caused by the user's input (a bad scenario key, a bad NIfTI file, a path that
+cannot be read or written) is printed as one line on stderr and exits with code 2, without a
+traceback: each command runs under one handler (:func:`_guarded`) that turns fedll's errors,
+and the OS's about a path, into that line. Messages are printed literally, never as markup.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from fedll.config import Scenario, Trial, dump_scenario, expand_trials, load_scenario
-from fedll.errors import FedllError
+from fedll.errors import DataError, FedllError
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 app = typer.Typer(
     add_completion=False,
@@ -30,9 +37,37 @@ def _console() -> Console:
     return Console(stderr=False, highlight=False)
 
 
+def _say(message: str, *, err: bool = False) -> None:
+    """Print ``message`` literally (a key or path holding ``[...]`` is not markup)."""
+    Console(stderr=err, highlight=False).print(message, soft_wrap=True, markup=False)
+
+
 def _fail(message: str) -> None:
-    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    line = Text.assemble(("error:", "bold red"), " ", message)
+    Console(stderr=True, highlight=False).print(line, soft_wrap=True)
     raise typer.Exit(code=2)
+
+
+def _os_message(error: OSError) -> str:
+    """``path: reason`` for an OS error about a path (the reason alone otherwise)."""
+    reason = error.strerror or type(error).__name__
+    where = error.filename if error.filename is not None else None
+    return f"{where}: {reason}" if where is not None else reason
+
+
+def _guarded(command: F) -> F:
+    """Run a command under the one handler that makes a user's mistake one line, exit 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except FedllError as error:
+            _fail(str(error))
+        except OSError as error:
+            _fail(_os_message(error))
+
+    return wrapper  # type: ignore[return-value]
 
 
 @app.callback()
@@ -55,6 +90,7 @@ def _quiet_flower(verbose: bool) -> None:
 
 
 @app.command()
+@_guarded
 def cohort(
     out: Annotated[Path, typer.Option(help="folder to write the cohort into")],
     patients: Annotated[int, typer.Option(help="number of patients")] = 130,
@@ -80,26 +116,23 @@ def cohort(
         if sites.strip().isdigit()
         else [s.strip() for s in sites.split(",") if s.strip()]
     )
-    try:
-        kwargs = {} if test_patients is None else {"test_patients": test_patients}
-        manifest = generate_cohort(
-            out,
-            patients=patients,
-            sites=names,
-            seed=seed,
-            workers=workers,
-            overwrite=overwrite,
-            **kwargs,
-        )
-        _console().print(f"wrote {patients} patients at {len(names)} sites: {manifest}")
-        if preview:
-            png = write_preview(manifest, out / "preview.png")
-            _console().print(f"preview: {png}")
-    except FedllError as error:
-        _fail(str(error))
+    kwargs = {} if test_patients is None else {"test_patients": test_patients}
+    manifest = generate_cohort(
+        out,
+        patients=patients,
+        sites=names,
+        seed=seed,
+        workers=workers,
+        overwrite=overwrite,
+        **kwargs,
+    )
+    _say(f"wrote {patients} patients at {len(names)} sites: {manifest}")
+    if preview:
+        _say(f"preview: {write_preview(manifest, out / 'preview.png')}")
 
 
 @app.command()
+@_guarded
 def run(
     scenario_path: Annotated[Path, typer.Argument(metavar="SCENARIO", help="scenario YAML")],
     out: Annotated[
@@ -120,38 +153,58 @@ def run(
     ] = False,
 ) -> None:
     """Run every trial of a scenario, then write the forgetting tables and plots."""
-    source = str(scenario_path)
-    try:
-        scenario = load_scenario(scenario_path, overrides or [])
-    except FedllError as error:
-        _fail(str(error))
+    scenario = load_scenario(scenario_path, overrides or [])
     trials = expand_trials(scenario)
     if dry_run:
-        try:
-            _print_trials(scenario, trials)
-        except FedllError as error:
-            _fail(f"{source}: {error}")
+        _print_trials(scenario, trials)
         return
-    run_dir = out or Path("runs") / scenario.name
-    resolved = dump_scenario(scenario)
-    saved = run_dir / "scenario.yaml"
-    if saved.exists() and not _same_scenario(saved, resolved, scenario):
-        _fail(
-            f"{saved}: this run directory holds a different scenario; choose another --out "
-            "(or delete it) to start afresh"
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    saved.write_text(resolved)
+    # absolute: Ray workers may start in another directory
+    run_dir = (out or Path("runs") / scenario.name).expanduser().resolve()
+    if address:
+        from fedll.sweep import check_address
+
+        check_address(address)
+    _claim(run_dir, scenario)
     try:
         _run(run_dir, scenario, address, cpus_per_trial, local)
-    except FedllError as error:
-        _fail(str(error))
     except KeyboardInterrupt:
-        Console(stderr=True).print(
+        _say(
             f"interrupted; finished trials are kept in {run_dir}/trials, "
-            "rerun the same command to resume"
+            "rerun the same command to resume",
+            err=True,
         )
         raise typer.Exit(code=130) from None
+
+
+def _claim(run_dir: Path, scenario: Scenario) -> None:
+    """Make ``run_dir`` this scenario's: new, resumed (the same scenario), or taken over from
+    another scenario that finished no trial there (a failed preparation locks nothing)."""
+    from fedll.atomic import atomic_path
+    from fedll.config.grid import fingerprints
+    from fedll.store import verify_trial
+
+    if run_dir.exists() and not run_dir.is_dir():
+        raise DataError(f"--out {run_dir}: is a file, not a directory")
+    saved = run_dir / "scenario.yaml"
+    resolved = dump_scenario(scenario)
+    if saved.exists() and not _same_scenario(saved, resolved, scenario):
+        try:
+            held = fingerprints(load_scenario(saved))
+        except FedllError:
+            held = {}
+        done = [t for t, f in held.items() if verify_trial(run_dir, t, f) is None]
+        if done:
+            raise DataError(
+                f"{saved}: this run directory holds a different scenario with {len(done)} "
+                "finished trial(s); choose another --out (or delete it) to start afresh"
+            )
+        logging.getLogger(__name__).warning(
+            "%s held another scenario that finished no trial; it is replaced", saved
+        )
+        (run_dir / "cohort.json").unlink(missing_ok=True)  # its split may differ
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(saved) as tmp:
+        tmp.write_text(resolved)
 
 
 def _same_scenario(saved: Path, resolved: str, scenario: Scenario) -> bool:
@@ -171,9 +224,9 @@ def _run(
 ) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from fedll.config.grid import fingerprints
     from fedll.data.prepare import cohort_for
-    from fedll.report.build import build_report
-    from fedll.results import collect
+    from fedll.store import collect
     from fedll.sweep import Progress as SweepProgress
     from fedll.sweep import SweepOptions, run_sweep
 
@@ -185,7 +238,7 @@ def _run(
         scenario, address=address, cpus_per_trial=cpus, backend="local" if local else "ray"
     )
     columns = (
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -206,20 +259,55 @@ def _run(
             if tid in rounds:
                 bar.remove_task(rounds.pop(tid))
             if error:
-                console.print(f"[red]trial {tid} failed:[/] {error}")
+                console.print(Text(f"trial {tid} failed: {error}", style="red"))
+            elif events := _events(run_dir, tid):
+                console.print(Text(f"trial {tid}: {events}", style="yellow"))
 
         summary = run_sweep(run_dir, options, on_progress=on_progress, on_trial_done=on_done)
         bar.update(overall, completed=len(trials) - len(summary.failed))
     if summary.skipped:
-        console.print(f"{len(summary.skipped)} finished trial(s) were kept from an earlier run")
-    results, _ = collect(run_dir)
+        _say(f"{len(summary.skipped)} finished trial(s) were kept from an earlier run")
+    results, _ = collect(run_dir, fingerprints(scenario))
     if results.empty:
         _fail(f"{run_dir}: no trial finished; see the errors above")
-    report = build_report(run_dir)
-    _print_table(report)
-    console.print(f"results: {run_dir / 'results.csv'}")
+    _print_table(_report(run_dir, partial=bool(summary.failed)))
+    _say(f"results: {run_dir / 'results.csv'}")
     if summary.failed:
         _fail(f"{len(summary.failed)} trial(s) failed: {', '.join(summary.failed)}")
+
+
+def _events(run_dir: Path, trial_id: str) -> str:
+    """The failed and rejected updates of a finished trial, in words ("" when none)."""
+    from fedll.store import trial_events
+
+    parts = []
+    for kind, what in (("failed", "failed"), ("rejected", "sent a rejected update")):
+        for site, rounds in trial_events(run_dir, trial_id)[kind].items():
+            label = "round" if len(rounds) == 1 else "rounds"
+            parts.append(f"{site} {what} in {label} {', '.join(map(str, rounds))}")
+    return "; ".join(parts)
+
+
+def _report(run_dir: Path, partial: bool = False) -> dict:
+    """The run's tables and plots; results that lack part of their scenario are refused,
+    unless ``partial`` (then the complete configurations are reported and the rest listed)."""
+    from fedll.report.build import build_report
+    from fedll.report.read import maybe_compressed, read_results
+    from fedll.store import expected_results
+
+    saved = run_dir / "scenario.yaml"
+    if not saved.is_file():  # results without their scenario: nothing to check them against
+        return build_report(run_dir)
+    results = read_results(maybe_compressed(run_dir / "results.csv"))
+    expected = expected_results(run_dir, load_scenario(saved), results)
+    built = build_report(run_dir, expected=expected, partial=partial)
+    if built["left_out"]:
+        _say(
+            f"partial: {len(built['left_out'])} trial(s) of {len(expected.rounds)} left out "
+            f"(listed in {built['missing']})",
+            err=True,
+        )
+    return built
 
 
 def _print_trials(scenario: Scenario, trials: list[Trial]) -> None:
@@ -255,24 +343,25 @@ def _print_trials(scenario: Scenario, trials: list[Trial]) -> None:
 def _print_table(report: dict) -> None:
     path = report.get("markdown")
     if path is not None and Path(path).exists():
-        _console().print(Path(path).read_text(), soft_wrap=True, markup=False)
+        _say(Path(path).read_text())
 
 
 @app.command()
+@_guarded
 def report(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="a run directory")],
+    partial: Annotated[
+        bool,
+        typer.Option(help="report the complete configurations of an incomplete run"),
+    ] = False,
 ) -> None:
-    """Rebuild the forgetting tables and plots from RUN_DIR/results.csv alone."""
-    from fedll.report.build import build_report
-
-    try:
-        built = build_report(run_dir)
-    except FedllError as error:
-        _fail(str(error))
-    _print_table(built)
+    """Rebuild the forgetting tables and plots from RUN_DIR/results.csv alone (checked against
+    RUN_DIR/scenario.yaml: every trial, round and test case must be there)."""
+    _print_table(_report(run_dir, partial=partial))
 
 
 @app.command()
+@_guarded
 def certs(
     out: Annotated[Path, typer.Option(help="folder to write the certificates and keys into")],
     sites: Annotated[
@@ -289,17 +378,14 @@ def certs(
     from fedll.deploy.certs import DEFAULT_HOSTS, write_certificates
 
     names = [s.strip() for s in sites.split(",") if s.strip()]
-    try:
-        files = write_certificates(out, names, hosts or DEFAULT_HOSTS, days, overwrite)
-    except FedllError as error:
-        _fail(str(error))
-    console = _console()
-    console.print(f"CA: {files.ca_cert}  SuperLink: {files.server_cert}, {files.server_key}")
+    files = write_certificates(out, names, hosts or DEFAULT_HOSTS, days, overwrite)
+    _say(f"CA: {files.ca_cert}  SuperLink: {files.server_cert}, {files.server_key}")
     for site, (private, public) in files.keys.items():
-        console.print(f"{site}: {private} (stays at the site), {public} (register it)")
+        _say(f"{site}: {private} (stays at the site), {public} (register it)")
 
 
 @app.command("site-data")
+@_guarded
 def site_data(
     scenario_path: Annotated[Path, typer.Argument(metavar="SCENARIO", help="scenario YAML")],
     out: Annotated[Path, typer.Option(help="folder for one data folder per site")],
@@ -309,18 +395,16 @@ def site_data(
     from fedll.data.prepare import prepare_cohort
     from fedll.deploy.site_data import write_site_manifests
 
-    try:
-        scenario = load_scenario(scenario_path)
-        with _console().status("preparing the cohort"):
-            prepared = prepare_cohort(scenario, source=str(scenario_path))
-        written = write_site_manifests(prepared, out)
-    except FedllError as error:
-        _fail(str(error))
+    scenario = load_scenario(scenario_path)
+    with _console().status("preparing the cohort"):
+        prepared = prepare_cohort(scenario, source=str(scenario_path))
+    written = write_site_manifests(prepared, out)
     for site, path in written.items():
-        _console().print(f"{site}: {len(prepared.sites[site])} cases in {path}")
+        _say(f"{site}: {len(prepared.sites[site])} cases in {path}")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@_guarded
 def site(
     ctx: typer.Context,
     name: Annotated[str, typer.Option("--site", help="the site's name in the scenario")],
@@ -350,29 +434,25 @@ def site(
 
     from fedll.deploy.supernode import site_command
 
-    try:
-        found, command = site_command(
-            name,
-            modality,
-            data_dir,
-            superlink,
-            root_certificates=root_certificates,
-            insecure=insecure,
-            auth_key=auth_key,
-            runtime_port=runtime_port,
-            cache_dir=cache_dir,
-            extra=ctx.args,
-        )
-    except FedllError as error:
-        _fail(str(error))
-    Console(stderr=True, highlight=False).print(
+    found, command = site_command(
+        name,
+        modality,
+        data_dir,
+        superlink,
+        root_certificates=root_certificates,
+        insecure=insecure,
+        auth_key=auth_key,
+        runtime_port=runtime_port,
+        cache_dir=cache_dir,
+        extra=ctx.args,
+    )
+    _say(
         f"site {found.name}: {len(found.records)} {found.modality} training cases in "
         f"{data_dir.expanduser().resolve()}",
-        soft_wrap=True,
-        markup=False,
+        err=True,
     )
     if dry_run:
-        _console().print(shlex.join(command), soft_wrap=True, markup=False)
+        _say(shlex.join(command))
         return
     sys.stderr.flush()
     sys.stdout.flush()
@@ -384,7 +464,7 @@ def main() -> None:
     try:
         app()
     except FedllError as error:  # a library error that escaped a command
-        Console(stderr=True).print(f"error: {error}", soft_wrap=True, markup=False)
+        _say(f"error: {error}", err=True)
         sys.exit(2)
 
 

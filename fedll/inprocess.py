@@ -252,13 +252,15 @@ class InProcessGrid(Grid):
                     f"got {type(reply).__name__}"
                 )
         except Exception as ex:  # every ClientApp failure becomes an error reply, as in Flower
-            logger.error(
-                "ClientApp raised on node %d (node_config %s) for a %r message",
+            # one line (the strategy reports the failure too); the traceback at debug level
+            logger.warning(
+                "ClientApp raised on node %d for a %r message: %s: %s",
                 node_id,
-                context.node_config,
                 message.metadata.message_type,
-                exc_info=True,
+                type(ex).__name__,
+                ex,
             )
+            logger.debug("traceback of the ClientApp on node %d", node_id, exc_info=True)
             error = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=_error_reason(ex))
             return Message(error, reply_to=message)
         self._contexts[node_id] = context

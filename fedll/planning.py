@@ -12,10 +12,12 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from fedll.config.grid import Trial
 from fedll.config.instruction import TrainInstruction
 from fedll.config.options import FaultConfig
+from fedll.config.schema import Scenario
 from fedll.data import MODALITIES
-from fedll.stream import Round, SiteHoldings
+from fedll.stream import Round, SiteHoldings, build_stream, counted_holdings
 
 
 def ordering_among(
@@ -72,3 +74,17 @@ def plan_rounds(
                 }
             )
     return plan
+
+
+def trial_stream(scenario: Scenario, trial: Trial, absent: Sequence[str] = ()) -> tuple[Round, ...]:
+    """The rounds of a stream trial among the scenario's sites less ``absent`` (sites that
+    never joined a deployment); a joint trial has one round."""
+    if trial.kind == "joint":
+        return (Round(1, ()),)
+    holdings = counted_holdings(
+        [(s.name, s.modality, s.patients) for s in scenario.sites if s.name not in absent]
+    )
+    ordering = ordering_among(trial.ordering, holdings)
+    return build_stream(
+        holdings, ordering, trial.arrival_batch, trial.seed, trial.arrivals_per_round
+    )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -22,7 +23,9 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from fedll.config import Scenario, Trial, expand_trials, load_scenario
-from fedll.results import trial_path
+from fedll.config.grid import fingerprints
+from fedll.errors import ConfigError
+from fedll.store import finished, trial_path
 
 logger = logging.getLogger(__name__)
 
@@ -70,9 +73,11 @@ class SweepSummary:
     failed: dict[str, str] = field(default_factory=dict)
 
 
-def pending(run_dir: Path, trials: Sequence[Trial]) -> list[Trial]:
-    """Trials without a results file yet."""
-    return [t for t in trials if not trial_path(run_dir, t).exists()]
+def pending(run_dir: Path, scenario: Scenario) -> list[Trial]:
+    """The scenario's trials whose files do not verify (:mod:`fedll.store`); the files of any
+    of them that has some are set aside, so that it runs again."""
+    done = finished(run_dir, fingerprints(scenario))
+    return [t for t in expand_trials(scenario) if t.trial_id not in done]
 
 
 def run_trial(
@@ -242,7 +247,7 @@ def run_sweep(
     run_dir = Path(run_dir)
     scenario = load_scenario(run_dir / RESOLVED_SCENARIO)
     trials = expand_trials(scenario)
-    todo = pending(run_dir, trials)
+    todo = pending(run_dir, scenario)
     summary = SweepSummary(skipped=[t.trial_id for t in trials if t not in todo])
     if not todo:
         return summary
@@ -292,6 +297,24 @@ def schedule(
             if on_trial_done is not None:
                 on_trial_done(trial_id, error)
     drain()
+
+
+def check_address(address: str, timeout: float = 10.0) -> None:
+    """ConfigError within ``timeout`` seconds when nothing listens at a Ray ``--address``
+    (``HOST:PORT`` or ``ray://HOST:PORT``; ``auto`` is left to Ray), instead of Ray's minutes
+    of retries."""
+    if address == "auto":
+        return
+    target = address.removeprefix("ray://")
+    host, sep, port = target.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--address {address}: expected HOST:PORT (or ray://HOST:PORT, auto)")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise ConfigError(f"--address {address}: no Ray cluster answers there ({reason})") from None
 
 
 def ray_init_kwargs(options: SweepOptions) -> dict[str, Any]:

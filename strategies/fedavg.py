@@ -78,6 +78,7 @@ class LifelongFedAvg(FedAvg):
         self.failures: dict[int, list[str]] = {}
         self.rejected: dict[int, list[str]] = {}
         self.current: dict[str, np.ndarray] = {}
+        self.sent: list[Message] = []
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -94,14 +95,14 @@ class LifelongFedAvg(FedAvg):
             messages.append(
                 Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node_id)
             )
+        self.sent = messages  # the grid gives each its message id when it pushes it
         return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        outcome = triage(
-            replies, self.plan.get(server_round, {}), self.site_of, self._read, self.problem
-        )
+        sent = {m.metadata.message_id: m.metadata.dst_node_id for m in self.sent}
+        outcome = triage(replies, sent, self.site_of, self.weighted_by_key, self.problem)
         self._record(server_round, outcome)
         if not outcome.accepted:
             return None, None
@@ -123,10 +124,6 @@ class LifelongFedAvg(FedAvg):
         return weighted_average(
             [u.state for u in updates], [u.samples for u in updates], self.layout.groups
         )
-
-    def _read(self, reply: Message) -> tuple[State, float]:
-        state = {k: v.numpy() for k, v in reply.content[self.arrayrecord_key].items()}
-        return state, float(reply.content["metrics"][self.weighted_by_key])
 
     def _record(self, server_round: int, outcome: Triage) -> None:
         """Keep the round's failed and rejected sites (for the results) and log them."""

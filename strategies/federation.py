@@ -21,9 +21,8 @@ from fedll.config.schema import Scenario
 from fedll.data.prepare import PreparedCohort
 from fedll.evaluation import evaluate_round
 from fedll.models import ModelLayout, build_model
-from fedll.planning import ordering_among, plan_rounds
+from fedll.planning import plan_rounds, trial_stream
 from fedll.results import TrialResults
-from fedll.stream import build_stream, counted_holdings
 from strategies.handshake import discover_sites, match_sites
 from strategies.registry import build_strategy
 
@@ -45,16 +44,7 @@ def run_federation(
     torch.set_num_threads(max(1, threads))
     infos = discover_sites(grid, expected=len(scenario.sites), timeout=min(timeout, 300.0))
     bound = match_sites(scenario, infos)
-    holdings = counted_holdings(
-        [(s.name, s.modality, s.patients) for s in scenario.sites if s.name in bound]
-    )
-    stream = build_stream(
-        holdings,
-        ordering_among(trial.ordering, holdings),
-        trial.arrival_batch,
-        trial.seed,
-        trial.arrivals_per_round,
-    )
+    stream = trial_stream(scenario, trial, [s.name for s in scenario.sites if s.name not in bound])
     spec = scenario.models[trial.model]
     torch.manual_seed(trial.seed)
     model = build_model(spec.name, **spec.kwargs())

@@ -1,13 +1,20 @@
 """Sorting a round's replies: failed, rejected and accepted updates (pure, no aggregation).
 
-A planned site *failed* when its reply is an error (the ClientApp raised) or when no reply
-came before the timeout; a reply with content is *rejected* when it cannot be read as an
-update or breaks a check of the strategy (``problem``), and *accepted* otherwise.
+A site is known by the message it was sent: a reply names it through
+``reply_to_message_id``, never through its ``src_node_id`` (when a SuperNode is offline the
+SuperLink itself sends the error reply, from node 1). A planned site *failed* when its reply
+is an error (the ClientApp raised, or the SuperLink answered for it) or when no reply came
+before the timeout. A reply with content is *rejected* when it breaks Flower's reply contract
+(:func:`contract_problem`, what ``FedAvg._check_and_log_replies(validate=True)`` requires:
+one ArrayRecord, one MetricRecord holding the sample count as one number, the same metric
+keys as the round's other replies), cannot be read as an update, or fails a check of the
+strategy (``problem``); it is *accepted* otherwise. Flower raises on such a round; fedll
+rejects the offending replies and aggregates the rest.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,46 +42,78 @@ class Triage:
     rejected: list[tuple[str, str]] = field(default_factory=list)
 
 
-ReadUpdate = Callable[[Message], tuple[State, float]]
 Problem = Callable[[Message, State, float], "str | None"]
+
+
+def contract_problem(reply: Message, weighted_by_key: str) -> str | None:
+    """Why a content reply breaks Flower's reply contract for a train round, or None."""
+    content = reply.content
+    if len(content.array_records) != 1:
+        return f"expected one ArrayRecord, got {len(content.array_records)}"
+    if len(content.metric_records) != 1:
+        return f"expected one MetricRecord, got {len(content.metric_records)}"
+    metrics = next(iter(content.metric_records.values()))
+    if weighted_by_key not in metrics:
+        return f"its MetricRecord has no {weighted_by_key!r}"
+    if not isinstance(metrics[weighted_by_key], (int, float)):
+        return f"{weighted_by_key!r} is not one number"
+    return None
+
+
+def read_update(reply: Message, weighted_by_key: str) -> tuple[dict[str, np.ndarray], float]:
+    """The state (the one ArrayRecord) and the sample count (from the one MetricRecord) of a
+    reply that keeps the contract."""
+    arrays = next(iter(reply.content.array_records.values()))
+    metrics = next(iter(reply.content.metric_records.values()))
+    return {k: v.numpy() for k, v in arrays.items()}, float(metrics[weighted_by_key])
 
 
 def triage(
     replies: Iterable[Message],
-    planned: Collection[int],
+    sent: Mapping[str, int],
     site_of: Mapping[int, str],
-    read: ReadUpdate,
+    weighted_by_key: str,
     problem: Problem,
 ) -> Triage:
-    """Sort ``replies`` to the nodes in ``planned``.
+    """Sort ``replies`` to the messages in ``sent`` (message id -> destination node).
 
-    ``read`` turns a reply into (state, sample count), raising KeyError, TypeError or
-    ValueError when it cannot; ``problem`` says why a read update must be rejected (or None).
-    Sites are named by ``site_of`` (node id -> site), the node id where it has no entry.
+    ``problem`` says why a read update must be rejected (or None). Sites are named by
+    ``site_of`` (node id -> site), the node id where it has no entry; a reply that answers no
+    message in ``sent`` is named by its sender.
     """
-    replies = list(replies)
 
     def site(node: int) -> str:
         return site_of.get(node, str(node))
 
     result = Triage()
-    answered = {m.metadata.src_node_id for m in replies}
+    answered: set[int] = set()
+    metric_keys: set[str] | None = None
     for message in replies:
-        sender = site(message.metadata.src_node_id)
+        node = sent.get(message.metadata.reply_to_message_id, message.metadata.src_node_id)
+        answered.add(node)
         if message.has_error():
-            result.failed.append((sender, f"raised: {message.error.reason}"))
+            result.failed.append((site(node), f"raised: {message.error.reason}"))
             continue
-        try:
-            state, samples = read(message)
-        except (KeyError, TypeError, ValueError) as error:
-            result.rejected.append((sender, f"unreadable reply ({error})"))
-            continue
-        reason = problem(message, state, samples)
+        reason = contract_problem(message, weighted_by_key)
         if reason is None:
-            result.accepted.append(Update(sender, dict(state), samples, message))
+            keys = set(next(iter(message.content.metric_records.values())).keys())
+            if metric_keys is not None and keys != metric_keys:
+                reason = f"its metric keys {sorted(keys)} differ from {sorted(metric_keys)}"
+        if reason is None:
+            try:
+                state, samples = read_update(message, weighted_by_key)
+            except (KeyError, TypeError, ValueError) as error:
+                reason = f"unreadable reply ({error})"
+        if reason is None:
+            reason = problem(message, state, samples)
+        if reason is None:
+            metric_keys = keys
+            result.accepted.append(Update(site(node), state, samples, message))
         else:
-            result.rejected.append((sender, reason))
+            result.rejected.append((site(node), reason))
     result.failed.extend(
-        (site(node), "no reply before the timeout") for node in planned if node not in answered
+        (site(node), "no reply before the timeout")
+        for node in dict.fromkeys(sent.values())
+        if node not in answered
     )
     return result

@@ -22,11 +22,12 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedll.config import Scenario, Trial, dump_scenario, expand_trials, load_scenario
+from fedll.config.grid import trial_fingerprint
 from fedll.data.prepare import cohort_for
 from fedll.errors import ConfigError
 from fedll.joint import run_joint
 from fedll.report.build import build_report
-from fedll.results import collect, write_trial
+from fedll.store import collect, write_trial
 from strategies.federation import RoundCallback, run_federation
 
 logger = logging.getLogger(__name__)
@@ -72,10 +73,13 @@ def make_server_app(on_round: RoundCallback | None = None) -> ServerApp:
             results = run_federation(
                 grid, scenario, trial, prepared, threads=threads, on_round=on_round
             )
-        path = write_trial(run_dir, results)
+        path = write_trial(run_dir, results, trial_fingerprint(scenario, trial))
         logger.info("trial %s written to %s", trial.trial_id, path)
         if context.run_config.get("collect", True):
-            collect(run_dir)
+            fingerprints = {
+                t.trial_id: trial_fingerprint(scenario, t) for t in expand_trials(scenario)
+            }
+            collect(run_dir, fingerprints)
             build_report(run_dir)
 
     return app

@@ -8,8 +8,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from fedll.cli import _same_scenario, app
-from fedll.config import dump_scenario, load_scenario
+from fedll.cli import _claim, _same_scenario, app
+from fedll.config import dump_scenario, expand_trials, load_scenario
+from fedll.config.grid import trial_fingerprint
+from fedll.errors import DataError
+from fedll.results import TrialResults
+from fedll.store import write_trial
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -143,16 +147,51 @@ def test_run_with_invalid_yaml_exits_2(write_scenario):
     assert_one_line_error(invoke("run", path), str(path), "YAML")
 
 
-def test_run_refuses_a_run_dir_holding_another_scenario(write_scenario, tmp_path):
+def finish_a_trial(run_dir: Path, scenario) -> None:
+    """Seal one (empty) trial of ``scenario`` in ``run_dir``, as a finished run would."""
+    trial = expand_trials(scenario)[0]
+    write_trial(run_dir, TrialResults(trial=trial, stream=()), trial_fingerprint(scenario, trial))
+
+
+def test_run_refuses_a_run_dir_holding_another_scenario_s_finished_trial(write_scenario, tmp_path):
     path = write_scenario()
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    other = dump_scenario(load_scenario(path, ["training.epochs=2"]))
+    held = load_scenario(path, ["training.epochs=2"])
+    other = dump_scenario(held)
     (run_dir / "scenario.yaml").write_text(other)
+    finish_a_trial(run_dir, held)
     result = invoke("run", path, "--out", run_dir, "--local")
     assert_one_line_error(result, str(run_dir / "scenario.yaml"), "different scenario")
+    assert "1 finished trial(s)" in result.stderr
     assert (run_dir / "scenario.yaml").read_text() == other
-    assert sorted(p.name for p in run_dir.iterdir()) == ["scenario.yaml"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["scenario.yaml", "trials"]
+
+
+def test_a_run_dir_whose_scenario_finished_nothing_takes_the_corrected_one(
+    write_scenario, tmp_path
+):
+    """A failed preparation (or a run stopped before any trial finished) locks nothing."""
+    path = write_scenario()
+    scenario = load_scenario(path)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "scenario.yaml").write_text(dump_scenario(load_scenario(path, ["seeds=[5]"])))
+    (run_dir / "cohort.json").write_text("{}")  # the old split goes with it
+    _claim(run_dir, scenario)
+    assert (run_dir / "scenario.yaml").read_text() == dump_scenario(scenario)
+    assert not (run_dir / "cohort.json").exists()
+    finish_a_trial(run_dir, scenario)
+    _claim(run_dir, scenario)  # the same scenario resumes
+    with pytest.raises(DataError, match="holds a different scenario with 1 finished trial"):
+        _claim(run_dir, load_scenario(path, ["seeds=[5]"]))
+
+
+def test_out_may_not_be_a_file(write_scenario, tmp_path):
+    target = tmp_path / "file"
+    target.write_text("x")
+    result = invoke("run", write_scenario(), "--out", target, "--local")
+    assert_one_line_error(result, str(target), "is a file")
 
 
 def test_a_run_dir_written_by_an_earlier_fedll_is_the_same_scenario(write_scenario, tmp_path):
@@ -253,3 +292,92 @@ def test_cohort_with_a_non_integer_is_a_usage_error(tmp_path):
     assert result.exit_code == 2
     assert "--patients" in result.stderr
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+# ---------------------------------------------------------------- hostile inputs
+
+
+@pytest.mark.parametrize(
+    ("text", "encoding", "names"),
+    [
+        ("name: tiny\ntraining: {epochs: 1}\ntraining: {epochs: 2}\n", "utf-8",
+         ["line 3: duplicate key 'training' (first at line 2)"]),
+        ("name: tiny\n", "utf-16", ["not UTF-8 text"]),
+        ("name: caf\xe9\n", "latin-1", ["not UTF-8 text", "0xe9"]),
+    ],
+)  # fmt: skip
+def test_a_scenario_file_that_is_not_what_it_seems_is_one_line(
+    write_scenario, text, encoding, names
+):
+    path = write_scenario(text="")
+    path.write_bytes(text.encode(encoding))
+    assert_one_line_error(invoke("run", path, "--dry-run"), str(path), *names)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("name=../../x", "name"),
+        ("name=/abs", "name"),
+        ("name=''", "name"),
+        ("name=.", "name"),
+        ("seeds=[-1]", "seeds.0"),
+        ("seeds=[1180591620717411303424]", "seeds.0"),
+        ("training.lr=.inf", "training.lr"),
+        ("training.lr=.nan", "training.lr"),
+        ("sites.0.patients=1000000000000", "sites.0.patients"),
+        ("models.static.base_width=wide", "models.static.base_width"),
+        ("models.static.depth=12", "models.static"),
+    ],
+)
+def test_values_that_would_fail_later_are_refused_at_parse_time(write_scenario, override, key):
+    path = write_scenario()
+    assert_one_line_error(invoke("run", path, "--dry-run", "--set", override), str(path), key)
+
+
+def test_a_model_key_that_cannot_name_a_file_is_refused(write_scenario):
+    path = write_scenario({"models": {"a/b": {"name": "static"}}})
+    assert_one_line_error(invoke("run", path, "--dry-run"), str(path), "models.a/b")
+
+
+def test_messages_are_printed_literally(write_scenario):
+    path = write_scenario({"training": {"[bold]x[/bold]": 1}})
+    line = assert_one_line_error(invoke("run", path, "--dry-run"), str(path))
+    assert "training.[bold]x[/bold]: unknown key" in line
+
+
+def test_a_dead_ray_address_fails_fast_naming_it(write_scenario, tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = invoke(
+        "run", write_scenario(), "--out", tmp_path / "r", "--address", f"127.0.0.1:{port}"
+    )
+    assert_one_line_error(result, f"--address 127.0.0.1:{port}: no Ray cluster answers there")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_cache_dir_that_is_a_file_is_one_line(write_scenario, tmp_path):
+    cache = tmp_path / "cache"
+    cache.write_text("x")
+    path = write_scenario({"cache_dir": str(cache)})
+    assert_one_line_error(invoke("run", path, "--out", tmp_path / "r", "--local"), str(cache))
+
+
+def test_a_truncated_cohort_split_is_one_line(write_scenario, tmp_path):
+    path = write_scenario()
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    (run_dir / "scenario.yaml").write_text(dump_scenario(load_scenario(path)))
+    (run_dir / "cohort.json").write_text('{"sites": {')
+    result = invoke("run", path, "--out", run_dir, "--local")
+    assert_one_line_error(result, str(run_dir / "cohort.json"), "not a readable cohort split")
+
+
+def test_certs_refuse_a_host_that_is_no_host(tmp_path):
+    for host in ("not a host!", "", "-bad.example"):
+        result = invoke("certs", "--out", tmp_path / "c", "--host", host)
+        assert_one_line_error(result, "is neither an IP address nor a host name")
+    assert not (tmp_path / "c").exists()

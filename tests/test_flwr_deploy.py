@@ -39,7 +39,7 @@ from fedll.config import dump_scenario, expand_trials, load_scenario
 from fedll.data.prepare import prepare_cohort
 from fedll.deploy.certs import Certificates, write_certificates
 from fedll.deploy.site_data import write_site_manifests
-from fedll.results import trial_path
+from fedll.store import trial_path
 from fedll.sweep import RESOLVED_SCENARIO, run_trial
 
 pytestmark = pytest.mark.slow

@@ -33,7 +33,7 @@ import torch
 from fedll.columns import RESULT_COLUMNS
 from fedll.config import dump_scenario, expand_trials, load_scenario
 from fedll.data.prepare import prepare_cohort
-from fedll.results import trial_path
+from fedll.store import trial_path
 from fedll.sweep import RESOLVED_SCENARIO, run_trial
 
 try:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 from fedll.columns import ATTENTION_COLUMNS, RESULT_COLUMNS
 from fedll.config import Trial
-from fedll.results import TrialResults, collect, trial_path, write_trial
+from fedll.results import TrialResults
 from fedll.stream import Arrival, Round
 
 TRIAL = Trial(model="dycnn", ordering="alternating", arrival_batch=1, strategy="fedavg", seed=3)
@@ -43,16 +42,3 @@ def test_grouped_attention_is_averaged_over_output_channels():
     _, attention = results().frames()
     grouped = attention[attention["round"] == 2].sort_values("kernel")
     assert grouped["mass"].tolist() == [2.0, 4.0]  # mean over (C_out=2) rows of each kernel
-
-
-def test_a_trial_is_written_attention_first_and_collected(tmp_path):
-    path = write_trial(tmp_path, results())
-    assert path == trial_path(tmp_path, TRIAL)
-    assert path.with_suffix(".attention.csv").exists()
-    other = Trial(model="static", ordering="blocked", arrival_batch=2, strategy="fedavg", seed=0)
-    write_trial(tmp_path, TrialResults(trial=other, stream=STREAM))
-    frame, attention = collect(tmp_path)
-    assert set(frame["trial"]) == {TRIAL.trial_id}  # the empty trial adds no row
-    on_disk = pd.read_csv(tmp_path / "results.csv", keep_default_na=False)
-    assert on_disk["dice"].tolist() == [0.0, 0.5, 1.0]
-    assert len(attention) == len(pd.read_csv(tmp_path / "attention.csv"))

@@ -69,12 +69,8 @@ def assert_attention_moved(attention: pd.DataFrame) -> None:
 
 
 def result_files(run_dir: Path) -> list[Path]:
-    """What a sweep counts as finished trials: visible, non-attention CSVs in trials/."""
-    return sorted(
-        p
-        for p in (run_dir / "trials").glob("*.csv")
-        if not p.name.startswith(".") and not p.name.endswith(".attention.csv")
-    )
+    """The results files of the trials a sweep counts as finished: those with a seal."""
+    return sorted(p.with_suffix(".csv") for p in (run_dir / "trials").glob("*.json"))
 
 
 def assert_complete_trial(frame: pd.DataFrame) -> None:
@@ -229,12 +225,14 @@ def test_a_killed_ray_run_resumes_keeping_finished_trials(
     finished = result_files(run_dir)
     assert len(finished) == 1, finished  # one trial at a time, killed as the first finished
     assert_complete_trial(read(finished[0]))
-    assert len(pending(run_dir, expand_trials(scenario))) == 2
-    # nothing else visible in trials/ looks like a results file; temporaries are hidden
+    assert len(pending(run_dir, scenario)) == 2
+    # nothing else visible in trials/ is a finished trial's; temporaries are hidden
     for path in (run_dir / "trials").iterdir():
         assert (
             path in finished
-            or path.name.endswith(".attention.csv")
+            or path.with_suffix(".csv") in finished
+            or path.name.endswith((".attention.csv", ".csv"))  # a trial cut short by the kill
+            or path.name == "invalid"
             or (path.name.startswith(".") and path.name.endswith(".tmp"))
         ), path
     stamp = finished[0].stat().st_mtime_ns

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -91,6 +92,32 @@ class Trial(BaseModel):
             "seed": self.seed,
         }
         return {axis: values[axis] for axis in AXES}
+
+
+def trial_fingerprint(scenario: Scenario, trial: Trial) -> str:
+    """A hash of everything that decides a trial's results: the trial itself, its model's
+    builder and arguments, and every scenario section but the grid's other values, the run's
+    name, where its cache lives and how the machine is used.
+
+    Two runs' files of one trial agree exactly when their fingerprints do (fedll is
+    deterministic), so a finished trial's seal carries it and a resumed run trusts no file
+    whose fingerprint differs (a trial file copied in from another run, or written before a
+    setting changed)."""
+    settings = scenario.model_dump(
+        mode="json",
+        exclude={"name", "cache_dir", "execution", "exclude", "models", "strategies", "cl",
+                 "seeds", "joint"},
+    )  # fmt: skip
+    settings["stream"] = {"train_on": scenario.stream.train_on}
+    settings["model"] = scenario.models[trial.model].model_dump(mode="json")
+    settings["trial"] = trial.model_dump(mode="json")
+    text = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def fingerprints(scenario: Scenario) -> dict[str, str]:
+    """trial id -> :func:`trial_fingerprint` of every trial of ``scenario``, in grid order."""
+    return {t.trial_id: trial_fingerprint(scenario, t) for t in expand_trials(scenario)}
 
 
 def joint_trial(model: str, seed: int) -> Trial:

@@ -27,7 +27,7 @@ def format_error(source: str, error: ValidationError) -> str:
     loc = [
         part
         for i, part in enumerate(first["loc"])
-        if not (i and isinstance(first["loc"][i - 1], int) and part in tags)
+        if not (i and isinstance(first["loc"][i - 1], int) and part in tags) and part != "[key]"
     ]
     key = ".".join(str(part) for part in loc)
     message = first["msg"].removeprefix("Value error, ")
@@ -95,19 +95,58 @@ def parse_scenario(
     return scenario
 
 
-def load_scenario(path: Path, overrides: Sequence[str] = ()) -> Scenario:
-    """Read, override and validate a scenario YAML file."""
-    source = str(path)
+class _DuplicateKey(Exception):
+    def __init__(self, key: object, first: int, second: int) -> None:
+        super().__init__(key)
+        self.key, self.first, self.second = key, first, second
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a mapping that names a key twice is an error (YAML keeps the
+    last, silently: two ``training:`` blocks would lose the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[object, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # << merges may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise _DuplicateKey(key, seen[key], line)
+            seen.setdefault(key, line)  # type: ignore[arg-type]
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(text: str, source: str) -> Any:
+    """Parse YAML text; ConfigError naming the line of a syntax error or a duplicate key."""
     try:
-        text = Path(path).read_text()
-    except OSError as error:
-        raise ConfigError(f"{source}: cannot read scenario ({error.strerror})") from None
-    try:
-        raw = yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a safe loader)
+    except _DuplicateKey as dup:
+        raise ConfigError(
+            f"{source}: line {dup.second}: duplicate key {dup.key!r} (first at line {dup.first})"
+        ) from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{source}:{where}: not valid YAML") from None
+
+
+def load_scenario(path: Path, overrides: Sequence[str] = ()) -> Scenario:
+    """Read, override and validate a scenario YAML file (UTF-8)."""
+    source = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise ConfigError(f"{source}: cannot read scenario ({error.strerror})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{source}: not UTF-8 text (byte {data[error.start]:#04x} at offset {error.start}); "
+            "save the scenario as UTF-8"
+        ) from None
+    raw = read_yaml(text, source)
     if raw is None:
         raise ConfigError(f"{source}: the file is empty")
     if not isinstance(raw, dict):

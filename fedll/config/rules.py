@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from fedll.config.grid import axis_product, matches, same
 from fedll.errors import ConfigError
+from fedll.models.registry import footprint
 from fedll.stream import build_stream, counted_holdings
 
 if TYPE_CHECKING:
@@ -112,6 +113,27 @@ def exclude_entries_fit(scenario: Scenario) -> None:
         raise ValueError("exclude: every trial of the grid is excluded")
 
 
+def models_fit_in_memory(scenario: Scenario) -> None:
+    """Each model's parameters and the activations of one training batch, measured on the
+    meta device before any tensor exists, stay within ``execution``'s bounds (a typo such as
+    ``depth: 12`` is refused here, not by a MemoryError or a hang in a trial)."""
+    limits = scenario.execution
+    batch, size = scenario.training.batch_size, scenario.slices.size
+    for key, model in scenario.models.items():
+        parameters, activations = footprint(model.name, model.kwargs(), batch, size)
+        if parameters > limits.max_parameters:
+            raise ValueError(
+                f"models.{key}: {parameters:.3g} parameters exceed execution.max_parameters "
+                f"({limits.max_parameters:.3g})"
+            )
+        if activations > limits.max_activation_gb * 2**30:
+            raise ValueError(
+                f"models.{key}: a training batch of {batch} slices of {size} px needs about "
+                f"{activations / 2**30:.3g} GiB of activations, over execution.max_activation_gb "
+                f"({limits.max_activation_gb:g})"
+            )
+
+
 RULES: tuple[Callable[[Scenario], None], ...] = (
     unique_site_names,
     enough_synthetic_patients,
@@ -120,4 +142,5 @@ RULES: tuple[Callable[[Scenario], None], ...] = (
     distinct_axis_values,
     streams_build,
     exclude_entries_fit,
+    models_fit_in_memory,
 )

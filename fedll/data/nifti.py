@@ -109,12 +109,15 @@ def load_volume(record: CaseRecord) -> Volume:
     if low == high:
         raise DataError(f"{record.image}: image is constant ({low:g}): no brain")
     labels = _validate_labels(record.mask, raw_labels, label_convention(record))
+    # each volume by its own affine: an image stored LPS with its mask stored RAS (one world
+    # grid, checked by _check_pair) must not flip the mask
     ornt = orientations.io_orientation(image_nii.affine)
+    mask_ornt = orientations.io_orientation(mask_nii.affine)
     canonical_affine = image_nii.affine @ orientations.inv_ornt_aff(ornt, image.shape)
     sx, sy, sz = (float(s) for s in np.linalg.norm(canonical_affine[:3, :3], axis=0))
     return Volume(
         image=np.ascontiguousarray(orientations.apply_orientation(image, ornt)),
-        labels=np.ascontiguousarray(orientations.apply_orientation(labels, ornt)),
+        labels=np.ascontiguousarray(orientations.apply_orientation(labels, mask_ornt)),
         spacing=(sx, sy, sz),
     )
 

@@ -24,13 +24,15 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
 from fedll.atomic import atomic_path
 from fedll.config.schema import Scenario, SliceConfig
 from fedll.data import MODALITIES
 from fedll.data.layouts import discover
 from fedll.data.nifti import CaseRecord
 from fedll.data.slices import CaseSlices, SliceCache, load_slices
-from fedll.errors import ConfigError
+from fedll.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +91,14 @@ class PreparedCohort:
 
     @classmethod
     def read(cls, path: Path) -> PreparedCohort:
-        return cls.from_json(Path(path).read_text())
+        """The split written to ``path``; DataError (naming it) when it cannot be read."""
+        try:
+            return cls.from_json(Path(path).read_text())
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise DataError(
+                f"{path}: not a readable cohort split ({type(error).__name__}); delete it and "
+                "the run prepares the cohort again"
+            ) from None
 
 
 def default_cache_dir() -> Path:
@@ -197,6 +206,8 @@ def prepare_cohort(
 ) -> PreparedCohort:
     """Build or read the cohort, split it, and fill the slice cache for every case used."""
     cache_dir = Path(scenario.cache_dir or cache_dir or default_cache_dir())
+    if cache_dir.exists() and not cache_dir.is_dir():
+        raise DataError(f"cache_dir: {cache_dir} is a file, not a directory")
     cache_dir.mkdir(parents=True, exist_ok=True)
     if scenario.cohort.synthetic is not None:
         root, layout = synthetic_cohort_dir(scenario, cache_dir), "manifest"
@@ -207,9 +218,21 @@ def prepare_cohort(
     sites, test = split_cohort(records, scenario, source)
     spec = scenario.slices
     prepared = PreparedCohort(sites=sites, test=test, spec=spec, cache_dir=cache_dir)
-    used = [r for rs in sites.values() for r in rs] + [r for rs in test.values() for r in rs]
-    logger.info("preprocessing %d volumes into the slice cache", len(used))
-    load_slices(used, spec, prepared.cache())
+    training = [r for rs in sites.values() for r in rs]
+    testing = [r for rs in test.values() for r in rs]
+    logger.info("preprocessing %d volumes into the slice cache", len(training) + len(testing))
+    for record, cases in zip(training, load_slices(training, spec, prepared.cache()), strict=True):
+        if len(cases.images) == 0:
+            raise DataError(
+                f"{record.image}: gives no training slice (no tumour slice, and "
+                f"slices.empty_fraction {spec.empty_fraction} adds none); drop the case"
+            )
+    for record, cases in zip(testing, load_slices(testing, spec, prepared.cache()), strict=True):
+        if not np.asarray(cases.masks).any():
+            raise DataError(
+                f"{record.mask}: no tumour is left after slicing at {spec.size} px, so the test "
+                "case cannot be scored; drop the case or raise slices.size"
+            )
     return prepared
 
 
@@ -218,7 +241,13 @@ def cohort_for(run_dir: Path, scenario: Scenario, source: str = "<scenario>") ->
     wrote it, else prepared now and written there."""
     index = Path(run_dir) / "cohort.json"
     if index.exists():
-        return PreparedCohort.read(index)
+        prepared = PreparedCohort.read(index)
+        for records in (*prepared.sites.values(), *prepared.test.values()):
+            for record in records:
+                for path in (record.image, record.mask):
+                    if not Path(path).is_file():
+                        raise DataError(f"{path}: listed in {index} but missing")
+        return prepared
     prepared = prepare_cohort(scenario, source=source)
     index.parent.mkdir(parents=True, exist_ok=True)
     prepared.write(index)

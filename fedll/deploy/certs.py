@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,9 @@ def write_certificates(
         raise ConfigError(f"certs: days must be >= 1, got {days}")
     if not hosts:
         raise ConfigError("certs: at least one host name or IP address is needed")
+    for host in hosts:
+        if not _valid_host(host):
+            raise ConfigError(f"certs: --host {host!r} is neither an IP address nor a host name")
     for site in sites:
         if not is_simple_name(site):
             raise ConfigError(f"certs: site name {site!r} cannot name a key file ({RULE})")
@@ -155,6 +159,21 @@ def _key_usage(cert_sign: bool) -> x509.KeyUsage:
         encipher_only=False,
         decipher_only=False,
     )
+
+
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def _valid_host(host: str) -> bool:
+    """An IP address, or a DNS name of 1-63 character labels of letters, digits and hyphens
+    (RFC 1123), at most 253 characters."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    name = host.removesuffix(".")
+    return 0 < len(name) <= 253 and all(_LABEL.match(label) for label in name.split("."))
 
 
 def _san(host: str) -> x509.GeneralName:

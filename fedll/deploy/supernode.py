@@ -12,11 +12,35 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fedll.data.site import Site, site_from_node_config
 from fedll.errors import ConfigError
+from fedll.names import RULE, is_simple_name
+
+
+def check_host_port(address: str, what: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too) with a port in 1..65535; ConfigError naming ``what``."""
+    host, sep, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"{what} {address!r}: expected HOST:PORT")
+    if not 0 < int(port) < 65536:
+        raise ConfigError(f"{what} {address!r}: port {port} is outside 1..65535")
+    return host, int(port)
+
+
+def load_ca_certificate(path: Path) -> x509.Certificate:
+    """The CA certificate a SuperNode will trust, checked as a PEM certificate."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"--root-certificates: {path} is not a file")
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except ValueError:
+        raise ConfigError(f"--root-certificates: {path} is not a PEM certificate") from None
 
 
 def load_auth_key(path: Path) -> ec.EllipticCurvePrivateKey:
@@ -87,17 +111,23 @@ def site_command(
     ConfigError / DataError (one line) for a bad node config, no or both of TLS and
     ``insecure``, a missing CA file or an unusable node-auth key.
     """
+    if not is_simple_name(name):
+        raise ConfigError(f"--site {name!r} is not a simple name ({RULE})")
+    check_host_port(superlink, "--superlink")
     config = {
         "site": name,
         "modality": modality.lower(),
         "data-dir": str(Path(data_dir).expanduser().resolve()),
     }
     if cache_dir is not None:
-        config["cache-dir"] = str(Path(cache_dir).expanduser().resolve())
+        cache = Path(cache_dir).expanduser().resolve()
+        if cache.exists() and not cache.is_dir():
+            raise ConfigError(f"--cache-dir: {cache} is a file, not a directory")
+        config["cache-dir"] = str(cache)
     if insecure == (root_certificates is not None):
         raise ConfigError("give either --root-certificates CA (TLS) or --insecure")
-    if root_certificates is not None and not root_certificates.is_file():
-        raise ConfigError(f"--root-certificates: {root_certificates} is not a file")
+    if root_certificates is not None:
+        load_ca_certificate(root_certificates)
     if auth_key is not None:
         load_auth_key(auth_key)
     site = site_from_node_config(config)

@@ -207,6 +207,28 @@ def check_arguments(name: str, kwargs: Mapping[str, Any]) -> None:
         raise ArgumentError(None, str(error)) from None
 
 
+def footprint(name: str, kwargs: Mapping[str, Any], batch: int, size: int) -> tuple[int, int]:
+    """(parameters, activation bytes of a float32 training batch) of ``build_model(name,
+    **kwargs)`` on ``batch`` slices of ``size`` x ``size``, measured on the meta device: the
+    model is built and run forward without memory or arithmetic; the activations are the
+    outputs of every module that has no children (what autograd keeps for the backward)."""
+    kept = 0
+
+    def count(module: nn.Module, inputs: Any, output: Any) -> None:
+        nonlocal kept
+        if isinstance(output, torch.Tensor):
+            kept += output.numel() * output.element_size()
+
+    builder = _builder(name)
+    with torch.device("meta"), torch.random.fork_rng(devices=[]):
+        model = builder(**kwargs)
+        hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
+        model(torch.empty(batch, int(kwargs.get("in_channels", 1)), size, size))
+        for hook in hooks:
+            hook.remove()
+    return count_parameters(model), kept
+
+
 def build_model(name: str, *, seed: int | None = None, **kwargs: Any) -> nn.Module:
     """Build the registered model ``name`` with builder ``kwargs`` (the YAML ``model:`` keys).
 

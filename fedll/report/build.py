@@ -5,30 +5,67 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
+from fedll.errors import DataError
 from fedll.report.attention import attention_distance
+from fedll.report.completeness import (
+    Expected,
+    complete_configurations,
+    describe,
+    missing_parts,
+)
 from fedll.report.plots import write_plots
 from fedll.report.read import maybe_compressed, read_attention, read_results
 from fedll.report.summary import summarise, trial_summary
 from fedll.report.tables import write_tables
 
 
-def build_report(run_dir: Path) -> dict[str, Any]:
+def build_report(
+    run_dir: Path, expected: Expected | None = None, partial: bool = False
+) -> dict[str, Any]:
     """Read ``run_dir/results.csv`` (and ``attention.csv`` if present; either may be gzipped,
     ``.csv.gz``, as a study folder stores them); write the tables to
     ``run_dir/tables`` (forgetting.*, trials.csv, attention_tv.csv) and the plots to
     ``run_dir/plots``.
 
+    With ``expected`` (what the run's scenario asks for), results that lack a trial, a round
+    or a test case are refused (DataError naming what is missing), unless ``partial``: then
+    the configurations whose every trial is complete are reported and the trials left out are
+    listed in ``tables/missing.csv``.
+
     Returns ``{"table": forgetting table, "summary": trial summary, "tables": [paths],
-    "plots": [paths], "csv" / "markdown" / "latex": the forgetting table's files}``.
+    "plots": [paths], "csv" / "markdown" / "latex": the forgetting table's files,
+    "left_out": trial ids left out, "missing": the path listing them or None}``.
     DataError (one line naming the file) for a missing or bad CSV.
     """
     run_dir = Path(run_dir)
-    results = read_results(maybe_compressed(run_dir / "results.csv"))
+    results_path = maybe_compressed(run_dir / "results.csv")
+    results = read_results(results_path)
     attention_path = maybe_compressed(run_dir / "attention.csv")
     attention = read_attention(attention_path) if attention_path.exists() else None
+    tables_dir = run_dir / "tables"
+    left_out: list[str] = []
+    missing_path = None
+    if expected is not None and (missing := missing_parts(results, expected)):
+        if not partial:
+            raise DataError(
+                f"{results_path}: {describe(missing)} (`fedll report --partial` reports the "
+                "complete configurations)"
+            )
+        results, left_out = complete_configurations(results, missing, expected)
+        if results.empty:
+            raise DataError(f"{results_path}: no configuration is complete; {describe(missing)}")
+        if attention is not None:
+            attention = attention[attention["trial"].isin(set(results["trial"]))]
+        tables_dir.mkdir(parents=True, exist_ok=True)
+        missing_path = tables_dir / "missing.csv"
+        rows = [(t, missing.get(t, "its configuration is incomplete")) for t in left_out]
+        pd.DataFrame(rows, columns=["trial", "missing"]).to_csv(missing_path, index=False)
+    elif (stale := tables_dir / "missing.csv").exists():
+        stale.unlink()  # from an earlier, partial report
     summary = trial_summary(results)
     table = summarise(summary)
-    tables_dir = run_dir / "tables"
     tables = write_tables(table, tables_dir)
     extra = {"trials.csv": summary}
     if attention is not None:
@@ -38,4 +75,12 @@ def build_report(run_dir: Path) -> dict[str, Any]:
         tables.append(tables_dir / name)
     plots = write_plots(results, run_dir / "plots", attention)
     files = dict(zip(("csv", "markdown", "latex"), tables[:3], strict=True))
-    return {"table": table, "summary": summary, "tables": tables, "plots": plots, **files}
+    return {
+        "table": table,
+        "summary": summary,
+        "tables": tables,
+        "plots": plots,
+        **files,
+        "left_out": left_out,
+        "missing": missing_path,
+    }

@@ -172,11 +172,33 @@ def test_load_scenario_refuses_a_bad_model_argument_naming_it(write_scenario, mo
     assert config_error(path).startswith(f"{path}: {message}")
 
 
-def test_a_model_is_checked_without_building_it(write_scenario):
-    """A model of terabytes is validated on the meta device (no memory, no time)."""
-    model = {"name": "dycnn", "depth": 8, "base_width": 4096, "num_kernels": 8}
-    scenario = load_scenario(write_scenario({"models": {"huge": model}}))
-    assert scenario.models["huge"].kwargs()["base_width"] == 4096
+@pytest.mark.parametrize(
+    ("updates", "message"),
+    [
+        (
+            {"models": {"huge": {"name": "dycnn", "depth": 8, "base_width": 4096}}},
+            "models.huge: 1.33e+14 parameters exceed execution.max_parameters (5e+08)",
+        ),
+        ({"models": {"deep": {"name": "static", "depth": 12}}}, "models.deep: 1.29e+11"),
+        (
+            {"training": {"batch_size": 100000}, "slices": {"size": 512}},
+            "models.static: a training batch of 100000 slices of 512 px needs about",
+        ),
+    ],
+)
+def test_a_model_too_large_is_refused_before_any_tensor_exists(write_scenario, updates, message):
+    """Measured on the meta device (a model of terabytes is checked without memory)."""
+    assert message in config_error(write_scenario(updates))
+
+
+def test_the_bounds_are_settings(write_scenario):
+    huge = {"name": "static", "base_width": 64}
+    path = write_scenario({"models": {"m": huge}, "execution": {"max_parameters": 1000}})
+    assert "execution.max_parameters (1e+03)" in config_error(path)
+    limits = {"max_parameters": 10**9, "max_activation_gb": 0.001}
+    assert "execution.max_activation_gb (0.001)" in config_error(
+        write_scenario({"models": {"m": huge}, "execution": limits})
+    )
 
 
 def test_a_cohort_short_of_patients_says_how_many_are_needed(write_scenario):

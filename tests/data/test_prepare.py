@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from fedll.config import load_scenario
 from fedll.data.nifti import CaseRecord
-from fedll.data.prepare import split_cohort
+from fedll.data.prepare import prepare_cohort, split_cohort
+from fedll.errors import DataError
 
 
 def record(patient: str, modality: str, site: str | None, split: str | None = None) -> CaseRecord:
@@ -47,3 +50,52 @@ def test_a_site_takes_its_own_patients_first_and_they_arrive_sorted(tmp_path, ma
     }
     assert [r.patient for r in sites["a"]] == ["p2", "p3", "p4"]
     assert [r.patient for r in sites["b"]] == ["p5"]
+
+
+def _cohort(root: Path, write_nifti, make_phantom, empty: set[str]) -> Path:
+    """A manifest cohort of 4 patients (T2 and FLAIR each); patients in ``empty`` have an
+    all-background mask."""
+    rows = ["patient,site,modality,split,image,mask"]
+    for i in range(4):
+        image, labels = make_phantom(i)
+        if f"p{i}" in empty:
+            labels = labels * 0
+        seg = write_nifti(root / f"p{i}" / "seg.nii.gz", labels)
+        for modality in ("t2", "flair"):
+            write_nifti(root / f"p{i}" / f"{modality}.nii.gz", image)
+            split = "test" if i < 2 else "train"
+            rows.append(f"p{i},,{modality},{split},p{i}/{modality}.nii.gz,{seg.relative_to(root)}")
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def _scenario(tmp_path, make_scenario, root):
+    return load_scenario(
+        make_scenario(
+            tmp_path / "s.yaml",
+            {
+                "cohort": {"synthetic": None, "path": str(root)},
+                "sites": [
+                    {"name": "a", "modality": "t2", "patients": 1},
+                    {"name": "b", "modality": "flair", "patients": 1},
+                ],
+                "slices": {"size": 16, "empty_fraction": 0.0},
+            },
+        )
+    )
+
+
+def test_a_test_case_without_tumour_after_slicing_is_named_at_preparation(
+    tmp_path, make_scenario, write_nifti, make_phantom
+):
+    root = _cohort(tmp_path / "cohort", write_nifti, make_phantom, empty={"p0"})
+    with pytest.raises(DataError, match=r"p0/seg.nii.gz: no tumour is left after slicing"):
+        prepare_cohort(_scenario(tmp_path, make_scenario, root), cache_dir=tmp_path / "cache")
+
+
+def test_a_training_case_without_slices_is_named_at_preparation(
+    tmp_path, make_scenario, write_nifti, make_phantom
+):
+    root = _cohort(tmp_path / "cohort", write_nifti, make_phantom, empty={"p2"})
+    with pytest.raises(DataError, match=r"p2/t2.nii.gz: gives no training slice"):
+        prepare_cohort(_scenario(tmp_path, make_scenario, root), cache_dir=tmp_path / "cache")

@@ -32,7 +32,7 @@ from fedll.deploy.site_data import write_site_manifests
 from fedll.deploy.supernode import load_auth_key, node_config_arg, supernode_command
 from fedll.errors import ConfigError, DataError
 from fedll.inprocess import InProcessGrid, run_server_app
-from fedll.results import trial_path
+from fedll.store import trial_path
 from fedll.sweep import run_trial
 from sites.client_app import app as client_app
 from strategies.handshake import SiteInfo, match_sites
@@ -351,6 +351,11 @@ def test_site_runs_flower_supernode_in_its_place(prepared_run, monkeypatch):
         ({"--root-certificates": None}, ["--root-certificates", "--insecure"]),
         ({"--root-certificates": "/no/ca.crt"}, ["/no/ca.crt", "is not a file"]),
         ({"--auth-key": "/no/key"}, ["/no/key", "no such key file"]),
+        ({"--site": "../hospital"}, ["--site '../hospital' is not a simple name"]),
+        ({"--superlink": "127.0.0.1"}, ["--superlink '127.0.0.1': expected HOST:PORT"]),
+        ({"--superlink": "127.0.0.1:70000"}, ["port 70000 is outside 1..65535"]),
+        ({"--root-certificates": "NOT-PEM"}, ["is not a PEM certificate"]),
+        ({"--cache-dir": "A-FILE"}, ["--cache-dir", "is a file, not a directory"]),
     ],
 )
 def test_site_with_bad_input_exits_2_before_starting_anything(
@@ -367,6 +372,12 @@ def test_site_with_bad_input_exits_2_before_starting_anything(
         "--root-certificates": str(certs.ca_cert),
         "--auth-key": str(certs.keys["hospital-t2"][0]),
         **change,
+    }
+    not_pem = tmp_path / "ca.crt"
+    not_pem.write_text("-----BEGIN NOTHING-----\n")
+    options = {
+        key: {"NOT-PEM": str(not_pem), "A-FILE": str(not_pem)}.get(value, value) if value else value
+        for key, value in options.items()
     }
     args = ["site"]
     for key, value in options.items():

@@ -17,7 +17,7 @@ import torch
 import fedll.evaluation
 from fedll.config import dump_scenario, load_scenario
 from fedll.report import forgetting_table, format_table, trial_summary
-from fedll.results import collect
+from fedll.store import collect
 from fedll.sweep import SweepOptions, run_sweep
 
 pytestmark = pytest.mark.slow

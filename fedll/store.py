@@ -1,0 +1,221 @@
+"""The run directory's trial files: written, sealed, verified, set aside, collected.
+
+A finished trial is three files in ``RUN_DIR/trials/``: ``<id>.csv`` (its result rows),
+``<id>.attention.csv`` and, written last and atomically, the seal ``<id>.json``: the trial
+id, the fingerprint of its settings (:func:`fedll.config.grid.trial_fingerprint`), the fedll
+version, each file's row count and SHA-256, and the sites that failed or were rejected per
+round. A trial is finished exactly when its seal verifies: a file cut short, emptied, edited,
+left without a seal (an earlier fedll, a crash between the writes) or copied in from a run of
+other settings does not, is moved to ``trials/invalid/`` (named in a warning) and the trial
+runs again. :func:`collect` reads only the scenario's own, verified trials, and replaces
+``results.csv`` and ``attention.csv`` only after every part was read.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import io
+import json
+import logging
+import shutil
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+import fedll
+from fedll.atomic import atomic_path
+from fedll.columns import ATTENTION_COLUMNS, RESULT_COLUMNS
+from fedll.config.grid import Trial, expand_trials
+from fedll.config.schema import Scenario
+from fedll.data.prepare import PreparedCohort
+from fedll.errors import DataError
+from fedll.planning import trial_stream
+from fedll.report.completeness import Expected
+from fedll.results import TrialResults
+
+logger = logging.getLogger(__name__)
+
+INVALID = "invalid"
+
+
+@dataclass(frozen=True)
+class TrialFiles:
+    """Where one trial's files live."""
+
+    results: Path
+    attention: Path
+    seal: Path
+
+    @classmethod
+    def of(cls, run_dir: Path, trial_id: str) -> TrialFiles:
+        trials = Path(run_dir) / "trials"
+        return cls(
+            trials / f"{trial_id}.csv",
+            trials / f"{trial_id}.attention.csv",
+            trials / f"{trial_id}.json",
+        )
+
+    def existing(self) -> list[Path]:
+        return [p for p in (self.results, self.attention, self.seal) if p.exists()]
+
+
+def trial_path(run_dir: Path, trial: Trial) -> Path:
+    """The trial's results file."""
+    return TrialFiles.of(run_dir, trial.trial_id).results
+
+
+def write_trial(run_dir: Path, results: TrialResults, fingerprint: str) -> Path:
+    """Write the trial's rows, then its attention, then the seal that vouches for both."""
+    frame, attention = results.frames()
+    files = TrialFiles.of(run_dir, results.trial.trial_id)
+    files.results.parent.mkdir(parents=True, exist_ok=True)
+    listed = {}
+    for path, data in ((files.results, frame), (files.attention, attention)):
+        payload = data.to_csv(index=False).encode()
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(payload)
+        listed[path.name] = {"rows": len(data), "sha256": hashlib.sha256(payload).hexdigest()}
+    seal = {
+        "trial": results.trial.trial_id,
+        "fingerprint": fingerprint,
+        "fedll": fedll.__version__,
+        "files": listed,
+        "events": {
+            "failed": _by_site(results.failures),
+            "rejected": _by_site(results.rejected),
+        },
+    }
+    with atomic_path(files.seal) as tmp:
+        tmp.write_text(json.dumps(seal, indent=1, sort_keys=True))
+    return files.results
+
+
+def _by_site(events: Mapping[int, Sequence[str]]) -> dict[str, list[int]]:
+    """round -> sites, as site -> rounds (sorted)."""
+    out: dict[str, list[int]] = {}
+    for rnd, sites in sorted(events.items()):
+        for site in sites:
+            out.setdefault(site, []).append(rnd)
+    return dict(sorted(out.items()))
+
+
+def verify_trial(run_dir: Path, trial_id: str, fingerprint: str) -> str | None:
+    """Why the trial's files do not vouch for a finished trial of these settings, or None."""
+    files = TrialFiles.of(run_dir, trial_id)
+    if not files.seal.is_file():
+        return "no seal (not finished, or written by an earlier fedll)"
+    try:
+        seal = json.loads(files.seal.read_text())
+        listed = seal["files"]
+        if seal["trial"] != trial_id:
+            return f"its seal is for trial {seal['trial']!r}"
+        if seal["fingerprint"] != fingerprint:
+            return "it was run with other settings (its fingerprint differs)"
+        for path in (files.results, files.attention):
+            entry = listed[path.name]
+            if not path.is_file():
+                return f"{path.name} is missing"
+            if hashlib.sha256(path.read_bytes()).hexdigest() != entry["sha256"]:
+                return f"{path.name} differs from what was written (cut short or edited)"
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return f"its seal is unreadable ({type(error).__name__})"
+    return None
+
+
+def set_aside(run_dir: Path, trial_id: str, reason: str) -> list[Path]:
+    """Move the trial's files to ``trials/invalid/`` (time-stamped) and warn; returns the
+    new paths."""
+    files = TrialFiles.of(run_dir, trial_id)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    target = files.results.parent / INVALID
+    moved = []
+    for path in files.existing():
+        target.mkdir(parents=True, exist_ok=True)
+        destination = target / f"{path.name}.{stamp}"
+        shutil.move(str(path), destination)
+        moved.append(destination)
+    if moved:
+        logger.warning(
+            "%s: %s; moved to %s and the trial runs again", files.results, reason, target
+        )
+    return moved
+
+
+def finished(run_dir: Path, fingerprints: Mapping[str, str]) -> set[str]:
+    """The trial ids (of ``fingerprints``: trial id -> fingerprint) whose files verify; the
+    files of every other trial that has any are set aside."""
+    done = set()
+    for trial_id, fingerprint in fingerprints.items():
+        problem = verify_trial(run_dir, trial_id, fingerprint)
+        if problem is None:
+            done.add(trial_id)
+        elif TrialFiles.of(run_dir, trial_id).existing():
+            set_aside(run_dir, trial_id, problem)
+    return done
+
+
+def trial_events(run_dir: Path, trial_id: str) -> dict[str, dict[str, list[int]]]:
+    """The sites that failed or were rejected, with their rounds, from the trial's seal."""
+    seal = json.loads(TrialFiles.of(run_dir, trial_id).seal.read_text())
+    return seal["events"]
+
+
+def collect(run_dir: Path, fingerprints: Mapping[str, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Concatenate the verified trials among ``fingerprints`` (trial id -> fingerprint, in
+    the scenario's order) into ``results.csv`` and ``attention.csv``; files in ``trials/``
+    that are not the scenario's are left out. Both files are replaced only after every part
+    was read; DataError names a trial file that fails to read."""
+    run_dir = Path(run_dir)
+    done = [t for t in fingerprints if verify_trial(run_dir, t, fingerprints[t]) is None]
+    results = _concat((TrialFiles.of(run_dir, t).results for t in done), RESULT_COLUMNS, True)
+    attention = _concat((TrialFiles.of(run_dir, t).attention for t in done), ATTENTION_COLUMNS)
+    for name, frame in (("results.csv", results), ("attention.csv", attention)):
+        with atomic_path(run_dir / name) as tmp:
+            frame.to_csv(tmp, index=False)
+    return results, attention
+
+
+def _concat(paths: Iterable[Path], columns: Sequence[str], strings: bool = False) -> pd.DataFrame:
+    frames = []
+    for path in paths:
+        try:
+            text = path.read_text()
+            frame = (
+                pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=[""])
+                if strings
+                else pd.read_csv(io.StringIO(text))
+            )
+        except (OSError, UnicodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+            raise DataError(f"{path}: cannot be read ({type(error).__name__})") from None
+        if list(frame.columns) != list(columns):
+            raise DataError(f"{path}: columns differ from fedll's")
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=list(columns))
+    return pd.concat(frames, ignore_index=True)
+
+
+def expected_results(run_dir: Path, scenario: Scenario, results: pd.DataFrame) -> Expected:
+    """What complete results of ``scenario`` hold: every trial's rounds (in deployment, among
+    the sites that joined: those not named in its round 0 ``failed``) and, when the run's
+    ``cohort.json`` is there, every test case of each modality."""
+    absent: dict[str, list[str]] = {}
+    if "failed" in results.columns:
+        first = results[results["round"] == 0].drop_duplicates("trial")
+        absent = {
+            str(t): [s for s in str(f).split(";") if s]
+            for t, f in zip(first["trial"], first["failed"], strict=True)
+        }
+    rounds = {
+        t.trial_id: len(trial_stream(scenario, t, absent.get(t.trial_id, ())))
+        for t in expand_trials(scenario)
+    }
+    index = Path(run_dir) / "cohort.json"
+    cases: dict[str, tuple[str, ...]] = {}
+    if index.is_file():
+        test = PreparedCohort.read(index).test
+        cases = {m: tuple(r.patient for r in records) for m, records in test.items()}
+    return Expected(rounds=rounds, cases=cases)

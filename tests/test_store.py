@@ -1,0 +1,141 @@
+"""The run directory's trial files: a trial is finished exactly when its seal verifies; a
+damaged, unsealed or foreign file is set aside by name, and only the scenario's own verified
+trials are collected."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedll.config import Trial
+from fedll.errors import DataError
+from fedll.results import TrialResults
+from fedll.store import (
+    TrialFiles,
+    collect,
+    finished,
+    trial_events,
+    verify_trial,
+    write_trial,
+)
+from fedll.stream import Arrival, Round
+
+TRIAL = Trial(model="dycnn", ordering="alternating", arrival_batch=1, strategy="fedavg", seed=3)
+OTHER = Trial(model="static", ordering="alternating", arrival_batch=1, strategy="fedavg", seed=3)
+STREAM = (
+    Round(1, (Arrival("h-t2", "t2", ("p1",)),)),
+    Round(2, (Arrival("h-f", "flair", ("p2",)),)),
+)
+
+
+def results(trial: Trial = TRIAL) -> TrialResults:
+    out = TrialResults(trial=trial, stream=STREAM)
+    for rnd in (0, 1, 2):
+        out.add_round(rnd, "t2", ["a", "b"], [0.1 * rnd, 0.5], {"stem": np.array([1.0, 3.0])})
+    out.failures[2] = ["h-f"]
+    out.rejected[1] = ["h-t2"]
+    out.rejected[2] = ["h-t2"]
+    return out
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    write_trial(tmp_path, results(), "fp-a")
+    write_trial(tmp_path, results(OTHER), "fp-b")
+    return tmp_path
+
+
+def files(run_dir) -> TrialFiles:
+    return TrialFiles.of(run_dir, TRIAL.trial_id)
+
+
+def test_a_written_trial_verifies_and_its_seal_says_what_happened(run_dir):
+    assert verify_trial(run_dir, TRIAL.trial_id, "fp-a") is None
+    seal = json.loads(files(run_dir).seal.read_text())
+    assert seal["files"][f"{TRIAL.trial_id}.csv"]["rows"] == 6
+    assert trial_events(run_dir, TRIAL.trial_id) == {
+        "failed": {"h-f": [2]},
+        "rejected": {"h-t2": [1, 2]},
+    }
+
+
+def cut_at_a_row(path):
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:-2]))
+
+
+def header_only(path):
+    path.write_text(path.read_text().splitlines(keepends=True)[0])
+
+
+def cut_mid_row(path):
+    text = path.read_text()
+    path.write_text(text[: len(text) - 7])
+
+
+def empty(path):
+    path.write_bytes(b"")
+
+
+@pytest.mark.parametrize("damage", [cut_at_a_row, header_only, cut_mid_row, empty])
+@pytest.mark.parametrize("which", ["results", "attention"])
+def test_a_damaged_file_does_not_verify_and_is_set_aside(run_dir, damage, which, caplog):
+    target = getattr(files(run_dir), which)
+    damage(target)
+    reason = verify_trial(run_dir, TRIAL.trial_id, "fp-a")
+    assert reason == f"{target.name} differs from what was written (cut short or edited)"
+    with caplog.at_level(logging.WARNING, logger="fedll.store"):
+        done = finished(run_dir, {TRIAL.trial_id: "fp-a", OTHER.trial_id: "fp-b"})
+    assert done == {OTHER.trial_id}
+    assert files(run_dir).existing() == []  # all three moved, none deleted
+    moved = sorted(p.name.split(".csv")[0] for p in (run_dir / "trials" / "invalid").iterdir())
+    assert len(moved) == 3 and str(files(run_dir).results) in caplog.text
+    assert "runs again" in caplog.text
+
+
+def test_an_unsealed_or_foreign_trial_does_not_verify(run_dir):
+    assert verify_trial(run_dir, TRIAL.trial_id, "fp-other") == (
+        "it was run with other settings (its fingerprint differs)"
+    )
+    files(run_dir).seal.unlink()
+    assert verify_trial(run_dir, TRIAL.trial_id, "fp-a").startswith("no seal")
+    seal = files(run_dir).seal
+    seal.write_text("{not json")
+    assert verify_trial(run_dir, TRIAL.trial_id, "fp-a").startswith("its seal is unreadable")
+    other_seal = TrialFiles.of(run_dir, OTHER.trial_id).seal
+    seal.write_text(other_seal.read_text())  # a seal copied from another trial
+    assert verify_trial(run_dir, TRIAL.trial_id, "fp-b").startswith("its seal is for trial")
+
+
+def test_collect_reads_the_scenario_s_verified_trials_only(run_dir):
+    (run_dir / "trials" / "stranger__x__s0.csv").write_text("trial,dice\nx,1.0\n")
+    frame, attention = collect(run_dir, {TRIAL.trial_id: "fp-a"})
+    assert set(frame["trial"]) == {TRIAL.trial_id}
+    assert len(frame) == 6 and set(attention["trial"]) == {TRIAL.trial_id}
+    on_disk = pd.read_csv(run_dir / "results.csv", keep_default_na=False)
+    assert on_disk["dice"].tolist() == frame["dice"].tolist()
+    # a damaged trial is left out (and would be run again by the sweep)
+    cut_mid_row(files(run_dir).results)
+    frame, _ = collect(run_dir, {TRIAL.trial_id: "fp-a", OTHER.trial_id: "fp-b"})
+    assert set(frame["trial"]) == {OTHER.trial_id}
+
+
+def test_results_csv_is_replaced_only_after_every_part_was_read(run_dir):
+    collect(run_dir, {TRIAL.trial_id: "fp-a", OTHER.trial_id: "fp-b"})
+    before = (run_dir / "results.csv").read_bytes()
+    # a part that verifies (its seal was rewritten to match) but is not a results file
+    broken = TrialFiles.of(run_dir, OTHER.trial_id)
+    broken.results.write_text("not,a\nfedll,file\n")
+    seal = json.loads(broken.seal.read_text())
+    seal["files"][broken.results.name]["sha256"] = hashlib.sha256(
+        broken.results.read_bytes()
+    ).hexdigest()
+    broken.seal.write_text(json.dumps(seal))
+    with pytest.raises(DataError, match=f"{broken.results}: columns differ"):
+        collect(run_dir, {TRIAL.trial_id: "fp-a", OTHER.trial_id: "fp-b"})
+    assert (run_dir / "results.csv").read_bytes() == before
