@@ -266,3 +266,90 @@ def test_a_ray_sweep_gives_the_dice_of_the_local_run(local_run, tmp_path, spawn_
     while (left := proc.leftovers()) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert left == [], f"Ray processes outlived the driver: {left}"
+
+
+def _copy_run(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    return target
+
+
+def _tables(run_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((run_dir / "tables").glob("forgetting.*"))}
+
+
+@pytest.mark.slow
+def test_damaged_trial_files_are_redone_and_the_table_is_an_undamaged_run_s(
+    local_run, tmp_path, run_fedll
+):
+    """Each way a trial file goes wrong (cut at a row, cut mid-row, header only, empty, no
+    seal, copied in from a run of other settings) is set aside and the trial runs again; the
+    final tables equal the undamaged run's byte for byte."""
+    scenario, source, _ = local_run
+    static, dycnn = (t.trial_id for t in expand_trials(load_scenario(source / "scenario.yaml")))
+    damages = {
+        "cut-at-a-row": lambda p: p.write_text("".join(p.read_text().splitlines(True)[:-3])),
+        "cut-mid-row": lambda p: p.write_text(p.read_text()[:-9]),
+        "header-only": lambda p: p.write_text(p.read_text().splitlines(True)[0]),
+        "empty": lambda p: p.write_bytes(b""),
+        "no-seal": lambda p: p.with_suffix(".json").unlink(),
+    }
+    for name, damage in damages.items():
+        run_dir = _copy_run(source, tmp_path / name)
+        damage(run_dir / "trials" / f"{dycnn}.csv")
+        done = run_fedll("run", scenario, "--out", run_dir, "--local", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert "1 finished trial(s) were kept" in done.stdout, name
+        assert f"{dycnn}.csv" in done.stderr and "runs again" in done.stderr, name
+        assert _tables(run_dir) == _tables(source), name
+    # a trial file (and its seal) from a run of other settings
+    other = tmp_path / "other"
+    other_scenario = tmp_path / "other.yaml"
+    other_scenario.write_text(scenario.read_text().replace("epochs: 2", "epochs: 1"))
+    assert other_scenario.read_text() != scenario.read_text()
+    run = run_fedll("run", other_scenario, "--out", other, "--local", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    run_dir = _copy_run(source, tmp_path / "foreign")
+    for suffix in (".csv", ".attention.csv", ".json"):
+        shutil.copy(other / "trials" / f"{static}{suffix}", run_dir / "trials")
+    done = run_fedll("run", scenario, "--out", run_dir, "--local", cwd=tmp_path)
+    assert done.returncode == 0 and "other settings" in done.stderr, done.stderr
+    assert _tables(run_dir) == _tables(source)
+
+
+@pytest.mark.slow
+def test_report_refuses_results_that_lack_part_of_their_scenario(local_run, tmp_path, run_fedll):
+    _, source, _ = local_run
+    run_dir = _copy_run(source, tmp_path / "run")
+    results = read(run_dir / "results.csv")
+    dycnn = results["trial"].iloc[-1]
+    cut = results[~((results["trial"] == dycnn) & (results["round"] == 4))]
+    cut.to_csv(run_dir / "results.csv", index=False)
+    refused = run_fedll("report", run_dir, cwd=tmp_path)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert f"1 trial(s) incomplete: {dycnn} (rounds 4)" in refused.stderr
+    partial = run_fedll("report", run_dir, "--partial", cwd=tmp_path)
+    assert partial.returncode == 0, partial.stderr
+    assert "1 trial(s) of 2 left out" in partial.stderr
+    missing = pd.read_csv(run_dir / "tables" / "missing.csv")
+    assert missing.to_dict("records") == [{"trial": dycnn, "missing": "rounds 4"}]
+    table = pd.read_csv(run_dir / "tables" / "forgetting.csv")
+    assert set(table["model"]) == {"static"}
+
+
+@pytest.mark.slow
+def test_failed_and_rejected_updates_are_one_line_each_on_the_console(
+    make_scenario, tmp_path, run_fedll
+):
+    faults = [
+        {"site": "hospital-t2", "raise_every": 3},  # rounds 3 (its second arrival)
+        {"site": "hospital-flair", "send": "nan"},
+    ]
+    scenario = make_scenario(tmp_path / "s.yaml", {"models": {"dycnn": None}, "faults": faults})
+    done = run_fedll("run", scenario, "--out", tmp_path / "run", "--local", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    trial = "static__alternating__b1__fedavg__finetune__s0"
+    assert (
+        f"trial {trial}: hospital-t2 failed in round 3; "
+        "hospital-flair sent a rejected update in rounds 2, 4"
+    ) in " ".join(done.stdout.split())
+    assert "Traceback" not in done.stderr
