@@ -8,6 +8,7 @@ evaluated on one T2 and one FLAIR test patient, and round 0 is the untrained mod
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -353,3 +354,23 @@ def test_failed_and_rejected_updates_are_one_line_each_on_the_console(
         "hospital-flair sent a rejected update in rounds 2, 4"
     ) in " ".join(done.stdout.split())
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_report_into_a_tables_file_and_a_resume_without_its_data_are_one_line(
+    local_run, tmp_path, run_fedll
+):
+    scenario, source, _ = local_run
+    run_dir = _copy_run(source, tmp_path / "run")
+    shutil.rmtree(run_dir / "tables")
+    (run_dir / "tables").write_text("not a folder")
+    done = run_fedll("report", run_dir, cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"{run_dir / 'tables'}" in done.stderr
+    # a resumed run whose cohort split lists a file that is gone
+    cohort = json.loads((run_dir / "cohort.json").read_text())
+    cohort["test"]["t2"][0]["image"] = str(tmp_path / "gone.nii.gz")
+    (run_dir / "cohort.json").write_text(json.dumps(cohort))
+    done = run_fedll("run", scenario, "--out", run_dir, "--local", cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "gone.nii.gz: listed in" in done.stderr
