@@ -16,6 +16,7 @@ import torch
 
 import fedll.evaluation
 from fedll.config import dump_scenario, load_scenario
+from fedll.config.grid import fingerprints
 from fedll.report import forgetting_table, format_table, trial_summary
 from fedll.store import collect
 from fedll.sweep import SweepOptions, run_sweep
@@ -49,7 +50,7 @@ def sweep(make_scenario, tmp_path, updates) -> pd.DataFrame:
     (run_dir / "scenario.yaml").write_text(dump_scenario(scenario))
     summary = run_sweep(run_dir, SweepOptions(backend="local"))
     assert summary.failed == {}
-    results, _ = collect(run_dir)
+    results, _ = collect(run_dir, fingerprints(scenario))
     return results.fillna("")
 
 
