@@ -196,17 +196,3 @@ def _write(path: Path, data: bytes, private: bool = False) -> None:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-
-
-def load_auth_key(path: Path) -> ec.EllipticCurvePrivateKey:
-    """A SuperNode's node-auth private key, checked as Flower will read it (OpenSSH, EC)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such key file")
-    try:
-        key = serialization.load_ssh_private_key(path.read_bytes(), None)
-    except (ValueError, TypeError) as error:
-        raise ConfigError(f"{path}: not an unencrypted OpenSSH private key ({error})") from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise ConfigError(f"{path}: Flower needs an EC (NIST P-curve) key, not {key.__class__}")
-    return key
