@@ -2,8 +2,9 @@
 
 Each trial is a federation run in-process (the ServerApp and the ClientApp through an
 :class:`~fedll.inprocess.InProcessGrid`) inside one Ray task; Flower's Simulation Engine
-is not used here (it hung inside Ray and costs 10-25 s to start). A trial whose results
-file exists is skipped, so rerunning an interrupted sweep loses nothing.
+is not used here (it hung inside Ray and costs 10-25 s to start). A trial whose files verify
+(:mod:`fedll.store`) is skipped, so rerunning an interrupted sweep loses nothing; the files of
+a trial that does not verify are set aside and it runs again.
 
 Ray is sized explicitly: ``num_cpus`` of the machine (or the cluster's), an object store
 of ``object_store_mb``, no dashboard, and ``cpus_per_trial`` CPUs per task with torch
