@@ -122,8 +122,6 @@ def dynamic_unet(
     ``first_layer_static`` keeps the very first convolution static; ``head_prior`` see
     :class:`~fedll.models.unet.UNet`.
     """
-    if top_k is not None and top_k > num_kernels:
-        raise ArgumentError("top_k", f"must be in 1..num_kernels={num_kernels}, got {top_k}")
     if isinstance(routing_loss_weights, RoutingLossWeights) or routing_loss_weights is None:
         weights = routing_loss_weights or RoutingLossWeights()
     else:
