@@ -19,7 +19,7 @@ import io
 import json
 import logging
 import shutil
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,9 +104,17 @@ def _by_site(events: Mapping[int, Sequence[str]]) -> dict[str, list[int]]:
 
 def verify_trial(run_dir: Path, trial_id: str, fingerprint: str) -> str | None:
     """Why the trial's files do not vouch for a finished trial of these settings, or None."""
+    payloads = _verified(run_dir, trial_id, fingerprint)
+    return payloads if isinstance(payloads, str) else None
+
+
+def _verified(run_dir: Path, trial_id: str, fingerprint: str) -> dict[Path, bytes] | str:
+    """The bytes of the trial's results and attention files when its seal vouches for them,
+    else why not (each file is read once, for its checksum and its caller)."""
     files = TrialFiles.of(run_dir, trial_id)
     if not files.seal.is_file():
         return "no seal (not finished, or written by an earlier fedll)"
+    payloads = {}
     try:
         seal = json.loads(files.seal.read_text())
         listed = seal["files"]
@@ -118,11 +126,12 @@ def verify_trial(run_dir: Path, trial_id: str, fingerprint: str) -> str | None:
             entry = listed[path.name]
             if not path.is_file():
                 return f"{path.name} is missing"
-            if hashlib.sha256(path.read_bytes()).hexdigest() != entry["sha256"]:
+            payloads[path] = path.read_bytes()
+            if hashlib.sha256(payloads[path]).hexdigest() != entry["sha256"]:
                 return f"{path.name} differs from what was written (cut short or edited)"
     except (OSError, ValueError, KeyError, TypeError) as error:
         return f"its seal is unreadable ({type(error).__name__})"
-    return None
+    return payloads
 
 
 def set_aside(run_dir: Path, trial_id: str, reason: str) -> list[Path]:
@@ -169,26 +178,35 @@ def collect(run_dir: Path, fingerprints: Mapping[str, str]) -> tuple[pd.DataFram
     that are not the scenario's are left out. Both files are replaced only after every part
     was read; DataError names a trial file that fails to read."""
     run_dir = Path(run_dir)
-    done = [t for t in fingerprints if verify_trial(run_dir, t, fingerprints[t]) is None]
-    results = _concat((TrialFiles.of(run_dir, t).results for t in done), RESULT_COLUMNS, True)
-    attention = _concat((TrialFiles.of(run_dir, t).attention for t in done), ATTENTION_COLUMNS)
+    results_parts, attention_parts = [], []
+    for trial_id, fingerprint in fingerprints.items():
+        payloads = _verified(run_dir, trial_id, fingerprint)
+        if isinstance(payloads, str):
+            continue
+        files = TrialFiles.of(run_dir, trial_id)
+        results_parts.append((files.results, payloads[files.results]))
+        attention_parts.append((files.attention, payloads[files.attention]))
+    results = _concat(results_parts, RESULT_COLUMNS, strings=True)
+    attention = _concat(attention_parts, ATTENTION_COLUMNS)
     for name, frame in (("results.csv", results), ("attention.csv", attention)):
         with atomic_path(run_dir / name) as tmp:
             frame.to_csv(tmp, index=False)
     return results, attention
 
 
-def _concat(paths: Iterable[Path], columns: Sequence[str], strings: bool = False) -> pd.DataFrame:
+def _concat(
+    parts: Sequence[tuple[Path, bytes]], columns: Sequence[str], strings: bool = False
+) -> pd.DataFrame:
     frames = []
-    for path in paths:
+    for path, payload in parts:
         try:
-            text = path.read_text()
+            text = payload.decode()
             frame = (
                 pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=[""])
                 if strings
                 else pd.read_csv(io.StringIO(text))
             )
-        except (OSError, UnicodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        except (UnicodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
             raise DataError(f"{path}: cannot be read ({type(error).__name__})") from None
         if list(frame.columns) != list(columns):
             raise DataError(f"{path}: columns differ from fedll's")
