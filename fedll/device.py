@@ -1,0 +1,105 @@
+"""Where a trial's tensors live and in what precision: ``execution.device``,
+``training.precision`` and ``execution.deterministic`` turned into torch settings.
+
+Device names: ``auto`` (the first CUDA device when torch finds one, else the CPU), ``cpu``,
+``cuda`` (the current CUDA device) and ``cuda:N``. A name that cannot be honoured on this
+machine is a :class:`~fedll.errors.ConfigError` naming the key, not a CUDA traceback later.
+
+Precision (autocast around the forward pass and the loss; parameters, gradients and the
+optimiser stay fp32): ``fp32`` (no autocast: bit-identical to a build without this module),
+``bf16`` (no gradient scaling needed), ``fp16`` (with a gradient scaler on CUDA; on the CPU
+fp16 autocast is slow and mostly useful to test the code path).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Literal
+
+import torch
+
+from fedll.errors import ConfigError
+
+Precision = Literal["fp32", "bf16", "fp16"]
+DEVICE_HELP = "auto, cpu, cuda or cuda:N"
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_device_name(name: str) -> str:
+    """``name`` if it is a device name fedll accepts (it may not exist on this machine)."""
+    if name in ("auto", "cpu", "cuda"):
+        return name
+    kind, sep, index = name.partition(":")
+    if kind == "cuda" and sep and index.isdigit():
+        return name
+    raise ValueError(f"{name!r} is not a device ({DEVICE_HELP})")
+
+
+def resolve_device(name: str, key: str = "execution.device") -> torch.device:
+    """The torch device for ``name`` on this machine; ConfigError naming ``key`` when the
+    name is not a device, or asks for CUDA that torch cannot see."""
+    try:
+        check_device_name(name)
+    except ValueError as error:
+        raise ConfigError(f"{key}: {error}") from None
+    if name == "auto":
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}"
+        raise ConfigError(
+            f"{key}: {name} asked, but torch ({torch.__version__}, {build}) finds no CUDA "
+            "device here; use auto or cpu"
+        )
+    device = torch.device(name)
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"{key}: {name} asked, but this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
+    return device
+
+
+def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
+    """The autocast context for ``precision`` on ``device`` (a no-op for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])
+
+
+def grad_scaler(device: torch.device, precision: Precision) -> torch.amp.GradScaler | None:
+    """A gradient scaler for fp16 (its gradients underflow without one); None otherwise."""
+    if precision != "fp16":
+        return None
+    return torch.amp.GradScaler(device.type)
+
+
+@contextlib.contextmanager
+def deterministic(enabled: bool) -> Iterator[None]:
+    """Torch's deterministic algorithms and cuDNN's deterministic, non-benchmarking mode
+    while the block runs (``enabled``); restored after.
+
+    Known limits: an operation with no deterministic CUDA implementation raises
+    ``RuntimeError`` instead of running; cuBLAS needs ``CUBLAS_WORKSPACE_CONFIG`` set before
+    CUDA starts (set here when it is not set yet); results are reproducible on one machine,
+    one torch and one GPU model, not across them.
+    """
+    if not enabled:
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[1:]
