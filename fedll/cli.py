@@ -263,7 +263,12 @@ def _run(
             elif events := _events(run_dir, tid):
                 console.print(Text(f"trial {tid}: {events}", style="yellow"))
 
-        summary = run_sweep(run_dir, options, on_progress=on_progress, on_trial_done=on_done)
+        def on_resume(tid: str, rnd: int) -> None:
+            console.print(Text(f"resumed {tid} from round {rnd}"))
+
+        summary = run_sweep(
+            run_dir, options, on_progress=on_progress, on_trial_done=on_done, on_resume=on_resume
+        )
         bar.update(overall, completed=len(trials) - len(summary.failed))
     if summary.skipped:
         _say(f"{len(summary.skipped)} finished trial(s) were kept from an earlier run")

@@ -37,7 +37,7 @@ from fedll.config.options import (
     LwFOptions,
     ReplayOptions,
 )
-from fedll.train import segmentation_loss
+from fedll.train import model_device, segmentation_loss
 
 ArrayState = dict[str, np.ndarray]
 
@@ -118,6 +118,11 @@ class EWC(ContinualMethod):
     ) -> EWC:
         return cls(state, seed, **options)
 
+    def before_training(self, model: nn.Module) -> None:
+        device = model_device(model)
+        self.fisher = {n: f.to(device) for n, f in self.fisher.items()}
+        self.anchor = {n: a.to(device) for n, a in self.anchor.items()}
+
     def extra_loss(
         self, model: nn.Module, x: torch.Tensor, logits: torch.Tensor
     ) -> torch.Tensor | None:
@@ -134,8 +139,8 @@ class EWC(ContinualMethod):
 
     def state(self) -> ArrayState:
         return {
-            **{f"fisher/{n}": f.numpy() for n, f in self.fisher.items()},
-            **{f"anchor/{n}": a.numpy() for n, a in self.anchor.items()},
+            **{f"fisher/{n}": f.cpu().numpy() for n, f in self.fisher.items()},
+            **{f"anchor/{n}": a.cpu().numpy() for n, a in self.anchor.items()},
         }
 
 
@@ -234,9 +239,10 @@ def empirical_fisher(
     fisher = {n: torch.zeros_like(p) for n, p in params.items()}
     was_training = model.training
     model.eval()
+    device = model_device(model)
     for i in picked:
-        x = torch.tensor(images[i : i + 1], dtype=torch.float32)
-        y = torch.tensor(masks[i : i + 1], dtype=torch.float32)
+        x = torch.tensor(images[i : i + 1], dtype=torch.float32).to(device)
+        y = torch.tensor(masks[i : i + 1], dtype=torch.float32).to(device)
         model.zero_grad(set_to_none=True)
         segmentation_loss(model(x), y).backward()
         for n, p in params.items():
@@ -259,7 +265,9 @@ def _weighted_distance(
         for n, p in model.named_parameters()
         if n in anchor
     ]
-    return scale * torch.stack(terms).sum() if terms else torch.zeros(())
+    if not terms:
+        return torch.zeros((), device=model_device(model))
+    return scale * torch.stack(terms).sum()
 
 
 def _prefixed(state: Mapping[str, np.ndarray], prefix: str) -> dict[str, torch.Tensor]:

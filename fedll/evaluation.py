@@ -20,7 +20,7 @@ from fedll.data.slices import CaseSlices
 from fedll.metrics import dice
 from fedll.models.inspection import last_attention
 from fedll.results import TrialResults
-from fedll.train import accumulate_attention
+from fedll.train import accumulate_attention, model_device
 
 
 @dataclass(frozen=True)
@@ -40,11 +40,13 @@ def evaluate_cases(
 ) -> Evaluation:
     """Dice per case (whole tumour over the case's evaluated slices, as one volume).
 
-    ``cases`` hold ``images`` (N, 1, H, W) and ``masks`` (N, 1, H, W), e.g.
-    :class:`fedll.data.slices.CaseSlices`. With ``collect_attention``, also the mean
-    attention per dynamic layer over all evaluated slices.
+    The model runs where its parameters are (fp32). ``cases`` hold ``images`` (N, 1, H, W)
+    and ``masks`` (N, 1, H, W), e.g. :class:`fedll.data.slices.CaseSlices`. With
+    ``collect_attention``, also the mean attention per dynamic layer over all evaluated
+    slices.
     """
     model.eval()
+    device = model_device(model)
     scores: list[float] = []
     mass: dict[str, np.ndarray] = {}
     slices = 0
@@ -53,7 +55,7 @@ def evaluate_cases(
         for start in range(0, len(case.images), batch_size):
             # a copy: cached slices are read-only memory maps
             chunk = torch.tensor(case.images[start : start + batch_size], dtype=torch.float32)
-            preds.append((model(chunk) > 0).numpy())
+            preds.append((model(chunk.to(device)) > 0).cpu().numpy())
             if collect_attention:
                 accumulate_attention(mass, last_attention(model))
         slices += len(case.images)

@@ -167,6 +167,29 @@ class InProcessGrid(Grid):
         """Return a fresh message id, a UUID4 string like the Simulation Engine's."""
         return str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
 
+    def node_states(self) -> dict[int, RecordDict]:
+        """Each node's context state (a copy), by node id: what a checkpoint keeps of the
+        simulated sites."""
+        return {node_id: copy.deepcopy(c.state) for node_id, c in self._contexts.items()}
+
+    def restore_node_states(self, states: Mapping[int, RecordDict]) -> None:
+        """Put back the context states of :meth:`node_states` (the node ids must be this
+        grid's: the same seed draws the same ids)."""
+        unknown = set(states) - set(self._contexts)
+        if unknown:
+            raise ValueError(f"no node {min(unknown)} in this grid")
+        for node_id, state in states.items():
+            self._contexts[node_id].state = copy.deepcopy(state)
+
+    def rng_state(self) -> list:
+        """The state of the generator of message ids (JSON values)."""
+        version, internal, gauss = self._rng.getstate()
+        return [version, list(internal), gauss]
+
+    def set_rng_state(self, state: Sequence) -> None:
+        version, internal, gauss = state
+        self._rng.setstate((version, tuple(internal), gauss))
+
     def set_run(self, run: Run) -> None:
         """Set the run; it must be the run this grid's node contexts belong to."""
         if not isinstance(run, Run):

@@ -17,20 +17,20 @@ import torch
 
 from fedll.config.grid import Trial
 from fedll.config.schema import Scenario
-from fedll.data.prepare import PreparedCohort
+from fedll.data.arrays import CohortArrays
 from fedll.evaluation import evaluate_round
 from fedll.models import build_model
-from fedll.results import TrialResults
+from fedll.results import TrialOutcome, TrialResults
 from fedll.stream import Arrival, Round
 from fedll.train import train_local
 
 logger = logging.getLogger(__name__)
 
 
-def joint_stream(prepared: PreparedCohort, scenario: Scenario) -> tuple[Round]:
+def joint_stream(cohort: CohortArrays, scenario: Scenario) -> tuple[Round]:
     """One round in which every site's cases arrive."""
     arrivals = tuple(
-        Arrival(s.name, s.modality, tuple(r.patient for r in prepared.sites[s.name]))
+        Arrival(s.name, s.modality, tuple(c.patient for c in cohort.site(s.name).slices))
         for s in scenario.sites
     )
     return (Round(index=1, arrivals=arrivals),)
@@ -39,18 +39,19 @@ def joint_stream(prepared: PreparedCohort, scenario: Scenario) -> tuple[Round]:
 def run_joint(
     scenario: Scenario,
     trial: Trial,
-    prepared: PreparedCohort,
+    cohort: CohortArrays,
+    device: torch.device | None = None,
     threads: int = 1,
     on_round: Callable[[int, int], None] | None = None,
-) -> TrialResults:
-    """Train and evaluate the joint model of ``trial`` (``kind="joint"``)."""
+) -> TrialOutcome:
+    """Train and evaluate the joint model of ``trial`` (``kind="joint"``) on ``device``."""
     torch.set_num_threads(max(1, threads))
     spec = scenario.models[trial.model]
     torch.manual_seed(trial.seed)
-    model = build_model(spec.name, **spec.kwargs())
-    stream = joint_stream(prepared, scenario)
+    model = build_model(spec.name, **spec.kwargs()).to(device or torch.device("cpu"))
+    stream = joint_stream(cohort, scenario)
     results = TrialResults(trial=trial, stream=stream)
-    test = {m: prepared.test_slices(m) for m in prepared.test}
+    test = cohort.test
 
     def evaluate(server_round: int) -> None:
         evaluate_round(results, server_round, model, test)
@@ -58,7 +59,7 @@ def run_joint(
             on_round(server_round, len(stream))
 
     evaluate(0)
-    cases = [c for s in scenario.sites for c in prepared.site_slices(s.name)]
+    cases = [c for s in scenario.sites for c in cohort.site(s.name).slices]
     images = np.concatenate([c.images for c in cases])
     masks = np.concatenate([c.masks for c in cases])
     seed = int(np.random.SeedSequence([trial.seed, 0]).generate_state(1)[0])
@@ -69,4 +70,5 @@ def run_joint(
         len(cases), result.loss,
     )  # fmt: skip
     evaluate(1)
-    return results
+    state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    return TrialOutcome(results=results, state=state)

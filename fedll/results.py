@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -74,9 +74,33 @@ class TrialResults:
                     }
                 )
 
+    def snapshot(self) -> dict[str, Any]:
+        """The rows and events so far, as JSON values (a checkpoint keeps them)."""
+        return {
+            "rows": [dict(r) for r in self.rows],
+            "attention_rows": [dict(r) for r in self.attention_rows],
+            "failures": {str(k): list(v) for k, v in self.failures.items()},
+            "rejected": {str(k): list(v) for k, v in self.rejected.items()},
+        }
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        """Continue from a :meth:`snapshot`."""
+        self.rows = [dict(r) for r in snapshot["rows"]]
+        self.attention_rows = [dict(r) for r in snapshot["attention_rows"]]
+        self.failures = {int(k): list(v) for k, v in snapshot["failures"].items()}
+        self.rejected = {int(k): list(v) for k, v in snapshot["rejected"].items()}
+
     def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         results = pd.DataFrame(self.rows, columns=list(RESULT_COLUMNS))
         for column, events in zip(ROUND_EVENTS, (self.failures, self.rejected), strict=True):
             joined = {r: ";".join(sorted(s)) for r, s in events.items()}
             results[column] = results["round"].map(joined).fillna("").astype(str)
         return results, pd.DataFrame(self.attention_rows, columns=list(ATTENTION_COLUMNS))
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """What a finished trial hands its driver: its rows and its final global model."""
+
+    results: TrialResults
+    state: dict[str, np.ndarray]  # the final global state dict, CPU arrays

@@ -39,6 +39,7 @@ from fedll.results import TrialResults
 logger = logging.getLogger(__name__)
 
 INVALID = "invalid"
+CHECKPOINTS = "checkpoints"
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,50 @@ def _by_site(events: Mapping[int, Sequence[str]]) -> dict[str, list[int]]:
         for site in sites:
             out.setdefault(site, []).append(rnd)
     return dict(sorted(out.items()))
+
+
+def checkpoint_path(run_dir: Path, trial_id: str) -> Path:
+    """Where the driver keeps a running trial's latest checkpoint (:mod:`fedll.checkpoint`)."""
+    return Path(run_dir) / CHECKPOINTS / f"{trial_id}.ckpt"
+
+
+def write_checkpoint(run_dir: Path, trial_id: str, data: bytes) -> Path:
+    """Replace the trial's kept checkpoint with ``data`` (atomically)."""
+    path = checkpoint_path(run_dir, trial_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return path
+
+
+def read_checkpoint(run_dir: Path, trial_id: str, fingerprint: str) -> tuple[int, bytes] | None:
+    """The round and bytes of the trial's kept checkpoint, when it has one that this fedll
+    reads and that was taken with these settings; a checkpoint that is not is set aside
+    (``checkpoints/invalid/``, named in a warning) and the trial starts from round 0."""
+    from fedll.checkpoint import decode
+
+    path = checkpoint_path(run_dir, trial_id)
+    if not path.is_file():
+        return None
+    data = path.read_bytes()
+    try:
+        checkpoint = decode(data, str(path))
+    except DataError as error:
+        reason = str(error)
+    else:
+        if checkpoint.trial_id == trial_id and checkpoint.fingerprint == fingerprint:
+            return checkpoint.round, data
+        reason = f"{path}: taken for other settings (fingerprint {checkpoint.fingerprint})"
+    invalid = path.parent / INVALID
+    invalid.mkdir(exist_ok=True)
+    shutil.move(path, invalid / path.name)
+    logger.warning("%s; set aside in %s, the trial starts from round 0", reason, invalid)
+    return None
+
+
+def drop_checkpoint(run_dir: Path, trial_id: str) -> None:
+    """Forget the trial's checkpoint (it finished)."""
+    checkpoint_path(run_dir, trial_id).unlink(missing_ok=True)
 
 
 def verify_trial(run_dir: Path, trial_id: str, fingerprint: str) -> str | None:

@@ -6,9 +6,17 @@ is not used here (it hung inside Ray and costs 10-25 s to start). A trial whose 
 (:mod:`fedll.store`) is skipped, so rerunning an interrupted sweep loses nothing; the files of
 a trial that does not verify are set aside and it runs again.
 
+Trials need no shared disk: the driver prepares the cohort once and loads its slices into a
+:class:`~fedll.data.arrays.CohortArrays`, put once into Ray's object store and shared by every
+task; a task gets the resolved scenario and its trial's index (:class:`TrialTask`), and
+returns its outcome (:class:`TrialDone`: rows, final model). Checkpoints
+(``execution.checkpoint_every``) come back through the progress actor. The driver alone writes
+the run directory; ``--local`` runs the same tasks in this process. A rerun resumes an
+unfinished trial from its latest checkpoint.
+
 Ray is sized explicitly: ``num_cpus`` of the machine (or the cluster's), an object store
-of ``object_store_mb``, no dashboard, and ``cpus_per_trial`` CPUs per task with torch
-using as many threads.
+of ``object_store_mb``, no dashboard, and ``cpus_per_trial`` CPUs (``num_gpus``: see
+:func:`trial_gpus`) per task with torch using as many threads.
 """
 
 from __future__ import annotations
@@ -16,24 +24,39 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+import torch
+
+from fedll.checkpoint import Checkpointing
 from fedll.config import Scenario, Trial, expand_trials, load_scenario
-from fedll.config.grid import fingerprints
+from fedll.config.grid import fingerprints, trial_fingerprint
+from fedll.data.arrays import CohortArrays
+from fedll.data.prepare import cohort_for
+from fedll.device import resolve_device
 from fedll.errors import ConfigError
-from fedll.store import finished, trial_path
+from fedll.results import TrialOutcome
+from fedll.store import (
+    drop_checkpoint,
+    finished,
+    read_checkpoint,
+    write_checkpoint,
+    write_trial,
+)
 
 logger = logging.getLogger(__name__)
 
 RESOLVED_SCENARIO = "scenario.yaml"
-# fedll's Flower app (pyproject.toml, [tool.flwr.app.components]); the ServerApp by its
-# factory, which takes the sweep's progress callback
-CLIENT_APP = "sites.client_app:app"
+# fedll's Flower app (pyproject.toml, [tool.flwr.app.components]) by its factories, which
+# take the trial's in-memory inputs and the sweep's callbacks
+CLIENT_APP_FACTORY = "sites.client_app:make_client_app"
 SERVER_APP_FACTORY = "strategies.server_app:make_server_app"
 
 
@@ -81,20 +104,57 @@ def pending(run_dir: Path, scenario: Scenario) -> list[Trial]:
     return [t for t in expand_trials(scenario) if t.trial_id not in done]
 
 
-def run_trial(
-    run_dir: Path,
-    trial_index: int,
-    threads: int,
+@dataclass(frozen=True)
+class SweepTrial:
+    """A trial a sweep runs in this process: its inputs in memory, its outcome to a callback.
+
+    No path of the driver's machine is read or written: the scenario, the trial and the
+    cohort's slices came with the task, and ``finished`` hands the outcome back."""
+
+    scenario: Scenario
+    trial: Trial
+    cohort: CohortArrays
+    device: torch.device
+    threads: int
+    finished: Callable[[TrialOutcome], None]
+    checkpointing: Checkpointing | None = None
+
+
+@dataclass(frozen=True)
+class TrialTask:
+    """Everything a trial needs besides the cohort's slices: the resolved scenario, which of
+    its trials, how to run it, and the checkpoint to resume from (encoded), if any."""
+
+    scenario: Scenario
+    index: int
+    threads: int = 1
+    device: str = "cpu"
+    resume: bytes | None = None
+
+
+@dataclass(frozen=True)
+class TrialDone:
+    """A finished trial's outcome and the seconds it ran, as its task returns them."""
+
+    outcome: TrialOutcome
+    wall_s: float
+
+
+def execute_task(
+    task: TrialTask,
+    cohort: CohortArrays,
     on_round: Callable[[int, int], None] | None = None,
-) -> Path:
-    """Run one trial of ``RUN_DIR/scenario.yaml`` in this process; returns its results file.
+    on_checkpoint: Callable[[int, bytes], None] | None = None,
+) -> TrialDone:
+    """Run one trial in this process from memory; returns its outcome (nothing is written).
 
     The ServerApp and the ClientApp are fedll's Flower app, loaded by the references the app
-    declares (``[tool.flwr.app.components]``), so the sweep runs exactly what ``flwr run``
-    runs, through an :class:`~fedll.inprocess.InProcessGrid`.
+    declares (``[tool.flwr.app.components]``; here their factories), so the sweep runs what
+    ``flwr run`` runs, through an :class:`~fedll.inprocess.InProcessGrid`. Checkpoints
+    (``execution.checkpoint_every``) reach ``on_checkpoint`` as (round, bytes).
     """
-    import torch
-
+    from fedll.checkpoint import decode, encode
+    from fedll.device import resolve_device
     from fedll.inprocess import (
         InProcessGrid,
         load_reference,
@@ -102,34 +162,76 @@ def run_trial(
         simulation_node_configs,
     )
 
-    torch.set_num_threads(max(1, threads))
-    run_dir = Path(run_dir)
-    scenario = load_scenario(run_dir / RESOLVED_SCENARIO)
-    trial = expand_trials(scenario)[trial_index]
-    run_config = {
-        "scenario": str(run_dir / RESOLVED_SCENARIO),
-        "trial": trial_index,
-        "run-dir": str(run_dir),
-        "threads": threads,
-        "collect": False,
-    }
+    started = time.perf_counter()
+    torch.set_num_threads(max(1, task.threads))
+    scenario = task.scenario
+    trial = expand_trials(scenario)[task.index]
+    fingerprint = trial_fingerprint(scenario, trial)
+    resume = None if task.resume is None else decode(task.resume, f"checkpoint of {trial.trial_id}")
+    save = None
+    if on_checkpoint is not None:
+        save = lambda checkpoint: on_checkpoint(checkpoint.round, encode(checkpoint))  # noqa: E731
+    checkpointing = Checkpointing(scenario.execution.checkpoint_every, fingerprint, save, resume)
+    outcomes: list[TrialOutcome] = []
+    sweep_trial = SweepTrial(
+        scenario=scenario,
+        trial=trial,
+        cohort=cohort,
+        device=resolve_device(task.device),
+        threads=task.threads,
+        finished=outcomes.append,
+        checkpointing=checkpointing,
+    )
+    run_config = {"threads": task.threads}
     grid = InProcessGrid(
-        load_reference(CLIENT_APP),
+        load_reference(CLIENT_APP_FACTORY)(cohort, task.device),
         simulation_node_configs(len(scenario.sites)),
         run_config,
         seed=trial.seed,
     )
-    run_server_app(load_reference(SERVER_APP_FACTORY)(on_round), grid, run_config)
-    return trial_path(run_dir, trial)
+    run_server_app(load_reference(SERVER_APP_FACTORY)(on_round, sweep_trial), grid, run_config)
+    if not outcomes:
+        raise RuntimeError(f"trial {trial.trial_id}: the ServerApp returned no outcome")
+    return TrialDone(outcomes[0], time.perf_counter() - started)
+
+
+def run_trial(
+    run_dir: Path,
+    trial_index: int,
+    threads: int,
+    on_round: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Run one trial of ``RUN_DIR/scenario.yaml`` in this process and write its files (as a
+    sweep's driver does); returns its results file."""
+    run_dir = Path(run_dir)
+    scenario = load_scenario(run_dir / RESOLVED_SCENARIO)
+    cohort = CohortArrays.load(cohort_for(run_dir, scenario))
+    trial = expand_trials(scenario)[trial_index]
+    task = TrialTask(scenario, trial_index, threads, device=scenario.execution.device)
+    done = execute_task(task, cohort, on_round)
+    return keep_trial(run_dir, scenario, trial, done)
+
+
+def keep_trial(run_dir: Path, scenario: Scenario, trial: Trial, done: TrialDone) -> Path:
+    """Write a finished trial's files (the driver alone does) and drop its checkpoint."""
+    path = write_trial(run_dir, done.outcome.results, trial_fingerprint(scenario, trial))
+    drop_checkpoint(run_dir, trial.trial_id)
+    return path
 
 
 class ProgressLog:
-    """Round events that trials push and the driver drains (a Ray actor's body with Ray);
-    with ``forward``, each event is handed on as it comes instead (a trial in this process)."""
+    """Round events and checkpoints that trials push and the driver drains (a Ray actor's
+    body with Ray); with ``forward``, each is handed on as it comes instead (a trial in this
+    process). Only a trial's latest checkpoint is held."""
 
-    def __init__(self, forward: Callable[[Progress], None] | None = None) -> None:
+    def __init__(
+        self,
+        forward: Callable[[Progress], None] | None = None,
+        keep: Callable[[str, int, bytes], None] | None = None,
+    ) -> None:
         self.events: list[Progress] = []
-        self.forward = forward
+        self.checkpoints: dict[str, tuple[int, bytes]] = {}
+        self.forward, self.keep = forward, keep
 
     def push(self, trial_id: str, rnd: int, rounds: int) -> None:
         event = Progress(trial_id, rnd, rounds)
@@ -138,16 +240,29 @@ class ProgressLog:
         else:
             self.events.append(event)
 
-    def drain(self) -> list[Progress]:
+    def checkpoint(self, trial_id: str, rnd: int, data: bytes) -> None:
+        if self.keep is not None:
+            self.keep(trial_id, rnd, data)
+        else:
+            self.checkpoints[trial_id] = (rnd, data)
+
+    def drain(self) -> tuple[list[Progress], dict[str, tuple[int, bytes]]]:
         events, self.events = self.events, []
-        return events
+        checkpoints, self.checkpoints = self.checkpoints, {}
+        return events, checkpoints
 
 
-def _ray_task(run_dir: str, trial_index: int, trial_id: str, threads: int, progress: Any) -> str:
+def _ray_task(task: TrialTask, cohort: CohortArrays, trial_id: str, progress: Any) -> TrialDone:
     def report(rnd: int, rounds: int) -> None:
         progress.push.remote(trial_id, rnd, rounds)
 
-    return str(run_trial(Path(run_dir), trial_index, threads, report))
+    def checkpoint(rnd: int, data: bytes) -> None:
+        # waited for, so that the driver can have it before the next round ends
+        import ray
+
+        ray.get(progress.checkpoint.remote(trial_id, rnd, data))
+
+    return execute_task(task, cohort, report, checkpoint)
 
 
 class Backend(Protocol):
@@ -155,36 +270,39 @@ class Backend(Protocol):
 
     limit: int  # trials at a time
 
-    def submit(self, trial: Trial, index: int) -> Any:
-        """Start ``trial`` (number ``index`` of the grid); returns its handle."""
+    def submit(self, task: TrialTask, trial_id: str) -> Any:
+        """Start the trial of ``task``; returns its handle."""
 
     def wait(self, handles: Sequence[Any]) -> list[Any]:
         """The handles of trials that have finished (blocking a little at most)."""
 
-    def error(self, handle: Any) -> str | None:
-        """None if the trial of ``handle`` succeeded, else what went wrong (one line)."""
+    def result(self, handle: Any) -> TrialDone | str:
+        """The trial's outcome, or what went wrong (one line)."""
 
-    def drain(self) -> list[Progress]:
-        """Round events pushed since the last drain."""
+    def drain(self) -> tuple[list[Progress], dict[str, tuple[int, bytes]]]:
+        """Round events and latest checkpoints pushed since the last drain."""
 
 
 class LocalBackend:
-    """Trials one after another in this process: ``wait`` runs the one submitted, and its
-    round events reach ``on_progress`` as they happen."""
+    """Trials one after another in this process: ``wait`` runs the one submitted; its round
+    events reach ``on_progress``, its checkpoints ``keep``, as they happen."""
 
     limit = 1
 
     def __init__(
-        self, run_dir: Path, threads: int, on_progress: Callable[[Progress], None] | None = None
+        self,
+        cohort: CohortArrays,
+        on_progress: Callable[[Progress], None] | None = None,
+        keep: Callable[[str, int, bytes], None] | None = None,
     ) -> None:
-        self.run_dir, self.threads = run_dir, threads
-        self.progress = ProgressLog(forward=on_progress or (lambda event: None))
-        self.errors: dict[str, str | None] = {}
-        self.submitted: dict[str, int] = {}
+        self.cohort = cohort
+        self.progress = ProgressLog(forward=on_progress or (lambda event: None), keep=keep)
+        self.results: dict[str, TrialDone | str] = {}
+        self.submitted: dict[str, TrialTask] = {}
 
-    def submit(self, trial: Trial, index: int) -> str:
-        self.submitted[trial.trial_id] = index
-        return trial.trial_id
+    def submit(self, task: TrialTask, trial_id: str) -> str:
+        self.submitted[trial_id] = task
+        return trial_id
 
     def wait(self, handles: Sequence[str]) -> list[str]:
         trial_id = handles[0]
@@ -192,49 +310,54 @@ class LocalBackend:
         def report(rnd: int, rounds: int) -> None:
             self.progress.push(trial_id, rnd, rounds)
 
+        def checkpoint(rnd: int, data: bytes) -> None:
+            self.progress.checkpoint(trial_id, rnd, data)
+
+        task = self.submitted.pop(trial_id)
         try:
-            run_trial(self.run_dir, self.submitted.pop(trial_id), self.threads, report)
+            self.results[trial_id] = execute_task(task, self.cohort, report, checkpoint)
         except Exception as error:  # one bad trial must not lose the others
-            self.errors[trial_id] = f"{type(error).__name__}: {error}"
-        else:
-            self.errors[trial_id] = None
+            self.results[trial_id] = f"{type(error).__name__}: {error}"
         return [trial_id]
 
-    def error(self, handle: str) -> str | None:
-        return self.errors.pop(handle)
+    def result(self, handle: str) -> TrialDone | str:
+        return self.results.pop(handle)
 
-    def drain(self) -> list[Progress]:
+    def drain(self) -> tuple[list[Progress], dict[str, tuple[int, bytes]]]:
         return self.progress.drain()
 
 
 class RayBackend:
-    """Trials as Ray tasks of ``cpus_per_trial`` CPUs; progress through a Ray actor."""
+    """Trials as Ray tasks of ``cpus_per_trial`` CPUs and ``gpus`` GPUs; the cohort's slices
+    put into the object store once; progress and checkpoints through a Ray actor."""
 
-    def __init__(self, run_dir: Path, options: SweepOptions, limit: int) -> None:
+    def __init__(self, cohort: CohortArrays, options: SweepOptions, limit: int, gpus: float):
         import ray
 
-        self.ray, self.run_dir, self.options, self.limit = ray, run_dir, options, limit
+        self.ray, self.options, self.limit = ray, options, limit
+        self.cohort = ray.put(cohort)
         self.progress = ray.remote(num_cpus=0)(ProgressLog).remote()
-        self.task = ray.remote(num_cpus=options.cpus_per_trial, max_retries=0)(_ray_task)
-
-    def submit(self, trial: Trial, index: int) -> Any:
-        return self.task.remote(
-            str(self.run_dir), index, trial.trial_id, self.options.cpus_per_trial, self.progress
+        self.task = ray.remote(num_cpus=options.cpus_per_trial, num_gpus=gpus, max_retries=0)(
+            _ray_task
         )
+
+    def submit(self, task: TrialTask, trial_id: str) -> Any:
+        return self.task.remote(task, self.cohort, trial_id, self.progress)
 
     def wait(self, handles: Sequence[Any]) -> list[Any]:
         ready, _ = self.ray.wait(list(handles), num_returns=1, timeout=0.5)
         return ready
 
-    def error(self, handle: Any) -> str | None:
+    def result(self, handle: Any) -> TrialDone | str:
         try:
-            self.ray.get(handle)
+            return self.ray.get(handle)
         except self.ray.exceptions.RayTaskError as error:
             cause = error.cause if error.cause is not None else error
             return f"{type(cause).__name__}: {cause}"
-        return None
+        except self.ray.exceptions.RayError as error:  # a worker or node lost
+            return f"{type(error).__name__}: {str(error).splitlines()[0]}"
 
-    def drain(self) -> list[Progress]:
+    def drain(self) -> tuple[list[Progress], dict[str, tuple[int, bytes]]]:
         return self.ray.get(self.progress.drain.remote())
 
 
@@ -243,6 +366,7 @@ def run_sweep(
     options: SweepOptions,
     on_progress: Callable[[Progress], None] | None = None,
     on_trial_done: Callable[[str, str | None], None] | None = None,
+    on_resume: Callable[[str, int], None] | None = None,
 ) -> SweepSummary:
     """Run the pending trials of ``RUN_DIR/scenario.yaml``; see the module docstring."""
     run_dir = Path(run_dir)
@@ -252,52 +376,121 @@ def run_sweep(
     summary = SweepSummary(skipped=[t.trial_id for t in trials if t not in todo])
     if not todo:
         return summary
+    cohort = CohortArrays.load(cohort_for(run_dir, scenario))
+    index = {t.trial_id: i for i, t in enumerate(trials)}
+    prints = fingerprints(scenario)
+    device = scenario.execution.device
     if options.backend == "local":
-        local = LocalBackend(run_dir, options.cpus_per_trial, on_progress)
-        schedule(local, trials, todo, summary, on_progress, on_trial_done)
+        resolve_device(device)  # a CUDA device that is not there: one line, before any trial
+        tasks = _tasks(run_dir, scenario, todo, index, prints, options, device, on_resume)
+        local = LocalBackend(cohort, on_progress, partial(_keep_checkpoint, run_dir))
+        schedule(local, run_dir, scenario, tasks, summary, on_progress, on_trial_done)
         return summary
     with _ray(options):
-        remote = RayBackend(run_dir, options, options.max_concurrent or len(todo))
-        schedule(remote, trials, todo, summary, on_progress, on_trial_done)
+        gpus = trial_gpus(scenario, options)
+        tasks = _tasks(run_dir, scenario, todo, index, prints, options, device, on_resume)
+        remote = RayBackend(cohort, options, options.max_concurrent or len(todo), gpus)
+        schedule(remote, run_dir, scenario, tasks, summary, on_progress, on_trial_done)
     return summary
+
+
+def _tasks(
+    run_dir: Path,
+    scenario: Scenario,
+    todo: Sequence[Trial],
+    index: Mapping[str, int],
+    prints: Mapping[str, str],
+    options: SweepOptions,
+    device: str,
+    on_resume: Callable[[str, int], None] | None,
+) -> list[tuple[Trial, TrialTask]]:
+    """Each pending trial's task, with its latest checkpoint when it has a usable one."""
+    tasks = []
+    for trial in todo:
+        found = read_checkpoint(run_dir, trial.trial_id, prints[trial.trial_id])
+        resume = None
+        if found is not None:
+            rnd, resume = found
+            logger.info("resumed %s from round %d", trial.trial_id, rnd)
+            if on_resume is not None:
+                on_resume(trial.trial_id, rnd)
+        task = TrialTask(scenario, index[trial.trial_id], options.cpus_per_trial, device, resume)
+        tasks.append((trial, task))
+    return tasks
+
+
+def _keep_checkpoint(run_dir: Path, trial_id: str, rnd: int, data: bytes) -> None:
+    path = write_checkpoint(run_dir, trial_id, data)
+    logger.debug("checkpoint of %s after round %d: %s", trial_id, rnd, path)
 
 
 def schedule(
     backend: Backend,
-    trials: Sequence[Trial],
-    todo: Sequence[Trial],
+    run_dir: Path,
+    scenario: Scenario,
+    tasks: Sequence[tuple[Trial, TrialTask]],
     summary: SweepSummary,
     on_progress: Callable[[Progress], None] | None = None,
     on_trial_done: Callable[[str, str | None], None] | None = None,
 ) -> None:
-    """Keep ``backend.limit`` trials of ``todo`` running until all have finished; report
-    every round event and every finished trial (into ``summary`` and the callbacks)."""
-    index = {t.trial_id: i for i, t in enumerate(trials)}
-    queue = list(todo)
-    running: dict[Any, str] = {}
+    """Keep ``backend.limit`` of ``tasks`` running until all have finished; write each
+    finished trial's files and each checkpoint (the driver alone writes the run directory),
+    and report every round event and finished trial (into ``summary`` and the callbacks)."""
+    queue = list(tasks)
+    running: dict[Any, Trial] = {}
 
     def drain() -> None:
-        for event in backend.drain():
+        events, checkpoints = backend.drain()
+        for event in events:
             if on_progress is not None:
                 on_progress(event)
+        for trial_id, (rnd, data) in checkpoints.items():
+            _keep_checkpoint(run_dir, trial_id, rnd, data)
 
     while queue or running:
         while queue and len(running) < backend.limit:
-            trial = queue.pop(0)
-            running[backend.submit(trial, index[trial.trial_id])] = trial.trial_id
+            trial, task = queue.pop(0)
+            running[backend.submit(task, trial.trial_id)] = trial
         ready = backend.wait(list(running))
         drain()
         for handle in ready:
-            trial_id = running.pop(handle)
-            error = backend.error(handle)
+            trial = running.pop(handle)
+            done = backend.result(handle)
+            error = done if isinstance(done, str) else None
+            if isinstance(done, TrialDone):
+                try:
+                    keep_trial(run_dir, scenario, trial, done)
+                except OSError as failure:
+                    error = f"{type(failure).__name__}: {failure}"
             if error is None:
-                summary.done.append(trial_id)
+                summary.done.append(trial.trial_id)
             else:
-                summary.failed[trial_id] = error
-                logger.error("trial %s failed: %s", trial_id, error)
+                summary.failed[trial.trial_id] = error
+                logger.error("trial %s failed: %s", trial.trial_id, error)
             if on_trial_done is not None:
-                on_trial_done(trial_id, error)
+                on_trial_done(trial.trial_id, error)
     drain()
+
+
+def trial_gpus(scenario: Scenario, options: SweepOptions) -> float:
+    """GPUs per Ray trial: ``execution.gpus_per_trial``, else 1 when the trials' device is
+    CUDA (``auto``: when the cluster has GPUs), else 0. ConfigError when the device asks for
+    CUDA and the cluster has no GPU (call with Ray initialised)."""
+    import ray
+
+    execution = scenario.execution
+    cluster = float(ray.cluster_resources().get("GPU", 0))
+    if execution.device == "cpu":
+        return 0.0
+    if execution.device == "auto":
+        return (execution.gpus_per_trial or 1.0) if cluster > 0 else 0.0
+    if cluster <= 0:
+        where = options.address or "this machine"
+        raise ConfigError(
+            f"execution.device: {execution.device} asked, but the Ray cluster at {where} "
+            "has no GPU; use auto or cpu"
+        )
+    return execution.gpus_per_trial or 1.0
 
 
 def check_address(address: str, timeout: float = 10.0) -> None:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedll.config.schema import TrainingConfig
+from fedll.device import Precision, autocast, grad_scaler
 from fedll.models.inspection import advance_schedule, last_attention, routing_loss
 
 logger = logging.getLogger(__name__)
@@ -99,23 +100,38 @@ def accumulate_attention(total: dict[str, np.ndarray], attention: dict[str, torc
         total[name] = total[name] + mass if name in total else mass
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model``'s parameters live (the CPU for a model without any)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
 def _step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     x: torch.Tensor,
     y: torch.Tensor,
     hooks: Sequence[TrainingHook],
+    precision: Precision = "fp32",
+    scaler: torch.amp.GradScaler | None = None,
 ) -> float:
-    """One optimiser step on a batch; returns its loss. Advances the temperature schedule."""
-    logits = model(x)
-    loss = segmentation_loss(logits, y) + routing_loss(model)
-    for hook in hooks:
-        extra = hook.extra_loss(model, x, logits)
-        if extra is not None:
-            loss = loss + extra
+    """One optimiser step on a batch; returns its loss. Advances the temperature schedule.
+    The forward pass and the loss run under ``precision``'s autocast; with a ``scaler``
+    (fp16) the loss is scaled before the backward pass."""
+    with autocast(x.device, precision):
+        logits = model(x)
+        loss = segmentation_loss(logits, y) + routing_loss(model)
+        for hook in hooks:
+            extra = hook.extra_loss(model, x, logits)
+            if extra is not None:
+                loss = loss + extra
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
     advance_schedule(model)
     return float(loss.detach())
 
@@ -131,7 +147,8 @@ def train_local(
 ) -> TrainResult:
     """Train ``model`` in place on ``images`` (N, 1, H, W) float32 and ``masks`` (N, 1, H, W).
 
-    The mini-batch order comes from ``seed``; ``optimizer_state`` (from an earlier call)
+    Batches go to the model's device; the forward pass runs in ``cfg.precision``. The
+    mini-batch order comes from ``seed``; ``optimizer_state`` (from an earlier call)
     resumes the optimiser's moments when the scenario keeps them across rounds; each of
     ``hooks`` sees the model before the first step, adds its ``extra_loss`` at every step and
     sees the trained model and its data at the end.
@@ -143,16 +160,20 @@ def train_local(
         hook.before_training(model)
     optimizer = make_optimizer(model, cfg, optimizer_state)
     generator = torch.Generator().manual_seed(seed)
-    x_all = torch.tensor(images, dtype=torch.float32)
-    y_all = torch.tensor(masks, dtype=torch.float32)
+    device = model_device(model)
+    scaler = grad_scaler(device, cfg.precision)
+    x_all = torch.tensor(images, dtype=torch.float32).to(device)
+    y_all = torch.tensor(masks, dtype=torch.float32).to(device)
     model.train()
     losses: list[float] = []
     mass: dict[str, np.ndarray] = {}
     for epoch in range(cfg.epochs):
         order = torch.randperm(n, generator=generator)
         for start, stop in batch_bounds(n, cfg.batch_size):
-            idx = order[start:stop]
-            losses.append(_step(model, optimizer, x_all[idx], y_all[idx], hooks))
+            idx = order[start:stop].to(device)
+            losses.append(
+                _step(model, optimizer, x_all[idx], y_all[idx], hooks, cfg.precision, scaler)
+            )
             if epoch == cfg.epochs - 1:
                 accumulate_attention(mass, last_attention(model))
     state = optimizer.state_dict()["state"] if cfg.optimizer_state == "keep" else None

@@ -1,5 +1,8 @@
 """The one Flower ClientApp: every hospital is data, not code.
 
+:func:`make_client_app` builds it; ``app`` (what ``flwr run`` and SuperNodes load) reads each
+site from its node config, a sweep's trial passes its in-memory cohort and device instead.
+
 Messages it answers:
 - ``query.meta``: the site's name, modality and number of training cases (no case ids);
 - ``train``: load the global model, train on the cases the server says arrived (plus what
@@ -26,30 +29,52 @@ from flwr.clientapp import ClientApp
 
 from fedll.config.instruction import TrainInstruction
 from fedll.continual import ProximalTerm, build_method
-from fedll.data.site import resolve_site
+from fedll.data.arrays import CohortArrays, SiteArrays
+from fedll.data.site import Site, resolve_site
+from fedll.device import resolve_device
 from fedll.faults import InjectedFault, corrupt, raises
 from fedll.models import build_model, parameter_groups
 from fedll.train import TrainingHook, TrainResult, train_local
 
 logger = logging.getLogger(__name__)
 
-app = ClientApp()
+
+def make_client_app(cohort: CohortArrays | None = None, device: str | None = None) -> ClientApp:
+    """The ClientApp; a sweep's trial passes its in-memory ``cohort`` (the simulated sites)
+    and the trial's ``device``. Without them a simulated site is read from the run directory,
+    and a deployed one from its node config (``data-dir``, and ``device``: auto by default)."""
+    app = ClientApp()
+
+    def site_of(context: Context) -> Site | SiteArrays:
+        return resolve_site(context.node_config, context.run_config, cohort)
+
+    def device_of(context: Context) -> torch.device:
+        if device is not None:
+            return resolve_device(device)
+        name = context.node_config.get("device", context.run_config.get("device", "auto"))
+        return resolve_device(str(name), key="node config device")
+
+    @app.query("meta")
+    def meta(msg: Message, context: Context) -> Message:
+        """Who this node is: site, modality and how many training cases it holds."""
+        site = site_of(context)
+        record = ConfigRecord(
+            {"site": site.name, "modality": site.modality, "num-cases": len(site)}
+        )
+        return Message(RecordDict({"meta": record}), reply_to=msg)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        """Train the received model on this round's arrivals (or all arrived cases)."""
+        return train_site(msg, context, site_of(context), device_of(context))
+
+    return app
 
 
-@app.query("meta")
-def meta(msg: Message, context: Context) -> Message:
-    """Who this node is: site, modality and how many training cases it holds."""
-    site = resolve_site(context.node_config, context.run_config)
-    record = ConfigRecord(
-        {"site": site.name, "modality": site.modality, "num-cases": len(site.records)}
-    )
-    return Message(RecordDict({"meta": record}), reply_to=msg)
-
-
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    """Train the received model on this round's arrivals (or all arrived cases)."""
-    site = resolve_site(context.node_config, context.run_config)
+def train_site(
+    msg: Message, context: Context, site: Site | SiteArrays, device: torch.device
+) -> Message:
+    """Train the received model on ``device`` on the cases the server says arrived."""
     instruction = TrainInstruction.from_config(dict(msg.content["config"]))
     if raises(instruction.fault, instruction.server_round, instruction.seed):
         raise InjectedFault(f"site {site.name}: injected failure, round {instruction.server_round}")
@@ -61,7 +86,7 @@ def train(msg: Message, context: Context) -> Message:
         instruction.server_round,
     )
     cases = site.cases(instruction.slices, method.select_cases(instruction.case_range()))
-    model = _received_model(instruction, msg.content["arrays"], context)
+    model = _received_model(instruction, msg.content["arrays"], context).to(device)
     hooks: list[TrainingHook] = [method]
     if instruction.proximal_mu > 0:
         hooks.append(ProximalTerm(instruction.proximal_mu))
@@ -81,6 +106,9 @@ def train(msg: Message, context: Context) -> Message:
     _keep_site_state(context, instruction, result, method.state(), model, state)
     logger.info("site %s trained on %d slices, loss %.4f", site.name, result.samples, result.loss)
     return _reply(msg, instruction, result, len(cases), state)
+
+
+app = make_client_app()
 
 
 def _received_model(

@@ -79,10 +79,27 @@ class LifelongFedAvg(FedAvg):
         self.rejected: dict[int, list[str]] = {}
         self.current: dict[str, np.ndarray] = {}
         self.sent: list[Message] = []
+        # rounds already run before Flower's start() loop began (a trial resumed from a
+        # checkpoint): Flower's round r is the stream's round r + round_offset
+        self.round_offset = 0
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What the strategy keeps across rounds (a checkpoint stores it): JSON values and
+        arrays. Variants with more state extend it."""
+        return {
+            "failures": {str(k): v for k, v in self.failures.items()},
+            "rejected": {str(k): v for k, v in self.rejected.items()},
+        }
+
+    def restore_state(self, state: Mapping[str, Any]) -> None:
+        """Continue from a :meth:`checkpoint_state`."""
+        self.failures = {int(k): list(v) for k, v in state["failures"].items()}
+        self.rejected = {int(k): list(v) for k, v in state["rejected"].items()}
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        server_round += self.round_offset
         self.current = {k: v.numpy() for k, v in arrays.items()}
         config["local-norm"] = self.local_norm
         messages = []
@@ -101,6 +118,7 @@ class LifelongFedAvg(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round += self.round_offset
         sent = {m.metadata.message_id: m.metadata.dst_node_id for m in self.sent}
         outcome = triage(replies, sent, self.site_of, self.weighted_by_key, self.problem)
         self._record(server_round, outcome)

@@ -3,7 +3,7 @@ Distribution for Federated Visual Classification", 2019): server momentum on the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,6 +27,14 @@ class LifelongFedAvgM(LifelongFedAvg):
         self.server_lr = float(server_lr)
         self.server_momentum = float(server_momentum)
         self.velocity: dict[str, np.ndarray] | None = None
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        velocity = {} if self.velocity is None else dict(self.velocity)
+        return {**super().checkpoint_state(), "velocity": velocity}
+
+    def restore_state(self, state: Mapping[str, Any]) -> None:
+        super().restore_state(state)
+        self.velocity = dict(state["velocity"]) or None
 
     def merge(self, server_round: int, updates: Sequence[Update]) -> dict[str, np.ndarray]:
         average = super().merge(server_round, updates)

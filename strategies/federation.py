@@ -9,20 +9,27 @@ real SuperNodes in deployment.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
+import numpy as np
 import torch
-from flwr.app import ArrayRecord
+from flwr.app import Array, ArrayRecord
 from flwr.serverapp import Grid
 
+from fedll.checkpoint import Checkpoint, Checkpointing
 from fedll.config.grid import Trial
 from fedll.config.instruction import TrainInstruction
 from fedll.config.schema import Scenario
-from fedll.data.prepare import PreparedCohort
+from fedll.data.slices import CaseSlices
+from fedll.errors import ConfigError
 from fedll.evaluation import evaluate_round
+from fedll.inprocess import InProcessGrid
 from fedll.models import ModelLayout, build_model
 from fedll.planning import plan_rounds, trial_stream
-from fedll.results import TrialResults
+from fedll.results import TrialOutcome, TrialResults
+from strategies.fedavg import LifelongFedAvg
 from strategies.handshake import discover_sites, match_sites
 from strategies.registry import build_strategy
 
@@ -35,12 +42,16 @@ def run_federation(
     grid: Grid,
     scenario: Scenario,
     trial: Trial,
-    prepared: PreparedCohort,
+    test: Mapping[str, Sequence[CaseSlices]],
+    device: torch.device | None = None,
     threads: int = 1,
     on_round: RoundCallback | None = None,
+    checkpointing: Checkpointing | None = None,
     timeout: float = 3600.0,
-) -> TrialResults:
-    """Run one trial over ``grid``; returns its per-case Dice and attention rows."""
+) -> TrialOutcome:
+    """Run one trial over ``grid``, the global model evaluated on ``device`` on each
+    modality's ``test`` cases after every round; returns its rows and final model."""
+    device = device or torch.device("cpu")
     torch.set_num_threads(max(1, threads))
     infos = discover_sites(grid, expected=len(scenario.sites), timeout=min(timeout, 300.0))
     bound = match_sites(scenario, infos)
@@ -48,6 +59,8 @@ def run_federation(
     spec = scenario.models[trial.model]
     torch.manual_seed(trial.seed)
     model = build_model(spec.name, **spec.kwargs())
+    initial = ArrayRecord(model.state_dict())
+    model.to(device)
     template = TrainInstruction(
         model=spec,
         training=scenario.training,
@@ -74,19 +87,35 @@ def run_federation(
         layout=ModelLayout.of(model),
         site_of={i.node_id: n for n, i in bound.items()},
     )
-    test = {m: prepared.test_slices(m) for m in prepared.test}
     results = TrialResults(trial=trial, stream=stream)
+    snapshots = _snapshots(grid, checkpointing)
+    done = 0
+    if checkpointing is not None and checkpointing.resume is not None:
+        done = _resume(checkpointing.resume, grid, strategy, results)
+        initial = ArrayRecord({k: Array(v) for k, v in checkpointing.resume.model.items()})
+        logger.info("resumed %s from round %d", trial.trial_id, done)
+    strategy.round_offset = done
+    final: dict[str, np.ndarray] = {k: v.numpy() for k, v in initial.items()}
 
-    def evaluate(server_round: int, arrays: ArrayRecord) -> None:
+    def evaluate(flower_round: int, arrays: ArrayRecord) -> None:
+        server_round = flower_round + done
+        if flower_round == 0 and done:  # a resumed trial: its round was evaluated already
+            return
+        final.clear()
+        final.update({k: v.numpy() for k, v in arrays.items()})
         model.load_state_dict(arrays.to_torch_state_dict())
         evaluate_round(results, server_round, model, test)
         if on_round is not None:
             on_round(server_round, len(stream))
+        if snapshots and 0 < server_round < len(stream) and server_round % snapshots.every == 0:
+            assert snapshots.save is not None
+            snapshots.save(_checkpoint(snapshots, trial, server_round, final, strategy, grid,
+                                       results))  # fmt: skip
 
     strategy.start(
         grid=grid,
-        initial_arrays=ArrayRecord(model.state_dict()),
-        num_rounds=len(stream),
+        initial_arrays=initial,
+        num_rounds=len(stream) - done,
         timeout=timeout,
         evaluate_fn=evaluate,
     )
@@ -94,4 +123,78 @@ def run_federation(
     results.rejected.update(strategy.rejected)
     if left_out := [s.name for s in scenario.sites if s.name not in bound]:
         results.failures[0] = left_out  # round 0: the sites that never took part
-    return results
+    return TrialOutcome(results=results, state=dict(final))
+
+
+def _snapshots(grid: Grid, checkpointing: Checkpointing | None) -> Checkpointing | None:
+    """``checkpointing`` when checkpoints are asked for and ``grid`` can give its state."""
+    if checkpointing is None or checkpointing.every <= 0 or checkpointing.save is None:
+        return None
+    if not isinstance(grid, InProcessGrid):
+        logger.warning(
+            "execution.checkpoint_every: the sites' state lives at the sites on this grid "
+            "(%s); no mid-trial checkpoint is taken",
+            type(grid).__name__,
+        )
+        return None
+    return checkpointing
+
+
+def _checkpoint(
+    checkpointing: Checkpointing,
+    trial: Trial,
+    server_round: int,
+    model: Mapping[str, np.ndarray],
+    strategy: LifelongFedAvg,
+    grid: InProcessGrid,
+    results: TrialResults,
+) -> Checkpoint:
+    return Checkpoint(
+        trial_id=trial.trial_id,
+        fingerprint=checkpointing.fingerprint,
+        round=server_round,
+        model={k: np.array(v) for k, v in model.items()},
+        strategy=strategy.checkpoint_state(),
+        nodes=grid.node_states(),
+        rng={**rng_states(), "grid": grid.rng_state()},
+        results=results.snapshot(),
+    )
+
+
+def _resume(
+    checkpoint: Checkpoint, grid: Grid, strategy: LifelongFedAvg, results: TrialResults
+) -> int:
+    """Put the trial back to where ``checkpoint`` left it; returns the rounds already run."""
+    if not isinstance(grid, InProcessGrid):
+        raise ConfigError("a checkpoint can only resume a trial on an in-process grid")
+    grid.restore_node_states(checkpoint.nodes)
+    grid.set_rng_state(checkpoint.rng["grid"])
+    set_rng_states(checkpoint.rng)
+    strategy.restore_state(checkpoint.strategy)
+    results.restore(checkpoint.results)
+    return checkpoint.round
+
+
+def rng_states() -> dict[str, Any]:
+    """This process's RNG states (torch, CUDA, NumPy's global one, Python's)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state().numpy(),
+        "numpy": [kind, keys, int(pos), int(has_gauss), float(cached)],
+        "python": [version, list(internal), gauss],
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = [s.numpy() for s in torch.cuda.get_rng_state_all()]
+    return states
+
+
+def set_rng_states(states: Mapping[str, Any]) -> None:
+    """Put back :func:`rng_states`."""
+    torch.set_rng_state(torch.from_numpy(np.array(states["torch"], dtype=np.uint8)))
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.from_numpy(np.array(s)) for s in states["cuda"]])

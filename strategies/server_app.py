@@ -1,7 +1,9 @@
 """The Flower ServerApp: one trial of a scenario, named by the run config.
 
-A joint trial (the upper bound) trains one model on the pooled cases in this process, without
-the grid (:mod:`fedll.joint`).
+A sweep's trial (:class:`SweepTrial`) reads nothing from disk and writes nothing: its inputs
+came with it and its outcome goes back to the sweep's driver, which writes the run directory.
+Under ``flwr run`` the run config names the files. A joint trial (the upper bound) trains
+one model on the pooled cases in this process, without the grid (:mod:`fedll.joint`).
 
 Run config keys (kebab-case, from ``[tool.flwr.app.config]``, ``flwr run --run-config``
 or a sweep): ``scenario`` (path of the scenario YAML), ``trial`` (index into its grid, or
@@ -18,16 +20,22 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
+import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from fedll.checkpoint import Checkpointing
 from fedll.config import Scenario, Trial, dump_scenario, expand_trials, load_scenario
 from fedll.config.grid import trial_fingerprint
+from fedll.data.arrays import CohortArrays
 from fedll.data.prepare import cohort_for
+from fedll.device import deterministic, resolve_device
 from fedll.errors import ConfigError
 from fedll.joint import run_joint
 from fedll.report.build import build_report
+from fedll.results import TrialOutcome
 from fedll.store import collect, write_trial
+from fedll.sweep import SweepTrial
 from strategies.federation import RoundCallback, run_federation
 
 logger = logging.getLogger(__name__)
@@ -56,24 +64,59 @@ def trial_from_run_config(run_config: Mapping[str, object]) -> tuple[Scenario, T
     return scenario, trial, Path(str(run_config["run-dir"]))
 
 
-def make_server_app(on_round: RoundCallback | None = None) -> ServerApp:
-    """A ServerApp; a sweep passes ``on_round`` to follow progress."""
+def execute_trial(
+    grid: Grid,
+    scenario: Scenario,
+    trial: Trial,
+    cohort: CohortArrays,
+    device: torch.device,
+    threads: int = 1,
+    on_round: RoundCallback | None = None,
+    checkpointing: Checkpointing | None = None,
+) -> TrialOutcome:
+    """Run ``trial``: the joint bound in this process, or a federation over ``grid``."""
+    with deterministic(scenario.execution.deterministic):
+        if trial.kind == "joint":  # the upper bound: no stream, no federation
+            return run_joint(scenario, trial, cohort, device, threads=threads, on_round=on_round)
+        return run_federation(
+            grid,
+            scenario,
+            trial,
+            cohort.test,
+            device,
+            threads=threads,
+            on_round=on_round,
+            checkpointing=checkpointing,
+        )
+
+
+def make_server_app(
+    on_round: RoundCallback | None = None, sweep_trial: SweepTrial | None = None
+) -> ServerApp:
+    """A ServerApp; a sweep passes ``on_round`` to follow progress, and ``sweep_trial`` to
+    run a trial from memory. Without ``sweep_trial`` (``flwr run``, deployment) the run
+    config names the scenario and the run directory, and the trial's files are written
+    there."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
+        if sweep_trial is not None:
+            s = sweep_trial
+            outcome = execute_trial(
+                grid, s.scenario, s.trial, s.cohort, s.device, s.threads, on_round,
+                s.checkpointing,
+            )  # fmt: skip
+            s.finished(outcome)
+            return
         scenario, trial, run_dir = trial_from_run_config(context.run_config)
-        prepared = cohort_for(run_dir, scenario)
+        cohort = CohortArrays.load(cohort_for(run_dir, scenario))
         if not (resolved := run_dir / "scenario.yaml").exists():
             resolved.write_text(dump_scenario(scenario))
         threads = int(context.run_config.get("threads", 1))
-        if trial.kind == "joint":  # the upper bound: no stream, no federation
-            results = run_joint(scenario, trial, prepared, threads=threads, on_round=on_round)
-        else:
-            results = run_federation(
-                grid, scenario, trial, prepared, threads=threads, on_round=on_round
-            )
-        path = write_trial(run_dir, results, trial_fingerprint(scenario, trial))
+        device = resolve_device(str(context.run_config.get("device", scenario.execution.device)))
+        outcome = execute_trial(grid, scenario, trial, cohort, device, threads, on_round)
+        path = write_trial(run_dir, outcome.results, trial_fingerprint(scenario, trial))
         logger.info("trial %s written to %s", trial.trial_id, path)
         if context.run_config.get("collect", True):
             fingerprints = {

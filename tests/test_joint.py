@@ -6,8 +6,11 @@ import pytest
 import torch
 
 from fedll.config import joint_trial, load_scenario
+from fedll.data.arrays import CohortArrays
 from fedll.data.prepare import prepare_cohort
+from fedll.evaluation import evaluate_cases
 from fedll.joint import joint_stream, run_joint
+from fedll.models import build_model
 
 pytestmark = pytest.mark.slow
 
@@ -16,7 +19,7 @@ pytestmark = pytest.mark.slow
 def prepared(tmp_path_factory, make_scenario):
     path = make_scenario(tmp_path_factory.mktemp("joint") / "s.yaml", {"joint": True})
     scenario = load_scenario(path)
-    return scenario, prepare_cohort(scenario)
+    return scenario, CohortArrays.load(prepare_cohort(scenario))
 
 
 def test_one_round_in_which_every_site_arrives(prepared):
@@ -33,14 +36,26 @@ def test_the_joint_trial_evaluates_the_untrained_and_the_trained_model(prepared)
     threads = torch.get_num_threads()
     trial = joint_trial("static", seed=0)
     rounds = []
-    results = run_joint(scenario, trial, cohort, on_round=lambda r, n: rounds.append((r, n)))
+    outcome = run_joint(scenario, trial, cohort, on_round=lambda r, n: rounds.append((r, n)))
     torch.set_num_threads(threads)
-    frame, _ = results.frames()
+    frame, _ = outcome.results.frames()
     assert rounds == [(0, 1), (1, 1)]
     assert set(frame["round"]) == {0, 1}
     assert set(frame["strategy"]) == {"none"} and set(frame["cl"]) == {"joint"}
     assert set(frame.loc[frame["round"] == 1, "arriving"]) == {"flair;t2"}
     assert len(frame) == 2 * 2  # one test case per modality, two rounds
-    again, _ = run_joint(scenario, trial, cohort).frames()
+    again, _ = run_joint(scenario, trial, cohort).results.frames()
     torch.set_num_threads(threads)
     assert frame["dice"].tolist() == again["dice"].tolist()  # seeded
+
+
+def test_the_joint_outcome_carries_the_trained_model(prepared):
+    scenario, cohort = prepared
+    threads = torch.get_num_threads()
+    outcome = run_joint(scenario, joint_trial("static", seed=0), cohort)
+    torch.set_num_threads(threads)
+    model = build_model(scenario.models["static"].name, **scenario.models["static"].kwargs())
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in outcome.state.items()})
+    last = outcome.results.frames()[0].query("round == 1")
+    scores = evaluate_cases(model, [cohort.test["t2"][0], cohort.test["flair"][0]]).dice
+    assert scores == last["dice"].tolist()  # the state is the model evaluated last

@@ -39,6 +39,7 @@ from fedll.config.options import (
 )
 from fedll.config.rules import RULES
 from fedll.data.layouts import LAYOUTS
+from fedll.device import check_device_name
 from fedll.models import ArgumentError, check_arguments
 from fedll.names import check_simple_name
 from fedll.stream import ORDERINGS
@@ -169,6 +170,11 @@ class TrainingConfig(_Frozen):
         description="reset: a fresh optimiser every round; keep: the site keeps its own "
         "optimiser moments across rounds (in its context state)",
     )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        default="fp32",
+        description="autocast of the forward pass and loss (fp16 with a gradient scaler); "
+        "parameters and optimiser stay fp32",
+    )
 
 
 class ExecutionConfig(_Frozen):
@@ -178,6 +184,27 @@ class ExecutionConfig(_Frozen):
     max_concurrent: int | None = Field(default=None, ge=1)
     object_store_mb: int = Field(default=256, ge=64)
     address: str | None = None
+    device: str = Field(
+        default="auto", description="auto (CUDA when available), cpu, cuda or cuda:N"
+    )
+    gpus_per_trial: float | None = Field(
+        default=None,
+        gt=0,
+        description="GPUs a Ray trial asks for (fractions share a GPU); default 1 when the "
+        "device is CUDA, else 0",
+    )
+    deterministic: bool = Field(
+        default=False, description="torch's deterministic algorithms and cuDNN settings"
+    )
+    checkpoint_every: int = Field(
+        default=0, ge=0, description="keep the trial's whole state every N rounds (0: off)"
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        return check_device_name(value)
+
     max_parameters: int = Field(
         default=500_000_000, ge=1, description="refuse a model with more parameters"
     )

@@ -11,6 +11,7 @@ from typing import Any
 
 from fedll.config.schema import SliceConfig
 from fedll.data import MODALITIES
+from fedll.data.arrays import CohortArrays, SiteArrays
 from fedll.data.layouts import discover
 from fedll.data.nifti import CaseRecord
 from fedll.data.prepare import PreparedCohort, default_cache_dir
@@ -26,6 +27,9 @@ class Site:
     modality: str
     records: tuple[CaseRecord, ...]
     cache_dir: Path
+
+    def __len__(self) -> int:
+        return len(self.records)
 
     def cases(self, spec: SliceConfig, indices: Sequence[int]) -> list[CaseSlices]:
         """Preprocessed slices of the cases at ``indices`` (0-based, arrival order)."""
@@ -104,8 +108,25 @@ def site_from_simulation(node_config: Mapping[str, Any], run_config: Mapping[str
     )
 
 
-def resolve_site(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) -> Site:
-    """Deployment when the node config names a data dir, simulation otherwise."""
+def site_from_cohort(node_config: Mapping[str, Any], cohort: CohortArrays) -> SiteArrays:
+    """A simulated site of a sweep: ``partition-id`` indexes the in-memory cohort's sites."""
+    pid = int(node_config["partition-id"])
+    if not 0 <= pid < len(cohort.sites):
+        raise ConfigError(
+            f"node config: partition-id {pid} but the scenario has {len(cohort.sites)} sites"
+        )
+    return cohort.sites[pid]
+
+
+def resolve_site(
+    node_config: Mapping[str, Any],
+    run_config: Mapping[str, Any],
+    cohort: CohortArrays | None = None,
+) -> Site | SiteArrays:
+    """Deployment when the node config names a data dir; simulation otherwise, from the
+    sweep's in-memory ``cohort`` when it has one, else from the run directory."""
     if "partition-id" in node_config and "data-dir" not in node_config:
+        if cohort is not None:
+            return site_from_cohort(node_config, cohort)
         return site_from_simulation(node_config, run_config)
     return site_from_node_config(node_config)

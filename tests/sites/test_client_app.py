@@ -19,7 +19,12 @@ from fedll.data.prepare import prepare_cohort
 from fedll.faults import InjectedFault
 from fedll.inprocess import _assign_message_id, _set_task_identity
 from fedll.models import build_model, parameter_groups
-from sites.client_app import train
+from fedll.data.site import resolve_site
+from sites.client_app import train_site
+
+
+def train(msg: Message, ctx: Context) -> Message:
+    return train_site(msg, ctx, resolve_site(ctx.node_config, ctx.run_config), torch.device("cpu"))
 
 pytestmark = pytest.mark.slow
 
