@@ -231,6 +231,10 @@ def _run(
     from fedll.sweep import SweepOptions, run_sweep
 
     _quiet_flower(verbose=logging.getLogger().level <= logging.INFO)
+    if not address and not scenario.execution.address:
+        from fedll.device import resolve_device
+
+        resolve_device(scenario.execution.device)  # a cluster's devices are checked on it
     console = _console()
     with console.status("preparing the cohort (synthesis and slice cache, once per cohort)"):
         cohort_for(run_dir, scenario, source=str(run_dir / "scenario.yaml"))

@@ -96,7 +96,7 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1
 def accumulate_attention(total: dict[str, np.ndarray], attention: dict[str, torch.Tensor]) -> None:
     """Add each layer's attention summed over the batch to ``total`` (float64, in place)."""
     for name, att in attention.items():
-        mass = att.detach().sum(dim=0).cpu().numpy().astype(np.float64)
+        mass = att.detach().float().sum(dim=0).cpu().numpy().astype(np.float64)
         total[name] = total[name] + mass if name in total else mass
 
 
