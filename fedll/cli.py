@@ -432,6 +432,9 @@ def site(
         typer.Option(help="port of this SuperNode's local Runtime API (default 9094)"),
     ] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="slice cache of this site")] = None,
+    device: Annotated[
+        str | None, typer.Option(help="where it trains: auto (default), cpu, cuda, cuda:N")
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option(help="check and print the flower-supernode command only")
     ] = False,
@@ -453,6 +456,7 @@ def site(
         auth_key=auth_key,
         runtime_port=runtime_port,
         cache_dir=cache_dir,
+        device=device,
         extra=ctx.args,
     )
     _say(

@@ -335,6 +335,7 @@ class RayBackend:
         import ray
 
         self.ray, self.options, self.limit = ray, options, limit
+        logger.info("the cohort's slices: %.1f MiB into the object store", cohort.nbytes() / 2**20)
         self.cohort = ray.put(cohort)
         self.progress = ray.remote(num_cpus=0)(ProgressLog).remote()
         self.task = ray.remote(num_cpus=options.cpus_per_trial, num_gpus=gpus, max_retries=0)(

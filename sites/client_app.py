@@ -21,6 +21,8 @@ replay buffer of case indices) and, with a FedBN-style strategy, its own normali
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,12 +50,6 @@ def make_client_app(cohort: CohortArrays | None = None, device: str | None = Non
     def site_of(context: Context) -> Site | SiteArrays:
         return resolve_site(context.node_config, context.run_config, cohort)
 
-    def device_of(context: Context) -> torch.device:
-        if device is not None:
-            return resolve_device(device)
-        name = context.node_config.get("device", context.run_config.get("device", "auto"))
-        return resolve_device(str(name), key="node config device")
-
     @app.query("meta")
     def meta(msg: Message, context: Context) -> Message:
         """Who this node is: site, modality and how many training cases it holds."""
@@ -66,9 +62,22 @@ def make_client_app(cohort: CohortArrays | None = None, device: str | None = Non
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         """Train the received model on this round's arrivals (or all arrived cases)."""
-        return train_site(msg, context, site_of(context), device_of(context))
+        where = site_device(context.node_config, context.run_config, device)
+        return train_site(msg, context, site_of(context), where)
 
     return app
+
+
+def site_device(
+    node_config: Mapping[str, Any], run_config: Mapping[str, Any], device: str | None = None
+) -> torch.device:
+    """Where a site trains: the sweep's ``device`` when it gives one, else the node config's
+    ``device`` (a deployed site chooses its own), else the run config's, else ``auto``."""
+    if device is not None:
+        return resolve_device(device)
+    if "device" in node_config:
+        return resolve_device(str(node_config["device"]), key="--node-config device")
+    return resolve_device(str(run_config.get("device", "auto")), key="run config device")
 
 
 def train_site(

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fedll.data.site import Site, site_from_node_config
+from fedll.device import resolve_device
 from fedll.errors import ConfigError
 from fedll.names import RULE, is_simple_name
 
@@ -104,12 +105,13 @@ def site_command(
     auth_key: Path | None = None,
     runtime_port: int | None = None,
     cache_dir: Path | None = None,
+    device: str | None = None,
     extra: Sequence[str] = (),
 ) -> tuple[Site, list[str]]:
     """Check a site's data and files, and return it with its ``flower-supernode`` argv.
 
-    ConfigError / DataError (one line) for a bad node config, no or both of TLS and
-    ``insecure``, a missing CA file or an unusable node-auth key.
+    ConfigError / DataError (one line) for a bad node config, a device this machine lacks,
+    no or both of TLS and ``insecure``, a missing CA file or an unusable node-auth key.
     """
     if not is_simple_name(name):
         raise ConfigError(f"--site {name!r} is not a simple name ({RULE})")
@@ -124,6 +126,9 @@ def site_command(
         if cache.exists() and not cache.is_dir():
             raise ConfigError(f"--cache-dir: {cache} is a file, not a directory")
         config["cache-dir"] = str(cache)
+    if device is not None:
+        resolve_device(device, key="--device")  # CUDA that this machine lacks: one line now
+        config["device"] = device
     if insecure == (root_certificates is not None):
         raise ConfigError("give either --root-certificates CA (TLS) or --insecure")
     if root_certificates is not None:

@@ -326,6 +326,19 @@ def test_site_checks_the_data_then_prints_the_supernode_command(prepared_run, tm
     ]
 
 
+def test_site_passes_its_device_and_refuses_one_it_lacks(prepared_run):
+    _, _, _, manifests = prepared_run
+    data = manifests["hospital-t2"].parent
+    base = ["site", "--site", "hospital-t2", "--modality", "t2", "--data-dir", data,
+            "--superlink", "127.0.0.1:9092", "--insecure", "--dry-run"]  # fmt: skip
+    result = invoke(*base, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert 'device="cpu"' in shlex.split(result.stdout)[-1]
+    result = invoke(*base, "--device", "tpu")
+    assert result.exit_code == 2
+    assert "--device: 'tpu' is not a device" in result.stderr
+
+
 def test_site_runs_flower_supernode_in_its_place(prepared_run, monkeypatch):
     _, _, _, manifests = prepared_run
     calls = []

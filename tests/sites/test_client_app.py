@@ -16,15 +16,17 @@ from fedll.config import ModelConfig, SliceConfig, TrainingConfig, load_scenario
 from fedll.config.instruction import TrainInstruction
 from fedll.config.options import FaultConfig, ReplayOptions
 from fedll.data.prepare import prepare_cohort
+from fedll.data.site import resolve_site
+from fedll.errors import ConfigError
 from fedll.faults import InjectedFault
 from fedll.inprocess import _assign_message_id, _set_task_identity
 from fedll.models import build_model, parameter_groups
-from fedll.data.site import resolve_site
 from sites.client_app import train_site
 
 
 def train(msg: Message, ctx: Context) -> Message:
     return train_site(msg, ctx, resolve_site(ctx.node_config, ctx.run_config), torch.device("cpu"))
+
 
 pytestmark = pytest.mark.slow
 
@@ -179,3 +181,17 @@ def test_optimizer_state_round_trips_through_the_site_state() -> None:
         opt.step()
     for a, b in zip(model.parameters(), twin.parameters(), strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_a_site_trains_where_the_sweep_or_its_node_config_says():
+    from sites.client_app import site_device
+
+    assert site_device({}, {}).type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert site_device({"device": "cpu"}, {"device": "cuda"}).type == "cpu"
+    assert site_device({"device": "cuda:5"}, {}, device="cpu").type == "cpu"  # the sweep's
+    assert site_device({}, {"device": "cpu"}).type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="^--node-config device: cuda:5 asked"):
+            site_device({"device": "cuda:5"}, {})
+    with pytest.raises(ConfigError, match="^--node-config device: 'tpu' is not a device"):
+        site_device({"device": "tpu"}, {})
