@@ -20,7 +20,8 @@ from fedll.config.schema import Scenario
 from fedll.data.prepare import PreparedCohort
 from fedll.evaluation import evaluate_round
 from fedll.models import build_model
-from fedll.results import TrialResults
+from fedll.models.saved import model_state
+from fedll.results import TrialOutcome, TrialResults
 from fedll.stream import Arrival, Round
 from fedll.train import train_local
 
@@ -42,8 +43,9 @@ def run_joint(
     prepared: PreparedCohort,
     threads: int = 1,
     on_round: Callable[[int, int], None] | None = None,
-) -> TrialResults:
-    """Train and evaluate the joint model of ``trial`` (``kind="joint"``)."""
+) -> TrialOutcome:
+    """Train and evaluate the joint model of ``trial`` (``kind="joint"``); returns its rows
+    and the trained model's state."""
     torch.set_num_threads(max(1, threads))
     spec = scenario.models[trial.model]
     torch.manual_seed(trial.seed)
@@ -69,4 +71,4 @@ def run_joint(
         len(cases), result.loss,
     )  # fmt: skip
     evaluate(1)
-    return results
+    return TrialOutcome(results=results, state=model_state(model))

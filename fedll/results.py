@@ -1,12 +1,13 @@
 """A trial's results as rows: per-case Dice and attention after every round (torch-free).
 
 The rows go to the run directory through :mod:`fedll.store` (``trials/<id>.csv`` and
-``.attention.csv``, then a seal); ``RUN_DIR/results.csv`` concatenates the finished trials.
+``.attention.csv``, the kept model ``models/<id>.safetensors``, then a seal);
+``RUN_DIR/results.csv`` concatenates the finished trials.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -80,3 +81,13 @@ class TrialResults:
             joined = {r: ";".join(sorted(s)) for r, s in events.items()}
             results[column] = results["round"].map(joined).fillna("").astype(str)
         return results, pd.DataFrame(self.attention_rows, columns=list(ATTENTION_COLUMNS))
+
+
+@dataclass(frozen=True, eq=False)
+class TrialOutcome:
+    """What a trial leaves: its result rows and the state dict of its final model (the
+    global model after the last round; the trained model of a joint trial), as numpy arrays
+    by parameter and buffer name."""
+
+    results: TrialResults
+    state: Mapping[str, np.ndarray]

@@ -21,8 +21,9 @@ from fedll.config.schema import Scenario
 from fedll.data.prepare import PreparedCohort
 from fedll.evaluation import evaluate_round
 from fedll.models import ModelLayout, build_model
+from fedll.models.saved import model_state
 from fedll.planning import plan_rounds, trial_stream
-from fedll.results import TrialResults
+from fedll.results import TrialOutcome, TrialResults
 from strategies.handshake import discover_sites, match_sites
 from strategies.registry import build_strategy
 
@@ -39,8 +40,9 @@ def run_federation(
     threads: int = 1,
     on_round: RoundCallback | None = None,
     timeout: float = 3600.0,
-) -> TrialResults:
-    """Run one trial over ``grid``; returns its per-case Dice and attention rows."""
+) -> TrialOutcome:
+    """Run one trial over ``grid``; returns its per-case Dice and attention rows and the
+    global model's state after the last round."""
     torch.set_num_threads(max(1, threads))
     infos = discover_sites(grid, expected=len(scenario.sites), timeout=min(timeout, 300.0))
     bound = match_sites(scenario, infos)
@@ -76,9 +78,11 @@ def run_federation(
     )
     test = {m: prepared.test_slices(m) for m in prepared.test}
     results = TrialResults(trial=trial, stream=stream)
+    final = {"state": model_state(model)}  # evaluate sees the global model every round
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> None:
         model.load_state_dict(arrays.to_torch_state_dict())
+        final["state"] = model_state(model)
         evaluate_round(results, server_round, model, test)
         if on_round is not None:
             on_round(server_round, len(stream))
@@ -94,4 +98,4 @@ def run_federation(
     results.rejected.update(strategy.rejected)
     if left_out := [s.name for s in scenario.sites if s.name not in bound]:
         results.failures[0] = left_out  # round 0: the sites that never took part
-    return results
+    return TrialOutcome(results=results, state=final["state"])

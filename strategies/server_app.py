@@ -9,7 +9,8 @@ a trial id), ``run-dir`` (where results go), ``threads`` (torch threads), ``coll
 ``RUN_DIR/results.csv`` and the report after the trial; a sweep does it once at the end instead).
 The cohort split is read from ``RUN_DIR/cohort.json`` when a sweep prepared it, and prepared here
 otherwise (on the coordinator: in deployment, the held-out test sets live there). The resolved
-scenario is kept as ``RUN_DIR/scenario.yaml``, as ``fedll run`` keeps it.
+scenario is kept as ``RUN_DIR/scenario.yaml``, as ``fedll run`` keeps it, and the trial's final
+model as ``RUN_DIR/models/<trial id>.safetensors`` (:mod:`fedll.models.saved`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from fedll.config.grid import trial_fingerprint
 from fedll.data.prepare import cohort_for
 from fedll.errors import ConfigError
 from fedll.joint import run_joint
+from fedll.models.saved import encode_model
 from fedll.report.build import build_report
 from fedll.store import collect, write_trial
 from strategies.federation import RoundCallback, run_federation
@@ -68,12 +70,20 @@ def make_server_app(on_round: RoundCallback | None = None) -> ServerApp:
             resolved.write_text(dump_scenario(scenario))
         threads = int(context.run_config.get("threads", 1))
         if trial.kind == "joint":  # the upper bound: no stream, no federation
-            results = run_joint(scenario, trial, prepared, threads=threads, on_round=on_round)
+            outcome = run_joint(scenario, trial, prepared, threads=threads, on_round=on_round)
         else:
-            results = run_federation(
+            outcome = run_federation(
                 grid, scenario, trial, prepared, threads=threads, on_round=on_round
             )
-        path = write_trial(run_dir, results, trial_fingerprint(scenario, trial))
+        fingerprint = trial_fingerprint(scenario, trial)
+        model = encode_model(
+            outcome.state,
+            scenario.models[trial.model],
+            scenario.slices,
+            trial.trial_id,
+            fingerprint,
+        )
+        path = write_trial(run_dir, outcome.results, fingerprint, model=model)
         logger.info("trial %s written to %s", trial.trial_id, path)
         if context.run_config.get("collect", True):
             fingerprints = {

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from fedll.config import joint_trial, load_scenario
 from fedll.data.prepare import prepare_cohort
 from fedll.joint import joint_stream, run_joint
+from fedll.models import build_model
 
 pytestmark = pytest.mark.slow
 
@@ -33,14 +35,21 @@ def test_the_joint_trial_evaluates_the_untrained_and_the_trained_model(prepared)
     threads = torch.get_num_threads()
     trial = joint_trial("static", seed=0)
     rounds = []
-    results = run_joint(scenario, trial, cohort, on_round=lambda r, n: rounds.append((r, n)))
+    outcome = run_joint(scenario, trial, cohort, on_round=lambda r, n: rounds.append((r, n)))
     torch.set_num_threads(threads)
-    frame, _ = results.frames()
+    frame, _ = outcome.results.frames()
     assert rounds == [(0, 1), (1, 1)]
     assert set(frame["round"]) == {0, 1}
     assert set(frame["strategy"]) == {"none"} and set(frame["cl"]) == {"joint"}
     assert set(frame.loc[frame["round"] == 1, "arriving"]) == {"flair;t2"}
     assert len(frame) == 2 * 2  # one test case per modality, two rounds
-    again, _ = run_joint(scenario, trial, cohort).frames()
+    again = run_joint(scenario, trial, cohort)
     torch.set_num_threads(threads)
-    assert frame["dice"].tolist() == again["dice"].tolist()  # seeded
+    assert frame["dice"].tolist() == again.results.frames()[0]["dice"].tolist()  # seeded
+    # the outcome keeps the trained model: equal between the seeded runs, not the initial one
+    torch.manual_seed(trial.seed)
+    spec = scenario.models[trial.model]
+    initial = build_model(spec.name, **spec.kwargs()).state_dict()
+    assert outcome.state.keys() == initial.keys() == again.state.keys()
+    assert all(np.array_equal(outcome.state[k], again.state[k]) for k in initial)
+    assert not all(np.array_equal(outcome.state[k], initial[k].numpy()) for k in initial)
