@@ -47,20 +47,14 @@ CaseCallback = Callable[[int, int, CaseRecord], None]
 def predict_logits(
     module: torch.nn.Module, inputs: np.ndarray, device: torch.device, batch_size: int
 ) -> np.ndarray:
-    """float32 (N, S, S): the whole-tumour logits of ``inputs`` (N, 1, S, S), ``batch_size``
-    slices at a time on ``device``."""
+    """float32 (N, C, S, S): the logits of ``inputs`` (N, 1, S, S), ``batch_size`` slices
+    at a time on ``device``."""
     module = module.to(device).eval()
     out = []
     for start in range(0, len(inputs), batch_size):
         batch = torch.tensor(inputs[start : start + batch_size], dtype=torch.float32)  # a copy
-        logits = module(batch.to(device))
-        if logits.shape[1] != 1:
-            raise DataError(
-                f"the model predicts {logits.shape[1]} channels; whole tumour needs one"
-            )
-        out.append(logits[:, 0].float().cpu().numpy())
-    size = inputs.shape[-1]
-    return np.concatenate(out) if out else np.zeros((0, size, size), np.float32)
+        out.append(module(batch.to(device)).float().cpu().numpy())
+    return np.concatenate(out)
 
 
 def segment_image(
@@ -71,8 +65,13 @@ def segment_image(
     data = image.data
     inputs = model_inputs(normalise(data, brain_mask(data)), image.spacing, spec)
     logits = predict_logits(saved.module, inputs, device, batch_size)
+    if logits.shape[1] != 1:
+        raise DataError(
+            f"{saved.source}: the model predicts {logits.shape[1]} channels; a whole-tumour "
+            "mask needs one"
+        )
     in_plane = np.moveaxis(data, spec.axis, 0).shape[1:]
-    back = unresize(logits, in_plane, in_plane_spacing(image.spacing, spec.axis))
+    back = unresize(logits[:, 0], in_plane, in_plane_spacing(image.spacing, spec.axis))
     canonical = np.moveaxis(back > 0, 0, spec.axis)
     mask = from_canonical(canonical.astype(np.uint8), image.affine)
     assert mask.shape == image.shape, (mask.shape, image.shape)

@@ -539,3 +539,20 @@ def test_segment_on_cuda_without_cuda_exits_2(kept_model, tmp_path):
     image = write_image(tmp_path / "case_t2.nii.gz", blob_image()[0])
     result = invoke("segment", kept_model, image, "--out", tmp_path / "m.nii", "--device", "cuda")
     assert_one_line_error(result, "--device: cuda asked", "finds no CUDA device")
+
+
+def test_segment_with_a_model_of_two_output_channels_exits_2(tmp_path):
+    import torch
+
+    from fedll.config.schema import ModelConfig, SliceConfig
+    from fedll.models import build_model
+    from fedll.models.saved import encode_model, model_state
+
+    torch.manual_seed(0)
+    spec = ModelConfig(**SEGMENT_MODEL, out_channels=2)
+    model = tmp_path / "two.safetensors"
+    state = model_state(build_model(spec.name, **spec.kwargs()))
+    model.write_bytes(encode_model(state, spec, SliceConfig(size=16), "t", "fp"))
+    image = write_image(tmp_path / "case_t2.nii.gz", blob_image()[0])
+    result = invoke("segment", model, image, "--out", tmp_path / "m.nii.gz")
+    assert_one_line_error(result, str(model), "predicts 2 channels")
