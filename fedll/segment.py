@@ -149,9 +149,12 @@ def segment_cohort(
 
 
 def check_out_dir(out_dir: Path) -> None:
-    """DataError when ``out_dir`` exists and is not a folder."""
+    """DataError when ``out_dir`` exists and is not a folder, or would be a folder named
+    like a NIfTI file (a typo for one image's mask)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"{out_dir}: is a file; a cohort's masks need a folder")
+    if not out_dir.exists() and nifti_stem(out_dir.name) is not None:
+        raise DataError(f"{out_dir}: a NIfTI file name; a cohort's masks need a folder")
 
 
 def is_image(source: Path) -> bool:

@@ -486,6 +486,7 @@ def incompatible(kept_model: Path) -> Path:
         ("missing-input", ["no such file or folder"]),
         ("4d-without-channel", ["expected a 3-D volume", "(20, 24, 12, 2)"]),
         ("out-is-a-file", ["is a file; a cohort's masks need a folder"]),
+        ("cohort-out-a-nifti-name", ["a NIfTI file name; a cohort's masks need a folder"]),
         ("out-not-nifti", ["not a NIfTI file name"]),
         ("bad-device", ["--device: 'gpu' is not a device"]),
     ],
@@ -514,6 +515,10 @@ def test_segment_with_bad_input_exits_2_in_one_line(kept_model, tmp_path, case, 
         image.mkdir()
         out = named = tmp_path / "taken.txt"
         out.write_text("x")
+    elif case == "cohort-out-a-nifti-name":
+        image = tmp_path / "cohort"
+        image.mkdir()
+        out = named = tmp_path / "masks.nii.gz"
     elif case == "out-not-nifti":
         out = named = tmp_path / "mask.png"
     elif case == "bad-device":
