@@ -107,12 +107,24 @@ def segment_file(
         out = out / f"{nifti_stem(source.name) or source.name}{PREDICTION_SUFFIX}"
     elif nifti_stem(out.name) is None:
         raise DataError(f"{out}: not a NIfTI file name (.nii or .nii.gz) for the mask")
-    image = load_image(source, channel)
-    mask = segment_image(saved, image, device, batch_size)
+    image, mask = _segment_path(saved, source, channel, device, batch_size)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_mask(mask, image.affine, out)
     logger.info("%s: %d tumour voxels -> %s", source, int(mask.sum()), out)
     return out
+
+
+def _segment_path(
+    saved: SavedModel, path: Path, channel: int | None, device: torch.device, batch_size: int
+) -> tuple[CanonicalImage, np.ndarray]:
+    """The image at ``path`` and its mask; an error about the voxels names the file."""
+    image = load_image(path, channel)
+    try:
+        return image, segment_image(saved, image, device, batch_size)
+    except DataError as error:
+        if str(error).startswith(saved.source):
+            raise
+        raise DataError(f"{path}: {error}") from None
 
 
 def prediction_name(record: CaseRecord) -> str:
@@ -129,8 +141,8 @@ def segment_cohort(
     on_case: CaseCallback | None = None,
 ) -> list[Path]:
     """Segment every record's image (e.g. of :func:`~fedll.data.layouts.discover`) into
-    ``out_dir`` (:func:`prediction_name`); calls
-    ``on_case(done, total, record)`` after each. Returns the paths, in record order."""
+    ``out_dir`` (:func:`prediction_name`); calls ``on_case(done, total, record)`` after each.
+    Returns the paths, in record order."""
     out_dir = Path(out_dir)
     check_out_dir(out_dir)
     names = [prediction_name(r) for r in records]
@@ -140,8 +152,7 @@ def segment_cohort(
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for done, (record, name) in enumerate(zip(records, names, strict=True), start=1):
-        image = load_image(record.image, record.channel)
-        mask = segment_image(saved, image, device, batch_size)
+        image, mask = _segment_path(saved, record.image, record.channel, device, batch_size)
         written.append(write_mask(mask, image.affine, out_dir / name))
         if on_case is not None:
             on_case(done, len(records), record)

@@ -488,6 +488,7 @@ def incompatible(kept_model: Path) -> Path:
         ("out-is-a-file", ["is a file; a cohort's masks need a folder"]),
         ("cohort-out-a-nifti-name", ["a NIfTI file name; a cohort's masks need a folder"]),
         ("out-not-nifti", ["not a NIfTI file name"]),
+        ("flat-brain", ["no intensity variation inside the brain"]),
         ("bad-device", ["--device: 'gpu' is not a device"]),
     ],
 )
@@ -519,6 +520,9 @@ def test_segment_with_bad_input_exits_2_in_one_line(kept_model, tmp_path, case, 
         image = tmp_path / "cohort"
         image.mkdir()
         out = named = tmp_path / "masks.nii.gz"
+    elif case == "flat-brain":
+        flat = np.where(blob_image()[0] > 0, 100.0, 0.0).astype(np.float32)
+        image = named = write_image(tmp_path / "flat_t2.nii.gz", flat)
     elif case == "out-not-nifti":
         out = named = tmp_path / "mask.png"
     elif case == "bad-device":
