@@ -393,6 +393,57 @@ def certs(
         _say(f"{site}: {private} (stays at the site), {public} (register it)")
 
 
+@app.command()
+@_guarded
+def segment(
+    model: Annotated[Path, typer.Argument(metavar="MODEL", help="a kept model (.safetensors)")],
+    source: Annotated[
+        Path,
+        typer.Argument(metavar="INPUT", help="a NIfTI image, a cohort folder or a manifest CSV"),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(help="the mask (.nii.gz) of an image; a folder for a cohort's masks"),
+    ],
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
+    batch_size: Annotated[int, typer.Option(min=1, help="slices per forward pass")] = 32,
+    channel: Annotated[
+        int | None, typer.Option(min=0, help="the channel of a 4-D image INPUT")
+    ] = None,
+    layout: Annotated[str, typer.Option(help="layout of a cohort INPUT (default: auto)")] = "auto",
+) -> None:
+    """Write whole-tumour masks (uint8 0/1, the image's grid) of INPUT with a kept model:
+    one image, or every case of a cohort (OUT/<patient>_<modality>_pred.nii.gz)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from fedll.data.layouts import discover
+    from fedll.device import resolve_device
+    from fedll.models.saved import read_model
+    from fedll.segment import check_out_dir, is_image, segment_cohort, segment_file
+
+    where = resolve_device(device, key="--device")
+    saved = read_model(model)
+    if not source.exists():
+        raise DataError(f"{source}: no such file or folder")
+    if is_image(source):
+        written = segment_file(saved, source, out, where, batch_size, channel)
+        _say(f"wrote {written}")
+        return
+    check_out_dir(out)
+    records = discover(source, layout)
+    columns = (
+        TextColumn("{task.description}", markup=False),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    console = Console(stderr=True, highlight=False)
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("segmenting", total=len(records))
+        segment_cohort(saved, records, out, where, batch_size, on_case=lambda *_: bar.advance(task))
+    _say(f"wrote {len(records)} masks to {out}")
+
+
 @app.command("site-data")
 @_guarded
 def site_data(

@@ -20,6 +20,7 @@ from fedll.config.schema import Scenario
 from fedll.data.arrays import CohortArrays
 from fedll.evaluation import evaluate_round
 from fedll.models import build_model
+from fedll.models.saved import model_state
 from fedll.results import TrialOutcome, TrialResults
 from fedll.stream import Arrival, Round
 from fedll.train import train_local
@@ -44,7 +45,8 @@ def run_joint(
     threads: int = 1,
     on_round: Callable[[int, int], None] | None = None,
 ) -> TrialOutcome:
-    """Train and evaluate the joint model of ``trial`` (``kind="joint"``) on ``device``."""
+    """Train and evaluate the joint model of ``trial`` (``kind="joint"``) on ``device``;
+    returns its rows and the trained model's state."""
     torch.set_num_threads(max(1, threads))
     spec = scenario.models[trial.model]
     torch.manual_seed(trial.seed)
@@ -70,5 +72,4 @@ def run_joint(
         len(cases), result.loss,
     )  # fmt: skip
     evaluate(1)
-    state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-    return TrialOutcome(results=results, state=state)
+    return TrialOutcome(results=results, state=model_state(model))

@@ -1,12 +1,13 @@
 """A trial's results as rows: per-case Dice and attention after every round (torch-free).
 
 The rows go to the run directory through :mod:`fedll.store` (``trials/<id>.csv`` and
-``.attention.csv``, then a seal); ``RUN_DIR/results.csv`` concatenates the finished trials.
+``.attention.csv``, the kept model ``models/<id>.safetensors``, then a seal);
+``RUN_DIR/results.csv`` concatenates the finished trials.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -98,9 +99,11 @@ class TrialResults:
         return results, pd.DataFrame(self.attention_rows, columns=list(ATTENTION_COLUMNS))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TrialOutcome:
-    """What a finished trial hands its driver: its rows and its final global model."""
+    """What a trial leaves: its result rows and the state dict of its final model (the
+    global model after the last round; the trained model of a joint trial), as numpy arrays
+    by parameter and buffer name."""
 
     results: TrialResults
-    state: dict[str, np.ndarray]  # the final global state dict, CPU arrays
+    state: Mapping[str, np.ndarray]

@@ -1,14 +1,16 @@
 """The run directory's trial files: written, sealed, verified, set aside, collected.
 
 A finished trial is three files in ``RUN_DIR/trials/``: ``<id>.csv`` (its result rows),
-``<id>.attention.csv`` and, written last and atomically, the seal ``<id>.json``: the trial
-id, the fingerprint of its settings (:func:`fedll.config.grid.trial_fingerprint`), the fedll
-version, each file's row count and SHA-256, and the sites that failed or were rejected per
-round. A trial is finished exactly when its seal verifies: a file cut short, emptied, edited,
-left without a seal (an earlier fedll, a crash between the writes) or copied in from a run of
-other settings does not, is moved to ``trials/invalid/`` (named in a warning) and the trial
-runs again. :func:`collect` reads only the scenario's own, verified trials, and replaces
-``results.csv`` and ``attention.csv`` only after every part was read.
+``<id>.attention.csv`` and, written last and atomically, the seal ``<id>.json``; and its kept
+model, ``RUN_DIR/models/<id>.safetensors`` (:mod:`fedll.models.saved`), written before the
+seal. The seal holds the trial id, the fingerprint of its settings
+(:func:`fedll.config.grid.trial_fingerprint`), the fedll version, each file's row count (the
+model's size in bytes) and SHA-256, and the sites that failed or were rejected per round. A
+trial is finished exactly when its seal verifies: a file cut short, emptied, edited, missing
+(a model deleted), left without a seal (an earlier fedll, a crash between the writes) or
+copied in from a run of other settings does not, is moved to ``trials/invalid/`` (named in a
+warning) and the trial runs again. :func:`collect` reads only the scenario's own, verified
+trials, and replaces ``results.csv`` and ``attention.csv`` only after every part was read.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 INVALID = "invalid"
 CHECKPOINTS = "checkpoints"
+MODEL_SUFFIX = ".safetensors"
+_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class TrialFiles:
 
     results: Path
     attention: Path
+    model: Path
     seal: Path
 
     @classmethod
@@ -56,11 +61,12 @@ class TrialFiles:
         return cls(
             trials / f"{trial_id}.csv",
             trials / f"{trial_id}.attention.csv",
+            Path(run_dir) / "models" / f"{trial_id}{MODEL_SUFFIX}",
             trials / f"{trial_id}.json",
         )
 
     def existing(self) -> list[Path]:
-        return [p for p in (self.results, self.attention, self.seal) if p.exists()]
+        return [p for p in (self.results, self.attention, self.model, self.seal) if p.exists()]
 
 
 def trial_path(run_dir: Path, trial: Trial) -> Path:
@@ -68,8 +74,17 @@ def trial_path(run_dir: Path, trial: Trial) -> Path:
     return TrialFiles.of(run_dir, trial.trial_id).results
 
 
-def write_trial(run_dir: Path, results: TrialResults, fingerprint: str) -> Path:
-    """Write the trial's rows, then its attention, then the seal that vouches for both."""
+def trial_model(run_dir: Path, trial_id: str) -> Path:
+    """Where the trial's kept model is (whether or not it is there)."""
+    return TrialFiles.of(run_dir, trial_id).model
+
+
+def write_trial(
+    run_dir: Path, results: TrialResults, fingerprint: str, model: bytes | None = None
+) -> Path:
+    """Write the trial's rows, its attention and its ``model`` (the bytes of a model file,
+    :func:`fedll.models.saved.encode_model`; None: no kept model), then the seal that
+    vouches for them."""
     frame, attention = results.frames()
     files = TrialFiles.of(run_dir, results.trial.trial_id)
     files.results.parent.mkdir(parents=True, exist_ok=True)
@@ -79,6 +94,11 @@ def write_trial(run_dir: Path, results: TrialResults, fingerprint: str) -> Path:
         with atomic_path(path) as tmp:
             tmp.write_bytes(payload)
         listed[path.name] = {"rows": len(data), "sha256": hashlib.sha256(payload).hexdigest()}
+    if model is not None:
+        files.model.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(files.model) as tmp:
+            tmp.write_bytes(model)
+        listed[files.model.name] = {"size": len(model), "sha256": hashlib.sha256(model).hexdigest()}
     seal = {
         "trial": results.trial.trial_id,
         "fingerprint": fingerprint,
@@ -154,8 +174,9 @@ def verify_trial(run_dir: Path, trial_id: str, fingerprint: str) -> str | None:
 
 
 def _verified(run_dir: Path, trial_id: str, fingerprint: str) -> dict[Path, bytes] | str:
-    """The bytes of the trial's results and attention files when its seal vouches for them,
-    else why not (each file is read once, for its checksum and its caller)."""
+    """The bytes of the trial's results and attention files when its seal vouches for them
+    and for the model it lists, else why not (each file is read once, for its checksum and
+    its caller; the model is hashed in chunks, not returned)."""
     files = TrialFiles.of(run_dir, trial_id)
     if not files.seal.is_file():
         return "no seal (not finished, or written by an earlier fedll)"
@@ -174,9 +195,27 @@ def _verified(run_dir: Path, trial_id: str, fingerprint: str) -> dict[Path, byte
             payloads[path] = path.read_bytes()
             if hashlib.sha256(payloads[path]).hexdigest() != entry["sha256"]:
                 return f"{path.name} differs from what was written (cut short or edited)"
+        if (entry := listed.get(files.model.name)) is not None:
+            if not files.model.is_file():
+                return f"its model {files.model} is missing"
+            if (
+                files.model.stat().st_size != entry["size"]
+                or _sha256(files.model) != entry["sha256"]
+            ):
+                return (
+                    f"its model {files.model} differs from what was written (cut short or edited)"
+                )
     except (OSError, ValueError, KeyError, TypeError) as error:
         return f"its seal is unreadable ({type(error).__name__})"
     return payloads
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def set_aside(run_dir: Path, trial_id: str, reason: str) -> list[Path]:

@@ -209,12 +209,19 @@ def run_trial(
     trial = expand_trials(scenario)[trial_index]
     task = TrialTask(scenario, trial_index, threads, device=scenario.execution.device)
     done = execute_task(task, cohort, on_round)
-    return keep_trial(run_dir, scenario, trial, done)
+    return keep_trial(run_dir, scenario, trial, done.outcome)
 
 
-def keep_trial(run_dir: Path, scenario: Scenario, trial: Trial, done: TrialDone) -> Path:
-    """Write a finished trial's files (the driver alone does) and drop its checkpoint."""
-    path = write_trial(run_dir, done.outcome.results, trial_fingerprint(scenario, trial))
+def keep_trial(run_dir: Path, scenario: Scenario, trial: Trial, outcome: TrialOutcome) -> Path:
+    """Write a finished trial's files, its kept model among them (the driver alone does), and
+    drop its checkpoint; returns its results file."""
+    from fedll.models.saved import encode_model
+
+    fingerprint = trial_fingerprint(scenario, trial)
+    model = encode_model(
+        outcome.state, scenario.models[trial.model], scenario.slices, trial.trial_id, fingerprint
+    )
+    path = write_trial(run_dir, outcome.results, fingerprint, model=model)
     drop_checkpoint(run_dir, trial.trial_id)
     return path
 
@@ -460,7 +467,7 @@ def schedule(
             error = done if isinstance(done, str) else None
             if isinstance(done, TrialDone):
                 try:
-                    keep_trial(run_dir, scenario, trial, done)
+                    keep_trial(run_dir, scenario, trial, done.outcome)
                 except OSError as failure:
                     error = f"{type(failure).__name__}: {failure}"
             if error is None:

@@ -11,7 +11,8 @@ a trial id), ``run-dir`` (where results go), ``threads`` (torch threads), ``coll
 ``RUN_DIR/results.csv`` and the report after the trial; a sweep does it once at the end instead).
 The cohort split is read from ``RUN_DIR/cohort.json`` when a sweep prepared it, and prepared here
 otherwise (on the coordinator: in deployment, the held-out test sets live there). The resolved
-scenario is kept as ``RUN_DIR/scenario.yaml``, as ``fedll run`` keeps it.
+scenario is kept as ``RUN_DIR/scenario.yaml``, as ``fedll run`` keeps it, and the trial's final
+model as ``RUN_DIR/models/<trial id>.safetensors`` (:mod:`fedll.models.saved`).
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ from fedll.errors import ConfigError
 from fedll.joint import run_joint
 from fedll.report.build import build_report
 from fedll.results import TrialOutcome
-from fedll.store import collect, write_trial
-from fedll.sweep import SweepTrial
+from fedll.store import collect
+from fedll.sweep import SweepTrial, keep_trial
 from strategies.federation import RoundCallback, run_federation
 
 logger = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ def make_server_app(
         threads = int(context.run_config.get("threads", 1))
         device = resolve_device(str(context.run_config.get("device", scenario.execution.device)))
         outcome = execute_trial(grid, scenario, trial, cohort, device, threads, on_round)
-        path = write_trial(run_dir, outcome.results, trial_fingerprint(scenario, trial))
+        path = keep_trial(run_dir, scenario, trial, outcome)
         logger.info("trial %s written to %s", trial.trial_id, path)
         if context.run_config.get("collect", True):
             fingerprints = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -381,3 +382,186 @@ def test_certs_refuse_a_host_that_is_no_host(tmp_path):
         result = invoke("certs", "--out", tmp_path / "c", "--host", host)
         assert_one_line_error(result, "is neither an IP address nor a host name")
     assert not (tmp_path / "c").exists()
+
+
+# ---------------------------------------------------------------- fedll segment
+
+SEGMENT_MODEL = {"name": "static", "base_width": 4, "depth": 2}
+
+
+@pytest.fixture
+def kept_model(tmp_path) -> Path:
+    """An (untrained) tiny model file, as a run keeps it."""
+    import torch
+
+    from fedll.config.schema import ModelConfig, SliceConfig
+    from fedll.models import build_model
+    from fedll.models.saved import encode_model, model_state
+
+    torch.manual_seed(0)
+    spec = ModelConfig(**SEGMENT_MODEL)
+    state = model_state(build_model(spec.name, **spec.kwargs()))
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(encode_model(state, spec, SliceConfig(size=16), "t", "fp"))
+    return path
+
+
+def blob_image(shape=(20, 24, 12)) -> tuple[np.ndarray, np.ndarray]:
+    """A bright-ish ellipsoid head with a brighter blob: image float32 and labels uint8."""
+    grid = np.stack(np.meshgrid(*(np.linspace(-1, 1, n) for n in shape), indexing="ij"))
+    head = np.sqrt((grid**2).sum(axis=0)) < 0.9
+    noise = np.random.default_rng(0).standard_normal(shape)
+    image = np.where(head, 100 + 5 * noise, 0).astype(np.float32)
+    labels = (np.sqrt(((grid - 0.2) ** 2).sum(axis=0)) < 0.3).astype(np.uint8)
+    image[labels > 0] += 50
+    return image, labels
+
+
+def write_image(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    import nibabel as nib
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    affine = np.diag([1.0, 1.5, 3.0, 1.0]) if affine is None else affine
+    nib.save(nib.Nifti1Image(data, affine), path)
+    return path
+
+
+def test_segment_an_image_writes_a_mask_on_its_grid(kept_model, tmp_path):
+    import nibabel as nib
+
+    lps = np.diag([-1.0, -1.5, 3.0, 1.0])
+    image = write_image(tmp_path / "case_t2.nii.gz", blob_image()[0], lps)
+    out = tmp_path / "masks" / "case_mask.nii.gz"
+    result = invoke("segment", kept_model, image, "--out", out, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == f"wrote {out}"
+    mask = nib.load(out)
+    assert mask.shape == (20, 24, 12) and mask.get_data_dtype() == np.uint8
+    np.testing.assert_allclose(mask.affine, lps)
+    assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1}
+    # OUT an existing folder: <stem>_pred.nii.gz in it
+    result = invoke("segment", kept_model, image, "--out", tmp_path, "--batch-size", "5")
+    assert result.exit_code == 0, result.output
+    again = nib.load(tmp_path / "case_t2_pred.nii.gz")
+    np.testing.assert_array_equal(again.dataobj, mask.dataobj)  # batch size changes nothing
+
+
+def test_segment_a_cohort_writes_one_mask_per_case(kept_model, tmp_path):
+    root = tmp_path / "BraTS2021"
+    for case in ("BraTS2021_00000", "BraTS2021_00001"):
+        image, labels = blob_image()
+        write_image(root / case / f"{case}_t2.nii.gz", image)
+        write_image(root / case / f"{case}_flair.nii.gz", 0.5 * image)
+        write_image(root / case / f"{case}_seg.nii.gz", labels)
+    out = tmp_path / "masks"
+    result = invoke("segment", kept_model, root, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == f"wrote 4 masks to {out}"
+    assert sorted(p.name for p in out.iterdir()) == [
+        f"BraTS2021_0000{i}_{m}_pred.nii.gz" for i in (0, 1) for m in ("flair", "t2")
+    ]
+
+
+def incompatible(kept_model: Path) -> Path:
+    """``kept_model`` as a future fedll would write it (another model format version)."""
+    import json
+
+    from safetensors.numpy import load, save
+
+    data = kept_model.read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    meta = json.loads(json.loads(data[8 : 8 + length])["__metadata__"]["fedll"])
+    meta.update(format_version=meta["format_version"] + 1, fedll="9.0.0")
+    path = kept_model.with_name("future.safetensors")
+    path.write_bytes(save(load(data), metadata={"fedll": json.dumps(meta)}))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("case", "names"),
+    [
+        ("not-a-model", ["not a safetensors file"]),
+        ("incompatible-fedll", ["written by fedll 9.0.0", "model format version 2"]),
+        ("missing-model", ["model file not found"]),
+        ("missing-input", ["no such file or folder"]),
+        ("4d-without-channel", ["expected a 3-D volume", "(20, 24, 12, 2)"]),
+        ("out-is-a-file", ["is a file; a cohort's masks need a folder"]),
+        ("cohort-out-a-nifti-name", ["a NIfTI file name; a cohort's masks need a folder"]),
+        ("out-not-nifti", ["not a NIfTI file name"]),
+        ("flat-brain", ["no intensity variation inside the brain"]),
+        ("bad-device", ["--device: 'gpu' is not a device"]),
+    ],
+)
+def test_segment_with_bad_input_exits_2_in_one_line(kept_model, tmp_path, case, names):
+    model = kept_model
+    image = write_image(tmp_path / "case_t2.nii.gz", blob_image()[0])
+    out = tmp_path / "mask.nii.gz"
+    device = "cpu"
+    named = None
+    if case == "not-a-model":
+        model = tmp_path / "notes.safetensors"
+        model.write_text("not a model\n")
+        named = model
+    elif case == "incompatible-fedll":
+        model = named = incompatible(kept_model)
+    elif case == "missing-model":
+        model = named = tmp_path / "none.safetensors"
+    elif case == "missing-input":
+        image = named = tmp_path / "none.nii.gz"
+    elif case == "4d-without-channel":
+        data = np.stack([blob_image()[0]] * 2, axis=-1)
+        image = named = write_image(tmp_path / "case_4d.nii.gz", data)
+    elif case == "out-is-a-file":
+        image = tmp_path / "cohort"
+        image.mkdir()
+        out = named = tmp_path / "taken.txt"
+        out.write_text("x")
+    elif case == "cohort-out-a-nifti-name":
+        image = tmp_path / "cohort"
+        image.mkdir()
+        out = named = tmp_path / "masks.nii.gz"
+    elif case == "flat-brain":
+        flat = np.where(blob_image()[0] > 0, 100.0, 0.0).astype(np.float32)
+        image = named = write_image(tmp_path / "flat_t2.nii.gz", flat)
+    elif case == "out-not-nifti":
+        out = named = tmp_path / "mask.png"
+    elif case == "bad-device":
+        device = "gpu"
+    result = invoke("segment", model, image, "--out", out, "--device", device)
+    assert_one_line_error(result, *names, *([str(named)] if named else []))
+
+
+def test_segment_a_4d_image_with_its_channel(kept_model, tmp_path):
+    data = np.stack([np.zeros((20, 24, 12), np.float32), blob_image()[0]], axis=-1)
+    image = write_image(tmp_path / "case_4d.nii.gz", data)
+    out = tmp_path / "mask.nii.gz"
+    result = invoke("segment", kept_model, image, "--out", out, "--channel", "1")
+    assert result.exit_code == 0, result.output
+    assert out.is_file()
+
+
+def test_segment_on_cuda_without_cuda_exits_2(kept_model, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    image = write_image(tmp_path / "case_t2.nii.gz", blob_image()[0])
+    result = invoke("segment", kept_model, image, "--out", tmp_path / "m.nii", "--device", "cuda")
+    assert_one_line_error(result, "--device: cuda asked", "finds no CUDA device")
+
+
+def test_segment_with_a_model_of_two_output_channels_exits_2(tmp_path):
+    import torch
+
+    from fedll.config.schema import ModelConfig, SliceConfig
+    from fedll.models import build_model
+    from fedll.models.saved import encode_model, model_state
+
+    torch.manual_seed(0)
+    spec = ModelConfig(**SEGMENT_MODEL, out_channels=2)
+    model = tmp_path / "two.safetensors"
+    state = model_state(build_model(spec.name, **spec.kwargs()))
+    model.write_bytes(encode_model(state, spec, SliceConfig(size=16), "t", "fp"))
+    image = write_image(tmp_path / "case_t2.nii.gz", blob_image()[0])
+    result = invoke("segment", model, image, "--out", tmp_path / "m.nii.gz")
+    assert_one_line_error(result, str(model), "predicts 2 channels")

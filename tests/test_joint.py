@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -44,9 +45,16 @@ def test_the_joint_trial_evaluates_the_untrained_and_the_trained_model(prepared)
     assert set(frame["strategy"]) == {"none"} and set(frame["cl"]) == {"joint"}
     assert set(frame.loc[frame["round"] == 1, "arriving"]) == {"flair;t2"}
     assert len(frame) == 2 * 2  # one test case per modality, two rounds
-    again, _ = run_joint(scenario, trial, cohort).results.frames()
+    again = run_joint(scenario, trial, cohort)
     torch.set_num_threads(threads)
-    assert frame["dice"].tolist() == again["dice"].tolist()  # seeded
+    assert frame["dice"].tolist() == again.results.frames()[0]["dice"].tolist()  # seeded
+    # the outcome keeps the trained model: equal between the seeded runs, not the initial one
+    torch.manual_seed(trial.seed)
+    spec = scenario.models[trial.model]
+    initial = build_model(spec.name, **spec.kwargs()).state_dict()
+    assert outcome.state.keys() == initial.keys() == again.state.keys()
+    assert all(np.array_equal(outcome.state[k], again.state[k]) for k in initial)
+    assert not all(np.array_equal(outcome.state[k], initial[k].numpy()) for k in initial)
 
 
 def test_the_joint_outcome_carries_the_trained_model(prepared):

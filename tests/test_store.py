@@ -139,3 +139,69 @@ def test_results_csv_is_replaced_only_after_every_part_was_read(run_dir):
     with pytest.raises(DataError, match=f"{broken.results}: columns differ"):
         collect(run_dir, {TRIAL.trial_id: "fp-a", OTHER.trial_id: "fp-b"})
     assert (run_dir / "results.csv").read_bytes() == before
+
+
+# ---------------------------------------------------------------- the kept model
+
+MODEL = b"model bytes: the store does not parse them" * 10
+
+
+@pytest.fixture
+def with_model(tmp_path):
+    write_trial(tmp_path, results(), "fp-a", model=MODEL)
+    return tmp_path
+
+
+def test_the_model_is_written_beside_the_trial_and_listed_in_its_seal(with_model):
+    path = files(with_model).model
+    assert path == with_model / "models" / f"{TRIAL.trial_id}.safetensors"
+    assert path.read_bytes() == MODEL
+    seal = json.loads(files(with_model).seal.read_text())
+    assert seal["files"][path.name] == {
+        "size": len(MODEL),
+        "sha256": hashlib.sha256(MODEL).hexdigest(),
+    }
+    assert verify_trial(with_model, TRIAL.trial_id, "fp-a") is None
+    assert sorted(p.name for p in (with_model / "models").iterdir()) == [path.name]  # no temps
+
+
+def flip_a_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def cut_short(path):
+    path.write_bytes(path.read_bytes()[:-1])
+
+
+@pytest.mark.parametrize("damage", [flip_a_byte, cut_short, empty])
+def test_an_altered_model_does_not_verify_and_is_set_aside_with_the_trial(
+    with_model, damage, caplog
+):
+    model = files(with_model).model
+    damage(model)
+    reason = verify_trial(with_model, TRIAL.trial_id, "fp-a")
+    assert reason == f"its model {model} differs from what was written (cut short or edited)"
+    with caplog.at_level(logging.WARNING, logger="fedll.store"):
+        assert finished(with_model, {TRIAL.trial_id: "fp-a"}) == set()
+    assert files(with_model).existing() == []
+    moved = sorted(p.name.rsplit(".", 1)[0] for p in (with_model / "trials" / "invalid").iterdir())
+    assert f"{TRIAL.trial_id}.safetensors" in moved and len(moved) == 4
+    assert str(model) in caplog.text
+
+
+def test_a_missing_model_leaves_the_trial_unfinished(with_model):
+    files(with_model).model.unlink()
+    reason = verify_trial(with_model, TRIAL.trial_id, "fp-a")
+    assert reason == f"its model {files(with_model).model} is missing"
+    assert finished(with_model, {TRIAL.trial_id: "fp-a"}) == set()
+    assert len(list((with_model / "trials" / "invalid").iterdir())) == 3
+
+
+def test_collect_ignores_the_model_but_not_its_damage(with_model):
+    frame, _ = collect(with_model, {TRIAL.trial_id: "fp-a"})
+    assert len(frame) == 6
+    flip_a_byte(files(with_model).model)
+    frame, _ = collect(with_model, {TRIAL.trial_id: "fp-a"})
+    assert frame.empty

@@ -19,6 +19,9 @@ import torch
 
 from fedll.columns import RESULT_COLUMNS
 from fedll.config import dump_scenario, expand_trials, load_scenario
+from fedll.config.grid import fingerprints
+from fedll.models.saved import read_model
+from fedll.store import trial_model
 from fedll.sweep import SweepOptions, pending, run_sweep, run_trial
 
 REQUIRED = [
@@ -202,6 +205,45 @@ def test_a_rerun_runs_only_the_missing_trial(make_scenario, tmp_path, restore_to
     assert_complete_trial(read(run_dir / "trials" / f"{redone}.csv"))
     third = run_sweep(run_dir, SweepOptions(backend="local"))
     assert (third.done, third.skipped) == ([], [kept, redone])
+
+
+@pytest.mark.slow
+def test_a_kept_model_survives_a_resume_and_a_damaged_one_is_redone(
+    make_scenario, tmp_path, restore_torch_threads
+):
+    """Each finished trial keeps its final model, sealed: a resume keeps it as it is; a model
+    edited or deleted makes its trial run again (the old one set aside), and the rerun keeps
+    the same bytes (the trial is seeded)."""
+    scenario = load_scenario(make_scenario(tmp_path / "s.yaml", {**THREE_SEEDS, "seeds": [0, 1]}))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "scenario.yaml").write_text(dump_scenario(scenario))
+    kept, redone = [t.trial_id for t in expand_trials(scenario)]
+    run_sweep(run_dir, SweepOptions(backend="local"))
+    models = {t: trial_model(run_dir, t) for t in (kept, redone)}
+    written = {t: path.read_bytes() for t, path in models.items()}
+    for trial_id, path in models.items():
+        saved = read_model(path)
+        assert saved.metadata.trial == trial_id
+        assert saved.metadata.fingerprint == fingerprints(scenario)[trial_id]
+    stamps = {t: path.stat().st_mtime_ns for t, path in models.items()}
+    time.sleep(0.01)  # so that a rewrite would show in the mtime
+    resumed = run_sweep(run_dir, SweepOptions(backend="local"))
+    assert (resumed.done, resumed.skipped) == ([], [kept, redone])
+    assert {t: path.stat().st_mtime_ns for t, path in models.items()} == stamps
+    data = bytearray(written[redone])
+    data[-5] ^= 0x01  # one bit of one weight
+    models[redone].write_bytes(bytes(data))
+    again = run_sweep(run_dir, SweepOptions(backend="local"))
+    assert (again.done, again.skipped) == ([redone], [kept])
+    assert models[redone].read_bytes() == written[redone]
+    assert models[kept].stat().st_mtime_ns == stamps[kept]
+    (set_aside,) = (run_dir / "trials" / "invalid").glob(f"{redone}.safetensors.*")
+    assert set_aside.read_bytes() == bytes(data)
+    models[kept].unlink()
+    last = run_sweep(run_dir, SweepOptions(backend="local"))
+    assert (last.done, last.skipped) == ([kept], [redone])
+    assert models[kept].read_bytes() == written[kept]
 
 
 @pytest.mark.slow

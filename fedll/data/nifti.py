@@ -56,6 +56,21 @@ class Volume:
     spacing: tuple[float, float, float]
 
 
+@dataclass(frozen=True, eq=False)
+class CanonicalImage:
+    """A validated image in canonical RAS+ orientation, with the grid of its file.
+
+    data: float32 (X, Y, Z) in RAS+, scl_slope/scl_inter applied. spacing: voxel size in mm
+    (X, Y, Z of ``data``). shape and affine: the file's spatial shape and affine, to map an
+    array on ``data``'s grid back (:func:`from_canonical`).
+    """
+
+    data: np.ndarray
+    spacing: tuple[float, float, float]
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+
+
 @dataclass(frozen=True)
 class LabelConvention:
     """The label values a dataset may store, and those that are not tumour (mapped to 0)."""
@@ -99,27 +114,56 @@ def load_volume(record: CaseRecord) -> Volume:
     image_nii = _open(record.image)
     mask_nii = _open(record.mask)
     _check_pair(record, image_nii, mask_nii)
-    image = _read(record.image, image_nii, record.channel)
+    image = _canonical_image(record.image, image_nii, record.channel)
     raw_labels = _read(record.mask, mask_nii, None)
-    image = np.asarray(image, dtype=np.float32)
-    if not np.isfinite(image).all():
-        bad = int(image.size - np.count_nonzero(np.isfinite(image)))
-        raise DataError(f"{record.image}: {bad} voxel(s) are NaN or infinite")
-    low, high = float(image.min()), float(image.max())
-    if low == high:
-        raise DataError(f"{record.image}: image is constant ({low:g}): no brain")
     labels = _validate_labels(record.mask, raw_labels, label_convention(record))
     # each volume by its own affine: an image stored LPS with its mask stored RAS (one world
     # grid, checked by _check_pair) must not flip the mask
-    ornt = orientations.io_orientation(image_nii.affine)
     mask_ornt = orientations.io_orientation(mask_nii.affine)
-    canonical_affine = image_nii.affine @ orientations.inv_ornt_aff(ornt, image.shape)
-    sx, sy, sz = (float(s) for s in np.linalg.norm(canonical_affine[:3, :3], axis=0))
     return Volume(
-        image=np.ascontiguousarray(orientations.apply_orientation(image, ornt)),
+        image=image.data,
         labels=np.ascontiguousarray(orientations.apply_orientation(labels, mask_ornt)),
-        spacing=(sx, sy, sz),
+        spacing=image.spacing,
     )
+
+
+def load_image(path: Path, channel: int | None = None) -> CanonicalImage:
+    """Read, validate and reorient one image without a mask (3-D, or a 4-D one's
+    ``channel``): the checks of :func:`load_volume` that concern the image."""
+    path = Path(path)
+    nii = _open(path)
+    _spatial_shape(path, nii.shape, channel)
+    return _canonical_image(path, nii, channel)
+
+
+def _canonical_image(path: Path, nii: nib.Nifti1Image, channel: int | None) -> CanonicalImage:
+    image = np.asarray(_read(path, nii, channel), dtype=np.float32)
+    if not np.isfinite(image).all():
+        bad = int(image.size - np.count_nonzero(np.isfinite(image)))
+        raise DataError(f"{path}: {bad} voxel(s) are NaN or infinite")
+    low, high = float(image.min()), float(image.max())
+    if low == high:
+        raise DataError(f"{path}: image is constant ({low:g}): no brain")
+    ornt = orientations.io_orientation(nii.affine)
+    canonical_affine = nii.affine @ orientations.inv_ornt_aff(ornt, image.shape)
+    sx, sy, sz = (float(s) for s in np.linalg.norm(canonical_affine[:3, :3], axis=0))
+    return CanonicalImage(
+        data=np.ascontiguousarray(orientations.apply_orientation(image, ornt)),
+        spacing=(sx, sy, sz),
+        shape=image.shape,
+        affine=np.asarray(nii.affine, dtype=np.float64),
+    )
+
+
+def from_canonical(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """The inverse of the reorientation to RAS+ that :func:`load_volume` applies: ``data``
+    (X, Y, Z, on the canonical grid of a file whose affine is ``affine``) on that file's own
+    voxel grid, so that ``from_canonical(apply_orientation(a, io_orientation(affine)),
+    affine)`` is ``a``."""
+    ornt = orientations.io_orientation(affine)
+    identity = orientations.axcodes2ornt(("R", "A", "S"))
+    back = orientations.ornt_transform(identity, ornt)
+    return np.ascontiguousarray(orientations.apply_orientation(data, back))
 
 
 def _read(path: Path, nii: nib.Nifti1Image, channel: int | None) -> np.ndarray:

@@ -69,24 +69,59 @@ def preprocess(
 
     brain: optional bool (X, Y, Z) brain mask; by default :func:`brain_mask` of the image.
     """
-    tumour = volume.labels > 0
+    brain = _brain(volume, brain)
+    keep = _keep(volume.labels > 0, brain, spec)
+    images = model_inputs(normalise(volume.image, brain), volume.spacing, spec, keep)
+    tumour = np.moveaxis(volume.labels > 0, spec.axis, 0)[keep].astype(np.float32)
+    masks = resize(tumour, in_plane_spacing(volume.spacing, spec.axis), spec.size, "nearest-exact")
+    return images, masks[:, None].astype(np.uint8)
+
+
+def slice_indices(
+    volume: Volume, spec: SliceConfig, *, brain: np.ndarray | None = None
+) -> np.ndarray:
+    """The indices along ``spec.axis`` of the slices :func:`preprocess` keeps, sorted."""
+    return _keep(volume.labels > 0, _brain(volume, brain), spec)
+
+
+def model_inputs(
+    image: np.ndarray,
+    spacing: Sequence[float],
+    spec: SliceConfig,
+    keep: np.ndarray | None = None,
+) -> np.ndarray:
+    """float32 (N, 1, S, S): the model's input slices of a z-scored (X, Y, Z) ``image``
+    (:func:`normalise`) along ``spec.axis``, the slices ``keep`` (all by default), each
+    padded with the volume's background and resized (:func:`resize`). Training and
+    ``fedll segment`` both make their inputs here."""
+    stack = np.moveaxis(image, spec.axis, 0)  # (D, A, B), (A, B) in RAS+ order
+    chosen = stack if keep is None else stack[keep]
+    background = float(image.min())
+    in_plane = in_plane_spacing(spacing, spec.axis)
+    return resize(chosen, in_plane, spec.size, mode="bilinear", fill=background)[:, None]
+
+
+def in_plane_spacing(spacing: Sequence[float], axis: int) -> tuple[float, float]:
+    """The (A, B) pixel size in mm of slices along ``axis`` of a volume of ``spacing``."""
+    a, b = (float(s) for i, s in enumerate(spacing) if i != axis)
+    return a, b
+
+
+def _brain(volume: Volume, brain: np.ndarray | None) -> np.ndarray:
+    """bool (X, Y, Z): the brain mask (given, or :func:`brain_mask`) plus the tumour."""
     if brain is None:
         brain = brain_mask(volume.image)
     elif brain.shape != volume.image.shape:
         raise DataError(f"brain mask shape {brain.shape} differs from image {volume.image.shape}")
-    brain = brain | tumour
-    image = normalise(volume.image, brain)
-    # Slices first: (D, A, B) with (A, B) the two in-plane axes in RAS+ order.
-    image = np.moveaxis(image, spec.axis, 0)
-    tumour = np.moveaxis(tumour, spec.axis, 0)
+    return brain | (volume.labels > 0)
+
+
+def _keep(tumour: np.ndarray, brain: np.ndarray, spec: SliceConfig) -> np.ndarray:
+    """The slices to keep along ``spec.axis``, from bool (X, Y, Z) tumour and brain."""
     area = np.moveaxis(brain, spec.axis, 0).sum(axis=(1, 2))
     with_brain = area >= MIN_BRAIN_AREA * area.max()
-    keep = select_slices(tumour.any(axis=(1, 2)), with_brain, spec)
-    in_plane = tuple(s for axis, s in enumerate(volume.spacing) if axis != spec.axis)
-    background = float(image.min())
-    images = resize(image[keep], in_plane, spec.size, mode="bilinear", fill=background)
-    masks = resize(tumour[keep].astype(np.float32), in_plane, spec.size, mode="nearest-exact")
-    return images[:, None].astype(np.float32), masks[:, None].astype(np.uint8)
+    with_tumour = np.moveaxis(tumour, spec.axis, 0).any(axis=(1, 2))
+    return select_slices(with_tumour, with_brain, spec)
 
 
 def brain_mask(image: np.ndarray) -> np.ndarray:
@@ -137,12 +172,9 @@ def resize(
     n, a, b = stack.shape
     if n == 0:
         return np.zeros((0, size, size), dtype=np.float32)
-    extent = max(a * spacing[0], b * spacing[1])
-    target = (max(a, round(extent / spacing[0])), max(b, round(extent / spacing[1])))
-    pad_a, pad_b = target[0] - a, target[1] - b
     padded = np.pad(
         stack.astype(np.float32, copy=False),
-        ((0, 0), (pad_a // 2, pad_a - pad_a // 2), (pad_b // 2, pad_b - pad_b // 2)),
+        ((0, 0), *square_padding((a, b), spacing)),
         constant_values=fill,
     )
     tensor = torch.from_numpy(padded)[:, None]
@@ -153,6 +185,29 @@ def resize(
     else:
         out = F.interpolate(tensor, size=(size, size), mode=mode)
     return out[:, 0].numpy()
+
+
+def square_padding(
+    shape: tuple[int, int], spacing: Sequence[float]
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The (before, after) padding of each axis of an (A, B) slice that makes its field of
+    view square in mm (``spacing``: the (A, B) pixel size), centred."""
+    a, b = shape
+    extent = max(a * spacing[0], b * spacing[1])
+    pad_a = max(a, round(extent / spacing[0])) - a
+    pad_b = max(b, round(extent / spacing[1])) - b
+    return (pad_a // 2, pad_a - pad_a // 2), (pad_b // 2, pad_b - pad_b // 2)
+
+
+def unresize(stack: np.ndarray, shape: tuple[int, int], spacing: Sequence[float]) -> np.ndarray:
+    """float32 (N, A, B) from (N, S, S): the inverse of :func:`resize` for slices of ``shape``
+    and ``spacing``: bilinear back to the padded square field of view, then the padding cut
+    off. Meant for logits (threshold after), which interpolate without a label mix-up."""
+    (a0, a1), (b0, b1) = square_padding(shape, spacing)
+    target = (shape[0] + a0 + a1, shape[1] + b0 + b1)
+    tensor = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))[:, None]
+    square = F.interpolate(tensor, size=target, mode="bilinear", align_corners=False)[:, 0]
+    return square[:, a0 : a0 + shape[0], b0 : b0 + shape[1]].numpy()
 
 
 class SliceCache:

@@ -16,10 +16,14 @@ from fedll.data.slices import (
     SliceCache,
     brain_mask,
     load_slices,
+    model_inputs,
     normalise,
     preprocess,
     resize,
     select_slices,
+    slice_indices,
+    square_padding,
+    unresize,
 )
 from fedll.errors import DataError
 
@@ -109,6 +113,57 @@ def test_padding_keeps_the_physical_aspect() -> None:
     anisotropic = resize(stack, (2.0, 1.0), 20, mode="nearest-exact")[0]  # 20 mm x 20 mm
     assert np.all(anisotropic == 1)
     assert resize(stack[:0], (1.0, 1.0), 8, mode="bilinear").shape == (0, 8, 8)
+
+
+@pytest.mark.parametrize(
+    ("shape", "spacing", "padding"),
+    [
+        ((10, 20), (1.0, 1.0), ((5, 5), (0, 0))),
+        ((10, 20), (2.0, 1.0), ((0, 0), (0, 0))),  # 20 mm x 20 mm already
+        ((9, 6), (1.0, 1.0), ((0, 0), (1, 2))),  # odd padding: one more after
+        ((12, 40), (3.0, 0.5), ((0, 0), (16, 16))),  # 36 mm x 20 mm
+    ],
+)
+def test_square_padding_worked_out_by_hand(shape, spacing, padding) -> None:
+    assert square_padding(shape, spacing) == padding
+
+
+@pytest.mark.parametrize(
+    ("shape", "spacing", "size"),
+    [((40, 40), (1.0, 1.0), 40), ((48, 56), (1.0, 1.0), 32), ((30, 44), (2.0, 0.8), 64)],
+)
+def test_unresize_inverts_resize(shape, spacing, size) -> None:
+    """A smooth field (a broad Gaussian) resized and resized back is itself up to the
+    interpolation error (away from the edge, where the padding mixes in); the identity size
+    gives it back exactly; a disc keeps its place."""
+    a, b = np.meshgrid(
+        np.arange(shape[0]) * spacing[0], np.arange(shape[1]) * spacing[1], indexing="ij"
+    )
+    centre = (0.4 * shape[0] * spacing[0], 0.6 * shape[1] * spacing[1])
+    field = np.exp(-((a - centre[0]) ** 2 + (b - centre[1]) ** 2) / (2 * 8.0**2))
+    stack = field[None].astype(np.float32)
+    back = unresize(resize(stack, spacing, size, mode="bilinear"), shape, spacing)
+    assert back.shape == (1, *shape) and back.dtype == np.float32
+    tolerance = 1e-6 if size == shape[0] == shape[1] else 0.02
+    assert np.abs(back - stack)[:, 2:-2, 2:-2].max() < tolerance
+    disc = (np.hypot(a - centre[0], b - centre[1]) < 6.0).astype(np.float32)[None]
+    logits = resize(2 * disc - 1, spacing, size, mode="bilinear")
+    restored = unresize(logits, shape, spacing) > 0
+    assert (restored != (disc > 0)).mean() < 0.02
+
+
+def test_model_inputs_of_the_kept_slices_are_preprocess_s(make_phantom: Phantom) -> None:
+    """fedll segment makes every slice with model_inputs; the slices preprocess keeps are
+    those of the same call, bit for bit."""
+    volume = _volume(make_phantom, shape=(16, 20, 10), spacing=(1.0, 1.5, 2.5))
+    for axis in (0, 1, 2):
+        spec = SliceConfig(size=24, axis=axis, empty_fraction=0.5)
+        images, _ = preprocess(volume, spec)
+        keep = slice_indices(volume, spec)
+        brain = brain_mask(volume.image) | (volume.labels > 0)
+        every = model_inputs(normalise(volume.image, brain), volume.spacing, spec)
+        assert every.shape == (volume.image.shape[axis], 1, 24, 24)
+        np.testing.assert_array_equal(every[keep], images)
 
 
 def test_spec_validation() -> None:

@@ -1,0 +1,173 @@
+"""Whole-tumour masks of NIfTI images with a kept model (``fedll segment``).
+
+An image is read as training reads it (:func:`fedll.data.nifti.load_image`: any orientation
+and voxel size, reoriented to RAS+), z-scored with its brain mask and cut into slices along
+the model's ``slices.axis``, each padded to a square field of view in mm and resized to
+``slices.size`` (:func:`fedll.data.slices.model_inputs`, the function training uses). Every
+slice is predicted, in batches, on the chosen device. Each slice's logits are mapped back to
+its own pixel grid (:func:`fedll.data.slices.unresize`: bilinear, padding cut off),
+thresholded at 0, and the volume is brought back from RAS+ to the file's orientation
+(:func:`fedll.data.nifti.from_canonical`): the mask has the image's shape and affine, uint8
+labels 0 (background) and 1 (whole tumour).
+
+One difference from training is unavoidable: no tumour mask is known, so the z-score
+statistics are those of the brain mask alone (training adds the tumour to it, which changes
+them only where tumour lies outside :func:`~fedll.data.slices.brain_mask`).
+
+A cohort (a folder in any supported layout, or a manifest CSV: :func:`fedll.data.layouts.
+discover`) gives one ``<patient>_<modality>_pred.nii.gz`` per case it lists, training and
+test cases alike: which cases were held out is a run's split, not the cohort's.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from fedll.atomic import atomic_path
+from fedll.data.nifti import CanonicalImage, CaseRecord, from_canonical, load_image, nifti_stem
+from fedll.data.slices import brain_mask, in_plane_spacing, model_inputs, normalise, unresize
+from fedll.errors import DataError
+from fedll.models.saved import SavedModel
+
+logger = logging.getLogger(__name__)
+
+PREDICTION_SUFFIX = "_pred.nii.gz"
+
+CaseCallback = Callable[[int, int, CaseRecord], None]
+
+
+@torch.inference_mode()
+def predict_logits(
+    module: torch.nn.Module, inputs: np.ndarray, device: torch.device, batch_size: int
+) -> np.ndarray:
+    """float32 (N, C, S, S): the logits of ``inputs`` (N, 1, S, S), ``batch_size`` slices
+    at a time on ``device``."""
+    module = module.to(device).eval()
+    out = []
+    for start in range(0, len(inputs), batch_size):
+        batch = torch.tensor(inputs[start : start + batch_size], dtype=torch.float32)  # a copy
+        out.append(module(batch.to(device)).float().cpu().numpy())
+    return np.concatenate(out)
+
+
+def segment_image(
+    saved: SavedModel, image: CanonicalImage, device: torch.device, batch_size: int = 32
+) -> np.ndarray:
+    """uint8 mask (0/1) on the grid of ``image``'s file (its shape, in its orientation)."""
+    spec = saved.slices
+    data = image.data
+    inputs = model_inputs(normalise(data, brain_mask(data)), image.spacing, spec)
+    logits = predict_logits(saved.module, inputs, device, batch_size)
+    if logits.shape[1] != 1:
+        raise DataError(
+            f"{saved.source}: the model predicts {logits.shape[1]} channels; a whole-tumour "
+            "mask needs one"
+        )
+    in_plane = np.moveaxis(data, spec.axis, 0).shape[1:]
+    back = unresize(logits[:, 0], in_plane, in_plane_spacing(image.spacing, spec.axis))
+    canonical = np.moveaxis(back > 0, 0, spec.axis)
+    mask = from_canonical(canonical.astype(np.uint8), image.affine)
+    assert mask.shape == image.shape, (mask.shape, image.shape)
+    return mask
+
+
+def write_mask(mask: np.ndarray, affine: np.ndarray, path: Path) -> Path:
+    """Write a uint8 mask with ``affine`` (qform and sform) to ``path`` (.nii or .nii.gz),
+    atomically."""
+    nii = nib.Nifti1Image(np.asarray(mask, dtype=np.uint8), affine)
+    nii.set_qform(affine, code=1)
+    nii.set_sform(affine, code=1)
+    payload = nii.to_bytes()
+    if path.name.lower().endswith(".gz"):
+        payload = gzip.compress(payload, mtime=0)
+    with atomic_path(path) as tmp:  # tmp ends in .tmp: write bytes, not nib.save
+        tmp.write_bytes(payload)
+    return path
+
+
+def segment_file(
+    saved: SavedModel,
+    source: Path,
+    out: Path,
+    device: torch.device,
+    batch_size: int = 32,
+    channel: int | None = None,
+) -> Path:
+    """Segment the NIfTI image ``source`` (``channel`` of a 4-D one) into ``out``: a NIfTI
+    file name, or an existing folder (then ``<stem>_pred.nii.gz`` in it). Returns the path."""
+    source, out = Path(source), Path(out)
+    if out.is_dir():
+        out = out / f"{nifti_stem(source.name) or source.name}{PREDICTION_SUFFIX}"
+    elif nifti_stem(out.name) is None:
+        raise DataError(f"{out}: not a NIfTI file name (.nii or .nii.gz) for the mask")
+    image, mask = _segment_path(saved, source, channel, device, batch_size)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_mask(mask, image.affine, out)
+    logger.info("%s: %d tumour voxels -> %s", source, int(mask.sum()), out)
+    return out
+
+
+def _segment_path(
+    saved: SavedModel, path: Path, channel: int | None, device: torch.device, batch_size: int
+) -> tuple[CanonicalImage, np.ndarray]:
+    """The image at ``path`` and its mask; an error about the voxels names the file."""
+    image = load_image(path, channel)
+    try:
+        return image, segment_image(saved, image, device, batch_size)
+    except DataError as error:
+        if str(error).startswith(saved.source):
+            raise
+        raise DataError(f"{path}: {error}") from None
+
+
+def prediction_name(record: CaseRecord) -> str:
+    """The file name of a case's mask in an output folder."""
+    return f"{record.patient}_{record.modality}{PREDICTION_SUFFIX}"
+
+
+def segment_cohort(
+    saved: SavedModel,
+    records: list[CaseRecord],
+    out_dir: Path,
+    device: torch.device,
+    batch_size: int = 32,
+    on_case: CaseCallback | None = None,
+) -> list[Path]:
+    """Segment every record's image (e.g. of :func:`~fedll.data.layouts.discover`) into
+    ``out_dir`` (:func:`prediction_name`); calls ``on_case(done, total, record)`` after each.
+    Returns the paths, in record order."""
+    out_dir = Path(out_dir)
+    check_out_dir(out_dir)
+    names = [prediction_name(r) for r in records]
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise DataError(f"{out_dir}: two cases would write {twice[0]}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for done, (record, name) in enumerate(zip(records, names, strict=True), start=1):
+        image, mask = _segment_path(saved, record.image, record.channel, device, batch_size)
+        written.append(write_mask(mask, image.affine, out_dir / name))
+        if on_case is not None:
+            on_case(done, len(records), record)
+    return written
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """DataError when ``out_dir`` exists and is not a folder, or would be a folder named
+    like a NIfTI file (a typo for one image's mask)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"{out_dir}: is a file; a cohort's masks need a folder")
+    if not out_dir.exists() and nifti_stem(out_dir.name) is not None:
+        raise DataError(f"{out_dir}: a NIfTI file name; a cohort's masks need a folder")
+
+
+def is_image(source: Path) -> bool:
+    """Whether ``source`` names one NIfTI image (else a cohort folder or a manifest)."""
+    return not Path(source).is_dir() and nifti_stem(Path(source).name) is not None
