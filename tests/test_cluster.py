@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import kill_session, session_processes
+from processes import kill_session, session_processes
 
 pytestmark = pytest.mark.slow
 
