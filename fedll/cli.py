@@ -165,6 +165,9 @@ def run(
 
         check_address(address)
     _claim(run_dir, scenario)
+    from fedll.provenance import write_provenance
+
+    write_provenance(run_dir)
     try:
         _run(run_dir, scenario, address, cpus_per_trial, local)
     except KeyboardInterrupt:
@@ -270,7 +273,7 @@ def _run(
     results, _ = collect(run_dir, fingerprints(scenario))
     if results.empty:
         _fail(f"{run_dir}: no trial finished; see the errors above")
-    _print_table(_report(run_dir, partial=bool(summary.failed)))
+    _print_table(_report(run_dir, partial=bool(summary.failed)), failed=len(summary.failed))
     _say(f"results: {run_dir / 'results.csv'}")
     if summary.failed:
         _fail(f"{len(summary.failed)} trial(s) failed: {', '.join(summary.failed)}")
@@ -297,10 +300,11 @@ def _report(run_dir: Path, partial: bool = False) -> dict:
 
     saved = run_dir / "scenario.yaml"
     if not saved.is_file():  # results without their scenario: nothing to check them against
-        return build_report(run_dir)
+        return {**build_report(run_dir), "unfinished": 0}
     results = read_results(maybe_compressed(run_dir / "results.csv"))
     expected = expected_results(run_dir, load_scenario(saved), results)
     built = build_report(run_dir, expected=expected, partial=partial)
+    built["unfinished"] = len(set(expected.rounds) - set(results["trial"]))
     if built["left_out"]:
         _say(
             f"partial: {len(built['left_out'])} trial(s) of {len(expected.rounds)} left out "
@@ -340,10 +344,18 @@ def _print_trials(scenario: Scenario, trials: list[Trial]) -> None:
     _console().print(table)
 
 
-def _print_table(report: dict) -> None:
-    path = report.get("markdown")
-    if path is not None and Path(path).exists():
-        _say(Path(path).read_text())
+def _print_table(report: dict, failed: int | None = None) -> None:
+    """The key measures within 120 columns (every measure is in the tables' files and the
+    page), one summary line, and where the page is. ``failed``: trials that failed in this
+    run (default: the scenario's trials without results)."""
+    from fedll.report.terminal import summary_line, terminal_table, trial_counts
+
+    for line in terminal_table(report["table"]):
+        _say(line)
+    done = report["summary"]["trial"].nunique()
+    failed = report.get("unfinished", 0) if failed is None else failed
+    _say(summary_line(done, failed, *trial_counts(report["summary"])))
+    _say(f"report: {report['html']}")
 
 
 @app.command()

@@ -15,6 +15,7 @@ scenario is kept as ``RUN_DIR/scenario.yaml``, as ``fedll run`` keeps it.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -67,13 +68,16 @@ def make_server_app(on_round: RoundCallback | None = None) -> ServerApp:
         if not (resolved := run_dir / "scenario.yaml").exists():
             resolved.write_text(dump_scenario(scenario))
         threads = int(context.run_config.get("threads", 1))
+        start = time.perf_counter()
         if trial.kind == "joint":  # the upper bound: no stream, no federation
             results = run_joint(scenario, trial, prepared, threads=threads, on_round=on_round)
         else:
             results = run_federation(
                 grid, scenario, trial, prepared, threads=threads, on_round=on_round
             )
-        path = write_trial(run_dir, results, trial_fingerprint(scenario, trial))
+        path = write_trial(
+            run_dir, results, trial_fingerprint(scenario, trial), time.perf_counter() - start
+        )
         logger.info("trial %s written to %s", trial.trial_id, path)
         if context.run_config.get("collect", True):
             fingerprints = {
