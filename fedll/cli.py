@@ -154,6 +154,10 @@ def run(
 ) -> None:
     """Run every trial of a scenario, then write the forgetting tables and plots."""
     scenario = load_scenario(scenario_path, overrides or [])
+    if scenario.tracking.tensorboard or scenario.tracking.mlflow:
+        from fedll.tracking import check_installed
+
+        check_installed(scenario.tracking, str(scenario_path))
     trials = expand_trials(scenario)
     if dry_run:
         _print_trials(scenario, trials)
@@ -273,10 +277,38 @@ def _run(
     results, _ = collect(run_dir, fingerprints(scenario))
     if results.empty:
         _fail(f"{run_dir}: no trial finished; see the errors above")
-    _print_table(_report(run_dir, partial=bool(summary.failed)), failed=len(summary.failed))
+    built = _report(run_dir, partial=bool(summary.failed))
+    _print_table(built, failed=len(summary.failed))
+    _track(run_dir, scenario, built["summary"])
     _say(f"results: {run_dir / 'results.csv'}")
     if summary.failed:
         _fail(f"{len(summary.failed)} trial(s) failed: {', '.join(summary.failed)}")
+
+
+def _track(run_dir: Path, scenario: Scenario, summary: Any) -> None:
+    """Log the finished trials not logged yet to the trackers the scenario names; a tracker
+    that fails is one line naming its key (the results stay; a rerun logs what is missing)."""
+    from fedll.config.grid import fingerprints
+    from fedll.tracking import log_trials, mlflow_target
+
+    tracking = scenario.tracking
+    where = {
+        "tensorboard": str(run_dir / "tensorboard"),
+        "mlflow": mlflow_target(run_dir, tracking)[0] if tracking.mlflow else "",
+    }
+    only = {"tensorboard": {"mlflow": None}, "mlflow": {"tensorboard": False}}
+    for tracker, others in only.items():
+        if not getattr(tracking, tracker):
+            continue
+        try:
+            logged = log_trials(
+                run_dir, scenario.name, tracking.model_copy(update=others),
+                fingerprints(scenario), summary,
+            )  # fmt: skip
+        except Exception as error:  # any tracker failure (a store down, a bad URI): one line
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            _fail(f"tracking.{tracker}: {type(error).__name__}: {reason}")
+        _say(f"{tracker}: {len(logged[tracker])} trial(s) logged to {where[tracker]}")
 
 
 def _events(run_dir: Path, trial_id: str) -> str:

@@ -381,3 +381,23 @@ def test_certs_refuse_a_host_that_is_no_host(tmp_path):
         result = invoke("certs", "--out", tmp_path / "c", "--host", host)
         assert_one_line_error(result, "is neither an IP address nor a host name")
     assert not (tmp_path / "c").exists()
+
+
+# ---------------------------------------------------------------- tracking
+
+
+@pytest.mark.parametrize(
+    ("tracking", "key", "module"),
+    [({"tensorboard": True}, "tracking.tensorboard", "tensorboardX"),
+     ({"mlflow": True}, "tracking.mlflow", "mlflow")],
+)  # fmt: skip
+def test_tracking_without_its_package_is_one_line_naming_the_key(
+    write_scenario, monkeypatch, tracking, key, module
+):
+    import fedll.tracking
+
+    real = fedll.tracking.find_spec
+    monkeypatch.setattr(fedll.tracking, "find_spec", lambda m: None if m == module else real(m))
+    path = write_scenario({"tracking": tracking})
+    line = assert_one_line_error(invoke("run", path, "--dry-run"), str(path), key, module)
+    assert "pip install 'fedll[tracking]'" in line

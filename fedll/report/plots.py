@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +141,8 @@ def _plot_heatmaps(per_model: dict[str, list[Matrix]], title: str, path: Path) -
         ax.set_title(f"{model} ({len(mats)} seeds)", fontsize="small", loc="left")
     axes[-1].set_xlabel("round (and arriving modality)" if arrivals is not None else "round")
     fig.colorbar(image, ax=list(axes), label="Dice", shrink=0.9)
-    fig.suptitle(title, fontsize="medium")
+    # a narrow figure (few rounds) would cut a one-line title at both sides
+    fig.suptitle(textwrap.fill(title, width=int(fig.get_figwidth() * 11)), fontsize="medium")
     return _save(fig, path)
 
 
