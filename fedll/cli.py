@@ -217,13 +217,15 @@ def _claim(run_dir: Path, scenario: Scenario) -> None:
 def _same_scenario(saved: Path, resolved: str, scenario: Scenario) -> bool:
     """Whether the run directory's scenario is ``scenario``: the same text, or one that an
     earlier fedll wrote differently and that parses to the same scenario (a scalar that is
-    now a one-value list), so a rerun resumes instead of refusing."""
+    now a one-value list) or that differs only in ``tracking``, so a rerun resumes (and logs
+    the finished trials to the trackers now asked for) instead of refusing."""
     if saved.read_text() == resolved:
         return True
-    try:
-        return load_scenario(saved) == scenario
+    try:  # tracking does not change results: a finished run may add or change it
+        held = load_scenario(saved)
     except FedllError:
         return False
+    return held.model_copy(update={"tracking": scenario.tracking}) == scenario
 
 
 def _run(
@@ -292,6 +294,8 @@ def _track(run_dir: Path, scenario: Scenario, summary: Any) -> None:
     from fedll.tracking import log_trials, mlflow_target
 
     tracking = scenario.tracking
+    if logging.getLogger().level > logging.INFO:  # MLflow logs its store's setup at INFO
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
     where = {
         "tensorboard": str(run_dir / "tensorboard"),
         "mlflow": mlflow_target(run_dir, tracking)[0] if tracking.mlflow else "",

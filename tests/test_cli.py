@@ -211,6 +211,18 @@ def test_a_run_dir_written_by_an_earlier_fedll_is_the_same_scenario(write_scenar
     assert not _same_scenario(saved, resolved, scenario)
 
 
+def test_a_run_dir_may_add_tracking_to_its_scenario(write_scenario, tmp_path):
+    scenario = load_scenario(write_scenario())
+    saved = tmp_path / "scenario.yaml"
+    saved.write_text(dump_scenario(scenario))
+    tracked = load_scenario(write_scenario({"tracking": {"tensorboard": True}}, "t.yaml"))
+    assert _same_scenario(saved, dump_scenario(tracked), tracked)
+    other = load_scenario(
+        write_scenario({"tracking": {"tensorboard": True}, "seeds": [3]}, "o.yaml")
+    )
+    assert not _same_scenario(saved, dump_scenario(other), other)
+
+
 def test_impossible_value_through_the_entry_point_has_no_traceback(
     write_scenario, tmp_path, run_fedll
 ):
