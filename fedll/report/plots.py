@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import re
 import textwrap
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -243,6 +244,15 @@ def _natural_key(value: Any) -> tuple[int, float | str]:
         return (0, float(value))
     except (TypeError, ValueError):
         return (1, str(value))
+
+
+def plot_files(config: Mapping[str, Any], keys: Sequence[str]) -> list[str]:
+    """The names of the files :func:`write_plots` writes that show configuration ``config``
+    (its values of the configuration columns ``keys``): its panel's curves and Dice matrices,
+    and its attention plot (a static model has none)."""
+    panel = _slug(tuple(config[k] for k in keys if k != "model"))
+    own = _slug(tuple(config[k] for k in keys))
+    return [f"curves_{panel}.png", f"dice_matrix_{panel}.png", f"attention_{own}.png"]
 
 
 def _slug(values: Any) -> str:

@@ -8,7 +8,8 @@ that ran as Ray tasks on other machines are logged like local ones), as the scen
   trials written are listed with their fingerprints in ``RUN_DIR/tensorboard/logged.json``;
 - ``mlflow: URI`` (or ``true``: a store of the run's own, ``RUN_DIR/mlruns``): one MLflow run
   per trial in the experiment named after the scenario, tagged with the trial id and
-  fingerprint, which the store is asked for before logging.
+  fingerprint, which the store is asked for before logging; its artifacts are the trial's
+  files, its summary rows and the plots that show it.
 
 A resumed run logs only the trials not logged yet. What is logged is
 :func:`fedll.tracking.series.trial_series`. The packages are optional
@@ -27,8 +28,10 @@ from pathlib import Path
 import pandas as pd
 
 from fedll.atomic import atomic_path
+from fedll.columns import config_columns
 from fedll.config.schema import TrackingConfig
 from fedll.errors import ConfigError
+from fedll.report.plots import plot_files
 from fedll.report.read import maybe_compressed, read_attention, read_results
 from fedll.tracking.series import TrialSeries, trial_series
 
@@ -101,7 +104,19 @@ def log_trials(
     if tracking.tensorboard:
         logged["tensorboard"] = _log_tensorboard(run_dir, trials, series)
     if tracking.mlflow:
-        logged["mlflow"] = _log_mlflow(run_dir, experiment, tracking, trials, series, summary)
+        keys = config_columns(results)
+
+        def artifacts(trial: str) -> list[tuple[Path, str]]:
+            trial_files = [
+                (run_dir / "trials" / f"{trial}{suffix}", "trial")
+                for suffix in (".csv", ".attention.csv", ".json")
+            ]
+            plots = plot_files(series(trial).params, keys)
+            return trial_files + [(run_dir / "plots" / name, "plots") for name in plots]
+
+        logged["mlflow"] = _log_mlflow(
+            run_dir, experiment, tracking, trials, series, artifacts, summary
+        )
     return logged
 
 
@@ -131,7 +146,8 @@ def _log_tensorboard(
 
 def _log_mlflow(
     run_dir: Path, experiment: str, tracking: TrackingConfig, trials: Mapping[str, str],
-    series: Callable[[str], TrialSeries], summary: pd.DataFrame | None,
+    series: Callable[[str], TrialSeries], artifacts: Callable[[str], list[tuple[Path, str]]],
+    summary: pd.DataFrame | None,
 ) -> list[str]:  # fmt: skip
     from mlflow import MlflowClient
 
@@ -148,10 +164,7 @@ def _log_mlflow(
         for trial, fingerprint in trials.items():
             if held.get(trial) == fingerprint:
                 continue
-            files = [
-                (run_dir / "trials" / f"{trial}{suffix}", "trial")
-                for suffix in (".csv", ".attention.csv", ".json")
-            ]
+            files = artifacts(trial)
             if summary is not None:
                 own = Path(tmp) / trial / "summary.csv"
                 own.parent.mkdir()

@@ -200,3 +200,8 @@ def test_fedll_run_logs_each_trial_once_across_a_resume(tmp_path: Path, make_sce
         assert len(client.get_metric_history(run.info.run_id, "dice/T2")) == 5  # rounds 0..4
         names = {a.path for a in client.list_artifacts(run.info.run_id, "trial")}
         assert f"trial/{run.info.run_name}.csv" in names
+        plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+        assert any(p.startswith("plots/curves_") for p in plots)
+        assert any(p.startswith("plots/attention_") for p in plots) == (
+            run.data.params["model"] == "dycnn"
+        )
