@@ -154,6 +154,10 @@ def run(
 ) -> None:
     """Run every trial of a scenario, then write the forgetting tables and plots."""
     scenario = load_scenario(scenario_path, overrides or [])
+    if scenario.tracking.tensorboard or scenario.tracking.mlflow:
+        from fedll.tracking import check_installed
+
+        check_installed(scenario.tracking, str(scenario_path))
     trials = expand_trials(scenario)
     if dry_run:
         _print_trials(scenario, trials)
@@ -165,6 +169,9 @@ def run(
 
         check_address(address)
     _claim(run_dir, scenario)
+    from fedll.provenance import write_provenance
+
+    write_provenance(run_dir)
     try:
         _run(run_dir, scenario, address, cpus_per_trial, local)
     except KeyboardInterrupt:
@@ -210,13 +217,15 @@ def _claim(run_dir: Path, scenario: Scenario) -> None:
 def _same_scenario(saved: Path, resolved: str, scenario: Scenario) -> bool:
     """Whether the run directory's scenario is ``scenario``: the same text, or one that an
     earlier fedll wrote differently and that parses to the same scenario (a scalar that is
-    now a one-value list), so a rerun resumes instead of refusing."""
+    now a one-value list) or that differs only in ``tracking``, so a rerun resumes (and logs
+    the finished trials to the trackers now asked for) instead of refusing."""
     if saved.read_text() == resolved:
         return True
-    try:
-        return load_scenario(saved) == scenario
+    try:  # tracking does not change results: a finished run may add or change it
+        held = load_scenario(saved)
     except FedllError:
         return False
+    return held.model_copy(update={"tracking": scenario.tracking}) == scenario
 
 
 def _run(
@@ -279,10 +288,40 @@ def _run(
     results, _ = collect(run_dir, fingerprints(scenario))
     if results.empty:
         _fail(f"{run_dir}: no trial finished; see the errors above")
-    _print_table(_report(run_dir, partial=bool(summary.failed)))
+    built = _report(run_dir, partial=bool(summary.failed))
+    _print_table(built, failed=len(summary.failed))
+    _track(run_dir, scenario, built["summary"])
     _say(f"results: {run_dir / 'results.csv'}")
     if summary.failed:
         _fail(f"{len(summary.failed)} trial(s) failed: {', '.join(summary.failed)}")
+
+
+def _track(run_dir: Path, scenario: Scenario, summary: Any) -> None:
+    """Log the finished trials not logged yet to the trackers the scenario names; a tracker
+    that fails is one line naming its key (the results stay; a rerun logs what is missing)."""
+    from fedll.config.grid import fingerprints
+    from fedll.tracking import log_trials, mlflow_target
+
+    tracking = scenario.tracking
+    if logging.getLogger().level > logging.INFO:  # MLflow logs its store's setup at INFO
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+    where = {
+        "tensorboard": str(run_dir / "tensorboard"),
+        "mlflow": mlflow_target(run_dir, tracking)[0] if tracking.mlflow else "",
+    }
+    only = {"tensorboard": {"mlflow": None}, "mlflow": {"tensorboard": False}}
+    for tracker, others in only.items():
+        if not getattr(tracking, tracker):
+            continue
+        try:
+            logged = log_trials(
+                run_dir, scenario.name, tracking.model_copy(update=others),
+                fingerprints(scenario), summary,
+            )  # fmt: skip
+        except Exception as error:  # any tracker failure (a store down, a bad URI): one line
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            _fail(f"tracking.{tracker}: {type(error).__name__}: {reason}")
+        _say(f"{tracker}: {len(logged[tracker])} trial(s) logged to {where[tracker]}")
 
 
 def _events(run_dir: Path, trial_id: str) -> str:
@@ -306,10 +345,11 @@ def _report(run_dir: Path, partial: bool = False) -> dict:
 
     saved = run_dir / "scenario.yaml"
     if not saved.is_file():  # results without their scenario: nothing to check them against
-        return build_report(run_dir)
+        return {**build_report(run_dir), "unfinished": 0}
     results = read_results(maybe_compressed(run_dir / "results.csv"))
     expected = expected_results(run_dir, load_scenario(saved), results)
     built = build_report(run_dir, expected=expected, partial=partial)
+    built["unfinished"] = len(set(expected.rounds) - set(results["trial"]))
     if built["left_out"]:
         _say(
             f"partial: {len(built['left_out'])} trial(s) of {len(expected.rounds)} left out "
@@ -349,10 +389,18 @@ def _print_trials(scenario: Scenario, trials: list[Trial]) -> None:
     _console().print(table)
 
 
-def _print_table(report: dict) -> None:
-    path = report.get("markdown")
-    if path is not None and Path(path).exists():
-        _say(Path(path).read_text())
+def _print_table(report: dict, failed: int | None = None) -> None:
+    """The key measures within 120 columns (every measure is in the tables' files and the
+    page), one summary line, and where the page is. ``failed``: trials that failed in this
+    run (default: the scenario's trials without results)."""
+    from fedll.report.terminal import summary_line, terminal_table, trial_counts
+
+    for line in terminal_table(report["table"]):
+        _say(line)
+    done = report["summary"]["trial"].nunique()
+    failed = report.get("unfinished", 0) if failed is None else failed
+    _say(summary_line(done, failed, *trial_counts(report["summary"])))
+    _say(f"report: {report['html']}")
 
 
 @app.command()

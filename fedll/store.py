@@ -5,12 +5,14 @@ A finished trial is three files in ``RUN_DIR/trials/``: ``<id>.csv`` (its result
 model, ``RUN_DIR/models/<id>.safetensors`` (:mod:`fedll.models.saved`), written before the
 seal. The seal holds the trial id, the fingerprint of its settings
 (:func:`fedll.config.grid.trial_fingerprint`), the fedll version, each file's row count (the
-model's size in bytes) and SHA-256, and the sites that failed or were rejected per round. A
-trial is finished exactly when its seal verifies: a file cut short, emptied, edited, missing
-(a model deleted), left without a seal (an earlier fedll, a crash between the writes) or
-copied in from a run of other settings does not, is moved to ``trials/invalid/`` (named in a
-warning) and the trial runs again. :func:`collect` reads only the scenario's own, verified
-trials, and replaces ``results.csv`` and ``attention.csv`` only after every part was read.
+model's size in bytes) and SHA-256, the sites that failed or were rejected per round and,
+where the runner measured it, the trial's wall time (``wall_s``; seals of an earlier fedll
+lack it and still verify). A trial is finished exactly when its seal verifies: a file cut
+short, emptied, edited, missing (a model deleted), left without a seal (an earlier fedll, a
+crash between the writes) or copied in from a run of other settings does not, is moved to
+``trials/invalid/`` (named in a warning) and the trial runs again. :func:`collect` reads only
+the scenario's own, verified trials, and replaces ``results.csv`` and ``attention.csv`` only
+after every part was read.
 """
 
 from __future__ import annotations
@@ -80,11 +82,15 @@ def trial_model(run_dir: Path, trial_id: str) -> Path:
 
 
 def write_trial(
-    run_dir: Path, results: TrialResults, fingerprint: str, model: bytes | None = None
+    run_dir: Path,
+    results: TrialResults,
+    fingerprint: str,
+    model: bytes | None = None,
+    wall_s: float | None = None,
 ) -> Path:
     """Write the trial's rows, its attention and its ``model`` (the bytes of a model file,
     :func:`fedll.models.saved.encode_model`; None: no kept model), then the seal that
-    vouches for them."""
+    vouches for them (and records ``wall_s``, the seconds the trial ran, when given)."""
     frame, attention = results.frames()
     files = TrialFiles.of(run_dir, results.trial.trial_id)
     files.results.parent.mkdir(parents=True, exist_ok=True)
@@ -109,6 +115,8 @@ def write_trial(
             "rejected": _by_site(results.rejected),
         },
     }
+    if wall_s is not None:
+        seal["wall_s"] = round(float(wall_s), 3)
     with atomic_path(files.seal) as tmp:
         tmp.write_text(json.dumps(seal, indent=1, sort_keys=True))
     return files.results
@@ -254,6 +262,13 @@ def trial_events(run_dir: Path, trial_id: str) -> dict[str, dict[str, list[int]]
     """The sites that failed or were rejected, with their rounds, from the trial's seal."""
     seal = json.loads(TrialFiles.of(run_dir, trial_id).seal.read_text())
     return seal["events"]
+
+
+def trial_wall_s(run_dir: Path, trial_id: str) -> float | None:
+    """The seconds the trial ran, from its seal (None for a seal of an earlier fedll)."""
+    seal = json.loads(TrialFiles.of(run_dir, trial_id).seal.read_text())
+    wall = seal.get("wall_s")
+    return None if wall is None else float(wall)
 
 
 def collect(run_dir: Path, fingerprints: Mapping[str, str]) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -209,10 +209,16 @@ def run_trial(
     trial = expand_trials(scenario)[trial_index]
     task = TrialTask(scenario, trial_index, threads, device=scenario.execution.device)
     done = execute_task(task, cohort, on_round)
-    return keep_trial(run_dir, scenario, trial, done.outcome)
+    return keep_trial(run_dir, scenario, trial, done.outcome, done.wall_s)
 
 
-def keep_trial(run_dir: Path, scenario: Scenario, trial: Trial, outcome: TrialOutcome) -> Path:
+def keep_trial(
+    run_dir: Path,
+    scenario: Scenario,
+    trial: Trial,
+    outcome: TrialOutcome,
+    wall_s: float | None = None,
+) -> Path:
     """Write a finished trial's files, its kept model among them (the driver alone does), and
     drop its checkpoint; returns its results file."""
     from fedll.models.saved import encode_model
@@ -221,7 +227,7 @@ def keep_trial(run_dir: Path, scenario: Scenario, trial: Trial, outcome: TrialOu
     model = encode_model(
         outcome.state, scenario.models[trial.model], scenario.slices, trial.trial_id, fingerprint
     )
-    path = write_trial(run_dir, outcome.results, fingerprint, model=model)
+    path = write_trial(run_dir, outcome.results, fingerprint, model=model, wall_s=wall_s)
     drop_checkpoint(run_dir, trial.trial_id)
     return path
 
@@ -467,7 +473,7 @@ def schedule(
             error = done if isinstance(done, str) else None
             if isinstance(done, TrialDone):
                 try:
-                    keep_trial(run_dir, scenario, trial, done.outcome)
+                    keep_trial(run_dir, scenario, trial, done.outcome, done.wall_s)
                 except OSError as failure:
                     error = f"{type(failure).__name__}: {failure}"
             if error is None:

@@ -18,6 +18,7 @@ model as ``RUN_DIR/models/<trial id>.safetensors`` (:mod:`fedll.models.saved`).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -116,8 +117,9 @@ def make_server_app(
             resolved.write_text(dump_scenario(scenario))
         threads = int(context.run_config.get("threads", 1))
         device = resolve_device(str(context.run_config.get("device", scenario.execution.device)))
+        start = time.perf_counter()
         outcome = execute_trial(grid, scenario, trial, cohort, device, threads, on_round)
-        path = keep_trial(run_dir, scenario, trial, outcome)
+        path = keep_trial(run_dir, scenario, trial, outcome, time.perf_counter() - start)
         logger.info("trial %s written to %s", trial.trial_id, path)
         if context.run_config.get("collect", True):
             fingerprints = {

@@ -212,6 +212,18 @@ def test_a_run_dir_written_by_an_earlier_fedll_is_the_same_scenario(write_scenar
     assert not _same_scenario(saved, resolved, scenario)
 
 
+def test_a_run_dir_may_add_tracking_to_its_scenario(write_scenario, tmp_path):
+    scenario = load_scenario(write_scenario())
+    saved = tmp_path / "scenario.yaml"
+    saved.write_text(dump_scenario(scenario))
+    tracked = load_scenario(write_scenario({"tracking": {"tensorboard": True}}, "t.yaml"))
+    assert _same_scenario(saved, dump_scenario(tracked), tracked)
+    other = load_scenario(
+        write_scenario({"tracking": {"tensorboard": True}, "seeds": [3]}, "o.yaml")
+    )
+    assert not _same_scenario(saved, dump_scenario(other), other)
+
+
 def test_impossible_value_through_the_entry_point_has_no_traceback(
     write_scenario, tmp_path, run_fedll
 ):
@@ -565,3 +577,23 @@ def test_segment_with_a_model_of_two_output_channels_exits_2(tmp_path):
     image = write_image(tmp_path / "case_t2.nii.gz", blob_image()[0])
     result = invoke("segment", model, image, "--out", tmp_path / "m.nii.gz")
     assert_one_line_error(result, str(model), "predicts 2 channels")
+
+
+# ---------------------------------------------------------------- tracking
+
+
+@pytest.mark.parametrize(
+    ("tracking", "key", "module"),
+    [({"tensorboard": True}, "tracking.tensorboard", "tensorboardX"),
+     ({"mlflow": True}, "tracking.mlflow", "mlflow")],
+)  # fmt: skip
+def test_tracking_without_its_package_is_one_line_naming_the_key(
+    write_scenario, monkeypatch, tracking, key, module
+):
+    import fedll.tracking
+
+    real = fedll.tracking.find_spec
+    monkeypatch.setattr(fedll.tracking, "find_spec", lambda m: None if m == module else real(m))
+    path = write_scenario({"tracking": tracking})
+    line = assert_one_line_error(invoke("run", path, "--dry-run"), str(path), key, module)
+    assert "pip install 'fedll[tracking]'" in line

@@ -137,6 +137,26 @@ def test_local_run_writes_results_tables_and_plots(local_run):
 
 
 @pytest.mark.slow
+def test_local_run_ends_with_a_narrow_table_a_summary_and_the_page(local_run):
+    _, run_dir, done = local_run
+    lines = done.stdout.splitlines()
+    assert all(len(line) <= 120 for line in lines), max(lines, key=len)
+    assert "trials: 2 done, 0 failed; updates: 0 failed, 0 rejected" in lines
+    assert f"report: {run_dir / 'report.html'}" in lines
+    assert "learn" in done.stdout and "fgt.max" in done.stdout
+    html = (run_dir / "report.html").read_text()
+    assert html.count('<img src="data:image/png;base64,') == len(
+        list((run_dir / "plots").glob("*.png"))
+    )
+    provenance = json.loads((run_dir / "provenance.json").read_text())
+    assert provenance["packages"]["torch"] == torch.__version__
+    for trial in TRIALS:  # each trial's wall time, measured where it ran, is in its seal
+        seal = json.loads((run_dir / "trials" / f"{trial}.json").read_text())
+        assert 0 < seal["wall_s"] < 600
+        assert f"{seal['wall_s']:.1f} s" in html
+
+
+@pytest.mark.slow
 def test_report_rebuilds_the_tables_from_results_csv_alone(local_run, tmp_path, run_fedll):
     _, run_dir, _ = local_run
     alone = tmp_path / "alone"

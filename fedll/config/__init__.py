@@ -30,6 +30,7 @@ from fedll.config.schema import (
     SiteConfig,
     SliceConfig,
     StreamConfig,
+    TrackingConfig,
     TrainingConfig,
 )
 
@@ -39,6 +40,7 @@ __all__ = [
     "CohortConfig",
     "ContinualOptions",
     "ExecutionConfig",
+    "TrackingConfig",
     "FaultConfig",
     "ModelConfig",
     "Scenario",

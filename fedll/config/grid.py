@@ -97,7 +97,7 @@ class Trial(BaseModel):
 def trial_fingerprint(scenario: Scenario, trial: Trial) -> str:
     """A hash of everything that decides a trial's results: the trial itself, its model's
     builder and arguments, and every scenario section but the grid's other values, the run's
-    name, where its cache lives and how the machine is used.
+    name, where its cache lives, how the machine is used and where the run is tracked.
 
     Two runs' files of one trial agree exactly when their fingerprints do (fedll is
     deterministic), so a finished trial's seal carries it and a resumed run trusts no file
@@ -106,7 +106,7 @@ def trial_fingerprint(scenario: Scenario, trial: Trial) -> str:
     settings = scenario.model_dump(
         mode="json",
         exclude={"name", "cache_dir", "execution", "exclude", "models", "strategies", "cl",
-                 "seeds", "joint"},
+                 "seeds", "joint", "tracking"},
     )  # fmt: skip
     settings["stream"] = {"train_on": scenario.stream.train_on}
     if settings["training"]["precision"] == "fp32":  # added later; fp32 is what came before

@@ -215,6 +215,33 @@ class ExecutionConfig(_Frozen):
     )
 
 
+class TrackingConfig(_Frozen):
+    """Where the driver also logs each finished trial, from the collected results after the
+    sweep (:mod:`fedll.tracking`). It does not change results, so it is no part of a trial's
+    fingerprint. Both need the optional packages of ``pip install 'fedll[tracking]'``; ``fedll
+    run`` checks them (:func:`fedll.tracking.check_installed`), the schema does not, so that a
+    Ray worker without them still reads the scenario."""
+
+    tensorboard: bool = Field(
+        default=False,
+        description="write TensorBoard event files per trial in RUN_DIR/tensorboard/<trial id>/",
+    )
+    mlflow: bool | str | None = Field(
+        default=None,
+        description="log each trial as an MLflow run: a tracking URI, or true for a local "
+        "store in RUN_DIR/mlruns",
+    )
+
+    @field_validator("mlflow")
+    @classmethod
+    def _uri(cls, value: bool | str | None) -> bool | str | None:
+        if value is False:
+            return None
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("an MLflow tracking URI, true (a local store) or null")
+        return value
+
+
 class ModelConfig(_Frozen):
     """A named model to compare: a registered builder (``name``) and its arguments (every
     other key), checked against the builder's signature and its own checks."""
@@ -271,6 +298,7 @@ class Scenario(_Frozen):
     training: TrainingConfig = TrainingConfig()
     faults: list[FaultConfig] = Field(default_factory=list)
     execution: ExecutionConfig = ExecutionConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     @field_validator("seeds", mode="before")
     @classmethod

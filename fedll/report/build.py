@@ -15,6 +15,7 @@ from fedll.report.completeness import (
     describe,
     missing_parts,
 )
+from fedll.report.html import page_context, write_html
 from fedll.report.plots import write_plots
 from fedll.report.read import maybe_compressed, read_attention, read_results
 from fedll.report.summary import summarise, trial_summary
@@ -27,7 +28,7 @@ def build_report(
     """Read ``run_dir/results.csv`` (and ``attention.csv`` if present; either may be gzipped,
     ``.csv.gz``, as a study folder stores them); write the tables to
     ``run_dir/tables`` (forgetting.*, trials.csv, attention_tv.csv) and the plots to
-    ``run_dir/plots``.
+    ``run_dir/plots``, and the page of it all, ``run_dir/report.html``.
 
     With ``expected`` (what the run's scenario asks for), results that lack a trial, a round
     or a test case are refused (DataError naming what is missing), unless ``partial``: then
@@ -35,7 +36,7 @@ def build_report(
     listed in ``tables/missing.csv``.
 
     Returns ``{"table": forgetting table, "summary": trial summary, "tables": [paths],
-    "plots": [paths], "csv" / "markdown" / "latex": the forgetting table's files,
+    "plots": [paths], "html": the page, "csv" / "markdown" / "latex": the forgetting table's files,
     "left_out": trial ids left out, "missing": the path listing them or None}``.
     DataError (one line naming the file) for a missing or bad CSV.
     """
@@ -75,11 +76,13 @@ def build_report(
         tables.append(tables_dir / name)
     plots = write_plots(results, run_dir / "plots", attention)
     files = dict(zip(("csv", "markdown", "latex"), tables[:3], strict=True))
+    html = write_html(run_dir, page_context(run_dir, table, summary, plots, left_out))
     return {
         "table": table,
         "summary": summary,
         "tables": tables,
         "plots": plots,
+        "html": html,
         **files,
         "left_out": left_out,
         "missing": missing_path,

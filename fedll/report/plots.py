@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import re
+import textwrap
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +142,8 @@ def _plot_heatmaps(per_model: dict[str, list[Matrix]], title: str, path: Path) -
         ax.set_title(f"{model} ({len(mats)} seeds)", fontsize="small", loc="left")
     axes[-1].set_xlabel("round (and arriving modality)" if arrivals is not None else "round")
     fig.colorbar(image, ax=list(axes), label="Dice", shrink=0.9)
-    fig.suptitle(title, fontsize="medium")
+    # a narrow figure (few rounds) would cut a one-line title at both sides
+    fig.suptitle(textwrap.fill(title, width=int(fig.get_figwidth() * 11)), fontsize="medium")
     return _save(fig, path)
 
 
@@ -241,6 +244,15 @@ def _natural_key(value: Any) -> tuple[int, float | str]:
         return (0, float(value))
     except (TypeError, ValueError):
         return (1, str(value))
+
+
+def plot_files(config: Mapping[str, Any], keys: Sequence[str]) -> list[str]:
+    """The names of the files :func:`write_plots` writes that show configuration ``config``
+    (its values of the configuration columns ``keys``): its panel's curves and Dice matrices,
+    and its attention plot (a static model has none)."""
+    panel = _slug(tuple(config[k] for k in keys if k != "model"))
+    own = _slug(tuple(config[k] for k in keys))
+    return [f"curves_{panel}.png", f"dice_matrix_{panel}.png", f"attention_{own}.png"]
 
 
 def _slug(values: Any) -> str:

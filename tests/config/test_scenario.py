@@ -594,3 +594,24 @@ def test_an_exclude_value_off_its_axis_warns_so_overrides_can_narrow_the_grid(
     narrowed = load_scenario(path, ["strategies=[fedavg]"])
     assert len(expand_trials(narrowed)) == 2 * 2 * 2 + 4  # nothing excluded
     assert "exclude.0.strategy: 'dynamic-aware' is not a value of the grid" in caplog.text
+
+
+# ---------------------------------------------------------------- tracking
+
+
+def test_tracking_is_optional_checked_and_no_part_of_a_trial_s_fingerprint(write_scenario):
+    from fedll.config.grid import fingerprints
+
+    plain = load_scenario(write_scenario())
+    assert plain.tracking.tensorboard is False and plain.tracking.mlflow is None
+    tracked = load_scenario(
+        write_scenario({"tracking": {"tensorboard": True, "mlflow": "sqlite:///x.db"}}, "t.yaml")
+    )
+    assert tracked.tracking.tensorboard is True and tracked.tracking.mlflow == "sqlite:///x.db"
+    assert fingerprints(tracked) == fingerprints(plain)  # tracking does not change results
+    assert load_scenario(write_scenario({"tracking": {"mlflow": False}})).tracking.mlflow is None
+    assert load_scenario(write_scenario({"tracking": {"mlflow": True}})).tracking.mlflow is True
+    path = write_scenario({"tracking": {"wandb": True}})
+    assert_names(config_error(path), path, "tracking.wandb: unknown key")
+    path = write_scenario({"tracking": {"mlflow": " "}})
+    assert_names(config_error(path), path, "tracking.mlflow")

@@ -30,3 +30,14 @@ def test_every_model_of_a_crowded_plot_gets_its_own_line_style():
 
     styles = [line_style(i) for i in range(30)]
     assert len(set(styles)) == 30  # the routing study draws 9 models in one panel
+
+
+def test_plot_files_names_the_plots_of_a_configuration(tmp_path: Path) -> None:
+    from fedll.report.plots import plot_files
+
+    written = {p.name for p in write_plots(make_results(), tmp_path, make_attention())}
+    keys = ["model", "ordering", "arrival_batch", "strategy"]
+    dycnn = {"model": "dycnn", "ordering": "blocked", "arrival_batch": "2", "strategy": "fedavg"}
+    assert set(plot_files(dycnn, keys)) <= written
+    static = plot_files({**dycnn, "model": "static"}, keys)
+    assert set(static[:2]) <= written and static[2] not in written  # no attention: static

@@ -1,0 +1,69 @@
+"""``RUN_DIR/report.html``: one self-contained page of a run (figures inlined, no network).
+
+A thin layer: :mod:`fedll.report.page` gathers the data, the Jinja2 template
+``templates/report.html.j2`` (shipped as package data, autoescaped) lays it out.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pandas as pd
+
+from fedll.atomic import atomic_path
+from fedll.provenance import read_provenance
+from fedll.report import page
+from fedll.report.tables import format_table
+
+logger = logging.getLogger(__name__)
+
+TEMPLATE = "report.html.j2"
+
+
+def environment() -> jinja2.Environment:
+    """The template environment: fedll's templates, autoescaping on, undefined names fail."""
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("fedll.report", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def page_context(
+    run_dir: Path, table: pd.DataFrame, summary: pd.DataFrame, plots: list[Path],
+    left_out: list[str] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Everything the template shows, from a run directory and its built report."""
+    run_dir = Path(run_dir)
+    scenario = page.read_scenario(run_dir)
+    view = format_table(table)
+    trials = [str(t) for t in summary["trial"].drop_duplicates()]
+    return {
+        "title": scenario.get("name") or run_dir.name,
+        "run_dir": str(run_dir),
+        "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "brief": page.scenario_brief(scenario),
+        "n_trials": len(trials),
+        "key_table": page.table_rows(view, page.KEY_LABELS),
+        "full_table": page.table_rows(view),
+        "sections": page.figures(plots),
+        "trials": page.trial_records(run_dir, trials),
+        "provenance": page.provenance_rows(read_provenance(run_dir)),
+        "left_out": list(left_out or []),
+    }
+
+
+def write_html(run_dir: Path, context: dict[str, Any]) -> Path:
+    """Render the page into ``run_dir/report.html`` (atomically)."""
+    path = Path(run_dir) / "report.html"
+    text = environment().get_template(TEMPLATE).render(**context)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    logger.info("wrote %s", path)
+    return path

@@ -1,0 +1,154 @@
+"""What ``report.html`` shows, gathered from a run directory as plain data (no HTML here).
+
+Each function returns lists and dicts of strings and numbers that the page's template
+(:mod:`fedll.report.html`) lays out: the scenario in brief, the forgetting table (key
+measures, then every measure), the figures as ``data:`` URIs, each trial's failed and rejected
+updates and wall time (from its seal), and the run's provenance.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from fedll.columns import config_columns
+from fedll.report.summary import MEASURES
+
+KEY_LABELS: tuple[str, ...] = tuple(
+    MEASURES[m] for m in ("final_dice", "forgetting_max", "bwt", "learning_accuracy")
+)
+"""The measures the page's first table shows (every other one is a click away)."""
+FIGURE_KINDS: dict[str, str] = {  # file-name prefix -> section of the page
+    "curves_": "Dice curves",
+    "dice_matrix_": "Dice matrices",
+    "attention_": "Attention of the Dy-CNNs",
+}
+
+
+def scenario_brief(scenario: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(label, text) pairs from a resolved scenario (``RUN_DIR/scenario.yaml`` as a mapping):
+    sites, stream, models, strategies, continual-learning methods, seeds."""
+    brief = []
+    sites = scenario.get("sites") or []
+    if sites:
+        brief.append(
+            (
+                "sites",
+                "; ".join(
+                    f"{s.get('name')} ({s.get('modality')}, {s.get('patients')} patients)"
+                    for s in sites
+                ),
+            )
+        )
+    stream = scenario.get("stream") or {}
+    if stream:
+        brief.append(("stream", ", ".join(f"{k}: {_text(v)}" for k, v in stream.items())))
+    models = scenario.get("models") or {}
+    if models:
+        brief.append(
+            (
+                "models",
+                "; ".join(
+                    f"{key}: " + ", ".join(f"{a}={_text(v)}" for a, v in args.items())
+                    for key, args in models.items()
+                ),
+            )
+        )
+    for key in ("strategies", "cl", "seeds"):
+        if key in scenario:
+            brief.append((key, _text(scenario[key])))
+    if scenario.get("joint"):
+        brief.append(("joint", "yes (the pooled upper bound per model and seed)"))
+    return brief
+
+
+def read_scenario(run_dir: Path) -> dict[str, Any]:
+    """``RUN_DIR/scenario.yaml`` as a mapping ({} where there is none)."""
+    path = Path(run_dir) / "scenario.yaml"
+    if not path.is_file():
+        return {}
+    loaded = yaml.safe_load(path.read_text())
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(_text(v) for v in value)
+    if isinstance(value, dict):
+        if set(value) == {"name"}:
+            return str(value["name"])
+        return "{" + ", ".join(f"{k}: {_text(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def table_rows(view: pd.DataFrame, labels: Iterable[str] | None = None) -> dict[str, Any]:
+    """``{"columns": [...], "rows": [[...], ...]}`` of a formatted forgetting table
+    (:func:`fedll.report.format_table`), keeping its configuration columns, modality and seeds
+    and then only ``labels`` (every column where None)."""
+    if labels is not None:
+        keys = [*config_columns(view), "modality", "seeds"]
+        view = view[[*keys, *(c for c in labels if c in view.columns)]]
+    return {"columns": list(view.columns), "rows": view.astype(str).to_numpy().tolist()}
+
+
+def figures(plots: Iterable[Path]) -> list[dict[str, Any]]:
+    """The plots grouped into the page's sections (:data:`FIGURE_KINDS`, in that order), each
+    figure ``{"title", "src"}`` with the PNG inlined as a ``data:image/png;base64`` URI."""
+    sections: dict[str, list[dict[str, str]]] = {title: [] for title in FIGURE_KINDS.values()}
+    for path in sorted(Path(p) for p in plots):
+        for prefix, section in FIGURE_KINDS.items():
+            if path.name.startswith(prefix) and path.suffix == ".png":
+                title = path.stem[len(prefix) :].replace("_", " ") or path.stem
+                sections[section].append({"title": title, "src": data_uri(path)})
+                break
+    return [{"title": t, "figures": f} for t, f in sections.items() if f]
+
+
+def data_uri(path: Path) -> str:
+    """A PNG file as a ``data:`` URI."""
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def trial_records(run_dir: Path, trial_ids: Iterable[str]) -> list[dict[str, Any]]:
+    """Per trial, from its seal in ``RUN_DIR/trials``: ``{"trial", "wall_s", "failed",
+    "rejected"}`` with the events as "site (rounds 1, 3)" texts; a trial without a readable
+    seal (results copied without their trial files) has None for each."""
+    records = []
+    for trial_id in trial_ids:
+        seal_path = Path(run_dir) / "trials" / f"{trial_id}.json"
+        try:
+            seal = json.loads(seal_path.read_text())
+            events = seal["events"]
+        except (OSError, ValueError, KeyError, TypeError):
+            records.append({"trial": trial_id, "wall_s": None, "failed": None, "rejected": None})
+            continue
+        record: dict[str, Any] = {"trial": trial_id, "wall_s": seal.get("wall_s")}
+        for kind in ("failed", "rejected"):
+            record[kind] = [
+                f"{site} (round{'s' if len(rounds) > 1 else ''} {', '.join(map(str, rounds))})"
+                for site, rounds in events.get(kind, {}).items()
+            ]
+        records.append(record)
+    return records
+
+
+def provenance_rows(provenance: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    """(label, text) pairs of a run's provenance.json ([] where there is none)."""
+    if not provenance:
+        return []
+    rows = [
+        ("fedll", str(provenance.get("fedll"))),
+        ("git revision", str(provenance.get("git_revision") or "not a git checkout")),
+        ("Python", str(provenance.get("python"))),
+    ]
+    for name, version in (provenance.get("packages") or {}).items():
+        rows.append((name, str(version or "not installed")))
+    rows.append(("platform", str(provenance.get("platform"))))
+    rows.append(("CPUs", str(provenance.get("cpus"))))
+    return rows

@@ -1,0 +1,173 @@
+"""report.html: self-contained, escaped, and checked in a real browser (headless Chromium)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_report import make_attention, make_results  # the hand-built run of test_report
+
+from fedll.provenance import write_provenance
+from fedll.report import build_report
+from fedll.report.page import KEY_LABELS, scenario_brief, trial_records
+from fedll.report.summary import MEASURES
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+BROWSER_SECONDS = 90
+FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--hide-scrollbars", "--window-size=1366,2200",
+)  # fmt: skip
+
+
+def write_seal(run_dir: Path, trial: str, wall_s: float | None, events: dict) -> None:
+    seal = {"trial": trial, "events": events, "files": {}, "fingerprint": "x"}
+    if wall_s is not None:
+        seal["wall_s"] = wall_s
+    (run_dir / "trials").mkdir(exist_ok=True)
+    (run_dir / "trials" / f"{trial}.json").write_text(json.dumps(seal))
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    make_results().to_csv(tmp_path / "results.csv", index=False)
+    make_attention().to_csv(tmp_path / "attention.csv", index=False)
+    (tmp_path / "scenario.yaml").write_text(
+        "name: handmade\nsites:\n- {name: site_a, modality: t2, patients: 3}\n"
+        "- {name: site_b, modality: flair, patients: 3}\n"
+        "stream: {ordering: [blocked], arrival_batch: [2]}\n"
+        "models:\n  static: {name: static, base_width: 8}\n  dycnn: {name: dycnn, kernels: 4}\n"
+        "strategies: [{name: fedavg}]\nseeds: [0, 1]\n"
+    )
+    write_seal(tmp_path, "static-s0", 12.34, {"failed": {"site_b": [2]}, "rejected": {}})
+    write_seal(tmp_path, "dycnn-s1", None, {"failed": {}, "rejected": {"site_a": [1, 2]}})
+    write_provenance(tmp_path)
+    return tmp_path
+
+
+def test_the_page_holds_the_run_and_needs_no_network(run_dir: Path) -> None:
+    built = build_report(run_dir)
+    html = built["html"].read_text()
+    assert built["html"] == run_dir / "report.html"
+    sources = re.findall(r'<img src="([^"]*)"', html)
+    assert len(sources) == len(built["plots"]) == 3
+    assert all(s.startswith("data:image/png;base64,") for s in sources)
+    assert not re.search(r'(src|href)="(https?:)?//', html)  # nothing fetched
+    key, full = html.split("<details>")
+    assert all(label in key for label in KEY_LABELS)
+    assert "switch drop (max)" not in key  # the other measures are one click away
+    assert all(label in full for label in MEASURES.values())
+    assert "site_a (t2, 3 patients); site_b (flair, 3 patients)" in html
+    assert "12.3 s" in html and "site_b (round 2)" in html and "site_a (rounds 1, 2)" in html
+    assert html.count("not recorded") == 3 and html.count("no seal") == 2 * 2  # 2 unsealed
+    assert "git revision" in html and "CPUs" in html
+
+
+def test_names_are_escaped(tmp_path: Path) -> None:
+    results = make_results()
+    results["model"] = results["model"].replace("static", "<script>bad()</script>")
+    results.to_csv(tmp_path / "results.csv", index=False)
+    html = build_report(tmp_path)["html"].read_text()
+    assert "<script>bad()" not in html
+    assert "&lt;script&gt;bad()&lt;/script&gt;" in html
+
+
+def test_brief_and_trial_records_by_hand(tmp_path: Path) -> None:
+    brief = dict(
+        scenario_brief(
+            {"sites": [{"name": "h", "modality": "t2", "patients": 2}], "seeds": [0, 1],
+             "strategies": [{"name": "fedavg"}, {"name": "fedprox", "mu": 0.1}]}
+        )
+    )  # fmt: skip
+    assert brief == {
+        "sites": "h (t2, 2 patients)",
+        "strategies": "fedavg, {name: fedprox, mu: 0.1}",
+        "seeds": "0, 1",
+    }
+    write_seal(tmp_path, "a", 3.0, {"failed": {"h": [1, 3]}, "rejected": {}})
+    assert trial_records(tmp_path, ["a", "b"]) == [
+        {"trial": "a", "wall_s": 3.0, "failed": ["h (rounds 1, 3)"], "rejected": []},
+        {"trial": "b", "wall_s": None, "failed": None, "rejected": None},
+    ]
+
+
+CHECK = """<script>
+window.__errors = [];
+const __error = console.error.bind(console);
+console.error = (...a) => { window.__errors.push(a.join(" ")); __error(...a); };
+window.addEventListener(
+  "error", e => window.__errors.push(String(e.message || e.target.src)), true);
+window.addEventListener("load", () => {
+  const images = [...document.images];
+  const out = document.createElement("pre");
+  out.id = "fedll-check";
+  out.textContent = JSON.stringify({
+    images: images.length,
+    decoded: images.filter(i => i.complete && i.naturalWidth > 0).length,
+    shrunk: images.filter(
+      i => i.getBoundingClientRect().width < Math.min(i.naturalWidth, 800) - 1).length,
+    widest: Math.max(...images.map(i => i.getBoundingClientRect().width)),
+    errors: window.__errors,
+    page_width: document.documentElement.scrollWidth,
+  });
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess:
+    """Run headless Chromium once, time-bounded; every process it started is ended (its own
+    process group, by the PID of the one started here)."""
+    command = [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        out, err = process.communicate(timeout=BROWSER_SECONDS)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail(f"chromium ran past {BROWSER_SECONDS} s: {command}")
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # helpers left behind, if any
+            os.killpg(process.pid, signal.SIGKILL)
+    return subprocess.CompletedProcess(command, process.returncode, out, err)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+def test_the_page_in_headless_chromium(run_dir: Path) -> None:
+    import matplotlib.image
+
+    page = build_report(run_dir)["html"]
+    checked = run_dir / "checked.html"
+    checked.write_text(page.read_text().replace("<head>", "<head>\n" + CHECK, 1))
+    with tempfile.TemporaryDirectory() as profile:
+        args = ["--virtual-time-budget=10000", "--dump-dom", checked.as_uri()]
+        dom = chromium(args, Path(profile))
+    found = re.search(r'<pre id="fedll-check">(.*?)</pre>', dom.stdout, re.S)
+    assert found, dom.stderr[-2000:]
+    check = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    assert check["images"] == 3 and check["decoded"] == 3
+    assert check["errors"] == []
+    assert "Uncaught" not in dom.stderr
+    assert check["page_width"] <= 1366  # no sideways scrolling on a laptop screen
+    assert check["shrunk"] == 0  # each figure at its own size or at least 800 px wide
+    assert 800 <= check["widest"] <= 1366
+    shot = run_dir / "report.png"
+    with tempfile.TemporaryDirectory() as profile:
+        chromium([f"--screenshot={shot}", page.as_uri()], Path(profile))
+    pixels = matplotlib.image.imread(shot)
+    colours = np.unique((pixels[..., :3] * 255).astype(np.uint8).reshape(-1, 3), axis=0)
+    assert pixels.shape[1] == 1366
+    assert len(colours) > 50  # figures and text, not a blank page
