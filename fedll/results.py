@@ -18,6 +18,7 @@ from fedll.stream import Round
 
 if TYPE_CHECKING:
     from fedll.config.grid import Trial
+    from fedll.config.schema import EvaluationConfig
 
 
 @dataclass
@@ -41,12 +42,27 @@ class TrialResults:
         cases: Sequence[str],
         dice: Sequence[float],
         attention: dict[str, np.ndarray],
+        *,
+        hd95: Sequence[float] | None = None,
+        surface_dice: Sequence[float] | None = None,
+        evaluation: EvaluationConfig | None = None,
     ) -> None:
+        """Add one round's rows for ``modality``: per case its Dice and, where given, HD95
+        and surface Dice (NaN otherwise), with how they were scored (``evaluation``)."""
         key = self._key()
+        missing = [float("nan")] * len(cases)
+        hd95 = missing if hd95 is None else hd95
+        surface_dice = missing if surface_dice is None else surface_dice
+        scored = {
+            "evaluated_slices": "" if evaluation is None else evaluation.slices,
+            "surface_tolerance_mm": (
+                float("nan") if evaluation is None else evaluation.surface_tolerance_mm
+            ),
+        }
         arrivals = self.stream[server_round - 1].arrivals if server_round >= 1 else ()
         sites = ";".join(sorted({a.site for a in arrivals}))
         arriving = ";".join(sorted({a.modality for a in arrivals}))
-        for case, score in zip(cases, dice, strict=True):
+        for case, score, distance, surface in zip(cases, dice, hd95, surface_dice, strict=True):
             self.rows.append(
                 {
                     **key,
@@ -56,6 +72,9 @@ class TrialResults:
                     "modality": modality,
                     "case": case,
                     "dice": float(score),
+                    "hd95": float(distance),
+                    "surface_dice": float(surface),
+                    **scored,
                 }
             )
         for layer, mass in attention.items():

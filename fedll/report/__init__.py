@@ -15,12 +15,21 @@ from fedll.report.attention import attention_distance
 from fedll.report.build import build_report
 from fedll.report.matrices import Matrix, checked_matrices, dice_matrix, last_round, trial_matrices
 from fedll.report.read import COUNTS, check_results, read_attention, read_results
-from fedll.report.summary import MEASURES, forgetting_table, round_events, summarise, trial_summary
+from fedll.report.summary import (
+    MEASURES,
+    METRICS,
+    forgetting_table,
+    measures,
+    round_events,
+    summarise,
+    trial_summary,
+)
 from fedll.report.tables import format_table, to_latex, to_markdown, write_tables
 
 __all__ = [
     "COUNTS",
     "MEASURES",
+    "METRICS",
     "Matrix",
     "attention_distance",
     "build_report",
@@ -30,6 +39,7 @@ __all__ = [
     "forgetting_table",
     "format_table",
     "last_round",
+    "measures",
     "read_attention",
     "read_results",
     "round_events",
