@@ -21,7 +21,7 @@ from fedll.config.schema import EvaluationConfig
 from fedll.data.slices import CaseSlices
 from fedll.metrics import SURFACE_TOLERANCE_MM, case_metrics
 from fedll.models.inspection import last_attention
-from fedll.results import TrialResults
+from fedll.results import PREVIEW_CASES, TrialResults
 from fedll.train import accumulate_attention, model_device
 
 
@@ -34,6 +34,9 @@ class Evaluation:
     hd95: list[float] = field(default_factory=list)
     surface_dice: list[float] = field(default_factory=list)
     attention: dict[str, np.ndarray] = field(default_factory=dict)
+    previews: list[tuple[int, np.ndarray]] = field(default_factory=list)
+    """Of the first ``previews`` cases: the index (in the case's slices) of the slice with
+    the most tumour and its prediction (S, S) bool."""
 
 
 @torch.no_grad()
@@ -43,6 +46,7 @@ def evaluate_cases(
     batch_size: int = 32,
     collect_attention: bool = False,
     tolerance_mm: float = SURFACE_TOLERANCE_MM,
+    previews: int = 0,
 ) -> Evaluation:
     """Dice, HD95 and surface Dice (at ``tolerance_mm``) per case, over the case's evaluated
     slices as one volume.
@@ -50,11 +54,13 @@ def evaluate_cases(
     The model runs where its parameters are (fp32). ``cases`` hold ``images`` (N, 1, H, W),
     ``masks`` (N, 1, H, W), their slice ``indices`` and ``spacing``
     (:class:`fedll.data.slices.CaseSlices`). With ``collect_attention``, also the mean
-    attention per dynamic layer over all evaluated slices.
+    attention per dynamic layer over all evaluated slices. With ``previews`` = k, also the
+    prediction of the largest-tumour slice of each of the first k cases.
     """
     model.eval()
     device = model_device(model)
     dice, hd95, surface = [], [], []
+    kept: list[tuple[int, np.ndarray]] = []
     mass: dict[str, np.ndarray] = {}
     slices = 0
     for case in cases:
@@ -66,14 +72,18 @@ def evaluate_cases(
             if collect_attention:
                 accumulate_attention(mass, last_attention(model))
         slices += len(case.images)
-        pred = case.volume(np.concatenate(preds).astype(np.uint8))
+        predicted = np.concatenate(preds).astype(np.uint8)
+        if len(kept) < previews:
+            largest = int(np.asarray(case.masks).reshape(len(case.masks), -1).sum(axis=1).argmax())
+            kept.append((largest, predicted[largest, 0] > 0))
+        pred = case.volume(predicted)
         truth = case.volume(np.asarray(case.masks) > 0)
         scores = case_metrics(pred, truth, case.spacing, tolerance_mm)
         dice.append(scores.dice)
         hd95.append(scores.hd95)
         surface.append(scores.surface_dice)
     attention = {name: m / max(slices, 1) for name, m in mass.items()}
-    return Evaluation(dice=dice, hd95=hd95, surface_dice=surface, attention=attention)
+    return Evaluation(dice, hd95, surface, attention, kept)
 
 
 def evaluate_round(
@@ -94,7 +104,17 @@ def evaluate_round(
             cases,
             collect_attention=True,
             tolerance_mm=evaluation.surface_tolerance_mm,
+            previews=PREVIEW_CASES,
         )
+        for case, (index, pred) in zip(cases, ev.previews, strict=False):
+            results.add_previews(
+                server_round,
+                modality,
+                case.patient,
+                np.asarray(case.images[index, 0]),
+                np.asarray(case.masks[index, 0]) > 0,
+                pred,
+            )
         results.add_round(
             server_round,
             modality,

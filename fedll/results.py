@@ -1,11 +1,16 @@
-"""A trial's results as rows: per-case Dice and attention after every round (torch-free).
+"""A trial's results as rows: per-case metrics and attention after every round (torch-free).
 
-The rows go to the run directory through :mod:`fedll.store` (``trials/<id>.csv`` and
-``.attention.csv``, then a seal); ``RUN_DIR/results.csv`` concatenates the finished trials.
+The rows go to the run directory through :mod:`fedll.store` (``trials/<id>.csv``,
+``.attention.csv`` and ``.previews.npz``, then a seal); ``RUN_DIR/results.csv`` concatenates
+the finished trials. Previews are a few predicted test slices per round (the largest-tumour
+slice of the first :data:`PREVIEW_CASES` test cases of each modality), for the report's
+montage of forgetting.
 """
 
 from __future__ import annotations
 
+import base64
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -15,6 +20,42 @@ import pandas as pd
 
 from fedll.columns import ATTENTION_COLUMNS, RESULT_COLUMNS, ROUND_EVENTS
 from fedll.stream import Round
+
+PREVIEW_CASES = 2
+"""Test cases per modality whose largest-tumour slice is kept after every round."""
+PREVIEW_FIELDS = ("round", "modality", "case", "image", "truth", "pred")
+
+
+def preview_npz(previews: Sequence[dict[str, Any]]) -> bytes:
+    """The previews as compressed ``.npz`` bytes (no pickle): ``round`` (K,) int, ``modality``
+    and ``case`` (K,) str, ``image`` (K, S, S) float16, ``truth`` / ``pred`` (K, S, S) bool."""
+    arrays: dict[str, np.ndarray] = {
+        "round": np.array([p["round"] for p in previews], dtype=np.int64),
+        "modality": np.array([p["modality"] for p in previews], dtype=str),
+        "case": np.array([p["case"] for p in previews], dtype=str),
+    }
+    for name, dtype in (("image", np.float16), ("truth", bool), ("pred", bool)):
+        stack = [np.asarray(p[name], dtype=dtype) for p in previews]
+        arrays[name] = np.stack(stack) if stack else np.zeros((0, 0, 0), dtype=dtype)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def read_previews(data: bytes) -> list[dict[str, Any]]:
+    """The previews of :func:`preview_npz` bytes, one dict per kept slice."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+        columns = {name: arrays[name] for name in PREVIEW_FIELDS}
+    return [
+        {
+            "round": int(columns["round"][k]),
+            "modality": str(columns["modality"][k]),
+            "case": str(columns["case"][k]),
+            **{name: columns[name][k] for name in ("image", "truth", "pred")},
+        }
+        for k in range(len(columns["round"]))
+    ]
+
 
 if TYPE_CHECKING:
     from fedll.config.grid import Trial
@@ -31,6 +72,7 @@ class TrialResults:
     attention_rows: list[dict] = field(default_factory=list)
     failures: dict[int, list[str]] = field(default_factory=dict)
     rejected: dict[int, list[str]] = field(default_factory=dict)
+    previews: list[dict[str, Any]] = field(default_factory=list)
 
     def _key(self) -> dict:
         return {"trial": self.trial.trial_id, **self.trial.axis_values()}
@@ -93,6 +135,27 @@ class TrialResults:
                     }
                 )
 
+    def add_previews(
+        self,
+        server_round: int,
+        modality: str,
+        case: str,
+        image: np.ndarray,
+        truth: np.ndarray,
+        pred: np.ndarray,
+    ) -> None:
+        """Keep one predicted test slice (S, S) of ``server_round`` for the montage."""
+        self.previews.append(
+            {
+                "round": server_round,
+                "modality": modality,
+                "case": case,
+                "image": np.asarray(image, dtype=np.float16),
+                "truth": np.asarray(truth, dtype=bool),
+                "pred": np.asarray(pred, dtype=bool),
+            }
+        )
+
     def snapshot(self) -> dict[str, Any]:
         """The rows and events so far, as JSON values (a checkpoint keeps them)."""
         return {
@@ -100,6 +163,7 @@ class TrialResults:
             "attention_rows": [dict(r) for r in self.attention_rows],
             "failures": {str(k): list(v) for k, v in self.failures.items()},
             "rejected": {str(k): list(v) for k, v in self.rejected.items()},
+            "previews": base64.b64encode(preview_npz(self.previews)).decode(),
         }
 
     def restore(self, snapshot: dict[str, Any]) -> None:
@@ -108,6 +172,8 @@ class TrialResults:
         self.attention_rows = [dict(r) for r in snapshot["attention_rows"]]
         self.failures = {int(k): list(v) for k, v in snapshot["failures"].items()}
         self.rejected = {int(k): list(v) for k, v in snapshot["rejected"].items()}
+        previews = snapshot.get("previews")  # absent from an earlier fedll's checkpoints
+        self.previews = read_previews(base64.b64decode(previews)) if previews else []
 
     def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         results = pd.DataFrame(self.rows, columns=list(RESULT_COLUMNS))

@@ -1,10 +1,13 @@
 """The run directory's trial files: written, sealed, verified, set aside, collected.
 
-A finished trial is three files in ``RUN_DIR/trials/``: ``<id>.csv`` (its result rows),
-``<id>.attention.csv`` and, written last and atomically, the seal ``<id>.json``: the trial
+A finished trial is four files in ``RUN_DIR/trials/``: ``<id>.csv`` (its result rows),
+``<id>.attention.csv``, ``<id>.previews.npz`` (a few predicted test slices per round, for
+the report's montage; :func:`fedll.results.preview_npz`) and, written last and atomically,
+the seal ``<id>.json``: the trial
 id, the fingerprint of its settings (:func:`fedll.config.grid.trial_fingerprint`), the fedll
 version, each file's row count and SHA-256, and the sites that failed or were rejected per
-round. A trial is finished exactly when its seal verifies: a file cut short, emptied, edited,
+round. A seal of an earlier fedll lists no previews; such a trial still verifies. A trial is
+finished exactly when its seal verifies: a file cut short, emptied, edited,
 left without a seal (an earlier fedll, a crash between the writes) or copied in from a run of
 other settings does not, is moved to ``trials/invalid/`` (named in a warning) and the trial
 runs again. :func:`collect` reads only the scenario's own, verified trials, and replaces
@@ -34,7 +37,7 @@ from fedll.data.prepare import PreparedCohort
 from fedll.errors import DataError
 from fedll.planning import trial_stream
 from fedll.report.completeness import Expected
-from fedll.results import TrialResults
+from fedll.results import TrialResults, preview_npz, read_previews
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +52,7 @@ class TrialFiles:
     results: Path
     attention: Path
     seal: Path
+    previews: Path
 
     @classmethod
     def of(cls, run_dir: Path, trial_id: str) -> TrialFiles:
@@ -57,10 +61,12 @@ class TrialFiles:
             trials / f"{trial_id}.csv",
             trials / f"{trial_id}.attention.csv",
             trials / f"{trial_id}.json",
+            trials / f"{trial_id}.previews.npz",
         )
 
     def existing(self) -> list[Path]:
-        return [p for p in (self.results, self.attention, self.seal) if p.exists()]
+        paths = (self.results, self.attention, self.previews, self.seal)
+        return [p for p in paths if p.exists()]
 
 
 def trial_path(run_dir: Path, trial: Trial) -> Path:
@@ -79,6 +85,13 @@ def write_trial(run_dir: Path, results: TrialResults, fingerprint: str) -> Path:
         with atomic_path(path) as tmp:
             tmp.write_bytes(payload)
         listed[path.name] = {"rows": len(data), "sha256": hashlib.sha256(payload).hexdigest()}
+    previews = preview_npz(results.previews)
+    with atomic_path(files.previews) as tmp:
+        tmp.write_bytes(previews)
+    listed[files.previews.name] = {
+        "rows": len(results.previews),
+        "sha256": hashlib.sha256(previews).hexdigest(),
+    }
     seal = {
         "trial": results.trial.trial_id,
         "fingerprint": fingerprint,
@@ -167,7 +180,8 @@ def _verified(run_dir: Path, trial_id: str, fingerprint: str) -> dict[Path, byte
             return f"its seal is for trial {seal['trial']!r}"
         if seal["fingerprint"] != fingerprint:
             return "it was run with other settings (its fingerprint differs)"
-        for path in (files.results, files.attention):
+        optional = [files.previews] if files.previews.name in listed else []
+        for path in (files.results, files.attention, *optional):
             entry = listed[path.name]
             if not path.is_file():
                 return f"{path.name} is missing"
@@ -177,6 +191,26 @@ def _verified(run_dir: Path, trial_id: str, fingerprint: str) -> dict[Path, byte
     except (OSError, ValueError, KeyError, TypeError) as error:
         return f"its seal is unreadable ({type(error).__name__})"
     return payloads
+
+
+def trial_previews(run_dir: Path, trial_id: str) -> list[dict] | None:
+    """The trial's previews (:func:`fedll.results.read_previews`) when its seal lists them
+    and the file matches the listed checksum, else None (a warning says why, where a file
+    is there). The report reads them; it knows no fingerprints, so only the file is checked."""
+    files = TrialFiles.of(run_dir, trial_id)
+    try:
+        entry = json.loads(files.seal.read_text())["files"][files.previews.name]
+        data = files.previews.read_bytes()
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        logger.warning("%s differs from what was written; no montage for it", files.previews)
+        return None
+    try:
+        return read_previews(data)
+    except (OSError, ValueError, KeyError) as error:
+        logger.warning("%s: unreadable previews (%s)", files.previews, type(error).__name__)
+        return None
 
 
 def set_aside(run_dir: Path, trial_id: str, reason: str) -> list[Path]:
