@@ -10,9 +10,13 @@ montage of forgetting.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
+import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,6 +24,8 @@ import pandas as pd
 
 from fedll.columns import ATTENTION_COLUMNS, RESULT_COLUMNS, ROUND_EVENTS
 from fedll.stream import Round
+
+logger = logging.getLogger(__name__)
 
 PREVIEW_CASES = 2
 """Test cases per modality whose largest-tumour slice is kept after every round."""
@@ -55,6 +61,25 @@ def read_previews(data: bytes) -> list[dict[str, Any]]:
         }
         for k in range(len(columns["round"]))
     ]
+
+
+def sealed_previews(seal: Path, previews: Path) -> list[dict[str, Any]] | None:
+    """The previews in ``previews`` when the trial's ``seal`` lists the file and its SHA-256
+    matches, else None (a warning says why, where the file is there but differs). The report
+    reads them this way; it knows no fingerprints, so only the file is checked."""
+    try:
+        entry = json.loads(Path(seal).read_text())["files"][Path(previews).name]
+        data = Path(previews).read_bytes()
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+        logger.warning("%s differs from what was written; no montage for it", previews)
+        return None
+    try:
+        return read_previews(data)
+    except (OSError, ValueError, KeyError) as error:
+        logger.warning("%s: unreadable previews (%s)", previews, type(error).__name__)
+        return None
 
 
 if TYPE_CHECKING:

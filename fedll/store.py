@@ -37,7 +37,7 @@ from fedll.data.prepare import PreparedCohort
 from fedll.errors import DataError
 from fedll.planning import trial_stream
 from fedll.report.completeness import Expected
-from fedll.results import TrialResults, preview_npz, read_previews
+from fedll.results import TrialResults, preview_npz, sealed_previews
 
 logger = logging.getLogger(__name__)
 
@@ -194,23 +194,10 @@ def _verified(run_dir: Path, trial_id: str, fingerprint: str) -> dict[Path, byte
 
 
 def trial_previews(run_dir: Path, trial_id: str) -> list[dict] | None:
-    """The trial's previews (:func:`fedll.results.read_previews`) when its seal lists them
-    and the file matches the listed checksum, else None (a warning says why, where a file
-    is there). The report reads them; it knows no fingerprints, so only the file is checked."""
+    """The trial's previews when its seal lists them and the file matches
+    (:func:`fedll.results.sealed_previews`), else None."""
     files = TrialFiles.of(run_dir, trial_id)
-    try:
-        entry = json.loads(files.seal.read_text())["files"][files.previews.name]
-        data = files.previews.read_bytes()
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-        logger.warning("%s differs from what was written; no montage for it", files.previews)
-        return None
-    try:
-        return read_previews(data)
-    except (OSError, ValueError, KeyError) as error:
-        logger.warning("%s: unreadable previews (%s)", files.previews, type(error).__name__)
-        return None
+    return sealed_previews(files.seal, files.previews)
 
 
 def set_aside(run_dir: Path, trial_id: str, reason: str) -> list[Path]:

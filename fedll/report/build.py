@@ -15,6 +15,7 @@ from fedll.report.completeness import (
     describe,
     missing_parts,
 )
+from fedll.report.montage import write_montages
 from fedll.report.plots import write_plots
 from fedll.report.read import maybe_compressed, read_attention, read_results
 from fedll.report.summary import METRICS, summarise, trial_summary
@@ -28,7 +29,8 @@ def build_report(
     ``.csv.gz``, as a study folder stores them); write the tables to
     ``run_dir/tables`` (forgetting.*, trials.csv, attention_tv.csv; where the results have
     HD95 and surface Dice, forgetting_hd95.*, forgetting_surface_dice.* and
-    trials_<metric>.csv too) and the plots to ``run_dir/plots``.
+    trials_<metric>.csv too) and the plots to ``run_dir/plots`` (with a montage per
+    configuration whose trial files hold previews, :mod:`fedll.report.montage`).
 
     With ``expected`` (what the run's scenario asks for), results that lack a trial, a round
     or a test case are refused (DataError naming what is missing), unless ``partial``: then
@@ -83,6 +85,7 @@ def build_report(
         frame.to_csv(tables_dir / name, index=False)
         tables.append(tables_dir / name)
     plots = write_plots(results, run_dir / "plots", attention)
+    plots += write_montages(results, run_dir, run_dir / "plots")
     files = dict(zip(("csv", "markdown", "latex"), tables[:3], strict=True))
     return {
         "table": table,
