@@ -120,13 +120,16 @@ def plot_montage(
             curve.plot(range(len(R)), R[:, m], marker="o", ms=3, label=LABELS[modality])
     for t in rounds:
         curve.axvline(t, color="#444444", lw=0.6, alpha=0.5)
+    curve.xaxis.get_major_locator().set_params(integer=True)
     curve.set_xlabel("round")
     curve.set_ylabel("mean Dice (3-D, per case)")
     curve.set_ylim(0, 1)
     curve.yaxis.set_label_position("right")
     curve.yaxis.tick_right()
     curve.legend(fontsize="small")
-    fig.suptitle(f"{title}: truth green, prediction red", fontsize="small")
+    fig.suptitle(
+        f"{title}: truth green, prediction red (yellow: the case's 3-D Dice)", fontsize="small"
+    )
     fig.tight_layout()
     return _save(fig, path)
 
