@@ -2,8 +2,10 @@
 
 - :mod:`~fedll.report.read`: reading and checking results and attention files;
 - :mod:`~fedll.report.matrices`: each trial's Dice matrix;
-- :mod:`~fedll.report.summary`: per-trial measures and the forgetting table (mean ± std);
-- :mod:`~fedll.report.tables`: the table as CSV, Markdown and LaTeX;
+- :mod:`~fedll.report.summary`: per-trial measures and the forgetting tables (mean ± std),
+  one per metric (Dice, HD95, surface Dice);
+- :mod:`~fedll.report.tables`: the tables as CSV, Markdown and LaTeX;
+- :mod:`~fedll.report.montage`: test slices with truth and prediction around each switch;
 - :mod:`~fedll.report.attention`: how differently T2 and FLAIR inputs are routed;
 - :mod:`~fedll.report.plots`: learning curves, Dice-matrix heat maps, attention plots;
 - :mod:`~fedll.report.build`: ``fedll report``, all of the above from a run directory.
