@@ -20,14 +20,23 @@ TRIAL_COLUMNS: tuple[str, ...] = ("trial", *AXES)
 ROUND_EVENTS: tuple[str, ...] = ("failed", "rejected")
 """Per round, ";"-joined: the sites that failed (raised, or no reply) and those whose update
 the strategy rejected (non-finite, wrong shape or dtype)."""
+METRIC_COLUMNS: tuple[str, ...] = ("dice", "hd95", "surface_dice")
+"""Per test case (:func:`fedll.metrics.case_metrics`, 3-D over the evaluated slices): Dice,
+HD95 in mm (lower is better) and surface Dice at ``surface_tolerance_mm``."""
+EVALUATION_COLUMNS: tuple[str, ...] = ("evaluated_slices", "surface_tolerance_mm")
+"""How the case was scored: ``all`` (every brain slice) or ``selected`` (the training
+selection), and the surface-Dice tolerance (the scenario's ``evaluation`` section)."""
 RESULT_COLUMNS: tuple[str, ...] = (
-    *TRIAL_COLUMNS, "round", "sites", "arriving", *ROUND_EVENTS, "modality", "case", "dice",
+    *TRIAL_COLUMNS, "round", "sites", "arriving", *ROUND_EVENTS, "modality", "case",
+    *METRIC_COLUMNS, *EVALUATION_COLUMNS,
 )  # fmt: skip
 ATTENTION_COLUMNS: tuple[str, ...] = (
     *TRIAL_COLUMNS, "round", "modality", "layer", "kernel", "mass",
 )  # fmt: skip
 
-ADDED: frozenset[str] = frozenset({"arrivals_per_round", "cl", *ROUND_EVENTS})
+ADDED: frozenset[str] = frozenset(
+    {"arrivals_per_round", "cl", *ROUND_EVENTS, *METRIC_COLUMNS[1:], *EVALUATION_COLUMNS}
+)
 """Columns that results written by an earlier fedll may lack."""
 REQUIRED_RESULT_COLUMNS: tuple[str, ...] = tuple(c for c in RESULT_COLUMNS if c not in ADDED)
 REQUIRED_ATTENTION_COLUMNS: tuple[str, ...] = tuple(c for c in ATTENTION_COLUMNS if c not in ADDED)

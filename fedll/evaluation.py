@@ -1,53 +1,66 @@
-"""Evaluation of a model on test cases: Dice per case, and the attention its inputs got.
+"""Evaluation of a model on test cases: Dice, HD95 and surface Dice per case, and attention.
 
-:func:`evaluate_cases` scores each case as one volume (whole tumour over the case's
-evaluated slices); :func:`evaluate_round` evaluates the global model on each modality's test
-set after a round and adds the rows to a trial's :class:`~fedll.results.TrialResults` (the
-federation and the joint bound share it).
+:func:`evaluate_cases` scores each case as one volume: the whole-tumour prediction of its
+evaluated slices, each at its slice index (:meth:`fedll.data.slices.CaseSlices.volume`),
+against the truth, in 3-D with the stack's spacing (:func:`fedll.metrics.case_metrics`).
+:func:`evaluate_round` evaluates the global model on each modality's test set after a round
+and adds the rows to a trial's :class:`~fedll.results.TrialResults` (the federation and the
+joint bound share it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from fedll.config.schema import EvaluationConfig
 from fedll.data.slices import CaseSlices
-from fedll.metrics import dice
+from fedll.metrics import SURFACE_TOLERANCE_MM, case_metrics
 from fedll.models.inspection import last_attention
-from fedll.results import TrialResults
+from fedll.results import PREVIEW_CASES, TrialResults
 from fedll.train import accumulate_attention, model_device
 
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Per-case Dice and, for dynamic models, the mean attention per layer."""
+    """Per-case Dice, HD95 (mm) and surface Dice and, for dynamic models, the mean attention
+    per layer."""
 
     dice: list[float]
+    hd95: list[float] = field(default_factory=list)
+    surface_dice: list[float] = field(default_factory=list)
     attention: dict[str, np.ndarray] = field(default_factory=dict)
+    previews: list[tuple[int, np.ndarray]] = field(default_factory=list)
+    """Of the first ``previews`` cases: the index (in the case's slices) of the slice with
+    the most tumour and its prediction (S, S) bool."""
 
 
 @torch.no_grad()
 def evaluate_cases(
     model: nn.Module,
-    cases: Sequence[Any],
+    cases: Sequence[CaseSlices],
     batch_size: int = 32,
     collect_attention: bool = False,
+    tolerance_mm: float = SURFACE_TOLERANCE_MM,
+    previews: int = 0,
 ) -> Evaluation:
-    """Dice per case (whole tumour over the case's evaluated slices, as one volume).
+    """Dice, HD95 and surface Dice (at ``tolerance_mm``) per case, over the case's evaluated
+    slices as one volume.
 
-    The model runs where its parameters are (fp32). ``cases`` hold ``images`` (N, 1, H, W)
-    and ``masks`` (N, 1, H, W), e.g. :class:`fedll.data.slices.CaseSlices`. With
-    ``collect_attention``, also the mean attention per dynamic layer over all evaluated
-    slices.
+    The model runs where its parameters are (fp32). ``cases`` hold ``images`` (N, 1, H, W),
+    ``masks`` (N, 1, H, W), their slice ``indices`` and ``spacing``
+    (:class:`fedll.data.slices.CaseSlices`). With ``collect_attention``, also the mean
+    attention per dynamic layer over all evaluated slices. With ``previews`` = k, also the
+    prediction of the largest-tumour slice of each of the first k cases.
     """
     model.eval()
     device = model_device(model)
-    scores: list[float] = []
+    dice, hd95, surface = [], [], []
+    kept: list[tuple[int, np.ndarray]] = []
     mass: dict[str, np.ndarray] = {}
     slices = 0
     for case in cases:
@@ -59,9 +72,18 @@ def evaluate_cases(
             if collect_attention:
                 accumulate_attention(mass, last_attention(model))
         slices += len(case.images)
-        scores.append(dice(np.concatenate(preds), np.asarray(case.masks) > 0))
+        predicted = np.concatenate(preds).astype(np.uint8)
+        if len(kept) < previews:
+            largest = int(np.asarray(case.masks).reshape(len(case.masks), -1).sum(axis=1).argmax())
+            kept.append((largest, predicted[largest, 0] > 0))
+        pred = case.volume(predicted)
+        truth = case.volume(np.asarray(case.masks) > 0)
+        scores = case_metrics(pred, truth, case.spacing, tolerance_mm)
+        dice.append(scores.dice)
+        hd95.append(scores.hd95)
+        surface.append(scores.surface_dice)
     attention = {name: m / max(slices, 1) for name, m in mass.items()}
-    return Evaluation(dice=scores, attention=attention)
+    return Evaluation(dice, hd95, surface, attention, kept)
 
 
 def evaluate_round(
@@ -69,8 +91,37 @@ def evaluate_round(
     server_round: int,
     model: nn.Module,
     test: Mapping[str, Sequence[CaseSlices]],
+    evaluation: EvaluationConfig | None = None,
 ) -> None:
-    """Evaluate ``model`` on each modality's test cases; add the rows of ``server_round``."""
+    """Evaluate ``model`` on each modality's test cases; add the rows of ``server_round``.
+
+    evaluation: the scenario's section (the surface-Dice tolerance; which slices the test
+    cases hold was decided when they were prepared, and is written on every row)."""
+    evaluation = evaluation or EvaluationConfig()
     for modality, cases in test.items():
-        ev = evaluate_cases(model, cases, collect_attention=True)
-        results.add_round(server_round, modality, [c.patient for c in cases], ev.dice, ev.attention)
+        ev = evaluate_cases(
+            model,
+            cases,
+            collect_attention=True,
+            tolerance_mm=evaluation.surface_tolerance_mm,
+            previews=PREVIEW_CASES,
+        )
+        for case, (index, pred) in zip(cases, ev.previews, strict=False):
+            results.add_previews(
+                server_round,
+                modality,
+                case.patient,
+                np.asarray(case.images[index, 0]),
+                np.asarray(case.masks[index, 0]) > 0,
+                pred,
+            )
+        results.add_round(
+            server_round,
+            modality,
+            [c.patient for c in cases],
+            ev.dice,
+            ev.attention,
+            hd95=ev.hd95,
+            surface_dice=ev.surface_dice,
+            evaluation=evaluation,
+        )

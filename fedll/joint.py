@@ -56,7 +56,7 @@ def run_joint(
     test = cohort.test
 
     def evaluate(server_round: int) -> None:
-        evaluate_round(results, server_round, model, test)
+        evaluate_round(results, server_round, model, test, scenario.evaluation)
         if on_round is not None:
             on_round(server_round, len(stream))
 

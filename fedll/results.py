@@ -1,14 +1,22 @@
-"""A trial's results as rows: per-case Dice and attention after every round (torch-free).
+"""A trial's results as rows: per-case metrics and attention after every round (torch-free).
 
-The rows go to the run directory through :mod:`fedll.store` (``trials/<id>.csv`` and
-``.attention.csv``, the kept model ``models/<id>.safetensors``, then a seal);
-``RUN_DIR/results.csv`` concatenates the finished trials.
+The rows go to the run directory through :mod:`fedll.store` (``trials/<id>.csv``,
+``.attention.csv`` and ``.previews.npz``, the kept model ``models/<id>.safetensors``, then a
+seal); ``RUN_DIR/results.csv`` concatenates the finished trials. Previews are a few predicted
+test slices per round (the largest-tumour slice of the first :data:`PREVIEW_CASES` test cases
+of each modality), for the report's montage of forgetting.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
+import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,8 +25,66 @@ import pandas as pd
 from fedll.columns import ATTENTION_COLUMNS, RESULT_COLUMNS, ROUND_EVENTS
 from fedll.stream import Round
 
+logger = logging.getLogger(__name__)
+
+PREVIEW_CASES = 2
+"""Test cases per modality whose largest-tumour slice is kept after every round."""
+PREVIEW_FIELDS = ("round", "modality", "case", "image", "truth", "pred")
+
+
+def preview_npz(previews: Sequence[dict[str, Any]]) -> bytes:
+    """The previews as compressed ``.npz`` bytes (no pickle): ``round`` (K,) int, ``modality``
+    and ``case`` (K,) str, ``image`` (K, S, S) float16, ``truth`` / ``pred`` (K, S, S) bool."""
+    arrays: dict[str, np.ndarray] = {
+        "round": np.array([p["round"] for p in previews], dtype=np.int64),
+        "modality": np.array([p["modality"] for p in previews], dtype=str),
+        "case": np.array([p["case"] for p in previews], dtype=str),
+    }
+    for name, dtype in (("image", np.float16), ("truth", bool), ("pred", bool)):
+        stack = [np.asarray(p[name], dtype=dtype) for p in previews]
+        arrays[name] = np.stack(stack) if stack else np.zeros((0, 0, 0), dtype=dtype)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def read_previews(data: bytes) -> list[dict[str, Any]]:
+    """The previews of :func:`preview_npz` bytes, one dict per kept slice."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+        columns = {name: arrays[name] for name in PREVIEW_FIELDS}
+    return [
+        {
+            "round": int(columns["round"][k]),
+            "modality": str(columns["modality"][k]),
+            "case": str(columns["case"][k]),
+            **{name: columns[name][k] for name in ("image", "truth", "pred")},
+        }
+        for k in range(len(columns["round"]))
+    ]
+
+
+def sealed_previews(seal: Path, previews: Path) -> list[dict[str, Any]] | None:
+    """The previews in ``previews`` when the trial's ``seal`` lists the file and its SHA-256
+    matches, else None (a warning says why, where the file is there but differs). The report
+    reads them this way; it knows no fingerprints, so only the file is checked."""
+    try:
+        entry = json.loads(Path(seal).read_text())["files"][Path(previews).name]
+        data = Path(previews).read_bytes()
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+        logger.warning("%s differs from what was written; no montage for it", previews)
+        return None
+    try:
+        return read_previews(data)
+    except (OSError, ValueError, KeyError) as error:
+        logger.warning("%s: unreadable previews (%s)", previews, type(error).__name__)
+        return None
+
+
 if TYPE_CHECKING:
     from fedll.config.grid import Trial
+    from fedll.config.schema import EvaluationConfig
 
 
 @dataclass
@@ -31,6 +97,7 @@ class TrialResults:
     attention_rows: list[dict] = field(default_factory=list)
     failures: dict[int, list[str]] = field(default_factory=dict)
     rejected: dict[int, list[str]] = field(default_factory=dict)
+    previews: list[dict[str, Any]] = field(default_factory=list)
 
     def _key(self) -> dict:
         return {"trial": self.trial.trial_id, **self.trial.axis_values()}
@@ -42,12 +109,27 @@ class TrialResults:
         cases: Sequence[str],
         dice: Sequence[float],
         attention: dict[str, np.ndarray],
+        *,
+        hd95: Sequence[float] | None = None,
+        surface_dice: Sequence[float] | None = None,
+        evaluation: EvaluationConfig | None = None,
     ) -> None:
+        """Add one round's rows for ``modality``: per case its Dice and, where given, HD95
+        and surface Dice (NaN otherwise), with how they were scored (``evaluation``)."""
         key = self._key()
+        missing = [float("nan")] * len(cases)
+        hd95 = missing if hd95 is None else hd95
+        surface_dice = missing if surface_dice is None else surface_dice
+        scored = {
+            "evaluated_slices": "" if evaluation is None else evaluation.slices,
+            "surface_tolerance_mm": (
+                float("nan") if evaluation is None else evaluation.surface_tolerance_mm
+            ),
+        }
         arrivals = self.stream[server_round - 1].arrivals if server_round >= 1 else ()
         sites = ";".join(sorted({a.site for a in arrivals}))
         arriving = ";".join(sorted({a.modality for a in arrivals}))
-        for case, score in zip(cases, dice, strict=True):
+        for case, score, distance, surface in zip(cases, dice, hd95, surface_dice, strict=True):
             self.rows.append(
                 {
                     **key,
@@ -57,6 +139,9 @@ class TrialResults:
                     "modality": modality,
                     "case": case,
                     "dice": float(score),
+                    "hd95": float(distance),
+                    "surface_dice": float(surface),
+                    **scored,
                 }
             )
         for layer, mass in attention.items():
@@ -75,6 +160,27 @@ class TrialResults:
                     }
                 )
 
+    def add_previews(
+        self,
+        server_round: int,
+        modality: str,
+        case: str,
+        image: np.ndarray,
+        truth: np.ndarray,
+        pred: np.ndarray,
+    ) -> None:
+        """Keep one predicted test slice (S, S) of ``server_round`` for the montage."""
+        self.previews.append(
+            {
+                "round": server_round,
+                "modality": modality,
+                "case": case,
+                "image": np.asarray(image, dtype=np.float16),
+                "truth": np.asarray(truth, dtype=bool),
+                "pred": np.asarray(pred, dtype=bool),
+            }
+        )
+
     def snapshot(self) -> dict[str, Any]:
         """The rows and events so far, as JSON values (a checkpoint keeps them)."""
         return {
@@ -82,6 +188,7 @@ class TrialResults:
             "attention_rows": [dict(r) for r in self.attention_rows],
             "failures": {str(k): list(v) for k, v in self.failures.items()},
             "rejected": {str(k): list(v) for k, v in self.rejected.items()},
+            "previews": base64.b64encode(preview_npz(self.previews)).decode(),
         }
 
     def restore(self, snapshot: dict[str, Any]) -> None:
@@ -90,6 +197,8 @@ class TrialResults:
         self.attention_rows = [dict(r) for r in snapshot["attention_rows"]]
         self.failures = {int(k): list(v) for k, v in snapshot["failures"].items()}
         self.rejected = {int(k): list(v) for k, v in snapshot["rejected"].items()}
+        previews = snapshot.get("previews")  # absent from an earlier fedll's checkpoints
+        self.previews = read_previews(base64.b64decode(previews)) if previews else []
 
     def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         results = pd.DataFrame(self.rows, columns=list(RESULT_COLUMNS))

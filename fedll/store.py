@@ -1,18 +1,20 @@
 """The run directory's trial files: written, sealed, verified, set aside, collected.
 
-A finished trial is three files in ``RUN_DIR/trials/``: ``<id>.csv`` (its result rows),
-``<id>.attention.csv`` and, written last and atomically, the seal ``<id>.json``; and its kept
-model, ``RUN_DIR/models/<id>.safetensors`` (:mod:`fedll.models.saved`), written before the
-seal. The seal holds the trial id, the fingerprint of its settings
-(:func:`fedll.config.grid.trial_fingerprint`), the fedll version, each file's row count (the
-model's size in bytes) and SHA-256, the sites that failed or were rejected per round and,
-where the runner measured it, the trial's wall time (``wall_s``; seals of an earlier fedll
-lack it and still verify). A trial is finished exactly when its seal verifies: a file cut
-short, emptied, edited, missing (a model deleted), left without a seal (an earlier fedll, a
-crash between the writes) or copied in from a run of other settings does not, is moved to
-``trials/invalid/`` (named in a warning) and the trial runs again. :func:`collect` reads only
-the scenario's own, verified trials, and replaces ``results.csv`` and ``attention.csv`` only
-after every part was read.
+A finished trial is four files in ``RUN_DIR/trials/``: ``<id>.csv`` (its result rows),
+``<id>.attention.csv``, ``<id>.previews.npz`` (a few predicted test slices per round, for the
+report's montage; :func:`fedll.results.preview_npz`) and, written last and atomically, the
+seal ``<id>.json``; and its kept model, ``RUN_DIR/models/<id>.safetensors``
+(:mod:`fedll.models.saved`), written before the seal. The seal holds the trial id, the
+fingerprint of its settings (:func:`fedll.config.grid.trial_fingerprint`), the fedll
+version, each file's row count (the model's size in bytes) and SHA-256, the sites that failed
+or were rejected per round and, where the runner measured it, the trial's wall time
+(``wall_s``). Seals of an earlier fedll lack the previews, the model or the wall time and
+still verify. A trial is finished exactly when its seal verifies: a file cut short, emptied,
+edited, missing (a model deleted), left without a seal (an earlier fedll, a crash between the
+writes) or copied in from a run of other settings does not, is moved to ``trials/invalid/``
+(named in a warning) and the trial runs again. :func:`collect` reads only the scenario's own,
+verified trials, and replaces ``results.csv`` and ``attention.csv`` only after every part was
+read.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from fedll.data.prepare import PreparedCohort
 from fedll.errors import DataError
 from fedll.planning import trial_stream
 from fedll.report.completeness import Expected
-from fedll.results import TrialResults
+from fedll.results import TrialResults, preview_npz, sealed_previews
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ class TrialFiles:
     attention: Path
     model: Path
     seal: Path
+    previews: Path
 
     @classmethod
     def of(cls, run_dir: Path, trial_id: str) -> TrialFiles:
@@ -65,10 +68,12 @@ class TrialFiles:
             trials / f"{trial_id}.attention.csv",
             Path(run_dir) / "models" / f"{trial_id}{MODEL_SUFFIX}",
             trials / f"{trial_id}.json",
+            trials / f"{trial_id}.previews.npz",
         )
 
     def existing(self) -> list[Path]:
-        return [p for p in (self.results, self.attention, self.model, self.seal) if p.exists()]
+        paths = (self.results, self.attention, self.previews, self.model, self.seal)
+        return [p for p in paths if p.exists()]
 
 
 def trial_path(run_dir: Path, trial: Trial) -> Path:
@@ -100,6 +105,13 @@ def write_trial(
         with atomic_path(path) as tmp:
             tmp.write_bytes(payload)
         listed[path.name] = {"rows": len(data), "sha256": hashlib.sha256(payload).hexdigest()}
+    previews = preview_npz(results.previews)
+    with atomic_path(files.previews) as tmp:
+        tmp.write_bytes(previews)
+    listed[files.previews.name] = {
+        "rows": len(results.previews),
+        "sha256": hashlib.sha256(previews).hexdigest(),
+    }
     if model is not None:
         files.model.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(files.model) as tmp:
@@ -196,7 +208,8 @@ def _verified(run_dir: Path, trial_id: str, fingerprint: str) -> dict[Path, byte
             return f"its seal is for trial {seal['trial']!r}"
         if seal["fingerprint"] != fingerprint:
             return "it was run with other settings (its fingerprint differs)"
-        for path in (files.results, files.attention):
+        optional = [files.previews] if files.previews.name in listed else []
+        for path in (files.results, files.attention, *optional):
             entry = listed[path.name]
             if not path.is_file():
                 return f"{path.name} is missing"
@@ -224,6 +237,13 @@ def _sha256(path: Path) -> str:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def trial_previews(run_dir: Path, trial_id: str) -> list[dict] | None:
+    """The trial's previews when its seal lists them and the file matches
+    (:func:`fedll.results.sealed_previews`), else None."""
+    files = TrialFiles.of(run_dir, trial_id)
+    return sealed_previews(files.seal, files.previews)
 
 
 def set_aside(run_dir: Path, trial_id: str, reason: str) -> list[Path]:

@@ -104,7 +104,7 @@ def run_federation(
         final.clear()
         final.update({k: v.numpy() for k, v in arrays.items()})
         model.load_state_dict(arrays.to_torch_state_dict())
-        evaluate_round(results, server_round, model, test)
+        evaluate_round(results, server_round, model, test, scenario.evaluation)
         if on_round is not None:
             on_round(server_round, len(stream))
         if snapshots and 0 < server_round < len(stream) and server_round % snapshots.every == 0:

@@ -597,3 +597,29 @@ def test_tracking_without_its_package_is_one_line_naming_the_key(
     path = write_scenario({"tracking": tracking})
     line = assert_one_line_error(invoke("run", path, "--dry-run"), str(path), key, module)
     assert "pip install 'fedll[tracking]'" in line
+
+
+def test_paper_tcga_dry_runs_against_a_tiny_tcga_tree(tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    from fedll.data.layouts import discover
+
+    root = tmp_path / "TCGA-GBM"
+    image = np.zeros((12, 12, 8), np.float32)
+    image[2:10, 2:10, 1:7] = 100.0
+    labels = np.zeros((12, 12, 8), np.uint8)
+    labels[4:7, 4:7, 3:5] = 2
+    for patient in ("TCGA-02-0006", "TCGA-08-0509"):
+        stem = root / patient / f"{patient}_1996.08.23"
+        stem.parent.mkdir(parents=True)
+        for suffix, data in (("t2", image), ("flair", image), ("GlistrBoost", labels)):
+            nib.save(nib.Nifti1Image(data, np.eye(4)), f"{stem}_{suffix}.nii.gz")
+    assert len(discover(root)) == 4  # found by "auto" as the scenario's layout
+    path = REPO / "scenarios" / "paper-tcga.yaml"
+    result = invoke("run", path, "--dry-run", "--set", f"cohort.path={root}")
+    assert result.exit_code == 0, result.output
+    assert "18 trials of paper-tcga" in result.stdout
+    scenario = load_scenario(path, [f"cohort.path={root}"])
+    assert (scenario.cohort.layout, scenario.evaluation.slices) == ("tcga-gbm", "all")
+    assert sum(s.patients for s in scenario.sites) + 2 * scenario.test.patients_per_modality == 130

@@ -31,3 +31,23 @@ def test_dice_is_computed_over_all_of_a_case_s_slices():
     result = evaluate_cases(Threshold(), [case(images, masks), empty], batch_size=2)
     assert result.dice == pytest.approx([2 * 1 / (3 + 2), 1.0])  # both empty: 1
     assert result.attention == {}  # a static model has no attention
+
+
+def test_hd95_and_surface_dice_in_3d_with_the_slice_positions_and_spacing():
+    # truth: pixel (0, 0) of slice 2; prediction: pixel (0, 0) of slices 2 and 6. The slices
+    # are at indices 2 and 6 (3 and 4, 5 between them, not selected) 2 mm apart, so the
+    # false positive lies 4 x 2 = 8 mm from the truth. Predicted-to-truth distances are
+    # {0, 8} mm, whose 95th percentile (linear, as numpy's) is 0.95 x 8 = 7.6 mm; truth-to-
+    # prediction {0}: HD95 = 7.6 mm. Dice 2/3; 2 of the 3 surface voxels are within 2 mm of
+    # the other surface -> surface Dice 2/3
+    images = np.zeros((2, 4, 4), np.float32)
+    images[:, 0, 0] = 1.0
+    masks = np.zeros((2, 4, 4), np.uint8)
+    masks[0, 0, 0] = 1
+    gapped = CaseSlices(
+        "p", "t2", None, images[:, None], masks[:, None], np.array([2, 6]), (2.0, 1.0, 1.0)
+    )
+    result = evaluate_cases(Threshold(), [gapped], tolerance_mm=2.0)
+    assert result.dice == pytest.approx([2 / 3])
+    assert result.hd95 == pytest.approx([7.6])
+    assert result.surface_dice == pytest.approx([2 / 3])

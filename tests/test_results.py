@@ -42,3 +42,16 @@ def test_grouped_attention_is_averaged_over_output_channels():
     _, attention = results().frames()
     grouped = attention[attention["round"] == 2].sort_values("kernel")
     assert grouped["mass"].tolist() == [2.0, 4.0]  # mean over (C_out=2) rows of each kernel
+
+
+def test_rows_carry_hd95_surface_dice_and_how_they_were_scored():
+    from fedll.config import EvaluationConfig
+
+    out = TrialResults(trial=TRIAL, stream=STREAM)
+    evaluation = EvaluationConfig(slices="selected", surface_tolerance_mm=1.5)
+    out.add_round(1, "t2", ["a"], [0.5], {}, hd95=[3.0], surface_dice=[0.25], evaluation=evaluation)
+    row = out.frames()[0].iloc[0]
+    assert (row["dice"], row["hd95"], row["surface_dice"]) == (0.5, 3.0, 0.25)
+    assert (row["evaluated_slices"], row["surface_tolerance_mm"]) == ("selected", 1.5)
+    plain = results().frames()[0]  # Dice alone: the others are NaN, the scoring unknown
+    assert plain["hd95"].isna().all() and set(plain["evaluated_slices"]) == {""}

@@ -104,9 +104,9 @@ def test_a_damaged_file_does_not_verify_and_is_set_aside(run_dir, damage, which,
     with caplog.at_level(logging.WARNING, logger="fedll.store"):
         done = finished(run_dir, {TRIAL.trial_id: "fp-a", OTHER.trial_id: "fp-b"})
     assert done == {OTHER.trial_id}
-    assert files(run_dir).existing() == []  # all three moved, none deleted
+    assert files(run_dir).existing() == []  # all four moved, none deleted
     moved = sorted(p.name.split(".csv")[0] for p in (run_dir / "trials" / "invalid").iterdir())
-    assert len(moved) == 3 and str(files(run_dir).results) in caplog.text
+    assert len(moved) == 4 and str(files(run_dir).results) in caplog.text
     assert "runs again" in caplog.text
 
 
@@ -199,7 +199,7 @@ def test_an_altered_model_does_not_verify_and_is_set_aside_with_the_trial(
         assert finished(with_model, {TRIAL.trial_id: "fp-a"}) == set()
     assert files(with_model).existing() == []
     moved = sorted(p.name.rsplit(".", 1)[0] for p in (with_model / "trials" / "invalid").iterdir())
-    assert f"{TRIAL.trial_id}.safetensors" in moved and len(moved) == 4
+    assert f"{TRIAL.trial_id}.safetensors" in moved and len(moved) == 5  # with the previews
     assert str(model) in caplog.text
 
 
@@ -208,7 +208,7 @@ def test_a_missing_model_leaves_the_trial_unfinished(with_model):
     reason = verify_trial(with_model, TRIAL.trial_id, "fp-a")
     assert reason == f"its model {files(with_model).model} is missing"
     assert finished(with_model, {TRIAL.trial_id: "fp-a"}) == set()
-    assert len(list((with_model / "trials" / "invalid").iterdir())) == 3
+    assert len(list((with_model / "trials" / "invalid").iterdir())) == 4  # all but the model
 
 
 def test_collect_ignores_the_model_but_not_its_damage(with_model):
@@ -217,3 +217,26 @@ def test_collect_ignores_the_model_but_not_its_damage(with_model):
     flip_a_byte(files(with_model).model)
     frame, _ = collect(with_model, {TRIAL.trial_id: "fp-a"})
     assert frame.empty
+
+
+def test_previews_are_written_sealed_and_read_back(tmp_path):
+    from fedll.store import trial_previews, write_trial
+
+    out = results()
+    image = np.arange(16, dtype=np.float32).reshape(4, 4)
+    truth = image > 10
+    out.add_previews(1, "t2", "a", image, truth, ~truth)
+    write_trial(tmp_path, out, "fp-a")
+    assert verify_trial(tmp_path, TRIAL.trial_id, "fp-a") is None
+    seal = json.loads(files(tmp_path).seal.read_text())
+    assert seal["files"][f"{TRIAL.trial_id}.previews.npz"]["rows"] == 1
+    (kept,) = trial_previews(tmp_path, TRIAL.trial_id)
+    assert (kept["round"], kept["modality"], kept["case"]) == (1, "t2", "a")
+    np.testing.assert_array_equal(kept["image"], image)
+    np.testing.assert_array_equal(kept["pred"], ~truth)
+    restored = TrialResults(trial=TRIAL, stream=out.stream)
+    restored.restore(json.loads(json.dumps(out.snapshot())))  # a checkpoint keeps them
+    np.testing.assert_array_equal(restored.previews[0]["truth"], truth)
+    files(tmp_path).previews.write_bytes(b"edited")
+    assert trial_previews(tmp_path, TRIAL.trial_id) is None
+    assert verify_trial(tmp_path, TRIAL.trial_id, "fp-a") is not None  # the trial runs again

@@ -167,8 +167,11 @@ def test_report_rebuilds_the_tables_from_results_csv_alone(local_run, tmp_path, 
     for name in ("forgetting.csv", "forgetting.md", "forgetting.tex", "trials.csv"):
         assert (alone / "tables" / name).read_text() == (run_dir / "tables" / name).read_text()
     rebuilt = {p.name for p in (alone / "plots").glob("*.png")}
+    # attention plots need attention.csv, montages the trials' previews
     assert rebuilt == {
-        p.name for p in (run_dir / "plots").glob("*.png") if not p.name.startswith("attention_")
+        p.name
+        for p in (run_dir / "plots").glob("*.png")
+        if not p.name.startswith(("attention_", "montage_"))
     }
     assert "forgetting" not in done.stderr
 
@@ -294,7 +297,7 @@ def test_a_killed_ray_run_resumes_keeping_finished_trials(
         assert (
             path in finished
             or path.with_suffix(".csv") in finished
-            or path.name.endswith((".attention.csv", ".csv"))  # a trial cut short by the kill
+            or path.name.endswith((".attention.csv", ".csv", ".previews.npz"))  # cut short
             or path.name == "invalid"
             or (path.name.startswith(".") and path.name.endswith(".tmp"))
         ), path

@@ -24,6 +24,7 @@ from fedll.config.options import (
 )
 from fedll.config.schema import (
     CohortConfig,
+    EvaluationConfig,
     ExecutionConfig,
     ModelConfig,
     Scenario,
@@ -39,6 +40,7 @@ __all__ = [
     "NONE",
     "CohortConfig",
     "ContinualOptions",
+    "EvaluationConfig",
     "ExecutionConfig",
     "TrackingConfig",
     "FaultConfig",

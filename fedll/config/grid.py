@@ -109,6 +109,7 @@ def trial_fingerprint(scenario: Scenario, trial: Trial) -> str:
                  "seeds", "joint", "tracking"},
     )  # fmt: skip
     settings["stream"] = {"train_on": scenario.stream.train_on}
+    # settings["evaluation"] stays: how test cases are scored changes every result row
     if settings["training"]["precision"] == "fp32":  # added later; fp32 is what came before
         del settings["training"]["precision"]
     settings["model"] = scenario.models[trial.model].model_dump(mode="json")

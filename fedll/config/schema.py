@@ -127,6 +127,20 @@ class SliceConfig(_Frozen):
     seed: Seed = Field(default=0, description="which tumour-free slices are kept")
 
 
+class EvaluationConfig(_Frozen):
+    """How the test cases are scored after every round (:mod:`fedll.evaluation`)."""
+
+    slices: Literal["all", "selected"] = Field(
+        default="all",
+        description="all: every brain slice of a test case (whole-volume evaluation); "
+        "selected: the training selection (every tumour slice plus slices.empty_fraction "
+        "tumour-free ones), which flatters Dice",
+    )
+    surface_tolerance_mm: float = Field(
+        default=2.0, ge=0, le=50, description="the tolerance of surface Dice, in mm"
+    )
+
+
 class StreamConfig(_Frozen):
     """How training cases arrive over rounds (see :mod:`fedll.stream`)."""
 
@@ -275,6 +289,7 @@ class Scenario(_Frozen):
     slices: SliceConfig = SliceConfig()
     sites: list[SiteConfig] = Field(min_length=1)
     test: TestConfig = TestConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
     stream: StreamConfig = StreamConfig()
     models: dict[SimpleName, ModelConfig] = Field(min_length=1)
     strategies: list[StrategyOptions] = Field(

@@ -66,7 +66,15 @@ class CohortArrays:
 
         def loaded(cases: Sequence[CaseSlices]) -> tuple[CaseSlices, ...]:
             return tuple(
-                CaseSlices(c.patient, c.modality, c.site, np.array(c.images), np.array(c.masks))
+                CaseSlices(
+                    c.patient,
+                    c.modality,
+                    c.site,
+                    np.array(c.images),
+                    np.array(c.masks),
+                    np.array(c.indices),
+                    c.spacing,
+                )
                 for c in cases
             )
 

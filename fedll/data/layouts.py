@@ -1,4 +1,5 @@
-"""Discover the cases of a cohort on disk: BraTS 2018-2021, BraTS 2023/2024 GLI, MSD, CSV.
+"""Discover the cases of a cohort on disk: BraTS 2018-2021, BraTS 2023/2024 GLI, MSD,
+TCGA-GBM/LGG (Bakas et al. 2017), CSV.
 
 Every layout becomes the same list of :class:`~fedll.data.nifti.CaseRecord` (one per patient
 x modality, T2 and FLAIR only). :func:`discover` checks what headers can tell (the folder
@@ -26,7 +27,7 @@ from fedll.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-LAYOUTS: tuple[str, ...] = ("brats2021", "brats2023", "msd", "manifest")
+LAYOUTS: tuple[str, ...] = ("brats2021", "brats2023", "msd", "tcga-gbm", "manifest")
 
 
 @dataclass(frozen=True)
@@ -37,12 +38,25 @@ class _FolderLayout:
     modality_suffixes: tuple[tuple[str, str], ...]  # (modality, file-stem suffix)
     mask_suffix: str
     case_prefix: str = ""  # case folders must start with this (BraTS-GLI-)
+    preferred_mask_suffix: str | None = None  # taken instead of mask_suffix where present
 
 
 _BRATS2021 = _FolderLayout("brats2021", (("t2", "_t2"), ("flair", "_flair")), "_seg")
 _BRATS2023 = _FolderLayout(
     "brats2023", (("t2", "-t2w"), ("flair", "-t2f")), "-seg", case_prefix="BraTS-GLI-"
 )
+# "Pre-operative TCGA-GBM (and TCGA-LGG) NIfTI and Segmentations" (Bakas et al., Sci Data
+# 2017; TCIA doi 10.7937/K9/TCIA.2017.KLXWJJ1Q): TCGA-02-0006/TCGA-02-0006_1996.08.23_t2.nii.gz
+# and _flair, _t1, _t1Gd; labels _GlistrBoost (automatic) and, for most patients,
+# _GlistrBoost_ManuallyCorrected (preferred); BraTS 2017 label values
+_TCGA = _FolderLayout(
+    "tcga-gbm",
+    (("t2", "_t2"), ("flair", "_flair")),
+    "_GlistrBoost",
+    case_prefix="TCGA-",
+    preferred_mask_suffix="_GlistrBoost_ManuallyCorrected",
+)
+TCGA_MASK_SUFFIXES = ("_glistrboost", "_glistrboost_manuallycorrected")
 
 
 def discover(root: Path, layout: str = "auto") -> list[CaseRecord]:
@@ -50,7 +64,7 @@ def discover(root: Path, layout: str = "auto") -> list[CaseRecord]:
 
     root: a cohort folder, or a manifest CSV (``layout="manifest"`` also takes a folder that
     holds manifest.csv). layout: one of :data:`LAYOUTS` or "auto" (manifest.csv, then
-    dataset.json + imagesTr/, then BraTS case folders by their file names).
+    dataset.json + imagesTr/, then TCGA or BraTS case folders by their file names).
     Folder layouts are returned sorted by patient, then T2 before FLAIR; manifests in row order.
     """
     root = Path(root)
@@ -66,6 +80,8 @@ def discover(root: Path, layout: str = "auto") -> list[CaseRecord]:
         records = _discover_folders(root, _BRATS2021)
     elif layout == "brats2023":
         records = _discover_folders(root, _BRATS2023)
+    elif layout == "tcga-gbm":
+        records = _discover_folders(root, _TCGA)
     elif layout == "msd":
         records = _discover_msd(root)
     else:
@@ -93,13 +109,15 @@ def detect_layout(root: Path) -> str:
     if (root / "dataset.json").is_file() and (root / "imagesTr").is_dir():
         return "msd"
     stems = [stem for case in _case_folders(root) for stem in nifti_stems(case)]
+    if any(stem.lower().endswith(TCGA_MASK_SUFFIXES) for stem in stems):
+        return "tcga-gbm"
     if any(stem.lower().endswith(("-t2w", "-t2f", "-seg")) for stem in stems):
         return "brats2023"
     if any(stem.lower().endswith(("_t2", "_flair", "_seg")) for stem in stems):
         return "brats2021"
     raise DataError(
         f"{root}: cannot tell the layout (no manifest.csv, no dataset.json + imagesTr/, "
-        "no BraTS case folders)"
+        "no BraTS or TCGA case folders)"
     )
 
 
@@ -112,11 +130,23 @@ def _discover_folders(root: Path, layout: _FolderLayout) -> list[CaseRecord]:
                 f"(layout {layout.name} reads glioma cases only)"
             )
         files = _nifti_files(case)
-        mask = _one_file(case, files, layout.mask_suffix, "mask")
+        mask = _mask(case, files, layout)
         for modality, suffix in layout.modality_suffixes:
             image = _one_file(case, files, suffix, f"{modality} image")
             records.append(CaseRecord(case.name, modality, image, mask))
     return sorted(records, key=lambda r: (r.patient, MODALITIES.index(r.modality)))
+
+
+def _mask(case: Path, files: list[Path], layout: _FolderLayout) -> Path:
+    """The case's mask: the preferred one (TCGA's manually corrected) where present."""
+    preferred = layout.preferred_mask_suffix
+    if preferred is not None and any(_ends_with(f, preferred) for f in files):
+        return _one_file(case, files, preferred, "mask")
+    return _one_file(case, files, layout.mask_suffix, "mask")
+
+
+def _ends_with(path: Path, suffix: str) -> bool:
+    return (nifti_stem(path.name) or "").lower().endswith(suffix.lower())
 
 
 def _case_folders(root: Path) -> list[Path]:
@@ -140,7 +170,7 @@ def _case_folders(root: Path) -> list[Path]:
 
 
 def _one_file(case: Path, files: list[Path], suffix: str, what: str) -> Path:
-    matches = [f for f in files if (nifti_stem(f.name) or "").lower().endswith(suffix.lower())]
+    matches = [f for f in files if _ends_with(f, suffix)]
     if not matches:
         raise DataError(f"{case}: missing {what} (*{suffix}.nii or *{suffix}.nii.gz)")
     if len(matches) > 1:

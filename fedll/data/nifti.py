@@ -94,7 +94,7 @@ MSD_BRAIN = LabelConvention(
 GENERIC = LabelConvention("generic (0 background, 1-4 tumour)", frozenset({0, 1, 2, 3, 4}))
 
 _GLI_MASK = re.compile(r"^BraTS-GLI-.*-seg$", re.IGNORECASE)
-_BRATS2017_MASK = re.compile(r".*_seg$", re.IGNORECASE)
+_BRATS2017_MASK = re.compile(r".*(_seg|_GlistrBoost|_GlistrBoost_ManuallyCorrected)$", re.I)
 
 
 def label_convention(record: CaseRecord) -> LabelConvention:

@@ -3,6 +3,8 @@
 The cohort (synthesised into the cache, or read from disk with any supported layout) is
 split into the scenario's hospitals and a test set per modality, and every volume used is
 preprocessed into the slice cache, so trials (in any process) read arrays, not NIfTI.
+Training cases keep the slice selection; test cases hold every brain slice when the
+scenario's ``evaluation.slices`` is ``all`` (whole-volume evaluation), else the selection.
 The split is written to the run directory as ``cohort.json``.
 
 Assignment rules (deterministic):
@@ -39,12 +41,16 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PreparedCohort:
-    """Training records per site, test records per modality, and how to slice them."""
+    """Training records per site, test records per modality, and how to slice them.
+
+    evaluation_slices: ``all`` (test cases hold every brain slice) or ``selected`` (the
+    training selection; what a cohort.json of an earlier fedll, without the key, held)."""
 
     sites: dict[str, tuple[CaseRecord, ...]]
     test: dict[str, tuple[CaseRecord, ...]]
     spec: SliceConfig
     cache_dir: Path
+    evaluation_slices: str = "selected"
 
     def cache(self) -> SliceCache:
         return SliceCache(self.cache_dir / "slices")
@@ -53,7 +59,10 @@ class PreparedCohort:
         return load_slices(list(self.sites[site]), self.spec, self.cache())
 
     def test_slices(self, modality: str) -> list[CaseSlices]:
-        return load_slices(list(self.test[modality]), self.spec, self.cache())
+        every_slice = self.evaluation_slices == "all"
+        return load_slices(
+            list(self.test[modality]), self.spec, self.cache(), every_slice=every_slice
+        )
 
     def to_json(self) -> str:
         def rec(r: CaseRecord) -> dict:
@@ -67,6 +76,7 @@ class PreparedCohort:
                 "test": {m: [rec(r) for r in rs] for m, rs in self.test.items()},
                 "spec": self.spec.model_dump(),
                 "cache_dir": str(self.cache_dir),
+                "evaluation_slices": self.evaluation_slices,
             },
             indent=1,
         )
@@ -83,6 +93,7 @@ class PreparedCohort:
             test={m: tuple(rec(d) for d in rs) for m, rs in data["test"].items()},
             spec=SliceConfig(**data["spec"]),
             cache_dir=Path(data["cache_dir"]),
+            evaluation_slices=str(data.get("evaluation_slices", "selected")),
         )
 
     def write(self, path: Path) -> None:
@@ -217,7 +228,13 @@ def prepare_cohort(
     records = discover(root, layout)
     sites, test = split_cohort(records, scenario, source)
     spec = scenario.slices
-    prepared = PreparedCohort(sites=sites, test=test, spec=spec, cache_dir=cache_dir)
+    prepared = PreparedCohort(
+        sites=sites,
+        test=test,
+        spec=spec,
+        cache_dir=cache_dir,
+        evaluation_slices=scenario.evaluation.slices,
+    )
     training = [r for rs in sites.values() for r in rs]
     testing = [r for rs in test.values() for r in rs]
     logger.info("preprocessing %d volumes into the slice cache", len(training) + len(testing))
@@ -227,7 +244,9 @@ def prepare_cohort(
                 f"{record.image}: gives no training slice (no tumour slice, and "
                 f"slices.empty_fraction {spec.empty_fraction} adds none); drop the case"
             )
-    for record, cases in zip(testing, load_slices(testing, spec, prepared.cache()), strict=True):
+    every_slice = prepared.evaluation_slices == "all"
+    test_slices = load_slices(testing, spec, prepared.cache(), every_slice=every_slice)
+    for record, cases in zip(testing, test_slices, strict=True):
         if not np.asarray(cases.masks).any():
             raise DataError(
                 f"{record.mask}: no tumour is left after slicing at {spec.size} px, so the test "
@@ -238,16 +257,23 @@ def prepare_cohort(
 
 def cohort_for(run_dir: Path, scenario: Scenario, source: str = "<scenario>") -> PreparedCohort:
     """The run's prepared cohort: ``RUN_DIR/cohort.json`` when a sweep (or an earlier trial)
-    wrote it, else prepared now and written there."""
+    wrote it (with the scenario's ``evaluation.slices``), else prepared now and written there."""
     index = Path(run_dir) / "cohort.json"
     if index.exists():
         prepared = PreparedCohort.read(index)
+        if prepared.evaluation_slices != scenario.evaluation.slices:
+            logger.info("%s holds other test slices; preparing again", index)
+            return _prepare_into(index, scenario, source)
         for records in (*prepared.sites.values(), *prepared.test.values()):
             for record in records:
                 for path in (record.image, record.mask):
                     if not Path(path).is_file():
                         raise DataError(f"{path}: listed in {index} but missing")
         return prepared
+    return _prepare_into(index, scenario, source)
+
+
+def _prepare_into(index: Path, scenario: Scenario, source: str) -> PreparedCohort:
     prepared = prepare_cohort(scenario, source=source)
     index.parent.mkdir(parents=True, exist_ok=True)
     prepared.write(index)

@@ -10,10 +10,16 @@ so a structure left out of the brain mask keeps its contrast (FLAIR's dark CSF) 
 background becomes one constant, also used as padding. Each slice is padded to a square
 field of view in millimetres (so anisotropic pixels keep their physical aspect) and
 resized: antialiased bilinear for images, nearest for masks. Masks are whole tumour
-(label > 0).
+(label > 0). With ``every_slice`` (how test cases are prepared for whole-volume evaluation,
+``evaluation.slices: all``) every slice holding brain or tumour is kept instead.
 
-:class:`SliceCache` keeps the result per (file, channel, spec) as .npy files, so repeated
-trials read memory maps instead of NIfTI.
+Each case also keeps the indices of its slices along ``spec.axis`` and the spacing of the
+resized stack (through-plane: the volume's spacing along the axis; in-plane: the square
+field of view in mm over ``size``), so per-case metrics can be computed in 3-D
+(:func:`CaseSlices.volume`).
+
+:class:`SliceCache` keeps the result per (file, channel, spec, every_slice) as .npy files
+and a small JSON of indices and spacing, so repeated trials read memory maps instead of NIfTI.
 """
 
 from __future__ import annotations
@@ -44,15 +50,19 @@ BRAIN_FRACTION = 0.1  # brain = image > min + 10 % of (99th percentile - min)
 MIN_BRAIN_AREA = 0.1  # tumour-free slices need this share of the largest brain cross-section
 CLIP = 5.0  # z-scores are clipped to [-CLIP, CLIP]
 # Bump when the preprocessing changes so old cache entries are no longer read.
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3  # 3: slice indices and spacing kept beside the arrays
+ENTRY_PARTS = ("images.npy", "slices.json", "masks.npy")  # written in this order
 
 
 @dataclass(frozen=True, eq=False)
 class CaseSlices:
-    """The training slices of one record.
+    """The slices of one record.
 
     images: float32 (N, 1, size, size), z-scored inside the brain. masks: uint8 (N, 1, size,
     size), whole tumour. Both may be read-only memory maps when they come from the cache.
+    indices: int64 (N,), increasing, each slice's index along the slicing axis (default
+    0..N-1: adjacent slices). spacing: mm between slices, then the two in-plane pixel sizes
+    after resizing (the order of the stack's axes; default 1 mm each).
     """
 
     patient: str
@@ -60,21 +70,64 @@ class CaseSlices:
     site: str | None
     images: np.ndarray
     masks: np.ndarray
+    indices: np.ndarray | None = None
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    def __post_init__(self) -> None:
+        if self.indices is None:
+            object.__setattr__(self, "indices", np.arange(len(self.images), dtype=np.int64))
+        if len(self.indices) != len(self.images):  # type: ignore[arg-type]
+            raise DataError(
+                f"{self.patient} {self.modality}: {len(self.indices)} slice indices for "  # type: ignore[arg-type]
+                f"{len(self.images)} slices"
+            )
+
+    def volume(self, slices: np.ndarray) -> np.ndarray:
+        """(D, S, S) from per-slice ``slices`` (N, [1,] S, S) (a prediction, or the masks):
+        each slice at its index, D spanning the first to the last index, the slices between
+        non-adjacent selected ones left empty (0).
+
+        Every tumour slice is always selected, so the gaps hold no truth; leaving them empty
+        keeps the physical distances between slices right (3-D metrics use ``spacing``) and
+        counts no prediction there, as the model never saw those slices.
+        """
+        slices = np.asarray(slices).reshape(len(self.images), *np.shape(slices)[-2:])
+        indices = np.asarray(self.indices)
+        if len(indices) == 0:
+            return np.zeros((0, *slices.shape[1:]), dtype=slices.dtype)
+        out = np.zeros((int(indices[-1] - indices[0]) + 1, *slices.shape[1:]), slices.dtype)
+        out[indices - indices[0]] = slices
+        return out
+
+
+Stack = tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, float, float]]
+"""images (N, 1, S, S), masks (N, 1, S, S), slice indices (N,), spacing (3,) in mm."""
 
 
 def preprocess(
-    volume: Volume, spec: SliceConfig, *, brain: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Slices of a volume: float32 images and uint8 whole-tumour masks, both (N, 1, S, S).
+    volume: Volume,
+    spec: SliceConfig,
+    *,
+    brain: np.ndarray | None = None,
+    every_slice: bool = False,
+) -> Stack:
+    """Slices of a volume: float32 images and uint8 whole-tumour masks, both (N, 1, S, S),
+    the slice indices along ``spec.axis`` (N,) and the stack's spacing (through-plane, then
+    the two in-plane pixel sizes after resizing, mm).
 
     brain: optional bool (X, Y, Z) brain mask; by default :func:`brain_mask` of the image.
+    every_slice: keep every slice with brain or tumour (whole-volume evaluation) instead of
+    the selection of :func:`select_slices`.
     """
     brain = _brain(volume, brain)
-    keep = _keep(volume.labels > 0, brain, spec)
+    keep = _keep(volume.labels > 0, brain, spec, every_slice)
     images = model_inputs(normalise(volume.image, brain), volume.spacing, spec, keep)
     tumour = np.moveaxis(volume.labels > 0, spec.axis, 0)[keep].astype(np.float32)
-    masks = resize(tumour, in_plane_spacing(volume.spacing, spec.axis), spec.size, "nearest-exact")
-    return images, masks[:, None].astype(np.uint8)
+    in_plane = in_plane_spacing(volume.spacing, spec.axis)
+    masks = resize(tumour, in_plane, spec.size, "nearest-exact")
+    shape = np.moveaxis(volume.image, spec.axis, 0).shape[1:]
+    spacing = (float(volume.spacing[spec.axis]), *resized_spacing(shape, in_plane, spec.size))
+    return images, masks[:, None].astype(np.uint8), keep.astype(np.int64), spacing
 
 
 def slice_indices(
@@ -116,12 +169,27 @@ def _brain(volume: Volume, brain: np.ndarray | None) -> np.ndarray:
     return brain | (volume.labels > 0)
 
 
-def _keep(tumour: np.ndarray, brain: np.ndarray, spec: SliceConfig) -> np.ndarray:
-    """The slices to keep along ``spec.axis``, from bool (X, Y, Z) tumour and brain."""
+def _keep(
+    tumour: np.ndarray, brain: np.ndarray, spec: SliceConfig, every_slice: bool = False
+) -> np.ndarray:
+    """The slices to keep along ``spec.axis``, from bool (X, Y, Z) tumour and brain: the
+    selection of :func:`select_slices`, or with ``every_slice`` each slice with brain or
+    tumour."""
     area = np.moveaxis(brain, spec.axis, 0).sum(axis=(1, 2))
-    with_brain = area >= MIN_BRAIN_AREA * area.max()
     with_tumour = np.moveaxis(tumour, spec.axis, 0).any(axis=(1, 2))
+    if every_slice:
+        return np.flatnonzero((area > 0) | with_tumour)
+    with_brain = area >= MIN_BRAIN_AREA * area.max()
     return select_slices(with_tumour, with_brain, spec)
+
+
+def resized_spacing(
+    shape: Sequence[int], spacing: Sequence[float], size: int
+) -> tuple[float, float]:
+    """The (A, B) pixel size in mm after :func:`resize` of an (A, B) slice to ``size``: the
+    padded field of view (:func:`square_padding`) over ``size``."""
+    (a0, a1), (b0, b1) = square_padding((shape[0], shape[1]), spacing)
+    return ((shape[0] + a0 + a1) * spacing[0] / size, (shape[1] + b0 + b1) * spacing[1] / size)
 
 
 def brain_mask(image: np.ndarray) -> np.ndarray:
@@ -214,15 +282,16 @@ class SliceCache:
     """Preprocessed slices on disk, keyed by the source files' identity and the SliceConfig.
 
     The key hashes the resolved image and mask paths with their size and mtime_ns, the
-    channel, the spec and CACHE_FORMAT, so an edited file or a new spec misses. Entries are
-    ``<key>.images.npy`` and ``<key>.masks.npy``, each written to a temporary name and moved
-    into place; masks are written last and mark a complete entry. Stale entries are not pruned.
+    channel, the spec, ``every_slice`` and CACHE_FORMAT, so an edited file or a new spec
+    misses. Entries are ``<key>.images.npy``, ``<key>.slices.json`` (indices and spacing) and
+    ``<key>.masks.npy``, each written to a temporary name and moved into place; masks are
+    written last and mark a complete entry. Stale entries are not pruned.
     """
 
     def __init__(self, cache_dir: Path) -> None:
         self.cache_dir = Path(cache_dir)
 
-    def key(self, record: CaseRecord, spec: SliceConfig) -> str:
+    def key(self, record: CaseRecord, spec: SliceConfig, every_slice: bool = False) -> str:
         """The hex key of a record's slices under ``spec``."""
         parts = {
             "format": CACHE_FORMAT,
@@ -230,22 +299,24 @@ class SliceCache:
             "mask": _file_identity(record.mask),
             "channel": record.channel,
             "spec": spec.model_dump(),
+            "every_slice": every_slice,
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
-    def get(self, record: CaseRecord, spec: SliceConfig) -> CaseSlices:
+    def get(self, record: CaseRecord, spec: SliceConfig, every_slice: bool = False) -> CaseSlices:
         """The record's slices: memory-mapped from the cache, or computed and stored."""
-        key = self.key(record, spec)
-        images_path = self.cache_dir / f"{key}.images.npy"
-        masks_path = self.cache_dir / f"{key}.masks.npy"
-        arrays = _read_entry(images_path, masks_path, spec.size)
-        if arrays is None:
-            arrays = _compute(record, spec)
+        key = self.key(record, spec, every_slice)
+        paths = [self.cache_dir / f"{key}.{part}" for part in ENTRY_PARTS]
+        stack = _read_entry(*paths, spec.size)
+        if stack is None:
+            stack = _compute(record, spec, every_slice)
             self.cache_dir.mkdir(parents=True, exist_ok=True)
-            _save_atomic(images_path, arrays[0])
-            _save_atomic(masks_path, arrays[1])
+            _save_atomic(paths[0], stack[0])
+            with atomic_path(paths[1]) as tmp:
+                tmp.write_text(json.dumps({"indices": stack[2].tolist(), "spacing": stack[3]}))
+            _save_atomic(paths[2], stack[1])
             logger.debug("cached %s %s as %s", record.patient, record.modality, key)
-        return CaseSlices(record.patient, record.modality, record.site, *arrays)
+        return CaseSlices(record.patient, record.modality, record.site, *stack)
 
 
 def load_slices(
@@ -254,40 +325,44 @@ def load_slices(
     cache: SliceCache | None = None,
     *,
     processes: int = 1,
+    every_slice: bool = False,
 ) -> list[CaseSlices]:
     """The slices of every record, in order; ``processes`` > 1 reads NIfTI in a spawn pool.
 
     With a cache, the pool only fills it and the parent memory-maps the entries.
+    ``every_slice``: every brain slice (whole-volume evaluation), see :func:`preprocess`.
     """
     if processes <= 1 or len(records) <= 1:
-        return [_slices(record, spec, cache) for record in records]
+        return [_slices(record, spec, cache, every_slice) for record in records]
     context = multiprocessing.get_context("spawn")  # never fork torch's or Ray's threads
     workers = min(processes, len(records))
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread) as pool:
         if cache is None:
-            return list(pool.map(_slices, records, repeat(spec), repeat(None)))
-        list(pool.map(_fill, records, repeat(spec), repeat(cache.cache_dir)))
-    return [cache.get(record, spec) for record in records]  # every entry is now a hit
+            return list(pool.map(_slices, records, repeat(spec), repeat(None), repeat(every_slice)))
+        list(pool.map(_fill, records, repeat(spec), repeat(cache.cache_dir), repeat(every_slice)))
+    return [cache.get(record, spec, every_slice) for record in records]  # all hits now
 
 
-def _slices(record: CaseRecord, spec: SliceConfig, cache: SliceCache | None) -> CaseSlices:
+def _slices(
+    record: CaseRecord, spec: SliceConfig, cache: SliceCache | None, every_slice: bool = False
+) -> CaseSlices:
     if cache is not None:
-        return cache.get(record, spec)
-    images, masks = _compute(record, spec)
-    return CaseSlices(record.patient, record.modality, record.site, images, masks)
+        return cache.get(record, spec, every_slice)
+    stack = _compute(record, spec, every_slice)
+    return CaseSlices(record.patient, record.modality, record.site, *stack)
 
 
-def _fill(record: CaseRecord, spec: SliceConfig, cache_dir: Path) -> None:
-    SliceCache(cache_dir).get(record, spec)
+def _fill(record: CaseRecord, spec: SliceConfig, cache_dir: Path, every_slice: bool) -> None:
+    SliceCache(cache_dir).get(record, spec, every_slice)
 
 
 def _one_thread() -> None:
     torch.set_num_threads(1)  # the pool's processes already use the cores
 
 
-def _compute(record: CaseRecord, spec: SliceConfig) -> tuple[np.ndarray, np.ndarray]:
+def _compute(record: CaseRecord, spec: SliceConfig, every_slice: bool = False) -> Stack:
     try:
-        return preprocess(load_volume(record), spec)
+        return preprocess(load_volume(record), spec, every_slice=every_slice)
     except DataError as exc:
         if str(record.image) in str(exc) or str(record.mask) in str(exc):
             raise
@@ -303,24 +378,32 @@ def _file_identity(path: Path) -> tuple[str, int, int]:
     return str(resolved), stat.st_size, stat.st_mtime_ns
 
 
-def _read_entry(
-    images_path: Path, masks_path: Path, size: int
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """Memory maps of a complete, well-formed entry, else None (a miss)."""
+def _read_entry(images_path: Path, meta_path: Path, masks_path: Path, size: int) -> Stack | None:
+    """Memory maps of a complete, well-formed entry (and its indices and spacing), else None
+    (a miss)."""
     if not masks_path.is_file():
         return None
     try:
         images = np.load(images_path, mmap_mode="r")
         masks = np.load(masks_path, mmap_mode="r")
-    except (OSError, ValueError) as exc:
+        meta = json.loads(meta_path.read_text())
+        indices = np.asarray(meta["indices"], dtype=np.int64).reshape(-1)
+        spacing = tuple(float(s) for s in meta["spacing"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         logger.warning("ignoring unreadable cache entry %s (%s)", images_path.name, exc)
         return None
     expected = (images.shape[0], 1, size, size)
     dtypes = (images.dtype, masks.dtype)
-    if images.shape != expected or masks.shape != expected or dtypes != (np.float32, np.uint8):
+    if (
+        images.shape != expected
+        or masks.shape != expected
+        or dtypes != (np.float32, np.uint8)
+        or len(indices) != images.shape[0]
+        or len(spacing) != 3
+    ):
         logger.warning("ignoring malformed cache entry %s", images_path.name)
         return None
-    return images, masks
+    return images, masks, indices, spacing  # type: ignore[return-value]
 
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:

@@ -2,8 +2,10 @@
 
 - :mod:`~fedll.report.read`: reading and checking results and attention files;
 - :mod:`~fedll.report.matrices`: each trial's Dice matrix;
-- :mod:`~fedll.report.summary`: per-trial measures and the forgetting table (mean ± std);
-- :mod:`~fedll.report.tables`: the table as CSV, Markdown and LaTeX;
+- :mod:`~fedll.report.summary`: per-trial measures and the forgetting tables (mean ± std),
+  one per metric (Dice, HD95, surface Dice);
+- :mod:`~fedll.report.tables`: the tables as CSV, Markdown and LaTeX;
+- :mod:`~fedll.report.montage`: test slices with truth and prediction around each switch;
 - :mod:`~fedll.report.attention`: how differently T2 and FLAIR inputs are routed;
 - :mod:`~fedll.report.plots`: learning curves, Dice-matrix heat maps, attention plots;
 - :mod:`~fedll.report.build`: ``fedll report``, all of the above from a run directory.
@@ -15,12 +17,21 @@ from fedll.report.attention import attention_distance
 from fedll.report.build import build_report
 from fedll.report.matrices import Matrix, checked_matrices, dice_matrix, last_round, trial_matrices
 from fedll.report.read import COUNTS, check_results, read_attention, read_results
-from fedll.report.summary import MEASURES, forgetting_table, round_events, summarise, trial_summary
+from fedll.report.summary import (
+    MEASURES,
+    METRICS,
+    forgetting_table,
+    measures,
+    round_events,
+    summarise,
+    trial_summary,
+)
 from fedll.report.tables import format_table, to_latex, to_markdown, write_tables
 
 __all__ = [
     "COUNTS",
     "MEASURES",
+    "METRICS",
     "Matrix",
     "attention_distance",
     "build_report",
@@ -30,6 +41,7 @@ __all__ = [
     "forgetting_table",
     "format_table",
     "last_round",
+    "measures",
     "read_attention",
     "read_results",
     "round_events",

@@ -16,10 +16,11 @@ from fedll.report.completeness import (
     missing_parts,
 )
 from fedll.report.html import page_context, write_html
+from fedll.report.montage import write_montages
 from fedll.report.plots import write_plots
 from fedll.report.read import maybe_compressed, read_attention, read_results
-from fedll.report.summary import summarise, trial_summary
-from fedll.report.tables import write_tables
+from fedll.report.summary import METRICS, summarise, trial_summary
+from fedll.report.tables import caption, write_tables
 
 
 def build_report(
@@ -27,8 +28,11 @@ def build_report(
 ) -> dict[str, Any]:
     """Read ``run_dir/results.csv`` (and ``attention.csv`` if present; either may be gzipped,
     ``.csv.gz``, as a study folder stores them); write the tables to
-    ``run_dir/tables`` (forgetting.*, trials.csv, attention_tv.csv) and the plots to
-    ``run_dir/plots``, and the page of it all, ``run_dir/report.html``.
+    ``run_dir/tables`` (forgetting.*, trials.csv, attention_tv.csv; where the results have
+    HD95 and surface Dice, forgetting_hd95.*, forgetting_surface_dice.* and
+    trials_<metric>.csv too) and the plots to ``run_dir/plots`` (with a montage per
+    configuration whose trial files hold previews, :mod:`fedll.report.montage`), and the page
+    of it all, ``run_dir/report.html``.
 
     With ``expected`` (what the run's scenario asks for), results that lack a trial, a round
     or a test case are refused (DataError naming what is missing), unless ``partial``: then
@@ -67,14 +71,23 @@ def build_report(
         stale.unlink()  # from an earlier, partial report
     summary = trial_summary(results)
     table = summarise(summary)
-    tables = write_tables(table, tables_dir)
+    tables = write_tables(table, tables_dir, title=caption("dice", results))
     extra = {"trials.csv": summary}
+    for metric in METRICS:
+        if metric == "dice" or results[metric].isna().all():  # results of an earlier fedll
+            continue
+        per_metric = trial_summary(results, metric)
+        tables += write_tables(
+            summarise(per_metric, metric), tables_dir, metric, caption(metric, results)
+        )
+        extra[f"trials_{metric}.csv"] = per_metric
     if attention is not None:
         extra["attention_tv.csv"] = attention_distance(attention)
     for name, frame in extra.items():
         frame.to_csv(tables_dir / name, index=False)
         tables.append(tables_dir / name)
     plots = write_plots(results, run_dir / "plots", attention)
+    plots += write_montages(results, run_dir, run_dir / "plots")
     files = dict(zip(("csv", "markdown", "latex"), tables[:3], strict=True))
     html = write_html(run_dir, page_context(run_dir, table, summary, plots, left_out))
     return {

@@ -21,9 +21,12 @@ logger = logging.getLogger(__name__)
 Matrix = tuple[np.ndarray, list[frozenset[int]]]
 
 
-def dice_matrix(trial_results: pd.DataFrame, source: str = "results") -> Matrix:
+def dice_matrix(
+    trial_results: pd.DataFrame, source: str = "results", metric: str = "dice"
+) -> Matrix:
     """The Dice matrix of one trial's rows (checked, as from ``check_results``): ``R`` (T + 1, M)
-    and ``arriving`` (T + 1 sets).
+    and ``arriving`` (T + 1 sets); with ``metric`` (a column of
+    :data:`fedll.columns.METRIC_COLUMNS`: ``hd95``, ``surface_dice``) that metric's matrix.
 
     ``R[t, m]`` is the mean Dice over modality ``MODALITIES[m]``'s test cases after round ``t``
     (NaN Dice values skipped; NaN when a round or modality has no rows); ``arriving[t]`` the
@@ -31,7 +34,7 @@ def dice_matrix(trial_results: pd.DataFrame, source: str = "results") -> Matrix:
     """
     rounds = int(trial_results["round"].max())
     R = np.full((rounds + 1, len(MODALITIES)), np.nan)
-    means = trial_results.groupby(["round", "modality"])["dice"].mean()
+    means = trial_results.groupby(["round", "modality"])[metric].mean()
     for (t, modality), value in means.items():
         R[int(t), MODALITIES.index(modality)] = value
     arriving: list[frozenset[int]] = [frozenset() for _ in range(rounds + 1)]

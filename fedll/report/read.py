@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from fedll.columns import (
+    METRIC_COLUMNS,
     REQUIRED_ATTENTION_COLUMNS,
     REQUIRED_RESULT_COLUMNS,
     RESULT_COLUMNS,
@@ -58,15 +59,26 @@ def check_results(results: pd.DataFrame, source: str = "results") -> pd.DataFram
     if results.empty:
         raise DataError(f"{source}: no result rows")
     out = results.copy()
-    numeric = {*_INTEGER_COLUMNS, "dice"}
+    floats = (*METRIC_COLUMNS, "surface_tolerance_mm")
+    for col in floats:  # results of an earlier fedll have Dice only: the others are NaN
+        if col not in out.columns:
+            out[col] = np.nan
+    if "evaluated_slices" not in out.columns:
+        out["evaluated_slices"] = ""
+    numeric = {*_INTEGER_COLUMNS, *floats}
     for col in RESULT_COLUMNS:
         if col in out.columns and col not in numeric:
             out[col] = out[col].fillna("").astype(str)
     for col in _INTEGER_COLUMNS:
         out[col] = _integers(out[col], source, col)
-    out["dice"] = _floats(out["dice"], source, "dice")
-    if ((out["dice"] < 0) | (out["dice"] > 1)).any():
-        raise DataError(f"{source}: column dice has values outside [0, 1]")
+    for col in floats:
+        out[col] = _floats(out[col], source, col)
+    for col in ("dice", "surface_dice"):
+        if ((out[col] < 0) | (out[col] > 1)).any():
+            raise DataError(f"{source}: column {col} has values outside [0, 1]")
+    for col in ("hd95", "surface_tolerance_mm"):
+        if (out[col] < 0).any():
+            raise DataError(f"{source}: column {col} has negative values")
     unknown = sorted(set(out["modality"]) - set(MODALITIES))
     if unknown:
         raise DataError(

@@ -1,7 +1,8 @@
-"""Per-trial measures and the forgetting table: mean ± std over the seeds of a configuration.
+"""Per-trial measures and the forgetting tables: mean ± std over the seeds of a configuration.
 
 :func:`trial_summary` computes every measure of :data:`MEASURES` per trial and evaluated
-modality from its Dice matrix; :func:`summarise` (and :func:`forgetting_table`, both steps)
+modality from its Dice matrix, or (``metric``) from its HD95 or surface-Dice matrix with the
+measures of :func:`measures`; :func:`summarise` (and :func:`forgetting_table`, both steps)
 aggregates them over the seeds of each configuration (:data:`fedll.columns.CONFIG_COLUMNS`).
 Where the results have the per-round ``failed`` and ``rejected`` columns, the table also
 counts them per configuration (summed over seeds).
@@ -42,9 +43,37 @@ MEASURES: dict[str, str] = {  # column -> label in the formatted table
     "mean_final_dice": "mean final Dice",
 }
 
+METRICS: dict[str, tuple[str, bool]] = {  # result column -> (label, higher is better)
+    "dice": ("Dice", True),
+    "hd95": ("HD95 (mm)", False),
+    "surface_dice": ("surface Dice", True),
+}
 
-def trial_summary(results: pd.DataFrame) -> pd.DataFrame:
-    """One row per trial x evaluated modality with every measure of ``MEASURES``.
+
+def measures(metric: str = "dice") -> dict[str, str]:
+    """The summary's measure columns of ``metric`` -> their labels: :data:`MEASURES` for Dice;
+    for the others the same measures, the level ones (final, learning accuracy, AUC, mean
+    final) named after the metric (``final_hd95``)."""
+    if metric == "dice":
+        return MEASURES
+    label = METRICS[metric][0]
+    out = {}
+    for column, text in MEASURES.items():
+        if column.endswith("_dice"):
+            column, text = column.removesuffix("_dice") + f"_{metric}", text.replace("Dice", label)
+        out[column] = text
+    return out
+
+
+def trial_summary(results: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
+    """One row per trial x evaluated modality with every measure of ``measures(metric)``.
+
+    For Dice and surface Dice (higher is better) the measures are those of ``fedll.metrics``
+    on the metric's matrix. For HD95 (lower is better) the forgetting measures are computed on
+    the negated matrix, so the signs keep their meaning: forgetting and switch drops are the
+    *rise* of HD95 in mm (positive = worse, as a Dice loss is), BWT is minus the rise since the
+    modality last trained (negative = forgotten); the level measures (final, learning accuracy,
+    AUC, mean final) stay in mm.
 
     Per modality ``m``: ``final_dice`` R[T, m]; ``forgetting_final`` / ``forgetting_max`` the
     last and the largest entry of ``forgetting(R)[:, m]``; ``switch_drop_mean`` / ``_max`` over
@@ -55,19 +84,33 @@ def trial_summary(results: pd.DataFrame) -> pd.DataFrame:
     rows.
     """
     results = check_results(results)
+    sign = 1.0 if METRICS[metric][1] else -1.0
+    names = list(measures(metric))
     keys = config_columns(results)
     evaluated = [m for m in MODALITIES if m in set(results["modality"])]
     counted = {c: n for c, n in COUNTS.items() if c in results.columns}
     rows = []
     for trial, frame in results.groupby("trial", sort=False):
-        R, arriving = dice_matrix(frame)
-        F, final, auc = forgetting(R), final_dice(R), area_under_curve(R)
+        R, arriving = dice_matrix(frame, metric=metric)
+        oriented = sign * R  # higher is better inside the measures
+        F, final, auc = forgetting(oriented), final_dice(R), area_under_curve(R)
         mean_final = nan_reduce(np.nanmean, final[[MODALITIES.index(e) for e in evaluated]])
         counts = {n: round_events(frame, c) for c, n in counted.items()}
         first = frame.iloc[0]
         for modality in evaluated:
             m = MODALITIES.index(modality)
-            drops = switch_drops(R, arriving, modality=m)
+            drops = switch_drops(oriented, arriving, modality=m)
+            values = (
+                final[m],
+                F[-1, m],
+                nan_reduce(np.nanmax, F[:, m]),
+                nan_reduce(np.nanmean, drops),
+                nan_reduce(np.nanmax, drops),
+                backward_transfer(oriented, arriving, modality=m),
+                learning_accuracy(R, arriving, modality=m),
+                auc[m],
+                mean_final,
+            )
             rows.append(
                 {
                     "trial": trial,
@@ -75,15 +118,7 @@ def trial_summary(results: pd.DataFrame) -> pd.DataFrame:
                     "seed": first["seed"],
                     "modality": modality,
                     "rounds": R.shape[0] - 1,
-                    "final_dice": final[m],
-                    "forgetting_final": F[-1, m],
-                    "forgetting_max": nan_reduce(np.nanmax, F[:, m]),
-                    "switch_drop_mean": nan_reduce(np.nanmean, drops),
-                    "switch_drop_max": nan_reduce(np.nanmax, drops),
-                    "bwt": backward_transfer(R, arriving, modality=m),
-                    "learning_accuracy": learning_accuracy(R, arriving, modality=m),
-                    "auc": auc[m],
-                    "mean_final_dice": mean_final,
+                    **dict(zip(names, values, strict=True)),
                     **counts,
                 }
             )
@@ -97,26 +132,27 @@ def round_events(trial_results: pd.DataFrame, column: str) -> int:
     return sum(len([s for s in str(v).split(";") if s.strip()]) for v in per_round)
 
 
-def forgetting_table(results: pd.DataFrame) -> pd.DataFrame:
+def forgetting_table(results: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
     """Per configuration x modality: ``n_seeds`` and ``<measure>_mean`` / ``<measure>_std``,
     and the ``COUNTS`` columns summed over seeds where the results have them.
 
     Means skip NaN (a seed without switches adds no switch drop); std is the sample standard
     deviation over seeds (ddof=1, NaN for a single seed).
     """
-    return summarise(trial_summary(results))
+    return summarise(trial_summary(results, metric), metric)
 
 
-def summarise(summary: pd.DataFrame) -> pd.DataFrame:
-    """Aggregate a ``trial_summary`` over the seeds of each configuration x modality."""
+def summarise(summary: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
+    """Aggregate a ``trial_summary`` of ``metric`` over the seeds of each configuration x
+    modality."""
     keys = [*config_columns(summary), "modality"]
     groups = summary.groupby(keys, sort=False, dropna=False)
-    measures = list(MEASURES)
+    names = list(measures(metric))
     parts = [
         groups["trial"].nunique().rename("n_seeds"),
-        groups[measures].mean().add_suffix("_mean"),
-        groups[measures].std(ddof=1).add_suffix("_std"),
-        groups[measures].count().add_suffix("_n"),
+        groups[names].mean().add_suffix("_mean"),
+        groups[names].std(ddof=1).add_suffix("_std"),
+        groups[names].count().add_suffix("_n"),
     ]
     counts = [n for n in COUNTS.values() if n in summary.columns]
     if counts:
@@ -125,7 +161,7 @@ def summarise(summary: pd.DataFrame) -> pd.DataFrame:
     repeated = groups["seed"].nunique() < table.set_index(keys)["n_seeds"]
     if repeated.any():
         logger.warning("configurations with repeated seeds: %s", list(repeated[repeated].index))
-    stats = [f"{m}_{s}" for m in measures for s in ("mean", "std", "n")]
+    stats = [f"{m}_{s}" for m in names for s in ("mean", "std", "n")]
     return _sorted(table[[*keys, "n_seeds", *stats, *counts]], keys[:-1])
 
 

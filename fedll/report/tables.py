@@ -1,4 +1,5 @@
-"""The forgetting table as files: CSV (numeric), Markdown and LaTeX (mean ± std)."""
+"""The forgetting tables as files: CSV (numeric), Markdown and LaTeX (mean ± std), one per
+metric (``forgetting.*`` for Dice, ``forgetting_hd95.*``, ``forgetting_surface_dice.*``)."""
 
 from __future__ import annotations
 
@@ -15,12 +16,12 @@ from fedll.atomic import atomic_path
 from fedll.columns import config_columns
 from fedll.data import LABELS
 from fedll.report.read import COUNTS
-from fedll.report.summary import MEASURES
+from fedll.report.summary import METRICS, measures
 
 logger = logging.getLogger(__name__)
 
 
-def format_table(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+def format_table(table: pd.DataFrame, digits: int = 3, metric: str = "dice") -> pd.DataFrame:
     """The readable view: one "mean ± std" string per measure; "n/a" where no seed has a value,
     and "(n=k)" where only k of the configuration's seeds have one; then the ``COUNTS`` (summed
     over seeds) where the table has them."""
@@ -35,7 +36,7 @@ def format_table(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     view = table[keys].copy()
     view["modality"] = view["modality"].map(lambda m: LABELS.get(m, m))
     view["seeds"] = table["n_seeds"]
-    for measure, label in MEASURES.items():
+    for measure, label in measures(metric).items():
         columns = [table[f"{measure}_{s}"] for s in ("mean", "std", "n")] + [table["n_seeds"]]
         view[label] = [cell(*values) for values in zip(*columns, strict=True)]
     for name in COUNTS.values():
@@ -80,15 +81,40 @@ def to_latex(view: pd.DataFrame) -> str:
     )
 
 
-def write_tables(table: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Write forgetting.csv (numeric), forgetting.md and forgetting.tex (mean ± std)."""
+def caption(metric: str, results: pd.DataFrame | None = None) -> str:
+    """One line saying what the table of ``metric`` measures and how the test cases were
+    scored (the results' ``evaluated_slices`` and ``surface_tolerance_mm``)."""
+    label, higher = METRICS[metric]
+    text = f"{label} per test case, in 3-D, mean over each modality's test cases"
+    if not higher:
+        text += "; forgetting and switch drops are rises in mm, BWT < 0 = worse"
+    if results is not None:
+        evaluated = sorted(set(results.get("evaluated_slices", pd.Series(dtype=str))) - {""})
+        if evaluated:
+            text += "; test slices: " + ", ".join(
+                "all brain slices" if e == "all" else "the training selection" for e in evaluated
+            )
+        if metric == "surface_dice":
+            tolerances = sorted(set(results["surface_tolerance_mm"].dropna()))
+            if tolerances:
+                text += "; tolerance " + ", ".join(f"{t:g} mm" for t in tolerances)
+    return text + "."
+
+
+def write_tables(
+    table: pd.DataFrame, out_dir: Path, metric: str = "dice", title: str | None = None
+) -> list[Path]:
+    """Write forgetting[_<metric>].csv (numeric), .md and .tex (mean ± std); the Markdown
+    starts with ``title`` (e.g. :func:`caption`) where given."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    view = format_table(table)
+    view = format_table(table, metric=metric)
+    stem = "forgetting" if metric == "dice" else f"forgetting_{metric}"
+    markdown = to_markdown(view)
     texts = {
-        "forgetting.csv": table.to_csv(index=False),
-        "forgetting.md": to_markdown(view),
-        "forgetting.tex": to_latex(view),
+        f"{stem}.csv": table.to_csv(index=False),
+        f"{stem}.md": f"{title}\n\n{markdown}" if title else markdown,
+        f"{stem}.tex": to_latex(view),
     }
     paths = []
     for name, text in texts.items():

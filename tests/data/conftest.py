@@ -111,6 +111,36 @@ def brats2023_root(tmp_path: Path) -> Path:
     return root
 
 
+def tcga_case(root: Path, patient: str, seed: int, corrected: bool = True) -> Path:
+    """A TCGA case (Bakas et al. 2017 names): t1, t1Gd, t2, flair and _GlistrBoost labels;
+    with ``corrected``, also _GlistrBoost_ManuallyCorrected (the automatic labels then lack
+    the enhancing label 4, so a test can tell which was read)."""
+    image, labels = phantom(seed)
+    stem = root / patient / f"{patient}_1996.08.23"
+    for suffix, data in (("t1", image), ("t1Gd", image), ("t2", image)):
+        write(Path(f"{stem}_{suffix}.nii.gz"), data)
+    write(Path(f"{stem}_flair.nii.gz"), image * 0.5 + 10 * (image > 0))
+    automatic = np.where(labels == 4, 2, labels).astype(np.uint8) if corrected else labels
+    write(Path(f"{stem}_GlistrBoost.nii.gz"), automatic)
+    if corrected:
+        write(Path(f"{stem}_GlistrBoost_ManuallyCorrected.nii.gz"), labels)
+    return root / patient
+
+
+@pytest.fixture
+def make_tcga_case() -> Callable[..., Path]:
+    return tcga_case
+
+
+@pytest.fixture
+def tcga_root(tmp_path: Path) -> Path:
+    """Two TCGA-GBM cases, the first with manually corrected labels, the second without."""
+    root = tmp_path / "Pre-operative_TCGA_GBM_NIfTI_and_Segmentations"
+    tcga_case(root, "TCGA-02-0006", seed=0, corrected=True)
+    tcga_case(root, "TCGA-08-0509", seed=1, corrected=False)
+    return root
+
+
 MSD_CHANNELS = ("FLAIR", "T1w", "t1gd", "T2w")
 
 

@@ -359,3 +359,47 @@ def test_folder_without_nifti_is_reported_not_dropped_quietly(
     with caplog.at_level(logging.WARNING, logger="fedll.data.layouts"):
         records = discover(brats2021_root)
     assert len(records) == 4 and "BraTS2021_00009" in caplog.text
+
+
+def test_tcga_records_prefer_the_manually_corrected_labels(
+    tcga_root: Path, make_phantom: Phantom
+) -> None:
+    records = discover(tcga_root)  # auto finds it by the GlistrBoost labels
+    assert records == discover(tcga_root, layout="tcga-gbm")
+    assert [(r.patient, r.modality) for r in records] == [
+        ("TCGA-02-0006", "t2"),
+        ("TCGA-02-0006", "flair"),
+        ("TCGA-08-0509", "t2"),
+        ("TCGA-08-0509", "flair"),
+    ]
+    assert records[0].image.name == "TCGA-02-0006_1996.08.23_t2.nii.gz"
+    assert records[1].mask.name == "TCGA-02-0006_1996.08.23_GlistrBoost_ManuallyCorrected.nii.gz"
+    assert records[2].mask.name == "TCGA-08-0509_1996.08.23_GlistrBoost.nii.gz"  # none corrected
+    _, labels = make_phantom(0)
+    np.testing.assert_array_equal(load_volume(records[0]).labels, labels)  # with label 4
+    assert set(np.unique(load_volume(records[2]).labels)) == {0, 1, 2, 4}
+
+
+def test_tcga_lgg_cases_read_alike(tmp_path: Path, make_tcga_case: Callable[..., Path]) -> None:
+    make_tcga_case(tmp_path / "lgg", "TCGA-CS-4941", seed=2, corrected=False)
+    assert [r.patient for r in discover(tmp_path / "lgg")] == ["TCGA-CS-4941"] * 2
+
+
+def test_tcga_problems_are_one_line_each(
+    tcga_root: Path, write_nifti: WriteNifti, make_phantom: Phantom
+) -> None:
+    case = tcga_root / "TCGA-08-0509"
+    (case / "TCGA-08-0509_1996.08.23_flair.nii.gz").unlink()
+    _raises(lambda: discover(tcga_root), "TCGA-08-0509", "missing flair image")
+    (case / "TCGA-08-0509_1996.08.23_GlistrBoost.nii.gz").unlink()
+    _raises(lambda: discover(tcga_root, layout="tcga-gbm"), "TCGA-08-0509", "missing mask")
+    image, labels = make_phantom(3)
+    other = tcga_root / "BraTS2021_00000"
+    write_nifti(other / "BraTS2021_00000_t2.nii.gz", image)
+    _raises(lambda: discover(tcga_root, layout="tcga-gbm"), "BraTS2021_00000", "'TCGA-'")
+    labels[0, 0, 0] = 3  # not a BraTS 2017 label
+    stem = tcga_root / "TCGA-02-0006" / "TCGA-02-0006_1996.08.23"
+    bad = Path(f"{stem}_GlistrBoost_ManuallyCorrected.nii.gz")
+    write_nifti(bad, labels)
+    record = CaseRecord("TCGA-02-0006", "t2", Path(f"{stem}_t2.nii.gz"), bad)
+    _raises(lambda: load_volume(record), bad.name)

@@ -99,3 +99,29 @@ def test_a_training_case_without_slices_is_named_at_preparation(
     root = _cohort(tmp_path / "cohort", write_nifti, make_phantom, empty={"p2"})
     with pytest.raises(DataError, match=r"p2/t2.nii.gz: gives no training slice"):
         prepare_cohort(_scenario(tmp_path, make_scenario, root), cache_dir=tmp_path / "cache")
+
+
+def test_test_cases_hold_every_brain_slice_unless_evaluation_says_selected(
+    tmp_path, make_scenario, write_nifti, make_phantom
+):
+    from fedll.config import EvaluationConfig
+    from fedll.data.arrays import CohortArrays
+    from fedll.data.prepare import PreparedCohort
+
+    root = _cohort(tmp_path / "cohort", write_nifti, make_phantom, empty=set())
+    scenario = _scenario(tmp_path, make_scenario, root)
+    assert scenario.evaluation.slices == "all"  # the default
+    prepared = prepare_cohort(scenario, cache_dir=tmp_path / "cache")
+    assert PreparedCohort.from_json(prepared.to_json()).evaluation_slices == "all"
+    whole = CohortArrays.load(prepared)
+    selected = CohortArrays.load(
+        prepare_cohort(
+            scenario.model_copy(update={"evaluation": EvaluationConfig(slices="selected")}),
+            cache_dir=tmp_path / "cache",
+        )
+    )
+    for w, s in zip(whole.test["t2"], selected.test["t2"], strict=True):
+        # the selection (empty_fraction 0) is the tumour slices; all adds tumour-free ones
+        assert set(s.indices) < set(w.indices) and w.spacing == s.spacing
+        assert w.masks.sum() == s.masks.sum()  # every tumour slice is in both
+    assert len(whole.sites[0].slices[0].images) == len(selected.sites[0].slices[0].images)

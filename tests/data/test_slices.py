@@ -13,6 +13,7 @@ from fedll.config import SliceConfig
 from fedll.data.layouts import discover
 from fedll.data.nifti import CaseRecord, Volume, load_volume
 from fedll.data.slices import (
+    CaseSlices,
     SliceCache,
     brain_mask,
     load_slices,
@@ -20,6 +21,7 @@ from fedll.data.slices import (
     normalise,
     preprocess,
     resize,
+    resized_spacing,
     select_slices,
     slice_indices,
     square_padding,
@@ -38,12 +40,39 @@ def _volume(make_phantom: Phantom, shape=(16, 16, 10), spacing=(1.0, 1.0, 1.0)) 
 
 def test_shapes_dtypes_and_binary_masks(make_phantom: Phantom) -> None:
     volume = _volume(make_phantom)
-    images, masks = preprocess(volume, SliceConfig(size=16, empty_fraction=0.0))
+    images, masks, *_ = preprocess(volume, SliceConfig(size=16, empty_fraction=0.0))
     tumour_slices = int((volume.labels > 0).any(axis=(0, 1)).sum())
     assert images.shape == masks.shape == (tumour_slices, 1, 16, 16)
     assert images.dtype == np.float32 and masks.dtype == np.uint8
     assert set(np.unique(masks)) == {0, 1}  # labels 1, 2 and 4 all became 1
     assert masks.reshape(tumour_slices, -1).any(axis=1).all()  # every kept slice has tumour
+
+
+def test_indices_and_spacing_of_the_stack(make_phantom: Phantom) -> None:
+    # 16 x 12 pixels of 1 x 2 mm: the field of view is 24 mm square, padded to 24 x 12
+    # pixels, so at size 16 a pixel is 24/16 = 1.5 mm both ways; 3 mm between slices
+    volume = _volume(make_phantom, shape=(16, 12, 10), spacing=(1.0, 2.0, 3.0))
+    images, masks, indices, spacing = preprocess(volume, SliceConfig(size=16, empty_fraction=0))
+    tumour = np.flatnonzero((volume.labels > 0).any(axis=(0, 1)))
+    np.testing.assert_array_equal(indices, tumour)
+    assert spacing == (3.0, 1.5, 1.5)
+    assert resized_spacing((16, 12), (1.0, 2.0), 16) == (1.5, 1.5)
+    every, _, all_indices, _ = preprocess(volume, SliceConfig(size=16), every_slice=True)
+    brain = (brain_mask(volume.image) | (volume.labels > 0)).any(axis=(0, 1))
+    np.testing.assert_array_equal(all_indices, np.flatnonzero(brain))
+    assert len(every) == brain.sum() > len(images)
+
+
+def test_volume_places_slices_at_their_indices() -> None:
+    masks = np.ones((3, 1, 2, 2), dtype=np.uint8) * np.arange(1, 4)[:, None, None, None]
+    case = CaseSlices("p", "t2", None, masks.astype(np.float32), masks, np.array([4, 5, 8]))
+    stacked = case.volume(masks)
+    assert stacked.shape == (5, 2, 2)  # slices 4..8
+    assert stacked[:, 0, 0].tolist() == [1, 2, 0, 0, 3]  # 6 and 7 were not selected: empty
+    plain = CaseSlices("p", "t2", None, masks.astype(np.float32), masks)
+    assert plain.indices.tolist() == [0, 1, 2] and plain.spacing == (1.0, 1.0, 1.0)
+    with pytest.raises(DataError, match="2 slice indices for 3 slices"):
+        CaseSlices("p", "t2", None, masks.astype(np.float32), masks, np.array([0, 1]))
 
 
 def test_tumour_free_slices_need_enough_brain(make_phantom: Phantom) -> None:
@@ -52,7 +81,7 @@ def test_tumour_free_slices_need_enough_brain(make_phantom: Phantom) -> None:
     image[:, :, 8:] = 0
     image[8, 8, 8] = 100.0  # slice 8 holds one brain voxel, slice 9 none
     spec = SliceConfig(size=16, empty_fraction=5.0)  # the most the schema allows
-    images, _ = preprocess(Volume(image, volume.labels, volume.spacing), spec)
+    images, *_ = preprocess(Volume(image, volume.labels, volume.spacing), spec)
     brain_pixels = (images != images.min()).reshape(len(images), -1).sum(axis=1)
     # the one tumour slice and 5 of the 6 tumour-free ones among slices 1..7; never 0, 8, 9
     assert brain_pixels.min() > 10 and len(images) == 6
@@ -60,7 +89,7 @@ def test_tumour_free_slices_need_enough_brain(make_phantom: Phantom) -> None:
 
 def test_identity_resize_gives_the_normalised_slices(make_phantom: Phantom) -> None:
     volume = _volume(make_phantom)
-    images, masks = preprocess(volume, SliceConfig(size=16, empty_fraction=0.0))
+    images, masks, *_ = preprocess(volume, SliceConfig(size=16, empty_fraction=0.0))
     keep = np.flatnonzero((volume.labels > 0).any(axis=(0, 1)))
     brain = brain_mask(volume.image) | (volume.labels > 0)
     expected = normalise(volume.image, brain)[:, :, keep]
@@ -158,7 +187,7 @@ def test_model_inputs_of_the_kept_slices_are_preprocess_s(make_phantom: Phantom)
     volume = _volume(make_phantom, shape=(16, 20, 10), spacing=(1.0, 1.5, 2.5))
     for axis in (0, 1, 2):
         spec = SliceConfig(size=24, axis=axis, empty_fraction=0.5)
-        images, _ = preprocess(volume, spec)
+        images, *_ = preprocess(volume, spec)
         keep = slice_indices(volume, spec)
         brain = brain_mask(volume.image) | (volume.labels > 0)
         every = model_inputs(normalise(volume.image, brain), volume.spacing, spec)
@@ -206,6 +235,8 @@ def test_cache_hit_equal_and_reads_no_nifti(
         assert isinstance(b.images, np.memmap)
         np.testing.assert_array_equal(a.images, b.images)
         np.testing.assert_array_equal(a.masks, b.masks)
+        np.testing.assert_array_equal(a.indices, b.indices)
+        assert a.spacing == b.spacing
     with pytest.raises(DataError, match="nibabel.load called"):  # a new spec misses
         cache.get(records[0], SliceConfig(size=16, empty_fraction=0.5, seed=1))
 

@@ -303,3 +303,32 @@ def test_failed_sites_and_rejected_updates_are_counted_per_configuration() -> No
     assert view.loc[view["model"] == "static", "rejected updates"].tolist() == ["2", "2"]
     # results without the columns (older runs) have no counts
     assert "failed_updates" not in forgetting_table(make_results()).columns
+
+
+def test_hd95_measures_are_rises_by_hand(tmp_path: Path) -> None:
+    # one trial; HD95 (mm) per round (0..2) and modality, round 1 trains t2, round 2 flair
+    hd95 = {"t2": [20.0, 5.0, 12.0], "flair": [30.0, 25.0, 4.0]}
+    results = make_results({("static", 0): MATRICES[("static", 0)]})
+    pairs = zip(results["round"], results["modality"], strict=True)
+    results["hd95"] = [hd95[m][t] for t, m in pairs]
+    results["surface_dice"] = results["dice"]
+    results["evaluated_slices"] = "all"
+    results["surface_tolerance_mm"] = 2.0
+    summary = trial_summary(results, "hd95")
+    t2 = summary[summary["modality"] == "t2"].iloc[0]
+    flair = summary[summary["modality"] == "flair"].iloc[0]
+    # t2: best (lowest) 5 mm after round 1, 12 mm at the end -> a 7 mm rise, at the switch too
+    assert (t2["final_hd95"], t2["forgetting_final"], t2["forgetting_max"]) == (12.0, 7.0, 7.0)
+    assert (t2["switch_drop_mean"], t2["switch_drop_max"]) == (7.0, 7.0)
+    assert t2["bwt"] == -7.0  # worse since t2 last trained
+    assert (t2["learning_accuracy"], t2["auc"], t2["mean_final_hd95"]) == (5.0, 8.5, 8.0)
+    assert (flair["forgetting_max"], flair["final_hd95"]) == (0.0, 4.0)  # only fell
+    assert np.isnan(flair["bwt"]) and np.isnan(flair["switch_drop_mean"])
+    results.to_csv(tmp_path / "results.csv", index=False)
+    report = build_report(tmp_path)
+    names = {p.name for p in report["tables"]}
+    assert {"forgetting_hd95.md", "forgetting_surface_dice.csv", "trials_hd95.csv"} <= names
+    markdown = (tmp_path / "tables" / "forgetting_hd95.md").read_text()
+    assert markdown.startswith("HD95 (mm) per test case") and "all brain slices" in markdown
+    assert "| final HD95 (mm) |" in markdown
+    assert "tolerance 2 mm" in (tmp_path / "tables" / "forgetting_surface_dice.md").read_text()

@@ -1,7 +1,9 @@
-"""Dice and the lifelong-learning measures, as pure functions of the Dice matrix.
+"""The lifelong-learning measures, as pure functions of a per-round metric matrix.
 
-The Dice matrix ``R`` has shape ``(T + 1, M)``: ``R[t, m]`` is the mean Dice on modality ``m``
-(in the order of ``fedll.data.MODALITIES``) after round ``t``; row 0 is the untrained model.
+The measures assume higher is better (Dice, surface Dice); for a distance such as HD95 the
+caller negates the matrix (:func:`fedll.report.summary.trial_summary` does). The Dice matrix
+``R`` has shape ``(T + 1, M)``: ``R[t, m]`` is the mean Dice on modality ``m`` (in the order
+of ``fedll.data.MODALITIES``) after round ``t``; row 0 is the untrained model.
 ``arriving[t]`` says which modalities trained in round ``t``: ``None``, one index, or a
 collection of indices (several sites of different modalities in one federated round);
 ``arriving[0]`` must be empty. Every measure follows DESIGN.md "Definitions"; where the design
@@ -21,29 +23,6 @@ from typing import Any
 import numpy as np
 
 Arriving = Sequence[int | Collection[int] | None]
-
-
-def dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Dice of two binary masks of the same shape (any dimensionality).
-
-    Both empty gives 1.0; an empty truth with a non-empty prediction gives 0.0 (as does a
-    non-empty truth with an empty prediction).
-    """
-    pred = np.asarray(pred, dtype=bool)
-    truth = np.asarray(truth, dtype=bool)
-    if pred.shape != truth.shape:
-        raise ValueError(f"dice: prediction shape {pred.shape} != truth shape {truth.shape}")
-    total = int(pred.sum()) + int(truth.sum())
-    if total == 0:
-        return 1.0
-    return 2.0 * int(np.logical_and(pred, truth).sum()) / total
-
-
-def dice_per_case(preds: Sequence[np.ndarray], truths: Sequence[np.ndarray]) -> np.ndarray:
-    """Dice of each (prediction, truth) pair: ``(N,)`` float64."""
-    if len(preds) != len(truths):
-        raise ValueError(f"dice_per_case: {len(preds)} predictions for {len(truths)} truths")
-    return np.array([dice(p, t) for p, t in zip(preds, truths, strict=True)], dtype=np.float64)
 
 
 def _matrix(R: np.ndarray) -> np.ndarray:

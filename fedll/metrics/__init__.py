@@ -1,0 +1,47 @@
+"""Metrics: per-case segmentation metrics and the lifelong-learning measures.
+
+- :mod:`~fedll.metrics.segmentation`: Dice, HD95 and surface Dice of one case (MONAI inside);
+- :mod:`~fedll.metrics.lifelong`: forgetting, BWT and friends of a per-round metric matrix.
+"""
+
+from __future__ import annotations
+
+from fedll.metrics.lifelong import (
+    Arriving,
+    area_under_curve,
+    arriving_sets,
+    backward_transfer,
+    final_dice,
+    forgetting,
+    last_trained_round,
+    learning_accuracy,
+    nan_reduce,
+    switch_drops,
+)
+from fedll.metrics.segmentation import (
+    HD95_MAX_MM,
+    SURFACE_TOLERANCE_MM,
+    CaseMetrics,
+    case_metrics,
+    dice,
+    dice_per_case,
+)
+
+__all__ = [
+    "HD95_MAX_MM",
+    "SURFACE_TOLERANCE_MM",
+    "Arriving",
+    "CaseMetrics",
+    "area_under_curve",
+    "arriving_sets",
+    "backward_transfer",
+    "case_metrics",
+    "dice",
+    "dice_per_case",
+    "final_dice",
+    "forgetting",
+    "last_trained_round",
+    "learning_accuracy",
+    "nan_reduce",
+    "switch_drops",
+]

@@ -1,0 +1,61 @@
+"""Per-case Dice, HD95 and surface Dice on cubes worked out by hand, and the empty cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedll.metrics import HD95_MAX_MM, case_metrics, dice
+
+
+def cube(shift: tuple[int, int, int] = (0, 0, 0), shape: int = 20) -> np.ndarray:
+    """A 5 x 5 x 5 cube at voxels 5..9 on each axis, moved by ``shift`` voxels."""
+    mask = np.zeros((shape,) * 3, dtype=np.uint8)
+    x, y, z = (5 + s for s in shift)
+    mask[x : x + 5, y : y + 5, z : z + 5] = 1
+    return mask
+
+
+def test_a_cube_against_itself() -> None:
+    m = case_metrics(cube(), cube(), spacing=(3.0, 1.0, 2.0))
+    assert (m.dice, m.hd95, m.surface_dice) == (1.0, 0.0, 1.0)
+
+
+def test_a_cube_shifted_along_an_anisotropic_axis() -> None:
+    # shifted 2 voxels along x, 3 mm each: overlap 3 of 5 slabs -> Dice 2*75/(125+125) = 0.6;
+    # the far faces lie 2 voxels (6 mm) from the other cube's nearest boundary, and more than
+    # 5 % of each boundary is that far, so HD95 = 6 mm; every boundary voxel is within 6 mm
+    m = case_metrics(cube((2, 0, 0)), cube(), spacing=(3.0, 1.0, 1.0), tolerance_mm=6.0)
+    assert m.dice == pytest.approx(0.6)
+    assert m.hd95 == pytest.approx(6.0)
+    assert m.surface_dice == pytest.approx(1.0)
+    # at 2 mm (< one 3-mm step) the displaced faces no longer count
+    assert case_metrics(cube((2, 0, 0)), cube(), (3.0, 1.0, 1.0), 2.0).surface_dice < 1.0
+
+
+def test_a_one_voxel_shift_along_a_two_mm_axis() -> None:
+    # overlap 4 of 5 slabs -> Dice 0.8; the shifted faces are one 2-mm step apart
+    m = case_metrics(cube((0, 0, 1)), cube(), spacing=(1.0, 1.0, 2.0), tolerance_mm=2.0)
+    assert m.dice == pytest.approx(0.8)
+    assert m.hd95 == pytest.approx(2.0)
+    assert m.surface_dice == pytest.approx(1.0)
+    assert m.dice == pytest.approx(dice(cube((0, 0, 1)), cube()))
+
+
+def test_brats_conventions_for_empty_masks() -> None:
+    empty = np.zeros((20, 20, 20), dtype=np.uint8)
+    both = case_metrics(empty, empty, (1.0, 1.0, 1.0))
+    assert (both.dice, both.hd95, both.surface_dice) == (1.0, 0.0, 1.0)
+    for pred, truth in ((empty, cube()), (cube(), empty)):
+        one = case_metrics(pred, truth, (1.0, 1.0, 1.0))
+        assert (one.dice, one.hd95, one.surface_dice) == (0.0, HD95_MAX_MM, 0.0)
+    assert HD95_MAX_MM == 373.13
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="shape"):
+        case_metrics(cube(), cube(shape=21), (1.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match="3-D"):
+        case_metrics(cube()[0], cube()[0], (1.0, 1.0))
+    with pytest.raises(ValueError, match="tolerance"):
+        case_metrics(cube(), cube(), (1.0, 1.0, 1.0), tolerance_mm=-1.0)
