@@ -26,6 +26,7 @@ KEY_LABELS: tuple[str, ...] = tuple(
 """The measures the page's first table shows (every other one is a click away)."""
 FIGURE_KINDS: dict[str, str] = {  # file-name prefix -> section of the page
     "curves_": "Dice curves",
+    "montage_": "Pictures of forgetting",
     "dice_matrix_": "Dice matrices",
     "attention_": "Attention of the Dy-CNNs",
 }
