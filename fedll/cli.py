@@ -183,6 +183,18 @@ def run(
         raise typer.Exit(code=130) from None
 
 
+def _progress_columns() -> tuple:
+    """The columns of fedll's progress bars: what, bar, done of total, time elapsed."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+    return (
+        TextColumn("{task.description}", markup=False),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+
+
 def _claim(run_dir: Path, scenario: Scenario) -> None:
     """Make ``run_dir`` this scenario's: new, resumed (the same scenario), or taken over from
     another scenario that finished no trial there (a failed preparation locks nothing)."""
@@ -231,7 +243,7 @@ def _same_scenario(saved: Path, resolved: str, scenario: Scenario) -> bool:
 def _run(
     run_dir: Path, scenario: Scenario, address: str | None, cpus: int | None, local: bool
 ) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress
 
     from fedll.config.grid import fingerprints
     from fedll.data.prepare import cohort_for
@@ -250,12 +262,7 @@ def _run(
     options = SweepOptions.from_scenario(
         scenario, address=address, cpus_per_trial=cpus, backend="local" if local else "ray"
     )
-    columns = (
-        TextColumn("{task.description}", markup=False),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
+    columns = _progress_columns()
     with Progress(*columns, console=console, transient=False) as bar:
         trials = expand_trials(scenario)
         overall = bar.add_task("trials", total=len(trials))
@@ -462,7 +469,7 @@ def segment(
 ) -> None:
     """Write whole-tumour masks (uint8 0/1, the image's grid) of INPUT with a kept model:
     one image, or every case of a cohort (OUT/<patient>_<modality>_pred.nii.gz)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress
 
     from fedll.data.layouts import discover
     from fedll.device import resolve_device
@@ -479,12 +486,7 @@ def segment(
         return
     check_out_dir(out)
     records = discover(source, layout)
-    columns = (
-        TextColumn("{task.description}", markup=False),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
+    columns = _progress_columns()
     console = Console(stderr=True, highlight=False)
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("segmenting", total=len(records))

@@ -101,9 +101,10 @@ def run_federation(
         server_round = flower_round + done
         if flower_round == 0 and done:  # a resumed trial: its round was evaluated already
             return
+        state = arrays.to_torch_state_dict()  # the arrays deserialised once, for both uses
         final.clear()
-        final.update({k: v.numpy() for k, v in arrays.items()})
-        model.load_state_dict(arrays.to_torch_state_dict())
+        final.update({k: v.numpy() for k, v in state.items()})
+        model.load_state_dict(state)
         evaluate_round(results, server_round, model, test, scenario.evaluation)
         if on_round is not None:
             on_round(server_round, len(stream))
