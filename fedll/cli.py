@@ -418,10 +418,42 @@ def report(
         bool,
         typer.Option(help="report the complete configurations of an incomplete run"),
     ] = False,
+    compare: Annotated[
+        str | None,
+        typer.Option(
+            metavar="BASELINE",
+            help="also compare every value of --compare-axis with BASELINE: each measure's "
+            "paired difference with a 95% interval (hierarchical bootstrap over seeds and "
+            "test cases)",
+        ),
+    ] = None,
+    compare_axis: Annotated[str, typer.Option(help="the grid axis --compare varies")] = "model",
+    bootstrap: Annotated[int, typer.Option(min=100, help="bootstrap replicates")] = 2000,
 ) -> None:
     """Rebuild the forgetting tables and plots from RUN_DIR/results.csv alone (checked against
     RUN_DIR/scenario.yaml: every trial, round and test case must be there)."""
-    _print_table(_report(run_dir, partial=partial))
+    built = _report(run_dir, partial=partial)
+    _print_table(built)
+    if compare is not None:
+        _compare(run_dir, compare, compare_axis, bootstrap)
+
+
+def _compare(run_dir: Path, baseline: str, axis: str, n_boot: int) -> None:
+    """Write and print the paired comparison with ``baseline`` (fedll.report.compare)."""
+    from fedll.report.compare import compare, format_comparison
+    from fedll.report.read import maybe_compressed, read_results
+    from fedll.report.tables import to_markdown
+
+    results = read_results(maybe_compressed(run_dir / "results.csv"))
+    table = compare(results, baseline, axis=axis, n_boot=n_boot)
+    stem = f"compare_{axis}-{baseline}"  # compare() checked: a value of the run's grid
+    table.to_csv(run_dir / "tables" / f"{stem}.csv", index=False)
+    wide = format_comparison(table)
+    (run_dir / "tables" / f"{stem}.md").write_text(to_markdown(wide))
+    where = run_dir / "tables" / stem
+    _say(f"compared with {axis} {baseline} (95% intervals, * excludes 0): {where}.csv, .md")
+    for line in to_markdown(wide).splitlines():
+        _say(line)
 
 
 @app.command()

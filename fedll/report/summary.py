@@ -11,6 +11,7 @@ counts them per configuration (summed over seeds).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -20,7 +21,6 @@ from fedll.data import MODALITIES
 from fedll.metrics import (
     area_under_curve,
     backward_transfer,
-    final_dice,
     forgetting,
     learning_accuracy,
     nan_reduce,
@@ -84,7 +84,6 @@ def trial_summary(results: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
     rows.
     """
     results = check_results(results)
-    sign = 1.0 if METRICS[metric][1] else -1.0
     names = list(measures(metric))
     keys = config_columns(results)
     evaluated = [m for m in MODALITIES if m in set(results["modality"])]
@@ -92,25 +91,11 @@ def trial_summary(results: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
     rows = []
     for trial, frame in results.groupby("trial", sort=False):
         R, arriving = dice_matrix(frame, metric=metric)
-        oriented = sign * R  # higher is better inside the measures
-        F, final, auc = forgetting(oriented), final_dice(R), area_under_curve(R)
-        mean_final = nan_reduce(np.nanmean, final[[MODALITIES.index(e) for e in evaluated]])
+        values = matrix_measures(R, arriving, metric)
         counts = {n: round_events(frame, c) for c, n in counted.items()}
         first = frame.iloc[0]
         for modality in evaluated:
             m = MODALITIES.index(modality)
-            drops = switch_drops(oriented, arriving, modality=m)
-            values = (
-                final[m],
-                F[-1, m],
-                nan_reduce(np.nanmax, F[:, m]),
-                nan_reduce(np.nanmean, drops),
-                nan_reduce(np.nanmax, drops),
-                backward_transfer(oriented, arriving, modality=m),
-                learning_accuracy(R, arriving, modality=m),
-                auc[m],
-                mean_final,
-            )
             rows.append(
                 {
                     "trial": trial,
@@ -118,11 +103,40 @@ def trial_summary(results: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
                     "seed": first["seed"],
                     "modality": modality,
                     "rounds": R.shape[0] - 1,
-                    **dict(zip(names, values, strict=True)),
+                    **dict(zip(names, values[:, m].tolist(), strict=True)),
                     **counts,
                 }
             )
     return _sorted(pd.DataFrame(rows), [*keys, "seed"])
+
+
+def matrix_measures(
+    R: np.ndarray, arriving: Sequence[frozenset[int]], metric: str = "dice"
+) -> np.ndarray:
+    """Every measure of ``measures(metric)`` of one trial's metric matrix, shape
+    (n_measures, M), in that order (see :func:`trial_summary`; ``mean_final`` is the mean over
+    the evaluated modalities, those with a value, on every modality's row)."""
+    sign = 1.0 if METRICS[metric][1] else -1.0
+    oriented = sign * R
+    F = forgetting(oriented)
+    auc = area_under_curve(R)
+    evaluated = ~np.all(np.isnan(R), axis=0)
+    mean_final = nan_reduce(np.nanmean, R[-1, evaluated]) if evaluated.any() else np.nan
+    out = np.full((len(measures(metric)), R.shape[1]), np.nan)
+    for m in range(R.shape[1]):
+        drops = switch_drops(oriented, arriving, modality=m)
+        out[:, m] = (
+            R[-1, m],
+            F[-1, m],
+            nan_reduce(np.nanmax, F[:, m]),
+            nan_reduce(np.nanmean, drops),
+            nan_reduce(np.nanmax, drops),
+            backward_transfer(oriented, arriving, modality=m),
+            learning_accuracy(R, arriving, modality=m),
+            auc[m],
+            mean_final,
+        )
+    return out
 
 
 def round_events(trial_results: pd.DataFrame, column: str) -> int:

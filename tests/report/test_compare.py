@@ -1,0 +1,165 @@
+"""Paired comparisons with a hierarchical bootstrap, on hand-made results whose answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedll.columns import REQUIRED_RESULT_COLUMNS as RESULT_COLUMNS
+from fedll.errors import ConfigError
+from fedll.report import trial_summary
+from fedll.report.compare import compare, format_comparison
+
+ARRIVING = ["", "t2", "flair"]
+CASE_OFFSETS = (-0.06, -0.02, 0.01, 0.07)
+
+
+def results(curves: dict, seeds=(0, 1, 2, 3), seed_offset=0.03) -> pd.DataFrame:
+    """Per model a function (seed) -> {modality: Dice per round}; every case of a modality is
+    that curve plus its own offset, every seed shifted by ``seed_offset * seed``."""
+    rows = []
+    for model, curve in curves.items():
+        for seed in seeds:
+            for modality, values in curve(seed).items():
+                for t, value in enumerate(values):
+                    for c, offset in enumerate(CASE_OFFSETS):
+                        rows.append(
+                            {
+                                "trial": f"{model}-s{seed}",
+                                "model": model,
+                                "ordering": "alternating",
+                                "arrival_batch": 2,
+                                "strategy": "fedavg",
+                                "seed": seed,
+                                "round": t,
+                                "sites": "",
+                                "arriving": ARRIVING[t],
+                                "modality": modality,
+                                "case": f"{modality}-p{c}",
+                                "dice": value + offset + seed_offset * seed,
+                            }
+                        )
+    return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+
+
+def baseline_curve(seed):
+    return {"t2": [0.1, 0.8, 0.6], "flair": [0.1, 0.2, 0.7]}
+
+
+def row(table: pd.DataFrame, arm: str, modality: str, measure: str) -> pd.Series:
+    found = table[
+        (table["arm"] == arm) & (table["modality"] == modality) & (table["measure"] == measure)
+    ]
+    assert len(found) == 1
+    return found.iloc[0]
+
+
+def test_a_constant_extra_loss_is_found_exactly_and_counts():
+    """The arm loses 0.1 more T2 Dice in round 2 on every case of every seed: the difference
+    is +0.1 forgetting and -0.1 final Dice in every bootstrap replicate (the case and seed
+    offsets cancel in the pairing), so the interval is the point."""
+
+    def forgetful(seed):
+        return {"t2": [0.1, 0.8, 0.5], "flair": [0.1, 0.2, 0.7]}
+
+    table = compare(results({"static": baseline_curve, "dycnn": forgetful}), "static", n_boot=200)
+    forgetting = row(table, "dycnn", "t2", "forgetting_final")
+    assert forgetting["difference"] == pytest.approx(0.1)
+    assert forgetting["ci_low"] == pytest.approx(0.1) and forgetting["ci_high"] == pytest.approx(
+        0.1
+    )
+    assert forgetting["excludes_zero"] and forgetting["n_seeds"] == 4
+    assert forgetting["n_cases"] == 4
+    assert row(table, "dycnn", "t2", "final_dice")["difference"] == pytest.approx(-0.1)
+    # FLAIR is the same in both arms: a difference of 0 that does not count
+    flair = row(table, "dycnn", "flair", "final_dice")
+    assert flair["difference"] == pytest.approx(0.0) and not flair["excludes_zero"]
+
+
+def test_a_difference_that_changes_sign_with_the_seed_does_not_count():
+    """+0.1 final T2 Dice on even seeds, -0.1 on odd: the estimate is 0 and the seed level of
+    the bootstrap spreads the interval across it."""
+
+    def alternating(seed):
+        shift = 0.1 if seed % 2 == 0 else -0.1
+        return {"t2": [0.1, 0.8, 0.6 + shift], "flair": [0.1, 0.2, 0.7]}
+
+    table = compare(results({"static": baseline_curve, "dycnn": alternating}), "static")
+    final = row(table, "dycnn", "t2", "final_dice")
+    assert final["difference"] == pytest.approx(0.0, abs=1e-12)
+    assert final["ci_low"] < 0 < final["ci_high"] and not final["excludes_zero"]
+
+
+def test_case_level_noise_widens_the_interval_but_a_large_effect_still_counts():
+    """One seed, the arm's round-2 T2 Dice higher by 0.25 +- a case-specific 0.05: the case
+    level alone makes the interval, around 0.25, away from 0."""
+    noise = dict(zip(range(4), (0.05, -0.05, 0.04, -0.04), strict=True))
+    frame = results({"static": baseline_curve, "dycnn": baseline_curve}, seeds=(0,))
+    later = (frame["model"] == "dycnn") & (frame["modality"] == "t2") & (frame["round"] == 2)
+    case = frame.loc[later, "case"].str[-1].astype(int)
+    frame.loc[later, "dice"] += 0.25 + case.map(noise)
+    final = row(compare(frame, "static", n_boot=500), "dycnn", "t2", "final_dice")
+    assert final["difference"] == pytest.approx(0.25)
+    assert 0.15 < final["ci_low"] < 0.25 < final["ci_high"] < 0.35 and final["excludes_zero"]
+
+
+def test_the_estimate_is_the_difference_of_the_forgetting_tables_means():
+    def other(seed):
+        return {"t2": [0.1, 0.7 - 0.03 * seed, 0.4], "flair": [0.1, 0.3, 0.6 + 0.02 * seed]}
+
+    frame = results({"static": baseline_curve, "dycnn": other})
+    table = compare(frame, "static", n_boot=50)
+    summary = trial_summary(frame).groupby(["model", "modality"]).mean(numeric_only=True)
+    for measure in ("forgetting_final", "forgetting_max", "bwt", "learning_accuracy", "auc"):
+        for modality in ("t2", "flair"):
+            expected = (
+                summary.loc[("dycnn", modality), measure]
+                - summary.loc[("static", modality), measure]
+            )
+            got = row(table, "dycnn", modality, measure)["difference"]
+            assert got == pytest.approx(expected, nan_ok=True), (measure, modality)
+
+
+def test_bad_baseline_or_axis_is_one_line():
+    frame = results({"static": baseline_curve, "dycnn": baseline_curve}, seeds=(0,))
+    with pytest.raises(ConfigError, match=r"--compare: 'unet' is not a model of the run"):
+        compare(frame, "unet")
+    with pytest.raises(ConfigError, match=r"--compare-axis: 'colour' is not a grid axis"):
+        compare(frame, "static", axis="colour")
+
+
+def test_formatted_comparison_marks_what_counts():
+    def forgetful(seed):
+        return {"t2": [0.1, 0.8, 0.5], "flair": [0.1, 0.2, 0.7]}
+
+    table = compare(results({"static": baseline_curve, "dycnn": forgetful}), "static", n_boot=50)
+    wide = format_comparison(table)
+    t2 = wide[wide["modality"] == "t2"].iloc[0]
+    assert t2["forgetting (final)"] == "+0.100 [+0.100, +0.100]*"
+    assert not wide[wide["modality"] == "flair"].iloc[0]["final Dice"].endswith("*")
+    assert np.all(wide["n_seeds"] == 4)
+
+
+def test_fedll_report_compare_writes_and_prints_the_comparison(tmp_path):
+    from typer.testing import CliRunner
+
+    from fedll.cli import app
+
+    def forgetful(seed):
+        return {"t2": [0.1, 0.8, 0.5], "flair": [0.1, 0.2, 0.7]}
+
+    results({"static": baseline_curve, "dycnn": forgetful}).to_csv(
+        tmp_path / "results.csv", index=False
+    )
+    out = CliRunner().invoke(
+        app, ["report", str(tmp_path), "--compare", "static", "--bootstrap", "100"]
+    )
+    assert out.exit_code == 0, out.output
+    table = pd.read_csv(tmp_path / "tables" / "compare_model-static.csv")
+    assert set(table["arm"]) == {"dycnn"} and table["excludes_zero"].any()
+    assert (
+        "+0.100 [+0.100, +0.100]*" in (tmp_path / "tables" / "compare_model-static.md").read_text()
+    )
+    bad = CliRunner().invoke(app, ["report", str(tmp_path), "--compare", "unet"])
+    assert bad.exit_code == 2 and "'unet' is not a model of the run" in bad.output
