@@ -50,7 +50,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedll.config.instruction import TrainInstruction
 from fedll.models.inspection import ModelLayout
-from strategies.aggregation import State, update_problem
+from strategies.aggregation import State, update_problem, weighted_average
 from strategies.replies import Triage, Update, triage
 
 logger = logging.getLogger(__name__)
@@ -58,6 +58,8 @@ logger = logging.getLogger(__name__)
 Plan = Mapping[int, Mapping[int, TrainInstruction]]
 """round -> {node id: that node's instruction}."""
 
+VARIANCE = "running_var"
+"""The name ending of BatchNorm's running variance (kept >= 0 by :func:`conform`)."""
 ARRAYS = "arrays"
 CONFIG = "config"
 WEIGHT = "num-examples"
@@ -98,6 +100,13 @@ class Lifelong(Strategy):
         ``"local"`` (FedBN): each site keeps its own and overlays them on the model it
         receives. The server's copy, used for evaluation and by a site's first round, is
         still what the rule made of what the round's sites sent.
+    buffers:
+        ``"rule"``: the rule aggregates the floating buffers (BatchNorm's running statistics)
+        like the weights; ``"average"``: they take the sample-weighted average of the
+        accepted updates whatever the rule made of them. A rule with a server step (FedAvgM,
+        FedOpt, q-FedAvg) needs ``"average"``: a momentum or adaptive step on a running
+        variance is no estimate of anything (and can make it negative), so, as NVFlare's
+        FedOpt does, only parameters take the server step.
     """
 
     def __init__(
@@ -107,9 +116,13 @@ class Lifelong(Strategy):
         layout: ModelLayout,
         site_of: Mapping[int, str],
         norm: str = "average",
+        buffers: str = "rule",
     ) -> None:
         if norm not in ("average", "local"):
             raise ValueError(f"norm: expected 'average' or 'local', got {norm!r}")
+        if buffers not in ("rule", "average"):
+            raise ValueError(f"buffers: expected 'rule' or 'average', got {buffers!r}")
+        self.average_buffers = buffers == "average"
         self.rule = rule
         self.plan = plan
         self.layout = layout
@@ -200,6 +213,8 @@ class Lifelong(Strategy):
             self.current,
             [u.state for u in outcome.accepted],
         )
+        if problem is None and self.average_buffers:
+            merged.update(self._averaged_buffers(outcome.accepted))
         if problem is not None:
             logger.error(
                 "round %d: the aggregate of %s is unusable (%s); the global model is kept",
@@ -209,6 +224,18 @@ class Lifelong(Strategy):
             )
             return None, metrics
         return ArrayRecord({k: Array(v) for k, v in merged.items()}), metrics
+
+    def _averaged_buffers(self, updates: Sequence[Update]) -> dict[str, np.ndarray]:
+        """The floating buffers (not parameters) of ``updates``, sample-weighted."""
+        names = [
+            name
+            for name, value in self.current.items()
+            if name not in self.layout.trainable and np.issubdtype(value.dtype, np.floating)
+        ]
+        if not names:
+            return {}
+        states = [{name: u.state[name] for name in names} for u in updates]
+        return weighted_average(states, [u.samples for u in updates], self.layout.groups)
 
     def problem(self, reply: Message, state: State, samples: float) -> str | None:
         """Why an update must be rejected, or None: its sample count must be finite and
@@ -293,8 +320,9 @@ def conform(
 ) -> tuple[dict[str, np.ndarray], str | None]:
     """A rule's aggregate made a model state like ``current``: integer tensors (counters)
     take the largest value of the ``updates`` (a rule would average them), every tensor the
-    dtype of ``current``. Returns the state and None, or why it cannot be one (a name missing
-    or extra, a shape changed, a value not finite)."""
+    dtype of ``current``, a running variance no value below 0 (noise, DP's included, can push
+    one there; BatchNorm would divide by the root of it). Returns the state and None, or why
+    it cannot be one (a name missing or extra, a shape changed, a value not finite)."""
     out: dict[str, np.ndarray] = {}
     for name, ref in current.items():
         ref = np.asarray(ref)
@@ -302,6 +330,8 @@ def conform(
             return {}, f"{name!r} missing"
         if np.issubdtype(ref.dtype, np.floating):
             out[name] = np.asarray(merged[name], dtype=ref.dtype)
+            if name.endswith(VARIANCE) and np.all(np.isfinite(out[name])):
+                out[name] = np.maximum(out[name], 0)
         else:
             stacked = np.stack([np.asarray(u[name]) for u in updates])
             out[name] = np.asarray(stacked.max(axis=0), dtype=ref.dtype)

@@ -62,10 +62,12 @@ def build_strategy(
 ) -> Lifelong:
     """The lifelong strategy ``options`` names: the layer over its rule. ``plan``,
     ``layout`` and ``site_of`` are the layer's (see :class:`Lifelong`)."""
+    rule = flower_rule(options)
     return Lifelong(
         build_rule(options, layout, training_lr),
         plan=plan,
         layout=layout,
         site_of=site_of,
         norm=options.norm,
+        buffers="average" if rule is not None and rule.server_step else "rule",
     )

@@ -96,6 +96,9 @@ class FlowerRule:
     renamed: Mapping[str, str] = field(default_factory=dict)
     defaults: Mapping[str, Any] = field(default_factory=dict)
     bounds: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    server_step: bool = False
+    """Whether the rule steps from the average (FedAvgM, FedOpt, q-FedAvg): then only the
+    parameters take its step and buffers the plain average (see strategies.lifelong)."""
 
 
 LAYER_PARAMETERS = frozenset(
@@ -135,24 +138,28 @@ FLOWER_RULES: tuple[FlowerRule, ...] = (
         renamed={"server_lr": "server_learning_rate"},
         defaults={"server_momentum": 0.9},
         bounds={"server_learning_rate": {"gt": 0}, "server_momentum": {"ge": 0, "lt": 1}},
+        server_step=True,
     ),
     FlowerRule(
         "fedadagrad",
         "FedAdagrad",
         "FedAdagrad (Reddi et al. 2021): an adaptive server step (Adagrad) on the average.",
         bounds=_OPT,
+        server_step=True,
     ),
     FlowerRule(
         "fedadam",
         "FedAdam",
         "FedAdam (Reddi et al. 2021): an adaptive server step (Adam) on the average.",
         bounds={**_OPT, **_BETAS},
+        server_step=True,
     ),
     FlowerRule(
         "fedyogi",
         "FedYogi",
         "FedYogi (Reddi et al. 2021): an adaptive server step (Yogi) on the average.",
         bounds={**_OPT, **_BETAS},
+        server_step=True,
     ),
     FlowerRule(
         "fedmedian",
@@ -193,6 +200,7 @@ FLOWER_RULES: tuple[FlowerRule, ...] = (
         "(fairness); client_learning_rate defaults to the scenario's training.lr.",
         defaults={"client_learning_rate": None, "train_loss_key": "train-loss"},
         bounds={"q": {"ge": 0}, "client_learning_rate": {"gt": 0}},
+        server_step=True,
     ),
 )
 """Flower's strategies by scenario name (kebab case)."""

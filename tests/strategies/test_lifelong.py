@@ -211,7 +211,7 @@ def reference_fedavgm(current, average, velocity, lr, momentum):
     return new, step
 
 
-def test_flowers_fedavgm_matches_the_old_rule_on_weights_and_steps_buffers_too():
+def test_flowers_fedavgm_matches_the_old_rule():
     rng = np.random.default_rng(0)
     nodes = (11, 12)
     strategy = build_strategy(
@@ -229,9 +229,27 @@ def test_flowers_fedavgm_matches_the_old_rule_on_weights_and_steps_buffers_too()
         ours = run_round(strategy, server_round, ours, updates, samples=[1.0, 3.0])
         # the same weights to float32 rounding (Flower computes in float32, fedll did in float64)
         np.testing.assert_allclose(ours["w"], old["w"], rtol=1e-5, atol=1e-6)
-    # the difference: Flower's FedAvgM steps every array, running statistics included, where
-    # the old rule gave them the plain average
-    assert not np.allclose(ours["bn.running_var"], old["bn.running_var"])
+        # buffers take the plain average, as they did: the layer overrides Flower's FedAvgM,
+        # which steps every array (a momentum step on a running variance estimates nothing)
+        np.testing.assert_array_equal(ours["bn.running_var"], old["bn.running_var"])
+
+
+def test_a_rule_with_a_server_step_leaves_buffers_to_the_average_and_variances_stay_positive():
+    updates = [model([1.0, 1.0], var=0.5), model([3.0, 3.0], var=1.5)]
+    adam = build_strategy(options("fedadam", eta=1.0), plan((11, 12)), LAYOUT, SITES)
+    out = run_round(adam, 1, model([0.0, 0.0], var=4.0), updates)
+    np.testing.assert_array_equal(out["bn.running_var"], [1.0, 1.0])  # not Adam's step
+    assert not np.allclose(out["w"], [2.0, 2.0])  # the weights took Adam's step
+
+    class Overshooting(FedAvg):  # e.g. DP noise on a running variance
+        def aggregate_train(self, server_round, replies):
+            arrays, metrics = super().aggregate_train(server_round, replies)
+            arrays["bn.running_var"] = Array(np.array([-0.5, 2.0], np.float32))
+            return arrays, metrics
+
+    layer = Lifelong(Overshooting(**RULE_DEFAULTS), plan((11,)), LAYOUT, SITES)
+    out = run_round(layer, 1, model([0, 0]), [model([1, 1])])
+    np.testing.assert_array_equal(out["bn.running_var"], [0.0, 2.0])
 
 
 def test_flowers_fedprox_tells_the_sites_mu_and_averages_as_before():
