@@ -126,6 +126,12 @@ def test_dry_run_with_an_impossible_ordering_exits_2(write_scenario):
     assert_one_line_error(result, str(path), "ordering", "t1")
 
 
+def test_dry_run_with_a_bad_byzantine_fault_exits_2(write_scenario):
+    path = write_scenario({"faults": [{"site": "hospital-t2", "send": {"gaussian": -1}}]})
+    result = invoke("run", path, "--dry-run")
+    assert_one_line_error(result, str(path), "faults.0.send.gaussian", "greater than 0")
+
+
 @pytest.mark.parametrize("cpus", ["0", "-1"])
 def test_run_with_a_non_positive_cpus_per_trial_exits_2(write_scenario, cpus):
     result = invoke("run", write_scenario(), "--dry-run", "--cpus-per-trial", cpus)
