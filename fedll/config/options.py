@@ -151,7 +151,7 @@ class GaussianNoise(_Frozen):
 
 _PARAMETRISED = {next(iter(form.model_fields)): form for form in (ScaledUpdate, GaussianNoise)}
 """The parametrised corruptions by their one key (``scale``, ``gaussian``)."""
-_SEND_FORMS = "nan, wrong-shape, wrong-dtype, sign-flip, {scale: F} or {gaussian: sigma}"
+_SEND_FORMS = ", ".join(typing.get_args(CorruptionName)) + ", {scale: F} or {gaussian: sigma}"
 
 
 def _send_form(value: Any) -> str | None:
