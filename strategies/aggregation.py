@@ -7,14 +7,13 @@ group (see :func:`fedll.models.parameter_groups`): ``kernel_bank``, ``acp``, ``n
 - :func:`weighted_average`: FedAvg;
 - :func:`attention_weighted_average` (with :func:`kernel_weights` and
   :func:`attention_masses`): dynamic-aware, each kernel of a bank by attention mass;
-- :func:`server_momentum`: FedAvgM's server step;
 - :func:`update_problem`: why an update cannot be aggregated (missing or extra names, wrong
   shape or dtype, non-finite values), or None.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -91,31 +90,6 @@ def attention_weighted_average(
         w = w.reshape(w.shape + (1,) * (stacked.ndim - w.ndim))
         out[name] = np.asarray((w * stacked).sum(axis=0), dtype=np.asarray(states[0][name]).dtype)
     return out
-
-
-def server_momentum(
-    current: State,
-    average: State,
-    velocity: State | None,
-    keys: Iterable[str],
-    lr: float,
-    momentum: float,
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """FedAvgM (Hsu et al. 2019), as Flower's ``FedAvgM``: for each name in ``keys``,
-    ``d = current - average`` (the pseudo-gradient), ``v = momentum * v + d`` (``v = d`` on the
-    first step) and ``new = current - lr * v``. Names not in ``keys`` (running statistics,
-    counters) take ``average`` unchanged. Returns the new state and the new velocity.
-    """
-    new = {name: np.asarray(value) for name, value in average.items()}
-    moved: dict[str, np.ndarray] = {}
-    for name in keys:
-        old = np.asarray(current[name], dtype=np.float64)
-        step = old - np.asarray(average[name], dtype=np.float64)
-        if velocity is not None:
-            step = momentum * np.asarray(velocity[name], dtype=np.float64) + step
-        moved[name] = step
-        new[name] = np.asarray(old - lr * step, dtype=np.asarray(average[name]).dtype)
-    return new, moved
 
 
 def update_problem(reference: State, update: State) -> str | None:

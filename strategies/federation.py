@@ -29,8 +29,8 @@ from fedll.inprocess import InProcessGrid
 from fedll.models import ModelLayout, build_model
 from fedll.planning import plan_rounds, trial_stream
 from fedll.results import TrialOutcome, TrialResults
-from strategies.fedavg import LifelongFedAvg
 from strategies.handshake import discover_sites, match_sites
+from strategies.lifelong import Lifelong
 from strategies.registry import build_strategy
 
 logger = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ def run_federation(
         plan=plan,
         layout=ModelLayout.of(model),
         site_of={i.node_id: n for n, i in bound.items()},
+        training_lr=scenario.training.lr,
     )
     results = TrialResults(trial=trial, stream=stream)
     snapshots = _snapshots(grid, checkpointing)
@@ -146,7 +147,7 @@ def _checkpoint(
     trial: Trial,
     server_round: int,
     model: Mapping[str, np.ndarray],
-    strategy: LifelongFedAvg,
+    strategy: Lifelong,
     grid: InProcessGrid,
     results: TrialResults,
 ) -> Checkpoint:
@@ -162,9 +163,7 @@ def _checkpoint(
     )
 
 
-def _resume(
-    checkpoint: Checkpoint, grid: Grid, strategy: LifelongFedAvg, results: TrialResults
-) -> int:
+def _resume(checkpoint: Checkpoint, grid: Grid, strategy: Lifelong, results: TrialResults) -> int:
     """Put the trial back to where ``checkpoint`` left it; returns the rounds already run."""
     if not isinstance(grid, InProcessGrid):
         raise ConfigError("a checkpoint can only resume a trial on an in-process grid")

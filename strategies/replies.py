@@ -14,7 +14,7 @@ rejects the offending replies and aggregates the rest.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,14 +42,26 @@ class Triage:
     rejected: list[tuple[str, str]] = field(default_factory=list)
 
 
+MODEL = "arrays"
+"""The ArrayRecord that holds the model when a reply carries more than one."""
+
 Problem = Callable[[Message, State, float], "str | None"]
 
 
-def contract_problem(reply: Message, weighted_by_key: str) -> str | None:
-    """Why a content reply breaks Flower's reply contract for a train round, or None."""
+def contract_problem(
+    reply: Message, weighted_by_key: str, allowed: Collection[str] = ()
+) -> str | None:
+    """Why a content reply breaks Flower's reply contract for a train round, or None.
+
+    Flower's: one ArrayRecord (the model). A rule that reads more from a reply names the
+    other ArrayRecords it takes (``allowed``); the model is then the one called ``arrays``."""
     content = reply.content
-    if len(content.array_records) != 1:
-        return f"expected one ArrayRecord, got {len(content.array_records)}"
+    records = content.array_records
+    if len(records) != 1:
+        unexpected = sorted(set(records) - set(allowed) - {MODEL})
+        if not records or unexpected or MODEL not in records:
+            what = f" ({', '.join(repr(name) for name in records)})" if records else ""
+            return f"expected one ArrayRecord, got {len(records)}{what}"
     if len(content.metric_records) != 1:
         return f"expected one MetricRecord, got {len(content.metric_records)}"
     metrics = next(iter(content.metric_records.values()))
@@ -63,7 +75,8 @@ def contract_problem(reply: Message, weighted_by_key: str) -> str | None:
 def read_update(reply: Message, weighted_by_key: str) -> tuple[dict[str, np.ndarray], float]:
     """The state (the one ArrayRecord) and the sample count (from the one MetricRecord) of a
     reply that keeps the contract."""
-    arrays = next(iter(reply.content.array_records.values()))
+    records = reply.content.array_records
+    arrays = records[MODEL] if MODEL in records else next(iter(records.values()))
     metrics = next(iter(reply.content.metric_records.values()))
     return {k: v.numpy() for k, v in arrays.items()}, float(metrics[weighted_by_key])
 
@@ -74,8 +87,11 @@ def triage(
     site_of: Mapping[int, str],
     weighted_by_key: str,
     problem: Problem,
+    allowed: Collection[str] = (),
 ) -> Triage:
     """Sort ``replies`` to the messages in ``sent`` (message id -> destination node).
+
+    ``allowed``: ArrayRecords a reply may carry besides the model (:func:`contract_problem`).
 
     ``problem`` says why a read update must be rejected (or None). Sites are named by
     ``site_of`` (node id -> site), the node id where it has no entry; a reply that answers no
@@ -94,7 +110,7 @@ def triage(
         if message.has_error():
             result.failed.append((site(node), f"raised: {message.error.reason}"))
             continue
-        reason = contract_problem(message, weighted_by_key)
+        reason = contract_problem(message, weighted_by_key, allowed)
         if reason is None:
             keys = set(next(iter(message.content.metric_records.values())).keys())
             if metric_keys is not None and keys != metric_keys:

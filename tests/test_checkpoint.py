@@ -128,7 +128,8 @@ def test_a_checkpoint_holds_the_sites_and_the_strategys_state(stateful, restore_
                 on_checkpoint=lambda r, b, kept=kept: kept.append(b),
             )
             by_strategy[trial.strategy.name] = decode(kept[-1], "last")
-    assert set(by_strategy["fedavgm"].strategy["velocity"])  # FedAvgM's server momentum
+    (fedavgm,) = by_strategy["fedavgm"].strategy["rule"]  # Flower's FedAvgM, its momentum
+    assert {"current_arrays", "momentum_vector"} <= set(fedavgm["arrays"])
     for name, kinds in (("fedavgm", {"optimizer", "continual"}), ("fedbn", {"local-norm"})):
         held = set().union(*(set(state) for state in by_strategy[name].nodes.values()))
         assert kinds <= held, name

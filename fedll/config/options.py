@@ -11,10 +11,13 @@ list to keep in step).
 
 from __future__ import annotations
 
+import inspect
 import typing
-from typing import Annotated, Any, Literal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, create_model
 
 
 class _Frozen(BaseModel):
@@ -42,52 +45,225 @@ class _Named(_Frozen):
 
 
 NormRule = Literal["average", "local"]
-_NORM = Field(
-    default="average",
-    description="average: normalisation layers are averaged like any weight; local: each site "
-    "keeps its own (FedBN) and the server's copy is the average of what the round's sites sent",
-)
 
 
-class FedAvgOptions(_Named):
+class _StrategyOptions(_Named):
+    """What every strategy takes, whatever its aggregation rule (the lifelong layer's options)."""
+
+    norm: NormRule = Field(
+        default="average",
+        description="average: normalisation layers are aggregated like any weight; local: each "
+        "site keeps its own (FedBN) and the server's copy is what the rule made of the round's",
+    )
+
+    def options(self) -> dict[str, Any]:
+        """The rule's own options first, then the layer's (as labels have always named them)."""
+        options = super().options()
+        layer = [key for key in _StrategyOptions.model_fields if key in options]
+        return {**{k: v for k, v in options.items() if k not in layer},
+                **{k: options[k] for k in layer}}  # fmt: skip
+
+
+class FedAvgOptions(_StrategyOptions):
     """FedAvg (McMahan et al. 2017): the sample-weighted mean of the round's updates."""
 
     name: Literal["fedavg"]
-    norm: NormRule = _NORM
 
 
-class FedBNOptions(_Named):
+class FedBNOptions(_StrategyOptions):
     """FedBN (Li et al. 2021): FedAvg with normalisation layers kept local at each site."""
 
     name: Literal["fedbn"]
+    norm: Literal["local"] = "local"
 
 
-class FedProxOptions(_Named):
-    """FedProx (Li et al. 2020): FedAvg, and a proximal term mu/2 ||w - w_global||^2 at sites."""
-
-    name: Literal["fedprox"]
-    mu: float = Field(default=0.01, ge=0)
-    norm: NormRule = _NORM
-
-
-class DynamicAwareOptions(_Named):
+class DynamicAwareOptions(_StrategyOptions):
     """Kernel banks averaged per kernel by attention mass, ACP by samples, the rest FedAvg."""
 
     name: Literal["dynamic-aware"]
-    norm: NormRule = _NORM
 
 
-class FedAvgMOptions(_Named):
-    """FedAvgM (Hsu et al. 2019): server momentum on the average's pseudo-gradient."""
+@dataclass(frozen=True)
+class FlowerRule:
+    """A strategy of ``flwr.serverapp.strategy`` by its scenario name: its options are the
+    constructor's parameters (those of a JSON type that the lifelong layer does not own),
+    under fedll's name where ``renamed`` gives one, with fedll's default where ``defaults``
+    gives one and the bounds of ``bounds`` (what Flower's constructor does not check)."""
 
-    name: Literal["fedavgm"]
-    server_lr: float = Field(default=1.0, gt=0)
-    server_momentum: float = Field(default=0.9, ge=0, lt=1)
-    norm: NormRule = _NORM
+    name: str
+    cls: str
+    doc: str
+    renamed: Mapping[str, str] = field(default_factory=dict)
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    bounds: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+
+
+LAYER_PARAMETERS = frozenset(
+    {
+        "fraction_train",
+        "fraction_evaluate",
+        "min_train_nodes",
+        "min_evaluate_nodes",
+        "min_available_nodes",
+        "weighted_by_key",
+        "arrayrecord_key",
+        "configrecord_key",
+        "train_metrics_aggr_fn",
+        "evaluate_metrics_aggr_fn",
+    }
+)
+"""Flower constructor parameters the lifelong layer owns (who trains, the record keys), never
+scenario options."""
+
+_OPT = {"eta": {"gt": 0}, "eta_l": {"gt": 0}, "tau": {"gt": 0}}
+_BETAS = {"beta_1": {"ge": 0, "lt": 1}, "beta_2": {"ge": 0, "lt": 1}}
+_BYZANTINE = {"num_malicious_nodes": {"ge": 0}, "num_nodes_to_select": {"ge": 1}}
+
+FLOWER_RULES: tuple[FlowerRule, ...] = (
+    FlowerRule(
+        "fedprox",
+        "FedProx",
+        "FedProx (Li et al. 2020): FedAvg, and a proximal term mu/2 ||w - w_global||^2 at sites.",
+        renamed={"mu": "proximal_mu"},
+        defaults={"proximal_mu": 0.01},
+        bounds={"proximal_mu": {"ge": 0}},
+    ),
+    FlowerRule(
+        "fedavgm",
+        "FedAvgM",
+        "FedAvgM (Hsu et al. 2019): server momentum on the average's pseudo-gradient.",
+        renamed={"server_lr": "server_learning_rate"},
+        defaults={"server_momentum": 0.9},
+        bounds={"server_learning_rate": {"gt": 0}, "server_momentum": {"ge": 0, "lt": 1}},
+    ),
+    FlowerRule(
+        "fedadagrad",
+        "FedAdagrad",
+        "FedAdagrad (Reddi et al. 2021): an adaptive server step (Adagrad) on the average.",
+        bounds=_OPT,
+    ),
+    FlowerRule(
+        "fedadam",
+        "FedAdam",
+        "FedAdam (Reddi et al. 2021): an adaptive server step (Adam) on the average.",
+        bounds={**_OPT, **_BETAS},
+    ),
+    FlowerRule(
+        "fedyogi",
+        "FedYogi",
+        "FedYogi (Reddi et al. 2021): an adaptive server step (Yogi) on the average.",
+        bounds={**_OPT, **_BETAS},
+    ),
+    FlowerRule(
+        "fedmedian",
+        "FedMedian",
+        "FedMedian (Yin et al. 2018): the coordinate-wise median of the round's updates.",
+    ),
+    FlowerRule(
+        "fedtrimmedavg",
+        "FedTrimmedAvg",
+        "Trimmed mean (Yin et al. 2018): per coordinate, the mean without the beta share of "
+        "largest and smallest values.",
+        bounds={"beta": {"ge": 0, "lt": 0.5}},
+    ),
+    FlowerRule(
+        "krum",
+        "Krum",
+        "Krum (Blanchard et al. 2017): the update closest to its n - f - 2 nearest others.",
+        bounds=_BYZANTINE,
+    ),
+    FlowerRule(
+        "multikrum",
+        "MultiKrum",
+        "Multi-Krum (Blanchard et al. 2017): the average of the num_nodes_to_select updates "
+        "with the best Krum scores.",
+        bounds=_BYZANTINE,
+    ),
+    FlowerRule(
+        "bulyan",
+        "Bulyan",
+        "Bulyan (El Mhamdi et al. 2018): Krum selection, then a trimmed mean around the median "
+        "(needs 4f + 3 updates in a round; with fewer the model is kept).",
+        bounds=_BYZANTINE,
+    ),
+    FlowerRule(
+        "qfedavg",
+        "QFedAvg",
+        "q-FedAvg (Li et al. 2020): updates re-weighted by the sites' loss to the power q "
+        "(fairness); client_learning_rate defaults to the scenario's training.lr.",
+        defaults={"client_learning_rate": None, "train_loss_key": "train-loss"},
+        bounds={"q": {"ge": 0}, "client_learning_rate": {"gt": 0}},
+    ),
+)
+"""Flower's strategies by scenario name (kebab case)."""
+
+_JSON_TYPES = (bool, int, float, str)
+
+
+def _flower_options(rule: FlowerRule) -> type[_StrategyOptions]:
+    """The option class of ``rule``, from its Flower constructor's signature."""
+    from flwr.serverapp import strategy as flower
+
+    cls = getattr(flower, rule.cls)
+    fedll_name = {flower_name: ours for ours, flower_name in rule.renamed.items()}
+    fields: dict[str, Any] = {"name": (Literal[rule.name], ...)}
+    for parameter in inspect.signature(cls.__init__).parameters.values():
+        if parameter.name == "self" or parameter.name in LAYER_PARAMETERS:
+            continue
+        if parameter.annotation not in _JSON_TYPES:  # callables (Bulyan's selection_rule)
+            continue
+        default = rule.defaults.get(parameter.name, parameter.default)
+        required = default is inspect.Parameter.empty
+        annotation = parameter.annotation if default is not None else parameter.annotation | None
+        fields[fedll_name.get(parameter.name, parameter.name)] = (
+            annotation,
+            Field(
+                default=... if required else default,
+                description=f"{rule.cls}({parameter.name}=...)",
+                **rule.bounds.get(parameter.name, {}),
+            ),
+        )
+    options = create_model(  # type: ignore[call-overload]
+        f"{rule.cls}Options",
+        __base__=_StrategyOptions,
+        __doc__=rule.doc,
+        __module__=__name__,
+        **fields,
+    )
+    options.flower = rule
+    return options
+
+
+FLOWER_OPTIONS: tuple[type[_StrategyOptions], ...] = tuple(
+    _flower_options(rule) for rule in FLOWER_RULES
+)
+"""The option class of each of :data:`FLOWER_RULES`, in order."""
+
+# each is this module's attribute under its class name (``FedAdamOptions``), as a class
+# statement would make it: pickling (a Ray task's trial) refers to a class by module and name
+globals().update({options.__name__: options for options in FLOWER_OPTIONS})
+
+
+def flower_rule(options: _Named) -> FlowerRule | None:
+    """The Flower strategy an option set configures (None for fedll's own rules)."""
+    return getattr(type(options), "flower", None)
+
+
+def flower_kwargs(options: _Named) -> dict[str, Any]:
+    """The Flower constructor's keyword arguments for ``options`` (fedll's names mapped back
+    to Flower's; ``norm`` and the other layer options left out)."""
+    rule = flower_rule(options)
+    assert rule is not None, f"{options.name} is not a Flower strategy"
+    layer = set(_StrategyOptions.model_fields)
+    return {
+        rule.renamed.get(key, key): value
+        for key, value in options.options().items()
+        if key not in layer
+    }
 
 
 StrategyOptions = Annotated[
-    FedAvgOptions | FedBNOptions | FedProxOptions | DynamicAwareOptions | FedAvgMOptions,
+    Union[(FedAvgOptions, FedBNOptions, DynamicAwareOptions, *FLOWER_OPTIONS)],  # noqa: UP007
     Field(discriminator="name"),
 ]
 

@@ -10,7 +10,6 @@ from strategies.aggregation import (
     attention_masses,
     attention_weighted_average,
     kernel_weights,
-    server_momentum,
     update_problem,
     weighted_average,
 )
@@ -75,24 +74,6 @@ def test_equal_masses_reduce_to_fedavg():
     out = attention_weighted_average(states, [1, 2, 3], {}, masses, {"bank": "l"})
     expected = weighted_average(states, [1, 2, 3], {})
     np.testing.assert_allclose(out["bank"], expected["bank"])
-
-
-def test_server_momentum_by_hand():
-    keys = ["w"]
-    current = {"w": np.array([1.0]), "bn.running_mean": np.array([0.0])}
-    average = {"w": np.array([0.6]), "bn.running_mean": np.array([0.3])}
-    new, velocity = server_momentum(current, average, None, keys, lr=1.0, momentum=0.9)
-    # first step: v = 1 - 0.6 = 0.4, w = 1 - 1 * 0.4 = 0.6 (FedAvg); buffers take the average
-    np.testing.assert_allclose(new["w"], [0.6])
-    np.testing.assert_allclose(velocity["w"], [0.4])
-    np.testing.assert_allclose(new["bn.running_mean"], [0.3])
-    # second step: d = 0.6 - 0.5 = 0.1, v = 0.9 * 0.4 + 0.1 = 0.46, w = 0.6 - 0.46 = 0.14
-    new, velocity = server_momentum(new, {**new, "w": np.array([0.5])}, velocity, keys, 1.0, 0.9)
-    np.testing.assert_allclose(velocity["w"], [0.46])
-    np.testing.assert_allclose(new["w"], [0.14])
-    # a server learning rate of 1/2 goes half way: 1 - 0.5 * 0.4 = 0.8
-    half, _ = server_momentum(current, average, None, keys, lr=0.5, momentum=0.9)
-    np.testing.assert_allclose(half["w"], [0.8])
 
 
 REFERENCE = {"w": np.zeros((2, 3), np.float32), "steps": np.array(0)}

@@ -14,10 +14,10 @@ from pydantic import TypeAdapter
 
 from fedll.config import ModelConfig, SliceConfig, TrainingConfig
 from fedll.config.instruction import TrainInstruction
-from fedll.config.options import FedAvgMOptions, FedProxOptions, StrategyOptions, option_names
+from fedll.config.options import StrategyOptions, option_names
 from fedll.inprocess import _assign_message_id, _set_task_identity
 from fedll.models import ModelLayout
-from strategies.fedavg import LifelongFedAvg
+from strategies.lifelong import Lifelong
 from strategies.registry import build_strategy
 
 NODES = {11: "site-a", 12: "site-b", 13: "site-c", 14: "site-d"}
@@ -92,7 +92,7 @@ def aggregated(result: tuple[ArrayRecord | None, Any]) -> dict[str, np.ndarray] 
 @pytest.mark.parametrize("name", option_names(StrategyOptions))
 def test_every_strategy_of_the_schema_builds_and_configures_a_round(name):
     strategy, messages = make(name, nodes=(11,))
-    assert isinstance(strategy, LifelongFedAvg)
+    assert isinstance(strategy, Lifelong)
     assert TrainInstruction.from_config(messages[11].content["config"]).arrival_stop == 1
 
 
@@ -122,7 +122,7 @@ def test_fedavg_rejects_bad_updates_records_failures_and_averages_the_rest(caplo
         reply(m[13], state(9.0, w=np.array([np.nan, 0], np.float32)), samples=5),
         failure(m[14]),
     ]
-    with caplog.at_level(logging.WARNING, logger="strategies.fedavg"):
+    with caplog.at_level(logging.WARNING, logger="strategies.lifelong"):
         out = aggregated(strategy.aggregate_train(1, replies))
     # site-c's NaN update is left out: (1 * 1 + 3 * 3) / 4 = 2.5; counters take the max
     np.testing.assert_allclose(out["w"], [2.5, 2.5])
@@ -145,7 +145,7 @@ def test_fedavg_rejects_bad_updates_records_failures_and_averages_the_rest(caplo
 def test_wrong_shapes_and_dtypes_are_rejected(bad, reason, caplog):
     strategy, m = make(nodes=(11, 12))
     replies = [reply(m[11], bad, 1), reply(m[12], state(2.0), 1)]
-    with caplog.at_level(logging.WARNING, logger="strategies.fedavg"):
+    with caplog.at_level(logging.WARNING, logger="strategies.lifelong"):
         out = aggregated(strategy.aggregate_train(1, replies))
     np.testing.assert_allclose(out["w"], [2.0, 2.0])
     assert strategy.rejected[1] == ["site-a"]
@@ -162,7 +162,7 @@ def test_a_zero_or_non_finite_sample_count_is_rejected():
 def test_a_node_without_a_reply_is_failed_and_when_all_fail_the_model_is_kept(caplog):
     strategy, m = make(nodes=(11, 12, 13))
     replies = [failure(m[11]), reply(m[12], state(1.0, w=np.full(2, np.inf, np.float32)), 1)]
-    with caplog.at_level(logging.WARNING, logger="strategies.fedavg"):
+    with caplog.at_level(logging.WARNING, logger="strategies.lifelong"):
         result = strategy.aggregate_train(1, replies)
     assert result == (None, None)  # Flower's loop keeps the previous arrays
     assert strategy.failures[1] == ["site-a", "site-c"]
@@ -202,12 +202,13 @@ def test_dynamic_aware_rejects_an_update_without_usable_attention_mass():
 
 def test_fedavgm_steps_with_momentum_and_keeps_its_velocity_over_a_kept_round():
     strategy, m = make("fedavgm", nodes=(11,), server_lr=1.0, server_momentum=0.5)
-    assert isinstance(strategy, LifelongFedAvg)
+    assert isinstance(strategy, Lifelong)
     out = aggregated(strategy.aggregate_train(1, [reply(m[11], state(-1.0), 1)]))
     # first step: v = 0 - (-1) = 1, w = 0 - 1 = -1 (FedAvg)
     np.testing.assert_allclose(out["w"], [-1.0, -1.0])
     assert aggregated(strategy.aggregate_train(1, [failure(m[11])])) is None
-    np.testing.assert_allclose(strategy.velocity["w"], [1.0, 1.0])
+    velocity = dict(zip(GLOBAL, strategy.rule.momentum_vector, strict=True))
+    np.testing.assert_allclose(velocity["w"], [1.0, 1.0])
     # next round from w = -1 with the average at -2: v = 0.5 * 1 + 1 = 1.5, w = -1 - 1.5
     arrays = ArrayRecord({k: Array(np.asarray(v)) for k, v in out.items()})
     strategy.plan = {2: {11: INSTRUCTION}}
@@ -219,11 +220,9 @@ def test_fedavgm_steps_with_momentum_and_keeps_its_velocity_over_a_kept_round():
 
 
 def test_strategy_options_reach_the_strategy():
+    strategy = build_strategy(_options("fedprox", mu=0.3), plan={}, layout=LAYOUT, site_of={})
+    assert strategy.rule.proximal_mu == 0.3
     strategy = build_strategy(
-        FedProxOptions(name="fedprox", mu=0.3), plan={}, layout=LAYOUT, site_of={}
+        _options("fedavgm", server_momentum=0.2), plan={}, layout=LAYOUT, site_of={}
     )
-    assert strategy.mu == 0.3
-    strategy = build_strategy(
-        FedAvgMOptions(name="fedavgm", server_momentum=0.2), plan={}, layout=LAYOUT, site_of={}
-    )
-    assert (strategy.server_lr, strategy.server_momentum) == (1.0, 0.2)
+    assert (strategy.rule.server_learning_rate, strategy.rule.server_momentum) == (1.0, 0.2)

@@ -1,0 +1,381 @@
+"""Lifelong behaviour as one layer over any Flower strategy.
+
+:class:`Lifelong` wraps an aggregation *rule*: any ``flwr.serverapp.strategy.Strategy`` (Flower's
+FedAvgM, FedAdam, Krum, Bulyan, ..., a differential-privacy wrapper around one, or one of
+fedll's own rules: :class:`~strategies.fedavg.PreciseFedAvg`,
+:class:`~strategies.dynamic_aware.DynamicAware`).
+Whatever the rule, the layer adds what a lifelong stream needs:
+
+- **the arrival plan**: only the sites whose cases arrive in a round train, each with its own
+  instruction. The rule's ``configure_train`` sees a grid of exactly those nodes, so the config
+  it adds (FedProx's ``proximal-mu``, a DP wrapper's clipping norm) and the state it keeps
+  (FedAvgM's and FedOpt's current arrays) are its own; the layer then gives each message its
+  site's instruction (what the rule sets wins over the instruction's defaults);
+- **the update checks**: replies are sorted by :func:`strategies.replies.triage` into failed
+  (an error, or no reply before the timeout), rejected (Flower's reply contract broken; not
+  finite, or not shaped and typed like the global model; a check of the rule, ``problem``) and
+  accepted. Flower raises on a round with one bad reply; the layer rejects it and gives the
+  rule the rest;
+- **the accounting** of failed and rejected sites per round, for the results;
+- **integer counters kept by max** (Flower's rules average every array, so BatchNorm's
+  ``num_batches_tracked`` would become a float mean), every tensor cast back to the global
+  model's dtype, and a rule's aggregate that is not finite or not shaped like the model
+  refused (the model is kept);
+- **FedBN's** ``norm: local``: the sites keep their normalisation layers (``local-norm``).
+
+A rule may declare ``reply_arrays`` (ArrayRecord names it reads from a reply besides the model
+``arrays``, e.g. SCAFFOLD's control variates) and ``problem(reply, state, samples)`` (why it
+cannot use an update); the layer forwards each accepted reply with the model, the MetricRecord,
+the ConfigRecords and those records only, as Flower's contract has it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedll.config.instruction import TrainInstruction
+from fedll.models.inspection import ModelLayout
+from strategies.aggregation import State, update_problem
+from strategies.replies import Triage, Update, triage
+
+logger = logging.getLogger(__name__)
+
+Plan = Mapping[int, Mapping[int, TrainInstruction]]
+"""round -> {node id: that node's instruction}."""
+
+ARRAYS = "arrays"
+CONFIG = "config"
+WEIGHT = "num-examples"
+
+
+class Arrivals:
+    """The grid as a rule sees it in a round: exactly the arriving nodes (a rule samples
+    from ``get_node_ids``); everything else is the real grid's."""
+
+    def __init__(self, grid: Grid | None, nodes: Sequence[int]) -> None:
+        self._grid = grid
+        self._nodes = list(nodes)
+
+    def get_node_ids(self) -> list[int]:
+        return list(self._nodes)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+
+class Lifelong(Strategy):
+    """A Flower strategy for a lifelong stream: ``rule`` aggregates, the layer does the rest.
+
+    Parameters
+    ----------
+    rule:
+        the aggregation rule, any Flower ``Strategy`` whose records are ``arrays`` and
+        ``config`` and whose weights are ``num-examples`` (the registry builds them so).
+    plan:
+        round -> {node id: that node's instruction}; a round with no entry trains nobody and
+        keeps the model.
+    layout:
+        the model's parameter groups, kernel banks and trainable keys.
+    site_of:
+        node id -> site name, for the failure log and the results.
+    norm:
+        ``"average"``: normalisation layers are aggregated by the rule like any weight;
+        ``"local"`` (FedBN): each site keeps its own and overlays them on the model it
+        receives. The server's copy, used for evaluation and by a site's first round, is
+        still what the rule made of what the round's sites sent.
+    """
+
+    def __init__(
+        self,
+        rule: Strategy,
+        plan: Plan,
+        layout: ModelLayout,
+        site_of: Mapping[int, str],
+        norm: str = "average",
+    ) -> None:
+        if norm not in ("average", "local"):
+            raise ValueError(f"norm: expected 'average' or 'local', got {norm!r}")
+        self.rule = rule
+        self.plan = plan
+        self.layout = layout
+        self.site_of = site_of
+        self.local_norm = norm == "local"
+        self.failures: dict[int, list[str]] = {}
+        self.rejected: dict[int, list[str]] = {}
+        self.current: dict[str, np.ndarray] = {}
+        self.sent: list[Message] = []
+        self.accepted: list[Update] = []
+        # rounds already run before Flower's start() loop began (a trial resumed from a
+        # checkpoint): Flower's round r is the stream's round r + round_offset
+        self.round_offset = 0
+
+    # -- the strategy's state, for checkpoints ------------------------------------------
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What the strategy keeps across rounds (a checkpoint stores it): JSON values and
+        arrays: the layer's accounting and the rule's state (:func:`rule_state`)."""
+        return {
+            "failures": {str(k): v for k, v in self.failures.items()},
+            "rejected": {str(k): v for k, v in self.rejected.items()},
+            "rule": rule_state(self.rule),
+        }
+
+    def restore_state(self, state: Mapping[str, Any]) -> None:
+        """Continue from a :meth:`checkpoint_state`."""
+        self.failures = {int(k): list(v) for k, v in state["failures"].items()}
+        self.rejected = {int(k): list(v) for k, v in state["rejected"].items()}
+        restore_rule_state(self.rule, state["rule"])
+
+    # -- a round ------------------------------------------------------------------------
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        server_round += self.round_offset
+        self.current = {k: v.numpy() for k, v in arrays.items()}
+        self.sent = []
+        arriving = self.plan.get(server_round, {})
+        if not arriving:
+            return []
+        config["local-norm"] = self.local_norm
+        configured = self.rule.configure_train(
+            server_round, floating(arrays), config, Arrivals(grid, list(arriving))
+        )
+        by_node = {m.metadata.dst_node_id: m for m in configured}
+        for node_id, instruction in arriving.items():
+            if node_id not in by_node:  # the rule chose not to train this site this round
+                continue
+            content = by_node[node_id].content
+            node_config = ConfigRecord(
+                {**instruction.to_config(), **dict(content[CONFIG]), "server-round": server_round}
+            )
+            # the sites get the model as it is (the rule saw its counters as floats)
+            records = {**dict(content.items()), ARRAYS: arrays, CONFIG: node_config}
+            self.sent.append(
+                Message(
+                    content=RecordDict(records), message_type=MessageType.TRAIN, dst_node_id=node_id
+                )
+            )
+        return self.sent  # the grid gives each its message id when it pushes it
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round += self.round_offset
+        sent = {m.metadata.message_id: m.metadata.dst_node_id for m in self.sent}
+        allowed = {ARRAYS, *getattr(self.rule, "reply_arrays", ())}
+        outcome = triage(replies, sent, self.site_of, WEIGHT, self.problem, allowed)
+        self._record(server_round, outcome)
+        self.accepted = outcome.accepted
+        if not outcome.accepted:
+            return None, None
+        arrays, metrics = self.rule.aggregate_train(
+            server_round, [_forwarded(u.reply, allowed) for u in outcome.accepted]
+        )
+        if arrays is None:
+            logger.warning(
+                "round %d: %s aggregated none of the %d accepted updates; the global model is kept",
+                server_round,
+                type(self.rule).__name__,
+                len(outcome.accepted),
+            )
+            return None, metrics
+        merged, problem = conform(
+            {k: v.numpy() for k, v in arrays.items()},
+            self.current,
+            [u.state for u in outcome.accepted],
+        )
+        if problem is not None:
+            logger.error(
+                "round %d: the aggregate of %s is unusable (%s); the global model is kept",
+                server_round,
+                type(self.rule).__name__,
+                problem,
+            )
+            return None, metrics
+        return ArrayRecord({k: Array(v) for k, v in merged.items()}), metrics
+
+    def problem(self, reply: Message, state: State, samples: float) -> str | None:
+        """Why an update must be rejected, or None: its sample count must be finite and
+        positive, its arrays those of the global model (names, shapes, dtypes), finite, and
+        the rule must be able to use it (its own ``problem``, where it has one)."""
+        if not (np.isfinite(samples) and samples > 0):
+            return f"{WEIGHT} is {samples}"
+        if (problem := update_problem(self.current, state)) is not None:
+            return problem
+        check = getattr(self.rule, "problem", None)
+        return None if check is None else check(reply, state, samples)
+
+    def _record(self, server_round: int, outcome: Triage) -> None:
+        """Keep the round's failed and rejected sites (for the results) and log them."""
+        self.failures[server_round] = [site for site, _ in outcome.failed]
+        self.rejected[server_round] = [site for site, _ in outcome.rejected]
+        for site, reason in outcome.failed:
+            logger.warning("round %d: site %s failed: %s", server_round, site, reason)
+        for site, reason in outcome.rejected:
+            logger.warning("round %d: update of site %s rejected: %s", server_round, site, reason)
+        if not outcome.accepted and (outcome.failed or outcome.rejected):
+            logger.warning(
+                "round %d: no usable update (%d failed, %d rejected); the global model is kept",
+                server_round,
+                len(outcome.failed),
+                len(outcome.rejected),
+            )
+
+    # -- no federated evaluation: the ServerApp evaluates the global model itself --------
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return []
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        return None
+
+    def summary(self) -> None:
+        logger.info(
+            "lifelong layer over %s (norm: %s)",
+            type(self.rule).__name__,
+            "local" if self.local_norm else "average",
+        )
+        self.rule.summary()
+
+
+def _forwarded(reply: Message, arrays: set[str]) -> Message:
+    """``reply`` as the rule is given it: the ArrayRecords in ``arrays`` (the model's
+    integer counters as floats: :func:`floating`), the MetricRecord and the ConfigRecords
+    (Flower's contract: one ArrayRecord, one MetricRecord)."""
+    content = reply.content
+    model = ARRAYS if ARRAYS in content.array_records else next(iter(content.array_records))
+    kept = {
+        name: floating(record) if name == model else record
+        for name, record in content.items()
+        if not isinstance(record, ArrayRecord) or name in arrays or name == model
+    }
+    reply.content = RecordDict(kept)
+    return reply
+
+
+def floating(record: ArrayRecord) -> ArrayRecord:
+    """``record`` with its integer arrays (counters) as float64: Flower's rules compute on
+    every array in place (q-FedAvg cannot scale an int64 array); :func:`conform` puts the
+    counters back. Floating arrays are the same objects."""
+    if all(np.issubdtype(np.dtype(a.dtype), np.floating) for a in record.values()):
+        return record
+    return ArrayRecord(
+        {
+            k: a if np.issubdtype(np.dtype(a.dtype), np.floating)
+            else Array(a.numpy().astype(np.float64))
+            for k, a in record.items()
+        }
+    )  # fmt: skip
+
+
+def conform(
+    merged: Mapping[str, np.ndarray], current: State, updates: Sequence[State]
+) -> tuple[dict[str, np.ndarray], str | None]:
+    """A rule's aggregate made a model state like ``current``: integer tensors (counters)
+    take the largest value of the ``updates`` (a rule would average them), every tensor the
+    dtype of ``current``. Returns the state and None, or why it cannot be one (a name missing
+    or extra, a shape changed, a value not finite)."""
+    out: dict[str, np.ndarray] = {}
+    for name, ref in current.items():
+        ref = np.asarray(ref)
+        if name not in merged:
+            return {}, f"{name!r} missing"
+        if np.issubdtype(ref.dtype, np.floating):
+            out[name] = np.asarray(merged[name], dtype=ref.dtype)
+        else:
+            stacked = np.stack([np.asarray(u[name]) for u in updates])
+            out[name] = np.asarray(stacked.max(axis=0), dtype=ref.dtype)
+    return out, update_problem(current, out) or _extra(merged, current)
+
+
+def _extra(merged: Mapping[str, np.ndarray], current: State) -> str | None:
+    extra = sorted(set(merged) - set(current))
+    return f"unexpected {extra[0]!r}" if extra else None
+
+
+# -- a rule's state (Flower's strategies keep theirs in attributes) -----------------------
+
+
+def _rules(rule: Any) -> list[Any]:
+    """``rule`` and the strategies it wraps (a DP wrapper's ``strategy``), outermost first."""
+    chain = [rule]
+    while isinstance(getattr(chain[-1], "strategy", None), Strategy):
+        chain.append(chain[-1].strategy)
+    return chain
+
+
+def _encode(value: Any) -> dict[str, Any] | None:
+    """An attribute as checkpoint state, or None where it is not state (settings, callables)."""
+    if isinstance(value, ArrayRecord):  # its order matters (FedAvgM zips it with the model)
+        return {"arrayrecord": [v.numpy() for v in value.values()], "keys": list(value)}
+    if isinstance(value, np.ndarray):
+        return {"array": value}
+    # a 0-d array's arithmetic gives a NumPy scalar (FedAvgM's momentum of a counter)
+    numeric = (np.ndarray, np.generic)
+    if isinstance(value, list) and value and all(isinstance(v, numeric) for v in value):
+        return {"list": [np.asarray(v) for v in value]}
+    if isinstance(value, dict) and value and all(isinstance(v, numeric) for v in value.values()):
+        return {"arrays": {k: np.asarray(v) for k, v in value.items()}}
+    return None
+
+
+def rule_state(rule: Strategy) -> list[dict[str, Any]]:
+    """What a rule has learnt, per strategy of :func:`_rules`: its array-valued attributes
+    (FedAvgM's momentum, FedOpt's moments, the current arrays of either), the attributes a
+    rule lists in ``state_numbers`` (numbers it learns, e.g. an adaptive clipping norm), and
+    which of its known state attributes are still unset (None)."""
+    chain = []
+    for part in _rules(rule):
+        arrays = {name: enc for name, value in vars(part).items() if (enc := _encode(value))}
+        numbers = {name: getattr(part, name) for name in getattr(part, "state_numbers", ())}
+        unset = [name for name, value in vars(part).items() if value is None and _stateful(name)]
+        chain.append({"arrays": arrays, "numbers": numbers, "unset": unset})
+    return chain
+
+
+def _stateful(name: str) -> bool:
+    """Whether an attribute that is None now is state a rule fills in later."""
+    return name in ("current_arrays", "momentum_vector", "m_t", "v_t")
+
+
+def restore_rule_state(rule: Strategy, state: Sequence[Mapping[str, Any]]) -> None:
+    """Put back :func:`rule_state`."""
+    chain = _rules(rule)
+    if len(chain) != len(state):
+        raise ValueError(f"rule state for {len(state)} strategies, the rule has {len(chain)}")
+    for part, saved in zip(chain, state, strict=True):
+        for name, encoded in saved["arrays"].items():
+            (kind, value), *_ = encoded.items()
+            if kind == "arrayrecord":
+                value = ArrayRecord(
+                    {k: Array(np.asarray(v)) for k, v in zip(encoded["keys"], value, strict=True)}
+                )
+            elif kind == "list":
+                value = [np.asarray(v) for v in value]
+            elif kind == "arrays":
+                value = {k: np.asarray(v) for k, v in value.items()}
+            setattr(part, name, value)
+        for name, value in saved["numbers"].items():
+            setattr(part, name, value)
+        for name in saved["unset"]:
+            setattr(part, name, None)
