@@ -15,7 +15,8 @@ metrics do. What a site keeps between its rounds lives in ``context.state``: the
 moments (when the scenario keeps them), the CL method's state (``continual``: an EWC Fisher, a
 replay buffer of case indices) and, with a FedBN-style strategy, its own normalisation layers
 (``local-norm``), overlaid on every model it receives. A fault the scenario injects
-(:mod:`fedll.faults`) is applied here: the site raises, or sends a corrupted update.
+(:mod:`fedll.faults`) is applied here: the site raises, or sends a corrupted update (a
+Byzantine one is taken against the global model as received, before the FedBN overlay).
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ def train_site(
         instruction.server_round,
     )
     cases = site.cases(instruction.slices, method.select_cases(instruction.case_range()))
+    received = _received_state(instruction, msg.content["arrays"])
     model = _received_model(instruction, msg.content["arrays"], context).to(device)
     hooks: list[TrainingHook] = [method]
     if instruction.proximal_mu > 0:
@@ -114,10 +116,18 @@ def train_site(
     state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     _keep_site_state(context, instruction, result, method.state(), model, state)
     logger.info("site %s trained on %d slices, loss %.4f", site.name, result.samples, result.loss)
-    return _reply(msg, instruction, result, len(cases), state)
+    return _reply(msg, instruction, result, len(cases), state, received)
 
 
 app = make_client_app()
+
+
+def _received_state(instruction: TrainInstruction, arrays: ArrayRecord) -> dict[str, np.ndarray]:
+    """The global model as the server sent it (before any FedBN overlay): what a corrupted
+    update's delta is taken against. Empty when the site sends its update as trained."""
+    if instruction.fault is None or instruction.fault.send is None:
+        return {}
+    return {k: v.numpy() for k, v in arrays.items()}
 
 
 def _received_model(
@@ -156,9 +166,11 @@ def _reply(
     result: TrainResult,
     cases: int,
     state: dict[str, np.ndarray],
+    received: dict[str, np.ndarray],
 ) -> Message:
-    """The reply: the weights (corrupted if the scenario injects that), the training metrics
-    and the attention mass per kernel of each dynamic layer."""
+    """The reply: the weights (corrupted if the scenario injects that, against the
+    ``received`` global model), the training metrics and the attention mass per kernel of
+    each dynamic layer."""
     metrics = MetricRecord(
         {
             "num-examples": result.samples,
@@ -171,7 +183,7 @@ def _reply(
         {f"mass/{layer}": mass.ravel().tolist() for layer, mass in result.attention_mass.items()}
     )
     send = instruction.fault.send if instruction.fault is not None else None
-    sent = corrupt(state, send) if send else state
+    sent = corrupt(state, send, received=received, seed=instruction.seed) if send else state
     arrays = ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in sent.items()})
     content = RecordDict({"arrays": arrays, "metrics": metrics, "attention": attention})
     return Message(content, reply_to=msg)

@@ -64,7 +64,13 @@ def test_dry_run_applies_overrides(write_scenario):
 
 @pytest.mark.parametrize(
     ("name", "trials"),
-    [("quickstart", 8), ("federated", 30), ("paper", 18), ("routing-study", 177)],
+    [
+        ("quickstart", 8),
+        ("federated", 30),
+        ("paper", 18),
+        ("routing-study", 177),
+        ("robust", 10),
+    ],
 )
 def test_the_shipped_scenarios_are_valid(name, trials):
     result = invoke("run", REPO / "scenarios" / f"{name}.yaml", "--dry-run")
@@ -124,6 +130,12 @@ def test_dry_run_with_an_impossible_ordering_exits_2(write_scenario):
     path = write_scenario()
     result = invoke("run", path, "--dry-run", "--set", "stream.ordering=blocked:t1")
     assert_one_line_error(result, str(path), "ordering", "t1")
+
+
+def test_dry_run_with_a_bad_byzantine_fault_exits_2(write_scenario):
+    path = write_scenario({"faults": [{"site": "hospital-t2", "send": {"gaussian": -1}}]})
+    result = invoke("run", path, "--dry-run")
+    assert_one_line_error(result, str(path), "faults.0.send.gaussian", "greater than 0")
 
 
 @pytest.mark.parametrize("cpus", ["0", "-1"])

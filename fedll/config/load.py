@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from fedll.config.options import ContinualOptions, StrategyOptions, option_names
+from fedll.config.options import SEND_TAGS, ContinualOptions, StrategyOptions, option_names
 from fedll.config.schema import Scenario
 from fedll.errors import ConfigError
 
@@ -23,11 +23,14 @@ def format_error(source: str, error: ValidationError) -> str:
     """The first problem of ``error`` as one line: ``source: key.path: message``."""
     first = error.errors()[0]
     tags = {*option_names(StrategyOptions), *option_names(ContinualOptions)}
-    # a tagged union (strategies, cl) puts its tag into the location: strategies.1.fedprox.mu
+    # a tagged union puts its tag into the location: strategies.1.fedprox.mu (strategies, cl),
+    # faults.0.send.ScaledUpdate.scale (a fault's corruption)
     loc = [
         part
         for i, part in enumerate(first["loc"])
-        if not (i and isinstance(first["loc"][i - 1], int) and part in tags) and part != "[key]"
+        if not (i and isinstance(first["loc"][i - 1], int) and part in tags)
+        and not (i and first["loc"][i - 1] == "send" and part in SEND_TAGS)
+        and part != "[key]"
     ]
     key = ".".join(str(part) for part in loc)
     message = first["msg"].removeprefix("Value error, ")

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, create_model
 
 
 class _Frozen(BaseModel):
@@ -314,10 +314,67 @@ ContinualOptions = Annotated[
 ]
 
 
+CorruptionName = Literal["nan", "wrong-shape", "wrong-dtype", "sign-flip"]
+"""The corrupted updates named by a string (``send: sign-flip``)."""
+
+
+class ScaledUpdate(_Frozen):
+    """``send: {scale: F}``: the site sends ``global + F * (trained - global)``, its update's
+    delta scaled by ``F`` (any finite float; ``-1`` is the sign flip, ``0`` sends the global
+    model back)."""
+
+    scale: float
+
+
+class GaussianNoise(_Frozen):
+    """``send: {gaussian: sigma}``: the site sends ``trained + N(0, sigma^2)`` on every
+    floating-point tensor, drawn from the site's seed for the round."""
+
+    gaussian: float = Field(gt=0)
+
+
+_PARAMETRISED = {next(iter(form.model_fields)): form for form in (ScaledUpdate, GaussianNoise)}
+"""The parametrised corruptions by their one key (``scale``, ``gaussian``)."""
+_SEND_FORMS = ", ".join(typing.get_args(CorruptionName)) + ", {scale: F} or {gaussian: sigma}"
+
+
+def _send_form(value: Any) -> str | None:
+    """Which form of ``send`` a value is (its union tag), None when it is none of them: a
+    string names a corruption, a mapping with exactly one key is a parametrised one."""
+    if isinstance(value, str):
+        return "named" if value in typing.get_args(CorruptionName) else None
+    if isinstance(value, tuple(_PARAMETRISED.values())):
+        return type(value).__name__
+    if isinstance(value, dict) and len(value) == 1 and (key := next(iter(value))) in _PARAMETRISED:
+        return _PARAMETRISED[key].__name__
+    return None
+
+
+Corruption = Annotated[
+    Annotated[CorruptionName, Tag("named")]
+    | Annotated[ScaledUpdate, Tag("ScaledUpdate")]
+    | Annotated[GaussianNoise, Tag("GaussianNoise")],
+    Discriminator(
+        _send_form,
+        custom_error_type="send_form",
+        custom_error_message=f"expected {_SEND_FORMS}",
+    ),
+]
+"""What a faulty site sends instead of its trained weights (``FaultConfig.send``)."""
+
+SEND_TAGS: tuple[str, ...] = tuple(
+    typing.get_args(form)[1].tag for form in typing.get_args(typing.get_args(Corruption)[0])
+)
+"""The tags :data:`Corruption`'s union puts into an error's location (left out of messages)."""
+
+
 class FaultConfig(_Frozen):
     """A fault injected at one site (to test and show the strategies' robustness).
 
-    Draws are seeded by (trial seed, round, site), so a run is deterministic.
+    ``send`` corrupts the update the site sends after training: ``nan``, ``wrong-shape`` and
+    ``wrong-dtype`` are caught by the server's update check; ``sign-flip``, ``{scale: F}`` and
+    ``{gaussian: sigma}`` are Byzantine: finite and well-shaped, so only a robust aggregation
+    rule limits them. Draws are seeded by (trial seed, round, site), so a run is deterministic.
     """
 
     site: str
@@ -327,7 +384,7 @@ class FaultConfig(_Frozen):
     raise_every: int | None = Field(
         default=None, ge=1, description="the site raises in rounds N, 2N, ... (server rounds)"
     )
-    send: Literal["nan", "wrong-shape", "wrong-dtype"] | None = Field(
+    send: Corruption | None = Field(
         default=None, description="the site trains, then sends a corrupted update"
     )
 

@@ -8,7 +8,13 @@ from pydantic import BaseModel
 
 from fedll.config import ModelConfig, SliceConfig, TrainingConfig
 from fedll.config.instruction import TrainInstruction
-from fedll.config.options import FaultConfig, LwFOptions, ReplayOptions
+from fedll.config.options import (
+    FaultConfig,
+    GaussianNoise,
+    LwFOptions,
+    ReplayOptions,
+    ScaledUpdate,
+)
 from fedll.config.wire import flatten, unflatten
 from fedll.errors import ConfigError
 
@@ -59,6 +65,25 @@ def test_the_instruction_round_trips_through_a_flower_config_record(instruction)
     back = TrainInstruction.from_config(dict(record))
     assert back == instruction
     assert back.model.kwargs() == instruction.model.kwargs()
+
+
+@pytest.mark.parametrize(
+    ("send", "keys"),
+    [
+        ("sign-flip", {"fault.send": "sign-flip"}),
+        (ScaledUpdate(scale=5.0), {"fault.send.scale": 5.0}),
+        (ScaledUpdate(scale=-0.5), {"fault.send.scale": -0.5}),
+        (GaussianNoise(gaussian=0.1), {"fault.send.gaussian": 0.1}),
+    ],
+    ids=["sign-flip", "scale", "negative-scale", "gaussian"],
+)
+def test_a_byzantine_fault_round_trips_through_a_flower_config_record(send, keys):
+    fault = FaultConfig(site="hospital-t2", send=send)
+    instruction = RICH.model_copy(update={"fault": fault})
+    config = instruction.to_config()
+    assert {k: v for k, v in config.items() if k.startswith("fault.send")} == keys
+    back = TrainInstruction.from_config(dict(ConfigRecord(config)))
+    assert back == instruction and back.fault is not None and back.fault.send == send
 
 
 def test_the_keys_are_flat_kebab_case():

@@ -17,6 +17,8 @@ from fedll.config import (
     expand_trials,
     load_scenario,
 )
+from fedll.config.grid import fingerprints
+from fedll.config.options import GaussianNoise, ScaledUpdate
 from fedll.errors import ConfigError
 
 T2 = {"name": "hospital-t2", "modality": "t2", "patients": 2}
@@ -137,6 +139,42 @@ def test_the_tiny_scenario_loads(write_scenario):
         ),
         pytest.param(
             {"faults": [{"site": "hospital-t2", "send": "zeros"}]}, "faults.0.send", id="fault"
+        ),
+        pytest.param(
+            {"faults": [{"site": "hospital-t2", "send": "sign-flop"}]},
+            "faults.0.send: expected nan, wrong-shape, wrong-dtype, sign-flip, {scale: F} or "
+            "{gaussian: sigma}",
+            id="fault-unknown-name",
+        ),
+        pytest.param(
+            {"faults": [{"site": "hospital-t2", "send": {"scale": float("nan")}}]},
+            "faults.0.send.scale: Input should be a finite number",
+            id="fault-scale-nan",
+        ),
+        pytest.param(
+            {"faults": [{"site": "hospital-t2", "send": {"scale": "big"}}]},
+            "faults.0.send.scale: Input should be a valid number",
+            id="fault-scale-not-a-number",
+        ),
+        pytest.param(
+            {"faults": [{"site": "hospital-t2", "send": {"gaussian": 0}}]},
+            "faults.0.send.gaussian: Input should be greater than 0",
+            id="fault-sigma-zero",
+        ),
+        pytest.param(
+            {"faults": [{"site": "hospital-t2", "send": {"gaussian": -0.1}}]},
+            "faults.0.send.gaussian: Input should be greater than 0",
+            id="fault-sigma-negative",
+        ),
+        pytest.param(
+            {"faults": [{"site": "hospital-t2", "send": {"scale": 2.0, "gaussian": 0.1}}]},
+            "faults.0.send: expected nan,",
+            id="fault-two-keys",
+        ),
+        pytest.param(
+            {"faults": [{"site": "hospital-t2", "send": {"shift": 2.0}}]},
+            "faults.0.send: expected nan,",
+            id="fault-unknown-key",
         ),
         pytest.param(
             {"faults": [{"site": "hospital-t2", "raise_probability": 1.5}]},
@@ -432,12 +470,25 @@ def test_scalars_are_one_grid_value(write_scenario):
         {"stream": {"ordering": [LISTED, "blocked"]}, "strategies": "fedavg"},
         {**METHODS, "faults": [{"site": "hospital-t2", "raise_every": 2}]},
         {
+            "faults": [
+                {"site": "hospital-t2", "send": {"scale": -3.0}},
+                {"site": "hospital-flair", "send": {"gaussian": 0.05}},
+            ]
+        },
+        {
             "stream": {"ordering": "alternating-rounds", "arrivals_per_round": [1, 2]},
             "strategies": ["fedavg", "dynamic-aware"],
             "exclude": [{"arrivals_per_round": 1, "strategy": "dynamic-aware"}],
         },
     ],
-    ids=["tiny", "grid", "explicit-ordering", "methods-and-faults", "per-round-and-exclude"],
+    ids=[
+        "tiny",
+        "grid",
+        "explicit-ordering",
+        "methods-and-faults",
+        "byzantine-faults",
+        "per-round-and-exclude",
+    ],
 )
 def test_dump_round_trips(write_scenario, updates, tmp_path):
     original = load_scenario(write_scenario(updates))
@@ -516,6 +567,27 @@ def test_faults_are_read_per_site(write_scenario):
         ("hospital-t2", 0.5, None),
         ("hospital-flair", 0.0, "nan"),
     ]
+
+
+def test_byzantine_faults_are_read_in_their_yaml_forms_and_fingerprinted(write_scenario):
+    text = write_scenario().read_text() + (
+        "faults:\n"
+        "  - {site: hospital-t2, send: sign-flip}\n"
+        "  - site: hospital-flair\n"
+        "    send: {scale: 5.0}\n"
+    )
+    scenario = load_scenario(write_scenario(text=text))
+    assert [f.send for f in scenario.faults] == ["sign-flip", ScaledUpdate(scale=5.0)]
+    noisy = load_scenario(
+        write_scenario({"faults": [{"site": "hospital-t2", "send": {"gaussian": 0.1}}]})
+    )
+    assert noisy.faults[0].send == GaussianNoise(gaussian=0.1)
+    clean = load_scenario(write_scenario())
+    prints = [fingerprints(s) for s in (scenario, noisy, clean)]
+    # the fault is no axis (trial ids agree) but it decides the results (fingerprints differ)
+    assert prints[0].keys() == prints[1].keys() == prints[2].keys()
+    for trial_id in prints[0]:
+        assert len({p[trial_id] for p in prints}) == 3
 
 
 def test_arrivals_per_round_is_a_grid_axis_after_the_batch(write_scenario):

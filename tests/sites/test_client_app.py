@@ -149,6 +149,37 @@ def test_faults_raise_or_corrupt_the_update(cohort_index, restore_torch_threads)
     assert np.isfinite(reply.content["metrics"]["train-loss"])
 
 
+def test_a_byzantine_site_flips_its_delta_against_the_model_the_server_sent(
+    cohort_index, restore_torch_threads
+):
+    """A FedBN site overlays its own norms, but the delta it flips is taken against the
+    global model as received: flipped = 2 received - trained, counters as trained."""
+    torch.manual_seed(0)
+    model = build_model(SPEC.name, **SPEC.kwargs())
+    groups = parameter_groups(model)
+    received = {k: v.numpy() for k, v in model.state_dict().items()}
+    own = {k: v + 1.0 for k, v in model.state_dict().items() if groups[k] == "norm"}
+
+    def send(**extra: Any) -> dict[str, np.ndarray]:
+        ctx = context(cohort_index)  # the same site state for both runs: the same training
+        ctx.state["local-norm"] = ArrayRecord(dict(own))
+        msg = message(model, 1, 0, **extra)
+        msg.content["config"]["local-norm"] = True
+        return {k: v.numpy() for k, v in train(msg, ctx).content["arrays"].items()}
+
+    trained = send()
+    flipped = send(fault=FaultConfig(site="hospital-t2", send="sign-flip"))
+    for key, value in flipped.items():
+        assert value.dtype == trained[key].dtype and value.shape == trained[key].shape
+        if np.issubdtype(value.dtype, np.floating):
+            np.testing.assert_allclose(value, 2 * received[key] - trained[key], atol=1e-6)
+        else:
+            np.testing.assert_array_equal(value, trained[key])  # num_batches_tracked
+    # lr 1e-12: the site's norms stay its own (received + 1), so the flip sends received - 1
+    for key, value in norms(flipped, groups).items():
+        np.testing.assert_allclose(value, received[key] - 1.0, atol=1e-5)
+
+
 def test_optimizer_state_round_trips_through_the_site_state() -> None:
     """optimizer_state: keep stores Adam's moments in context.state; shapes (0-d step too) and
     values come back exactly, and an optimiser resumed from them steps like the original."""

@@ -20,7 +20,7 @@ from fedll.config.grid import fingerprints
 from fedll.config.options import StrategyOptions, option_names
 from fedll.models.saved import read_model
 from fedll.report import forgetting_table, format_table, trial_summary
-from fedll.store import collect
+from fedll.store import collect, trial_model
 from fedll.sweep import SweepOptions, run_sweep
 
 pytestmark = pytest.mark.slow
@@ -102,6 +102,35 @@ def test_a_nan_site_and_a_site_failing_every_other_round(
     assert set(table["failed_updates"]) == {1} and set(table["rejected_updates"]) == {2}
     assert set(trial_summary(results)["failed_updates"]) == {1}
     assert "failed updates" in format_table(table).columns
+
+
+def test_a_sign_flipping_site_is_accepted_and_moves_the_model(
+    make_scenario, tmp_path, restore_torch_threads
+):
+    """Unlike a NaN update, a Byzantine one passes the server's update check: the round
+    aggregates it, and the model differs from the one the same federation learns without it."""
+    base = {**BOTH_PER_ROUND, "models": STATIC}
+    clean = sweep(make_scenario, tmp_path / "clean", base)
+    faults = [{"site": "hospital-t2", "send": "sign-flip"}]
+    flipped = sweep(make_scenario, tmp_path / "flipped", {**base, "faults": faults})
+
+    assert (flipped["failed"] == "").all() and (flipped["rejected"] == "").all()
+    assert sorted(flipped["round"].unique()) == [0, 1, 2]
+    assert set(flipped["arriving"][flipped["round"] == 2]) == {"flair;t2"}  # both sites, both
+    (trial_id,) = set(flipped["trial"])
+    models = [
+        read_model(trial_model(tmp_path / name / "run", trial_id)).module.state_dict()
+        for name in ("clean", "flipped")
+    ]
+    assert all(torch.isfinite(v).all() for v in models[1].values())
+    moved = [k for k, v in models[0].items() if v.is_floating_point() and not v.equal(models[1][k])]
+    assert "head.weight" in moved
+    counters = [k for k, v in models[0].items() if not v.is_floating_point()]
+    assert counters and all(models[0][k].equal(models[1][k]) for k in counters)
+    at_start = clean[clean["round"] == 0].set_index(["case", "modality"])["dice"]
+    np.testing.assert_array_equal(  # round 0 is the shared initial model
+        at_start, flipped[flipped["round"] == 0].set_index(["case", "modality"])["dice"]
+    )
 
 
 def test_every_strategy_runs_a_healthy_federation(make_scenario, tmp_path, restore_torch_threads):
