@@ -52,8 +52,8 @@ def evaluate_cases(
     slices as one volume.
 
     The model runs where its parameters are (fp32), in inference mode (no autograd
-    bookkeeping; the same kernels, so the same predictions as under ``no_grad``). ``cases`` hold ``images`` (N, 1, H, W),
-    ``masks`` (N, 1, H, W), their slice ``indices`` and ``spacing``
+    bookkeeping; the same kernels, so the same predictions as under ``no_grad``). ``cases``
+    hold ``images`` (N, 1, H, W), ``masks`` (N, 1, H, W), their slice ``indices`` and ``spacing``
     (:class:`fedll.data.slices.CaseSlices`). With ``collect_attention``, also the mean
     attention per dynamic layer over all evaluated slices. With ``previews`` = k, also the
     prediction of the largest-tumour slice of each of the first k cases.
