@@ -1,9 +1,10 @@
 """Train-step time of Dy-CNN U-Nets relative to a static U-Net of equal width, side by side.
 
-One train step = forward + BCE loss + backward + Adam step (+ the temperature schedule for
-dynamic models). For each (threads, size, batch) the models' steps are interleaved, the order
-rotating every repetition, and the medians are compared, so machine load drifts hit all models
-alike. Also prints parameter counts and forward FLOPs per sample (FlopCounterMode).
+One train step = forward + BCE loss + backward + an Adam step by fedll's optimiser
+(:func:`fedll.train.make_optimizer`), + the temperature schedule for dynamic models. For each
+(threads, size, batch) the models' steps are interleaved, the order rotating every repetition,
+and the medians are compared, so machine load drifts hit all models alike. Also prints
+parameter counts and forward FLOPs per sample (FlopCounterMode).
 
     .venv/bin/python benchmarks/bench_models.py                       # the full table
     .venv/bin/python benchmarks/bench_models.py --sizes 64 --batches 8 --repeats 5
@@ -20,7 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from fedll.config.schema import TrainingConfig
 from fedll.models import advance_schedule, build_model, count_parameters
+from fedll.train import make_optimizer
 
 
 def parse_args() -> argparse.Namespace:
@@ -39,7 +42,7 @@ def parse_args() -> argparse.Namespace:
 
 def train_step(model: torch.nn.Module) -> Callable[[torch.Tensor], None]:
     """A closure running one Adam train step of ``model`` on a (B, 1, H, W) batch."""
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimiser = make_optimizer(model, TrainingConfig(optimizer="adam", lr=1e-3))
 
     def step(x: torch.Tensor) -> None:
         target = (x > 1.0).float()

@@ -39,7 +39,7 @@ class Evaluation:
     the most tumour and its prediction (S, S) bool."""
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate_cases(
     model: nn.Module,
     cases: Sequence[CaseSlices],
@@ -51,8 +51,9 @@ def evaluate_cases(
     """Dice, HD95 and surface Dice (at ``tolerance_mm``) per case, over the case's evaluated
     slices as one volume.
 
-    The model runs where its parameters are (fp32). ``cases`` hold ``images`` (N, 1, H, W),
-    ``masks`` (N, 1, H, W), their slice ``indices`` and ``spacing``
+    The model runs where its parameters are (fp32), in inference mode (no autograd
+    bookkeeping; the same kernels, so the same predictions as under ``no_grad``). ``cases``
+    hold ``images`` (N, 1, H, W), ``masks`` (N, 1, H, W), their slice ``indices`` and ``spacing``
     (:class:`fedll.data.slices.CaseSlices`). With ``collect_attention``, also the mean
     attention per dynamic layer over all evaluated slices. With ``previews`` = k, also the
     prediction of the largest-tumour slice of each of the first k cases.

@@ -1,14 +1,17 @@
-"""Run every trial of a scenario: Ray tasks on this machine or a Ray cluster.
+"""Run every trial of a scenario: on Ray, on this machine or a Ray cluster, or in this process.
 
 Each trial is a federation run in-process (the ServerApp and the ClientApp through an
-:class:`~fedll.inprocess.InProcessGrid`) inside one Ray task; Flower's Simulation Engine
-is not used here (it hung inside Ray and costs 10-25 s to start). A trial whose files verify
-(:mod:`fedll.store`) is skipped, so rerunning an interrupted sweep loses nothing; the files of
-a trial that does not verify are set aside and it runs again.
+:class:`~fedll.inprocess.InProcessGrid`) inside a Ray actor of a warm pool
+(:class:`TrialRunner`: it imports a trial's stack once and runs trial after trial); Flower's
+Simulation Engine is not used here (it hung inside Ray and costs 10-25 s to start). Trials
+start longest first (:mod:`fedll.workload`), so that the last ones, running while workers
+fall idle, are short. A trial whose files verify (:mod:`fedll.store`) is skipped, so
+rerunning an interrupted sweep loses nothing; the files of a trial that does not verify are
+set aside and it runs again.
 
 Trials need no shared disk: the driver prepares the cohort once and loads its slices into a
 :class:`~fedll.data.arrays.CohortArrays`, put once into Ray's object store and shared by every
-task; a task gets the resolved scenario and its trial's index (:class:`TrialTask`), and
+task; a trial gets the resolved scenario and its index (:class:`TrialTask`), and
 returns its outcome (:class:`TrialDone`: rows, final model). Checkpoints
 (``execution.checkpoint_every``) come back through the progress actor. The driver alone writes
 the run directory; ``--local`` runs the same tasks in this process. A rerun resumes an
@@ -16,7 +19,7 @@ unfinished trial from its latest checkpoint.
 
 Ray is sized explicitly: ``num_cpus`` of the machine (or the cluster's), an object store
 of ``object_store_mb``, no dashboard, and ``cpus_per_trial`` CPUs (``num_gpus``: see
-:func:`trial_gpus`) per task with torch using as many threads.
+:func:`trial_gpus`) per actor with torch using as many threads.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from fedll.store import (
     write_checkpoint,
     write_trial,
 )
+from fedll.workload import longest_first
 
 logger = logging.getLogger(__name__)
 
@@ -278,6 +282,38 @@ def _ray_task(task: TrialTask, cohort: CohortArrays, trial_id: str, progress: An
     return execute_task(task, cohort, report, checkpoint)
 
 
+def warm_up() -> None:
+    """Import what a trial runs (torch, Flower, fedll's apps, MONAI's metrics): seconds that
+    a fresh worker otherwise spends inside its first trial."""
+    import importlib
+
+    from fedll.inprocess import load_reference
+
+    load_reference(CLIENT_APP_FACTORY)
+    load_reference(SERVER_APP_FACTORY)
+    importlib.import_module("monai.metrics")
+
+
+class TrialRunner:
+    """A Ray actor's body: a worker that imports a trial's stack once, when it starts, and
+    then runs trial after trial (:func:`execute_task`)."""
+
+    def __init__(self) -> None:
+        warm_up()
+
+    def run(self, task: TrialTask, cohort: CohortArrays, trial_id: str, progress: Any) -> TrialDone:
+        return _ray_task(task, cohort, trial_id, progress)
+
+
+def pool_size(limit: int, cpus_per_trial: int, gpus: float, resources: Mapping[str, float]) -> int:
+    """How many trial workers to start: ``limit``, at most as many as the cluster's CPUs (and
+    GPUs, when trials take some) hold at once, at least one."""
+    fit = int(resources.get("CPU", 0) // max(cpus_per_trial, 1))
+    if gpus > 0:
+        fit = min(fit, int(resources.get("GPU", 0) // gpus))
+    return max(1, min(limit, fit))
+
+
 class Backend(Protocol):
     """Where trials run: :class:`LocalBackend` (this process) or :class:`RayBackend`."""
 
@@ -341,35 +377,53 @@ class LocalBackend:
 
 
 class RayBackend:
-    """Trials as Ray tasks of ``cpus_per_trial`` CPUs and ``gpus`` GPUs; the cohort's slices
-    put into the object store once; progress and checkpoints through a Ray actor."""
+    """Trials on a pool of warm Ray actors (:class:`TrialRunner`, ``cpus_per_trial`` CPUs and
+    ``gpus`` GPUs each, as many as run at once): each imports a trial's stack once, as soon as
+    the pool is made, and runs many trials. The cohort's slices are put into the object store
+    once (:meth:`share`); progress and checkpoints go through a Ray actor. An actor lost with
+    its trial (its process killed) is replaced."""
 
-    def __init__(self, cohort: CohortArrays, options: SweepOptions, limit: int, gpus: float):
+    def __init__(self, options: SweepOptions, limit: int, gpus: float):
         import ray
 
-        self.ray, self.options, self.limit = ray, options, limit
-        logger.info("the cohort's slices: %.1f MiB into the object store", cohort.nbytes() / 2**20)
-        self.cohort = ray.put(cohort)
+        self.ray, self.options = ray, options
+        self.limit = pool_size(limit, options.cpus_per_trial, gpus, ray.cluster_resources())
         self.progress = ray.remote(num_cpus=0)(ProgressLog).remote()
-        self.task = ray.remote(num_cpus=options.cpus_per_trial, num_gpus=gpus, max_retries=0)(
-            _ray_task
-        )
+        self.runner = ray.remote(
+            num_cpus=options.cpus_per_trial, num_gpus=gpus, max_restarts=0, max_task_retries=0
+        )(TrialRunner)
+        self.idle = [self.runner.remote() for _ in range(self.limit)]
+        self.busy: dict[Any, Any] = {}
+        self.cohort: Any = None
+
+    def share(self, cohort: CohortArrays) -> None:
+        """Put the cohort's slices into the object store, once, for every trial."""
+        logger.info("the cohort's slices: %.1f MiB into the object store", cohort.nbytes() / 2**20)
+        self.cohort = self.ray.put(cohort)
 
     def submit(self, task: TrialTask, trial_id: str) -> Any:
-        return self.task.remote(task, self.cohort, trial_id, self.progress)
+        actor = self.idle.pop()
+        handle = actor.run.remote(task, self.cohort, trial_id, self.progress)
+        self.busy[handle] = actor
+        return handle
 
     def wait(self, handles: Sequence[Any]) -> list[Any]:
         ready, _ = self.ray.wait(list(handles), num_returns=1, timeout=0.5)
         return ready
 
     def result(self, handle: Any) -> TrialDone | str:
+        actor = self.busy.pop(handle)
         try:
-            return self.ray.get(handle)
+            done: TrialDone | str = self.ray.get(handle)
         except self.ray.exceptions.RayTaskError as error:
             cause = error.cause if error.cause is not None else error
-            return f"{type(cause).__name__}: {cause}"
-        except self.ray.exceptions.RayError as error:  # a worker or node lost
-            return f"{type(error).__name__}: {str(error).splitlines()[0]}"
+            done = f"{type(cause).__name__}: {cause}"
+        except self.ray.exceptions.RayError as error:  # the actor, its worker or node lost
+            self.ray.kill(actor)
+            actor = self.runner.remote()
+            done = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+        self.idle.append(actor)
+        return done
 
     def drain(self) -> tuple[list[Progress], dict[str, tuple[int, bytes]]]:
         return self.ray.get(self.progress.drain.remote())
@@ -390,20 +444,25 @@ def run_sweep(
     summary = SweepSummary(skipped=[t.trial_id for t in trials if t not in todo])
     if not todo:
         return summary
-    cohort = CohortArrays.load(cohort_for(run_dir, scenario))
     index = {t.trial_id: i for i, t in enumerate(trials)}
     prints = fingerprints(scenario)
     device = scenario.execution.device
     if options.backend == "local":
         resolve_device(device)  # a CUDA device that is not there: one line, before any trial
+        cohort = CohortArrays.load(cohort_for(run_dir, scenario))
+        todo = longest_first(scenario, todo, cohort)
         tasks = _tasks(run_dir, scenario, todo, index, prints, options, device, on_resume)
         local = LocalBackend(cohort, on_progress, partial(_keep_checkpoint, run_dir))
         schedule(local, run_dir, scenario, tasks, summary, on_progress, on_trial_done)
         return summary
     with _ray(options):
         gpus = trial_gpus(scenario, options)
+        # the pool's actors import a trial's stack while this process loads the slices
+        remote = RayBackend(options, options.max_concurrent or len(todo), gpus)
+        cohort = CohortArrays.load(cohort_for(run_dir, scenario))
+        remote.share(cohort)
+        todo = longest_first(scenario, todo, cohort)  # the tail, when few trials are left, short
         tasks = _tasks(run_dir, scenario, todo, index, prints, options, device, on_resume)
-        remote = RayBackend(cohort, options, options.max_concurrent or len(todo), gpus)
         schedule(remote, run_dir, scenario, tasks, summary, on_progress, on_trial_done)
     return summary
 

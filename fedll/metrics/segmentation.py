@@ -3,7 +3,8 @@
 :func:`case_metrics` gives one case's Dice, 95th-percentile Hausdorff distance (HD95, mm) and
 surface Dice at a tolerance (Nikolov et al. 2021), computed by MONAI's
 ``compute_dice``, ``compute_hausdorff_distance(percentile=95)`` and ``compute_surface_dice``
-on the whole (X, Y, Z) volume with its spacing. As MONAI defines them, a surface is the
+on the whole (X, Y, Z) volume with its spacing (the last two from one search of the surfaces'
+distances, as each of them would find it). As MONAI defines them, a surface is the
 mask's boundary voxels, distances are Euclidean in mm, and HD95 is symmetric: the larger of
 the two directed 95th percentiles.
 
@@ -87,7 +88,8 @@ def case_metrics(
         return CaseMetrics(dice=0.0, hd95=HD95_MAX_MM, surface_dice=0.0)
     # imported here: the report reads this package and stays free of torch
     import torch
-    from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surface_dice
+    from monai.metrics import compute_dice
+    from monai.metrics.utils import get_edge_surface_distance
 
     # MONAI takes one-hot (B, C, X, Y, Z); one foreground channel, no background channel
     y_pred = torch.from_numpy(pred)[None, None].double()
@@ -96,12 +98,16 @@ def case_metrics(
     with warnings.catch_warnings():  # MONAI 1.5 warns about its own deprecated argument
         warnings.simplefilter("ignore", FutureWarning)
         dsc = compute_dice(y_pred, y, include_background=True)
-        hd95 = compute_hausdorff_distance(
-            y_pred, y, include_background=True, percentile=95, spacing=voxel
+        # compute_hausdorff_distance and compute_surface_dice each find the same edges and
+        # distance maps; they are found once here (the same call, in the float32 that
+        # compute_hausdorff_distance passes) and both scores derived as those functions do
+        # (tests/metrics/test_segmentation.py checks them bit for bit against MONAI's)
+        _, (pred_to_truth, truth_to_pred), _ = get_edge_surface_distance(
+            y_pred[0, 0].float(), y[0, 0].float(), spacing=voxel, symmetric=True
         )
-        nsd = compute_surface_dice(
-            y_pred, y, [float(tolerance_mm)], include_background=True, spacing=voxel
-        )
-    return CaseMetrics(
-        dice=float(dsc.item()), hd95=float(hd95.item()), surface_dice=float(nsd.item())
-    )
+    hd95 = torch.max(torch.stack([torch.quantile(pred_to_truth, 0.95),
+                                  torch.quantile(truth_to_pred, 0.95)]))  # fmt: skip
+    correct = torch.sum(pred_to_truth <= tolerance_mm) + torch.sum(truth_to_pred <= tolerance_mm)
+    nsd = torch.empty((), dtype=torch.float)
+    nsd.fill_(correct / (len(pred_to_truth) + len(truth_to_pred)))
+    return CaseMetrics(dice=float(dsc.item()), hd95=float(hd95.item()), surface_dice=float(nsd))

@@ -59,3 +59,24 @@ def test_bad_arguments() -> None:
         case_metrics(cube()[0], cube()[0], (1.0, 1.0))
     with pytest.raises(ValueError, match="tolerance"):
         case_metrics(cube(), cube(), (1.0, 1.0, 1.0), tolerance_mm=-1.0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_hd95_and_surface_dice_are_monais_bit_for_bit(seed: int) -> None:
+    # case_metrics finds the surfaces' distances once for both scores; each must equal what
+    # MONAI's own compute_hausdorff_distance and compute_surface_dice return, to the bit
+    import torch
+    from monai.metrics import compute_hausdorff_distance, compute_surface_dice
+    from scipy.ndimage import binary_dilation
+
+    rng = np.random.default_rng(seed)
+    truth = binary_dilation(rng.random((18, 22, 16)) > 0.97, iterations=2)
+    pred = binary_dilation(rng.random((18, 22, 16)) > 0.97, iterations=2)
+    spacing, tolerance = (float(rng.uniform(1, 4)), 1.0, float(rng.uniform(0.5, 2))), 2.0
+    y_pred = torch.from_numpy(pred)[None, None].double()
+    y = torch.from_numpy(truth)[None, None].double()
+    hd95 = compute_hausdorff_distance(y_pred, y, percentile=95, spacing=list(spacing))
+    nsd = compute_surface_dice(y_pred, y, [tolerance], spacing=list(spacing))
+    got = case_metrics(pred, truth, spacing, tolerance)
+    assert got.hd95 == float(hd95.item())
+    assert got.surface_dice == float(nsd.item())
