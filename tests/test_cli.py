@@ -64,7 +64,7 @@ def test_dry_run_applies_overrides(write_scenario):
 
 @pytest.mark.parametrize(
     ("name", "trials"),
-    [("quickstart", 8), ("federated", 30), ("paper", 18), ("routing-study", 177)],
+    [("quickstart", 8), ("federated", 30), ("paper", 18), ("routing-study", 177), ("dp", 5)],
 )
 def test_the_shipped_scenarios_are_valid(name, trials):
     result = invoke("run", REPO / "scenarios" / f"{name}.yaml", "--dry-run")
