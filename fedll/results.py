@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from fedll.columns import ATTENTION_COLUMNS, RESULT_COLUMNS, ROUND_EVENTS
+from fedll.columns import ATTENTION_COLUMNS, PRIVACY_COLUMNS, RESULT_COLUMNS, ROUND_EVENTS
 from fedll.stream import Round
 
 logger = logging.getLogger(__name__)
@@ -98,6 +98,8 @@ class TrialResults:
     failures: dict[int, list[str]] = field(default_factory=dict)
     rejected: dict[int, list[str]] = field(default_factory=dict)
     previews: list[dict[str, Any]] = field(default_factory=list)
+    privacy: dict[int, tuple[float, float]] = field(default_factory=dict)
+    """round -> (ε spent so far, δ), for a strategy with a privacy accountant."""
 
     def _key(self) -> dict:
         return {"trial": self.trial.trial_id, **self.trial.axis_values()}
@@ -189,6 +191,7 @@ class TrialResults:
             "failures": {str(k): list(v) for k, v in self.failures.items()},
             "rejected": {str(k): list(v) for k, v in self.rejected.items()},
             "previews": base64.b64encode(preview_npz(self.previews)).decode(),
+            "privacy": {str(k): list(v) for k, v in self.privacy.items()},
         }
 
     def restore(self, snapshot: dict[str, Any]) -> None:
@@ -199,12 +202,17 @@ class TrialResults:
         self.rejected = {int(k): list(v) for k, v in snapshot["rejected"].items()}
         previews = snapshot.get("previews")  # absent from an earlier fedll's checkpoints
         self.previews = read_previews(base64.b64decode(previews)) if previews else []
+        privacy = snapshot.get("privacy", {})  # absent from an earlier fedll's checkpoints
+        self.privacy = {int(k): (float(e), float(d)) for k, (e, d) in privacy.items()}
 
     def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         results = pd.DataFrame(self.rows, columns=list(RESULT_COLUMNS))
         for column, events in zip(ROUND_EVENTS, (self.failures, self.rejected), strict=True):
             joined = {r: ";".join(sorted(s)) for r, s in events.items()}
             results[column] = results["round"].map(joined).fillna("").astype(str)
+        for k, column in enumerate(PRIVACY_COLUMNS):
+            values = {r: spent[k] for r, spent in self.privacy.items()}
+            results[column] = results["round"].map(values).astype(float)
         return results, pd.DataFrame(self.attention_rows, columns=list(ATTENTION_COLUMNS))
 
 

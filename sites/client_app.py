@@ -38,6 +38,7 @@ from fedll.device import resolve_device
 from fedll.faults import InjectedFault, corrupt, raises
 from fedll.models import build_model, parameter_groups
 from fedll.train import TrainingHook, TrainResult, train_local
+from sites.privacy import clipping_mod
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def make_client_app(cohort: CohortArrays | None = None, device: str | None = Non
     """The ClientApp; a sweep's trial passes its in-memory ``cohort`` (the simulated sites)
     and the trial's ``device``. Without them a simulated site is read from the run directory,
     and a deployed one from its node config (``data-dir``, and ``device``: auto by default)."""
-    app = ClientApp()
+    app = ClientApp(mods=[clipping_mod])  # clips where a trial's DP asks for it, at the site
 
     def site_of(context: Context) -> Site | SiteArrays:
         return resolve_site(context.node_config, context.run_config, cohort)

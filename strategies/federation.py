@@ -31,6 +31,7 @@ from fedll.planning import plan_rounds, trial_stream
 from fedll.results import TrialOutcome, TrialResults
 from strategies.handshake import discover_sites, match_sites
 from strategies.lifelong import Lifelong
+from strategies.privacy import privacy_spent
 from strategies.registry import build_strategy
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ def run_federation(
         layout=ModelLayout.of(model),
         site_of={i.node_id: n for n, i in bound.items()},
         training_lr=scenario.training.lr,
+        seed=trial.seed,
     )
     results = TrialResults(trial=trial, stream=stream)
     snapshots = _snapshots(grid, checkpointing)
@@ -107,6 +109,8 @@ def run_federation(
         final.update({k: v.numpy() for k, v in state.items()})
         model.load_state_dict(state)
         evaluate_round(results, server_round, model, test, scenario.evaluation)
+        if (spent := privacy_spent(strategy.rule)) is not None:
+            results.privacy[server_round] = (spent.epsilon, spent.delta)
         if on_round is not None:
             on_round(server_round, len(stream))
         if snapshots and 0 < server_round < len(stream) and server_round % snapshots.every == 0:

@@ -372,14 +372,18 @@ def _encode(value: Any) -> dict[str, Any] | None:
 def rule_state(rule: Strategy) -> list[dict[str, Any]]:
     """What a rule has learnt, per strategy of :func:`_rules`: its array-valued attributes
     (FedAvgM's momentum, FedOpt's moments, the current arrays of either), the attributes a
-    rule lists in ``state_numbers`` (numbers it learns, e.g. an adaptive clipping norm), and
-    which of its known state attributes are still unset (None)."""
+    rule lists in ``state_numbers`` (numbers it learns, e.g. an adaptive clipping norm),
+    which of its known state attributes are still unset (None) and, for a DP wrapper that
+    keeps a privacy accountant, the accountant's ``state_dict()`` (the releases composed)."""
     chain = []
     for part in _rules(rule):
         arrays = {name: enc for name, value in vars(part).items() if (enc := _encode(value))}
         numbers = {name: getattr(part, name) for name in getattr(part, "state_numbers", ())}
         unset = [name for name, value in vars(part).items() if value is None and _stateful(name)]
-        chain.append({"arrays": arrays, "numbers": numbers, "unset": unset})
+        entry = {"arrays": arrays, "numbers": numbers, "unset": unset}
+        if (accountant := getattr(part, "accountant", None)) is not None:
+            entry["accountant"] = accountant.state_dict()
+        chain.append(entry)
     return chain
 
 
@@ -409,3 +413,5 @@ def restore_rule_state(rule: Strategy, state: Sequence[Mapping[str, Any]]) -> No
             setattr(part, name, value)
         for name in saved["unset"]:
             setattr(part, name, None)
+        if "accountant" in saved:
+            part.accountant.load_state_dict(saved["accountant"])

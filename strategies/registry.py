@@ -24,6 +24,7 @@ from fedll.models.inspection import ModelLayout
 from strategies.dynamic_aware import DynamicAware
 from strategies.fedavg import PreciseFedAvg
 from strategies.lifelong import ARRAYS, CONFIG, WEIGHT, Lifelong, Plan
+from strategies.privacy import private_rule
 
 RULE_DEFAULTS: Mapping[str, Any] = {
     "fraction_train": 1.0,  # every node the layer shows the rule: the round's arrivals
@@ -38,10 +39,28 @@ RULE_DEFAULTS: Mapping[str, Any] = {
 """What the lifelong layer sets in every rule it wraps (who trains, the record keys)."""
 
 
-def build_rule(options: StrategyOptions, layout: ModelLayout, training_lr: float) -> Strategy:
-    """The aggregation rule ``options`` names, with its options; ``training_lr`` is the
-    sites' learning rate (q-FedAvg's ``client_learning_rate`` by default)."""
+def build_rule(
+    options: StrategyOptions,
+    layout: ModelLayout,
+    training_lr: float,
+    population: int = 1,
+    seed: int = 0,
+) -> Strategy:
+    """The aggregation rule ``options`` names, with its options, in Flower's DP wrapper where
+    ``options.dp`` asks for one (:func:`strategies.privacy.private_rule`; ``population``: the
+    federation's sites, ``seed``: the trial's, for the noise); ``training_lr`` is the sites'
+    learning rate (q-FedAvg's ``client_learning_rate`` by default)."""
+    rule = _plain_rule(options, layout, training_lr)
+    if options.dp is None:
+        return rule
+    counters = [k for k, group in layout.groups.items() if group == "counter"]
+    return private_rule(options.dp, rule, counters, population, seed)
+
+
+def _plain_rule(options: StrategyOptions, layout: ModelLayout, training_lr: float) -> Strategy:
     if isinstance(options, FedAvgOptions | FedBNOptions):
+        if options.dp is not None:  # Flower's accountant needs FedAvg's own aggregate_train
+            return flower.FedAvg(**RULE_DEFAULTS)
         return PreciseFedAvg(groups=layout.groups, **RULE_DEFAULTS)
     if isinstance(options, DynamicAwareOptions):
         return DynamicAware(layout=layout, **RULE_DEFAULTS)
@@ -59,15 +78,18 @@ def build_strategy(
     layout: ModelLayout,
     site_of: Mapping[int, str],
     training_lr: float = 1e-3,
+    seed: int = 0,
 ) -> Lifelong:
     """The lifelong strategy ``options`` names: the layer over its rule. ``plan``,
-    ``layout`` and ``site_of`` are the layer's (see :class:`Lifelong`)."""
+    ``layout`` and ``site_of`` are the layer's (see :class:`Lifelong`); ``seed`` seeds a DP
+    rule's noise; its population is the sites of ``site_of``."""
     rule = flower_rule(options)
     return Lifelong(
-        build_rule(options, layout, training_lr),
+        build_rule(options, layout, training_lr, population=max(1, len(site_of)), seed=seed),
         plan=plan,
         layout=layout,
         site_of=site_of,
         norm=options.norm,
-        buffers="average" if rule is not None and rule.server_step else "rule",
+        # a server step leaves buffers to the plain average, unless DP must noise them too
+        buffers="average" if rule and rule.server_step and options.dp is None else "rule",
     )

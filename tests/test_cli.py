@@ -70,6 +70,7 @@ def test_dry_run_applies_overrides(write_scenario):
         ("paper", 18),
         ("routing-study", 177),
         ("robust", 10),
+        ("dp", 5),
     ],
 )
 def test_the_shipped_scenarios_are_valid(name, trials):
@@ -635,3 +636,57 @@ def test_paper_tcga_dry_runs_against_a_tiny_tcga_tree(tmp_path):
     scenario = load_scenario(path, [f"cohort.path={root}"])
     assert (scenario.cohort.layout, scenario.evaluation.slices) == ("tcga-gbm", "all")
     assert sum(s.patients for s in scenario.sites) + 2 * scenario.test.patients_per_modality == 130
+
+
+# ---------------------------------------------------------------- differential privacy
+
+
+def test_a_scenario_naming_every_strategy_with_dp_on_two_expands(write_scenario):
+    from fedll.config.options import StrategyOptions, option_names
+
+    names = list(option_names(StrategyOptions))
+    strategies = [
+        *names,
+        {"name": "fedavg", "dp": {"noise_multiplier": 1.0, "clipping_norm": 0.5}},
+        {"name": "fedadam", "dp": {"side": "client", "clipping": "adaptive",
+                                   "noise_multiplier": 0.5, "clipped_count_stddev": 1.0}},
+    ]  # fmt: skip
+    path = write_scenario({"strategies": strategies, "models": {"dycnn": None}})
+    result = invoke("run", path, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert f"{len(names) + 2} trials of tiny" in result.stdout
+    labels = [t.strategy_label for t in expand_trials(load_scenario(path))]
+    assert labels[: len(names)] == names  # without dp, the labels of before
+    assert labels[len(names) :] == [
+        "fedavg-dp-server-fixed-z1.0-c0.5",
+        "fedadam-dp-client-adaptive-z0.5-sb1.0",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("dp", "key"),
+    [
+        pytest.param("{noise_multiplier: 1, clipping_norm: 1, clip: 2}", "strategies.0.dp.clip",
+                     id="unknown-key"),
+        pytest.param("{noise_multiplier: -1, clipping_norm: 1}", "strategies.0.dp.noise_multiplier",
+                     id="negative-noise"),
+        pytest.param("{noise_multiplier: 1}", "clipping_norm: required", id="fixed-without-norm"),
+        pytest.param("{noise_multiplier: 1, clipping_norm: 0}", "strategies.0.dp.clipping_norm",
+                     id="zero-norm"),
+        pytest.param("{side: site, noise_multiplier: 1, clipping_norm: 1}", "strategies.0.dp.side",
+                     id="unknown-side"),
+        pytest.param("{clipping: adaptive, noise_multiplier: 0.01, clipping_norm: 1}",
+                     "clipping_norm: an option of fixed clipping", id="adaptive-with-norm"),
+        pytest.param("{clipping: adaptive, noise_multiplier: 0.01, target_quantile: 1}",
+                     "strategies.0.dp.target_quantile", id="quantile-of-1"),
+        pytest.param("{noise_multiplier: 1, clipping_norm: 1, delta: 1}", "strategies.0.dp.delta",
+                     id="delta-of-1"),
+        # Flower's default noise on the clipped count is 2 sites / 20 = 0.1: z must be < 0.2
+        pytest.param("{clipping: adaptive, noise_multiplier: 0.5}",
+                     "strategies.0.dp.noise_multiplier: 0.5 must be below", id="adaptive-noise"),
+    ],
+)  # fmt: skip
+def test_a_bad_dp_option_is_one_line_naming_its_key(write_scenario, dp, key):
+    path = write_scenario()
+    result = invoke("run", path, "--dry-run", "--set", f"strategies=[{{name: fedavg, dp: {dp}}}]")
+    assert_one_line_error(result, str(path), key)

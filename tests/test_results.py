@@ -55,3 +55,16 @@ def test_rows_carry_hd95_surface_dice_and_how_they_were_scored():
     assert (row["evaluated_slices"], row["surface_tolerance_mm"]) == ("selected", 1.5)
     plain = results().frames()[0]  # Dice alone: the others are NaN, the scoring unknown
     assert plain["hd95"].isna().all() and set(plain["evaluated_slices"]) == {""}
+
+
+def test_rows_carry_the_epsilon_spent_after_their_round_where_the_trial_has_an_accountant():
+    out = results()
+    out.privacy.update({0: (0.0, 1e-5), 2: (3.5, 1e-5)})
+    frame = out.frames()[0]
+    assert frame.groupby("round")["epsilon"].first().to_dict() == {0: 0.0, 2: 3.5}
+    assert set(frame["dp_delta"]) == {1e-5}
+    plain = results().frames()[0]  # no accountant: empty
+    assert plain["epsilon"].isna().all() and plain["dp_delta"].isna().all()
+    restored = TrialResults(trial=TRIAL, stream=STREAM)
+    restored.restore(out.snapshot())
+    assert restored.privacy == out.privacy

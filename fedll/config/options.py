@@ -17,7 +17,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, create_model
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    SerializerFunctionWrapHandler,
+    Tag,
+    create_model,
+    model_serializer,
+    model_validator,
+)
 
 
 class _Frozen(BaseModel):
@@ -33,7 +43,7 @@ class _Named(_Frozen):
     def label(self) -> str:
         """The name, then each option that differs from its default (``fedprox-mu0.1``)."""
         changed = [
-            f"-{key.replace('_', '')}{value}"
+            f"-{_part(key, getattr(self, key))}"
             for key, value in self.options().items()
             if value != type(self).model_fields[key].default
         ]
@@ -44,7 +54,86 @@ class _Named(_Frozen):
         return self.model_dump(exclude={"name"})
 
 
+def _part(key: str, value: Any) -> str:
+    """One changed option in a label: an option set (differential privacy) by its own label,
+    anything else as its key without underscores and its value (``mu0.1``)."""
+    label = getattr(value, "label", None)
+    return label if isinstance(label, str) else f"{key.replace('_', '')}{value}"
+
+
 NormRule = Literal["average", "local"]
+DP_DELTA = 1e-5
+"""The default δ at which a trial's ε is stated: below 1/(number of sites) for any
+federation fedll simulates, as (ε, δ)-DP needs δ well under one over the population."""
+
+
+class DPOptions(_Frozen):
+    """Differential privacy of a strategy: the sites' updates clipped to an L2 norm and the
+    aggregate given Gaussian noise (Flower's DP wrappers; McMahan et al. 2018, Andrew et al.
+    2021 for adaptive clipping). ``side``: where updates are clipped (``client``: by a mod in
+    the ClientApp, before the update leaves the site); ``clipping``: a fixed norm
+    (``clipping_norm``) or one learnt towards the ``target_quantile`` of unclipped updates
+    (``initial_clipping_norm``, ``clip_norm_lr``, ``clipped_count_stddev``)."""
+
+    side: Literal["server", "client"] = "server"
+    clipping: Literal["fixed", "adaptive"] = "fixed"
+    noise_multiplier: float = Field(
+        ge=0, description="z: the noise's std is z * clipping norm / updates averaged"
+    )
+    clipping_norm: float | None = Field(
+        default=None, gt=0, description="fixed clipping: the L2 bound of each update (required)"
+    )
+    initial_clipping_norm: float | None = Field(
+        default=None, gt=0, description="adaptive clipping: the first norm (Flower: 0.1)"
+    )
+    target_quantile: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="adaptive clipping: the share of updates left unclipped it aims at "
+        "(Flower: 0.5)",
+    )
+    clip_norm_lr: float | None = Field(
+        default=None, gt=0, description="adaptive clipping: the norm's geometric step (Flower: 0.2)"
+    )
+    clipped_count_stddev: float | None = Field(
+        default=None,
+        ge=0,
+        description="adaptive clipping: the noise on the count of clipped updates (Flower: "
+        "number of sites / 20); noise_multiplier must stay below twice it",
+    )
+    delta: float = Field(
+        default=DP_DELTA, gt=0, lt=1, description="the δ at which the ε spent is stated"
+    )
+
+    @model_validator(mode="after")
+    def _clipping_options(self) -> DPOptions:
+        adaptive = ("initial_clipping_norm", "target_quantile", "clip_norm_lr",
+                    "clipped_count_stddev")  # fmt: skip
+        if self.clipping == "fixed":
+            if self.clipping_norm is None:
+                raise ValueError("clipping_norm: required with fixed clipping")
+            if given := [k for k in adaptive if getattr(self, k) is not None]:
+                raise ValueError(f"{given[0]}: an option of adaptive clipping (clipping: fixed)")
+        elif self.clipping_norm is not None:
+            raise ValueError(
+                "clipping_norm: an option of fixed clipping (adaptive clipping starts from "
+                "initial_clipping_norm)"
+            )
+        return self
+
+    @property
+    def label(self) -> str:
+        """``dp-server-fixed-z1.0``, then each other option that differs from its default
+        (``-c0.5`` for the clipping norm, ``-q0.3`` for the target quantile, ...)."""
+        short = {"clipping_norm": "c", "initial_clipping_norm": "c", "target_quantile": "q",
+                 "clip_norm_lr": "lr", "clipped_count_stddev": "sb", "delta": "d"}  # fmt: skip
+        parts = [f"dp-{self.side}-{self.clipping}-z{self.noise_multiplier}"]
+        for key, prefix in short.items():
+            value = getattr(self, key)
+            if value is not None and value != type(self).model_fields[key].default:
+                parts.append(f"{prefix}{value}")
+        return "-".join(parts)
 
 
 class _StrategyOptions(_Named):
@@ -55,6 +144,17 @@ class _StrategyOptions(_Named):
         description="average: normalisation layers are aggregated like any weight; local: each "
         "site keeps its own (FedBN) and the server's copy is what the rule made of the round's",
     )
+    dp: DPOptions | None = Field(
+        default=None, description="differential privacy of the updates (none by default)"
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_privacy(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # no ``dp`` key without DP: trial fingerprints and resolved scenarios stay as before
+        data = handler(self)
+        if self.dp is None:
+            data.pop("dp", None)
+        return data
 
     def options(self) -> dict[str, Any]:
         """The rule's own options first, then the layer's (as labels have always named them)."""

@@ -134,6 +134,24 @@ def models_fit_in_memory(scenario: Scenario) -> None:
             )
 
 
+def adaptive_dp_noise_fits(scenario: Scenario) -> None:
+    """Adaptive clipping's noise multiplier stays below twice the noise on the clipped count
+    (Flower's condition; that noise defaults to the number of sites / 20)."""
+    for index, strategy in enumerate(scenario.strategies):
+        dp = strategy.dp
+        if dp is None or dp.clipping != "adaptive" or dp.noise_multiplier == 0:
+            continue
+        stddev = dp.clipped_count_stddev
+        stddev = len(scenario.sites) / 20 if stddev is None else stddev
+        if dp.noise_multiplier >= 2 * stddev:
+            raise ValueError(
+                f"strategies.{index}.dp.noise_multiplier: {dp.noise_multiplier:g} must be below "
+                f"2 x clipped_count_stddev ({stddev:g}"
+                + (f", {len(scenario.sites)} sites / 20" if dp.clipped_count_stddev is None else "")
+                + "); raise clipped_count_stddev"
+            )
+
+
 RULES: tuple[Callable[[Scenario], None], ...] = (
     unique_site_names,
     enough_synthetic_patients,
@@ -143,4 +161,5 @@ RULES: tuple[Callable[[Scenario], None], ...] = (
     streams_build,
     exclude_entries_fit,
     models_fit_in_memory,
+    adaptive_dp_noise_fits,
 )

@@ -16,6 +16,7 @@ import pandas as pd
 
 from fedll.columns import (
     METRIC_COLUMNS,
+    PRIVACY_COLUMNS,
     REQUIRED_ATTENTION_COLUMNS,
     REQUIRED_RESULT_COLUMNS,
     RESULT_COLUMNS,
@@ -59,7 +60,7 @@ def check_results(results: pd.DataFrame, source: str = "results") -> pd.DataFram
     if results.empty:
         raise DataError(f"{source}: no result rows")
     out = results.copy()
-    floats = (*METRIC_COLUMNS, "surface_tolerance_mm")
+    floats = (*METRIC_COLUMNS, "surface_tolerance_mm", *PRIVACY_COLUMNS)
     for col in floats:  # results of an earlier fedll have Dice only: the others are NaN
         if col not in out.columns:
             out[col] = np.nan

@@ -43,6 +43,9 @@ MEASURES: dict[str, str] = {  # column -> label in the formatted table
     "mean_final_dice": "mean final Dice",
 }
 
+PRIVACY = "final_epsilon"
+"""The summaries' column of the ε a trial spent (only where some trial has an accountant)."""
+
 METRICS: dict[str, tuple[str, bool]] = {  # result column -> (label, higher is better)
     "dice": ("Dice", True),
     "hd95": ("HD95 (mm)", False),
@@ -79,20 +82,24 @@ def trial_summary(results: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
     last and the largest entry of ``forgetting(R)[:, m]``; ``switch_drop_mean`` / ``_max`` over
     the drops of ``m`` at switches (NaN without any); ``bwt`` and ``learning_accuracy`` as in
     ``fedll.metrics`` for modality ``m``; ``auc`` the mean Dice over rounds 1..T. The trial's
-    ``mean_final_dice`` (mean over modalities) and, where the results have them, its counts of
-    failed sites and rejected updates over all rounds (``COUNTS``) are repeated on each of its
-    rows.
+    ``mean_final_dice`` (mean over modalities), where the results have them its counts of
+    failed sites and rejected updates over all rounds (``COUNTS``) and, where some trial kept
+    a privacy accountant, its ``final_epsilon`` (NaN for the others) are repeated on each of
+    its rows.
     """
     results = check_results(results)
     names = list(measures(metric))
     keys = config_columns(results)
     evaluated = [m for m in MODALITIES if m in set(results["modality"])]
     counted = {c: n for c, n in COUNTS.items() if c in results.columns}
+    private = bool(results["epsilon"].notna().any())
     rows = []
     for trial, frame in results.groupby("trial", sort=False):
         R, arriving = dice_matrix(frame, metric=metric)
         values = matrix_measures(R, arriving, metric)
         counts = {n: round_events(frame, c) for c, n in counted.items()}
+        if private:
+            counts[PRIVACY] = final_epsilon(frame)
         first = frame.iloc[0]
         for modality in evaluated:
             m = MODALITIES.index(modality)
@@ -139,6 +146,12 @@ def matrix_measures(
     return out
 
 
+def final_epsilon(trial_results: pd.DataFrame) -> float:
+    """The ε one trial had spent after its last round (NaN without an accountant)."""
+    last = trial_results.loc[trial_results["round"] == trial_results["round"].max(), "epsilon"]
+    return float(last.max()) if last.notna().any() else float("nan")
+
+
 def round_events(trial_results: pd.DataFrame, column: str) -> int:
     """How many sites one trial's ``column`` (``failed`` or ``rejected``) names over its rounds
     (each round's rows repeat the same ";"-joined names)."""
@@ -171,12 +184,15 @@ def summarise(summary: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
     counts = [n for n in COUNTS.values() if n in summary.columns]
     if counts:
         parts.append(groups[counts].sum())
+    privacy = [PRIVACY] if PRIVACY in summary.columns else []
+    if privacy:  # the same for every seed (it depends on the noise and the rounds); the worst
+        parts.append(groups[privacy].max())
     table = pd.concat(parts, axis=1).reset_index()
     repeated = groups["seed"].nunique() < table.set_index(keys)["n_seeds"]
     if repeated.any():
         logger.warning("configurations with repeated seeds: %s", list(repeated[repeated].index))
     stats = [f"{m}_{s}" for m in names for s in ("mean", "std", "n")]
-    return _sorted(table[[*keys, "n_seeds", *stats, *counts]], keys[:-1])
+    return _sorted(table[[*keys, "n_seeds", *stats, *counts, *privacy]], keys[:-1])
 
 
 def _sorted(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:

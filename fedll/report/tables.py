@@ -16,7 +16,7 @@ from fedll.atomic import atomic_path
 from fedll.columns import config_columns
 from fedll.data import LABELS
 from fedll.report.read import COUNTS
-from fedll.report.summary import METRICS, measures
+from fedll.report.summary import METRICS, PRIVACY, measures
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,8 @@ def format_table(table: pd.DataFrame, digits: int = 3, metric: str = "dice") -> 
     for name in COUNTS.values():
         if name in table.columns:
             view[name.replace("_", " ")] = table[name].astype(int)
+    if PRIVACY in table.columns:
+        view["final ε"] = ["n/a" if np.isnan(e) else f"{e:.{digits}g}" for e in table[PRIVACY]]
     return view.astype(str)
 
 
@@ -93,6 +95,11 @@ def caption(metric: str, results: pd.DataFrame | None = None) -> str:
         if evaluated:
             text += "; test slices: " + ", ".join(
                 "all brain slices" if e == "all" else "the training selection" for e in evaluated
+            )
+        deltas = sorted(set(results.get("dp_delta", pd.Series(dtype=float)).dropna()))
+        if deltas:
+            text += "; ε spent under differential privacy at δ = " + ", ".join(
+                f"{d:g}" for d in deltas
             )
         if metric == "surface_dice":
             tolerances = sorted(set(results["surface_tolerance_mm"].dropna()))

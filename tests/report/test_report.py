@@ -332,3 +332,27 @@ def test_hd95_measures_are_rises_by_hand(tmp_path: Path) -> None:
     assert markdown.startswith("HD95 (mm) per test case") and "all brain slices" in markdown
     assert "| final HD95 (mm) |" in markdown
     assert "tolerance 2 mm" in (tmp_path / "tables" / "forgetting_surface_dice.md").read_text()
+
+
+def test_the_final_epsilon_is_a_column_only_where_some_trial_has_one(tmp_path: Path) -> None:
+    results = make_results()
+    # static: an accountant whose ε after rounds 0, 1, 2 is 0, 1.5, 2.25 (δ 1e-5); dycnn: none
+    spent = {0: 0.0, 1: 1.5, 2: 2.25}
+    static = results["model"] == "static"
+    results["epsilon"] = np.where(static, results["round"].map(spent), np.nan)
+    results["dp_delta"] = np.where(static, 1e-5, np.nan)
+    summary = trial_summary(results).set_index(["trial", "modality"])
+    assert summary.loc[("static-s1", "flair"), "final_epsilon"] == 2.25
+    assert np.isnan(summary.loc[("dycnn-s0", "t2"), "final_epsilon"])
+    table = forgetting_table(results)
+    assert entry(table, "static", "t2", "final_epsilon") == 2.25
+    view = format_table(table)
+    assert view.columns[-1] == "final ε"
+    assert view.loc[view["model"] == "static", "final ε"].tolist() == ["2.25", "2.25"]
+    assert view.loc[view["model"] == "dycnn", "final ε"].tolist() == ["n/a", "n/a"]
+    results.to_csv(tmp_path / "results.csv", index=False)
+    markdown = build_report(tmp_path)["markdown"].read_text()
+    assert "δ = 1e-05" in markdown.splitlines()[0] and "| final ε |" in markdown
+    # without an accountant (or results of an earlier fedll): no column, the caption as before
+    assert "final_epsilon" not in trial_summary(make_results()).columns
+    assert "final ε" not in format_table(forgetting_table(make_results())).columns
