@@ -5,7 +5,7 @@ aggregated, and a reply without a usable one is rejected."""
 from __future__ import annotations
 
 import numpy as np
-from test_lifelong import LAYOUT, SITES, model, options, plan, record, reply, start
+from rule_replies import LAYOUT, SITES, model, options, plan, record, reply, start
 
 from fedll.config.instruction import TrainInstruction
 from strategies.registry import build_strategy

@@ -5,13 +5,13 @@ rejected, and the control variate across a checkpoint."""
 from __future__ import annotations
 
 import numpy as np
-from test_lifelong import LAYOUT, model, options, plan, record, reply, start
+from rule_replies import LAYOUT, SITES, model, options, plan, record, reply, start
 
 from fedll.checkpoint import Checkpoint, decode, encode
 from strategies.registry import build_strategy
 from strategies.scaffold import control_step, server_step
 
-FOUR_SITES = {11: "a", 12: "b", 13: "c", 14: "d"}  # N = 4; two of them train in a round
+FOUR_SITES = SITES  # N = 4; two of them train in a round
 
 
 def scaffold(server_lr: float = 1.0):
