@@ -26,13 +26,17 @@ HD95 in mm (lower is better) and surface Dice at ``surface_tolerance_mm``."""
 EVALUATION_COLUMNS: tuple[str, ...] = ("evaluated_slices", "surface_tolerance_mm")
 """How the case was scored: ``all`` (every brain slice) or ``selected`` (the training
 selection), and the surface-Dice tolerance (the scenario's ``evaluation`` section)."""
+PERSONAL_COLUMNS: tuple[str, ...] = tuple(f"personal_{m}" for m in METRIC_COLUMNS)
+"""Per test case, with Ditto: the metrics of the personalised models of the modality's sites
+(each site's latest, on its modality's test set), the mean over the sites that have one so
+far; empty for other strategies and before a site of the modality has trained."""
 PRIVACY_COLUMNS: tuple[str, ...] = ("epsilon", "dp_delta")
 """Per round, for a trial whose strategy keeps a privacy accountant (differential privacy
 with fixed clipping): the ε spent so far, after that round, at δ ``dp_delta``; empty for
 the others."""
 RESULT_COLUMNS: tuple[str, ...] = (
     *TRIAL_COLUMNS, "round", "sites", "arriving", *ROUND_EVENTS, "modality", "case",
-    *METRIC_COLUMNS, *EVALUATION_COLUMNS, *PRIVACY_COLUMNS,
+    *METRIC_COLUMNS, *EVALUATION_COLUMNS, *PRIVACY_COLUMNS, *PERSONAL_COLUMNS,
 )  # fmt: skip
 ATTENTION_COLUMNS: tuple[str, ...] = (
     *TRIAL_COLUMNS, "round", "modality", "layer", "kernel", "mass",
@@ -42,6 +46,7 @@ ADDED: frozenset[str] = frozenset(
     {
         "arrivals_per_round", "cl", *ROUND_EVENTS, *METRIC_COLUMNS[1:], *EVALUATION_COLUMNS,
         *PRIVACY_COLUMNS,
+        *PERSONAL_COLUMNS,
     }
 )  # fmt: skip
 """Columns that results written by an earlier fedll may lack."""

@@ -1,8 +1,9 @@
 """Continual-learning (CL) methods at a site: a small protocol with few hooks.
 
 :func:`fedll.train.train_local` calls, for every hook it is given, ``before_training(model)``
-once, ``extra_loss(model, x, logits)`` at every step (added to the loss when not None) and
-``after_training(model, images, masks)`` once. A :class:`ContinualMethod` adds
+once, ``extra_loss(model, x, logits)`` at every step (added to the loss when not None),
+``before_step(model)`` after every backward pass and ``after_training(model, images, masks)``
+once. A :class:`ContinualMethod` adds
 ``select_cases`` (which of the site's cases to train on) and ``state()``, the arrays it keeps
 between a site's rounds (in the ClientApp's ``context.state``; nothing leaves the site).
 
@@ -66,6 +67,9 @@ class ContinualMethod:
         """A term added to the loss of the batch ``x`` (B, 1, H, W) with ``logits``."""
         return None
 
+    def before_step(self, model: nn.Module) -> None:
+        """Called after every backward pass, before the optimiser steps."""
+
     def after_training(self, model: nn.Module, images: np.ndarray, masks: np.ndarray) -> None:
         """Called once with the trained model and the slices it trained on."""
 
@@ -75,14 +79,21 @@ class ContinualMethod:
 
 
 class ProximalTerm(ContinualMethod):
-    """FedProx's proximal term ``mu / 2 * sum ||w - w_received||^2`` over trainable weights."""
+    """FedProx's proximal term ``mu / 2 * sum ||w - w_received||^2`` over trainable weights;
+    with an ``anchor`` (parameter name -> tensor), ``mu / 2 * sum ||w - anchor||^2`` (Ditto's
+    personalised model is pulled toward the global model it received)."""
 
-    def __init__(self, mu: float) -> None:
+    def __init__(self, mu: float, anchor: Mapping[str, torch.Tensor] | None = None) -> None:
         self.mu = float(mu)
+        self.fixed = None if anchor is None else dict(anchor)
         self.anchor: dict[str, torch.Tensor] = {}
 
     def before_training(self, model: nn.Module) -> None:
-        self.anchor = {n: p.detach().clone() for n, p in model.named_parameters()}
+        if self.fixed is None:
+            self.anchor = {n: p.detach().clone() for n, p in model.named_parameters()}
+        else:
+            device = model_device(model)
+            self.anchor = {n: a.detach().to(device) for n, a in self.fixed.items()}
 
     def extra_loss(
         self, model: nn.Module, x: torch.Tensor, logits: torch.Tensor

@@ -5,7 +5,8 @@ evaluated slices, each at its slice index (:meth:`fedll.data.slices.CaseSlices.v
 against the truth, in 3-D with the stack's spacing (:func:`fedll.metrics.case_metrics`).
 :func:`evaluate_round` evaluates the global model on each modality's test set after a round
 and adds the rows to a trial's :class:`~fedll.results.TrialResults` (the federation and the
-joint bound share it).
+joint bound share it); :func:`evaluate_personal`, before it, the personalised models (Ditto)
+that changed in the round, each on its site's modality test set.
 """
 
 from __future__ import annotations
@@ -85,6 +86,31 @@ def evaluate_cases(
         surface.append(scores.surface_dice)
     attention = {name: m / max(slices, 1) for name, m in mass.items()}
     return Evaluation(dice, hd95, surface, attention, kept)
+
+
+def evaluate_personal(
+    results: TrialResults,
+    model: nn.Module,
+    personal: Mapping[str, Mapping[str, torch.Tensor]],
+    modality_of: Mapping[str, str],
+    test: Mapping[str, Sequence[CaseSlices]],
+    evaluation: EvaluationConfig | None = None,
+) -> None:
+    """Evaluate each site's new personalised model (``personal``: site -> state dict) on the
+    test cases of its modality (``modality_of``), loaded into ``model`` (a scratch model of
+    the trial's architecture, where it should run), and keep the scores in ``results``
+    (:meth:`~fedll.results.TrialResults.set_personal`) for the rows :func:`evaluate_round`
+    adds next. A site whose modality has no test cases is skipped."""
+    evaluation = evaluation or EvaluationConfig()
+    for site, state in personal.items():
+        modality = modality_of[site]
+        if not test.get(modality):
+            continue
+        model.load_state_dict(state)
+        ev = evaluate_cases(model, test[modality], tolerance_mm=evaluation.surface_tolerance_mm)
+        results.set_personal(
+            site, modality, {"dice": ev.dice, "hd95": ev.hd95, "surface_dice": ev.surface_dice}
+        )
 
 
 def evaluate_round(

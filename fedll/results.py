@@ -22,7 +22,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from fedll.columns import ATTENTION_COLUMNS, PRIVACY_COLUMNS, RESULT_COLUMNS, ROUND_EVENTS
+from fedll.columns import (
+    ATTENTION_COLUMNS,
+    METRIC_COLUMNS,
+    PRIVACY_COLUMNS,
+    RESULT_COLUMNS,
+    ROUND_EVENTS,
+)
 from fedll.stream import Round
 
 logger = logging.getLogger(__name__)
@@ -100,6 +106,10 @@ class TrialResults:
     previews: list[dict[str, Any]] = field(default_factory=list)
     privacy: dict[int, tuple[float, float]] = field(default_factory=dict)
     """round -> (ε spent so far, δ), for a strategy with a privacy accountant."""
+    personal: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per site with a personalised model (Ditto): its ``modality`` and, per test case of
+    that modality, each metric of :data:`fedll.columns.METRIC_COLUMNS` of its latest
+    personalised model (:meth:`set_personal`)."""
 
     def _key(self) -> dict:
         return {"trial": self.trial.trial_id, **self.trial.axis_values()}
@@ -117,7 +127,8 @@ class TrialResults:
         evaluation: EvaluationConfig | None = None,
     ) -> None:
         """Add one round's rows for ``modality``: per case its Dice and, where given, HD95
-        and surface Dice (NaN otherwise), with how they were scored (``evaluation``)."""
+        and surface Dice (NaN otherwise), with how they were scored (``evaluation``), and the
+        personalised models' metrics (:meth:`personal_means`)."""
         key = self._key()
         missing = [float("nan")] * len(cases)
         hd95 = missing if hd95 is None else hd95
@@ -131,7 +142,10 @@ class TrialResults:
         arrivals = self.stream[server_round - 1].arrivals if server_round >= 1 else ()
         sites = ";".join(sorted({a.site for a in arrivals}))
         arriving = ";".join(sorted({a.modality for a in arrivals}))
-        for case, score, distance, surface in zip(cases, dice, hd95, surface_dice, strict=True):
+        personal = self.personal_means(modality, len(cases))
+        for i, (case, score, distance, surface) in enumerate(
+            zip(cases, dice, hd95, surface_dice, strict=True)
+        ):
             self.rows.append(
                 {
                     **key,
@@ -144,6 +158,7 @@ class TrialResults:
                     "hd95": float(distance),
                     "surface_dice": float(surface),
                     **scored,
+                    **{f"personal_{m}": values[i] for m, values in personal.items()},
                 }
             )
         for layer, mass in attention.items():
@@ -161,6 +176,33 @@ class TrialResults:
                         "mass": float(value),
                     }
                 )
+
+    def set_personal(self, site: str, modality: str, scores: Mapping[str, Sequence[float]]) -> None:
+        """Keep the evaluation of ``site``'s latest personalised model on ``modality``'s test
+        cases: ``scores`` holds a list per metric of :data:`fedll.columns.METRIC_COLUMNS`, in
+        the order of the cases :meth:`add_round` is given."""
+        self.personal[site] = {
+            "modality": modality,
+            **{m: [float(v) for v in scores[m]] for m in METRIC_COLUMNS},
+        }
+
+    def personal_means(self, modality: str, cases: int) -> dict[str, list[float]]:
+        """Per metric, per test case of ``modality``: the mean over the sites of that
+        modality with a personalised model (:meth:`set_personal`; NaN values skipped), NaN
+        where none has one."""
+        kept = [p for p in self.personal.values() if p["modality"] == modality]
+        out = {}
+        for metric in METRIC_COLUMNS:
+            values = np.full((max(len(kept), 1), cases), np.nan)
+            for row, scores in enumerate(kept):
+                values[row] = scores[metric]
+            finite = ~np.isnan(values)
+            sums = np.where(finite, values, 0.0).sum(axis=0)
+            counts = finite.sum(axis=0)
+            out[metric] = [
+                float(s / n) if n else float("nan") for s, n in zip(sums, counts, strict=True)
+            ]
+        return out
 
     def add_previews(
         self,
@@ -192,6 +234,7 @@ class TrialResults:
             "rejected": {str(k): list(v) for k, v in self.rejected.items()},
             "previews": base64.b64encode(preview_npz(self.previews)).decode(),
             "privacy": {str(k): list(v) for k, v in self.privacy.items()},
+            "personal": {site: dict(scores) for site, scores in self.personal.items()},
         }
 
     def restore(self, snapshot: dict[str, Any]) -> None:
@@ -204,6 +247,7 @@ class TrialResults:
         self.previews = read_previews(base64.b64decode(previews)) if previews else []
         privacy = snapshot.get("privacy", {})  # absent from an earlier fedll's checkpoints
         self.privacy = {int(k): (float(e), float(d)) for k, (e, d) in privacy.items()}
+        self.personal = {site: dict(s) for site, s in snapshot.get("personal", {}).items()}
 
     def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         results = pd.DataFrame(self.rows, columns=list(RESULT_COLUMNS))

@@ -41,13 +41,17 @@ class TrainResult:
 
 
 class TrainingHook(Protocol):
-    """What :func:`train_local` calls besides its own loss (see :mod:`fedll.continual`)."""
+    """What :func:`train_local` calls besides its own loss (see :mod:`fedll.continual`):
+    ``before_step`` sees the model's gradients (unscaled) after each backward pass, before
+    the optimiser steps (SCAFFOLD corrects them there: :mod:`fedll.scaffold`)."""
 
     def before_training(self, model: nn.Module) -> None: ...
 
     def extra_loss(
         self, model: nn.Module, x: torch.Tensor, logits: torch.Tensor
     ) -> torch.Tensor | None: ...
+
+    def before_step(self, model: nn.Module) -> None: ...
 
     def after_training(self, model: nn.Module, images: np.ndarray, masks: np.ndarray) -> None: ...
 
@@ -116,7 +120,8 @@ def _step(
 ) -> float:
     """One optimiser step on a batch; returns its loss. Advances the temperature schedule.
     The forward pass and the loss run under ``precision``'s autocast; with a ``scaler``
-    (fp16) the loss is scaled before the backward pass."""
+    (fp16) the loss is scaled before the backward pass, and the gradients unscaled before
+    the hooks' ``before_step`` (the scaler's step would unscale them at the same point)."""
     with autocast(x.device, precision):
         logits = model(x)
         loss = segmentation_loss(logits, y) + routing_loss(model)
@@ -127,9 +132,14 @@ def _step(
     optimizer.zero_grad(set_to_none=True)
     if scaler is None:
         loss.backward()
+        for hook in hooks:
+            hook.before_step(model)
         optimizer.step()
     else:
         scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        for hook in hooks:
+            hook.before_step(model)
         scaler.step(optimizer)
         scaler.update()
     advance_schedule(model)
@@ -150,8 +160,9 @@ def train_local(
     Batches go to the model's device; the forward pass runs in ``cfg.precision``. The
     mini-batch order comes from ``seed``; ``optimizer_state`` (from an earlier call)
     resumes the optimiser's moments when the scenario keeps them across rounds; each of
-    ``hooks`` sees the model before the first step, adds its ``extra_loss`` at every step and
-    sees the trained model and its data at the end.
+    ``hooks`` sees the model before the first step, adds its ``extra_loss`` at every step,
+    sees the gradients before every optimiser step and sees the trained model and its data
+    at the end.
     """
     n = len(images)
     if n == 0:

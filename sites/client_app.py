@@ -7,16 +7,22 @@ Messages it answers:
 - ``query.meta``: the site's name, modality and number of training cases (no case ids);
 - ``train``: load the global model, train on the cases the server says arrived (plus what
   the CL method adds, e.g. replayed earlier cases), reply with the new weights, the number of
-  training slices and the attention mass per kernel.
+  training slices and the attention mass per kernel; with SCAFFOLD (the message carries the
+  server's ``control`` variate) the gradients are corrected and the reply carries the change
+  of the site's control variate (``control-delta``, :mod:`fedll.scaffold`); with Ditto
+  (``ditto`` in the config) the site also trains its personalised model and sends it back
+  (``personal``, :mod:`fedll.ditto`).
 
 (The global model is evaluated by the ServerApp on the held-out test sets, so sites are never
 asked to evaluate.) Images and masks never leave the site: only parameters and aggregate
 metrics do. What a site keeps between its rounds lives in ``context.state``: the optimiser's
 moments (when the scenario keeps them), the CL method's state (``continual``: an EWC Fisher, a
-replay buffer of case indices) and, with a FedBN-style strategy, its own normalisation layers
-(``local-norm``), overlaid on every model it receives. A fault the scenario injects
-(:mod:`fedll.faults`) is applied here: the site raises, or sends a corrupted update (a
-Byzantine one is taken against the global model as received, before the FedBN overlay).
+replay buffer of case indices), with a FedBN-style strategy its own normalisation layers
+(``local-norm``), overlaid on every model it receives, SCAFFOLD's control variate
+(``scaffold-control``) and Ditto's personalised model (``ditto-personal``). A fault the
+scenario injects (:mod:`fedll.faults`) is applied here: the site raises, or sends a corrupted
+update (a Byzantine one is taken against the global model as received, before the FedBN
+overlay).
 """
 
 from __future__ import annotations
@@ -35,8 +41,10 @@ from fedll.continual import ProximalTerm, build_method
 from fedll.data.arrays import CohortArrays, SiteArrays
 from fedll.data.site import Site, resolve_site
 from fedll.device import resolve_device
+from fedll.ditto import PERSONAL, SITE_PERSONAL, train_personal
 from fedll.faults import InjectedFault, corrupt, raises
 from fedll.models import build_model, parameter_groups
+from fedll.scaffold import CONTROL, CONTROL_DELTA, SITE_CONTROL, ControlVariates
 from fedll.train import TrainingHook, TrainResult, train_local
 from sites.privacy import clipping_mod
 
@@ -97,16 +105,30 @@ def train_site(
         instruction.server_round,
     )
     cases = site.cases(instruction.slices, method.select_cases(instruction.case_range()))
-    received = _received_state(instruction, msg.content["arrays"])
+    as_sent = _received_state(instruction, msg.content["arrays"])  # a Byzantine delta's base
     model = _received_model(instruction, msg.content["arrays"], context).to(device)
+    # Ditto's personalised model is pulled toward the model as received
+    received = (
+        {k: v.detach().clone() for k, v in model.state_dict().items()} if instruction.ditto else {}
+    )
     hooks: list[TrainingHook] = [method]
     if instruction.proximal_mu > 0:
         hooks.append(ProximalTerm(instruction.proximal_mu))
+    control = None
+    if CONTROL in msg.content.array_records:
+        control = ControlVariates(
+            _numpy(msg.content.array_records[CONTROL]),
+            _numpy(context.state.get(SITE_CONTROL, ArrayRecord())),
+            instruction.training.lr,
+        )
+        hooks.append(control)
+    images = np.concatenate([c.images for c in cases])
+    masks = np.concatenate([c.masks for c in cases])
     torch.manual_seed(instruction.seed)
     result = train_local(
         model,
-        np.concatenate([c.images for c in cases]),
-        np.concatenate([c.masks for c in cases]),
+        images,
+        masks,
         instruction.training,
         instruction.seed,
         _unpack_optimizer(context.state["optimizer"])
@@ -117,7 +139,46 @@ def train_site(
     state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     _keep_site_state(context, instruction, result, method.state(), model, state)
     logger.info("site %s trained on %d slices, loss %.4f", site.name, result.samples, result.loss)
-    return _reply(msg, instruction, result, len(cases), state, received)
+    extra: dict[str, ArrayRecord] = {}
+    if control is not None:
+        context.state[SITE_CONTROL] = _record(control.site_control)
+        extra[CONTROL_DELTA] = _record(control.delta)
+    if instruction.ditto:
+        extra[PERSONAL] = _train_personal(instruction, received, context, images, masks, device)
+    return _reply(msg, instruction, result, len(cases), state, as_sent, extra)
+
+
+def _train_personal(
+    instruction: TrainInstruction,
+    received: dict[str, torch.Tensor],
+    context: Context,
+    images: np.ndarray,
+    masks: np.ndarray,
+    device: torch.device,
+) -> ArrayRecord:
+    """Ditto's personalised step: the site's personalised model (the received one at its
+    first round) trained toward ``received``; kept in the context and returned as a record."""
+    spec = instruction.model
+    personal = build_model(spec.name, **spec.kwargs())
+    if SITE_PERSONAL in context.state:
+        personal.load_state_dict(context.state[SITE_PERSONAL].to_torch_state_dict())
+    else:
+        personal.load_state_dict(received)
+    personal.to(device)
+    parameters = {n for n, _ in personal.named_parameters()}
+    torch.manual_seed(instruction.seed)
+    train_personal(
+        personal,
+        {n: t for n, t in received.items() if n in parameters},
+        images,
+        masks,
+        instruction.training,
+        instruction.seed,
+        instruction.ditto_lambda,
+    )
+    record = _record({k: v.detach().cpu().numpy() for k, v in personal.state_dict().items()})
+    context.state[SITE_PERSONAL] = record
+    return record
 
 
 app = make_client_app()
@@ -168,10 +229,12 @@ def _reply(
     cases: int,
     state: dict[str, np.ndarray],
     received: dict[str, np.ndarray],
+    extra: Mapping[str, ArrayRecord],
 ) -> Message:
     """The reply: the weights (corrupted if the scenario injects that, against the
-    ``received`` global model), the training metrics and the attention mass per kernel of
-    each dynamic layer."""
+    ``received`` global model), the training metrics, the attention mass per kernel of each
+    dynamic layer and the ``extra`` ArrayRecords the strategy asked for (SCAFFOLD's
+    control-variate change, Ditto's personalised model)."""
     metrics = MetricRecord(
         {
             "num-examples": result.samples,
@@ -185,9 +248,14 @@ def _reply(
     )
     send = instruction.fault.send if instruction.fault is not None else None
     sent = corrupt(state, send, received=received, seed=instruction.seed) if send else state
-    arrays = ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in sent.items()})
-    content = RecordDict({"arrays": arrays, "metrics": metrics, "attention": attention})
+    content = RecordDict(
+        {"arrays": _record(sent), **extra, "metrics": metrics, "attention": attention}
+    )
     return Message(content, reply_to=msg)
+
+
+def _record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in arrays.items()})
 
 
 def _pack_optimizer(state: dict[int, dict[str, torch.Tensor]]) -> ArrayRecord:

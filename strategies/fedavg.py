@@ -25,8 +25,11 @@ class PreciseFedAvg(FedAvg):
     """Flower's FedAvg, its average accumulated in float64.
 
     ``groups``: the model's parameter groups (:class:`~fedll.models.ModelLayout`); counters
-    keep their largest value.
+    keep their largest value. A variant that reads more ArrayRecords from a reply than the
+    model names them in ``reply_arrays`` (the lifelong layer lets them through).
     """
+
+    reply_arrays: tuple[str, ...] = ()
 
     def __init__(self, groups: Mapping[str, str], **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -35,7 +38,11 @@ class PreciseFedAvg(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        valid, _ = self._check_and_log_replies(replies, is_train=True)
+        # Flower's check wants exactly one ArrayRecord; with reply_arrays the lifelong layer
+        # has checked the contract, extra records included (strategies.replies)
+        valid, _ = self._check_and_log_replies(
+            replies, is_train=True, validate=not self.reply_arrays
+        )
         if not valid:
             return None, None
         updates = [read_update(reply, self.weighted_by_key) for reply in valid]

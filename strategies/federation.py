@@ -1,5 +1,7 @@
 """One trial as a federation: discover the sites, stream their arrivals over rounds,
-aggregate, and evaluate the global model on each modality's test set after every round.
+aggregate, and evaluate the global model on each modality's test set after every round
+(with Ditto, also each personalised model a site sent back that round, on the test set of
+the site's modality).
 
 Flower's ``Grid`` is the only transport this module needs, so the very same code runs
 in-process (a sweep's Ray task), under ``flwr run`` on the Simulation Engine, and against
@@ -23,14 +25,15 @@ from fedll.config.grid import Trial
 from fedll.config.instruction import TrainInstruction
 from fedll.config.schema import Scenario
 from fedll.data.slices import CaseSlices
+from fedll.ditto import PERSONAL
 from fedll.errors import ConfigError
-from fedll.evaluation import evaluate_round
+from fedll.evaluation import evaluate_personal, evaluate_round
 from fedll.inprocess import InProcessGrid
 from fedll.models import ModelLayout, build_model
 from fedll.planning import plan_rounds, trial_stream
 from fedll.results import TrialOutcome, TrialResults
 from strategies.handshake import discover_sites, match_sites
-from strategies.lifelong import Lifelong
+from strategies.lifelong import Lifelong, declared
 from strategies.privacy import privacy_spent
 from strategies.registry import build_strategy
 
@@ -99,6 +102,13 @@ def run_federation(
         logger.info("resumed %s from round %d", trial.trial_id, done)
     strategy.round_offset = done
     final: dict[str, np.ndarray] = {k: v.numpy() for k, v in initial.items()}
+    # a scratch model for the personalised ones, where the rule sends them back (Ditto);
+    # its initialisation leaves the RNG as it was (a resumed trial builds it later)
+    personal_model = None
+    if PERSONAL in declared(strategy.rule, "reply_arrays", ()):
+        with torch.random.fork_rng(devices=[]):
+            personal_model = build_model(spec.name, **spec.kwargs()).to(device)
+    modality_of = {s.name: s.modality for s in scenario.sites}
 
     def evaluate(flower_round: int, arrays: ArrayRecord) -> None:
         server_round = flower_round + done
@@ -108,6 +118,11 @@ def run_federation(
         final.clear()
         final.update({k: v.numpy() for k, v in state.items()})
         model.load_state_dict(state)
+        if personal_model is not None and flower_round > 0:
+            personal = _personal_models(strategy)
+            evaluate_personal(
+                results, personal_model, personal, modality_of, test, scenario.evaluation
+            )
         evaluate_round(results, server_round, model, test, scenario.evaluation)
         if (spent := privacy_spent(strategy.rule)) is not None:
             results.privacy[server_round] = (spent.epsilon, spent.delta)
@@ -130,6 +145,16 @@ def run_federation(
     if left_out := [s.name for s in scenario.sites if s.name not in bound]:
         results.failures[0] = left_out  # round 0: the sites that never took part
     return TrialOutcome(results=results, state=dict(final))
+
+
+def _personal_models(strategy: Lifelong) -> dict[str, dict[str, torch.Tensor]]:
+    """The personalised models the round's accepted updates carry, by site (the sites that
+    trained this round: the others' are unchanged)."""
+    return {
+        update.site: update.reply.content.array_records[PERSONAL].to_torch_state_dict()
+        for update in strategy.accepted
+        if PERSONAL in update.reply.content.array_records
+    }
 
 
 def _snapshots(grid: Grid, checkpointing: Checkpointing | None) -> Checkpointing | None:

@@ -191,7 +191,7 @@ class Lifelong(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         server_round += self.round_offset
         sent = {m.metadata.message_id: m.metadata.dst_node_id for m in self.sent}
-        allowed = {ARRAYS, *getattr(self.rule, "reply_arrays", ())}
+        allowed = {ARRAYS, *declared(self.rule, "reply_arrays", ())}
         outcome = triage(replies, sent, self.site_of, WEIGHT, self.problem, allowed)
         self._record(server_round, outcome)
         self.accepted = outcome.accepted
@@ -245,7 +245,7 @@ class Lifelong(Strategy):
             return f"{WEIGHT} is {samples}"
         if (problem := update_problem(self.current, state)) is not None:
             return problem
-        check = getattr(self.rule, "problem", None)
+        check = declared(self.rule, "problem", None)
         return None if check is None else check(reply, state, samples)
 
     def _record(self, server_round: int, outcome: Triage) -> None:
@@ -352,6 +352,15 @@ def _rules(rule: Any) -> list[Any]:
     while isinstance(getattr(chain[-1], "strategy", None), Strategy):
         chain.append(chain[-1].strategy)
     return chain
+
+
+def declared(rule: Strategy, name: str, default: Any) -> Any:
+    """What the innermost-but-first strategy of :func:`_rules` that has ``name`` declares
+    (``reply_arrays``, ``problem``): a wrapper passes on what the rule it wraps reads."""
+    for part in _rules(rule):
+        if hasattr(part, name):
+            return getattr(part, name)
+    return default
 
 
 def _encode(value: Any) -> dict[str, Any] | None:

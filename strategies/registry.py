@@ -1,8 +1,8 @@
 """Strategies by the names used in scenario files: the lifelong layer
 (:class:`strategies.lifelong.Lifelong`) over the rule each option class of
 :data:`fedll.config.options.StrategyOptions` names: fedll's own rules (``fedavg``,
-``fedbn``, ``dynamic-aware``) or one of Flower's (:data:`fedll.config.options.FLOWER_RULES`),
-built from its options."""
+``fedbn``, ``dynamic-aware``, ``scaffold``, ``ditto``) or one of Flower's
+(:data:`fedll.config.options.FLOWER_RULES`), built from its options."""
 
 from __future__ import annotations
 
@@ -13,18 +13,22 @@ from flwr.serverapp import strategy as flower
 from flwr.serverapp.strategy import Strategy
 
 from fedll.config.options import (
+    DittoOptions,
     DynamicAwareOptions,
     FedAvgOptions,
     FedBNOptions,
+    ScaffoldOptions,
     StrategyOptions,
     flower_kwargs,
     flower_rule,
 )
 from fedll.models.inspection import ModelLayout
+from strategies.ditto import Ditto
 from strategies.dynamic_aware import DynamicAware
 from strategies.fedavg import PreciseFedAvg
 from strategies.lifelong import ARRAYS, CONFIG, WEIGHT, Lifelong, Plan
 from strategies.privacy import private_rule
+from strategies.scaffold import Scaffold
 
 RULE_DEFAULTS: Mapping[str, Any] = {
     "fraction_train": 1.0,  # every node the layer shows the rule: the round's arrivals
@@ -47,23 +51,32 @@ def build_rule(
     seed: int = 0,
 ) -> Strategy:
     """The aggregation rule ``options`` names, with its options, in Flower's DP wrapper where
-    ``options.dp`` asks for one (:func:`strategies.privacy.private_rule`; ``population``: the
-    federation's sites, ``seed``: the trial's, for the noise); ``training_lr`` is the sites'
-    learning rate (q-FedAvg's ``client_learning_rate`` by default)."""
-    rule = _plain_rule(options, layout, training_lr)
+    ``options.dp`` asks for one (:func:`strategies.privacy.private_rule`; ``seed``: the
+    trial's, for the noise); ``training_lr`` is the sites' learning rate (q-FedAvg's
+    ``client_learning_rate`` by default), ``population`` the sites of the federation (the
+    accountant's population, SCAFFOLD's ``N``)."""
+    rule = _plain_rule(options, layout, training_lr, population)
     if options.dp is None:
         return rule
     counters = [k for k, group in layout.groups.items() if group == "counter"]
     return private_rule(options.dp, rule, counters, population, seed)
 
 
-def _plain_rule(options: StrategyOptions, layout: ModelLayout, training_lr: float) -> Strategy:
+def _plain_rule(
+    options: StrategyOptions, layout: ModelLayout, training_lr: float, num_sites: int
+) -> Strategy:
     if isinstance(options, FedAvgOptions | FedBNOptions):
         if options.dp is not None:  # Flower's accountant needs FedAvg's own aggregate_train
             return flower.FedAvg(**RULE_DEFAULTS)
         return PreciseFedAvg(groups=layout.groups, **RULE_DEFAULTS)
     if isinstance(options, DynamicAwareOptions):
         return DynamicAware(layout=layout, **RULE_DEFAULTS)
+    if isinstance(options, ScaffoldOptions):
+        return Scaffold(
+            layout.groups, layout.trainable, num_sites, options.server_lr, **RULE_DEFAULTS
+        )
+    if isinstance(options, DittoOptions):
+        return Ditto(layout.groups, options.lam, **RULE_DEFAULTS)
     rule = flower_rule(options)
     assert rule is not None, f"no rule for strategy {options.name!r}"
     kwargs = flower_kwargs(options)

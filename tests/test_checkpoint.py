@@ -133,3 +133,46 @@ def test_a_checkpoint_holds_the_sites_and_the_strategys_state(stateful, restore_
     for name, kinds in (("fedavgm", {"optimizer", "continual"}), ("fedbn", {"local-norm"})):
         held = set().union(*(set(state) for state in by_strategy[name].nodes.values()))
         assert kinds <= held, name
+
+
+SCAFFOLD_DITTO = {
+    "strategies": [{"name": "scaffold", "server_lr": 0.5}, {"name": "ditto", "lam": 0.5}],
+    "training": {"epochs": 1, "batch_size": 8, "lr": 0.01},
+    "models": {"dycnn": None},
+    "execution": {"checkpoint_every": 1},
+}
+
+
+def test_scaffold_and_ditto_resume_with_every_control_variate_and_personal_score(
+    tmp_path, make_scenario, restore_torch_threads
+):
+    """Alternating arrivals, one site a round: resumed after round 2, the FLAIR site's
+    personalised model (last trained in round 2) is scored from the checkpoint, SCAFFOLD's
+    c from the strategy's state and each c_i from the sites'."""
+    scenario = load_scenario(make_scenario(tmp_path / "s.yaml", SCAFFOLD_DITTO))
+    cohort = CohortArrays.load(prepare_cohort(scenario))
+    for index, trial in enumerate(expand_trials(scenario)):
+        kept: list[tuple[int, bytes]] = []
+        done = execute_task(
+            TrialTask(scenario, index),
+            cohort,
+            on_checkpoint=lambda r, b, kept=kept: kept.append((r, b)),
+        )
+        full, _ = done.outcome.results.frames()
+        assert [r for r, _ in kept] == [1, 2, 3]
+        saved = decode(kept[1][1], "round 2")
+        if trial.strategy.name == "scaffold":
+            (rule,) = saved.strategy["rule"]
+            assert "control" in rule["arrays"]
+            for state in saved.nodes.values():
+                assert "scaffold-control" in state
+        else:
+            assert set(saved.results["personal"]) == {"hospital-t2", "hospital-flair"}
+            # a modality's column fills in once one of its sites has trained (T2 in round 1)
+            scored = full[full["personal_dice"].notna()].groupby("modality")["round"].min()
+            assert scored.to_dict() == {"t2": 1, "flair": 2}
+        again = execute_task(TrialTask(scenario, index, resume=kept[1][1]), cohort)
+        frame, _ = again.outcome.results.frames()
+        pd.testing.assert_frame_equal(frame, full, check_exact=True)
+        for key, value in done.outcome.state.items():
+            assert np.array_equal(again.outcome.state[key], value), (trial.trial_id, key)

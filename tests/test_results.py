@@ -68,3 +68,26 @@ def test_rows_carry_the_epsilon_spent_after_their_round_where_the_trial_has_an_a
     restored = TrialResults(trial=TRIAL, stream=STREAM)
     restored.restore(out.snapshot())
     assert restored.privacy == out.privacy
+
+
+def test_personal_columns_are_the_mean_over_the_modalitys_sites_so_far():
+    out = TrialResults(trial=TRIAL, stream=STREAM)
+    out.add_round(0, "t2", ["a", "b"], [0.0, 0.0], {})
+    out.set_personal("h-t2", "t2", {"dice": [0.2, 0.4], "hd95": [4.0, 6.0],
+                                    "surface_dice": [0.1, 0.3]})  # fmt: skip
+    out.add_round(1, "t2", ["a", "b"], [0.1, 0.1], {})
+    out.set_personal("h-t2b", "t2", {"dice": [0.6, 0.8], "hd95": [2.0, float("nan")],
+                                     "surface_dice": [0.5, 0.5]})  # fmt: skip
+    out.add_round(2, "t2", ["a", "b"], [0.1, 0.1], {})
+    out.add_round(2, "flair", ["c"], [1.0], {})
+    frame = out.frames()[0].set_index(["round", "case"])
+    assert frame.loc[0, "personal_dice"].isna().all()  # no site has a personalised model yet
+    assert frame.loc[1, "personal_dice"].tolist() == [0.2, 0.4]
+    np.testing.assert_allclose(frame.loc[2, "personal_dice"].loc[["a", "b"]], [0.4, 0.6])
+    np.testing.assert_allclose(frame.loc[2, "personal_hd95"].loc[["a", "b"]], [3.0, 6.0])
+    np.testing.assert_allclose(frame.loc[2, "personal_surface_dice"].loc[["a", "b"]], [0.3, 0.4])
+    assert np.isnan(frame.loc[(2, "c"), "personal_dice"])  # no FLAIR site has one
+    restored = TrialResults(trial=TRIAL, stream=STREAM)
+    restored.restore(out.snapshot())  # a checkpoint keeps the sites' latest scores
+    assert restored.personal == out.personal
+    assert restored.personal_means("t2", 2) == out.personal_means("t2", 2)

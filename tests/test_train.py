@@ -39,6 +39,11 @@ class Recorder:
         self.calls.append(f"loss{len(x)}")
         return None
 
+    def before_step(self, model) -> None:
+        # after the backward pass: every parameter has its gradient
+        assert all(p.grad is not None for p in model.parameters())
+        self.calls.append("step")
+
     def after_training(self, model, images, masks) -> None:
         self.calls.append(f"after{len(images)}")
 
@@ -56,7 +61,9 @@ def test_hooks_see_each_step_and_the_batch_norm_rule_holds():
     images, masks = data(5)
     result = train_local(model, images, masks, TrainingConfig(epochs=2, batch_size=2), 0,
                          hooks=[hook])  # fmt: skip
-    assert hook.calls == ["before", "loss2", "loss3", "loss2", "loss3", "after5"]
+    assert hook.calls == [
+        "before", *["loss2", "step", "loss3", "step"] * 2, "after5",
+    ]  # fmt: skip
     assert (result.steps, result.samples) == (4, 5) and np.isfinite(result.loss)
 
 

@@ -183,6 +183,42 @@ class DynamicAwareOptions(_StrategyOptions):
     name: Literal["dynamic-aware"]
 
 
+class ScaffoldOptions(_StrategyOptions):
+    """SCAFFOLD (Karimireddy et al. 2020): control variates correct each site's drift; the
+    server steps ``server_lr`` along the sample-weighted mean update."""
+
+    name: Literal["scaffold"]
+    server_lr: float = Field(default=1.0, gt=0, description="the global step size (eta_g)")
+    _extra = "its control-variate changes"
+
+    @model_validator(mode="after")
+    def _no_dp(self) -> _StrategyOptions:
+        if self.dp is not None:
+            raise ValueError(
+                f"dp: {self.name} sends the server more than the model ({self._extra}), which DP's "
+                "clipping and noise do not cover: use dp with another strategy"
+            )
+        return self
+
+
+class DittoOptions(_StrategyOptions):
+    """Ditto (Li et al. 2021): FedAvg, and each site trains a personalised model pulled
+    toward the global one by ``lam / 2 ||v - w_global||^2``."""
+
+    name: Literal["ditto"]
+    lam: float = Field(default=0.1, ge=0, description="the proximal weight lambda")
+    _extra = "its personalised models"
+
+    @model_validator(mode="after")
+    def _no_dp(self) -> _StrategyOptions:
+        if self.dp is not None:
+            raise ValueError(
+                f"dp: {self.name} sends the server more than the model ({self._extra}), which DP's "
+                "clipping and noise do not cover: use dp with another strategy"
+            )
+        return self
+
+
 @dataclass(frozen=True)
 class FlowerRule:
     """A strategy of ``flwr.serverapp.strategy`` by its scenario name: its options are the
@@ -371,7 +407,16 @@ def flower_kwargs(options: _Named) -> dict[str, Any]:
 
 
 StrategyOptions = Annotated[
-    Union[(FedAvgOptions, FedBNOptions, DynamicAwareOptions, *FLOWER_OPTIONS)],  # noqa: UP007
+    Union[  # noqa: UP007
+        (
+            FedAvgOptions,
+            FedBNOptions,
+            DynamicAwareOptions,
+            ScaffoldOptions,
+            DittoOptions,
+            *FLOWER_OPTIONS,
+        )
+    ],
     Field(discriminator="name"),
 ]
 

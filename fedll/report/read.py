@@ -16,6 +16,7 @@ import pandas as pd
 
 from fedll.columns import (
     METRIC_COLUMNS,
+    PERSONAL_COLUMNS,
     PRIVACY_COLUMNS,
     REQUIRED_ATTENTION_COLUMNS,
     REQUIRED_RESULT_COLUMNS,
@@ -60,7 +61,7 @@ def check_results(results: pd.DataFrame, source: str = "results") -> pd.DataFram
     if results.empty:
         raise DataError(f"{source}: no result rows")
     out = results.copy()
-    floats = (*METRIC_COLUMNS, "surface_tolerance_mm", *PRIVACY_COLUMNS)
+    floats = (*METRIC_COLUMNS, "surface_tolerance_mm", *PRIVACY_COLUMNS, *PERSONAL_COLUMNS)
     for col in floats:  # results of an earlier fedll have Dice only: the others are NaN
         if col not in out.columns:
             out[col] = np.nan
@@ -74,10 +75,10 @@ def check_results(results: pd.DataFrame, source: str = "results") -> pd.DataFram
         out[col] = _integers(out[col], source, col)
     for col in floats:
         out[col] = _floats(out[col], source, col)
-    for col in ("dice", "surface_dice"):
+    for col in ("dice", "surface_dice", "personal_dice", "personal_surface_dice"):
         if ((out[col] < 0) | (out[col] > 1)).any():
             raise DataError(f"{source}: column {col} has values outside [0, 1]")
-    for col in ("hd95", "surface_tolerance_mm"):
+    for col in ("hd95", "surface_tolerance_mm", "personal_hd95"):
         if (out[col] < 0).any():
             raise DataError(f"{source}: column {col} has negative values")
     unknown = sorted(set(out["modality"]) - set(MODALITIES))

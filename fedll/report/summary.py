@@ -5,7 +5,9 @@ modality from its Dice matrix, or (``metric``) from its HD95 or surface-Dice mat
 measures of :func:`measures`; :func:`summarise` (and :func:`forgetting_table`, both steps)
 aggregates them over the seeds of each configuration (:data:`fedll.columns.CONFIG_COLUMNS`).
 Where the results have the per-round ``failed`` and ``rejected`` columns, the table also
-counts them per configuration (summed over seeds).
+counts them per configuration (summed over seeds). Where they have personalised models'
+Dice (Ditto's ``personal_dice``), the Dice summary and table add :data:`PERSONAL_MEASURES`
+(results without any keep their columns as they were).
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ MEASURES: dict[str, str] = {  # column -> label in the formatted table
 
 PRIVACY = "final_epsilon"
 """The summaries' column of the ε a trial spent (only where some trial has an accountant)."""
+PERSONAL_MEASURES: dict[str, str] = {  # of the personalised models' Dice matrix (Ditto)
+    "final_personal_dice": "final personal Dice",
+    "personal_forgetting_max": "personal forgetting (max)",
+}
 
 METRICS: dict[str, tuple[str, bool]] = {  # result column -> (label, higher is better)
     "dice": ("Dice", True),
@@ -68,6 +74,21 @@ def measures(metric: str = "dice") -> dict[str, str]:
     return out
 
 
+def has_personal(results: pd.DataFrame) -> bool:
+    """Whether ``results`` hold any personalised model's Dice (a Ditto trial)."""
+    return "personal_dice" in results.columns and bool(results["personal_dice"].notna().any())
+
+
+def table_measures(frame: pd.DataFrame, metric: str = "dice") -> dict[str, str]:
+    """``measures(metric)`` and, for Dice, those of :data:`PERSONAL_MEASURES` that ``frame``
+    (a trial summary, or a table with ``<measure>_mean`` columns) has."""
+    out = dict(measures(metric))
+    if metric == "dice":
+        columns = set(frame.columns)
+        out |= {k: v for k, v in PERSONAL_MEASURES.items() if {k, f"{k}_mean"} & columns}
+    return out
+
+
 def trial_summary(results: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
     """One row per trial x evaluated modality with every measure of ``measures(metric)``.
 
@@ -85,7 +106,10 @@ def trial_summary(results: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
     ``mean_final_dice`` (mean over modalities), where the results have them its counts of
     failed sites and rejected updates over all rounds (``COUNTS``) and, where some trial kept
     a privacy accountant, its ``final_epsilon`` (NaN for the others) are repeated on each of
-    its rows.
+    its rows. For Dice, where any trial has personalised models (:func:`has_personal`), every
+    row also has ``final_personal_dice`` (P[T, m] of the personalised models' matrix P) and
+    ``personal_forgetting_max`` (the largest entry of ``forgetting(P)[:, m]``; rounds before
+    a site of ``m`` has a personalised model are NaN in P and skipped); NaN for trials without.
     """
     results = check_results(results)
     names = list(measures(metric))
@@ -93,6 +117,7 @@ def trial_summary(results: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
     evaluated = [m for m in MODALITIES if m in set(results["modality"])]
     counted = {c: n for c, n in COUNTS.items() if c in results.columns}
     private = bool(results["epsilon"].notna().any())
+    personal = metric == "dice" and has_personal(results)
     rows = []
     for trial, frame in results.groupby("trial", sort=False):
         R, arriving = dice_matrix(frame, metric=metric)
@@ -100,6 +125,9 @@ def trial_summary(results: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
         counts = {n: round_events(frame, c) for c, n in counted.items()}
         if private:
             counts[PRIVACY] = final_epsilon(frame)
+        if personal:
+            P, _ = dice_matrix(frame, metric="personal_dice")
+            PF = forgetting(P)
         first = frame.iloc[0]
         for modality in evaluated:
             m = MODALITIES.index(modality)
@@ -111,6 +139,14 @@ def trial_summary(results: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
                     "modality": modality,
                     "rounds": R.shape[0] - 1,
                     **dict(zip(names, values[:, m].tolist(), strict=True)),
+                    **(
+                        {
+                            "final_personal_dice": P[-1, m],
+                            "personal_forgetting_max": nan_reduce(np.nanmax, PF[:, m]),
+                        }
+                        if personal
+                        else {}
+                    ),
                     **counts,
                 }
             )
@@ -174,7 +210,7 @@ def summarise(summary: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
     modality."""
     keys = [*config_columns(summary), "modality"]
     groups = summary.groupby(keys, sort=False, dropna=False)
-    names = list(measures(metric))
+    names = list(table_measures(summary, metric))
     parts = [
         groups["trial"].nunique().rename("n_seeds"),
         groups[names].mean().add_suffix("_mean"),

@@ -16,7 +16,7 @@ from fedll.atomic import atomic_path
 from fedll.columns import config_columns
 from fedll.data import LABELS
 from fedll.report.read import COUNTS
-from fedll.report.summary import METRICS, PRIVACY, measures
+from fedll.report.summary import METRICS, PRIVACY, table_measures
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def format_table(table: pd.DataFrame, digits: int = 3, metric: str = "dice") -> 
     view = table[keys].copy()
     view["modality"] = view["modality"].map(lambda m: LABELS.get(m, m))
     view["seeds"] = table["n_seeds"]
-    for measure, label in measures(metric).items():
+    for measure, label in table_measures(table, metric).items():
         columns = [table[f"{measure}_{s}"] for s in ("mean", "std", "n")] + [table["n_seeds"]]
         view[label] = [cell(*values) for values in zip(*columns, strict=True)]
     for name in COUNTS.values():

@@ -356,3 +356,35 @@ def test_the_final_epsilon_is_a_column_only_where_some_trial_has_one(tmp_path: P
     # without an accountant (or results of an earlier fedll): no column, the caption as before
     assert "final_epsilon" not in trial_summary(make_results()).columns
     assert "final ε" not in format_table(forgetting_table(make_results())).columns
+
+
+def test_personal_measures_appear_only_with_personalised_models(tmp_path: Path) -> None:
+    plain = make_results()
+    before = format_table(forgetting_table(plain))
+    assert "final personal Dice" not in before.columns
+    results = plain.copy()
+    results["personal_dice"] = np.nan
+    # static seed 0: t2's personalised Dice 0.9 after round 1, 0.6 after round 2; flair's 0.8
+    personal = {(1, "t2"): 0.9, (2, "t2"): 0.6, (2, "flair"): 0.8}
+    for (t, modality), value in personal.items():
+        rows = (results["trial"] == "static-s0") & (results["round"] == t)
+        results.loc[rows & (results["modality"] == modality), "personal_dice"] = value
+    pd.testing.assert_frame_equal(format_table(forgetting_table(results.assign(
+        personal_dice=np.nan))), before)  # fmt: skip
+    summary = trial_summary(results)
+    row = summary[(summary["trial"] == "static-s0") & (summary["modality"] == "t2")].iloc[0]
+    assert row["final_personal_dice"] == pytest.approx(0.6)
+    assert row["personal_forgetting_max"] == pytest.approx(0.3)  # 0.9 - 0.6
+    flair = summary[(summary["trial"] == "static-s0") & (summary["modality"] == "flair")]
+    assert flair["final_personal_dice"].iloc[0] == pytest.approx(0.8)
+    assert summary.loc[summary["trial"] != "static-s0", "final_personal_dice"].isna().all()
+    table = forgetting_table(results)
+    assert entry(table, "static", "t2", "final_personal_dice_mean") == pytest.approx(0.6)
+    assert entry(table, "static", "t2", "final_personal_dice_n") == 1
+    view = format_table(table)
+    assert list(view.columns) == [*before.columns, "final personal Dice",
+                                  "personal forgetting (max)"]  # fmt: skip
+    cells = view.set_index(["model", "modality"])["final personal Dice"]
+    assert cells[("static", "T2")] == "0.600 (n=1)" and cells[("dycnn", "T2")] == "n/a"
+    write_tables(table, tmp_path)
+    assert "final personal Dice" in (tmp_path / "forgetting.md").read_text()

@@ -226,3 +226,50 @@ def test_a_site_trains_where_the_sweep_or_its_node_config_says():
             site_device({"device": "cuda:5"}, {})
     with pytest.raises(ConfigError, match="^--node-config device: 'tpu' is not a device"):
         site_device({"device": "tpu"}, {})
+
+
+def test_a_scaffold_site_keeps_its_control_variate(cohort_index, restore_torch_threads):
+    torch.manual_seed(0)
+    model = build_model(SPEC.name, **SPEC.kwargs())
+    trainable = [n for n, _ in model.named_parameters()]
+    ctx = context(cohort_index)
+    kept = []
+    for server_round, c in ((1, 0.0), (3, 0.25)):
+        msg = message(model, server_round, 0)
+        msg.content["control"] = ArrayRecord(
+            {n: torch.full_like(p, c) for n, p in model.named_parameters()}
+        )
+        reply = train(msg, ctx)
+        delta = {k: v.numpy() for k, v in reply.content["control-delta"].items()}
+        assert sorted(delta) == sorted(trainable)
+        kept.append({k: v.numpy() for k, v in ctx.state["scaffold-control"].items()})
+    # c_i starts at zero, so after round 1 it is the first delta; then it moves by the second
+    for name in trainable:
+        np.testing.assert_allclose(kept[1][name] - kept[0][name], delta[name], atol=1e-6)
+    plain = train(message(model, 1, 0), context(cohort_index))  # without SCAFFOLD: no record
+    assert list(plain.content.array_records) == ["arrays"]
+
+
+def test_a_ditto_site_keeps_and_sends_its_personalised_model(cohort_index, restore_torch_threads):
+    torch.manual_seed(0)
+    model = build_model(SPEC.name, **SPEC.kwargs())
+    ctx = context(cohort_index)
+    first = train(message(model, 1, 0, ditto=True, ditto_lambda=0.1), ctx)
+    personal = {k: v.numpy() for k, v in first.content["personal"].items()}
+    received = {k: v.numpy() for k, v in model.state_dict().items()}
+    assert set(personal) == set(received)
+    # lr 1e-12: the personalised model starts from the first model the site received
+    np.testing.assert_allclose(personal["head.weight"], received["head.weight"], atol=1e-6)
+    kept = {k: v.numpy() for k, v in ctx.state["ditto-personal"].items()}
+    np.testing.assert_array_equal(kept["head.weight"], personal["head.weight"])
+    # later rounds train the kept personalised model, not the received one
+    ctx.state["ditto-personal"] = ArrayRecord(
+        {k: v + 1.0 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    )
+    second = train(message(model, 3, 1, ditto=True, ditto_lambda=0.1), ctx)
+    np.testing.assert_allclose(
+        second.content["personal"]["head.weight"].numpy(), received["head.weight"] + 1.0, atol=1e-5
+    )
+    np.testing.assert_allclose(  # the global update trained the received model
+        second.content["arrays"]["head.weight"].numpy(), received["head.weight"], atol=1e-6
+    )

@@ -19,7 +19,7 @@ from fedll.config import dump_scenario, load_scenario
 from fedll.config.grid import fingerprints
 from fedll.config.options import StrategyOptions, option_names
 from fedll.models.saved import read_model
-from fedll.report import forgetting_table, format_table, trial_summary
+from fedll.report import build_report, forgetting_table, format_table, trial_summary
 from fedll.store import collect, trial_model
 from fedll.sweep import SweepOptions, run_sweep
 
@@ -151,6 +151,39 @@ def test_every_strategy_runs_a_healthy_federation(make_scenario, tmp_path, resto
     for path in kept:  # every final model is finite
         module = read_model(path).module
         assert all(torch.isfinite(v).all() for v in module.state_dict().values()), path.name
+
+
+def test_scaffold_and_ditto_train_two_rounds_and_ditto_reports_its_personalised_models(
+    make_scenario, tmp_path, restore_torch_threads
+):
+    strategies = [{"name": "scaffold", "server_lr": 0.5}, {"name": "ditto", "lam": 0.5}, "fedavg"]
+    results = sweep(
+        make_scenario,
+        tmp_path,
+        {**BOTH_PER_ROUND, "models": STATIC, "strategies": strategies},
+    )
+    assert set(results["strategy"]) == {"scaffold-serverlr0.5", "ditto-lam0.5", "fedavg"}
+    assert (results["failed"] == "").all() and (results["rejected"] == "").all()
+    assert sorted(results["round"].unique()) == [0, 1, 2]
+    for path in sorted((tmp_path / "run" / "models").glob("*.safetensors")):
+        module = read_model(path).module
+        assert all(torch.isfinite(v).all() for v in module.state_dict().values()), path.name
+    # the personalised models' Dice: after every round of Ditto (both sites train in each),
+    # per test case; empty for the other strategies and for the untrained model
+    ditto = results["strategy"] == "ditto-lam0.5"
+    trained = ditto & (results["round"] >= 1)
+    personal = pd.to_numeric(results.loc[trained, "personal_dice"])
+    assert personal.between(0, 1).all() and len(personal) == 2 * 2
+    assert pd.to_numeric(results.loc[trained, "personal_hd95"], errors="coerce").notna().any()
+    assert (results.loc[~trained, "personal_dice"] == "").all()
+    # and in the forgetting table: for Ditto's rows only
+    report = build_report(tmp_path / "run")
+    table = report["table"].set_index(["strategy", "modality"])
+    final = table["final_personal_dice_mean"]
+    assert final.loc["ditto-lam0.5"].between(0, 1).all()
+    assert final.drop(index="ditto-lam0.5", level="strategy").isna().all()
+    markdown = (tmp_path / "run" / "tables" / "forgetting.md").read_text()
+    assert "final personal Dice" in markdown and "personal forgetting (max)" in markdown
 
 
 def test_cl_methods_and_the_joint_bound_side_by_side(

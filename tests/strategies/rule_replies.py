@@ -1,0 +1,75 @@
+"""Hand-made rounds through the lifelong layer for the tests of fedll's own rules: a model
+of one trainable tensor, a norm buffer and a counter, its messages and replies (as in
+``test_lifelong.py``, whose basename another test module shares, so it cannot be imported)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
+from pydantic import TypeAdapter
+
+from fedll.config import ModelConfig, SliceConfig, TrainingConfig
+from fedll.config.instruction import TrainInstruction
+from fedll.config.options import StrategyOptions
+from fedll.inprocess import _assign_message_id, _set_task_identity
+from fedll.models import ModelLayout
+from strategies.lifelong import Lifelong
+
+SITES = {11: "a", 12: "b", 13: "c", 14: "d"}
+LAYOUT = ModelLayout(
+    groups={"w": "other", "bn.running_var": "norm", "steps": "counter"},
+    banks={},
+    trainable=frozenset({"w"}),
+)
+INSTRUCTION = TrainInstruction(
+    model=ModelConfig(name="static"),
+    training=TrainingConfig(),
+    slices=SliceConfig(),
+    arrival_start=0,
+    arrival_stop=1,
+    train_on="new",
+    seed=0,
+)
+
+
+def model(w: Any, var: float = 1.0, steps: int = 0) -> dict[str, np.ndarray]:
+    return {
+        "w": np.asarray(w, np.float32),
+        "bn.running_var": np.full(2, var, np.float32),
+        "steps": np.array(steps),
+    }
+
+
+def options(name: str, **kwargs: Any) -> StrategyOptions:
+    return TypeAdapter(StrategyOptions).validate_python({"name": name, **kwargs})
+
+
+def record(state: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.asarray(v)) for k, v in state.items()})
+
+
+def plan(nodes=(11, 12), rounds=(1,)):
+    return {r: {n: INSTRUCTION for n in nodes} for r in rounds}
+
+
+def start(strategy: Lifelong, server_round: int, state: dict[str, np.ndarray]) -> dict:
+    """Configure ``server_round`` from ``state``: the messages by destination node."""
+    _set_task_identity(run_id=1, node_id=SUPERLINK_NODE_ID, task_id=1)
+    messages = list(strategy.configure_train(server_round, record(state), ConfigRecord(), None))
+    for i, m in enumerate(messages):
+        _assign_message_id(m, f"r{server_round}-m{i}")
+    return {m.metadata.dst_node_id: m for m in messages}
+
+
+def reply(message: Message, state: dict[str, np.ndarray], samples: float = 1.0, **extra) -> Message:
+    content = RecordDict(
+        {
+            "arrays": record(state),
+            "metrics": MetricRecord({"num-examples": samples, "train-loss": 0.5}),
+            **extra,
+        }
+    )
+    return Message(content, reply_to=message)
