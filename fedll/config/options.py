@@ -183,7 +183,22 @@ class DynamicAwareOptions(_StrategyOptions):
     name: Literal["dynamic-aware"]
 
 
-class ScaffoldOptions(_StrategyOptions):
+class _SendsMore(_StrategyOptions):
+    """A rule whose sites send the server more than the model: DP does not cover it."""
+
+    _extra = "more"
+
+    @model_validator(mode="after")
+    def _no_dp(self) -> _SendsMore:
+        if self.dp is not None:
+            raise ValueError(
+                f"dp: {self.name} sends the server more than the model ({self._extra}), "
+                "which DP's clipping and noise do not cover: use dp with another strategy"
+            )
+        return self
+
+
+class ScaffoldOptions(_SendsMore):
     """SCAFFOLD (Karimireddy et al. 2020): control variates correct each site's drift; the
     server steps ``server_lr`` along the sample-weighted mean update."""
 
@@ -191,32 +206,14 @@ class ScaffoldOptions(_StrategyOptions):
     server_lr: float = Field(default=1.0, gt=0, description="the global step size (eta_g)")
     _extra = "its control-variate changes"
 
-    @model_validator(mode="after")
-    def _no_dp(self) -> _StrategyOptions:
-        if self.dp is not None:
-            raise ValueError(
-                f"dp: {self.name} sends the server more than the model ({self._extra}), which DP's "
-                "clipping and noise do not cover: use dp with another strategy"
-            )
-        return self
 
-
-class DittoOptions(_StrategyOptions):
+class DittoOptions(_SendsMore):
     """Ditto (Li et al. 2021): FedAvg, and each site trains a personalised model pulled
     toward the global one by ``lam / 2 ||v - w_global||^2``."""
 
     name: Literal["ditto"]
     lam: float = Field(default=0.1, ge=0, description="the proximal weight lambda")
     _extra = "its personalised models"
-
-    @model_validator(mode="after")
-    def _no_dp(self) -> _StrategyOptions:
-        if self.dp is not None:
-            raise ValueError(
-                f"dp: {self.name} sends the server more than the model ({self._extra}), which DP's "
-                "clipping and noise do not cover: use dp with another strategy"
-            )
-        return self
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Hand-made rounds through the lifelong layer for the tests of fedll's own rules: a model
-of one trainable tensor, a norm buffer and a counter, its messages and replies (as in
-``test_lifelong.py``, whose basename another test module shares, so it cannot be imported)."""
+of one trainable tensor, a norm buffer and a counter, its messages and replies (shared by
+``test_lifelong.py``, ``test_privacy.py``, ``test_scaffold.py`` and ``test_ditto.py``)."""
 
 from __future__ import annotations
 
@@ -73,3 +73,15 @@ def reply(message: Message, state: dict[str, np.ndarray], samples: float = 1.0, 
         }
     )
     return Message(content, reply_to=message)
+
+
+def run_round(strategy, server_round, state, updates, samples=None):
+    """One round: every planned node replies with its update; the aggregate (or None)."""
+    messages = start(strategy, server_round, state)
+    samples = samples or [1.0] * len(updates)
+    replies = [
+        reply(messages[node], update, n)
+        for node, update, n in zip(messages, updates, samples, strict=False)
+    ]
+    arrays, _ = strategy.aggregate_train(server_round, replies)
+    return None if arrays is None else {k: v.numpy() for k, v in arrays.items()}

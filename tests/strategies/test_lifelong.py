@@ -5,88 +5,20 @@ rules they replaced."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.app import Array, Message, RecordDict
 from flwr.serverapp.strategy import FedAvg
-from pydantic import TypeAdapter
+from rule_replies import INSTRUCTION, LAYOUT, model, options, record, reply, run_round, start
 
 from fedll.checkpoint import Checkpoint, decode, encode
-from fedll.config import ModelConfig, SliceConfig, TrainingConfig
 from fedll.config.instruction import TrainInstruction
-from fedll.config.options import FLOWER_RULES, StrategyOptions
-from fedll.inprocess import _assign_message_id, _set_task_identity
-from fedll.models import ModelLayout
+from fedll.config.options import FLOWER_RULES
 from strategies.aggregation import weighted_average
 from strategies.lifelong import Lifelong, conform, floating
 from strategies.registry import RULE_DEFAULTS, build_strategy
 
 SITES = {11: "a", 12: "b", 13: "c", 14: "d", 15: "e", 16: "f", 17: "g"}
-LAYOUT = ModelLayout(
-    groups={"w": "other", "bn.running_var": "norm", "steps": "counter"},
-    banks={},
-    trainable=frozenset({"w"}),
-)
-INSTRUCTION = TrainInstruction(
-    model=ModelConfig(name="static"),
-    training=TrainingConfig(),
-    slices=SliceConfig(),
-    arrival_start=0,
-    arrival_stop=1,
-    train_on="new",
-    seed=0,
-)
-
-
-def model(w: Any, var: float = 1.0, steps: int = 0) -> dict[str, np.ndarray]:
-    return {
-        "w": np.asarray(w, np.float32),
-        "bn.running_var": np.full(2, var, np.float32),
-        "steps": np.array(steps),
-    }
-
-
-def options(name: str, **kwargs: Any) -> StrategyOptions:
-    return TypeAdapter(StrategyOptions).validate_python({"name": name, **kwargs})
-
-
-def record(state: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.asarray(v)) for k, v in state.items()})
-
-
-def start(strategy: Lifelong, server_round: int, state: dict[str, np.ndarray]) -> dict:
-    """Configure ``server_round`` from ``state``: the messages by destination node."""
-    _set_task_identity(run_id=1, node_id=SUPERLINK_NODE_ID, task_id=1)
-    messages = list(strategy.configure_train(server_round, record(state), ConfigRecord(), None))
-    for i, m in enumerate(messages):
-        _assign_message_id(m, f"r{server_round}-m{i}")
-    return {m.metadata.dst_node_id: m for m in messages}
-
-
-def reply(message: Message, state: dict[str, np.ndarray], samples: float = 1.0, **extra) -> Message:
-    content = RecordDict(
-        {
-            "arrays": record(state),
-            "metrics": MetricRecord({"num-examples": samples, "train-loss": 0.5}),
-            **extra,
-        }
-    )
-    return Message(content, reply_to=message)
-
-
-def run_round(strategy, server_round, state, updates, samples=None):
-    """One round: every planned node replies with its update; the aggregate (or None)."""
-    messages = start(strategy, server_round, state)
-    samples = samples or [1.0] * len(updates)
-    replies = [
-        reply(messages[node], update, n)
-        for node, update, n in zip(messages, updates, samples, strict=False)
-    ]
-    arrays, _ = strategy.aggregate_train(server_round, replies)
-    return None if arrays is None else {k: v.numpy() for k, v in arrays.items()}
 
 
 def plan(nodes=(11, 12, 13), rounds=(1,)):

@@ -8,8 +8,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp.strategy import (
     DifferentialPrivacyClientSideAdaptiveClipping,
     DifferentialPrivacyClientSideFixedClipping,
@@ -27,40 +25,16 @@ from flwr.supercore.privacy_accounting import (
 )
 from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 from pydantic import TypeAdapter
+from rule_replies import INSTRUCTION, LAYOUT, model, reply, run_round, start
 
 from fedll.checkpoint import Checkpoint, decode, encode
-from fedll.config import ModelConfig, SliceConfig, TrainingConfig
 from fedll.config.instruction import TrainInstruction
 from fedll.config.options import StrategyOptions
-from fedll.inprocess import _assign_message_id, _set_task_identity
-from fedll.models import ModelLayout
 from strategies.lifelong import Lifelong
 from strategies.privacy import KEY_CLIPPING, privacy_spent
 from strategies.registry import build_strategy
 
 SITES = {11: "a", 12: "b", 13: "c"}
-LAYOUT = ModelLayout(
-    groups={"w": "other", "bn.running_var": "norm", "steps": "counter"},
-    banks={},
-    trainable=frozenset({"w"}),
-)
-INSTRUCTION = TrainInstruction(
-    model=ModelConfig(name="static"),
-    training=TrainingConfig(),
-    slices=SliceConfig(),
-    arrival_start=0,
-    arrival_stop=1,
-    train_on="new",
-    seed=0,
-)
-
-
-def model(w: Any, var: float = 1.0, steps: int = 0) -> dict[str, np.ndarray]:
-    return {
-        "w": np.asarray(w, np.float32),
-        "bn.running_var": np.full(2, var, np.float32),
-        "steps": np.array(steps),
-    }
 
 
 def options(name: str = "fedavg", **dp: Any) -> StrategyOptions:
@@ -70,34 +44,6 @@ def options(name: str = "fedavg", **dp: Any) -> StrategyOptions:
 def private(name: str = "fedavg", nodes=(11, 12), rounds=(1,), seed=0, **dp: Any) -> Lifelong:
     plan = {r: {n: INSTRUCTION for n in nodes} for r in rounds}
     return build_strategy(options(name, **dp), plan, LAYOUT, SITES, seed=seed)
-
-
-def record(state: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.asarray(v)) for k, v in state.items()})
-
-
-def start(strategy: Lifelong, server_round: int, state: dict[str, np.ndarray]) -> dict:
-    _set_task_identity(run_id=1, node_id=SUPERLINK_NODE_ID, task_id=1)
-    messages = list(strategy.configure_train(server_round, record(state), ConfigRecord(), None))
-    for i, m in enumerate(messages):
-        _assign_message_id(m, f"r{server_round}-m{i}")
-    return {m.metadata.dst_node_id: m for m in messages}
-
-
-def reply(message: Message, state: dict[str, np.ndarray], samples: float = 1.0) -> Message:
-    metrics = MetricRecord({"num-examples": samples, "train-loss": 0.5})
-    return Message(RecordDict({"arrays": record(state), "metrics": metrics}), reply_to=message)
-
-
-def run_round(strategy, server_round, state, updates, samples=None):
-    messages = start(strategy, server_round, state)
-    samples = samples or [1.0] * len(updates)
-    replies = [
-        reply(messages[node], update, n)
-        for node, update, n in zip(messages, updates, samples, strict=False)
-    ]
-    arrays, _ = strategy.aggregate_train(server_round, replies)
-    return None if arrays is None else {k: v.numpy() for k, v in arrays.items()}
 
 
 FIXED = {"noise_multiplier": 1.0, "clipping_norm": 2.0}
@@ -247,3 +193,9 @@ def test_a_dp_rules_state_survives_a_checkpoint(dp):
     else:
         assert privacy_spent(resumed.rule) == privacy_spent(straight.rule)
         assert privacy_spent(resumed.rule).num_releases == 2
+
+
+@pytest.mark.parametrize("name", ["scaffold", "ditto"])
+def test_dp_is_refused_for_a_rule_whose_sites_send_more_than_the_model(name):
+    with pytest.raises(ValueError, match=rf"dp: {name} sends the server more than the model"):
+        options(name, side="server", **FIXED)
