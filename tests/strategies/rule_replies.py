@@ -11,6 +11,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.common.constant import SUPERLINK_NODE_ID
 from pydantic import TypeAdapter
 
+from fedll.checkpoint import Checkpoint, decode, encode
 from fedll.config import ModelConfig, SliceConfig, TrainingConfig
 from fedll.config.instruction import TrainInstruction
 from fedll.config.options import StrategyOptions
@@ -85,3 +86,19 @@ def run_round(strategy, server_round, state, updates, samples=None):
     ]
     arrays, _ = strategy.aggregate_train(server_round, replies)
     return None if arrays is None else {k: v.numpy() for k, v in arrays.items()}
+
+
+def through_checkpoint(strategy: Lifelong, server_round: int, state: dict) -> dict[str, Any]:
+    """The strategy's state as a mid-trial checkpoint after ``server_round`` (with the global
+    ``state``) stores it: encoded to the checkpoint file's bytes and decoded back."""
+    saved = Checkpoint(
+        trial_id="t",
+        fingerprint="f",
+        round=server_round,
+        model=state,
+        strategy=strategy.checkpoint_state(),
+        nodes={},
+        rng={},
+        results={},
+    )
+    return decode(encode(saved), "test").strategy

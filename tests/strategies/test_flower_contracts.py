@@ -18,42 +18,22 @@ from typing import Any
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp.exception import InconsistentMessageReplies
 from flwr.serverapp.strategy import FedAvg, FedProx
-from pydantic import TypeAdapter
+from rule_replies import INSTRUCTION, options, record
 
-from fedll.config import ModelConfig, SliceConfig, TrainingConfig
-from fedll.config.instruction import TrainInstruction
-from fedll.config.options import StrategyOptions
 from fedll.inprocess import _assign_message_id, _set_task_identity
 from fedll.models import ModelLayout
 from strategies.lifelong import Lifelong
 from strategies.registry import RULE_DEFAULTS, build_strategy
 
 NODES = {n: f"site-{n}" for n in range(11, 19)}
-INSTRUCTION = TrainInstruction(
-    model=ModelConfig(name="static"),
-    training=TrainingConfig(),
-    slices=SliceConfig(),
-    arrival_start=0,
-    arrival_stop=1,
-    train_on="new",
-    seed=0,
-)
 
 
 def layout(state: dict[str, np.ndarray]) -> ModelLayout:
     return ModelLayout(groups={k: "other" for k in state}, banks={}, trainable=frozenset(state))
-
-
-def options(name: str, **kwargs: Any) -> StrategyOptions:
-    return TypeAdapter(StrategyOptions).validate_python({"name": name, **kwargs})
-
-
-def record(state: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.asarray(v)) for k, v in state.items()})
 
 
 class Round:

@@ -9,9 +9,18 @@ import numpy as np
 import pytest
 from flwr.app import Array, Message, RecordDict
 from flwr.serverapp.strategy import FedAvg
-from rule_replies import INSTRUCTION, LAYOUT, model, options, record, reply, run_round, start
+from rule_replies import (
+    INSTRUCTION,
+    LAYOUT,
+    model,
+    options,
+    record,
+    reply,
+    run_round,
+    start,
+    through_checkpoint,
+)
 
-from fedll.checkpoint import Checkpoint, decode, encode
 from fedll.config.instruction import TrainInstruction
 from fedll.config.options import FLOWER_RULES
 from strategies.aggregation import weighted_average
@@ -212,16 +221,7 @@ def test_a_rules_state_survives_a_checkpoint(name):
 
     interrupted = fresh()
     first = run_round(interrupted, 1, model([0, 0]), rounds[0])
-    saved = Checkpoint(
-        trial_id="t",
-        fingerprint="f",
-        round=1,
-        model=first,
-        strategy=interrupted.checkpoint_state(),
-        nodes={},
-        rng={},
-        results={},
-    )
+    saved = through_checkpoint(interrupted, 1, first)
     resumed = fresh()
-    resumed.restore_state(decode(encode(saved), "test").strategy)
+    resumed.restore_state(saved)
     np.testing.assert_array_equal(run_round(resumed, 2, first, rounds[1])["w"], expected["w"])

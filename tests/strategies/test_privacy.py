@@ -25,9 +25,8 @@ from flwr.supercore.privacy_accounting import (
 )
 from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 from pydantic import TypeAdapter
-from rule_replies import INSTRUCTION, LAYOUT, model, reply, run_round, start
+from rule_replies import INSTRUCTION, LAYOUT, model, reply, run_round, start, through_checkpoint
 
-from fedll.checkpoint import Checkpoint, decode, encode
 from fedll.config.instruction import TrainInstruction
 from fedll.config.options import StrategyOptions
 from strategies.lifelong import Lifelong
@@ -171,18 +170,9 @@ def test_a_dp_rules_state_survives_a_checkpoint(dp):
 
     interrupted = fresh()
     first = run_round(interrupted, 1, model([0, 0]), rounds[0])
-    saved = Checkpoint(
-        trial_id="t",
-        fingerprint="f",
-        round=1,
-        model=first,
-        strategy=interrupted.checkpoint_state(),
-        nodes={},
-        rng={},
-        results={},
-    )
+    saved = through_checkpoint(interrupted, 1, first)
     resumed = fresh()
-    resumed.restore_state(decode(encode(saved), "test").strategy)
+    resumed.restore_state(saved)
     assert resumed.rule.clipping_norm == interrupted.rule.clipping_norm
     out = run_round(resumed, 2, first, rounds[1])
     for key in expected:

@@ -5,9 +5,18 @@ rejected, and the control variate across a checkpoint."""
 from __future__ import annotations
 
 import numpy as np
-from rule_replies import LAYOUT, SITES, model, options, plan, record, reply, start
+from rule_replies import (
+    LAYOUT,
+    SITES,
+    model,
+    options,
+    plan,
+    record,
+    reply,
+    start,
+    through_checkpoint,
+)
 
-from fedll.checkpoint import Checkpoint, decode, encode
 from strategies.registry import build_strategy
 from strategies.scaffold import control_step, server_step
 
@@ -126,20 +135,11 @@ def test_the_control_variate_survives_a_checkpoint():
 
     interrupted = scaffold(server_lr=0.7)
     first = aggregate(interrupted, 1, start(interrupted, 1, model([0.0, 0.0])), rounds[0])
-    saved = Checkpoint(
-        trial_id="t",
-        fingerprint="f",
-        round=1,
-        model=first,
-        strategy=interrupted.checkpoint_state(),
-        nodes={},
-        rng={},
-        results={},
-    )
-    (rule,) = saved.strategy["rule"]
+    saved = through_checkpoint(interrupted, 1, first)
+    (rule,) = saved["rule"]
     assert "control" in rule["arrays"]
     resumed = scaffold(server_lr=0.7)
-    resumed.restore_state(decode(encode(saved), "test").strategy)
+    resumed.restore_state(saved)
     np.testing.assert_array_equal(resumed.rule.control["w"], [1.0, 1.0])  # (2+2, 0+4) / 4
     got = aggregate(resumed, 2, start(resumed, 2, first), rounds[1])
     np.testing.assert_array_equal(got["w"], expected["w"])

@@ -11,8 +11,8 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from pydantic import TypeAdapter
+from rule_replies import INSTRUCTION
 
-from fedll.config import ModelConfig, SliceConfig, TrainingConfig
 from fedll.config.instruction import TrainInstruction
 from fedll.config.options import StrategyOptions, option_names
 from fedll.inprocess import _assign_message_id, _set_task_identity
@@ -25,15 +25,6 @@ LAYOUT = ModelLayout(
     groups={"bank": "kernel_bank", "w": "other", "steps": "counter"},
     banks={"bank": ("layer", (2,))},
     trainable=frozenset({"bank", "w"}),
-)
-INSTRUCTION = TrainInstruction(
-    model=ModelConfig(name="static"),
-    training=TrainingConfig(),
-    slices=SliceConfig(),
-    arrival_start=0,
-    arrival_stop=1,
-    train_on="new",
-    seed=0,
 )
 GLOBAL = {
     "bank": np.zeros((2, 3), np.float32),
