@@ -257,39 +257,58 @@ def _run(
 
         resolve_device(scenario.execution.device)  # a cluster's devices are checked on it
     console = _console()
-    with console.status("preparing the cohort (synthesis and slice cache, once per cohort)"):
-        cohort_for(run_dir, scenario, source=str(run_dir / "scenario.yaml"))
     options = SweepOptions.from_scenario(
         scenario, address=address, cpus_per_trial=cpus, backend="local" if local else "ray"
     )
-    columns = _progress_columns()
-    with Progress(*columns, console=console, transient=False) as bar:
-        trials = expand_trials(scenario)
-        overall = bar.add_task("trials", total=len(trials))
-        rounds: dict[str, int] = {}
+    source = str(run_dir / "scenario.yaml")
 
-        def on_progress(event: SweepProgress) -> None:
-            tid = event.trial_id
-            if tid not in rounds:
-                rounds[tid] = bar.add_task(f"  {tid}", total=event.rounds)
-            bar.update(rounds[tid], completed=event.round)
+    def prepare() -> None:
+        with console.status("preparing the cohort (synthesis and slice cache, once per cohort)"):
+            cohort_for(run_dir, scenario, source=source)
 
-        def on_done(tid: str, error: str | None) -> None:
-            bar.advance(overall)
-            if tid in rounds:
-                bar.remove_task(rounds.pop(tid))
-            if error:
-                console.print(Text(f"trial {tid} failed: {error}", style="red"))
-            elif events := _events(run_dir, tid):
-                console.print(Text(f"trial {tid}: {events}", style="yellow"))
+    if options.backend == "local":
+        prepare()
+    # with Ray, the sweep prepares the cohort while Ray starts; the bar appears with the
+    # first trial's progress (or at the end), so a failed preparation prints only its error
+    bar = Progress(*_progress_columns(), console=console, transient=False)
+    trials = expand_trials(scenario)
+    overall = bar.add_task("trials", total=len(trials))
+    rounds: dict[str, int] = {}
 
-        def on_resume(tid: str, rnd: int) -> None:
-            console.print(Text(f"resumed {tid} from round {rnd}"))
+    def on_progress(event: SweepProgress) -> None:
+        bar.start()
+        tid = event.trial_id
+        if tid not in rounds:
+            rounds[tid] = bar.add_task(f"  {tid}", total=event.rounds)
+        bar.update(rounds[tid], completed=event.round)
 
+    def on_done(tid: str, error: str | None) -> None:
+        bar.start()
+        bar.advance(overall)
+        if tid in rounds:
+            bar.remove_task(rounds.pop(tid))
+        if error:
+            console.print(Text(f"trial {tid} failed: {error}", style="red"))
+        elif events := _events(run_dir, tid):
+            console.print(Text(f"trial {tid}: {events}", style="yellow"))
+
+    def on_resume(tid: str, rnd: int) -> None:
+        console.print(Text(f"resumed {tid} from round {rnd}"))
+
+    try:
         summary = run_sweep(
-            run_dir, options, on_progress=on_progress, on_trial_done=on_done, on_resume=on_resume
+            run_dir,
+            options,
+            on_progress=on_progress,
+            on_trial_done=on_done,
+            on_resume=on_resume,
+            prepare=None if options.backend == "local" else prepare,
         )
+        bar.start()
         bar.update(overall, completed=len(trials) - len(summary.failed))
+    finally:
+        if bar.live.is_started:
+            bar.stop()
     if summary.skipped:
         _say(f"{len(summary.skipped)} finished trial(s) were kept from an earlier run")
     results, _ = collect(run_dir, fingerprints(scenario))

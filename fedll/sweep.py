@@ -30,6 +30,7 @@ import socket
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -435,13 +436,19 @@ def run_sweep(
     on_progress: Callable[[Progress], None] | None = None,
     on_trial_done: Callable[[str, str | None], None] | None = None,
     on_resume: Callable[[str, int], None] | None = None,
+    prepare: Callable[[], object] | None = None,
 ) -> SweepSummary:
-    """Run the pending trials of ``RUN_DIR/scenario.yaml``; see the module docstring."""
+    """Run the pending trials of ``RUN_DIR/scenario.yaml``; see the module docstring.
+
+    ``prepare`` (the CLI's cohort preparation: synthesis, slice cache) runs first; with Ray,
+    in a thread while Ray starts and the pool's workers import, and its error is raised."""
     run_dir = Path(run_dir)
     scenario = load_scenario(run_dir / RESOLVED_SCENARIO)
     trials = expand_trials(scenario)
     todo = pending(run_dir, scenario)
     summary = SweepSummary(skipped=[t.trial_id for t in trials if t not in todo])
+    if prepare is not None and (not todo or options.backend == "local"):
+        prepare()
     if not todo:
         return summary
     index = {t.trial_id: i for i, t in enumerate(trials)}
@@ -455,15 +462,20 @@ def run_sweep(
         local = LocalBackend(cohort, on_progress, partial(_keep_checkpoint, run_dir))
         schedule(local, run_dir, scenario, tasks, summary, on_progress, on_trial_done)
         return summary
-    with _ray(options):
-        gpus = trial_gpus(scenario, options)
-        # the pool's actors import a trial's stack while this process loads the slices
-        remote = RayBackend(options, options.max_concurrent or len(todo), gpus)
-        cohort = CohortArrays.load(cohort_for(run_dir, scenario))
-        remote.share(cohort)
-        todo = longest_first(scenario, todo, cohort)  # the tail, when few trials are left, short
-        tasks = _tasks(run_dir, scenario, todo, index, prints, options, device, on_resume)
-        schedule(remote, run_dir, scenario, tasks, summary, on_progress, on_trial_done)
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        # the cohort is prepared while Ray starts (its workers are spawned, not forked)
+        preparing = thread.submit(prepare) if prepare is not None else None
+        with _ray(options):
+            gpus = trial_gpus(scenario, options)
+            # the pool's actors import a trial's stack while this process loads the slices
+            remote = RayBackend(options, options.max_concurrent or len(todo), gpus)
+            if preparing is not None:
+                preparing.result()
+            cohort = CohortArrays.load(cohort_for(run_dir, scenario))
+            remote.share(cohort)
+            todo = longest_first(scenario, todo, cohort)  # the tail, when few are left, short
+            tasks = _tasks(run_dir, scenario, todo, index, prints, options, device, on_resume)
+            schedule(remote, run_dir, scenario, tasks, summary, on_progress, on_trial_done)
     return summary
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import multiprocessing
 import time
 import zlib
 from collections.abc import Sequence
@@ -127,7 +128,9 @@ def generate_cohort(
         _write_cases(out, plans, atlas, shape, profiles, seed)
     else:  # interleaved chunks, two per worker; each carries the atlas once
         chunks = [plans[k :: 2 * workers] for k in range(min(len(plans), 2 * workers))]
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        # spawned, not forked: `fedll run` prepares the cohort while Ray's threads start
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             jobs = [
                 pool.submit(_write_cases, out, chunk, atlas, shape, profiles, seed)
                 for chunk in chunks
