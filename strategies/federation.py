@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -110,6 +112,26 @@ def run_federation(
             personal_model = build_model(spec.name, **spec.kwargs()).to(device)
     modality_of = {s.name: s.modality for s in scenario.sites}
 
+    def score(server_round: int, state: dict[str, torch.Tensor], personal: Any, spent: Any) -> None:
+        """Round ``server_round``'s rows: the global model ``state`` (and the personalised
+        models the round's updates carried) on the test sets."""
+        model.load_state_dict(state)
+        if personal is not None:
+            evaluate_personal(
+                results, personal_model, personal, modality_of, test, scenario.evaluation
+            )
+        evaluate_round(results, server_round, model, test, scenario.evaluation)
+        if spent is not None:
+            results.privacy[server_round] = (spent.epsilon, spent.delta)
+        if on_round is not None:
+            on_round(server_round, len(stream))
+
+    # Off the in-process grid the sites train in other processes (SuperNodes, the Simulation
+    # Engine's workers): the global model is scored while the next round trains, in order,
+    # on one thread. On it (a sweep's trial, one CPU) scoring stays in line, as do snapshots.
+    overlap = not isinstance(grid, InProcessGrid) and snapshots is None
+    scoring: list[Future[None]] = []
+
     def evaluate(flower_round: int, arrays: ArrayRecord) -> None:
         server_round = flower_round + done
         if flower_round == 0 and done:  # a resumed trial: its round was evaluated already
@@ -117,29 +139,32 @@ def run_federation(
         state = arrays.to_torch_state_dict()  # the arrays deserialised once, for both uses
         final.clear()
         final.update({k: v.numpy() for k, v in state.items()})
-        model.load_state_dict(state)
+        personal = None
         if personal_model is not None and flower_round > 0:
             personal = _personal_models(strategy)
-            evaluate_personal(
-                results, personal_model, personal, modality_of, test, scenario.evaluation
-            )
-        evaluate_round(results, server_round, model, test, scenario.evaluation)
-        if (spent := privacy_spent(strategy.rule)) is not None:
-            results.privacy[server_round] = (spent.epsilon, spent.delta)
-        if on_round is not None:
-            on_round(server_round, len(stream))
+        job = partial(score, server_round, state, personal, privacy_spent(strategy.rule))
+        if not overlap:
+            job()
+        else:
+            for earlier in scoring:
+                if earlier.done():
+                    earlier.result()  # an evaluation's error ends the trial now
+            scoring.append(evaluations.submit(job))
         if snapshots and 0 < server_round < len(stream) and server_round % snapshots.every == 0:
             assert snapshots.save is not None
             snapshots.save(_checkpoint(snapshots, trial, server_round, final, strategy, grid,
                                        results))  # fmt: skip
 
-    strategy.start(
-        grid=grid,
-        initial_arrays=initial,
-        num_rounds=len(stream) - done,
-        timeout=timeout,
-        evaluate_fn=evaluate,
-    )
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedll-evaluation") as evaluations:
+        strategy.start(
+            grid=grid,
+            initial_arrays=initial,
+            num_rounds=len(stream) - done,
+            timeout=timeout,
+            evaluate_fn=evaluate,
+        )
+        for job in scoring:
+            job.result()
     results.failures.update(strategy.failures)
     results.rejected.update(strategy.rejected)
     if left_out := [s.name for s in scenario.sites if s.name not in bound]:

@@ -8,6 +8,7 @@ With ``arrivals_per_round: 2`` the tiny stream has two rounds, and in each both 
 from __future__ import annotations
 
 import logging
+import threading
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 import fedll.evaluation
+import strategies.federation as federation
 from fedll.config import dump_scenario, load_scenario
 from fedll.config.grid import fingerprints
 from fedll.config.options import StrategyOptions, option_names
@@ -207,3 +209,52 @@ def test_cl_methods_and_the_joint_bound_side_by_side(
     table = format_table(forgetting_table(results))
     assert set(table["cl"]) == {"finetune", "ewc", "lwf", "replay-buffer1", "joint"}
     assert len(table) == 5 * 2  # one row per configuration and modality
+
+
+class _NotInProcess:
+    """Stands in for ``InProcessGrid`` in the federation's check, so a sweep's trial scores
+    its rounds as a deployed one does: on a thread, while the next round trains."""
+
+
+def test_rounds_scored_while_the_next_one_trains_give_the_same_rows(
+    make_scenario, tmp_path, monkeypatch, restore_torch_threads
+):
+    strategies = [
+        {"name": "ditto", "lam": 0.5},
+        {"name": "fedavg", "dp": {"noise_multiplier": 0.01, "clipping_norm": 2.0}},
+    ]
+    updates = {**BOTH_PER_ROUND, "models": STATIC, "strategies": strategies}
+    (tmp_path / "in-line").mkdir()
+    (tmp_path / "overlapped").mkdir()
+    in_line = sweep(make_scenario, tmp_path / "in-line", updates)
+    threads = []
+    real = federation.evaluate_round
+
+    def watched(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(federation, "InProcessGrid", _NotInProcess)
+    monkeypatch.setattr(federation, "evaluate_round", watched)
+    overlapped = sweep(make_scenario, tmp_path / "overlapped", updates)
+    assert threads and all(name.startswith("fedll-evaluation") for name in threads)
+    pd.testing.assert_frame_equal(overlapped, in_line)  # Ditto's and DP's columns included
+
+
+def test_an_evaluation_that_fails_on_its_thread_fails_the_trial(
+    make_scenario, tmp_path, monkeypatch, restore_torch_threads
+):
+    def broken(results, server_round, *args, **kwargs):
+        if server_round == 1:
+            raise RuntimeError("scoring broke")
+
+    monkeypatch.setattr(federation, "InProcessGrid", _NotInProcess)
+    monkeypatch.setattr(federation, "evaluate_round", broken)
+    scenario = load_scenario(
+        make_scenario(tmp_path / "s.yaml", {**BOTH_PER_ROUND, "models": STATIC})
+    )
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "scenario.yaml").write_text(dump_scenario(scenario))
+    summary = run_sweep(run_dir, SweepOptions(backend="local"))
+    assert list(summary.failed.values()) == ["RuntimeError: scoring broke"]
