@@ -18,7 +18,9 @@ they raise ``ValueError`` whose message starts with the argument's name.
 
 from __future__ import annotations
 
+import functools
 import inspect
+import json
 import logging
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -209,7 +211,23 @@ def footprint(name: str, kwargs: Mapping[str, Any], batch: int, size: int) -> tu
     """(parameters, activation bytes of a float32 training batch) of ``build_model(name,
     **kwargs)`` on ``batch`` slices of ``size`` x ``size``, measured on the meta device: the
     model is built and run forward without memory or arithmetic; the activations are the
-    outputs of every module that has no children (what autograd keeps for the backward)."""
+    outputs of every module that has no children (what autograd keeps for the backward).
+
+    Every scenario parse checks it (a trial's worker parses its scenario again): the answer
+    is remembered per (name, arguments, batch, size) when the arguments are plain data."""
+    try:
+        arguments = json.dumps(dict(kwargs), sort_keys=True)
+    except TypeError:  # not plain data (a builder's own objects): measured every time
+        return _measure(name, kwargs, batch, size)
+    return _remembered(name, arguments, batch, size)
+
+
+@functools.lru_cache(maxsize=128)
+def _remembered(name: str, arguments: str, batch: int, size: int) -> tuple[int, int]:
+    return _measure(name, json.loads(arguments), batch, size)
+
+
+def _measure(name: str, kwargs: Mapping[str, Any], batch: int, size: int) -> tuple[int, int]:
     kept = 0
 
     def count(module: nn.Module, inputs: Any, output: Any) -> None:

@@ -12,6 +12,7 @@ from fedll.models import (
     advance_schedule,
     build_model,
     check_arguments,
+    count_parameters,
     current_temperature,
     last_attention,
     model_names,
@@ -215,3 +216,26 @@ def test_builder_defaults_are_the_acp_defaults() -> None:
     ]  # fmt: skip
     for name in shared:
         assert builder[renamed.get(name, name)].default == acp[name].default, name
+
+
+def test_a_footprint_is_measured_once_per_model_arguments_and_batch(monkeypatch):
+    from fedll.models import registry
+
+    built = []
+    real = registry._builder
+
+    def counting(name):
+        built.append(name)
+        return real(name)
+
+    monkeypatch.setattr(registry, "_builder", counting)
+    registry._remembered.cache_clear()
+    first = registry.footprint("dycnn", {"base_width": 4, "depth": 1}, 2, 16)
+    assert registry.footprint("dycnn", {"depth": 1, "base_width": 4}, 2, 16) == first
+    assert built == ["dycnn"]  # the same arguments in any order: remembered
+    larger = registry.footprint("dycnn", {"base_width": 4, "depth": 1}, 4, 16)
+    assert larger[0] == first[0] and larger[1] == 2 * first[1]  # activations scale with batch
+    assert built == ["dycnn", "dycnn"]
+    registry._remembered.cache_clear()
+    # what a fresh measurement gives: the parameters of the model a trial builds
+    assert first[0] == count_parameters(build_model("dycnn", base_width=4, depth=1))
