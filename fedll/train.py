@@ -64,13 +64,15 @@ def make_optimizer(
     """The optimiser the scenario asks for; ``state`` (per-parameter moments from an earlier
     round) resumes its moments, with this round's hyper-parameters."""
     params = [p for p in model.parameters() if p.requires_grad]
+    # foreach: the multi-tensor step (PyTorch's default on CUDA) on the CPU too; the same
+    # arithmetic as the per-parameter loop, bit for bit, in fewer kernel calls
     if cfg.optimizer == "adam":
         optimizer: torch.optim.Optimizer = torch.optim.Adam(
-            params, lr=cfg.lr, weight_decay=cfg.weight_decay
+            params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True
         )
     else:
         optimizer = torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, foreach=True
         )
     if state is not None:
         resumed = optimizer.state_dict()

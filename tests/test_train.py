@@ -110,3 +110,38 @@ def test_kept_moments_resume_the_optimiser():
         model, images, masks, keep.model_copy(update={"optimizer_state": "reset"}), 0
     )
     assert reset.optimizer_state is None
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        {"optimizer": "adam", "lr": 0.01},
+        {"optimizer": "adam", "lr": 0.01, "weight_decay": 1e-3},
+        {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-3},
+    ],
+    ids=["adam", "adam-decay", "sgd-momentum"],
+)
+def test_the_optimiser_steps_exactly_as_the_per_parameter_loop(recipe):
+    # make_optimizer takes PyTorch's multi-tensor step: the same bits as its plain loop
+    from fedll.models import build_model
+
+    x = torch.randn(4, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    y = (torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(1)) > 0.8).float()
+    models = []
+    for loop in (False, True):
+        torch.manual_seed(0)
+        model = build_model("dycnn", base_width=4, depth=1)
+        optimizer = make_optimizer(model, TrainingConfig(**recipe))
+        assert all(group["foreach"] for group in optimizer.param_groups)
+        if loop:
+            for group in optimizer.param_groups:
+                group["foreach"] = False
+        for _ in range(3):
+            optimizer.zero_grad()
+            segmentation_loss(model(x), y).backward()
+            optimizer.step()
+        models.append(model)
+    for (name, a), b in zip(
+        models[0].state_dict().items(), models[1].state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
