@@ -62,8 +62,12 @@ def make_optimizer(
     state: dict[int, dict[str, torch.Tensor]] | None = None,
 ) -> torch.optim.Optimizer:
     """The optimiser the scenario asks for; ``state`` (per-parameter moments from an earlier
-    round) resumes its moments, with this round's hyper-parameters."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    round) resumes its moments, with this round's hyper-parameters.
+
+    It holds every parameter, frozen ones too (:func:`fedll.models.inspection.
+    freeze_routing`): those get no gradient, which the optimiser skips, and the parameters
+    keep their indices in ``state`` whether or not some are frozen this round."""
+    params = list(model.parameters())
     if cfg.optimizer == "adam":
         optimizer: torch.optim.Optimizer = torch.optim.Adam(
             params, lr=cfg.lr, weight_decay=cfg.weight_decay
@@ -117,13 +121,15 @@ def _step(
     hooks: Sequence[TrainingHook],
     precision: Precision = "fp32",
     scaler: torch.amp.GradScaler | None = None,
+    modality: torch.Tensor | None = None,
 ) -> float:
     """One optimiser step on a batch; returns its loss. Advances the temperature schedule.
     The forward pass and the loss run under ``precision``'s autocast; with a ``scaler``
     (fp16) the loss is scaled before the backward pass, and the gradients unscaled before
-    the hooks' ``before_step`` (the scaler's step would unscale them at the same point)."""
+    the hooks' ``before_step`` (the scaler's step would unscale them at the same point).
+    ``modality`` (B,): each sample's modality index, for a model that routes by it."""
     with autocast(x.device, precision):
-        logits = model(x)
+        logits = model(x) if modality is None else model(x, modality)
         loss = segmentation_loss(logits, y) + routing_loss(model)
         for hook in hooks:
             extra = hook.extra_loss(model, x, logits)
@@ -154,6 +160,7 @@ def train_local(
     seed: int,
     optimizer_state: dict[int, dict[str, torch.Tensor]] | None = None,
     hooks: Sequence[TrainingHook] = (),
+    modalities: np.ndarray | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``images`` (N, 1, H, W) float32 and ``masks`` (N, 1, H, W).
 
@@ -162,7 +169,9 @@ def train_local(
     resumes the optimiser's moments when the scenario keeps them across rounds; each of
     ``hooks`` sees the model before the first step, adds its ``extra_loss`` at every step,
     sees the gradients before every optimiser step and sees the trained model and its data
-    at the end.
+    at the end. ``modalities`` (N,) int64, each slice's index in
+    :data:`fedll.data.MODALITIES`, goes to the model with each batch (a model that routes by
+    modality needs it; the others ignore it).
     """
     n = len(images)
     if n == 0:
@@ -175,6 +184,7 @@ def train_local(
     scaler = grad_scaler(device, cfg.precision)
     x_all = torch.tensor(images, dtype=torch.float32).to(device)
     y_all = torch.tensor(masks, dtype=torch.float32).to(device)
+    m_all = None if modalities is None else torch.as_tensor(modalities, dtype=torch.long).to(device)
     model.train()
     losses: list[float] = []
     mass: dict[str, np.ndarray] = {}
@@ -182,8 +192,18 @@ def train_local(
         order = torch.randperm(n, generator=generator)
         for start, stop in batch_bounds(n, cfg.batch_size):
             idx = order[start:stop].to(device)
+            modality = None if m_all is None else m_all[idx]
             losses.append(
-                _step(model, optimizer, x_all[idx], y_all[idx], hooks, cfg.precision, scaler)
+                _step(
+                    model,
+                    optimizer,
+                    x_all[idx],
+                    y_all[idx],
+                    hooks,
+                    cfg.precision,
+                    scaler,
+                    modality,
+                )
             )
             if epoch == cfg.epochs - 1:
                 accumulate_attention(mass, last_attention(model))
