@@ -19,9 +19,10 @@ import torch
 from torch import nn
 
 from fedll.config.schema import EvaluationConfig
+from fedll.data import MODALITIES
 from fedll.data.slices import CaseSlices
 from fedll.metrics import SURFACE_TOLERANCE_MM, case_metrics
-from fedll.models.inspection import last_attention
+from fedll.models.inspection import last_attention, routes_by_modality
 from fedll.results import PREVIEW_CASES, TrialResults
 from fedll.train import accumulate_attention, model_device
 
@@ -57,10 +58,12 @@ def evaluate_cases(
     hold ``images`` (N, 1, H, W), ``masks`` (N, 1, H, W), their slice ``indices`` and ``spacing``
     (:class:`fedll.data.slices.CaseSlices`). With ``collect_attention``, also the mean
     attention per dynamic layer over all evaluated slices. With ``previews`` = k, also the
-    prediction of the largest-tumour slice of each of the first k cases.
+    prediction of the largest-tumour slice of each of the first k cases. A model that routes
+    by modality is given each case's ``modality`` (the test set's label).
     """
     model.eval()
     device = model_device(model)
+    routed = routes_by_modality(model)
     dice, hd95, surface = [], [], []
     kept: list[tuple[int, np.ndarray]] = []
     mass: dict[str, np.ndarray] = {}
@@ -70,7 +73,12 @@ def evaluate_cases(
         for start in range(0, len(case.images), batch_size):
             # a copy: cached slices are read-only memory maps
             chunk = torch.tensor(case.images[start : start + batch_size], dtype=torch.float32)
-            preds.append((model(chunk.to(device)) > 0).cpu().numpy())
+            if routed:
+                modality = torch.full((len(chunk),), MODALITIES.index(case.modality))
+                logits = model(chunk.to(device), modality.to(device))
+            else:
+                logits = model(chunk.to(device))
+            preds.append((logits > 0).cpu().numpy())
             if collect_attention:
                 accumulate_attention(mass, last_attention(model))
         slices += len(case.images)

@@ -21,8 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedll.config.schema import TrainingConfig
+from fedll.data import modality_indices
 from fedll.device import Precision, autocast, grad_scaler
-from fedll.models.inspection import advance_schedule, last_attention, routing_loss
+from fedll.models.inspection import (
+    advance_schedule,
+    last_attention,
+    routes_by_modality,
+    routing_loss,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +112,12 @@ def accumulate_attention(total: dict[str, np.ndarray], attention: dict[str, torc
     for name, att in attention.items():
         mass = att.detach().float().sum(dim=0).cpu().numpy().astype(np.float64)
         total[name] = total[name] + mass if name in total else mass
+
+
+def slice_modalities(model: nn.Module, modalities: Sequence[str]) -> np.ndarray | None:
+    """int64 (N,): the :data:`fedll.data.MODALITIES` index of each slice's modality, for a
+    ``model`` that routes by modality; None for any other model (it is not given one)."""
+    return modality_indices(modalities) if routes_by_modality(model) else None
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -124,6 +124,12 @@ def train_site(
         hooks.append(control)
     images = np.concatenate([c.images for c in cases])
     masks = np.concatenate([c.masks for c in cases])
+    from fedll.models import freeze_routing  # TODO(imports): join the module's imports
+    from fedll.train import slice_modalities
+
+    modalities = slice_modalities(model, [site.modality] * len(images))
+    if frozen := freeze_routing(model, instruction.server_round):
+        logger.info("site %s: routing frozen (%d parameters)", site.name, len(frozen))
     torch.manual_seed(instruction.seed)
     result = train_local(
         model,
@@ -135,6 +141,7 @@ def train_site(
         if instruction.training.optimizer_state == "keep" and "optimizer" in context.state
         else None,
         hooks,
+        modalities,
     )
     state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     _keep_site_state(context, instruction, result, method.state(), model, state)
@@ -144,7 +151,9 @@ def train_site(
         context.state[SITE_CONTROL] = _record(control.site_control)
         extra[CONTROL_DELTA] = _record(control.delta)
     if instruction.ditto:
-        extra[PERSONAL] = _train_personal(instruction, received, context, images, masks, device)
+        extra[PERSONAL] = _train_personal(
+            instruction, received, context, images, masks, device, modalities
+        )
     return _reply(msg, instruction, result, len(cases), state, as_sent, extra)
 
 
@@ -155,6 +164,7 @@ def _train_personal(
     images: np.ndarray,
     masks: np.ndarray,
     device: torch.device,
+    modalities: np.ndarray | None,
 ) -> ArrayRecord:
     """Ditto's personalised step: the site's personalised model (the received one at its
     first round) trained toward ``received``; kept in the context and returned as a record."""
@@ -165,6 +175,9 @@ def _train_personal(
     else:
         personal.load_state_dict(received)
     personal.to(device)
+    from fedll.models import freeze_routing
+
+    freeze_routing(personal, instruction.server_round)
     parameters = {n for n, _ in personal.named_parameters()}
     torch.manual_seed(instruction.seed)
     train_personal(
@@ -175,6 +188,7 @@ def _train_personal(
         instruction.training,
         instruction.seed,
         instruction.ditto_lambda,
+        modalities,
     )
     record = _record({k: v.detach().cpu().numpy() for k, v in personal.state_dict().items()})
     context.state[SITE_PERSONAL] = record

@@ -34,6 +34,7 @@ from torch import nn
 from fedll.data import MODALITIES
 from fedll.models.attention import ACP_STATS, ROUTINGS, RoutingLossWeights
 from fedll.models.dynamic_conv import DynamicConvLayer
+from fedll.models.inspection import routes_by_modality
 from fedll.models.unet import NORMS, UNet, count_parameters, equal_param_width, static_conv
 
 logger = logging.getLogger(__name__)
@@ -249,7 +250,9 @@ def footprint(name: str, kwargs: Mapping[str, Any], batch: int, size: int) -> tu
     with torch.device("meta"), torch.random.fork_rng(devices=[]):
         model = builder(**kwargs)
         hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
-        model(torch.empty(batch, int(kwargs.get("in_channels", 1)), size, size))
+        x = torch.empty(batch, int(kwargs.get("in_channels", 1)), size, size)
+        modality = torch.zeros(batch, dtype=torch.long) if routes_by_modality(model) else None
+        model(x, modality)
         for hook in hooks:
             hook.remove()
     return count_parameters(model), kept
