@@ -77,3 +77,16 @@ def test_segment_needs_the_modality_of_a_modality_routed_model(routed_run, tmp_p
     result = invoke("segment", kept, record.image, "--out", out, "--modality", "flair")
     assert result.exit_code == 0, (result.output, result.exception)
     assert out.exists()
+
+
+def test_per_slice_routing_separation_is_recorded(routed_run):
+    routing = pd.read_csv(routed_run / "routing.csv")
+    assert set(routing["model"]) == {"soft", "hard", "stats-max", "stats-quantiles"}
+    assert routing["decoding_accuracy"].between(0, 1).all()
+    # hard routing gives T2 and FLAIR slices disjoint kernels: every layer decodes perfectly
+    assert (routing.loc[routing["model"] == "hard", "decoding_accuracy"] == 1.0).all()
+    # soft routing starts with equal logits: every slice routes alike, decoded at chance
+    start = routing[(routing["model"] == "soft") & (routing["round"] == 0)]
+    assert (start["decoding_accuracy"] <= start["chance"]).all()
+    results = pd.read_csv(routed_run / "results.csv")
+    assert set(routing["trial"]) == set(results["trial"])
