@@ -49,17 +49,29 @@ class TrainResult:
 class TrainingHook(Protocol):
     """What :func:`train_local` calls besides its own loss (see :mod:`fedll.continual`):
     ``before_step`` sees the model's gradients (unscaled) after each backward pass, before
-    the optimiser steps (SCAFFOLD corrects them there: :mod:`fedll.scaffold`)."""
+    the optimiser steps (SCAFFOLD corrects them there: :mod:`fedll.scaffold`). ``modality``
+    and ``modalities`` are what the model is given (None unless it routes by modality), so
+    a hook that runs the model (LwF's teacher, EWC's Fisher) can give them too."""
 
     def before_training(self, model: nn.Module) -> None: ...
 
     def extra_loss(
-        self, model: nn.Module, x: torch.Tensor, logits: torch.Tensor
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        logits: torch.Tensor,
+        modality: torch.Tensor | None = None,
     ) -> torch.Tensor | None: ...
 
     def before_step(self, model: nn.Module) -> None: ...
 
-    def after_training(self, model: nn.Module, images: np.ndarray, masks: np.ndarray) -> None: ...
+    def after_training(
+        self,
+        model: nn.Module,
+        images: np.ndarray,
+        masks: np.ndarray,
+        modalities: np.ndarray | None = None,
+    ) -> None: ...
 
 
 def make_optimizer(
@@ -144,7 +156,7 @@ def _step(
         logits = model(x) if modality is None else model(x, modality)
         loss = segmentation_loss(logits, y) + routing_loss(model)
         for hook in hooks:
-            extra = hook.extra_loss(model, x, logits)
+            extra = hook.extra_loss(model, x, logits, modality)
             if extra is not None:
                 loss = loss + extra
     optimizer.zero_grad(set_to_none=True)
@@ -221,7 +233,7 @@ def train_local(
                 accumulate_attention(mass, last_attention(model))
     state = optimizer.state_dict()["state"] if cfg.optimizer_state == "keep" else None
     for hook in hooks:
-        hook.after_training(model, images, masks)
+        hook.after_training(model, images, masks, modalities)
     return TrainResult(
         loss=float(np.mean(losses)),
         steps=len(losses),
