@@ -157,7 +157,40 @@ def routing_regulariser(probs: torch.Tensor, weights: RoutingLossWeights) -> tor
     return weights.confidence * confidence + weights.balance * balance
 
 
-class AttentionCoefficients(nn.Module):
+class TemperatureSchedule:
+    """The annealed softmax temperature of a router: ``temperature_start``,
+    ``temperature_end``, ``anneal_steps`` (attributes) and the ``anneal_step`` buffer of the
+    module it is mixed into (see :func:`temperature_at`)."""
+
+    temperature_start: float
+    temperature_end: float
+    anneal_steps: int
+    anneal_step: torch.Tensor
+
+    @property
+    def temperature(self) -> float:
+        """The current softmax temperature tau."""
+        return temperature_at(
+            int(self.anneal_step), self.temperature_start, self.temperature_end, self.anneal_steps
+        )
+
+    def _temperature_for(self, like: torch.Tensor) -> float | torch.Tensor:
+        """:attr:`temperature`: a float on CPU, else a 0-d tensor (no host sync per layer)."""
+        if self.anneal_step.device.type == "cpu":
+            return self.temperature
+        return temperature_tensor(
+            self.anneal_step.to(like.dtype),
+            self.temperature_start,
+            self.temperature_end,
+            self.anneal_steps,
+        )
+
+    def advance(self, steps: int = 1) -> None:
+        """Advance the annealing schedule by ``steps`` optimiser steps."""
+        self.anneal_step.add_(steps)
+
+
+class AttentionCoefficients(TemperatureSchedule, nn.Module):
     """The ACP: pooled statistics -> FC -> ReLU -> FC -> softmax(z / tau) (Chen et al. 2020).
 
     Args:
@@ -241,28 +274,6 @@ class AttentionCoefficients(nn.Module):
         self.fc2 = nn.Linear(hidden, outputs)
         self.register_buffer("anneal_step", torch.zeros((), dtype=torch.long))
 
-    @property
-    def temperature(self) -> float:
-        """The current softmax temperature tau."""
-        return temperature_at(
-            int(self.anneal_step), self.temperature_start, self.temperature_end, self.anneal_steps
-        )
-
-    def _temperature_for(self, like: torch.Tensor) -> float | torch.Tensor:
-        """:attr:`temperature`: a float on CPU, else a 0-d tensor (no host sync per layer)."""
-        if self.anneal_step.device.type == "cpu":
-            return self.temperature
-        return temperature_tensor(
-            self.anneal_step.to(like.dtype),
-            self.temperature_start,
-            self.temperature_end,
-            self.anneal_steps,
-        )
-
-    def advance(self, steps: int = 1) -> None:
-        """Advance the annealing schedule by ``steps`` optimiser steps."""
-        self.anneal_step.add_(steps)
-
     def forward(self, x: torch.Tensor, modality: torch.Tensor | None = None) -> Routing:
         z = self.fc2(F.relu(self.fc1(pooled_statistics(x, self.stats, self.quantiles))))
         if self.mode == "grouped":
@@ -280,7 +291,7 @@ class AttentionCoefficients(nn.Module):
         )
 
 
-class ModalityCoefficients(nn.Module):
+class ModalityCoefficients(TemperatureSchedule, nn.Module):
     """Routing by the case's known modality instead of by the input (an oracle router).
 
     ``routing="modality-soft"``: a learned logit per modality and kernel, ``logits`` of shape
@@ -346,10 +357,6 @@ class ModalityCoefficients(nn.Module):
         shape = (num_modalities, *((out_channels,) if mode == "grouped" else ()), num_kernels)
         self.logits = nn.Parameter(torch.zeros(shape)) if routing == "modality-soft" else None
         self.register_buffer("anneal_step", torch.zeros((), dtype=torch.long))
-
-    temperature = AttentionCoefficients.temperature
-    _temperature_for = AttentionCoefficients._temperature_for
-    advance = AttentionCoefficients.advance
 
     def hard_weights(self, like: torch.Tensor) -> torch.Tensor:
         """(M, K): row m is 1 / (K / M) on modality m's kernel set, 0 elsewhere."""
