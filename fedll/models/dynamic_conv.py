@@ -138,7 +138,8 @@ class DynamicConv2d(nn.Module):
 
 
 class DynamicConvLayer(TakesModality, nn.Module):
-    """A router (``acp``) and a :class:`DynamicConv2d` (``conv``): ``conv(x, acp(x).weights)``.
+    """A router (``acp``) and a :class:`DynamicConv2d` (``conv``):
+    ``conv(x, acp(x, modality).weights)``.
 
     The router is the ACP (:class:`AttentionCoefficients`, ``routing="learned"``) or, with
     ``routing="modality-soft"`` / ``"modality-hard"``, a :class:`ModalityCoefficients` that
