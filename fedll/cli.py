@@ -517,9 +517,14 @@ def segment(
         int | None, typer.Option(min=0, help="the channel of a 4-D image INPUT")
     ] = None,
     layout: Annotated[str, typer.Option(help="layout of a cohort INPUT (default: auto)")] = "auto",
+    modality: Annotated[
+        str | None,
+        typer.Option(help="t2 or flair: an image INPUT's modality, for a model that routes by it"),
+    ] = None,
 ) -> None:
     """Write whole-tumour masks (uint8 0/1, the image's grid) of INPUT with a kept model:
-    one image, or every case of a cohort (OUT/<patient>_<modality>_pred.nii.gz)."""
+    one image, or every case of a cohort (OUT/<patient>_<modality>_pred.nii.gz). A model
+    that routes by modality needs --modality for an image (a cohort's cases name theirs)."""
     from rich.progress import Progress
 
     from fedll.data.layouts import discover
@@ -532,7 +537,7 @@ def segment(
     if not source.exists():
         raise DataError(f"{source}: no such file or folder")
     if is_image(source):
-        written = segment_file(saved, source, out, where, batch_size, channel)
+        written = segment_file(saved, source, out, where, batch_size, channel, modality)
         _say(f"wrote {written}")
         return
     check_out_dir(out)

@@ -2,7 +2,8 @@
 
 ``results.csv`` (and each trial's file) is long: one row per trial x round x evaluated
 modality x test case (:data:`RESULT_COLUMNS`); ``attention.csv`` one row per trial x round x
-modality x dynamic layer x kernel (:data:`ATTENTION_COLUMNS`). Both start with the trial id
+modality x dynamic layer x kernel (:data:`ATTENTION_COLUMNS`); ``routing.csv`` one row per
+trial x round x dynamic layer (:data:`ROUTING_COLUMNS`). Both start with the trial id
 and its value on each grid axis (:data:`AXES`, which trial ids and ``exclude`` entries use
 too). Files written by an earlier fedll lack the :data:`ADDED` columns; readers accept that.
 """
@@ -41,6 +42,14 @@ RESULT_COLUMNS: tuple[str, ...] = (
 ATTENTION_COLUMNS: tuple[str, ...] = (
     *TRIAL_COLUMNS, "round", "modality", "layer", "kernel", "mass",
 )  # fmt: skip
+
+ROUTING_COLUMNS: tuple[str, ...] = (
+    *TRIAL_COLUMNS, "round", "layer", "slices", "decoding_accuracy", "chance",
+)  # fmt: skip
+"""``routing.csv``, one row per trial x round x dynamic layer: how well the layer's per-slice
+attention on every modality's test slices (``slices`` of them) predicts each slice's
+modality (:func:`fedll.metrics.routing.decoding_accuracy`), beside ``chance`` (the larger
+modality's share). Runs of an earlier fedll, and runs without dynamic models, have none."""
 
 ADDED: frozenset[str] = frozenset(
     {

@@ -62,16 +62,29 @@ class ContinualMethod:
         """Called once with the received model, before the first step."""
 
     def extra_loss(
-        self, model: nn.Module, x: torch.Tensor, logits: torch.Tensor
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        logits: torch.Tensor,
+        modality: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
-        """A term added to the loss of the batch ``x`` (B, 1, H, W) with ``logits``."""
+        """A term added to the loss of the batch ``x`` (B, 1, H, W) with ``logits``;
+        ``modality`` (B,) is what the model was given (None for a model that does not route
+        by modality)."""
         return None
 
     def before_step(self, model: nn.Module) -> None:
         """Called after every backward pass, before the optimiser steps."""
 
-    def after_training(self, model: nn.Module, images: np.ndarray, masks: np.ndarray) -> None:
-        """Called once with the trained model and the slices it trained on."""
+    def after_training(
+        self,
+        model: nn.Module,
+        images: np.ndarray,
+        masks: np.ndarray,
+        modalities: np.ndarray | None = None,
+    ) -> None:
+        """Called once with the trained model and the slices it trained on (and their
+        modality indices, as the model was given them)."""
 
     def state(self) -> ArrayState:
         """What the site keeps for its next round."""
@@ -96,7 +109,11 @@ class ProximalTerm(ContinualMethod):
             self.anchor = {n: a.detach().to(device) for n, a in self.fixed.items()}
 
     def extra_loss(
-        self, model: nn.Module, x: torch.Tensor, logits: torch.Tensor
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        logits: torch.Tensor,
+        modality: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
         return _weighted_distance(model, self.anchor, None, self.mu / 2)
 
@@ -135,14 +152,26 @@ class EWC(ContinualMethod):
         self.anchor = {n: a.to(device) for n, a in self.anchor.items()}
 
     def extra_loss(
-        self, model: nn.Module, x: torch.Tensor, logits: torch.Tensor
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        logits: torch.Tensor,
+        modality: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
         if not self.fisher:
             return None
         return _weighted_distance(model, self.anchor, self.fisher, self.weight / 2)
 
-    def after_training(self, model: nn.Module, images: np.ndarray, masks: np.ndarray) -> None:
-        new = empirical_fisher(model, images, masks, self.fisher_samples, self.seed)
+    def after_training(
+        self,
+        model: nn.Module,
+        images: np.ndarray,
+        masks: np.ndarray,
+        modalities: np.ndarray | None = None,
+    ) -> None:
+        new = empirical_fisher(
+            model, images, masks, self.fisher_samples, self.seed, modalities=modalities
+        )
         self.fisher = {
             n: self.decay * self.fisher[n] + f if n in self.fisher else f for n, f in new.items()
         }
@@ -179,15 +208,26 @@ class LwF(ContinualMethod):
             self.teacher = copy.deepcopy(model).eval().requires_grad_(False)
 
     def extra_loss(
-        self, model: nn.Module, x: torch.Tensor, logits: torch.Tensor
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        logits: torch.Tensor,
+        modality: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
         if self.teacher is None:
             return None
         with torch.no_grad():
-            target = torch.sigmoid(self.teacher(x) / self.temperature)
+            taught = self.teacher(x) if modality is None else self.teacher(x, modality)
+            target = torch.sigmoid(taught / self.temperature)
         return self.weight * F.binary_cross_entropy_with_logits(logits / self.temperature, target)
 
-    def after_training(self, model: nn.Module, images: np.ndarray, masks: np.ndarray) -> None:
+    def after_training(
+        self,
+        model: nn.Module,
+        images: np.ndarray,
+        masks: np.ndarray,
+        modalities: np.ndarray | None = None,
+    ) -> None:
         self.teacher = None
 
 
@@ -240,10 +280,16 @@ def reservoir(
 
 
 def empirical_fisher(
-    model: nn.Module, images: np.ndarray, masks: np.ndarray, samples: int, seed: int
+    model: nn.Module,
+    images: np.ndarray,
+    masks: np.ndarray,
+    samples: int,
+    seed: int,
+    modalities: np.ndarray | None = None,
 ) -> dict[str, torch.Tensor]:
     """Diagonal empirical Fisher: the mean squared gradient of the segmentation loss over up
-    to ``samples`` slices (chosen with ``seed``), one slice at a time, in eval mode."""
+    to ``samples`` slices (chosen with ``seed``), one slice at a time, in eval mode; with
+    ``modalities`` (N,), each slice's modality goes to the model."""
     rng = np.random.default_rng(seed)
     picked = rng.permutation(len(images))[:samples]
     params = dict(model.named_parameters())
@@ -255,7 +301,11 @@ def empirical_fisher(
         x = torch.tensor(images[i : i + 1], dtype=torch.float32).to(device)
         y = torch.tensor(masks[i : i + 1], dtype=torch.float32).to(device)
         model.zero_grad(set_to_none=True)
-        segmentation_loss(model(x), y).backward()
+        if modalities is None:
+            logits = model(x)
+        else:
+            logits = model(x, torch.as_tensor(modalities[i : i + 1], dtype=torch.long).to(device))
+        segmentation_loss(logits, y).backward()
         for n, p in params.items():
             if p.grad is not None:
                 fisher[n] += p.grad.detach() ** 2 / max(len(picked), 1)

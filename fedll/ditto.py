@@ -38,11 +38,14 @@ def train_personal(
     cfg: TrainingConfig,
     seed: int,
     lam: float,
+    modalities: np.ndarray | None = None,
 ) -> TrainResult:
     """Train the personalised model ``personal`` in place on ``images`` / ``masks``
     (N, 1, H, W), its loss plus ``lam / 2 * sum ||v - received||^2`` over the parameters that
     ``received`` (the global model the site received, by parameter name) holds; mini-batches
-    in the order of ``seed``, a fresh optimiser."""
+    in the order of ``seed``, a fresh optimiser; ``modalities`` as for
+    :func:`~fedll.train.train_local`."""
     anchor = {name: tensor.detach().clone() for name, tensor in received.items()}
     cfg = cfg.model_copy(update={"optimizer_state": "reset"})
-    return train_local(personal, images, masks, cfg, seed, None, [ProximalTerm(lam, anchor)])
+    hooks = [ProximalTerm(lam, anchor)]
+    return train_local(personal, images, masks, cfg, seed, None, hooks, modalities)

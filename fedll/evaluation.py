@@ -19,9 +19,11 @@ import torch
 from torch import nn
 
 from fedll.config.schema import EvaluationConfig
+from fedll.data import MODALITIES
 from fedll.data.slices import CaseSlices
 from fedll.metrics import SURFACE_TOLERANCE_MM, case_metrics
-from fedll.models.inspection import last_attention
+from fedll.metrics.routing import chance, decoding_accuracy
+from fedll.models.inspection import last_attention, routes_by_modality
 from fedll.results import PREVIEW_CASES, TrialResults
 from fedll.train import accumulate_attention, model_device
 
@@ -35,6 +37,9 @@ class Evaluation:
     hd95: list[float] = field(default_factory=list)
     surface_dice: list[float] = field(default_factory=list)
     attention: dict[str, np.ndarray] = field(default_factory=dict)
+    slice_attention: dict[str, np.ndarray] = field(default_factory=dict)
+    """With ``collect_attention``: per dynamic layer, every evaluated slice's attention,
+    (N, K) or, grouped, (N, C_out * G) float32, in the order of the cases' slices."""
     previews: list[tuple[int, np.ndarray]] = field(default_factory=list)
     """Of the first ``previews`` cases: the index (in the case's slices) of the slice with
     the most tumour and its prediction (S, S) bool."""
@@ -57,22 +62,34 @@ def evaluate_cases(
     hold ``images`` (N, 1, H, W), ``masks`` (N, 1, H, W), their slice ``indices`` and ``spacing``
     (:class:`fedll.data.slices.CaseSlices`). With ``collect_attention``, also the mean
     attention per dynamic layer over all evaluated slices. With ``previews`` = k, also the
-    prediction of the largest-tumour slice of each of the first k cases.
+    prediction of the largest-tumour slice of each of the first k cases. A model that routes
+    by modality is given each case's ``modality`` (the test set's label).
     """
     model.eval()
     device = model_device(model)
+    routed = routes_by_modality(model)
     dice, hd95, surface = [], [], []
     kept: list[tuple[int, np.ndarray]] = []
     mass: dict[str, np.ndarray] = {}
+    per_slice: dict[str, list[np.ndarray]] = {}
     slices = 0
     for case in cases:
         preds = []
         for start in range(0, len(case.images), batch_size):
             # a copy: cached slices are read-only memory maps
             chunk = torch.tensor(case.images[start : start + batch_size], dtype=torch.float32)
-            preds.append((model(chunk.to(device)) > 0).cpu().numpy())
+            if routed:
+                modality = torch.full((len(chunk),), MODALITIES.index(case.modality))
+                logits = model(chunk.to(device), modality.to(device))
+            else:
+                logits = model(chunk.to(device))
+            preds.append((logits > 0).cpu().numpy())
             if collect_attention:
-                accumulate_attention(mass, last_attention(model))
+                attention = last_attention(model)
+                accumulate_attention(mass, attention)
+                for name, att in attention.items():
+                    flat = att.float().reshape(len(att), -1).cpu().numpy()
+                    per_slice.setdefault(name, []).append(flat)
         slices += len(case.images)
         predicted = np.concatenate(preds).astype(np.uint8)
         if len(kept) < previews:
@@ -85,7 +102,8 @@ def evaluate_cases(
         hd95.append(scores.hd95)
         surface.append(scores.surface_dice)
     attention = {name: m / max(slices, 1) for name, m in mass.items()}
-    return Evaluation(dice, hd95, surface, attention, kept)
+    stacked = {name: np.concatenate(parts) for name, parts in per_slice.items()}
+    return Evaluation(dice, hd95, surface, attention, stacked, kept)
 
 
 def evaluate_personal(
@@ -120,11 +138,15 @@ def evaluate_round(
     test: Mapping[str, Sequence[CaseSlices]],
     evaluation: EvaluationConfig | None = None,
 ) -> None:
-    """Evaluate ``model`` on each modality's test cases; add the rows of ``server_round``.
+    """Evaluate ``model`` on each modality's test cases; add the rows of ``server_round``,
+    and, for a dynamic model, per layer how well the per-slice attention decodes the
+    slices' modality (:func:`~fedll.metrics.routing.decoding_accuracy`, over every
+    modality's test slices: :meth:`~fedll.results.TrialResults.add_routing`).
 
     evaluation: the scenario's section (the surface-Dice tolerance; which slices the test
     cases hold was decided when they were prepared, and is written on every row)."""
     evaluation = evaluation or EvaluationConfig()
+    routing: dict[str, list[tuple[str, np.ndarray]]] = {}
     for modality, cases in test.items():
         ev = evaluate_cases(
             model,
@@ -151,4 +173,12 @@ def evaluate_round(
             hd95=ev.hd95,
             surface_dice=ev.surface_dice,
             evaluation=evaluation,
+        )
+        for layer, attention in ev.slice_attention.items():
+            routing.setdefault(layer, []).append((modality, attention))
+    for layer, parts in routing.items():
+        labels = np.concatenate([np.full(len(a), MODALITIES.index(m)) for m, a in parts])
+        features = np.concatenate([a for _, a in parts])
+        results.add_routing(
+            server_round, layer, len(labels), decoding_accuracy(features, labels), chance(labels)
         )

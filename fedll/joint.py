@@ -20,10 +20,11 @@ from fedll.config.schema import Scenario
 from fedll.data.arrays import CohortArrays
 from fedll.evaluation import evaluate_round
 from fedll.models import build_model
+from fedll.models.inspection import freeze_routing
 from fedll.models.saved import model_state
 from fedll.results import TrialOutcome, TrialResults
 from fedll.stream import Arrival, Round
-from fedll.train import train_local
+from fedll.train import slice_modalities, train_local
 
 logger = logging.getLogger(__name__)
 
@@ -64,9 +65,11 @@ def run_joint(
     cases = [c for s in scenario.sites for c in cohort.site(s.name).slices]
     images = np.concatenate([c.images for c in cases])
     masks = np.concatenate([c.masks for c in cases])
+    modalities = slice_modalities(model, [c.modality for c in cases for _ in c.images])
+    freeze_routing(model, 1)  # the joint bound is one round
     seed = int(np.random.SeedSequence([trial.seed, 0]).generate_state(1)[0])
     torch.manual_seed(seed)
-    result = train_local(model, images, masks, scenario.training, seed)
+    result = train_local(model, images, masks, scenario.training, seed, modalities=modalities)
     logger.info(
         "joint %s: %d slices of %d cases, loss %.4f", trial.trial_id, result.samples,
         len(cases), result.loss,

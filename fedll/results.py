@@ -28,6 +28,7 @@ from fedll.columns import (
     PRIVACY_COLUMNS,
     RESULT_COLUMNS,
     ROUND_EVENTS,
+    ROUTING_COLUMNS,
 )
 from fedll.stream import Round
 
@@ -101,6 +102,9 @@ class TrialResults:
     stream: Sequence[Round]
     rows: list[dict] = field(default_factory=list)
     attention_rows: list[dict] = field(default_factory=list)
+    routing_rows: list[dict] = field(default_factory=list)
+    """Per round and dynamic layer: the per-slice routing's modality decoding
+    (:data:`fedll.columns.ROUTING_COLUMNS`, :meth:`add_routing`)."""
     failures: dict[int, list[str]] = field(default_factory=dict)
     rejected: dict[int, list[str]] = field(default_factory=dict)
     previews: list[dict[str, Any]] = field(default_factory=list)
@@ -177,6 +181,26 @@ class TrialResults:
                     }
                 )
 
+    def add_routing(
+        self, server_round: int, layer: str, slices: int, accuracy: float, chance: float
+    ) -> None:
+        """Add how well ``layer``'s per-slice attention decoded the modality of ``slices``
+        test slices after ``server_round``."""
+        self.routing_rows.append(
+            {
+                **self._key(),
+                "round": server_round,
+                "layer": layer,
+                "slices": int(slices),
+                "decoding_accuracy": float(accuracy),
+                "chance": float(chance),
+            }
+        )
+
+    def routing_frame(self) -> pd.DataFrame:
+        """:attr:`routing_rows` as a frame of :data:`~fedll.columns.ROUTING_COLUMNS`."""
+        return pd.DataFrame(self.routing_rows, columns=list(ROUTING_COLUMNS))
+
     def set_personal(self, site: str, modality: str, scores: Mapping[str, Sequence[float]]) -> None:
         """Keep the evaluation of ``site``'s latest personalised model on ``modality``'s test
         cases: ``scores`` holds a list per metric of :data:`fedll.columns.METRIC_COLUMNS`, in
@@ -230,6 +254,7 @@ class TrialResults:
         return {
             "rows": [dict(r) for r in self.rows],
             "attention_rows": [dict(r) for r in self.attention_rows],
+            "routing_rows": [dict(r) for r in self.routing_rows],
             "failures": {str(k): list(v) for k, v in self.failures.items()},
             "rejected": {str(k): list(v) for k, v in self.rejected.items()},
             "previews": base64.b64encode(preview_npz(self.previews)).decode(),
@@ -241,6 +266,8 @@ class TrialResults:
         """Continue from a :meth:`snapshot`."""
         self.rows = [dict(r) for r in snapshot["rows"]]
         self.attention_rows = [dict(r) for r in snapshot["attention_rows"]]
+        # absent from an earlier fedll's checkpoints
+        self.routing_rows = [dict(r) for r in snapshot.get("routing_rows", [])]
         self.failures = {int(k): list(v) for k, v in snapshot["failures"].items()}
         self.rejected = {int(k): list(v) for k, v in snapshot["rejected"].items()}
         previews = snapshot.get("previews")  # absent from an earlier fedll's checkpoints

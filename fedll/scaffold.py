@@ -91,7 +91,11 @@ class ControlVariates:
         self.steps = 0
 
     def extra_loss(
-        self, model: nn.Module, x: torch.Tensor, logits: torch.Tensor
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        logits: torch.Tensor,
+        modality: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
         return None
 
@@ -101,7 +105,13 @@ class ControlVariates:
                 p.grad.add_(self.correction[name])
         self.steps += 1
 
-    def after_training(self, model: nn.Module, images: np.ndarray, masks: np.ndarray) -> None:
+    def after_training(
+        self,
+        model: nn.Module,
+        images: np.ndarray,
+        masks: np.ndarray,
+        modalities: np.ndarray | None = None,
+    ) -> None:
         if self.steps == 0:
             return
         trained = {n: p.detach().cpu().numpy() for n, p in model.named_parameters()}

@@ -17,6 +17,10 @@ them only where tumour lies outside :func:`~fedll.data.slices.brain_mask`).
 A cohort (a folder in any supported layout, or a manifest CSV: :func:`fedll.data.layouts.
 discover`) gives one ``<patient>_<modality>_pred.nii.gz`` per case it lists, training and
 test cases alike: which cases were held out is a run's split, not the cohort's.
+
+A model that routes by modality (``routing: modality-soft`` / ``modality-hard``) is given the
+image's modality: ``modality`` for one image (``fedll segment --modality``), each case's own
+for a cohort; without one, a ConfigError says so.
 """
 
 from __future__ import annotations
@@ -31,9 +35,11 @@ import numpy as np
 import torch
 
 from fedll.atomic import atomic_path
+from fedll.data import MODALITIES
 from fedll.data.nifti import CanonicalImage, CaseRecord, from_canonical, load_image, nifti_stem
 from fedll.data.slices import brain_mask, in_plane_spacing, model_inputs, normalise, unresize
-from fedll.errors import DataError
+from fedll.errors import ConfigError, DataError
+from fedll.models.inspection import routes_by_modality
 from fedll.models.saved import SavedModel
 
 logger = logging.getLogger(__name__)
@@ -43,28 +49,58 @@ PREDICTION_SUFFIX = "_pred.nii.gz"
 CaseCallback = Callable[[int, int, CaseRecord], None]
 
 
+def check_modality(saved: SavedModel, modality: str | None) -> int | None:
+    """The index of ``modality`` in :data:`~fedll.data.MODALITIES` when the kept model routes
+    by modality (ConfigError if it is missing or unknown), else None (it is not used)."""
+    if not routes_by_modality(saved.module):
+        return None
+    if modality is None:
+        raise ConfigError(
+            f"--modality: {saved.source} routes by the case's modality; give --modality "
+            f"({' or '.join(MODALITIES)})"
+        )
+    if modality.lower() not in MODALITIES:
+        raise ConfigError(f"--modality: {modality!r} is not one of {', '.join(MODALITIES)}")
+    return MODALITIES.index(modality.lower())
+
+
 @torch.inference_mode()
 def predict_logits(
-    module: torch.nn.Module, inputs: np.ndarray, device: torch.device, batch_size: int
+    module: torch.nn.Module,
+    inputs: np.ndarray,
+    device: torch.device,
+    batch_size: int,
+    modality: int | None = None,
 ) -> np.ndarray:
     """float32 (N, C, S, S): the logits of ``inputs`` (N, 1, S, S), ``batch_size`` slices
-    at a time on ``device``."""
+    at a time on ``device``; ``modality``, an index into :data:`~fedll.data.MODALITIES`,
+    for a model that routes by it."""
     module = module.to(device).eval()
     out = []
     for start in range(0, len(inputs), batch_size):
         batch = torch.tensor(inputs[start : start + batch_size], dtype=torch.float32)  # a copy
-        out.append(module(batch.to(device)).float().cpu().numpy())
+        if modality is None:
+            logits = module(batch.to(device))
+        else:
+            logits = module(batch.to(device), torch.full((len(batch),), modality, device=device))
+        out.append(logits.float().cpu().numpy())
     return np.concatenate(out)
 
 
 def segment_image(
-    saved: SavedModel, image: CanonicalImage, device: torch.device, batch_size: int = 32
+    saved: SavedModel,
+    image: CanonicalImage,
+    device: torch.device,
+    batch_size: int = 32,
+    modality: str | None = None,
 ) -> np.ndarray:
-    """uint8 mask (0/1) on the grid of ``image``'s file (its shape, in its orientation)."""
+    """uint8 mask (0/1) on the grid of ``image``'s file (its shape, in its orientation);
+    ``modality``: the image's, for a model that routes by modality (:func:`check_modality`)."""
+    index = check_modality(saved, modality)
     spec = saved.slices
     data = image.data
     inputs = model_inputs(normalise(data, brain_mask(data)), image.spacing, spec)
-    logits = predict_logits(saved.module, inputs, device, batch_size)
+    logits = predict_logits(saved.module, inputs, device, batch_size, index)
     if logits.shape[1] != 1:
         raise DataError(
             f"{saved.source}: the model predicts {logits.shape[1]} channels; a whole-tumour "
@@ -99,15 +135,18 @@ def segment_file(
     device: torch.device,
     batch_size: int = 32,
     channel: int | None = None,
+    modality: str | None = None,
 ) -> Path:
-    """Segment the NIfTI image ``source`` (``channel`` of a 4-D one) into ``out``: a NIfTI
-    file name, or an existing folder (then ``<stem>_pred.nii.gz`` in it). Returns the path."""
+    """Segment the NIfTI image ``source`` (``channel`` of a 4-D one; of ``modality``, for a
+    model that routes by it) into ``out``: a NIfTI file name, or an existing folder (then
+    ``<stem>_pred.nii.gz`` in it). Returns the path."""
+    check_modality(saved, modality)
     source, out = Path(source), Path(out)
     if out.is_dir():
         out = out / f"{nifti_stem(source.name) or source.name}{PREDICTION_SUFFIX}"
     elif nifti_stem(out.name) is None:
         raise DataError(f"{out}: not a NIfTI file name (.nii or .nii.gz) for the mask")
-    image, mask = _segment_path(saved, source, channel, device, batch_size)
+    image, mask = _segment_path(saved, source, channel, device, batch_size, modality)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_mask(mask, image.affine, out)
     logger.info("%s: %d tumour voxels -> %s", source, int(mask.sum()), out)
@@ -115,12 +154,17 @@ def segment_file(
 
 
 def _segment_path(
-    saved: SavedModel, path: Path, channel: int | None, device: torch.device, batch_size: int
+    saved: SavedModel,
+    path: Path,
+    channel: int | None,
+    device: torch.device,
+    batch_size: int,
+    modality: str | None = None,
 ) -> tuple[CanonicalImage, np.ndarray]:
     """The image at ``path`` and its mask; an error about the voxels names the file."""
     image = load_image(path, channel)
     try:
-        return image, segment_image(saved, image, device, batch_size)
+        return image, segment_image(saved, image, device, batch_size, modality)
     except DataError as error:
         if str(error).startswith(saved.source):
             raise
@@ -141,8 +185,9 @@ def segment_cohort(
     on_case: CaseCallback | None = None,
 ) -> list[Path]:
     """Segment every record's image (e.g. of :func:`~fedll.data.layouts.discover`) into
-    ``out_dir`` (:func:`prediction_name`); calls ``on_case(done, total, record)`` after each.
-    Returns the paths, in record order."""
+    ``out_dir`` (:func:`prediction_name`), each with its own modality (for a model that
+    routes by it); calls ``on_case(done, total, record)`` after each. Returns the paths, in
+    record order."""
     out_dir = Path(out_dir)
     check_out_dir(out_dir)
     names = [prediction_name(r) for r in records]
@@ -152,7 +197,9 @@ def segment_cohort(
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for done, (record, name) in enumerate(zip(records, names, strict=True), start=1):
-        image, mask = _segment_path(saved, record.image, record.channel, device, batch_size)
+        image, mask = _segment_path(
+            saved, record.image, record.channel, device, batch_size, record.modality
+        )
         written.append(write_mask(mask, image.affine, out_dir / name))
         if on_case is not None:
             on_case(done, len(records), record)

@@ -2,7 +2,9 @@
 
 A finished trial is four files in ``RUN_DIR/trials/``: ``<id>.csv`` (its result rows),
 ``<id>.attention.csv``, ``<id>.previews.npz`` (a few predicted test slices per round, for the
-report's montage; :func:`fedll.results.preview_npz`) and, written last and atomically, the
+report's montage; :func:`fedll.results.preview_npz`), for a trial of a dynamic model
+``<id>.routing.csv`` (the per-slice routing's modality decoding per layer and round) and,
+written last and atomically, the
 seal ``<id>.json``; and its kept model, ``RUN_DIR/models/<id>.safetensors``
 (:mod:`fedll.models.saved`), written before the seal. The seal holds the trial id, the
 fingerprint of its settings (:func:`fedll.config.grid.trial_fingerprint`), the fedll
@@ -33,7 +35,7 @@ import pandas as pd
 
 import fedll
 from fedll.atomic import atomic_path
-from fedll.columns import ATTENTION_COLUMNS, RESULT_COLUMNS
+from fedll.columns import ATTENTION_COLUMNS, RESULT_COLUMNS, ROUTING_COLUMNS
 from fedll.config.grid import Trial, expand_trials
 from fedll.config.schema import Scenario
 from fedll.data.prepare import PreparedCohort
@@ -59,6 +61,7 @@ class TrialFiles:
     model: Path
     seal: Path
     previews: Path
+    routing: Path
 
     @classmethod
     def of(cls, run_dir: Path, trial_id: str) -> TrialFiles:
@@ -69,10 +72,11 @@ class TrialFiles:
             Path(run_dir) / "models" / f"{trial_id}{MODEL_SUFFIX}",
             trials / f"{trial_id}.json",
             trials / f"{trial_id}.previews.npz",
+            trials / f"{trial_id}.routing.csv",
         )
 
     def existing(self) -> list[Path]:
-        paths = (self.results, self.attention, self.previews, self.model, self.seal)
+        paths = (self.results, self.attention, self.previews, self.routing, self.model, self.seal)
         return [p for p in paths if p.exists()]
 
 
@@ -100,7 +104,10 @@ def write_trial(
     files = TrialFiles.of(run_dir, results.trial.trial_id)
     files.results.parent.mkdir(parents=True, exist_ok=True)
     listed = {}
-    for path, data in ((files.results, frame), (files.attention, attention)):
+    tables = [(files.results, frame), (files.attention, attention)]
+    if results.routing_rows:  # dynamic models only: a static trial's files stay as they were
+        tables.append((files.routing, results.routing_frame()))
+    for path, data in tables:
         payload = data.to_csv(index=False).encode()
         with atomic_path(path) as tmp:
             tmp.write_bytes(payload)
@@ -208,7 +215,7 @@ def _verified(run_dir: Path, trial_id: str, fingerprint: str) -> dict[Path, byte
             return f"its seal is for trial {seal['trial']!r}"
         if seal["fingerprint"] != fingerprint:
             return "it was run with other settings (its fingerprint differs)"
-        optional = [files.previews] if files.previews.name in listed else []
+        optional = [f for f in (files.previews, files.routing) if f.name in listed]
         for path in (files.results, files.attention, *optional):
             entry = listed[path.name]
             if not path.is_file():
@@ -293,11 +300,12 @@ def trial_wall_s(run_dir: Path, trial_id: str) -> float | None:
 
 def collect(run_dir: Path, fingerprints: Mapping[str, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Concatenate the verified trials among ``fingerprints`` (trial id -> fingerprint, in
-    the scenario's order) into ``results.csv`` and ``attention.csv``; files in ``trials/``
-    that are not the scenario's are left out. Both files are replaced only after every part
-    was read; DataError names a trial file that fails to read."""
+    the scenario's order) into ``results.csv`` and ``attention.csv`` (and ``routing.csv``,
+    when a trial has routing rows: a run with dynamic models); files in ``trials/`` that are
+    not the scenario's are left out. The files are replaced only after every part was read;
+    DataError names a trial file that fails to read."""
     run_dir = Path(run_dir)
-    results_parts, attention_parts = [], []
+    results_parts, attention_parts, routing_parts = [], [], []
     for trial_id, fingerprint in fingerprints.items():
         payloads = _verified(run_dir, trial_id, fingerprint)
         if isinstance(payloads, str):
@@ -305,9 +313,14 @@ def collect(run_dir: Path, fingerprints: Mapping[str, str]) -> tuple[pd.DataFram
         files = TrialFiles.of(run_dir, trial_id)
         results_parts.append((files.results, payloads[files.results]))
         attention_parts.append((files.attention, payloads[files.attention]))
+        if files.routing in payloads:
+            routing_parts.append((files.routing, payloads[files.routing]))
     results = _concat(results_parts, RESULT_COLUMNS, strings=True)
     attention = _concat(attention_parts, ATTENTION_COLUMNS)
-    for name, frame in (("results.csv", results), ("attention.csv", attention)):
+    outputs = [("results.csv", results), ("attention.csv", attention)]
+    if routing_parts:
+        outputs.append(("routing.csv", _concat(routing_parts, ROUTING_COLUMNS)))
+    for name, frame in outputs:
         with atomic_path(run_dir / name) as tmp:
             frame.to_csv(tmp, index=False)
     return results, attention

@@ -21,8 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedll.config.schema import TrainingConfig
+from fedll.data import modality_indices
 from fedll.device import Precision, autocast, grad_scaler
-from fedll.models.inspection import advance_schedule, last_attention, routing_loss
+from fedll.models.inspection import (
+    advance_schedule,
+    last_attention,
+    routes_by_modality,
+    routing_loss,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -43,17 +49,29 @@ class TrainResult:
 class TrainingHook(Protocol):
     """What :func:`train_local` calls besides its own loss (see :mod:`fedll.continual`):
     ``before_step`` sees the model's gradients (unscaled) after each backward pass, before
-    the optimiser steps (SCAFFOLD corrects them there: :mod:`fedll.scaffold`)."""
+    the optimiser steps (SCAFFOLD corrects them there: :mod:`fedll.scaffold`). ``modality``
+    and ``modalities`` are what the model is given (None unless it routes by modality), so
+    a hook that runs the model (LwF's teacher, EWC's Fisher) can give them too."""
 
     def before_training(self, model: nn.Module) -> None: ...
 
     def extra_loss(
-        self, model: nn.Module, x: torch.Tensor, logits: torch.Tensor
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        logits: torch.Tensor,
+        modality: torch.Tensor | None = None,
     ) -> torch.Tensor | None: ...
 
     def before_step(self, model: nn.Module) -> None: ...
 
-    def after_training(self, model: nn.Module, images: np.ndarray, masks: np.ndarray) -> None: ...
+    def after_training(
+        self,
+        model: nn.Module,
+        images: np.ndarray,
+        masks: np.ndarray,
+        modalities: np.ndarray | None = None,
+    ) -> None: ...
 
 
 def make_optimizer(
@@ -62,8 +80,12 @@ def make_optimizer(
     state: dict[int, dict[str, torch.Tensor]] | None = None,
 ) -> torch.optim.Optimizer:
     """The optimiser the scenario asks for; ``state`` (per-parameter moments from an earlier
-    round) resumes its moments, with this round's hyper-parameters."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    round) resumes its moments, with this round's hyper-parameters.
+
+    It holds every parameter, frozen ones too (:func:`fedll.models.inspection.
+    freeze_routing`): those get no gradient, which the optimiser skips, and the parameters
+    keep their indices in ``state`` whether or not some are frozen this round."""
+    params = list(model.parameters())
     # foreach: the multi-tensor step (PyTorch's default on CUDA) on the CPU too; the same
     # arithmetic as the per-parameter loop, bit for bit, in fewer kernel calls
     if cfg.optimizer == "adam":
@@ -106,6 +128,12 @@ def accumulate_attention(total: dict[str, np.ndarray], attention: dict[str, torc
         total[name] = total[name] + mass if name in total else mass
 
 
+def slice_modalities(model: nn.Module, modalities: Sequence[str]) -> np.ndarray | None:
+    """int64 (N,): the :data:`fedll.data.MODALITIES` index of each slice's modality, for a
+    ``model`` that routes by modality; None for any other model (it is not given one)."""
+    return modality_indices(modalities) if routes_by_modality(model) else None
+
+
 def model_device(model: nn.Module) -> torch.device:
     """Where ``model``'s parameters live (the CPU for a model without any)."""
     return next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -119,16 +147,18 @@ def _step(
     hooks: Sequence[TrainingHook],
     precision: Precision = "fp32",
     scaler: torch.amp.GradScaler | None = None,
+    modality: torch.Tensor | None = None,
 ) -> float:
     """One optimiser step on a batch; returns its loss. Advances the temperature schedule.
     The forward pass and the loss run under ``precision``'s autocast; with a ``scaler``
     (fp16) the loss is scaled before the backward pass, and the gradients unscaled before
-    the hooks' ``before_step`` (the scaler's step would unscale them at the same point)."""
+    the hooks' ``before_step`` (the scaler's step would unscale them at the same point).
+    ``modality`` (B,): each sample's modality index, for a model that routes by it."""
     with autocast(x.device, precision):
-        logits = model(x)
+        logits = model(x) if modality is None else model(x, modality)
         loss = segmentation_loss(logits, y) + routing_loss(model)
         for hook in hooks:
-            extra = hook.extra_loss(model, x, logits)
+            extra = hook.extra_loss(model, x, logits, modality)
             if extra is not None:
                 loss = loss + extra
     optimizer.zero_grad(set_to_none=True)
@@ -156,6 +186,7 @@ def train_local(
     seed: int,
     optimizer_state: dict[int, dict[str, torch.Tensor]] | None = None,
     hooks: Sequence[TrainingHook] = (),
+    modalities: np.ndarray | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``images`` (N, 1, H, W) float32 and ``masks`` (N, 1, H, W).
 
@@ -164,7 +195,9 @@ def train_local(
     resumes the optimiser's moments when the scenario keeps them across rounds; each of
     ``hooks`` sees the model before the first step, adds its ``extra_loss`` at every step,
     sees the gradients before every optimiser step and sees the trained model and its data
-    at the end.
+    at the end. ``modalities`` (N,) int64, each slice's index in
+    :data:`fedll.data.MODALITIES`, goes to the model with each batch (a model that routes by
+    modality needs it; the others ignore it).
     """
     n = len(images)
     if n == 0:
@@ -177,6 +210,7 @@ def train_local(
     scaler = grad_scaler(device, cfg.precision)
     x_all = torch.tensor(images, dtype=torch.float32).to(device)
     y_all = torch.tensor(masks, dtype=torch.float32).to(device)
+    m_all = None if modalities is None else torch.as_tensor(modalities, dtype=torch.long).to(device)
     model.train()
     losses: list[float] = []
     mass: dict[str, np.ndarray] = {}
@@ -184,14 +218,24 @@ def train_local(
         order = torch.randperm(n, generator=generator)
         for start, stop in batch_bounds(n, cfg.batch_size):
             idx = order[start:stop].to(device)
+            modality = None if m_all is None else m_all[idx]
             losses.append(
-                _step(model, optimizer, x_all[idx], y_all[idx], hooks, cfg.precision, scaler)
+                _step(
+                    model,
+                    optimizer,
+                    x_all[idx],
+                    y_all[idx],
+                    hooks,
+                    cfg.precision,
+                    scaler,
+                    modality,
+                )
             )
             if epoch == cfg.epochs - 1:
                 accumulate_attention(mass, last_attention(model))
     state = optimizer.state_dict()["state"] if cfg.optimizer_state == "keep" else None
     for hook in hooks:
-        hook.after_training(model, images, masks)
+        hook.after_training(model, images, masks, modalities)
     return TrainResult(
         loss=float(np.mean(losses)),
         steps=len(losses),

@@ -21,6 +21,7 @@ from fedll.config.schema import ModelConfig
 from fedll.data.arrays import CohortArrays
 from fedll.models import build_model
 from fedll.models.dynamic_conv import DynamicConv2d
+from fedll.models.inspection import routes_by_modality
 from fedll.planning import trial_stream
 from fedll.stream import Round
 
@@ -50,8 +51,12 @@ def forward_flops(spec: ModelConfig, size: int) -> float:
         for m in model.modules()
         if isinstance(m, nn.Conv2d | DynamicConv2d)
     ]
+    x = torch.zeros(1, 1, size, size, device="meta")
     with torch.no_grad():
-        model(torch.zeros(1, 1, size, size, device="meta"))
+        if routes_by_modality(model):
+            model(x, torch.zeros(1, dtype=torch.long, device="meta"))
+        else:
+            model(x)
     for hook in hooks:
         hook.remove()
     return total

@@ -43,9 +43,9 @@ from fedll.data.site import Site, resolve_site
 from fedll.device import resolve_device
 from fedll.ditto import PERSONAL, SITE_PERSONAL, train_personal
 from fedll.faults import InjectedFault, corrupt, raises
-from fedll.models import build_model, parameter_groups
+from fedll.models import build_model, freeze_routing, parameter_groups
 from fedll.scaffold import CONTROL, CONTROL_DELTA, SITE_CONTROL, ControlVariates
-from fedll.train import TrainingHook, TrainResult, train_local
+from fedll.train import TrainingHook, TrainResult, slice_modalities, train_local
 from sites.privacy import clipping_mod
 
 logger = logging.getLogger(__name__)
@@ -124,6 +124,9 @@ def train_site(
         hooks.append(control)
     images = np.concatenate([c.images for c in cases])
     masks = np.concatenate([c.masks for c in cases])
+    modalities = slice_modalities(model, [site.modality] * len(images))
+    if frozen := freeze_routing(model, instruction.server_round):
+        logger.info("site %s: routing frozen (%d parameters)", site.name, len(frozen))
     torch.manual_seed(instruction.seed)
     result = train_local(
         model,
@@ -135,6 +138,7 @@ def train_site(
         if instruction.training.optimizer_state == "keep" and "optimizer" in context.state
         else None,
         hooks,
+        modalities,
     )
     state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     _keep_site_state(context, instruction, result, method.state(), model, state)
@@ -144,7 +148,9 @@ def train_site(
         context.state[SITE_CONTROL] = _record(control.site_control)
         extra[CONTROL_DELTA] = _record(control.delta)
     if instruction.ditto:
-        extra[PERSONAL] = _train_personal(instruction, received, context, images, masks, device)
+        extra[PERSONAL] = _train_personal(
+            instruction, received, context, images, masks, device, modalities
+        )
     return _reply(msg, instruction, result, len(cases), state, as_sent, extra)
 
 
@@ -155,6 +161,7 @@ def _train_personal(
     images: np.ndarray,
     masks: np.ndarray,
     device: torch.device,
+    modalities: np.ndarray | None,
 ) -> ArrayRecord:
     """Ditto's personalised step: the site's personalised model (the received one at its
     first round) trained toward ``received``; kept in the context and returned as a record."""
@@ -165,6 +172,9 @@ def _train_personal(
     else:
         personal.load_state_dict(received)
     personal.to(device)
+    from fedll.models import freeze_routing
+
+    freeze_routing(personal, instruction.server_round)
     parameters = {n for n, _ in personal.named_parameters()}
     torch.manual_seed(instruction.seed)
     train_personal(
@@ -175,6 +185,7 @@ def _train_personal(
         instruction.training,
         instruction.seed,
         instruction.ditto_lambda,
+        modalities,
     )
     record = _record({k: v.detach().cpu().numpy() for k, v in personal.state_dict().items()})
     context.state[SITE_PERSONAL] = record

@@ -176,11 +176,11 @@ class Recorder(ContinualMethod):
     def before_training(self, model: nn.Module) -> None:
         self.calls.append("before")
 
-    def extra_loss(self, model, x, logits):
+    def extra_loss(self, model, x, logits, modality=None):
         self.calls.append("extra")
         return torch.zeros(())
 
-    def after_training(self, model, images, masks) -> None:
+    def after_training(self, model, images, masks, modalities=None) -> None:
         self.calls.append(f"after {len(images)}")
 
 
@@ -193,3 +193,23 @@ def test_train_local_calls_every_hook():
     assert result.steps == 4
     for hook in hooks:
         assert hook.calls == ["before", *["extra"] * 4, "after 6"]
+
+
+@pytest.mark.parametrize("options", option_types(ContinualOptions))
+def test_every_cl_method_runs_a_modality_routed_model(options):
+    """LwF's teacher and EWC's Fisher run the model too: they are given the slices' modality."""
+    from fedll.models import build_model
+
+    method = build_method(
+        options(name=options.model_fields["name"].annotation.__args__[0]), {}, 0, 2
+    )
+    model = build_model("dycnn", seed=0, base_width=4, depth=1, routing="modality-soft")
+    images = np.random.default_rng(0).normal(size=(4, 1, 8, 8)).astype(np.float32)
+    masks = (images > 1).astype(np.float32)
+    cfg = TrainingConfig(epochs=2, batch_size=2)
+    kwargs = {"seed": 0, "hooks": [method], "modalities": np.array([1, 1, 1, 1])}
+    assert train_local(model, images, masks, cfg, **kwargs).steps == 4
+    if isinstance(method, EWC):
+        assert method.fisher["stem.conv1.acp.logits"][1].abs().sum() > 0
+        assert method.fisher["stem.conv1.acp.logits"][0].abs().sum() == 0  # no T2 slice
+        train_local(model, images, masks, cfg, **kwargs)  # now with the penalty

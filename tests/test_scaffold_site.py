@@ -56,13 +56,13 @@ class RawGradients:
     def before_training(self, model):
         pass
 
-    def extra_loss(self, model, x, logits):
+    def extra_loss(self, model, x, logits, modality=None):
         return None
 
     def before_step(self, model):
         self.steps.append({n: p.grad.detach().clone() for n, p in model.named_parameters()})
 
-    def after_training(self, model, images, masks):
+    def after_training(self, model, images, masks, modalities=None):
         pass
 
 

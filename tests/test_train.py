@@ -35,7 +35,7 @@ class Recorder:
     def before_training(self, model: nn.Module) -> None:
         self.calls.append("before")
 
-    def extra_loss(self, model, x, logits):
+    def extra_loss(self, model, x, logits, modality=None):
         self.calls.append(f"loss{len(x)}")
         return None
 
@@ -44,7 +44,7 @@ class Recorder:
         assert all(p.grad is not None for p in model.parameters())
         self.calls.append("step")
 
-    def after_training(self, model, images, masks) -> None:
+    def after_training(self, model, images, masks, modalities=None) -> None:
         self.calls.append(f"after{len(images)}")
 
 

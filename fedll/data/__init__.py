@@ -11,6 +11,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+import numpy as np
+
 MODALITIES: tuple[str, ...] = ("t2", "flair")
 LABELS: dict[str, str] = {"t2": "T2", "flair": "FLAIR"}
 """How tables and plots name each modality."""
+
+
+def modality_indices(names: Iterable[str]) -> np.ndarray:
+    """int64 (N,): the index in :data:`MODALITIES` of each modality name (what a model that
+    routes by modality is given); ValueError names an unknown one."""
+    names = list(names)
+    unknown = sorted({n for n in names if n not in MODALITIES})
+    if unknown:
+        raise ValueError(f"modality: {unknown[0]!r} is not one of {', '.join(MODALITIES)}")
+    return np.array([MODALITIES.index(n) for n in names], dtype=np.int64)

@@ -3,7 +3,8 @@
 - :mod:`~fedll.models.dynamic_conv`: :class:`DynamicConv2d` (mixes a kernel bank per sample)
   and :class:`DynamicConvLayer` (an ACP plus a dynamic conv);
 - :mod:`~fedll.models.attention`: the ACP (:class:`AttentionCoefficients`), its statistics,
-  temperature schedule, hard routing and routing regulariser;
+  temperature schedule, hard routing and routing regulariser; routing by the case's known
+  modality (:class:`ModalityCoefficients`);
 - :mod:`~fedll.models.unet`: one :class:`UNet` built from a 3x3 convolution factory;
 - :mod:`~fedll.models.registry`: the builders by their YAML names (``build_model``,
   ``model_names``) and argument validation (``check_arguments``);
@@ -14,7 +15,9 @@ from __future__ import annotations
 
 from fedll.models.attention import (
     ACP_STATS,
+    ROUTINGS,
     AttentionCoefficients,
+    ModalityCoefficients,
     Routing,
     RoutingLossWeights,
     pooled_statistics,
@@ -28,9 +31,11 @@ from fedll.models.inspection import (
     ModelLayout,
     advance_schedule,
     current_temperature,
+    freeze_routing,
     kernel_banks,
     last_attention,
     parameter_groups,
+    routes_by_modality,
     routing_loss,
 )
 from fedll.models.registry import (
@@ -55,11 +60,13 @@ __all__ = [
     "ACP_STATS",
     "NORMS",
     "PARAMETER_GROUPS",
+    "ROUTINGS",
     "ArgumentError",
     "AttentionCoefficients",
     "ConvFactory",
     "DynamicConv2d",
     "DynamicConvLayer",
+    "ModalityCoefficients",
     "ModelLayout",
     "Routing",
     "RoutingLossWeights",
@@ -71,11 +78,13 @@ __all__ = [
     "current_temperature",
     "dynamic_unet",
     "equal_param_width",
+    "freeze_routing",
     "kernel_banks",
     "last_attention",
     "model_names",
     "parameter_groups",
     "pooled_statistics",
+    "routes_by_modality",
     "routing_loss",
     "routing_regulariser",
     "static_conv",

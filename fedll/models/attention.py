@@ -30,6 +30,11 @@ ACP_STATS: tuple[str, ...] = ("mean", "std", "max", "quantiles")
 
 MODES: tuple[str, ...] = ("bank", "grouped")
 
+ROUTINGS: tuple[str, ...] = ("learned", "modality-soft", "modality-hard")
+"""How a dynamic layer chooses its kernel mixture: ``learned`` from the input (the ACP),
+``modality-soft`` / ``modality-hard`` from the case's known modality
+(:class:`ModalityCoefficients`)."""
+
 _STD_EPS = 1e-5  # keeps the std's gradient finite on constant channels
 
 
@@ -152,7 +157,40 @@ def routing_regulariser(probs: torch.Tensor, weights: RoutingLossWeights) -> tor
     return weights.confidence * confidence + weights.balance * balance
 
 
-class AttentionCoefficients(nn.Module):
+class TemperatureSchedule:
+    """The annealed softmax temperature of a router: ``temperature_start``,
+    ``temperature_end``, ``anneal_steps`` (attributes) and the ``anneal_step`` buffer of the
+    module it is mixed into (see :func:`temperature_at`)."""
+
+    temperature_start: float
+    temperature_end: float
+    anneal_steps: int
+    anneal_step: torch.Tensor
+
+    @property
+    def temperature(self) -> float:
+        """The current softmax temperature tau."""
+        return temperature_at(
+            int(self.anneal_step), self.temperature_start, self.temperature_end, self.anneal_steps
+        )
+
+    def _temperature_for(self, like: torch.Tensor) -> float | torch.Tensor:
+        """:attr:`temperature`: a float on CPU, else a 0-d tensor (no host sync per layer)."""
+        if self.anneal_step.device.type == "cpu":
+            return self.temperature
+        return temperature_tensor(
+            self.anneal_step.to(like.dtype),
+            self.temperature_start,
+            self.temperature_end,
+            self.anneal_steps,
+        )
+
+    def advance(self, steps: int = 1) -> None:
+        """Advance the annealing schedule by ``steps`` optimiser steps."""
+        self.anneal_step.add_(steps)
+
+
+class AttentionCoefficients(TemperatureSchedule, nn.Module):
     """The ACP: pooled statistics -> FC -> ReLU -> FC -> softmax(z / tau) (Chen et al. 2020).
 
     Args:
@@ -167,8 +205,11 @@ class AttentionCoefficients(nn.Module):
             ``temperature_end < 1`` sharpens the routing.
         top_k: keep only the k largest coefficients, see :func:`straight_through_top_k`.
         quantiles: the quantile levels read by the ``"quantiles"`` statistic.
+        freeze_after: the federated round after which the routing parameters stop training
+            (None: never); read by :func:`fedll.models.inspection.freeze_routing`, not here.
 
-    ``forward(x)``: x (B, C_in, H, W) -> :class:`Routing`.
+    ``forward(x, modality=None)``: x (B, C_in, H, W) -> :class:`Routing`; ``modality`` is
+    accepted and ignored (the ACP reads the input).
     """
 
     def __init__(
@@ -186,8 +227,11 @@ class AttentionCoefficients(nn.Module):
         anneal_steps: int = 100,
         top_k: int | None = None,
         quantiles: Sequence[float] = (0.1, 0.5, 0.9),
+        freeze_after: int | None = None,
     ) -> None:
         super().__init__()
+        if freeze_after is not None and freeze_after < 0:
+            raise ValueError(f"freeze_routing_after: must be >= 0, got {freeze_after}")
         if mode not in MODES:
             raise ValueError(f"mode: unknown dynamic mode {mode!r} (known: {MODES})")
         if mode == "grouped" and out_channels is None:
@@ -222,6 +266,7 @@ class AttentionCoefficients(nn.Module):
         self.temperature_end = float(temperature_end)
         self.anneal_steps = int(anneal_steps)
         self.top_k = top_k
+        self.freeze_after = freeze_after
         per_channel = sum(len(self.quantiles) if s == "quantiles" else 1 for s in self.stats)
         hidden = max(int(in_channels * hidden_ratio), min_hidden)
         outputs = num_kernels * (out_channels if mode == "grouped" else 1)
@@ -229,29 +274,7 @@ class AttentionCoefficients(nn.Module):
         self.fc2 = nn.Linear(hidden, outputs)
         self.register_buffer("anneal_step", torch.zeros((), dtype=torch.long))
 
-    @property
-    def temperature(self) -> float:
-        """The current softmax temperature tau."""
-        return temperature_at(
-            int(self.anneal_step), self.temperature_start, self.temperature_end, self.anneal_steps
-        )
-
-    def _temperature_for(self, like: torch.Tensor) -> float | torch.Tensor:
-        """:attr:`temperature`: a float on CPU, else a 0-d tensor (no host sync per layer)."""
-        if self.anneal_step.device.type == "cpu":
-            return self.temperature
-        return temperature_tensor(
-            self.anneal_step.to(like.dtype),
-            self.temperature_start,
-            self.temperature_end,
-            self.anneal_steps,
-        )
-
-    def advance(self, steps: int = 1) -> None:
-        """Advance the annealing schedule by ``steps`` optimiser steps."""
-        self.anneal_step.add_(steps)
-
-    def forward(self, x: torch.Tensor) -> Routing:
+    def forward(self, x: torch.Tensor, modality: torch.Tensor | None = None) -> Routing:
         z = self.fc2(F.relu(self.fc1(pooled_statistics(x, self.stats, self.quantiles))))
         if self.mode == "grouped":
             z = z.view(x.shape[0], self.out_channels, self.num_kernels)
@@ -265,4 +288,106 @@ class AttentionCoefficients(nn.Module):
             f"mode={self.mode}, num_kernels={self.num_kernels}, stats={self.stats}, "
             f"tau={self.temperature_start}->{self.temperature_end} over {self.anneal_steps} steps, "
             f"top_k={self.top_k}"
+        )
+
+
+class ModalityCoefficients(TemperatureSchedule, nn.Module):
+    """Routing by the case's known modality instead of by the input (an oracle router).
+
+    ``routing="modality-soft"``: a learned logit per modality and kernel, ``logits`` of shape
+    (M, K) (``mode="bank"``) or (M, C_out, G) (``mode="grouped"``), zero at the start (every
+    kernel equal); sample b gets ``softmax(logits[modality[b]] / tau)`` over the last axis, with
+    the same temperature schedule as :class:`AttentionCoefficients`.
+    ``routing="modality-hard"``: no parameters; the K kernels are split into M consecutive,
+    equal sets and modality m mixes set m with equal weights (one-hot when K == M), so a
+    modality's kernels get no gradient from the other's slices. K must be a multiple of M.
+
+    M is ``num_modalities`` (``len(fedll.data.MODALITIES)`` in the U-Net builder).
+    ``freeze_after`` see :class:`AttentionCoefficients`.
+
+    ``forward(x, modality)``: x (B, C_in, H, W) (only its batch size and device are read),
+    modality (B,) int64 indices into the modalities -> :class:`Routing`, weights (B, K) or
+    (B, C_out, G).
+    """
+
+    def __init__(
+        self,
+        num_kernels: int = 4,
+        *,
+        num_modalities: int = 2,
+        routing: str = "modality-soft",
+        out_channels: int | None = None,
+        mode: str = "bank",
+        temperature_start: float = 30.0,
+        temperature_end: float = 1.0,
+        anneal_steps: int = 100,
+        freeze_after: int | None = None,
+    ) -> None:
+        super().__init__()
+        if routing not in ROUTINGS[1:]:
+            raise ValueError(f"routing: {routing!r} is not one of {ROUTINGS[1:]}")
+        if freeze_after is not None and freeze_after < 0:
+            raise ValueError(f"freeze_routing_after: must be >= 0, got {freeze_after}")
+        if mode not in MODES:
+            raise ValueError(f"mode: unknown dynamic mode {mode!r} (known: {MODES})")
+        if mode == "grouped" and out_channels is None:
+            raise ValueError("out_channels: the grouped mode needs out_channels")
+        if num_kernels < 1 or num_modalities < 1:
+            raise ValueError(f"num_kernels: must be >= 1, got {num_kernels}")
+        if routing == "modality-hard" and num_kernels % num_modalities:
+            raise ValueError(
+                f"num_kernels: modality-hard routing splits the kernels into one equal set per "
+                f"modality, so it must be a multiple of {num_modalities}, got {num_kernels}"
+            )
+        if temperature_start <= 0 or temperature_end <= 0:
+            raise ValueError(
+                f"temperature_start/end: must be > 0, got {temperature_start}, {temperature_end}"
+            )
+        if anneal_steps < 0:
+            raise ValueError(f"anneal_steps: must be >= 0, got {anneal_steps}")
+        self.routing = routing
+        self.mode = mode
+        self.num_kernels = num_kernels
+        self.num_modalities = num_modalities
+        self.out_channels = out_channels
+        self.temperature_start = float(temperature_start)
+        self.temperature_end = float(temperature_end)
+        self.anneal_steps = int(anneal_steps)
+        self.freeze_after = freeze_after
+        shape = (num_modalities, *((out_channels,) if mode == "grouped" else ()), num_kernels)
+        self.logits = nn.Parameter(torch.zeros(shape)) if routing == "modality-soft" else None
+        self.register_buffer("anneal_step", torch.zeros((), dtype=torch.long))
+
+    def hard_weights(self, like: torch.Tensor) -> torch.Tensor:
+        """(M, K): row m is 1 / (K / M) on modality m's kernel set, 0 elsewhere."""
+        per = self.num_kernels // self.num_modalities
+        owner = torch.arange(self.num_kernels, device=like.device) // per
+        rows = torch.arange(self.num_modalities, device=like.device)[:, None]
+        return (owner[None] == rows).to(like.dtype) / per
+
+    def forward(self, x: torch.Tensor, modality: torch.Tensor | None = None) -> Routing:
+        if modality is None:
+            raise ValueError(
+                f"modality: this layer routes by the case's modality ({self.routing}); call the "
+                "model with modality=(B,) indices into fedll.data.MODALITIES"
+            )
+        modality = modality.to(x.device, torch.long)
+        if modality.shape != (x.shape[0],):
+            raise ValueError(
+                f"modality: expected shape ({x.shape[0]},), got {tuple(modality.shape)}"
+            )
+        if self.logits is None:
+            table = self.hard_weights(x)
+            if self.mode == "grouped":
+                table = table[:, None, :].expand(-1, self.out_channels, -1)
+            weights = table[modality]
+            return Routing(weights, weights)
+        probs = torch.softmax(self.logits[modality] / self._temperature_for(self.logits), dim=-1)
+        return Routing(probs, probs)
+
+    def extra_repr(self) -> str:
+        return (
+            f"routing={self.routing}, mode={self.mode}, num_kernels={self.num_kernels}, "
+            f"num_modalities={self.num_modalities}, "
+            f"tau={self.temperature_start}->{self.temperature_end} over {self.anneal_steps} steps"
         )

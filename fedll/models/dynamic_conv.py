@@ -35,9 +35,11 @@ from torch import nn
 from fedll.models.attention import (
     MODES,
     AttentionCoefficients,
+    ModalityCoefficients,
     RoutingLossWeights,
     routing_regulariser,
 )
+from fedll.models.unet import TakesModality
 
 
 class DynamicConv2d(nn.Module):
@@ -135,8 +137,14 @@ class DynamicConv2d(nn.Module):
         )
 
 
-class DynamicConvLayer(nn.Module):
-    """An ACP (``acp``) and a :class:`DynamicConv2d` (``conv``): ``conv(x, acp(x).weights)``.
+class DynamicConvLayer(TakesModality, nn.Module):
+    """A router (``acp``) and a :class:`DynamicConv2d` (``conv``):
+    ``conv(x, acp(x, modality).weights)``.
+
+    The router is the ACP (:class:`AttentionCoefficients`, ``routing="learned"``) or, with
+    ``routing="modality-soft"`` / ``"modality-hard"``, a :class:`ModalityCoefficients` that
+    mixes the kernels by the case's known modality (it keeps the name ``acp``, so strategies
+    find its parameters in the same group).
 
     After each forward, ``last_attention`` holds a detached copy of the coefficients that
     mixed the kernels, (B, K) or (B, C_out, G), and :meth:`routing_loss` the weighted
@@ -146,9 +154,13 @@ class DynamicConvLayer(nn.Module):
         in_channels, out_channels, kernel_size, bias: as for ``nn.Conv2d`` (padding "same").
         num_kernels, mode: see :class:`DynamicConv2d`.
         routing_loss_weights: weights of :func:`~fedll.models.attention.routing_regulariser`.
-        **acp_kwargs: the remaining :class:`AttentionCoefficients` arguments.
+        routing: ``"learned"`` (the ACP), ``"modality-soft"`` or ``"modality-hard"``.
+        num_modalities: M, for modality routing.
+        **acp_kwargs: the remaining :class:`AttentionCoefficients` arguments (with modality
+            routing, only the temperature schedule and ``freeze_after`` apply).
 
-    ``forward(x)``: (B, C_in, H, W) -> (B, C_out, H, W).
+    ``forward(x, modality=None)``: (B, C_in, H, W), modality (B,) int64 -> (B, C_out, H, W);
+    a modality-routed layer needs ``modality``, a learned one ignores it.
     """
 
     def __init__(
@@ -161,12 +173,26 @@ class DynamicConvLayer(nn.Module):
         mode: str = "bank",
         bias: bool = False,
         routing_loss_weights: RoutingLossWeights | None = None,
+        routing: str = "learned",
+        num_modalities: int = 2,
         **acp_kwargs: Any,
     ) -> None:
         super().__init__()
-        self.acp = AttentionCoefficients(
-            in_channels, num_kernels, out_channels=out_channels, mode=mode, **acp_kwargs
-        )
+        self.acp: AttentionCoefficients | ModalityCoefficients
+        if routing == "learned":
+            self.acp = AttentionCoefficients(
+                in_channels, num_kernels, out_channels=out_channels, mode=mode, **acp_kwargs
+            )
+        else:
+            schedule = ("temperature_start", "temperature_end", "anneal_steps", "freeze_after")
+            self.acp = ModalityCoefficients(
+                num_kernels,
+                num_modalities=num_modalities,
+                routing=routing,
+                out_channels=out_channels,
+                mode=mode,
+                **{k: v for k, v in acp_kwargs.items() if k in schedule},
+            )
         self.conv = DynamicConv2d(
             in_channels, out_channels, kernel_size, num_kernels=num_kernels, mode=mode, bias=bias
         )
@@ -174,8 +200,8 @@ class DynamicConvLayer(nn.Module):
         self.last_attention: torch.Tensor | None = None
         self._probs: torch.Tensor | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        routing = self.acp(x)
+    def forward(self, x: torch.Tensor, modality: torch.Tensor | None = None) -> torch.Tensor:
+        routing = self.acp(x, modality)
         self.last_attention = routing.weights.detach()
         self._probs = routing.probs if self.routing_loss_weights.active else None
         return self.conv(x, routing.weights)

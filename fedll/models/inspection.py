@@ -5,7 +5,9 @@ the last forward's attention and routing loss, and the temperature schedule.
 normalisation, integer counters or other; :func:`kernel_banks` which layer's attention mixes
 each bank (:class:`ModelLayout` bundles both with the trainable keys);
 :func:`last_attention` and :func:`routing_loss` read the last forward;
-:func:`advance_schedule` steps the temperature.
+:func:`advance_schedule` steps the temperature; :func:`routes_by_modality` says whether the
+model's forward needs each sample's modality, :func:`freeze_routing` stops its routing
+parameters training after the round the model was built to freeze them at.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
-from fedll.models.attention import AttentionCoefficients
+from fedll.models.attention import AttentionCoefficients, ModalityCoefficients
 from fedll.models.dynamic_conv import DynamicConv2d, DynamicConvLayer
+
+_ROUTERS = (AttentionCoefficients, ModalityCoefficients)
 
 PARAMETER_GROUPS: tuple[str, ...] = ("kernel_bank", "acp", "norm", "counter", "other")
 
@@ -50,7 +54,7 @@ def parameter_groups(model: nn.Module) -> dict[str, str]:
 def _module_group(module: nn.Module) -> str | None:
     if isinstance(module, DynamicConv2d):
         return "kernel_bank"
-    if isinstance(module, AttentionCoefficients):
+    if isinstance(module, _ROUTERS):
         return "acp"
     if isinstance(module, (_NormBase, nn.GroupNorm, nn.LayerNorm)):
         return "norm"
@@ -138,13 +142,36 @@ def advance_schedule(model: nn.Module, steps: int = 1) -> None:
     ``anneal_steps`` optimiser steps, not again at each arrival (aggregate counters with max).
     """
     for module in model.modules():
-        if isinstance(module, AttentionCoefficients):
+        if isinstance(module, _ROUTERS):
             module.advance(steps)
 
 
 def current_temperature(model: nn.Module) -> float | None:
     """The softmax temperature of the model's first ACP (all share one schedule), or None."""
     for module in model.modules():
-        if isinstance(module, AttentionCoefficients):
+        if isinstance(module, _ROUTERS):
             return module.temperature
     return None
+
+
+def routes_by_modality(model: nn.Module) -> bool:
+    """Whether a dynamic layer of ``model`` mixes its kernels by the case's modality (then
+    its forward needs ``modality``)."""
+    return any(isinstance(m, ModalityCoefficients) for m in model.modules())
+
+
+def freeze_routing(model: nn.Module, server_round: int) -> list[str]:
+    """Stop the routing parameters (the ACP's, or the per-modality logits) of every dynamic
+    layer built with ``freeze_after`` = R (the ``freeze_routing_after`` argument) from
+    training when ``server_round`` > R: they no longer require gradients, so an optimiser
+    leaves them as they are (PyTorch's optimisers skip parameters without a gradient, weight
+    decay included). Returns the names of the parameters frozen. The temperature schedule
+    (a buffer) still advances."""
+    frozen = []
+    for name, module in model.named_modules():
+        after = getattr(module, "freeze_after", None)
+        if isinstance(module, _ROUTERS) and after is not None and server_round > after:
+            for param_name, param in module.named_parameters():
+                param.requires_grad_(False)
+                frozen.append(f"{name}.{param_name}" if name else param_name)
+    return frozen

@@ -33,8 +33,10 @@ import torch
 from pydantic import ConfigDict, Field
 from torch import nn
 
-from fedll.models.attention import ACP_STATS, RoutingLossWeights
+from fedll.data import MODALITIES
+from fedll.models.attention import ACP_STATS, ROUTINGS, RoutingLossWeights
 from fedll.models.dynamic_conv import DynamicConvLayer
+from fedll.models.inspection import routes_by_modality
 from fedll.models.unet import NORMS, UNet, count_parameters, equal_param_width, static_conv
 
 logger = logging.getLogger(__name__)
@@ -45,6 +47,7 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 Probability = Annotated[float, Field(gt=0, lt=1)]
 Norm = Literal[NORMS]  # type: ignore[valid-type]
 Statistic = Literal[ACP_STATS]  # type: ignore[valid-type]
+RoutingName = Literal[ROUTINGS]  # type: ignore[valid-type]
 Level = Annotated[float, Field(ge=0, le=1)]
 RoutingWeights = Mapping[Literal["confidence", "balance"], float]
 
@@ -114,6 +117,8 @@ def dynamic_unet(
     routing_loss_weights: RoutingWeights | RoutingLossWeights | None = None,
     first_layer_static: bool = False,
     head_prior: Probability | None = None,
+    routing: RoutingName = "learned",
+    freeze_routing_after: NonNegative | None = None,
 ) -> UNet:
     """A U-Net whose 3x3 convolutions are :class:`DynamicConvLayer` s (the 1x1 head is static).
 
@@ -123,7 +128,29 @@ def dynamic_unet(
     ``routing_loss_weights`` is ``{"confidence": w, "balance": w}`` (missing keys are 0);
     ``first_layer_static`` keeps the very first convolution static; ``head_prior`` see
     :class:`~fedll.models.unet.UNet`.
+
+    ``routing``: ``"learned"`` (the ACP, from the input), or by the case's known modality
+    (:class:`~fedll.models.attention.ModalityCoefficients`): ``"modality-soft"`` (a learned
+    coefficient vector per modality, with the temperature schedule) or ``"modality-hard"``
+    (a fixed, equal share of the kernels per modality; ``num_kernels`` a multiple of the
+    number of modalities). Such a model's forward needs ``modality``; the ACP's own arguments
+    (``acp_stats``, ``quantiles``, ``hidden_ratio``, ``min_hidden``, ``top_k``) do not apply.
+    ``freeze_routing_after``: R, the routing parameters (ACP or per-modality logits) train in
+    federated rounds 1..R only (:func:`~fedll.models.inspection.freeze_routing`).
     """
+    if routing != "learned":
+        learned_only = {
+            "acp_stats": acp_stats not in ("mean", ("mean",), ["mean"]),
+            "quantiles": tuple(quantiles) != (0.1, 0.5, 0.9),
+            "hidden_ratio": hidden_ratio != 0.25,
+            "min_hidden": min_hidden != 4,
+            "top_k": top_k is not None,
+        }
+        for argument, given in learned_only.items():
+            if given:
+                raise ArgumentError(
+                    argument, f"configures the ACP; routing {routing!r} has none (use learned)"
+                )
     if isinstance(routing_loss_weights, RoutingLossWeights) or routing_loss_weights is None:
         weights = routing_loss_weights or RoutingLossWeights()
     else:
@@ -142,6 +169,8 @@ def dynamic_unet(
         temperature_end=temperature_end,
         anneal_steps=anneal_steps,
         top_k=top_k,
+        freeze_after=freeze_routing_after,
+        **({} if routing == "learned" else {"routing": routing, "num_modalities": len(MODALITIES)}),
     )
     return UNet(
         conv,
@@ -239,7 +268,9 @@ def _measure(name: str, kwargs: Mapping[str, Any], batch: int, size: int) -> tup
     with torch.device("meta"), torch.random.fork_rng(devices=[]):
         model = builder(**kwargs)
         hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
-        model(torch.empty(batch, int(kwargs.get("in_channels", 1)), size, size))
+        x = torch.empty(batch, int(kwargs.get("in_channels", 1)), size, size)
+        modality = torch.zeros(batch, dtype=torch.long) if routes_by_modality(model) else None
+        model(x, modality)
         for hook in hooks:
             hook.remove()
     return count_parameters(model), kept

@@ -34,6 +34,12 @@ static_conv: ConvFactory = partial(nn.Conv2d, kernel_size=3, padding=1)
 """The plain 3x3 convolution factory."""
 
 
+class TakesModality:
+    """Marks a convolution module whose forward takes ``modality`` (B,) int64, the index of
+    each sample's modality (:data:`fedll.data.MODALITIES`), as a second argument:
+    :class:`UNet` passes the modality it is given to these, and only to these."""
+
+
 def make_norm(norm: str, channels: int) -> nn.Module:
     """A normalisation layer over ``channels``: batch, instance (affine), group or none.
 
@@ -72,6 +78,11 @@ class TwoConv(nn.Sequential):
         layers["act2"] = nn.ReLU(inplace=True)
         super().__init__(layers)
 
+    def forward(self, x: torch.Tensor, modality: torch.Tensor | None = None) -> torch.Tensor:
+        for layer in self:
+            x = layer(x, modality) if isinstance(layer, TakesModality) else layer(x)
+        return x
+
 
 class Down(nn.Module):
     """2x2 max pooling (ceil mode), :class:`TwoConv`: (B, in, H, W) -> (B, out, ⌈H/2⌉, ⌈W/2⌉)."""
@@ -81,14 +92,15 @@ class Down(nn.Module):
         self.pool = nn.MaxPool2d(2, ceil_mode=True)
         self.convs = TwoConv(in_channels, out_channels, conv, norm)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.convs(self.pool(x))
+    def forward(self, x: torch.Tensor, modality: torch.Tensor | None = None) -> torch.Tensor:
+        return self.convs(self.pool(x), modality)
 
 
 class UpCat(nn.Module):
     """Bilinear upsampling to the skip's size, concatenation, :class:`TwoConv`.
 
-    ``forward(x, skip)``: x (B, in, h, w), skip (B, skip, H, W) -> (B, out, H, W).
+    ``forward(x, skip, modality=None)``: x (B, in, h, w), skip (B, skip, H, W)
+    -> (B, out, H, W).
     """
 
     def __init__(
@@ -97,9 +109,11 @@ class UpCat(nn.Module):
         super().__init__()
         self.convs = TwoConv(in_channels + skip_channels, out_channels, conv, norm)
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, skip: torch.Tensor, modality: torch.Tensor | None = None
+    ) -> torch.Tensor:
         x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-        return self.convs(torch.cat([skip, x], dim=1))
+        return self.convs(torch.cat([skip, x], dim=1), modality)
 
 
 class UNet(nn.Module):
@@ -123,7 +137,10 @@ class UNet(nn.Module):
             background-dominated loss keeps them negative and lowers the bias, and the model
             never predicts foreground (Dice 0). Starting near the prior removes that push.
 
-    ``forward(x)``: (B, in_channels, H, W) -> (B, out_channels, H, W) logits.
+    ``forward(x, modality=None)``: (B, in_channels, H, W) -> (B, out_channels, H, W) logits;
+    ``modality`` (B,) int64 (indices into :data:`fedll.data.MODALITIES`) reaches every
+    convolution that takes it (:class:`TakesModality`); a U-Net whose layers route by modality
+    needs it, the others ignore it.
     """
 
     def __init__(
@@ -165,13 +182,13 @@ class UNet(nn.Module):
             assert self.head.bias is not None
             nn.init.constant_(self.head.bias, math.log(head_prior / (1.0 - head_prior)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = [self.stem(x)]
+    def forward(self, x: torch.Tensor, modality: torch.Tensor | None = None) -> torch.Tensor:
+        skips = [self.stem(x, modality)]
         for down in self.down:
-            skips.append(down(skips[-1]))
+            skips.append(down(skips[-1], modality))
         y = skips.pop()
         for up in self.up:
-            y = up(y, skips.pop())
+            y = up(y, skips.pop(), modality)
         return self.head(y)
 
 

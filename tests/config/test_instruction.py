@@ -27,6 +27,7 @@ RICH = TrainInstruction(
         routing_loss_weights={"confidence": 0.1},
         top_k=None,
         head_prior=0.02,
+        freeze_routing_after=3,
     ),
     training=TrainingConfig(epochs=3, batch_size=4, optimizer="sgd", optimizer_state="keep"),
     slices=SliceConfig(size=32, empty_fraction=0.5, axis=1, seed=4),
@@ -48,6 +49,9 @@ RICH = TrainInstruction(
     [
         RICH,
         RICH.model_copy(update={"fault": None, "continual": LwFOptions(name="lwf")}),
+        RICH.model_copy(
+            update={"model": ModelConfig(name="dycnn-grouped", routing="modality-hard")}
+        ),
         TrainInstruction(
             model=ModelConfig(name="static"),
             training=TrainingConfig(),
@@ -58,7 +62,7 @@ RICH = TrainInstruction(
             seed=0,
         ),
     ],
-    ids=["every-kind-of-field", "no-fault", "defaults"],
+    ids=["every-kind-of-field", "no-fault", "modality-routed", "defaults"],
 )
 def test_the_instruction_round_trips_through_a_flower_config_record(instruction):
     record = ConfigRecord(instruction.to_config())  # Flower accepts every value as it is

@@ -203,6 +203,18 @@ def test_an_invalid_value_names_the_file_and_the_key(write_scenario, updates, ke
         ({"name": "dycnn", "acp_stats": []}, "models.m.acp_stats: [] must be a non-empty"),
         ({"name": "unet"}, "models.m.name: unknown model 'unet'"),
         ({"name": "static-wide", "match_kwargs": {"depth": 1}}, "models.m.match_kwargs: "),
+        ({"name": "dycnn", "routing": "modality"}, "models.m.routing: Input should be"),
+        (
+            {"name": "dycnn", "routing": "modality-hard", "num_kernels": 3},
+            "models.m.num_kernels: modality-hard routing splits the kernels into one equal set "
+            "per modality, so it must be a multiple of 2, got 3",
+        ),
+        (
+            {"name": "dycnn", "routing": "modality-soft", "top_k": 1},
+            "models.m.top_k: configures the ACP; routing 'modality-soft' has none",
+        ),
+        ({"name": "dycnn", "freeze_routing_after": -1}, "models.m.freeze_routing_after: Input"),
+        ({"name": "dycnn", "freeze_routing_after": 1.5}, "models.m.freeze_routing_after: Input"),
     ],
 )
 def test_load_scenario_refuses_a_bad_model_argument_naming_it(write_scenario, model, message):

@@ -273,3 +273,47 @@ def test_a_ditto_site_keeps_and_sends_its_personalised_model(cohort_index, resto
     np.testing.assert_allclose(  # the global update trained the received model
         second.content["arrays"]["head.weight"].numpy(), received["head.weight"], atol=1e-6
     )
+
+
+@pytest.mark.parametrize("routing", ["learned", "modality-soft"])
+def test_a_site_freezes_the_routing_after_round_r(routing, cohort_index, restore_torch_threads):
+    """freeze_routing_after: 1: the routing parameters a site sends back equal the received
+    ones from round 2 on, while its kernels train; in round 1 both change. A modality-routed
+    model trains on the site's modality (hospital-t2: the T2 logits move, FLAIR's do not)."""
+    spec = ModelConfig(name="dycnn", base_width=4, depth=1, routing=routing, freeze_routing_after=1)
+    torch.manual_seed(0)
+    model = build_model(spec.name, **spec.kwargs())
+    groups = parameter_groups(model)
+    received = {k: v.numpy().copy() for k, v in model.state_dict().items()}
+    for server_round, frozen in ((1, False), (2, True)):
+        _set_task_identity(run_id=1, node_id=SUPERLINK_NODE_ID, task_id=1)
+        instruction = TrainInstruction(
+            model=spec,
+            training=TrainingConfig(epochs=1, batch_size=8, lr=1e-2),
+            slices=SliceConfig(size=32, empty_fraction=0.1, seed=0),
+            arrival_start=0,
+            arrival_stop=1,
+            train_on="new",
+            seed=3,
+            server_round=server_round,
+        )
+        content = RecordDict(
+            {
+                "arrays": ArrayRecord(model.state_dict()),
+                "config": ConfigRecord(instruction.to_config()),
+            }
+        )
+        msg = Message(content, dst_node_id=5, message_type="train")
+        _assign_message_id(msg, f"m{server_round}")
+        sent = {
+            k: v.numpy() for k, v in train(msg, context(cohort_index)).content["arrays"].items()
+        }
+        routing_keys = [k for k, g in groups.items() if g == "acp"]
+        kernel_keys = [k for k, g in groups.items() if g == "kernel_bank"]
+        assert routing_keys and kernel_keys
+        assert all(not np.array_equal(sent[k], received[k]) for k in kernel_keys)
+        unchanged = [np.array_equal(sent[k], received[k]) for k in routing_keys]
+        assert all(unchanged) if frozen else not any(unchanged)
+        if routing == "modality-soft" and not frozen:
+            logits = sent["stem.conv1.acp.logits"]
+            assert np.any(logits[0] != 0) and np.all(logits[1] == 0)  # t2 is index 0
