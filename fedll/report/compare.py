@@ -36,6 +36,8 @@ from fedll.report.read import check_results
 from fedll.report.summary import matrix_measures, measures
 
 COMPARE_COLUMNS = ("arm", "baseline", "modality", "measure", "label")
+MEAN = "mean"
+"""The ``modality`` of a comparison row for the measure averaged over the modalities."""
 STAT_COLUMNS = ("difference", "ci_low", "ci_high", "excludes_zero", "n_seeds", "n_cases")
 
 
@@ -93,7 +95,9 @@ def paired_difference(
     """The mean over seeds of ``measures(arm) - measures(baseline)`` and its ``level``
     percentile interval from the hierarchical bootstrap; ``arm[s]`` and ``baseline[s]`` are
     the trials of seed ``s`` (the same test cases, in the same order). Returns
-    (estimate, low, high), each (n_measures, M)."""
+    (estimate, low, high), each (n_measures, M + 1): a column per modality, then the
+    difference of the modality-averaged measure (the mean over the modalities that have it,
+    resampled with them: one interval for "averaged over T2 and FLAIR")."""
     if len(arm) != len(baseline) or not arm:
         raise ValueError("paired_difference needs the same, non-zero number of seeds per arm")
     for a, b in zip(arm, baseline, strict=True):
@@ -103,9 +107,11 @@ def paired_difference(
 
     def difference(s: int, picks) -> np.ndarray:
         a, b = arm[s], baseline[s]
-        return matrix_measures(_matrix(a, picks), a.arriving, metric) - matrix_measures(
+        per_modality = matrix_measures(_matrix(a, picks), a.arriving, metric) - matrix_measures(
             _matrix(b, picks), b.arriving, metric
         )
+        both = nan_reduce(np.nanmean, per_modality, axis=1)[:, None]
+        return np.concatenate([per_modality, both], axis=1)
 
     estimate = nan_reduce(np.nanmean, np.stack([difference(s, whole) for s in range(len(arm))]), 0)
     rng = np.random.default_rng(seed)
@@ -170,9 +176,11 @@ def compare(
             arm = [by_trial[seeds[value][s]] for s in common]
             base = [by_trial[seeds[baseline][s]] for s in common]
             estimate, low, high = paired_difference(arm, base, metric, n_boot, level, seed)
-            for m, modality in enumerate(MODALITIES):
-                if arm[0].cases[m] is None:
-                    continue
+            evaluated = [arm[0].cases[m] is not None for m in range(len(MODALITIES))]
+            columns = [(m, x) for m, x in enumerate(MODALITIES) if evaluated[m]]
+            if sum(evaluated) > 1:
+                columns.append((len(MODALITIES), MEAN))
+            for m, modality in columns:
                 for i, (name, label) in enumerate(names.items()):
                     rows.append(
                         {
@@ -187,7 +195,9 @@ def compare(
                             "ci_high": high[i, m],
                             "excludes_zero": bool(low[i, m] > 0 or high[i, m] < 0),
                             "n_seeds": len(common),
-                            "n_cases": len(arm[0].case_ids[m]),
+                            "n_cases": sum(len(ids) for ids in arm[0].case_ids)
+                            if modality == MEAN
+                            else len(arm[0].case_ids[m]),
                         }
                     )
     return pd.DataFrame(rows, columns=[*setting, *COMPARE_COLUMNS, *STAT_COLUMNS])

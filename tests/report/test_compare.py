@@ -77,6 +77,34 @@ def test_a_constant_extra_loss_is_found_exactly_and_counts():
     assert flair["difference"] == pytest.approx(0.0) and not flair["excludes_zero"]
 
 
+def test_the_mean_row_averages_the_modalities_and_resamples_them_together():
+    """The arm forgets 0.1 more T2 (final) and the same FLAIR: averaged over both modalities
+    +0.05 in every replicate. With a T2 gain on every seed and a larger FLAIR loss on odd
+    seeds only, the mean's interval straddles 0 while the T2 gain counts."""
+
+    def forgetful(seed):
+        return {"t2": [0.1, 0.8, 0.5], "flair": [0.1, 0.2, 0.7]}
+
+    table = compare(results({"static": baseline_curve, "dycnn": forgetful}), "static", n_boot=200)
+    mean = row(table, "dycnn", "mean", "forgetting_final")
+    assert mean["difference"] == pytest.approx(0.05)
+    assert mean["ci_low"] == pytest.approx(0.05) and mean["ci_high"] == pytest.approx(0.05)
+    assert mean["excludes_zero"] and mean["n_cases"] == 8
+    assert row(table, "dycnn", "mean", "final_dice")["difference"] == pytest.approx(-0.05)
+
+    def opposed(seed):
+        flair = 0.7 - (0.3 if seed % 2 else 0.0)  # odd seeds lose 0.3 FLAIR at the end
+        return {"t2": [0.1, 0.8, 0.7], "flair": [0.1, 0.2, flair]}
+
+    table = compare(results({"static": baseline_curve, "dycnn": opposed}), "static")
+    t2, flair = (row(table, "dycnn", m, "final_dice") for m in ("t2", "flair"))
+    assert t2["difference"] == pytest.approx(0.1) and t2["excludes_zero"]
+    assert flair["difference"] == pytest.approx(-0.15) and flair["ci_high"] == pytest.approx(0)
+    mean = row(table, "dycnn", "mean", "final_dice")
+    assert mean["difference"] == pytest.approx(-0.025)
+    assert mean["ci_low"] < 0 < mean["ci_high"] and not mean["excludes_zero"]
+
+
 def test_a_difference_that_changes_sign_with_the_seed_does_not_count():
     """+0.1 final T2 Dice on even seeds, -0.1 on odd: the estimate is 0 and the seed level of
     the bootstrap spreads the interval across it."""
