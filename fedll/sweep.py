@@ -224,14 +224,18 @@ def keep_trial(
     outcome: TrialOutcome,
     wall_s: float | None = None,
 ) -> Path:
-    """Write a finished trial's files, its kept model among them (the driver alone does), and
-    drop its checkpoint; returns its results file."""
+    """Write a finished trial's files, its kept model among them unless the scenario's
+    ``execution.keep_models`` is false (the driver alone does), and drop its checkpoint;
+    returns its results file."""
     from fedll.models.saved import encode_model
 
     fingerprint = trial_fingerprint(scenario, trial)
-    model = encode_model(
-        outcome.state, scenario.models[trial.model], scenario.slices, trial.trial_id, fingerprint
-    )
+    model = None
+    if scenario.execution.keep_models:
+        model = encode_model(
+            outcome.state, scenario.models[trial.model], scenario.slices, trial.trial_id,
+            fingerprint,
+        )  # fmt: skip
     path = write_trial(run_dir, outcome.results, fingerprint, model=model, wall_s=wall_s)
     drop_checkpoint(run_dir, trial.trial_id)
     return path

@@ -269,6 +269,32 @@ def test_a_kept_model_survives_a_resume_and_a_damaged_one_is_redone(
     assert models[kept].read_bytes() == written[kept]
 
 
+def test_without_kept_models_the_trials_are_sealed_and_resumed_alone(
+    make_scenario, tmp_path, restore_torch_threads
+):
+    """``execution.keep_models: false``: no models folder, seals that list no model, and a
+    resume that trusts the sealed tables as they are."""
+    scenario = load_scenario(
+        make_scenario(
+            tmp_path / "s.yaml", {**THREE_SEEDS, "seeds": [0], "execution": {"keep_models": False}}
+        )
+    )
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "scenario.yaml").write_text(dump_scenario(scenario))
+    (trial_id,) = [t.trial_id for t in expand_trials(scenario)]
+    first = run_sweep(run_dir, SweepOptions(backend="local"))
+    assert first.done == [trial_id]
+    assert not (run_dir / "models").exists()
+    seal = json.loads((run_dir / "trials" / f"{trial_id}.json").read_text())
+    assert not any(name.endswith(".safetensors") for name in seal["files"])
+    results = run_dir / "trials" / f"{trial_id}.csv"
+    stamp = results.stat().st_mtime_ns
+    again = run_sweep(run_dir, SweepOptions(backend="local"))
+    assert (again.done, again.skipped) == ([], [trial_id])
+    assert results.stat().st_mtime_ns == stamp
+
+
 @pytest.mark.slow
 def test_a_killed_ray_run_resumes_keeping_finished_trials(
     make_scenario, tmp_path, spawn_fedll, run_fedll

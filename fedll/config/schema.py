@@ -213,6 +213,11 @@ class ExecutionConfig(_Frozen):
     checkpoint_every: int = Field(
         default=0, ge=0, description="keep the trial's whole state every N rounds (0: off)"
     )
+    keep_models: bool = Field(
+        default=True,
+        description="keep each finished trial's final model in RUN_DIR/models (false: the "
+        "tables alone, for a sweep whose models would fill the disk or a repository)",
+    )
 
     @field_validator("device")
     @classmethod
