@@ -196,8 +196,10 @@ def _progress_columns() -> tuple:
 
 
 def _claim(run_dir: Path, scenario: Scenario) -> None:
-    """Make ``run_dir`` this scenario's: new, resumed (the same scenario), or taken over from
-    another scenario that finished no trial there (a failed preparation locks nothing)."""
+    """Make ``run_dir`` this scenario's: new, resumed (the same scenario), grown (a scenario
+    whose grid holds every trial finished there, each with the same fingerprint: more seeds or
+    models, say; those trials are kept), or taken over from another scenario that finished no
+    trial there (a failed preparation locks nothing)."""
     from fedll.atomic import atomic_path
     from fedll.config.grid import fingerprints
     from fedll.store import verify_trial
@@ -212,10 +214,23 @@ def _claim(run_dir: Path, scenario: Scenario) -> None:
         except FedllError:
             held = {}
         done = [t for t, f in held.items() if verify_trial(run_dir, t, f) is None]
+        wanted = fingerprints(scenario)
+        if done and all(wanted.get(t) == held[t] for t in done):
+            # every finished trial is one of this scenario's, run with the same settings (its
+            # fingerprint covers the cohort and the split too, so cohort.json stays)
+            logging.getLogger(__name__).info(
+                "%s: the run grows to %d trials, keeping its %d finished one(s)",
+                saved, len(wanted), len(done),
+            )  # fmt: skip
+            with atomic_path(saved) as tmp:
+                tmp.write_text(resolved)
+            return
         if done:
             raise DataError(
                 f"{saved}: this run directory holds a different scenario with {len(done)} "
-                "finished trial(s); choose another --out (or delete it) to start afresh"
+                "finished trial(s) that this one does not repeat (a run may only grow: more "
+                "grid values, the other settings equal); choose another --out (or delete it) "
+                "to start afresh"
             )
         logging.getLogger(__name__).warning(
             "%s held another scenario that finished no trial; it is replaced", saved

@@ -11,10 +11,10 @@ from typer.testing import CliRunner
 
 from fedll.cli import _claim, _same_scenario, app
 from fedll.config import dump_scenario, expand_trials, load_scenario
-from fedll.config.grid import trial_fingerprint
+from fedll.config.grid import fingerprints, trial_fingerprint
 from fedll.errors import DataError
 from fedll.results import TrialResults
-from fedll.store import write_trial
+from fedll.store import verify_trial, write_trial
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -199,6 +199,27 @@ def test_a_run_dir_whose_scenario_finished_nothing_takes_the_corrected_one(
     _claim(run_dir, scenario)  # the same scenario resumes
     with pytest.raises(DataError, match="holds a different scenario with 1 finished trial"):
         _claim(run_dir, load_scenario(path, ["seeds=[5]"]))
+
+
+def test_a_run_dir_grows_to_a_scenario_that_repeats_its_finished_trials(write_scenario, tmp_path):
+    """More seeds (or models) on a run with finished trials: they are kept, and the split
+    with them; a scenario that also changes a setting is still refused."""
+    path = write_scenario()
+    scenario = load_scenario(path)
+    run_dir = tmp_path / "run"
+    _claim(run_dir, scenario)
+    (run_dir / "cohort.json").write_text("{}")
+    finish_a_trial(run_dir, scenario)
+    grown = load_scenario(path, [f"seeds={[*scenario.seeds, 5]}"])
+    assert len(expand_trials(grown)) > len(expand_trials(scenario))
+    _claim(run_dir, grown)
+    assert (run_dir / "scenario.yaml").read_text() == dump_scenario(grown)
+    assert (run_dir / "cohort.json").read_text() == "{}"
+    held = fingerprints(grown)
+    finished = expand_trials(scenario)[0].trial_id
+    assert verify_trial(run_dir, finished, held[finished]) is None
+    with pytest.raises(DataError, match="a run may only grow"):
+        _claim(run_dir, load_scenario(path, [f"seeds={[*scenario.seeds, 5]}", "training.epochs=7"]))
 
 
 def test_out_may_not_be_a_file(write_scenario, tmp_path):
