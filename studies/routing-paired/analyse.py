@@ -1,0 +1,214 @@
+"""The paired routing study's verdict: each model against the equal-parameter static U-Net.
+
+Usage: ``python studies/routing-paired/analyse.py RUN_DIR STUDY_DIR``. It reads what
+``fedll run`` and ``fedll report RUN_DIR --compare static-equal-params`` wrote in ``RUN_DIR``
+(``results.csv``, ``routing.csv``, ``tables/trials.csv``,
+``tables/compare_model-static-equal-params.csv``) and writes to ``STUDY_DIR``:
+``results.csv.gz`` and ``routing.csv.gz`` (the collected rows), ``comparison.csv`` (the
+rule's rows of fedll's comparison), ``verdict.csv`` and ``verdict.md`` (the main table and
+the verdict per model), ``learning.csv`` (the learning-accuracy ratio per model, setting and
+modality) and ``plots/forgetting_vs_joint.png``. ``run.sh`` calls it after the run.
+
+The rule, fixed before the study's results were read (README.md, "The rule"): a difference
+counts when fedll's 95% interval (hierarchical bootstrap over seeds and test cases, paired
+by seed) excludes 0; the measures are averaged over T2 and FLAIR (the comparison's ``mean``
+rows). A Dy-CNN configuration is recommended when its forgetting (max) is lower than the
+baseline's in at least two of the three settings and higher in none, its final Dice is
+lower in none, and its joint Dice is not lower.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+BASELINE = "static-equal-params"
+COMPARISON = f"compare_model-{BASELINE}.csv"
+JOINT = "joint"
+RULE_MEASURES = ("forgetting_max", "final_dice")
+STATIC = frozenset({"static", BASELINE})
+
+
+def setting_label(row: pd.Series) -> str:
+    """``stream, 5 patients``, ``federation, 5 patients`` or ``joint``."""
+    if row["cl"] == JOINT:
+        return JOINT
+    kind = "stream" if int(row["arrivals_per_round"]) == 1 else "federation"
+    return f"{kind}, {int(row['arrival_batch'])} patients"
+
+
+def rule_rows(comparison: pd.DataFrame) -> pd.DataFrame:
+    """The comparison's rows the rule reads: the modality-averaged forgetting (max) and final
+    Dice of every setting, and the joint bound's final Dice (its joint Dice), labelled."""
+    rows = comparison[comparison["modality"] == "mean"].copy()
+    rows["setting"] = rows.apply(setting_label, axis=1)
+    keep = rows["measure"].isin(RULE_MEASURES) & (rows["setting"] != JOINT)
+    joint = (rows["setting"] == JOINT) & (rows["measure"] == "final_dice")
+    rows = rows[keep | joint].copy()
+    rows.loc[rows["setting"] == JOINT, "measure"] = "joint_dice"
+    columns = ["arm", "setting", "measure", "difference", "ci_low", "ci_high"]
+    return rows[[*columns, "excludes_zero", "n_seeds", "n_cases"]].reset_index(drop=True)
+
+
+def direction(row: pd.Series) -> str:
+    """``lower``, ``higher`` or ``tie`` (the interval holds 0)."""
+    if not row["excludes_zero"]:
+        return "tie"
+    return "lower" if row["difference"] < 0 else "higher"
+
+
+def verdict(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per arm: forgetting (max) lower / tie / higher over the settings, final Dice lower in
+    how many, whether the joint Dice is lower, and ``recommended`` by the rule (``(static)``
+    for the static U-Net at equal width, which is no candidate)."""
+    out = []
+    for arm, group in rows.groupby("arm", sort=False):
+        dirs = group.assign(direction=group.apply(direction, axis=1))
+        forgetting = dirs[dirs["measure"] == "forgetting_max"]["direction"]
+        final = dirs[dirs["measure"] == "final_dice"]["direction"]
+        joint = dirs[dirs["measure"] == "joint_dice"]["direction"]
+        counts = {d: int((forgetting == d).sum()) for d in ("lower", "tie", "higher")}
+        joint_lower = bool((joint == "lower").any())
+        recommended = (
+            counts["lower"] >= 2
+            and counts["higher"] == 0
+            and not (final == "lower").any()
+            and not joint_lower
+            and len(joint) == 1
+        )
+        out.append(
+            {
+                "arm": arm,
+                "forgetting_lower": counts["lower"],
+                "forgetting_tie": counts["tie"],
+                "forgetting_higher": counts["higher"],
+                "final_lower": int((final == "lower").sum()),
+                "joint_lower": joint_lower,
+                "recommended": "(static)" if arm in STATIC else ("yes" if recommended else "no"),
+            }
+        )
+    return pd.DataFrame(out)
+
+
+def cell(row: pd.Series) -> str:
+    mark = "*" if row["excludes_zero"] else ""
+    return f"{row['difference']:+.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]{mark}"
+
+
+def main_table(rows: pd.DataFrame, verdicts: pd.DataFrame) -> pd.DataFrame:
+    """One row per arm: the difference in forgetting (max) per setting, in joint Dice, with
+    intervals (``*``: excludes 0), then the tally and the verdict."""
+    rows = rows.assign(cell=rows.apply(cell, axis=1))
+    forgetting = rows[rows["measure"] == "forgetting_max"].pivot_table(
+        index="arm", columns="setting", values="cell", aggfunc="first", sort=False
+    )
+    forgetting.columns = [f"forgetting (max), {c}" for c in forgetting.columns]
+    joint = rows[rows["measure"] == "joint_dice"].set_index("arm")["cell"].rename("joint Dice")
+    table = forgetting.join(joint).reset_index()
+    tally = verdicts.assign(
+        **{
+            "forgetting lower / tie / higher": verdicts.apply(
+                lambda v: f"{v.forgetting_lower} / {v.forgetting_tie} / {v.forgetting_higher}",
+                axis=1,
+            ),
+            "final Dice lower in": verdicts["final_lower"],
+        }
+    )[["arm", "forgetting lower / tie / higher", "final Dice lower in", "recommended"]]
+    return table.merge(tally, on="arm", how="left")
+
+
+def learning(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per model, setting and modality: the mean over seeds of the learning accuracy (the Dice
+    right after the modality's rounds), of the joint bound's Dice, and their ratio (the
+    sizing target: >= 0.9 for the equal-parameter static U-Net)."""
+    trials = trials.assign(setting=trials.apply(setting_label, axis=1))
+    joint = (
+        trials[trials["setting"] == JOINT]
+        .groupby(["model", "modality"])["final_dice"]
+        .mean()
+        .rename("joint_dice")
+    )
+    streams = trials[trials["setting"] != JOINT]
+    out = (
+        streams.groupby(["model", "setting", "modality"], sort=False)
+        .agg(learning_accuracy=("learning_accuracy", "mean"), seeds=("seed", "nunique"))
+        .reset_index()
+        .join(joint, on=["model", "modality"])
+    )
+    out["ratio"] = out["learning_accuracy"] / out["joint_dice"]
+    return out
+
+
+def plot_forgetting_vs_joint(trials: pd.DataFrame, path: Path) -> Path:
+    """Per setting, each model's forgetting (max) against its joint Dice (both averaged over
+    T2 and FLAIR, then over seeds; bars: 95% normal intervals over seeds)."""
+    from matplotlib.figure import Figure
+
+    trials = trials.assign(setting=trials.apply(setting_label, axis=1))
+    per_trial = trials.groupby(["model", "seed", "setting"], sort=False)
+    means = per_trial[["forgetting_max", "final_dice"]].mean().reset_index()
+    joint = means[means["setting"] == JOINT].set_index(["model", "seed"])["final_dice"]
+    streams = means[means["setting"] != JOINT].join(joint.rename("joint"), on=["model", "seed"])
+    settings = list(dict.fromkeys(streams["setting"]))
+    fig = Figure(figsize=(4.6 * len(settings), 4.2), layout="constrained")
+    axes = fig.subplots(1, len(settings), sharey=True, squeeze=False)[0]
+    for ax, setting in zip(axes, settings, strict=True):
+        rows = streams[streams["setting"] == setting]
+        for i, (model, group) in enumerate(rows.groupby("model", sort=False)):
+            n = len(group)
+            half = 1.96 / np.sqrt(max(n, 1))
+            x, y = group["joint"], group["forgetting_max"]
+            ax.errorbar(
+                x.mean(), y.mean(), xerr=half * x.std(ddof=1), yerr=half * y.std(ddof=1),
+                fmt="o" if model not in STATIC else "s", color=f"C{i}", capsize=3, label=model,
+            )  # fmt: skip
+        ax.set(title=setting, xlabel="joint Dice (mean of T2, FLAIR)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("forgetting (max), mean of T2, FLAIR")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right center", fontsize="small")
+    fig.suptitle("Forgetting vs what the model can learn (mean over seeds, 95% intervals)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    header = "| " + " | ".join(frame.columns) + " |"
+    rule = "|" + "---|" * len(frame.columns)
+    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body]) + "\n"
+
+
+def gzip_copy(source: Path, target: Path) -> None:
+    with source.open("rb") as src, gzip.GzipFile(target, "wb", mtime=0) as dst:
+        shutil.copyfileobj(src, dst)
+
+
+def main(run_dir: Path, study_dir: Path) -> None:
+    tables = run_dir / "tables"
+    comparison = pd.read_csv(tables / COMPARISON)
+    trials = pd.read_csv(tables / "trials.csv")
+    rows = rule_rows(comparison)
+    verdicts = verdict(rows)
+    rows.to_csv(study_dir / "comparison.csv", index=False)
+    verdicts.to_csv(study_dir / "verdict.csv", index=False)
+    (study_dir / "verdict.md").write_text(markdown(main_table(rows, verdicts)))
+    learning(trials).to_csv(study_dir / "learning.csv", index=False, float_format="%.4f")
+    plot_forgetting_vs_joint(trials, study_dir / "plots" / "forgetting_vs_joint.png")
+    for name in ("results.csv", "routing.csv"):
+        if (run_dir / name).exists():
+            gzip_copy(run_dir / name, study_dir / f"{name}.gz")
+    for plot in sorted((run_dir / "plots").glob("routing_*.png")):
+        shutil.copy(plot, study_dir / "plots" / plot.name)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit("usage: analyse.py RUN_DIR STUDY_DIR")
+    main(Path(sys.argv[1]), Path(sys.argv[2]))

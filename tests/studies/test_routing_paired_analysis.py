@@ -1,0 +1,138 @@
+"""The paired routing study's rule (studies/routing-paired/analyse.py) on hand-made comparison
+rows and trial summaries whose verdict and ratios are known."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "studies" / "routing-paired" / "analyse.py"
+SETTINGS = {  # label -> (arrival_batch, arrivals_per_round, cl)
+    "stream, 5 patients": (5, 1, "finetune"),
+    "stream, 15 patients": (15, 1, "finetune"),
+    "federation, 5 patients": (5, 2, "finetune"),
+    "joint": (0, 0, "joint"),
+}
+
+
+@pytest.fixture(scope="module")
+def analyse():
+    spec = importlib.util.spec_from_file_location("routing_paired_analyse", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def comparison(arms: dict[str, dict[str, dict[str, tuple[float, float, float]]]]) -> pd.DataFrame:
+    """arm -> setting -> measure -> (difference, low, high), as `fedll report --compare`
+    writes them (a per-modality row beside each mean row, which the rule must not read)."""
+    rows = []
+    for arm, settings in arms.items():
+        for setting, measures in settings.items():
+            batch, per_round, cl = SETTINGS[setting]
+            for measure, (difference, low, high) in measures.items():
+                for modality, shift in (("t2", 0.5), ("mean", 0.0)):
+                    rows.append(
+                        {
+                            "ordering": "none" if cl == "joint" else "alternating-rounds",
+                            "arrival_batch": batch,
+                            "strategy": "none" if cl == "joint" else "fedavg",
+                            "arrivals_per_round": per_round,
+                            "cl": cl,
+                            "arm": arm,
+                            "baseline": "static-equal-params",
+                            "modality": modality,
+                            "measure": measure,
+                            "label": measure,
+                            "difference": difference - shift,
+                            "ci_low": low - shift,
+                            "ci_high": high - shift,
+                            "excludes_zero": (low - shift) > 0 or (high - shift) < 0,
+                            "n_seeds": 10,
+                            "n_cases": 20,
+                        }
+                    )
+    return pd.DataFrame(rows)
+
+
+LOWER = (-0.2, -0.3, -0.1)
+TIE = (-0.05, -0.15, 0.05)
+HIGHER = (0.2, 0.1, 0.3)
+STREAMS = ("stream, 5 patients", "stream, 15 patients", "federation, 5 patients")
+
+
+def arm(forgetting, final=(TIE, TIE, TIE), joint=TIE, bwt=HIGHER):
+    settings = {
+        s: {"forgetting_max": f, "final_dice": d, "bwt": bwt}
+        for s, f, d in zip(STREAMS, forgetting, final, strict=True)
+    }
+    return {**settings, "joint": {"final_dice": joint, "forgetting_max": HIGHER}}
+
+
+def test_the_rule_recommends_only_a_design_that_forgets_less_without_learning_less(analyse):
+    table = comparison(
+        {
+            "good": arm((LOWER, LOWER, TIE)),
+            "once": arm((LOWER, TIE, TIE)),
+            "mixed": arm((LOWER, LOWER, HIGHER)),
+            "learns-less": arm((LOWER, LOWER, LOWER), joint=LOWER),
+            "ends-lower": arm((LOWER, LOWER, LOWER), final=(TIE, LOWER, TIE)),
+            "static": arm((LOWER, LOWER, LOWER)),
+        }
+    )
+    rows = analyse.rule_rows(table)
+    # the mean rows only; the joint setting gives its final Dice as the joint Dice, nothing else
+    assert len(rows) == 6 * (2 * 3 + 1)
+    assert set(rows["measure"]) == {"forgetting_max", "final_dice", "joint_dice"}
+    assert set(rows.loc[rows["measure"] == "joint_dice", "setting"]) == {"joint"}
+    verdicts = analyse.verdict(rows).set_index("arm")
+    assert verdicts["recommended"].to_dict() == {
+        "good": "yes",
+        "once": "no",
+        "mixed": "no",
+        "learns-less": "no",
+        "ends-lower": "no",
+        "static": "(static)",
+    }
+    assert verdicts.loc[
+        "mixed", ["forgetting_lower", "forgetting_tie", "forgetting_higher"]
+    ].tolist() == [2, 0, 1]
+    assert verdicts.loc["ends-lower", "final_lower"] == 1
+    assert verdicts.loc["learns-less", "joint_lower"]
+    table = analyse.main_table(rows, analyse.verdict(rows)).set_index("arm")
+    assert table.loc["good", "forgetting (max), stream, 5 patients"] == ("-0.200 [-0.300, -0.100]*")
+    assert table.loc["good", "joint Dice"] == "-0.050 [-0.150, +0.050]"
+    assert table.loc["good", "forgetting lower / tie / higher"] == "2 / 1 / 0"
+
+
+def test_the_learning_ratio_divides_by_the_same_model_s_joint_dice(analyse, tmp_path):
+    rows = []
+    for seed, (t2, flair, joint_t2, joint_flair) in enumerate(
+        [(0.6, 0.8, 0.8, 0.9), (0.8, 0.9, 0.8, 0.9)]
+    ):
+        for setting in ("stream, 5 patients", "joint"):
+            batch, per_round, cl = SETTINGS[setting]
+            for modality, la, final in (("t2", t2, joint_t2), ("flair", flair, joint_flair)):
+                rows.append(
+                    {
+                        "model": "static-equal-params",
+                        "seed": seed,
+                        "arrival_batch": batch,
+                        "arrivals_per_round": per_round,
+                        "cl": cl,
+                        "modality": modality,
+                        "learning_accuracy": la if cl != "joint" else final,
+                        "final_dice": final if cl == "joint" else la - 0.3,
+                        "forgetting_max": 0.4,
+                    }
+                )
+    ratios = analyse.learning(pd.DataFrame(rows)).set_index("modality")
+    assert ratios.loc["t2", "ratio"] == pytest.approx(0.7 / 0.8)
+    assert ratios.loc["flair", "ratio"] == pytest.approx(0.85 / 0.9)
+    assert set(ratios["setting"]) == {"stream, 5 patients"}
+    assert (ratios["seeds"] == 2).all()
+    plot = analyse.plot_forgetting_vs_joint(pd.DataFrame(rows), tmp_path / "plots" / "f.png")
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 5000
