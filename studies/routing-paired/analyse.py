@@ -192,6 +192,14 @@ def gzip_copy(source: Path, target: Path) -> None:
 
 def main(run_dir: Path, study_dir: Path) -> None:
     tables = run_dir / "tables"
+    for needed in (tables / COMPARISON, tables / "trials.csv"):
+        if not needed.is_file():
+            print(
+                f"analyse.py: {needed} is missing (run `fedll report {run_dir} --compare "
+                f"{BASELINE}` first; run.sh does)",
+                file=sys.stderr,
+            )
+            sys.exit(2)
     comparison = pd.read_csv(tables / COMPARISON)
     trials = pd.read_csv(tables / "trials.csv")
     rows = rule_rows(comparison)
@@ -210,5 +218,6 @@ def main(run_dir: Path, study_dir: Path) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) != 3:
-        sys.exit("usage: analyse.py RUN_DIR STUDY_DIR")
+        print("usage: analyse.py RUN_DIR STUDY_DIR", file=sys.stderr)
+        sys.exit(2)
     main(Path(sys.argv[1]), Path(sys.argv[2]))
