@@ -12,7 +12,10 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
+# RUN_DIR, SCENARIO and OUT (where the verdict goes) default to this folder's; the test of
+# this script (tests/studies) points them elsewhere
 run_dir=${RUN_DIR:-$here/run}
+out=${OUT:-$here}
 fedll=${FEDLL:-$root/.venv/bin/fedll}
 python=$(dirname "$fedll")/python
 if [[ ! -x "$fedll" ]]; then
@@ -28,12 +31,13 @@ mkdir -p "$run_dir"
 # which revision ran which invocation: a resumed run's trials may come from several
 echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) started at $(revision): $*" >> "$run_dir/invocations.txt"
 start=$(date +%s)
-"$fedll" run "$here/scenario.yaml" --out "$run_dir" "$@"
+"$fedll" run "${SCENARIO:-$here/scenario.yaml}" --out "$run_dir" "$@"
 seconds=$(($(date +%s) - start))
 echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) finished in ${seconds} s" >> "$run_dir/invocations.txt"
 
 "$fedll" report "$run_dir" --compare static-equal-params --bootstrap 2000
-"$python" "$here/analyse.py" "$run_dir" "$here"
+mkdir -p "$out"
+"$python" "$here/analyse.py" "$run_dir" "$out"
 
 {
   echo "command:  studies/routing-paired/run.sh $*"
@@ -44,5 +48,5 @@ echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) finished in ${seconds} s" >> "$run_dir/invo
   echo "wall:     ${seconds} s for this invocation (trials finished by an earlier one are kept, not rerun)"
   echo "invocations of the run (the revision that ran its trials):"
   sed 's/^/  /' "$run_dir/invocations.txt"
-} > "$here/provenance.txt"
-echo "wrote $here"
+} > "$out/provenance.txt"
+echo "wrote $out"

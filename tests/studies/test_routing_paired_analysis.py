@@ -4,6 +4,9 @@ rows and trial summaries whose verdict and ratios are known."""
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -136,3 +139,54 @@ def test_the_learning_ratio_divides_by_the_same_model_s_joint_dice(analyse, tmp_
     assert (ratios["seeds"] == 2).all()
     plot = analyse.plot_forgetting_vs_joint(pd.DataFrame(rows), tmp_path / "plots" / "f.png")
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 5000
+
+
+@pytest.mark.slow
+def test_run_sh_runs_reports_compares_and_writes_the_verdict(make_scenario, tmp_path):
+    """The study's one command on a tiny scenario of its shape: the trials, fedll's paired
+    comparison and the verdict files, then a rerun that resumes (every trial kept)."""
+    scenario = make_scenario(
+        tmp_path / "s.yaml",
+        {
+            "models": {
+                "static-equal-params": {"name": "static", "base_width": 4, "depth": 2},
+                "dycnn": {"name": "dycnn", "base_width": 4, "depth": 2},
+                "static": None,
+            },
+            "seeds": [0, 1],
+            "joint": True,
+            "execution": {"keep_models": False},
+        },
+    )
+    env = {
+        **os.environ,
+        "SCENARIO": str(scenario),
+        "RUN_DIR": str(tmp_path / "run"),
+        "OUT": str(tmp_path / "out"),
+        "FEDLL": str(Path(sys.executable).with_name("fedll")),
+    }
+    script = SCRIPT.with_name("run.sh")
+    done = subprocess.run(
+        [str(script), "--local"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "out"
+    verdict = pd.read_csv(out / "verdict.csv")
+    assert verdict["arm"].tolist() == ["dycnn"]
+    assert verdict.loc[0, "recommended"] in {"yes", "no"}
+    rows = pd.read_csv(out / "comparison.csv")
+    assert set(rows["setting"]) == {"stream, 1 patients", "joint"}
+    assert (rows["n_seeds"] == 2).all()
+    assert "| dycnn |" in (out / "verdict.md").read_text()
+    learning = pd.read_csv(out / "learning.csv")
+    assert set(learning["model"]) == {"static-equal-params", "dycnn"}
+    for name in ("results.csv.gz", "routing.csv.gz", "plots/forgetting_vs_joint.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert not (tmp_path / "run" / "models").exists()
+    assert "revision:" in (out / "provenance.txt").read_text()
+    again = subprocess.run(
+        [str(script), "--local"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    # 2 models x 2 seeds, in the stream and as joint bounds
+    assert "8 finished trial(s) were kept from an earlier run" in again.stdout
