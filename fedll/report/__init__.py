@@ -1,6 +1,6 @@
 """The report of a run: forgetting tables and plots from ``results.csv`` (torch-free).
 
-- :mod:`~fedll.report.read`: reading and checking results and attention files;
+- :mod:`~fedll.report.read`: reading and checking results, attention and routing files;
 - :mod:`~fedll.report.matrices`: each trial's Dice matrix;
 - :mod:`~fedll.report.summary`: per-trial measures and the forgetting tables (mean ± std),
   one per metric (Dice, HD95, surface Dice);
@@ -16,7 +16,7 @@ from __future__ import annotations
 from fedll.report.attention import attention_distance
 from fedll.report.build import build_report
 from fedll.report.matrices import Matrix, checked_matrices, dice_matrix, last_round, trial_matrices
-from fedll.report.read import COUNTS, check_results, read_attention, read_results
+from fedll.report.read import COUNTS, check_results, read_attention, read_results, read_routing
 from fedll.report.summary import (
     MEASURES,
     METRICS,
@@ -44,6 +44,7 @@ __all__ = [
     "measures",
     "read_attention",
     "read_results",
+    "read_routing",
     "round_events",
     "summarise",
     "to_latex",

@@ -1,0 +1,68 @@
+"""Per-slice routing separation: reading ``routing.csv``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedll.columns import REQUIRED_ROUTING_COLUMNS
+from fedll.errors import DataError
+from fedll.report import read_routing
+
+# decoding accuracy per layer after rounds 0, 1, ...: dycnn seed 1 stops a round early, and
+# its dec1 is not decoded in its last round (too few slices)
+ACCURACY = {
+    ("dycnn", 0): {"enc1": [0.5, 0.6, 0.9], "dec1": [0.5, 0.7, 0.8]},
+    ("dycnn", 1): {"enc1": [0.5, 0.7], "dec1": [0.5, np.nan]},
+    ("dycnn-grouped", 0): {"enc1": [0.5, 0.9, 1.0], "dec1": [0.5, 1.0, 1.0]},
+}
+CHANCE = {0: 0.5, 1: 0.6}  # per seed
+
+
+def make_routing(models: tuple[str, ...] = ("dycnn", "dycnn-grouped")) -> pd.DataFrame:
+    """The rows of ``routing.csv`` for :data:`ACCURACY`'s trials of ``models``, in the
+    configuration of test_report's hand-built results (trial ids ``<model>-s<seed>``)."""
+    rows = []
+    for (model, seed), layers in ACCURACY.items():
+        if model not in models:
+            continue
+        for layer, values in layers.items():
+            for t, value in enumerate(values):
+                rows.append(
+                    {"trial": f"{model}-s{seed}", "model": model, "ordering": "blocked",
+                     "arrival_batch": 2, "strategy": "fedavg", "seed": seed, "round": t,
+                     "layer": layer, "slices": 40, "decoding_accuracy": value,
+                     "chance": CHANCE[seed]}
+                )  # fmt: skip
+    return pd.DataFrame(rows, columns=list(REQUIRED_ROUTING_COLUMNS))
+
+
+def test_read_routing_types_the_columns(tmp_path: Path) -> None:
+    path = tmp_path / "routing.csv"
+    make_routing().to_csv(path, index=False)
+    routing = read_routing(path)
+    assert all(routing[c].dtype == np.int64 for c in ("round", "seed", "arrival_batch", "slices"))
+    assert routing["decoding_accuracy"].dtype == np.float64
+    assert routing["decoding_accuracy"].isna().sum() == 1  # a NaN layer is allowed
+    pd.testing.assert_frame_equal(routing, make_routing(), check_dtype=False)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda r: r.drop(columns=["chance"]), "missing columns chance"),
+        (lambda r: r.assign(decoding_accuracy=1.5), "decoding_accuracy has values outside"),
+        (lambda r: r.assign(chance=-0.1), "chance has values outside"),
+        (lambda r: r.assign(decoding_accuracy="high"), "needs numbers, got 'high'"),
+        (lambda r: r.assign(slices="many"), "slices needs integers"),
+    ],
+)
+def test_bad_routing_file(tmp_path: Path, change, message: str) -> None:
+    path = tmp_path / "routing.csv"
+    change(make_routing()).to_csv(path, index=False)
+    with pytest.raises(DataError, match=message) as info:
+        read_routing(path)
+    assert str(info.value).startswith(str(path)) and "\n" not in str(info.value)
