@@ -1,4 +1,4 @@
-"""Per-slice routing separation: reading ``routing.csv``."""
+"""Per-slice routing separation: reading ``routing.csv`` and its table by hand."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from fedll.columns import REQUIRED_ROUTING_COLUMNS
 from fedll.errors import DataError
-from fedll.report import read_routing
+from fedll.report import read_routing, routing_separation
 
 # decoding accuracy per layer after rounds 0, 1, ...: dycnn seed 1 stops a round early, and
 # its dec1 is not decoded in its last round (too few slices)
@@ -38,6 +38,26 @@ def make_routing(models: tuple[str, ...] = ("dycnn", "dycnn-grouped")) -> pd.Dat
                      "chance": CHANCE[seed]}
                 )  # fmt: skip
     return pd.DataFrame(rows, columns=list(REQUIRED_ROUTING_COLUMNS))
+
+
+def test_routing_separation_by_hand() -> None:
+    table = routing_separation(make_routing())
+    keys = ["model", "ordering", "arrival_batch", "strategy", "layer"]
+    assert list(table.columns) == [
+        *keys, "decoding_accuracy_mean", "decoding_accuracy_min", "decoding_accuracy_max",
+        "chance_mean", "n_seeds",
+    ]  # fmt: skip
+    # configurations and layers in their order of appearance (enc1 before dec1)
+    assert list(zip(table["model"], table["layer"], strict=True)) == [
+        ("dycnn", "enc1"), ("dycnn", "dec1"), ("dycnn-grouped", "enc1"), ("dycnn-grouped", "dec1")
+    ]  # fmt: skip
+    values = table.set_index(["model", "layer"]).drop(columns=keys[1:-1])
+    # dycnn enc1 at each trial's last round: seed 0 round 2 gives 0.9, seed 1 round 1 gives 0.7
+    assert values.loc[("dycnn", "enc1")].tolist() == pytest.approx([0.8, 0.7, 0.9, 0.55, 2])
+    # dycnn dec1: seed 1's last round is NaN, skipped; both seeds still counted
+    assert values.loc[("dycnn", "dec1")].tolist() == pytest.approx([0.8, 0.8, 0.8, 0.55, 2])
+    grouped = values.loc[("dycnn-grouped", "enc1")].tolist()
+    assert grouped == pytest.approx([1.0, 1.0, 1.0, 0.5, 1])
 
 
 def test_read_routing_types_the_columns(tmp_path: Path) -> None:
