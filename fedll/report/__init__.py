@@ -9,7 +9,8 @@
 - :mod:`~fedll.report.attention`: how differently T2 and FLAIR inputs are routed;
 - :mod:`~fedll.report.routing`: how well each layer's per-slice routing decodes the modality
   (``routing.csv``), per configuration and layer;
-- :mod:`~fedll.report.plots`: learning curves, Dice-matrix heat maps, attention plots;
+- :mod:`~fedll.report.plots`: learning curves, Dice-matrix heat maps, attention and routing
+  plots;
 - :mod:`~fedll.report.build`: ``fedll report``, all of the above from a run directory.
 """
 
