@@ -1,4 +1,4 @@
-"""Per-slice routing separation: reading ``routing.csv`` and its table by hand."""
+"""Per-slice routing separation: reading ``routing.csv``, its table by hand, and the report."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_report import make_results  # the hand-built run of test_report
 
 from fedll.columns import REQUIRED_ROUTING_COLUMNS
 from fedll.errors import DataError
-from fedll.report import read_routing, routing_separation
+from fedll.report import build_report, read_routing, routing_separation
+from fedll.report.completeness import Expected
 
 # decoding accuracy per layer after rounds 0, 1, ...: dycnn seed 1 stops a round early, and
 # its dec1 is not decoded in its last round (too few slices)
@@ -86,3 +88,30 @@ def test_bad_routing_file(tmp_path: Path, change, message: str) -> None:
     with pytest.raises(DataError, match=message) as info:
         read_routing(path)
     assert str(info.value).startswith(str(path)) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz"])
+def test_build_report_reads_routing(tmp_path: Path, suffix: str) -> None:
+    make_results().to_csv(tmp_path / "results.csv", index=False)
+    make_routing(("dycnn",)).to_csv(tmp_path / f"routing{suffix}", index=False)
+    report = build_report(tmp_path)
+    table = pd.read_csv(tmp_path / "tables" / "routing_separation.csv")
+    assert tmp_path / "tables" / "routing_separation.csv" in report["tables"]
+    assert list(table["layer"]) == ["enc1", "dec1"]
+    assert table["decoding_accuracy_mean"].tolist() == pytest.approx([0.8, 0.8])
+    plot = tmp_path / "plots" / "routing_blocked_2_fedavg.png"
+    assert plot in report["plots"] and plot.stat().st_size > 10_000
+    assert "Per-slice routing of the Dy-CNNs" in report["html"].read_text()
+
+
+def test_a_partial_report_keeps_the_routing_of_complete_configurations(tmp_path: Path) -> None:
+    results = make_results()
+    # dycnn seed 1 lacks its round 2: the dycnn configuration, and its routing, are left out
+    results = results[(results["trial"] != "dycnn-s1") | (results["round"] < 2)]
+    results.to_csv(tmp_path / "results.csv", index=False)
+    make_routing(("dycnn",)).to_csv(tmp_path / "routing.csv", index=False)
+    trials = ["static-s0", "static-s1", "dycnn-s0", "dycnn-s1"]
+    report = build_report(tmp_path, Expected(rounds=dict.fromkeys(trials, 2)), partial=True)
+    assert report["left_out"] == ["dycnn-s0", "dycnn-s1"]
+    assert pd.read_csv(tmp_path / "tables" / "routing_separation.csv").empty
+    assert not any(p.name.startswith("routing_") for p in report["plots"])
