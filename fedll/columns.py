@@ -61,6 +61,7 @@ ADDED: frozenset[str] = frozenset(
 """Columns that results written by an earlier fedll may lack."""
 REQUIRED_RESULT_COLUMNS: tuple[str, ...] = tuple(c for c in RESULT_COLUMNS if c not in ADDED)
 REQUIRED_ATTENTION_COLUMNS: tuple[str, ...] = tuple(c for c in ATTENTION_COLUMNS if c not in ADDED)
+REQUIRED_ROUTING_COLUMNS: tuple[str, ...] = tuple(c for c in ROUTING_COLUMNS if c not in ADDED)
 
 CONFIG_COLUMNS: tuple[str, ...] = (
     *(a for a in AXES if a != "seed" and a not in ADDED),

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from test_cli import assert_one_line_error, invoke
 
+from fedll.columns import config_columns
 from fedll.data.prepare import PreparedCohort
 from fedll.store import trial_model
 
@@ -90,3 +91,10 @@ def test_per_slice_routing_separation_is_recorded(routed_run):
     assert (start["decoding_accuracy"] <= start["chance"]).all()
     results = pd.read_csv(routed_run / "results.csv")
     assert set(routing["trial"]) == set(results["trial"])
+    # the report reads it: a row per configuration and layer, a plot per panel
+    table = pd.read_csv(routed_run / "tables" / "routing_separation.csv")
+    keys = config_columns(routing)
+    assert len(table) == len(routing.drop_duplicates([*keys, "layer"]))
+    assert (table.loc[table["model"] == "hard", "decoding_accuracy_mean"] == 1.0).all()
+    panels = routing.drop_duplicates([k for k in keys if k != "model"])
+    assert len(list((routed_run / "plots").glob("routing_*.png"))) == len(panels)

@@ -1,13 +1,16 @@
 """The report of a run: forgetting tables and plots from ``results.csv`` (torch-free).
 
-- :mod:`~fedll.report.read`: reading and checking results and attention files;
+- :mod:`~fedll.report.read`: reading and checking results, attention and routing files;
 - :mod:`~fedll.report.matrices`: each trial's Dice matrix;
 - :mod:`~fedll.report.summary`: per-trial measures and the forgetting tables (mean ± std),
   one per metric (Dice, HD95, surface Dice);
 - :mod:`~fedll.report.tables`: the tables as CSV, Markdown and LaTeX;
 - :mod:`~fedll.report.montage`: test slices with truth and prediction around each switch;
 - :mod:`~fedll.report.attention`: how differently T2 and FLAIR inputs are routed;
-- :mod:`~fedll.report.plots`: learning curves, Dice-matrix heat maps, attention plots;
+- :mod:`~fedll.report.routing`: how well each layer's per-slice routing decodes the modality
+  (``routing.csv``), per configuration and layer;
+- :mod:`~fedll.report.plots`: learning curves, Dice-matrix heat maps, attention and routing
+  plots;
 - :mod:`~fedll.report.build`: ``fedll report``, all of the above from a run directory.
 """
 
@@ -16,7 +19,8 @@ from __future__ import annotations
 from fedll.report.attention import attention_distance
 from fedll.report.build import build_report
 from fedll.report.matrices import Matrix, checked_matrices, dice_matrix, last_round, trial_matrices
-from fedll.report.read import COUNTS, check_results, read_attention, read_results
+from fedll.report.read import COUNTS, check_results, read_attention, read_results, read_routing
+from fedll.report.routing import routing_separation
 from fedll.report.summary import (
     MEASURES,
     METRICS,
@@ -44,7 +48,9 @@ __all__ = [
     "measures",
     "read_attention",
     "read_results",
+    "read_routing",
     "round_events",
+    "routing_separation",
     "summarise",
     "to_latex",
     "to_markdown",

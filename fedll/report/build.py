@@ -18,7 +18,8 @@ from fedll.report.completeness import (
 from fedll.report.html import page_context, write_html
 from fedll.report.montage import write_montages
 from fedll.report.plots import write_plots
-from fedll.report.read import maybe_compressed, read_attention, read_results
+from fedll.report.read import maybe_compressed, read_attention, read_results, read_routing
+from fedll.report.routing import routing_separation
 from fedll.report.summary import METRICS, summarise, trial_summary
 from fedll.report.tables import caption, write_tables
 
@@ -26,13 +27,13 @@ from fedll.report.tables import caption, write_tables
 def build_report(
     run_dir: Path, expected: Expected | None = None, partial: bool = False
 ) -> dict[str, Any]:
-    """Read ``run_dir/results.csv`` (and ``attention.csv`` if present; either may be gzipped,
-    ``.csv.gz``, as a study folder stores them); write the tables to
-    ``run_dir/tables`` (forgetting.*, trials.csv, attention_tv.csv; where the results have
-    HD95 and surface Dice, forgetting_hd95.*, forgetting_surface_dice.* and
-    trials_<metric>.csv too) and the plots to ``run_dir/plots`` (with a montage per
-    configuration whose trial files hold previews, :mod:`fedll.report.montage`), and the page
-    of it all, ``run_dir/report.html``.
+    """Read ``run_dir/results.csv`` (and ``attention.csv`` and ``routing.csv`` if present; each
+    may be gzipped, ``.csv.gz``, as a study folder stores them); write the tables to
+    ``run_dir/tables`` (forgetting.*, trials.csv, attention_tv.csv, routing_separation.csv;
+    where the results have HD95 and surface Dice, forgetting_hd95.*, forgetting_surface_dice.*
+    and trials_<metric>.csv too) and the plots to ``run_dir/plots`` (routing_<panel>.png from
+    routing.csv, and a montage per configuration whose trial files hold previews,
+    :mod:`fedll.report.montage`), and the page of it all, ``run_dir/report.html``.
 
     With ``expected`` (what the run's scenario asks for), results that lack a trial, a round
     or a test case are refused (DataError naming what is missing), unless ``partial``: then
@@ -49,6 +50,8 @@ def build_report(
     results = read_results(results_path)
     attention_path = maybe_compressed(run_dir / "attention.csv")
     attention = read_attention(attention_path) if attention_path.exists() else None
+    routing_path = maybe_compressed(run_dir / "routing.csv")
+    routing = read_routing(routing_path) if routing_path.exists() else None
     tables_dir = run_dir / "tables"
     left_out: list[str] = []
     missing_path = None
@@ -61,8 +64,11 @@ def build_report(
         results, left_out = complete_configurations(results, missing, expected)
         if results.empty:
             raise DataError(f"{results_path}: no configuration is complete; {describe(missing)}")
+        kept = set(results["trial"])
         if attention is not None:
-            attention = attention[attention["trial"].isin(set(results["trial"]))]
+            attention = attention[attention["trial"].isin(kept)]
+        if routing is not None:
+            routing = routing[routing["trial"].isin(kept)]
         tables_dir.mkdir(parents=True, exist_ok=True)
         missing_path = tables_dir / "missing.csv"
         rows = [(t, missing.get(t, "its configuration is incomplete")) for t in left_out]
@@ -83,10 +89,12 @@ def build_report(
         extra[f"trials_{metric}.csv"] = per_metric
     if attention is not None:
         extra["attention_tv.csv"] = attention_distance(attention)
+    if routing is not None:
+        extra["routing_separation.csv"] = routing_separation(routing)
     for name, frame in extra.items():
         frame.to_csv(tables_dir / name, index=False)
         tables.append(tables_dir / name)
-    plots = write_plots(results, run_dir / "plots", attention)
+    plots = write_plots(results, run_dir / "plots", attention, routing)
     plots += write_montages(results, run_dir, run_dir / "plots")
     files = dict(zip(("csv", "markdown", "latex"), tables[:3], strict=True))
     html = write_html(run_dir, page_context(run_dir, table, summary, plots, left_out))

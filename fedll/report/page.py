@@ -29,6 +29,7 @@ FIGURE_KINDS: dict[str, str] = {  # file-name prefix -> section of the page
     "montage_": "Pictures of forgetting",
     "dice_matrix_": "Dice matrices",
     "attention_": "Attention of the Dy-CNNs",
+    "routing_": "Per-slice routing of the Dy-CNNs",
 }
 
 

@@ -1,5 +1,6 @@
 """Plots of a run: learning curves with the modality switches marked, Dice-matrix heat
-maps, and which kernels each modality's data attends to (matplotlib, no pyplot state)."""
+maps, which kernels each modality's data attends to, and how well the per-slice routing
+tells the modalities apart (matplotlib, no pyplot state)."""
 
 from __future__ import annotations
 
@@ -39,15 +40,20 @@ def line_style(index: int) -> tuple[str, str]:
 
 
 def write_plots(
-    results: pd.DataFrame, out_dir: Path, attention: pd.DataFrame | None = None
+    results: pd.DataFrame,
+    out_dir: Path,
+    attention: pd.DataFrame | None = None,
+    routing: pd.DataFrame | None = None,
 ) -> list[Path]:
     """Learning curves and Dice-matrix heat maps per panel (configuration without the model),
-    and, given ``attention``, the kernel attention of each dynamic configuration.
+    given ``attention`` the kernel attention of each dynamic configuration, and given
+    ``routing`` (``routing.csv``, :func:`fedll.report.read.read_routing`) the per-slice
+    routing's modality decoding of each panel with a dynamic model.
 
     Files: ``curves_<panel>.png`` (Dice vs round per modality, a line per model with the
     min–max band over seeds, rounds shaded by arriving modality, switches dashed),
-    ``dice_matrix_<panel>.png`` (mean R over seeds, one heat map per model), and
-    ``attention_<configuration>.png``.
+    ``dice_matrix_<panel>.png`` (mean R over seeds, one heat map per model),
+    ``attention_<configuration>.png`` and ``routing_<panel>.png``.
     """
     results = check_results(results)
     out_dir = Path(out_dir)
@@ -70,6 +76,11 @@ def write_plots(
         for config, frame in attention.groupby(att_keys, sort=False):
             title = ", ".join(f"{k}={v}" for k, v in zip(att_keys, config, strict=True))
             paths.append(_plot_attention(frame, title, out_dir / f"attention_{_slug(config)}.png"))
+    if routing is not None and not routing.empty:
+        routing_keys = [k for k in config_columns(routing) if k != "model"]
+        for panel, frame in routing.groupby(routing_keys, sort=False):
+            title = ", ".join(f"{k}={v}" for k, v in zip(routing_keys, panel, strict=True))
+            paths.append(_plot_routing(frame, title, out_dir / f"routing_{_slug(panel)}.png"))
     logger.info("wrote %d plots to %s", len(paths), out_dir)
     return paths
 
@@ -207,6 +218,49 @@ def _plot_attention(frame: pd.DataFrame, title: str, path: Path) -> Path:
     return _save(fig, path)
 
 
+def _plot_routing(frame: pd.DataFrame, title: str, path: Path) -> Path:
+    """A panel's per-slice routing separation: the modality decoding accuracy per layer at each
+    trial's last round, and its mean over layers by round; a line per model (mean over seeds,
+    band min–max), the chance level (the larger modality's share) dashed grey."""
+    from matplotlib.figure import Figure
+
+    layers = list(pd.unique(frame["layer"]))
+    rounds = sorted(pd.unique(frame["round"]))
+    final = last_round(frame)
+    width = max(5.2, 0.32 * len(layers) + 2.2)
+    fig = Figure(figsize=(width + 7.4, 4.4), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True, width_ratios=[width, 5.2])
+    for i, (model, rows) in enumerate(frame.groupby("model", sort=False)):
+        color, style = line_style(i)
+        own = final[final["model"] == model]
+        by_layer = own.groupby(["trial", "layer"])["decoding_accuracy"].mean().unstack("layer")
+        by_round = rows.groupby(["trial", "round"])["decoding_accuracy"].mean().unstack("round")
+        seeds = rows["trial"].nunique()
+        for ax, x, grid in (
+            (axes[0], np.arange(len(layers)), by_layer.reindex(columns=layers).to_numpy()),
+            (axes[1], np.array(rounds), by_round.reindex(columns=rounds).to_numpy()),
+        ):
+            mean, lo, hi = (nan_reduce(f, grid, axis=0) for f in (np.nanmean, np.nanmin, np.nanmax))
+            label = f"{model} ({seeds} seeds)" if ax is axes[0] else None
+            ax.plot(x, mean, color=color, ls=style, marker="o", ms=3, lw=1.6, label=label)
+            if seeds > 1:
+                ax.fill_between(x, lo, hi, color=color, alpha=0.18, lw=0)
+    chance = {"color": "#888888", "ls": "--", "lw": 1.0}
+    layer_chance = final.groupby("layer")["chance"].mean().reindex(layers).to_numpy()
+    axes[0].plot(np.arange(len(layers)), layer_chance, **chance, label="chance (larger modality)")
+    axes[1].plot(rounds, frame.groupby("round")["chance"].mean().reindex(rounds), **chance)
+    axes[0].set_xticks(range(len(layers)), layers, fontsize=7, rotation=30, ha="right")
+    axes[0].set(title="per layer, each trial's last round", xlabel="dynamic layer")
+    axes[0].set_ylabel("decoding accuracy (mean over seeds, band min–max)")
+    axes[1].set(title="mean over layers, by round", xlabel="round", ylim=(0, 1.02))
+    axes[1].xaxis.get_major_locator().set_params(integer=True)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.legend(loc="outside right center", fontsize="small")
+    fig.suptitle(f"per-slice routing: modality decoding accuracy\n{title}", fontsize="medium")
+    return _save(fig, path)
+
+
 def _shade_rounds(ax: Any, arrivals: list[frozenset[int]]) -> None:
     """Shade (t-1, t) by the modalities trained in round t; dash the switch rounds."""
     for t in range(1, len(arrivals)):
@@ -249,10 +303,16 @@ def _natural_key(value: Any) -> tuple[int, float | str]:
 def plot_files(config: Mapping[str, Any], keys: Sequence[str]) -> list[str]:
     """The names of the files :func:`write_plots` writes that show configuration ``config``
     (its values of the configuration columns ``keys``): its panel's curves and Dice matrices,
-    and its attention plot (a static model has none)."""
+    its attention plot (a static model has none) and its panel's routing plot (none where the
+    panel has no dynamic model, or the run no ``routing.csv``)."""
     panel = _slug(tuple(config[k] for k in keys if k != "model"))
     own = _slug(tuple(config[k] for k in keys))
-    return [f"curves_{panel}.png", f"dice_matrix_{panel}.png", f"attention_{own}.png"]
+    return [
+        f"curves_{panel}.png",
+        f"dice_matrix_{panel}.png",
+        f"attention_{own}.png",
+        f"routing_{panel}.png",
+    ]
 
 
 def _slug(values: Any) -> str:

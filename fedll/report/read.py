@@ -1,9 +1,10 @@
-"""Reading and checking results: ``results.csv`` and ``attention.csv`` into typed frames.
+"""Reading and checking results: ``results.csv``, ``attention.csv`` and ``routing.csv`` into
+typed frames.
 
 :func:`check_results` validates long-format results (columns of
 :data:`fedll.columns.RESULT_COLUMNS`; files of an earlier fedll may lack the added ones) and
 returns a normalised copy; every problem is a :class:`~fedll.errors.DataError` naming the
-source. Either file may be gzipped (``.csv.gz``), as a study folder stores them.
+source. Each file may be gzipped (``.csv.gz``), as a study folder stores them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from fedll.columns import (
     PRIVACY_COLUMNS,
     REQUIRED_ATTENTION_COLUMNS,
     REQUIRED_RESULT_COLUMNS,
+    REQUIRED_ROUTING_COLUMNS,
     RESULT_COLUMNS,
     config_columns,
 )
@@ -47,6 +49,24 @@ def read_attention(path: Path) -> pd.DataFrame:
     for col in ("round", "seed", "arrival_batch"):
         frame[col] = _integers(frame[col], str(path), col)
     frame["mass"] = _floats(frame["mass"], str(path), "mass")
+    return frame
+
+
+def read_routing(path: Path) -> pd.DataFrame:
+    """Read and check a routing.csv (:data:`fedll.columns.ROUTING_COLUMNS`): ``round``,
+    ``seed``, ``arrival_batch`` and ``slices`` integers, ``decoding_accuracy`` and ``chance``
+    in [0, 1] or NaN (a layer with too few slices of a modality is not decoded)."""
+    source = str(path)
+    frame = _read_csv(Path(path))
+    _require_columns(frame, REQUIRED_ROUTING_COLUMNS, source)
+    frame = frame.copy()
+    frame["trial"] = frame["trial"].astype(str)
+    for col in ("round", "seed", "arrival_batch", "slices"):
+        frame[col] = _integers(frame[col], source, col)
+    for col in ("decoding_accuracy", "chance"):
+        frame[col] = _floats(frame[col], source, col)
+        if ((frame[col] < 0) | (frame[col] > 1)).any():
+            raise DataError(f"{source}: column {col} has values outside [0, 1]")
     return frame
 
 

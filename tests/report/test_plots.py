@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from test_report import make_attention, make_results  # the hand-built run of test_report
+from test_routing import make_routing
 
 from fedll.report.plots import write_plots
 
@@ -25,6 +26,18 @@ def test_write_plots(tmp_path: Path) -> None:
     assert len(write_plots(flipped, tmp_path / "random")) == 2
 
 
+def test_a_panel_with_dynamic_models_gets_a_routing_plot(tmp_path: Path) -> None:
+    # dycnn (2 seeds, last rounds 2 and 1) and dycnn-grouped (1 seed) share one panel
+    paths = write_plots(make_results(), tmp_path, routing=make_routing())
+    routing = [p for p in paths if p.name.startswith("routing_")]
+    assert [p.name for p in routing] == ["routing_blocked_2_fedavg.png"]
+    assert routing[0].stat().st_size > 10_000
+    import matplotlib.image
+
+    image = matplotlib.image.imread(routing[0])
+    assert image.shape[1] > image.shape[0] and image[..., :3].std() > 0.05  # drawn, not blank
+
+
 def test_every_model_of_a_crowded_plot_gets_its_own_line_style():
     from fedll.report.plots import line_style
 
@@ -35,9 +48,11 @@ def test_every_model_of_a_crowded_plot_gets_its_own_line_style():
 def test_plot_files_names_the_plots_of_a_configuration(tmp_path: Path) -> None:
     from fedll.report.plots import plot_files
 
-    written = {p.name for p in write_plots(make_results(), tmp_path, make_attention())}
+    paths = write_plots(make_results(), tmp_path, make_attention(), make_routing(("dycnn",)))
+    written = {p.name for p in paths}
     keys = ["model", "ordering", "arrival_batch", "strategy"]
     dycnn = {"model": "dycnn", "ordering": "blocked", "arrival_batch": "2", "strategy": "fedavg"}
-    assert set(plot_files(dycnn, keys)) <= written
+    assert set(plot_files(dycnn, keys)) == written
     static = plot_files({**dycnn, "model": "static"}, keys)
-    assert set(static[:2]) <= written and static[2] not in written  # no attention: static
+    assert static[2] not in written  # no attention: static; the panel's plots show it too
+    assert set(static) - {static[2]} <= written
