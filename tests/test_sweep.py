@@ -167,11 +167,11 @@ def test_report_rebuilds_the_tables_from_results_csv_alone(local_run, tmp_path, 
     for name in ("forgetting.csv", "forgetting.md", "forgetting.tex", "trials.csv"):
         assert (alone / "tables" / name).read_text() == (run_dir / "tables" / name).read_text()
     rebuilt = {p.name for p in (alone / "plots").glob("*.png")}
-    # attention plots need attention.csv, montages the trials' previews
+    # attention plots need attention.csv, routing plots routing.csv, montages the previews
     assert rebuilt == {
         p.name
         for p in (run_dir / "plots").glob("*.png")
-        if not p.name.startswith(("attention_", "montage_"))
+        if not p.name.startswith(("attention_", "routing_", "montage_"))
     }
     assert "forgetting" not in done.stderr
 
