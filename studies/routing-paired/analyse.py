@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fedll.report import to_markdown
+
 BASELINE = "static-equal-params"
 COMPARISON = f"compare_model-{BASELINE}.csv"
 JOINT = "joint"
@@ -178,13 +180,6 @@ def plot_forgetting_vs_joint(trials: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def markdown(frame: pd.DataFrame) -> str:
-    header = "| " + " | ".join(frame.columns) + " |"
-    rule = "|" + "---|" * len(frame.columns)
-    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([header, rule, *body]) + "\n"
-
-
 def gzip_copy(source: Path, target: Path) -> None:
     with source.open("rb") as src, gzip.GzipFile(target, "wb", mtime=0) as dst:
         shutil.copyfileobj(src, dst)
@@ -206,7 +201,7 @@ def main(run_dir: Path, study_dir: Path) -> None:
     verdicts = verdict(rows)
     rows.to_csv(study_dir / "comparison.csv", index=False)
     verdicts.to_csv(study_dir / "verdict.csv", index=False)
-    (study_dir / "verdict.md").write_text(markdown(main_table(rows, verdicts)))
+    (study_dir / "verdict.md").write_text(to_markdown(main_table(rows, verdicts).astype(str)))
     learning(trials).to_csv(study_dir / "learning.csv", index=False, float_format="%.4f")
     plot_forgetting_vs_joint(trials, study_dir / "plots" / "forgetting_vs_joint.png")
     for name in ("results.csv", "routing.csv"):
