@@ -11,7 +11,9 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -289,6 +291,17 @@ def _run(
     trials = expand_trials(scenario)
     overall = bar.add_task("trials", total=len(trials))
     rounds: dict[str, int] = {}
+    # a log (stdout not a terminal: a background run, a batch job) gets a line per trial
+    # where a terminal gets the bar, which such a log shows only at the end
+    log = not console.is_terminal
+    start = time.monotonic()
+
+    def on_kept(kept: list[str]) -> None:
+        bar.update(overall, completed=len(kept))
+        if log and kept:
+            console.print(
+                Text(f"{len(kept)} finished trial(s) kept, {len(trials) - len(kept)} to run")
+            )
 
     def on_progress(event: SweepProgress) -> None:
         bar.start()
@@ -302,6 +315,10 @@ def _run(
         bar.advance(overall)
         if tid in rounds:
             bar.remove_task(rounds.pop(tid))
+        if log and not error:
+            done = int(bar.tasks[overall].completed)
+            elapsed = timedelta(seconds=round(time.monotonic() - start))
+            console.print(Text(f"trial {tid} finished ({done} of {len(trials)}, {elapsed} in)"))
         if error:
             console.print(Text(f"trial {tid} failed: {error}", style="red"))
         elif events := _events(run_dir, tid):
@@ -318,6 +335,7 @@ def _run(
             on_trial_done=on_done,
             on_resume=on_resume,
             prepare=None if options.backend == "local" else prepare,
+            on_kept=on_kept,
         )
         bar.start()
         bar.update(overall, completed=len(trials) - len(summary.failed))

@@ -441,16 +441,20 @@ def run_sweep(
     on_trial_done: Callable[[str, str | None], None] | None = None,
     on_resume: Callable[[str, int], None] | None = None,
     prepare: Callable[[], object] | None = None,
+    on_kept: Callable[[list[str]], None] | None = None,
 ) -> SweepSummary:
     """Run the pending trials of ``RUN_DIR/scenario.yaml``; see the module docstring.
 
     ``prepare`` (the CLI's cohort preparation: synthesis, slice cache) runs first; with Ray,
-    in a thread while Ray starts and the pool's workers import, and its error is raised."""
+    in a thread while Ray starts and the pool's workers import, and its error is raised.
+    ``on_kept`` hears, before any trial runs, which finished trials are kept."""
     run_dir = Path(run_dir)
     scenario = load_scenario(run_dir / RESOLVED_SCENARIO)
     trials = expand_trials(scenario)
     todo = pending(run_dir, scenario)
     summary = SweepSummary(skipped=[t.trial_id for t in trials if t not in todo])
+    if on_kept is not None:
+        on_kept(list(summary.skipped))
     if prepare is not None and (not todo or options.backend == "local"):
         prepare()
     if not todo:

@@ -9,6 +9,7 @@ evaluated on one T2 and one FLAIR test patient, and round 0 is the untrained mod
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -134,6 +135,19 @@ def test_local_run_writes_results_tables_and_plots(local_run):
     assert (run_dir / "scenario.yaml").exists() and (run_dir / "cohort.json").exists()
     forgetting = pd.read_csv(run_dir / "tables" / "forgetting.csv")
     assert set(forgetting["model"]) == {"static", "dycnn"}
+
+
+@pytest.mark.slow
+def test_a_run_logged_to_a_file_says_when_each_trial_finishes(local_run):
+    """Its stdout is a pipe, not a terminal: no live bar, a line per trial and its count."""
+    _, _, done = local_run
+    lines = [line for line in done.stdout.splitlines() if " finished (" in line]
+    assert len(lines) == len(TRIALS)
+    for k, line in enumerate(lines, 1):
+        assert re.fullmatch(
+            rf"trial (\S+) finished \({k} of {len(TRIALS)}, \d+:\d\d:\d\d in\)", line
+        )
+    assert sorted(line.split()[1] for line in lines) == sorted(TRIALS)
 
 
 @pytest.mark.slow
@@ -332,6 +346,13 @@ def test_a_killed_ray_run_resumes_keeping_finished_trials(
     done = run_fedll("run", scenario_path, "--out", run_dir, "--local", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "1 finished trial(s) were kept" in done.stdout
+    # the count goes on from the kept trial: the other two are the 2nd and 3rd of 3
+    assert "1 finished trial(s) kept, 2 to run" in done.stdout
+    assert [
+        line.split("(")[1].split(",")[0]
+        for line in done.stdout.splitlines()
+        if " finished (" in line
+    ] == ["2 of 3", "3 of 3"]
     assert finished[0].stat().st_mtime_ns == stamp
     results = read(run_dir / "results.csv")
     assert sorted(results["trial"].unique()) == sorted(t.trial_id for t in expand_trials(scenario))
