@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from fedll.columns import RESULT_COLUMNS
 from fedll.config import dump_scenario, expand_trials, load_scenario
@@ -392,13 +393,15 @@ def _tables(run_dir: Path) -> dict[str, bytes]:
 
 @pytest.mark.slow
 def test_damaged_trial_files_are_redone_and_the_table_is_an_undamaged_run_s(
-    local_run, tmp_path, run_fedll
+    local_run, tmp_path, run_fedll, caplog
 ):
     """Each way a trial file goes wrong (cut at a row, cut mid-row, header only, empty, no
-    seal, copied in from a run of other settings) is set aside and the trial runs again; the
-    final tables equal the undamaged run's byte for byte."""
+    seal, copied in from a run of other settings) sets the trial aside, named in a warning,
+    so that it runs again; a rerun over a damaged and a foreign trial gives the undamaged
+    run's tables byte for byte."""
     scenario, source, _ = local_run
-    static, dycnn = (t.trial_id for t in expand_trials(load_scenario(source / "scenario.yaml")))
+    held = load_scenario(source / "scenario.yaml")
+    static, dycnn = (t.trial_id for t in expand_trials(held))
     damages = {
         "cut-at-a-row": lambda p: p.write_text("".join(p.read_text().splitlines(True)[:-3])),
         "cut-mid-row": lambda p: p.write_text(p.read_text()[:-9]),
@@ -406,26 +409,32 @@ def test_damaged_trial_files_are_redone_and_the_table_is_an_undamaged_run_s(
         "empty": lambda p: p.write_bytes(b""),
         "no-seal": lambda p: p.with_suffix(".json").unlink(),
     }
-    for name, damage in damages.items():
+    for name, damage in damages.items():  # the resume's own check, in this process
         run_dir = _copy_run(source, tmp_path / name)
         damage(run_dir / "trials" / f"{dycnn}.csv")
-        done = run_fedll("run", scenario, "--out", run_dir, "--local", cwd=tmp_path)
-        assert done.returncode == 0, done.stderr
-        assert "1 finished trial(s) were kept" in done.stdout, name
-        assert f"{dycnn}.csv" in done.stderr and "runs again" in done.stderr, name
-        assert _tables(run_dir) == _tables(source), name
-    # a trial file (and its seal) from a run of other settings
+        caplog.clear()
+        assert [t.trial_id for t in pending(run_dir, held)] == [dycnn], name
+        assert f"{dycnn}.csv" in caplog.text and "runs again" in caplog.text, name
+        assert not (run_dir / "trials" / f"{dycnn}.csv").exists(), name
+        assert list((run_dir / "trials" / "invalid").glob(f"{dycnn}.*")), name
+    # a trial file (and its seal) from a run of other settings: the static trial alone
     other = tmp_path / "other"
     other_scenario = tmp_path / "other.yaml"
-    other_scenario.write_text(scenario.read_text().replace("epochs: 2", "epochs: 1"))
-    assert other_scenario.read_text() != scenario.read_text()
+    raw = yaml.safe_load(scenario.read_text())
+    raw["training"]["epochs"] = 1
+    raw["models"] = {"static": raw["models"]["static"]}
+    other_scenario.write_text(yaml.safe_dump(raw, sort_keys=False))
     run = run_fedll("run", other_scenario, "--out", other, "--local", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
-    run_dir = _copy_run(source, tmp_path / "foreign")
+    # end to end: the damaged trial and the foreign one both run again
+    run_dir = _copy_run(source, tmp_path / "rerun")
+    damages["cut-mid-row"](run_dir / "trials" / f"{dycnn}.csv")
     for suffix in (".csv", ".attention.csv", ".json"):
         shutil.copy(other / "trials" / f"{static}{suffix}", run_dir / "trials")
     done = run_fedll("run", scenario, "--out", run_dir, "--local", cwd=tmp_path)
-    assert done.returncode == 0 and "other settings" in done.stderr, done.stderr
+    assert done.returncode == 0, done.stderr
+    assert "other settings" in done.stderr and f"{dycnn}.csv" in done.stderr, done.stderr
+    assert "were kept" not in done.stdout
     assert _tables(run_dir) == _tables(source)
 
 
