@@ -9,8 +9,10 @@ evaluated on one T2 and one FLAIR test patient, and round 0 is the untrained mod
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from fedll.columns import RESULT_COLUMNS
 from fedll.config import dump_scenario, expand_trials, load_scenario
 from fedll.config.grid import fingerprints
 from fedll.models.saved import read_model
-from fedll.store import trial_model
+from fedll.store import trial_model, verify_trial
 from fedll.sweep import SweepOptions, pending, run_sweep, run_trial
 
 REQUIRED = [
@@ -359,6 +361,43 @@ def test_a_killed_ray_run_resumes_keeping_finished_trials(
     assert sorted(results["trial"].unique()) == sorted(t.trial_id for t in expand_trials(scenario))
     for _, frame in results.groupby("trial"):
         assert_complete_trial(frame)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_ray_sweep_at_once_keeping_its_finished_trials(
+    make_scenario, tmp_path, spawn_fedll
+):
+    """SIGINT to the command's process group, as a terminal's Ctrl-C sends it: exit 130
+    within seconds with one line saying how to resume, Ray and its workers gone, and the
+    finished trials kept for the rerun."""
+    scenario_path = make_scenario(
+        tmp_path / "s.yaml", {**THREE_SEEDS, "execution": {"max_concurrent": 1}}
+    )
+    run_dir = tmp_path / "run"
+    proc = spawn_fedll("run", str(scenario_path), "--out", str(run_dir))
+    deadline = time.monotonic() + 240
+    while not result_files(run_dir):
+        assert proc.running(), f"fedll exited early:\n{proc.stderr}"
+        assert time.monotonic() < deadline, f"no trial finished in 240 s:\n{proc.stderr}"
+        time.sleep(0.05)
+    assert proc.running(), "the run finished before it could be interrupted"
+    os.killpg(proc.sid, signal.SIGINT)
+    assert proc.wait(timeout=60) == 130, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (
+        f"interrupted; finished trials are kept in {run_dir}/trials, "
+        "rerun the same command to resume"
+    ) in proc.stderr.splitlines()
+    deadline = time.monotonic() + 30
+    while left := proc.leftovers():
+        assert time.monotonic() < deadline, f"processes outlived the interrupted run: {left}"
+        time.sleep(0.2)
+    scenario = load_scenario(run_dir / "scenario.yaml")
+    finished = result_files(run_dir)
+    assert finished and all(
+        verify_trial(run_dir, p.stem, fingerprints(scenario)[p.stem]) is None for p in finished
+    )
+    assert len(pending(run_dir, scenario)) == 3 - len(finished)
 
 
 @pytest.mark.slow
