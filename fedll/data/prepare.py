@@ -257,20 +257,59 @@ def prepare_cohort(
 
 def cohort_for(run_dir: Path, scenario: Scenario, source: str = "<scenario>") -> PreparedCohort:
     """The run's prepared cohort: ``RUN_DIR/cohort.json`` when a sweep (or an earlier trial)
-    wrote it (with the scenario's ``evaluation.slices``), else prepared now and written there."""
+    wrote it (with the scenario's ``evaluation.slices``), else prepared now and written there.
+
+    A split whose files are gone (a run directory cloned to another machine, a cleared
+    cache) is prepared again from the scenario (a synthetic cohort is synthesised anew) and
+    kept only if it assigns the same cases to the same sites and test sets; otherwise the
+    run's finished trials were computed on other data, and DataError says so."""
     index = Path(run_dir) / "cohort.json"
     if index.exists():
         prepared = PreparedCohort.read(index)
         if prepared.evaluation_slices != scenario.evaluation.slices:
             logger.info("%s holds other test slices; preparing again", index)
             return _prepare_into(index, scenario, source)
-        for records in (*prepared.sites.values(), *prepared.test.values()):
-            for record in records:
-                for path in (record.image, record.mask):
-                    if not Path(path).is_file():
-                        raise DataError(f"{path}: listed in {index} but missing")
-        return prepared
+        missing = next((path for path in _files(prepared) if not path.is_file()), None)
+        if missing is None:
+            return prepared
+        if scenario.cohort.synthetic is None and not Path(scenario.cohort.path or "").exists():
+            raise DataError(f"{missing}: listed in {index} but missing")
+        logger.warning("%s: listed in %s but missing; preparing the cohort again", missing, index)
+        again = prepare_cohort(scenario, source=source)
+        if (difference := split_difference(prepared, again)) is not None:
+            raise DataError(
+                f"{index}: {missing} is missing, and the cohort prepared again differs "
+                f"({difference}); the run's trials used other data: start a new run directory"
+            )
+        again.write(index)
+        return again
     return _prepare_into(index, scenario, source)
+
+
+def _files(prepared: PreparedCohort) -> list[Path]:
+    records = [r for rs in (*prepared.sites.values(), *prepared.test.values()) for r in rs]
+    return [Path(p) for r in records for p in (r.image, r.mask)]
+
+
+def split_difference(old: PreparedCohort, new: PreparedCohort) -> str | None:
+    """The first way two splits assign cases differently (which patient, modality, source
+    site, split and channel each site and test set holds, and the slice recipe), or None
+    when they agree; file locations may differ."""
+
+    def cases(records: tuple[CaseRecord, ...]) -> list[tuple]:
+        return [(r.patient, r.modality, r.site, r.split, r.channel) for r in records]
+
+    for part, before, after in (("sites", old.sites, new.sites), ("test", old.test, new.test)):
+        if list(before) != list(after):
+            return f"{part}: {sorted(before)} before, {sorted(after)} now"
+        for name in before:
+            if cases(before[name]) != cases(after[name]):
+                was = [c[0] for c in cases(before[name])]
+                now = [c[0] for c in cases(after[name])]
+                return f"{part}.{name}: {was} before, {now} now"
+    if old.spec != new.spec:
+        return "slices: another slice recipe"
+    return None
 
 
 def _prepare_into(index: Path, scenario: Scenario, source: str) -> PreparedCohort:

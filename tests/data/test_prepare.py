@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fedll.config import load_scenario
@@ -125,3 +126,79 @@ def test_test_cases_hold_every_brain_slice_unless_evaluation_says_selected(
         assert set(s.indices) < set(w.indices) and w.spacing == s.spacing
         assert w.masks.sum() == s.masks.sum()  # every tumour slice is in both
     assert len(whole.sites[0].slices[0].images) == len(selected.sites[0].slices[0].images)
+
+
+def _slices(prepared) -> list:
+    from fedll.data.arrays import CohortArrays
+
+    arrays = CohortArrays.load(prepared)
+    cases = [c for s in arrays.sites for c in s.slices] + [
+        c for m in sorted(arrays.test) for c in arrays.test[m]
+    ]
+    return [(c.patient, c.modality, c.images, c.masks, c.indices) for c in cases]
+
+
+def test_a_run_whose_synthetic_cohort_is_gone_synthesises_it_again(tmp_path, make_scenario, caplog):
+    """A run directory cloned to a machine without its cache (cohort.json names files that are
+    not there) synthesises the cohort anew, checks it is the same split, re-points
+    cohort.json, and gives the very same slices."""
+    import shutil
+
+    from fedll.data.prepare import PreparedCohort, cohort_for
+
+    cache = tmp_path / "cache"
+    scenario = load_scenario(make_scenario(tmp_path / "s.yaml", {"cache_dir": str(cache)}))
+    run_dir = tmp_path / "run"
+    before = cohort_for(run_dir, scenario)
+    slices_before = _slices(before)
+    shutil.rmtree(cache)
+
+    with caplog.at_level("WARNING"):
+        again = cohort_for(run_dir, scenario)
+
+    assert "but missing; preparing the cohort again" in caplog.text
+    assert all(p.is_file() for rs in again.sites.values() for r in rs for p in (r.image, r.mask))
+    assert PreparedCohort.read(run_dir / "cohort.json").to_json() == again.to_json()
+    after = _slices(again)
+    assert [c[:2] for c in after] == [c[:2] for c in slices_before]
+    for (_, _, *b), (_, _, *a) in zip(slices_before, after, strict=True):
+        for x, y in zip(b, a, strict=True):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_a_run_whose_files_are_gone_and_whose_split_differs_is_refused(tmp_path, make_scenario):
+    """cohort.json assigns a patient the scenario's cohort does not give that site: preparing
+    again cannot restore the run's data, and the error names cohort.json and the site."""
+    import json
+
+    from fedll.data.prepare import cohort_for
+
+    cache = tmp_path / "cache"
+    scenario = load_scenario(make_scenario(tmp_path / "s.yaml", {"cache_dir": str(cache)}))
+    run_dir = tmp_path / "run"
+    cohort_for(run_dir, scenario)
+    index = run_dir / "cohort.json"
+    data = json.loads(index.read_text())
+    site = next(iter(data["sites"]))
+    data["sites"][site][0]["patient"] = "SOMEONE_ELSE"
+    data["sites"][site][0]["image"] = str(tmp_path / "gone.nii.gz")
+    index.write_text(json.dumps(data))
+
+    with pytest.raises(DataError, match=rf"cohort.json: .*differs \(sites.{site}: .*SOMEONE_ELSE"):
+        cohort_for(run_dir, scenario)
+
+
+def test_a_run_whose_cohort_folder_is_gone_names_the_missing_file(
+    tmp_path, make_scenario, write_nifti, make_phantom
+):
+    import shutil
+
+    from fedll.data.prepare import cohort_for
+
+    root = _cohort(tmp_path / "cohort", write_nifti, make_phantom, empty=set())
+    scenario = _scenario(tmp_path, make_scenario, root)
+    scenario = scenario.model_copy(update={"cache_dir": tmp_path / "cache"})
+    cohort_for(tmp_path / "run", scenario)
+    shutil.rmtree(root)
+    with pytest.raises(DataError, match=r"p2/t2.nii.gz: listed in .*cohort.json but missing"):
+        cohort_for(tmp_path / "run", scenario)
