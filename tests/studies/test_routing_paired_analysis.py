@@ -111,6 +111,28 @@ def test_the_rule_recommends_only_a_design_that_forgets_less_without_learning_le
     assert table.loc["good", "forgetting lower / tie / higher"] == "2 / 1 / 0"
 
 
+def test_stage_2_takes_the_freezable_design_with_the_lowest_mean_forgetting_difference(analyse):
+    def diff(value):
+        return (value, value - 0.1, value + 0.1)
+
+    arms = {
+        "dycnn": arm((diff(-0.1), diff(0.0), diff(0.1))),  # mean 0.0
+        "dycnn-quantiles": arm((diff(-0.3), diff(0.1), diff(0.05))),  # mean -0.05
+        "dycnn-modality-soft": arm((diff(-0.02), diff(-0.02), diff(-0.02))),  # -0.02
+        "dycnn-grouped": arm((diff(0.3), diff(-0.3), diff(-0.03))),  # -0.01
+        "dycnn-modality-hard": arm((diff(-0.5), diff(-0.5), diff(-0.5))),  # no routing params
+    }
+    choice, averages = analyse.stage2_choice(analyse.rule_rows(comparison(arms)))
+    assert choice == "dycnn-quantiles"
+    assert list(averages.index) == [
+        "dycnn-quantiles", "dycnn-modality-soft", "dycnn-grouped", "dycnn",
+    ]  # fmt: skip
+    assert averages["dycnn-grouped"] == pytest.approx(-0.01)
+    del arms["dycnn-grouped"]["stream, 15 patients"]
+    with pytest.raises(ValueError, match="all three settings of dycnn-grouped"):
+        analyse.stage2_choice(analyse.rule_rows(comparison(arms)))
+
+
 def test_the_learning_ratio_divides_by_the_same_model_s_joint_dice(analyse, tmp_path):
     rows = []
     for seed, (t2, flair, joint_t2, joint_flair) in enumerate(
