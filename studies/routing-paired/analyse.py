@@ -198,6 +198,25 @@ def plot_forgetting_vs_joint(trials: pd.DataFrame, path: Path) -> Path:
     return path
 
 
+def write_stage2(rows: pd.DataFrame, path: Path) -> None:
+    """Write stage 2's choice (:func:`stage2_choice`) to ``path``, once: not when a frozen
+    model has run (the choice was made before it), nor for a run without every candidate in
+    every setting (one line on stderr)."""
+    if rows["arm"].str.endswith(FROZEN_SUFFIX).any():
+        return
+    try:
+        choice, averages = stage2_choice(rows)
+    except ValueError as error:  # a run of another shape (a test's tiny scenario)
+        print(f"analyse.py: no stage 2 design chosen: {error}", file=sys.stderr)
+        return
+    table = averages.rename("mean difference in forgetting (max)").map("{:+.4f}".format)
+    path.write_text(
+        f"Stage 2 design: **{choice}** (lowest forgetting (max) difference from {BASELINE}, "
+        "averaged over the three settings, of the designs with routing parameters):\n\n"
+        + to_markdown(table.reset_index())
+    )
+
+
 def gzip_copy(source: Path, target: Path) -> None:
     with source.open("rb") as src, gzip.GzipFile(target, "wb", mtime=0) as dst:
         shutil.copyfileobj(src, dst)
@@ -220,19 +239,7 @@ def main(run_dir: Path, study_dir: Path) -> None:
     rows.to_csv(study_dir / "comparison.csv", index=False)
     verdicts.to_csv(study_dir / "verdict.csv", index=False)
     (study_dir / "verdict.md").write_text(to_markdown(main_table(rows, verdicts).astype(str)))
-    stage2 = study_dir / "stage2.md"
-    if not rows["arm"].str.endswith(FROZEN_SUFFIX).any():  # chosen once, before stage 2 runs
-        choice, averages = stage2_choice(rows)
-        stage2.write_text(
-            f"Stage 2 design: **{choice}** (lowest forgetting (max) difference from "
-            f"{BASELINE}, averaged over the three settings, of the designs with routing "
-            "parameters):\n\n"
-            + to_markdown(
-                averages.rename("mean difference in forgetting (max)")
-                .map("{:+.4f}".format)
-                .reset_index()
-            )
-        )
+    write_stage2(rows, study_dir / "stage2.md")
     learning(trials).to_csv(study_dir / "learning.csv", index=False, float_format="%.4f")
     plot_forgetting_vs_joint(trials, study_dir / "plots" / "forgetting_vs_joint.png")
     for name in ("results.csv", "routing.csv"):
