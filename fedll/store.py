@@ -17,9 +17,8 @@ the wall time or the arithmetic and still verify. A trial is finished exactly wh
 verifies: a file cut short, emptied, edited, missing (a model deleted), left without a
 seal (an earlier fedll, a crash between the writes) or copied in from a run of other
 settings does not, is moved to ``trials/invalid/`` (named in a warning) and the trial runs
-again. :func:`collect` reads only the scenario's own,
-verified trials, and replaces ``results.csv`` and ``attention.csv`` only after every part was
-read.
+again. :func:`collect` reads only the scenario's own, verified trials, and replaces
+``results.csv`` and ``attention.csv`` only after every part was read.
 """
 
 from __future__ import annotations
