@@ -9,13 +9,21 @@ Precision (autocast around the forward pass and the loss; parameters, gradients 
 optimiser stay fp32): ``fp32`` (no autocast: bit-identical to a build without this module),
 ``bf16`` (no gradient scaling needed), ``fp16`` (with a gradient scaler on CUDA; on the CPU
 fp16 autocast is slow and mostly useful to test the code path).
+
+Arithmetic (:func:`arithmetic`): the same fedll, torch and seed give bit-identical results on
+one kind of processor only. Torch (and numpy) pick kernels by the CPU's instruction sets (an
+AVX-512 machine rounds differently from an AVX2 one) and by the GPU model, and a training
+run is chaotic enough that such last-bit differences move a trial's Dice visibly; a trial's
+seal records the arithmetic it ran on.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import platform
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -103,3 +111,26 @@ def deterministic(enabled: bool) -> Iterator[None]:
     finally:
         torch.use_deterministic_algorithms(before[0])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[1:]
+
+
+def arithmetic(device: torch.device) -> str:
+    """What decides the last bits of a computation on ``device``: for the CPU, torch's kernel
+    capability and the processor's model (``cpu AVX512, AMD EPYC``); for CUDA, the GPU's
+    name and compute capability (``cuda NVIDIA H100 80GB HBM3, sm_90``)."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return f"cuda {torch.cuda.get_device_name(device)}, sm_{major}{minor}"
+    return f"cpu {torch.backends.cpu.get_cpu_capability()}, {cpu_model()}"
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The processor's model name (Linux's cpuinfo; the platform's processor string
+    elsewhere, ``unknown`` when neither says)."""
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"

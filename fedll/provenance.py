@@ -1,9 +1,10 @@
 """Where and with what a run was made: versions, git revision and the machine.
 
 :func:`machine_provenance` gathers it without side effects (package versions are read from
-their metadata, so torch is not imported); ``fedll run`` keeps it as ``RUN_DIR/provenance.json``
-(:func:`write_provenance`), which the report shows. Each trial's wall time is in its seal
-(:func:`fedll.store.trial_wall_s`).
+their metadata); ``fedll run`` keeps it as ``RUN_DIR/provenance.json`` (:func:`write_provenance`),
+which the report shows. Its ``arithmetic`` is the CPU's of the machine that prepared the cohort
+(its synthesis and slices are computed there, and their last bits depend on it); each trial's
+wall time and arithmetic are in its seal (:mod:`fedll.store`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,12 @@ FILE = "provenance.json"
 
 def machine_provenance() -> dict[str, Any]:
     """fedll's version and git revision (None outside a checkout), Python's and each of
-    :data:`PACKAGES`' versions (None where not installed), the platform and the CPU count."""
+    :data:`PACKAGES`' versions (None where not installed), the platform, the CPU count and
+    the CPU's arithmetic (:func:`fedll.device.arithmetic`)."""
+    import torch
+
+    from fedll.device import arithmetic
+
     return {
         "fedll": fedll.__version__,
         "git_revision": git_revision(Path(fedll.__file__).resolve().parent),
@@ -37,6 +43,7 @@ def machine_provenance() -> dict[str, Any]:
         "platform": platform.platform(),
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
+        "arithmetic": arithmetic(torch.device("cpu")),
     }
 
 

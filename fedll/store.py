@@ -10,13 +10,15 @@ seal ``<id>.json``; and its kept model, ``RUN_DIR/models/<id>.safetensors``
 fingerprint of its settings (:func:`fedll.config.grid.trial_fingerprint`), the fedll
 version, each file's row count (the model's size in bytes) and SHA-256, the sites that failed
 or were rejected per round and, where the runner measured it, the trial's wall time
-(``wall_s``). Seals of an earlier fedll lack the previews, the model or the wall time and
-still verify. A trial is finished exactly when its seal verifies: a file cut short, emptied,
-edited, missing (a model deleted), left without a seal (an earlier fedll, a crash between the
-writes) or copied in from a run of other settings does not, is moved to ``trials/invalid/``
-(named in a warning) and the trial runs again. :func:`collect` reads only the scenario's own,
-verified trials, and replaces ``results.csv`` and ``attention.csv`` only after every part was
-read.
+(``wall_s``) and the arithmetic it ran on (``arithmetic``: the processor's instruction sets
+or the GPU model decide the last bits, so a trial's files agree bit for bit with another
+run's only on the same arithmetic). Seals of an earlier fedll lack the previews, the model,
+the wall time or the arithmetic and still verify. A trial is finished exactly when its seal
+verifies: a file cut short, emptied, edited, missing (a model deleted), left without a
+seal (an earlier fedll, a crash between the writes) or copied in from a run of other
+settings does not, is moved to ``trials/invalid/`` (named in a warning) and the trial runs
+again. :func:`collect` reads only the scenario's own, verified trials, and replaces
+``results.csv`` and ``attention.csv`` only after every part was read.
 """
 
 from __future__ import annotations
@@ -96,10 +98,12 @@ def write_trial(
     fingerprint: str,
     model: bytes | None = None,
     wall_s: float | None = None,
+    arithmetic: str | None = None,
 ) -> Path:
     """Write the trial's rows, its attention and its ``model`` (the bytes of a model file,
     :func:`fedll.models.saved.encode_model`; None: no kept model), then the seal that
-    vouches for them (and records ``wall_s``, the seconds the trial ran, when given)."""
+    vouches for them (and records ``wall_s``, the seconds the trial ran, and ``arithmetic``,
+    :func:`fedll.device.arithmetic` of the process that ran it, when given)."""
     frame, attention = results.frames()
     files = TrialFiles.of(run_dir, results.trial.trial_id)
     files.results.parent.mkdir(parents=True, exist_ok=True)
@@ -136,6 +140,8 @@ def write_trial(
     }
     if wall_s is not None:
         seal["wall_s"] = round(float(wall_s), 3)
+    if arithmetic is not None:
+        seal["arithmetic"] = arithmetic
     with atomic_path(files.seal) as tmp:
         tmp.write_text(json.dumps(seal, indent=1, sort_keys=True))
     return files.results
@@ -296,6 +302,14 @@ def trial_wall_s(run_dir: Path, trial_id: str) -> float | None:
     seal = json.loads(TrialFiles.of(run_dir, trial_id).seal.read_text())
     wall = seal.get("wall_s")
     return None if wall is None else float(wall)
+
+
+def trial_arithmetic(run_dir: Path, trial_id: str) -> str | None:
+    """The arithmetic the trial ran on (:func:`fedll.device.arithmetic`), from its seal (None
+    for a seal of an earlier fedll)."""
+    seal = json.loads(TrialFiles.of(run_dir, trial_id).seal.read_text())
+    value = seal.get("arithmetic")
+    return None if value is None else str(value)
 
 
 def collect(run_dir: Path, fingerprints: Mapping[str, str]) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -139,10 +139,12 @@ class TrialTask:
 
 @dataclass(frozen=True)
 class TrialDone:
-    """A finished trial's outcome and the seconds it ran, as its task returns them."""
+    """A finished trial's outcome, the seconds it ran and the arithmetic it ran on
+    (:func:`fedll.device.arithmetic`), as its task returns them."""
 
     outcome: TrialOutcome
     wall_s: float
+    arithmetic: str | None = None
 
 
 def execute_task(
@@ -159,7 +161,7 @@ def execute_task(
     (``execution.checkpoint_every``) reach ``on_checkpoint`` as (round, bytes).
     """
     from fedll.checkpoint import decode, encode
-    from fedll.device import resolve_device
+    from fedll.device import arithmetic, resolve_device
     from fedll.inprocess import (
         InProcessGrid,
         load_reference,
@@ -197,7 +199,7 @@ def execute_task(
     run_server_app(load_reference(SERVER_APP_FACTORY)(on_round, sweep_trial), grid, run_config)
     if not outcomes:
         raise RuntimeError(f"trial {trial.trial_id}: the ServerApp returned no outcome")
-    return TrialDone(outcomes[0], time.perf_counter() - started)
+    return TrialDone(outcomes[0], time.perf_counter() - started, arithmetic(sweep_trial.device))
 
 
 def run_trial(
@@ -214,7 +216,7 @@ def run_trial(
     trial = expand_trials(scenario)[trial_index]
     task = TrialTask(scenario, trial_index, threads, device=scenario.execution.device)
     done = execute_task(task, cohort, on_round)
-    return keep_trial(run_dir, scenario, trial, done.outcome, done.wall_s)
+    return keep_trial(run_dir, scenario, trial, done.outcome, done.wall_s, done.arithmetic)
 
 
 def keep_trial(
@@ -223,10 +225,11 @@ def keep_trial(
     trial: Trial,
     outcome: TrialOutcome,
     wall_s: float | None = None,
+    arithmetic: str | None = None,
 ) -> Path:
     """Write a finished trial's files, its kept model among them unless the scenario's
     ``execution.keep_models`` is false (the driver alone does), and drop its checkpoint;
-    returns its results file."""
+    returns its results file. ``wall_s`` and ``arithmetic`` go to the seal."""
     from fedll.models.saved import encode_model
 
     fingerprint = trial_fingerprint(scenario, trial)
@@ -236,7 +239,9 @@ def keep_trial(
             outcome.state, scenario.models[trial.model], scenario.slices, trial.trial_id,
             fingerprint,
         )  # fmt: skip
-    path = write_trial(run_dir, outcome.results, fingerprint, model=model, wall_s=wall_s)
+    path = write_trial(
+        run_dir, outcome.results, fingerprint, model=model, wall_s=wall_s, arithmetic=arithmetic
+    )
     drop_checkpoint(run_dir, trial.trial_id)
     return path
 
@@ -552,7 +557,7 @@ def schedule(
             error = done if isinstance(done, str) else None
             if isinstance(done, TrialDone):
                 try:
-                    keep_trial(run_dir, scenario, trial, done.outcome, done.wall_s)
+                    keep_trial(run_dir, scenario, trial, done.outcome, done.wall_s, done.arithmetic)
                 except OSError as failure:
                     error = f"{type(failure).__name__}: {failure}"
             if error is None:

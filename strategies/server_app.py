@@ -31,7 +31,7 @@ from fedll.config import Scenario, Trial, dump_scenario, expand_trials, load_sce
 from fedll.config.grid import trial_fingerprint
 from fedll.data.arrays import CohortArrays
 from fedll.data.prepare import cohort_for
-from fedll.device import deterministic, resolve_device
+from fedll.device import arithmetic, deterministic, resolve_device
 from fedll.errors import ConfigError
 from fedll.joint import run_joint
 from fedll.report.build import build_report
@@ -119,7 +119,8 @@ def make_server_app(
         device = resolve_device(str(context.run_config.get("device", scenario.execution.device)))
         start = time.perf_counter()
         outcome = execute_trial(grid, scenario, trial, cohort, device, threads, on_round)
-        path = keep_trial(run_dir, scenario, trial, outcome, time.perf_counter() - start)
+        wall_s = time.perf_counter() - start
+        path = keep_trial(run_dir, scenario, trial, outcome, wall_s, arithmetic(device))
         logger.info("trial %s written to %s", trial.trial_id, path)
         if context.run_config.get("collect", True):
             fingerprints = {

@@ -15,12 +15,13 @@ from fedll.store import checkpoint_path
 pytestmark = pytest.mark.slow
 
 # one trial (the Dy-CNN, FedAvgM, replay; optimiser moments kept), its four rounds slow
-# enough to be killed in the middle of
+# enough (a second or more each) to be killed in the middle of: the kill follows the first
+# checkpoint within a poll of 0.05 s
 LONG = {
     "models": {"static": None},
     "strategies": [{"name": "fedavgm", "server_momentum": 0.5}],
     "cl": [{"name": "replay", "buffer": 1}],
-    "training": {"epochs": 25, "batch_size": 4, "lr": 0.01, "optimizer_state": "keep"},
+    "training": {"epochs": 8, "batch_size": 4, "lr": 0.01, "optimizer_state": "keep"},
     "execution": {"checkpoint_every": 1},
 }
 

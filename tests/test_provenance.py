@@ -8,7 +8,10 @@ import platform
 import subprocess
 from pathlib import Path
 
+import torch
+
 import fedll
+from fedll.device import cpu_model
 from fedll.provenance import git_revision, machine_provenance, read_provenance, write_provenance
 
 
@@ -20,6 +23,14 @@ def test_machine_provenance_names_the_versions_and_the_machine() -> None:
     assert set(info["packages"]) >= {"torch", "flwr", "ray"}
     assert info["packages"]["pandas"] is not None
     assert info["packages"]["pandas"].split(".")[0].isdigit()
+    assert info["arithmetic"].startswith(f"cpu {torch.backends.cpu.get_cpu_capability()}, ")
+
+
+def test_the_cpu_model_is_read_from_cpuinfo(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: X\nmodel name\t: Some CPU 9000\n")
+    assert cpu_model(cpuinfo) == "Some CPU 9000"
+    assert cpu_model(tmp_path / "missing") == (platform.processor() or "unknown")
 
 
 def test_git_revision_of_a_checkout_and_of_a_plain_folder(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from fedll.store import (
     TrialFiles,
     collect,
     finished,
+    trial_arithmetic,
     trial_events,
     trial_wall_s,
     verify_trial,
@@ -65,15 +66,19 @@ def test_a_written_trial_verifies_and_its_seal_says_what_happened(run_dir):
     }
 
 
-def test_the_seal_keeps_the_wall_time_and_an_old_seal_without_it_still_verifies(tmp_path):
-    write_trial(tmp_path, results(), "fp-a", wall_s=12.34567)
+def test_the_seal_keeps_the_wall_time_and_arithmetic_and_an_old_seal_without_still_verifies(
+    tmp_path,
+):
+    write_trial(tmp_path, results(), "fp-a", wall_s=12.34567, arithmetic="cpu AVX2, x")
     assert trial_wall_s(tmp_path, TRIAL.trial_id) == 12.346
+    assert trial_arithmetic(tmp_path, TRIAL.trial_id) == "cpu AVX2, x"
     seal_path = files(tmp_path).seal
     seal = json.loads(seal_path.read_text())
-    del seal["wall_s"]  # as an earlier fedll wrote it
+    del seal["wall_s"], seal["arithmetic"]  # as an earlier fedll wrote it
     seal_path.write_text(json.dumps(seal))
     assert verify_trial(tmp_path, TRIAL.trial_id, "fp-a") is None
     assert trial_wall_s(tmp_path, TRIAL.trial_id) is None
+    assert trial_arithmetic(tmp_path, TRIAL.trial_id) is None
 
 
 def cut_at_a_row(path):

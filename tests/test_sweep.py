@@ -24,6 +24,7 @@ import yaml
 from fedll.columns import RESULT_COLUMNS
 from fedll.config import dump_scenario, expand_trials, load_scenario
 from fedll.config.grid import fingerprints
+from fedll.device import arithmetic
 from fedll.models.saved import read_model
 from fedll.store import trial_model, verify_trial
 from fedll.sweep import SweepOptions, pending, run_sweep, run_trial
@@ -167,10 +168,13 @@ def test_local_run_ends_with_a_narrow_table_a_summary_and_the_page(local_run):
     )
     provenance = json.loads((run_dir / "provenance.json").read_text())
     assert provenance["packages"]["torch"] == torch.__version__
-    for trial in TRIALS:  # each trial's wall time, measured where it ran, is in its seal
+    assert provenance["arithmetic"] == arithmetic(torch.device("cpu"))
+    for trial in TRIALS:  # each trial's wall time and arithmetic, from where it ran, in its seal
         seal = json.loads((run_dir / "trials" / f"{trial}.json").read_text())
         assert 0 < seal["wall_s"] < 600
         assert f"{seal['wall_s']:.1f} s" in html
+        assert seal["arithmetic"] == provenance["arithmetic"]
+    assert f"{provenance['arithmetic']}: {len(TRIALS)} trials" in html
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ import json
 import logging
 import os
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,13 +44,17 @@ class PreparedCohort:
     """Training records per site, test records per modality, and how to slice them.
 
     evaluation_slices: ``all`` (test cases hold every brain slice) or ``selected`` (the
-    training selection; what a cohort.json of an earlier fedll, without the key, held)."""
+    training selection; what a cohort.json of an earlier fedll, without the key, held).
+    digests: ``train:<patient>:<modality>`` and ``test:<patient>:<modality>`` -> the SHA-256
+    of the case's slices (:func:`slices_digest`), the bytes the trials read (empty in a
+    cohort.json of an earlier fedll)."""
 
     sites: dict[str, tuple[CaseRecord, ...]]
     test: dict[str, tuple[CaseRecord, ...]]
     spec: SliceConfig
     cache_dir: Path
     evaluation_slices: str = "selected"
+    digests: dict[str, str] = field(default_factory=dict)
 
     def cache(self) -> SliceCache:
         return SliceCache(self.cache_dir / "slices")
@@ -77,6 +81,7 @@ class PreparedCohort:
                 "spec": self.spec.model_dump(),
                 "cache_dir": str(self.cache_dir),
                 "evaluation_slices": self.evaluation_slices,
+                "digests": self.digests,
             },
             indent=1,
         )
@@ -94,6 +99,7 @@ class PreparedCohort:
             spec=SliceConfig(**data["spec"]),
             cache_dir=Path(data["cache_dir"]),
             evaluation_slices=str(data.get("evaluation_slices", "selected")),
+            digests={str(k): str(v) for k, v in data.get("digests", {}).items()},
         )
 
     def write(self, path: Path) -> None:
@@ -238,12 +244,14 @@ def prepare_cohort(
     training = [r for rs in sites.values() for r in rs]
     testing = [r for rs in test.values() for r in rs]
     logger.info("preprocessing %d volumes into the slice cache", len(training) + len(testing))
+    digests = {}
     for record, cases in zip(training, load_slices(training, spec, prepared.cache()), strict=True):
         if len(cases.images) == 0:
             raise DataError(
                 f"{record.image}: gives no training slice (no tumour slice, and "
                 f"slices.empty_fraction {spec.empty_fraction} adds none); drop the case"
             )
+        digests[f"train:{record.patient}:{record.modality}"] = slices_digest(cases)
     every_slice = prepared.evaluation_slices == "all"
     test_slices = load_slices(testing, spec, prepared.cache(), every_slice=every_slice)
     for record, cases in zip(testing, test_slices, strict=True):
@@ -252,7 +260,17 @@ def prepare_cohort(
                 f"{record.mask}: no tumour is left after slicing at {spec.size} px, so the test "
                 "case cannot be scored; drop the case or raise slices.size"
             )
-    return prepared
+        digests[f"test:{record.patient}:{record.modality}"] = slices_digest(cases)
+    return replace(prepared, digests=digests)
+
+
+def slices_digest(cases: CaseSlices) -> str:
+    """The SHA-256 of a case's slices: images, masks, slice indices and spacing."""
+    digest = hashlib.sha256()
+    for array in (cases.images, cases.masks, cases.indices):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    digest.update(json.dumps(list(cases.spacing)).encode())
+    return digest.hexdigest()
 
 
 def cohort_for(run_dir: Path, scenario: Scenario, source: str = "<scenario>") -> PreparedCohort:
@@ -281,9 +299,32 @@ def cohort_for(run_dir: Path, scenario: Scenario, source: str = "<scenario>") ->
                 f"{index}: {missing} is missing, and the cohort prepared again differs "
                 f"({difference}); the run's trials used other data: start a new run directory"
             )
+        _warn_if_other_bytes(index, prepared, again)
         again.write(index)
         return again
     return _prepare_into(index, scenario, source)
+
+
+def _warn_if_other_bytes(index: Path, old: PreparedCohort, new: PreparedCohort) -> None:
+    """One warning when the slices prepared again are not the bytes the run's kept trials
+    read (or cannot be checked): on a machine of other arithmetic (fedll.device) a synthetic
+    cohort differs in its last bits, and the kept trials and those run now then agree in
+    distribution, not bit for bit."""
+    if not old.digests:
+        logger.warning(
+            "%s holds no digests of its slices (an earlier fedll): whether the cohort prepared "
+            "again has the same bytes as the kept trials' cannot be checked",
+            index,
+        )
+        return
+    differ = sorted(k for k, v in new.digests.items() if old.digests.get(k) != v)
+    if differ:
+        logger.warning(
+            "%s: the cohort prepared again differs from the run's in %d of %d cases' slices "
+            "(first %s; another machine's arithmetic?): the kept trials stay, and agree with the "
+            "trials run now in distribution, not bit for bit", index, len(differ),
+            len(new.digests), differ[0],
+        )  # fmt: skip
 
 
 def _files(prepared: PreparedCohort) -> list[Path]:

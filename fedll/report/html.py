@@ -44,6 +44,7 @@ def page_context(
     scenario = page.read_scenario(run_dir)
     view = format_table(table)
     trials = [str(t) for t in summary["trial"].drop_duplicates()]
+    records = page.trial_records(run_dir, trials)
     return {
         "title": scenario.get("name") or run_dir.name,
         "run_dir": str(run_dir),
@@ -53,8 +54,8 @@ def page_context(
         "key_table": page.table_rows(view, page.KEY_LABELS),
         "full_table": page.table_rows(view),
         "sections": page.figures(plots),
-        "trials": page.trial_records(run_dir, trials),
-        "provenance": page.provenance_rows(read_provenance(run_dir)),
+        "trials": records,
+        "provenance": page.provenance_rows(read_provenance(run_dir), records),
         "left_out": list(left_out or []),
     }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -118,9 +119,9 @@ def data_uri(path: Path) -> str:
 
 
 def trial_records(run_dir: Path, trial_ids: Iterable[str]) -> list[dict[str, Any]]:
-    """Per trial, from its seal in ``RUN_DIR/trials``: ``{"trial", "wall_s", "failed",
-    "rejected"}`` with the events as "site (rounds 1, 3)" texts; a trial without a readable
-    seal (results copied without their trial files) has None for each."""
+    """Per trial, from its seal in ``RUN_DIR/trials``: ``{"trial", "wall_s", "arithmetic",
+    "failed", "rejected"}`` with the events as "site (rounds 1, 3)" texts; a trial without a
+    readable seal (results copied without their trial files) has None for each."""
     records = []
     for trial_id in trial_ids:
         seal_path = Path(run_dir) / "trials" / f"{trial_id}.json"
@@ -128,9 +129,16 @@ def trial_records(run_dir: Path, trial_ids: Iterable[str]) -> list[dict[str, Any
             seal = json.loads(seal_path.read_text())
             events = seal["events"]
         except (OSError, ValueError, KeyError, TypeError):
-            records.append({"trial": trial_id, "wall_s": None, "failed": None, "rejected": None})
+            records.append(
+                {"trial": trial_id, "wall_s": None, "arithmetic": None, "failed": None,
+                 "rejected": None}
+            )  # fmt: skip
             continue
-        record: dict[str, Any] = {"trial": trial_id, "wall_s": seal.get("wall_s")}
+        record: dict[str, Any] = {
+            "trial": trial_id,
+            "wall_s": seal.get("wall_s"),
+            "arithmetic": seal.get("arithmetic"),
+        }
         for kind in ("failed", "rejected"):
             record[kind] = [
                 f"{site} (round{'s' if len(rounds) > 1 else ''} {', '.join(map(str, rounds))})"
@@ -140,8 +148,21 @@ def trial_records(run_dir: Path, trial_ids: Iterable[str]) -> list[dict[str, Any
     return records
 
 
-def provenance_rows(provenance: Mapping[str, Any] | None) -> list[tuple[str, str]]:
-    """(label, text) pairs of a run's provenance.json ([] where there is none)."""
+def arithmetic_text(records: Iterable[Mapping[str, Any]]) -> str:
+    """How many trials ran on each arithmetic (from :func:`trial_records`), most first:
+    trials on different arithmetic agree in distribution, not bit for bit."""
+    counts = Counter(r.get("arithmetic") or "not recorded" for r in records)
+    text = "; ".join(f"{name}: {n} trial{'s' if n > 1 else ''}" for name, n in counts.most_common())
+    if len(counts) > 1:
+        text += " (trials of different arithmetic agree in distribution, not bit for bit)"
+    return text
+
+
+def provenance_rows(
+    provenance: Mapping[str, Any] | None, records: Iterable[Mapping[str, Any]] = ()
+) -> list[tuple[str, str]]:
+    """(label, text) pairs of a run's provenance.json ([] where there is none), with the
+    trials' arithmetic (:func:`arithmetic_text`) when ``records`` are given."""
     if not provenance:
         return []
     rows = [
@@ -153,4 +174,9 @@ def provenance_rows(provenance: Mapping[str, Any] | None) -> list[tuple[str, str
         rows.append((name, str(version or "not installed")))
     rows.append(("platform", str(provenance.get("platform"))))
     rows.append(("CPUs", str(provenance.get("cpus"))))
+    if provenance.get("arithmetic"):
+        rows.append(("arithmetic (cohort)", str(provenance["arithmetic"])))
+    records = list(records)
+    if records:
+        rows.append(("arithmetic (trials)", arithmetic_text(records)))
     return rows

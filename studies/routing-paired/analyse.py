@@ -6,8 +6,10 @@ Usage: ``python studies/routing-paired/analyse.py RUN_DIR STUDY_DIR``. It reads 
 ``tables/compare_model-static-equal-params.csv``) and writes to ``STUDY_DIR``:
 ``results.csv.gz`` and ``routing.csv.gz`` (the collected rows), ``comparison.csv`` (the
 rule's rows of fedll's comparison), ``verdict.csv`` and ``verdict.md`` (the main table and
-the verdict per model), ``learning.csv`` (the learning-accuracy ratio per model, setting and
-modality) and ``plots/forgetting_vs_joint.png``. ``run.sh`` calls it after the run.
+the verdict per model), ``stage2.md`` (stage 2's design, chosen by the rule before any
+frozen model ran; kept as it is once one has), ``learning.csv`` (the learning-accuracy
+ratio per model, setting and modality) and ``plots/forgetting_vs_joint.png``. ``run.sh``
+calls it after the run.
 
 The rule, fixed before the study's results were read (README.md, "The rule"): a difference
 counts when fedll's 95% interval (hierarchical bootstrap over seeds and test cases, paired
@@ -34,6 +36,9 @@ COMPARISON = f"compare_model-{BASELINE}.csv"
 JOINT = "joint"
 RULE_MEASURES = ("forgetting_max", "final_dice")
 STATIC = frozenset({"static", BASELINE})
+# stage 2's candidates: the designs whose routing has parameters to freeze (README, The rule)
+FREEZABLE = ("dycnn", "dycnn-quantiles", "dycnn-modality-soft", "dycnn-grouped")
+FROZEN_SUFFIX = "-frozen"
 
 
 def setting_label(row: pd.Series) -> str:
@@ -95,6 +100,19 @@ def verdict(rows: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(out)
+
+
+def stage2_choice(rows: pd.DataFrame) -> tuple[str, pd.Series]:
+    """Stage 2's design: of :data:`FREEZABLE`, the one whose forgetting-(max) difference from
+    the baseline, averaged over the three settings, is lowest; with every candidate's
+    average (ascending). ValueError when a candidate lacks a setting."""
+    forgetting = rows[(rows["measure"] == "forgetting_max") & rows["arm"].isin(FREEZABLE)]
+    counts = forgetting.groupby("arm")["setting"].nunique()
+    short = [arm for arm in FREEZABLE if counts.get(arm, 0) != 3]
+    if short:
+        raise ValueError(f"stage 2 needs all three settings of {', '.join(short)}")
+    averages = forgetting.groupby("arm")["difference"].mean().sort_values()
+    return str(averages.index[0]), averages
 
 
 def cell(row: pd.Series) -> str:
@@ -180,6 +198,25 @@ def plot_forgetting_vs_joint(trials: pd.DataFrame, path: Path) -> Path:
     return path
 
 
+def write_stage2(rows: pd.DataFrame, path: Path) -> None:
+    """Write stage 2's choice (:func:`stage2_choice`) to ``path``, once: not when a frozen
+    model has run (the choice was made before it), nor for a run without every candidate in
+    every setting (one line on stderr)."""
+    if rows["arm"].str.endswith(FROZEN_SUFFIX).any():
+        return
+    try:
+        choice, averages = stage2_choice(rows)
+    except ValueError as error:  # a run of another shape (a test's tiny scenario)
+        print(f"analyse.py: no stage 2 design chosen: {error}", file=sys.stderr)
+        return
+    table = averages.rename("mean difference in forgetting (max)").map("{:+.4f}".format)
+    path.write_text(
+        f"Stage 2 design: **{choice}** (lowest forgetting (max) difference from {BASELINE}, "
+        "averaged over the three settings, of the designs with routing parameters):\n\n"
+        + to_markdown(table.reset_index())
+    )
+
+
 def gzip_copy(source: Path, target: Path) -> None:
     with source.open("rb") as src, gzip.GzipFile(target, "wb", mtime=0) as dst:
         shutil.copyfileobj(src, dst)
@@ -202,6 +239,7 @@ def main(run_dir: Path, study_dir: Path) -> None:
     rows.to_csv(study_dir / "comparison.csv", index=False)
     verdicts.to_csv(study_dir / "verdict.csv", index=False)
     (study_dir / "verdict.md").write_text(to_markdown(main_table(rows, verdicts).astype(str)))
+    write_stage2(rows, study_dir / "stage2.md")
     learning(trials).to_csv(study_dir / "learning.csv", index=False, float_format="%.4f")
     plot_forgetting_vs_joint(trials, study_dir / "plots" / "forgetting_vs_joint.png")
     for name in ("results.csv", "routing.csv"):

@@ -157,6 +157,8 @@ def test_a_run_whose_synthetic_cohort_is_gone_synthesises_it_again(tmp_path, mak
         again = cohort_for(run_dir, scenario)
 
     assert "but missing; preparing the cohort again" in caplog.text
+    assert "differs from the run's" not in caplog.text  # the same bytes: no warning
+    assert again.digests == before.digests and len(again.digests) == 6  # 2 + 2 train, 1 + 1 test
     assert all(p.is_file() for rs in again.sites.values() for r in rs for p in (r.image, r.mask))
     assert PreparedCohort.read(run_dir / "cohort.json").to_json() == again.to_json()
     after = _slices(again)
@@ -202,3 +204,42 @@ def test_a_run_whose_cohort_folder_is_gone_names_the_missing_file(
     shutil.rmtree(root)
     with pytest.raises(DataError, match=r"p2/t2.nii.gz: listed in .*cohort.json but missing"):
         cohort_for(tmp_path / "run", scenario)
+
+
+@pytest.mark.parametrize("kept", ["other", "none"])
+def test_a_cohort_prepared_again_with_other_bytes_is_one_warning(
+    kept, tmp_path, make_scenario, caplog
+):
+    """The kept trials read other bytes (a machine of other arithmetic synthesised them:
+    here, a digest altered by hand) or cohort.json holds no digests (an earlier fedll): one
+    warning says the kept and the new trials agree in distribution, or that it cannot be
+    checked; the run goes on."""
+    import json
+    import shutil
+
+    from fedll.data.prepare import cohort_for
+
+    cache = tmp_path / "cache"
+    scenario = load_scenario(make_scenario(tmp_path / "s.yaml", {"cache_dir": str(cache)}))
+    run_dir = tmp_path / "run"
+    before = cohort_for(run_dir, scenario)
+    index = run_dir / "cohort.json"
+    data = json.loads(index.read_text())
+    first = sorted(before.digests)[0]
+    if kept == "other":
+        data["digests"][first] = "0" * 64
+    else:
+        del data["digests"]
+    index.write_text(json.dumps(data))
+    shutil.rmtree(cache)
+
+    with caplog.at_level("WARNING"):
+        again = cohort_for(run_dir, scenario)
+
+    if kept == "other":
+        assert f"differs from the run's in 1 of 6 cases' slices (first {first};" in caplog.text
+        assert "in distribution, not bit for bit" in caplog.text
+    else:
+        assert "holds no digests of its slices" in caplog.text
+    assert again.digests == before.digests  # cohort.json now vouches for the bytes read now
+    assert json.loads(index.read_text())["digests"] == before.digests

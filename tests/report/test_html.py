@@ -18,7 +18,13 @@ from test_report import make_attention, make_results  # the hand-built run of te
 
 from fedll.provenance import write_provenance
 from fedll.report import build_report
-from fedll.report.page import KEY_LABELS, scenario_brief, trial_records
+from fedll.report.page import (
+    KEY_LABELS,
+    arithmetic_text,
+    provenance_rows,
+    scenario_brief,
+    trial_records,
+)
 from fedll.report.summary import MEASURES
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -30,10 +36,14 @@ FLAGS = (
 )  # fmt: skip
 
 
-def write_seal(run_dir: Path, trial: str, wall_s: float | None, events: dict) -> None:
+def write_seal(
+    run_dir: Path, trial: str, wall_s: float | None, events: dict, arithmetic: str | None = None
+) -> None:
     seal = {"trial": trial, "events": events, "files": {}, "fingerprint": "x"}
     if wall_s is not None:
         seal["wall_s"] = wall_s
+    if arithmetic is not None:
+        seal["arithmetic"] = arithmetic
     (run_dir / "trials").mkdir(exist_ok=True)
     (run_dir / "trials" / f"{trial}.json").write_text(json.dumps(seal))
 
@@ -49,7 +59,9 @@ def run_dir(tmp_path: Path) -> Path:
         "models:\n  static: {name: static, base_width: 8}\n  dycnn: {name: dycnn, kernels: 4}\n"
         "strategies: [{name: fedavg}]\nseeds: [0, 1]\n"
     )
-    write_seal(tmp_path, "static-s0", 12.34, {"failed": {"site_b": [2]}, "rejected": {}})
+    write_seal(
+        tmp_path, "static-s0", 12.34, {"failed": {"site_b": [2]}, "rejected": {}}, "cpu AVX2, z"
+    )
     write_seal(tmp_path, "dycnn-s1", None, {"failed": {}, "rejected": {"site_a": [1, 2]}})
     write_provenance(tmp_path)
     return tmp_path
@@ -69,7 +81,9 @@ def test_the_page_holds_the_run_and_needs_no_network(run_dir: Path) -> None:
     assert all(label in full for label in MEASURES.values())
     assert "site_a (t2, 3 patients); site_b (flair, 3 patients)" in html
     assert "12.3 s" in html and "site_b (round 2)" in html and "site_a (rounds 1, 2)" in html
-    assert html.count("not recorded") == 3 and html.count("no seal") == 2 * 2  # 2 unsealed
+    # wall time and arithmetic: 1 and 0 recorded of 4 trials, then the arithmetic's count
+    assert html.count("not recorded") == 3 + 3 + 1 and html.count("no seal") == 2 * 2
+    assert "not recorded: 3 trials; cpu AVX2, z: 1 trial (trials of different" in html
     assert "git revision" in html and "CPUs" in html
 
 
@@ -94,11 +108,25 @@ def test_brief_and_trial_records_by_hand(tmp_path: Path) -> None:
         "strategies": "fedavg, {name: fedprox, mu: 0.1}",
         "seeds": "0, 1",
     }
-    write_seal(tmp_path, "a", 3.0, {"failed": {"h": [1, 3]}, "rejected": {}})
+    write_seal(tmp_path, "a", 3.0, {"failed": {"h": [1, 3]}, "rejected": {}}, "cpu AVX2, x")
     assert trial_records(tmp_path, ["a", "b"]) == [
-        {"trial": "a", "wall_s": 3.0, "failed": ["h (rounds 1, 3)"], "rejected": []},
-        {"trial": "b", "wall_s": None, "failed": None, "rejected": None},
-    ]
+        {"trial": "a", "wall_s": 3.0, "arithmetic": "cpu AVX2, x",
+         "failed": ["h (rounds 1, 3)"], "rejected": []},
+        {"trial": "b", "wall_s": None, "arithmetic": None, "failed": None, "rejected": None},
+    ]  # fmt: skip
+
+
+def test_the_trials_arithmetic_is_counted_and_a_mixture_is_called_one():
+    one = [{"arithmetic": "cpu AVX512, x"}] * 2
+    assert arithmetic_text(one) == "cpu AVX512, x: 2 trials"
+    mixed = [*one, {"arithmetic": None}]
+    assert arithmetic_text(mixed) == (
+        "cpu AVX512, x: 2 trials; not recorded: 1 trial (trials of different arithmetic "
+        "agree in distribution, not bit for bit)"
+    )
+    rows = dict(provenance_rows({"cpus": 2, "arithmetic": "cpu AVX2, y"}, mixed))
+    assert rows["arithmetic (cohort)"] == "cpu AVX2, y"
+    assert rows["arithmetic (trials)"] == arithmetic_text(mixed)
 
 
 CHECK = """<script>

@@ -111,6 +111,37 @@ def test_the_rule_recommends_only_a_design_that_forgets_less_without_learning_le
     assert table.loc["good", "forgetting lower / tie / higher"] == "2 / 1 / 0"
 
 
+def test_stage_2_takes_the_freezable_design_with_the_lowest_mean_forgetting_difference(
+    analyse, tmp_path
+):
+    def diff(value):
+        return (value, value - 0.1, value + 0.1)
+
+    arms = {
+        "dycnn": arm((diff(-0.1), diff(0.0), diff(0.1))),  # mean 0.0
+        "dycnn-quantiles": arm((diff(-0.3), diff(0.1), diff(0.05))),  # mean -0.05
+        "dycnn-modality-soft": arm((diff(-0.02), diff(-0.02), diff(-0.02))),  # -0.02
+        "dycnn-grouped": arm((diff(0.3), diff(-0.3), diff(-0.03))),  # -0.01
+        "dycnn-modality-hard": arm((diff(-0.5), diff(-0.5), diff(-0.5))),  # no routing params
+    }
+    choice, averages = analyse.stage2_choice(analyse.rule_rows(comparison(arms)))
+    assert choice == "dycnn-quantiles"
+    assert list(averages.index) == [
+        "dycnn-quantiles", "dycnn-modality-soft", "dycnn-grouped", "dycnn",
+    ]  # fmt: skip
+    assert averages["dycnn-grouped"] == pytest.approx(-0.01)
+    path = tmp_path / "stage2.md"
+    analyse.write_stage2(analyse.rule_rows(comparison(arms)), path)
+    assert "Stage 2 design: **dycnn-quantiles**" in path.read_text()
+    assert "| dycnn-grouped | -0.0100 |" in path.read_text()
+    frozen = {**arms, "dycnn-quantiles-frozen": arms["dycnn"]}
+    analyse.write_stage2(analyse.rule_rows(comparison(frozen)), tmp_path / "again.md")
+    assert not (tmp_path / "again.md").exists()  # chosen once, before stage 2 ran
+    del arms["dycnn-grouped"]["stream, 15 patients"]
+    with pytest.raises(ValueError, match="all three settings of dycnn-grouped"):
+        analyse.stage2_choice(analyse.rule_rows(comparison(arms)))
+
+
 def test_the_learning_ratio_divides_by_the_same_model_s_joint_dice(analyse, tmp_path):
     rows = []
     for seed, (t2, flair, joint_t2, joint_flair) in enumerate(
@@ -178,6 +209,8 @@ def test_run_sh_runs_reports_compares_and_writes_the_verdict(make_scenario, tmp_
     assert set(rows["setting"]) == {"stream, 1 patients", "joint"}
     assert (rows["n_seeds"] == 2).all()
     assert "| dycnn |" in (out / "verdict.md").read_text()
+    assert not (out / "stage2.md").exists()  # a run without the study's candidates chooses none
+    assert "no stage 2 design chosen" in done.stderr
     learning = pd.read_csv(out / "learning.csv")
     assert set(learning["model"]) == {"static-equal-params", "dycnn"}
     for name in ("results.csv.gz", "routing.csv.gz", "plots/forgetting_vs_joint.png"):
