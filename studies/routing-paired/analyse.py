@@ -8,7 +8,8 @@ Usage: ``python studies/routing-paired/analyse.py RUN_DIR STUDY_DIR``. It reads 
 rule's rows of fedll's comparison), ``verdict.csv`` and ``verdict.md`` (the main table and
 the verdict per model), ``stage2.md`` (stage 2's design, chosen by the rule before any
 frozen model ran; kept as it is once one has), ``learning.csv`` (the learning-accuracy
-ratio per model, setting and modality) and ``plots/forgetting_vs_joint.png``. ``run.sh``
+ratio per model, setting and modality), ``seed_groups.md`` (the rule on seeds 0-4 and 5-9
+alone, which ran on different machines) and ``plots/forgetting_vs_joint.png``. ``run.sh``
 calls it after the run.
 
 The rule, fixed before the study's results were read (README.md, "The rule"): a difference
@@ -36,6 +37,11 @@ COMPARISON = f"compare_model-{BASELINE}.csv"
 JOINT = "joint"
 RULE_MEASURES = ("forgetting_max", "final_dice")
 STATIC = frozenset({"static", BASELINE})
+# The run's trials came from two machines (run/invocations.txt): seeds 0-4 of stage 1 on the
+# first, whose arithmetic was not recorded; seeds 5-9, and stage 2's model for all seeds, on an
+# AVX-512 machine. The rule applied to each group of seeds shows whether the verdict leans on
+# one machine (a secondary analysis, not part of the rule).
+SEED_GROUPS = {"seeds 0-4": (0, 1, 2, 3, 4), "seeds 5-9": (5, 6, 7, 8, 9)}
 # stage 2's candidates: the designs whose routing has parameters to freeze (README, The rule)
 FREEZABLE = ("dycnn", "dycnn-quantiles", "dycnn-modality-soft", "dycnn-grouped")
 FROZEN_SUFFIX = "-frozen"
@@ -113,6 +119,28 @@ def stage2_choice(rows: pd.DataFrame) -> tuple[str, pd.Series]:
         raise ValueError(f"stage 2 needs all three settings of {', '.join(short)}")
     averages = forgetting.groupby("arm")["difference"].mean().sort_values()
     return str(averages.index[0]), averages
+
+
+def by_seed_group(
+    results: pd.DataFrame, groups: dict[str, tuple[int, ...]], n_boot: int = 2000
+) -> pd.DataFrame:
+    """The rule's tally per arm on each group of seeds alone (fedll's paired comparison of
+    that group's trials): one row per arm, per group ``<group>: lower / tie / higher`` of the
+    forgetting (max) and whether the rule recommends the arm."""
+    from fedll.report.compare import compare
+
+    columns = []
+    for label, seeds in groups.items():
+        rows = rule_rows(compare(results[results["seed"].isin(seeds)], BASELINE, n_boot=n_boot))
+        tally = verdict(rows).set_index("arm")
+        columns.append(
+            tally.apply(
+                lambda v: f"{v.forgetting_lower} / {v.forgetting_tie} / {v.forgetting_higher}",
+                axis=1,
+            ).rename(f"{label}: forgetting lower / tie / higher")
+        )
+        columns.append(tally["recommended"].rename(f"{label}: recommended"))
+    return pd.concat(columns, axis=1).reset_index()
 
 
 def cell(row: pd.Series) -> str:
@@ -241,6 +269,13 @@ def main(run_dir: Path, study_dir: Path) -> None:
     (study_dir / "verdict.md").write_text(to_markdown(main_table(rows, verdicts).astype(str)))
     write_stage2(rows, study_dir / "stage2.md")
     learning(trials).to_csv(study_dir / "learning.csv", index=False, float_format="%.4f")
+    results_path = run_dir / "results.csv"
+    wanted = {s for seeds in SEED_GROUPS.values() for s in seeds}
+    if results_path.exists():
+        results = pd.read_csv(results_path)
+        if wanted <= set(results["seed"]):
+            groups = by_seed_group(results, SEED_GROUPS)
+            (study_dir / "seed_groups.md").write_text(to_markdown(groups.astype(str)))
     plot_forgetting_vs_joint(trials, study_dir / "plots" / "forgetting_vs_joint.png")
     for name in ("results.csv", "routing.csv"):
         if (run_dir / name).exists():
