@@ -142,6 +142,41 @@ def test_stage_2_takes_the_freezable_design_with_the_lowest_mean_forgetting_diff
         analyse.stage2_choice(analyse.rule_rows(comparison(arms)))
 
 
+def stream_results(forgets_more: dict[str, set[int]], seeds: range) -> pd.DataFrame:
+    """Results of one stream setting (T2 then FLAIR) per model: T2 falls from 0.8 to 0.6 on
+    every case, 0.2 further for the models' seeds in ``forgets_more``; cases differ by an
+    offset (paired away)."""
+    rows = []
+    for model, worse in forgets_more.items():
+        for seed in seeds:
+            t2_last = 0.4 if seed in worse else 0.6
+            curves = {"t2": [0.1, 0.8, t2_last], "flair": [0.1, 0.2, 0.7]}
+            for modality, values in curves.items():
+                for t, value in enumerate(values):
+                    for c, offset in enumerate((-0.05, 0.0, 0.05)):
+                        rows.append(
+                            {
+                                "trial": f"{model}-s{seed}", "model": model,
+                                "ordering": "alternating-rounds", "arrival_batch": 5,
+                                "strategy": "fedavg", "arrivals_per_round": 1,
+                                "cl": "finetune", "seed": seed, "round": t, "sites": "",
+                                "arriving": ["", "t2", "flair"][t], "modality": modality,
+                                "case": f"{modality}-p{c}", "dice": value + offset,
+                            }
+                        )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_the_rule_on_each_group_of_seeds_alone_shows_where_a_difference_comes_from(analyse):
+    """dycnn forgets 0.2 more than the baseline on seeds 5-9 only: on seeds 0-4 alone it ties,
+    on seeds 5-9 alone it forgets more."""
+    results = stream_results({"static-equal-params": set(), "dycnn": {5, 6, 7, 8, 9}}, range(10))
+    table = analyse.by_seed_group(results, analyse.SEED_GROUPS, n_boot=200).set_index("arm")
+    assert table.loc["dycnn", "seeds 0-4: forgetting lower / tie / higher"] == "0 / 1 / 0"
+    assert table.loc["dycnn", "seeds 5-9: forgetting lower / tie / higher"] == "0 / 0 / 1"
+    assert table.loc["dycnn", "seeds 0-4: recommended"] == "no"
+
+
 def test_the_learning_ratio_divides_by_the_same_model_s_joint_dice(analyse, tmp_path):
     rows = []
     for seed, (t2, flair, joint_t2, joint_flair) in enumerate(
