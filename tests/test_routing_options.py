@@ -1,6 +1,7 @@
 """The routing study's model options end to end: ``fedll run`` of the tiny scenario with
-modality-routed Dy-CNNs (soft, and hard with its routing frozen) and ACPs that read richer
-statistics, then ``fedll segment`` of a kept modality-routed model."""
+modality-routed Dy-CNNs (soft, hard with its routing frozen, hard with a normalisation layer
+per modality) and ACPs that read richer statistics, then ``fedll segment`` of a kept
+modality-routed model."""
 
 from __future__ import annotations
 
@@ -24,6 +25,13 @@ MODELS = {
         "depth": 2,
         "routing": "modality-hard",
         "freeze_routing_after": 1,
+    },
+    "hard-norm": {
+        "name": "dycnn",
+        "base_width": 4,
+        "depth": 2,
+        "routing": "modality-hard",
+        "norm_by_modality": True,
     },
     "stats-max": {
         "name": "dycnn",
@@ -53,9 +61,9 @@ def routed_run(tmp_path_factory, make_scenario):
 def test_every_routing_option_runs_and_is_evaluated(routed_run):
     results = pd.read_csv(routed_run / "results.csv")
     attention = pd.read_csv(routed_run / "attention.csv")
-    assert set(results["model"]) == {"soft", "hard", "stats-max", "stats-quantiles"}
+    assert set(results["model"]) == {"soft", "hard", "hard-norm", "stats-max", "stats-quantiles"}
     assert results["dice"].notna().all()
-    assert set(attention["model"]) == {"soft", "hard", "stats-max", "stats-quantiles"}
+    assert set(attention["model"]) == {"soft", "hard", "hard-norm", "stats-max", "stats-quantiles"}
     # hard routing: T2 slices use kernels 0-1, FLAIR slices kernels 2-3, in every layer
     hard = attention[attention["model"] == "hard"]
     share = hard.groupby(["modality", "kernel"])["mass"].agg(["min", "max"])
@@ -82,10 +90,11 @@ def test_segment_needs_the_modality_of_a_modality_routed_model(routed_run, tmp_p
 
 def test_per_slice_routing_separation_is_recorded(routed_run):
     routing = pd.read_csv(routed_run / "routing.csv")
-    assert set(routing["model"]) == {"soft", "hard", "stats-max", "stats-quantiles"}
+    assert set(routing["model"]) == {"soft", "hard", "hard-norm", "stats-max", "stats-quantiles"}
     assert routing["decoding_accuracy"].between(0, 1).all()
     # hard routing gives T2 and FLAIR slices disjoint kernels: every layer decodes perfectly
     assert (routing.loc[routing["model"] == "hard", "decoding_accuracy"] == 1.0).all()
+    assert (routing.loc[routing["model"] == "hard-norm", "decoding_accuracy"] == 1.0).all()
     # soft routing starts with equal logits: every slice routes alike, decoded at chance
     start = routing[(routing["model"] == "soft") & (routing["round"] == 0)]
     assert (start["decoding_accuracy"] <= start["chance"]).all()

@@ -5,7 +5,8 @@
 - :mod:`~fedll.models.attention`: the ACP (:class:`AttentionCoefficients`), its statistics,
   temperature schedule, hard routing and routing regulariser; routing by the case's known
   modality (:class:`ModalityCoefficients`);
-- :mod:`~fedll.models.unet`: one :class:`UNet` built from a 3x3 convolution factory;
+- :mod:`~fedll.models.unet`: one :class:`UNet` built from a 3x3 convolution factory, its
+  normalisation optionally one layer per modality (:class:`ModalityNorm`);
 - :mod:`~fedll.models.registry`: the builders by their YAML names (``build_model``,
   ``model_names``) and argument validation (``check_arguments``);
 - :mod:`~fedll.models.inspection`: what strategies and training read off any model.
@@ -49,6 +50,7 @@ from fedll.models.registry import (
 from fedll.models.unet import (
     NORMS,
     ConvFactory,
+    ModalityNorm,
     UNet,
     count_parameters,
     equal_param_width,
@@ -67,6 +69,7 @@ __all__ = [
     "DynamicConv2d",
     "DynamicConvLayer",
     "ModalityCoefficients",
+    "ModalityNorm",
     "ModelLayout",
     "Routing",
     "RoutingLossWeights",

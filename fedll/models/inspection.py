@@ -21,6 +21,7 @@ from torch.nn.modules.batchnorm import _NormBase
 
 from fedll.models.attention import AttentionCoefficients, ModalityCoefficients
 from fedll.models.dynamic_conv import DynamicConv2d, DynamicConvLayer
+from fedll.models.unet import ModalityNorm
 
 _ROUTERS = (AttentionCoefficients, ModalityCoefficients)
 
@@ -155,9 +156,9 @@ def current_temperature(model: nn.Module) -> float | None:
 
 
 def routes_by_modality(model: nn.Module) -> bool:
-    """Whether a dynamic layer of ``model`` mixes its kernels by the case's modality (then
-    its forward needs ``modality``)."""
-    return any(isinstance(m, ModalityCoefficients) for m in model.modules())
+    """Whether a dynamic layer of ``model`` mixes its kernels, or a normalisation layer
+    normalises, by the case's modality (then its forward needs ``modality``)."""
+    return any(isinstance(m, (ModalityCoefficients, ModalityNorm)) for m in model.modules())
 
 
 def freeze_routing(model: nn.Module, server_round: int) -> list[str]:

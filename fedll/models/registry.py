@@ -71,12 +71,15 @@ def static_unet(
     match_model: str | None = None,
     match_kwargs: Mapping[str, Any] | None = None,
     head_prior: Probability | None = None,
+    norm_by_modality: bool = False,
 ) -> UNet:
     """A static U-Net; with ``match_model``, as wide as needed to match that model's size.
 
     With ``match_model`` (e.g. ``"dycnn"``), ``base_width`` is the width of the matched model,
     built from the same common kwargs plus ``match_kwargs``, and the static width is
-    :func:`~fedll.models.unet.equal_param_width` of its parameter count.
+    :func:`~fedll.models.unet.equal_param_width` of its parameter count (of a model with one
+    normalisation layer each). ``norm_by_modality``: one normalisation layer per modality
+    (:class:`~fedll.models.unet.ModalityNorm`; the forward then needs ``modality``).
     """
     common = dict(in_channels=in_channels, out_channels=out_channels, depth=depth, norm=norm)
     if match_model is not None:
@@ -94,7 +97,13 @@ def static_unet(
         )
     elif match_kwargs:
         raise ArgumentError("match_kwargs", "given without match_model")
-    return UNet(static_conv, base_width=base_width, head_prior=head_prior, **common)
+    return UNet(
+        static_conv,
+        base_width=base_width,
+        head_prior=head_prior,
+        norm_modalities=len(MODALITIES) if norm_by_modality else None,
+        **common,
+    )
 
 
 def dynamic_unet(
@@ -119,6 +128,7 @@ def dynamic_unet(
     head_prior: Probability | None = None,
     routing: RoutingName = "learned",
     freeze_routing_after: NonNegative | None = None,
+    norm_by_modality: bool = False,
 ) -> UNet:
     """A U-Net whose 3x3 convolutions are :class:`DynamicConvLayer` s (the 1x1 head is static).
 
@@ -137,6 +147,9 @@ def dynamic_unet(
     (``acp_stats``, ``quantiles``, ``hidden_ratio``, ``min_hidden``, ``top_k``) do not apply.
     ``freeze_routing_after``: R, the routing parameters (ACP or per-modality logits) train in
     federated rounds 1..R only (:func:`~fedll.models.inspection.freeze_routing`).
+    ``norm_by_modality``: one normalisation layer per modality
+    (:class:`~fedll.models.unet.ModalityNorm`; the forward then needs ``modality``): with
+    ``modality-hard`` the modalities share only the 1x1 head.
     """
     if routing != "learned":
         learned_only = {
@@ -181,6 +194,7 @@ def dynamic_unet(
         norm=norm,
         first_conv=static_conv if first_layer_static else None,
         head_prior=head_prior,
+        norm_modalities=len(MODALITIES) if norm_by_modality else None,
     )
 
 

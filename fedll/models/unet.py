@@ -57,6 +57,54 @@ def make_norm(norm: str, channels: int) -> nn.Module:
     raise ValueError(f"norm: unknown normalisation {norm!r} (known: {NORMS})")
 
 
+class ModalityNorm(TakesModality, nn.Module):
+    """One normalisation layer per modality (``norms[m]``, each as :func:`make_norm` makes
+    it): sample b is normalised by ``norms[modality[b]]``, so one modality's batches never move
+    another's statistics or affine parameters. A batch of one modality goes through its layer
+    whole (bit-identical to that layer alone); a mixed batch is split by modality.
+
+    ``forward(x, modality)``: (B, C, H, W), (B,) int64 -> (B, C, H, W).
+    """
+
+    def __init__(self, norm: str, channels: int, num_modalities: int) -> None:
+        super().__init__()
+        if num_modalities < 1:
+            raise ValueError(f"num_modalities: must be >= 1, got {num_modalities}")
+        self.norms = nn.ModuleList(make_norm(norm, channels) for _ in range(num_modalities))
+
+    def forward(self, x: torch.Tensor, modality: torch.Tensor | None = None) -> torch.Tensor:
+        if modality is None:
+            raise ValueError(
+                "modality: this layer normalises by the case's modality (norm_by_modality); "
+                "call the model with modality=(B,) indices into fedll.data.MODALITIES"
+            )
+        if modality.shape != (x.shape[0],):
+            raise ValueError(
+                f"modality: expected shape ({x.shape[0]},), got {tuple(modality.shape)}"
+            )
+        if modality.is_meta:  # a footprint measured on the meta device: shapes, no values
+            return self.norms[0](x)
+        present = torch.unique(modality).tolist()
+        if not all(0 <= m < len(self.norms) for m in present):
+            raise ValueError(f"modality: indices {present} outside 0..{len(self.norms) - 1}")
+        if len(present) == 1:
+            return self.norms[present[0]](x)
+        modality = modality.to(x.device)
+        out = torch.empty_like(x)
+        for m in present:
+            index = (modality == m).nonzero(as_tuple=True)[0]
+            out = out.index_copy(0, index, self.norms[m](x.index_select(0, index)))
+        return out
+
+
+def norm_layer(norm: str, channels: int, norm_modalities: int | None) -> nn.Module:
+    """:func:`make_norm`'s layer, or with ``norm_modalities`` a :class:`ModalityNorm` of that
+    many."""
+    if norm_modalities is None:
+        return make_norm(norm, channels)
+    return ModalityNorm(norm, channels, norm_modalities)
+
+
 class TwoConv(nn.Sequential):
     """(conv 3x3 -> norm -> ReLU) x 2: (B, in, H, W) -> (B, out, H, W)."""
 
@@ -67,14 +115,15 @@ class TwoConv(nn.Sequential):
         conv: ConvFactory,
         norm: str,
         first_conv: ConvFactory | None = None,
+        norm_modalities: int | None = None,
     ) -> None:
         bias = norm == "none"  # a conv bias before a normalisation layer is redundant
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         layers["conv1"] = (first_conv or conv)(in_channels, out_channels, bias=bias)
-        layers["norm1"] = make_norm(norm, out_channels)
+        layers["norm1"] = norm_layer(norm, out_channels, norm_modalities)
         layers["act1"] = nn.ReLU(inplace=True)
         layers["conv2"] = conv(out_channels, out_channels, bias=bias)
-        layers["norm2"] = make_norm(norm, out_channels)
+        layers["norm2"] = norm_layer(norm, out_channels, norm_modalities)
         layers["act2"] = nn.ReLU(inplace=True)
         super().__init__(layers)
 
@@ -87,10 +136,17 @@ class TwoConv(nn.Sequential):
 class Down(nn.Module):
     """2x2 max pooling (ceil mode), :class:`TwoConv`: (B, in, H, W) -> (B, out, ⌈H/2⌉, ⌈W/2⌉)."""
 
-    def __init__(self, in_channels: int, out_channels: int, conv: ConvFactory, norm: str) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        conv: ConvFactory,
+        norm: str,
+        norm_modalities: int | None = None,
+    ) -> None:
         super().__init__()
         self.pool = nn.MaxPool2d(2, ceil_mode=True)
-        self.convs = TwoConv(in_channels, out_channels, conv, norm)
+        self.convs = TwoConv(in_channels, out_channels, conv, norm, None, norm_modalities)
 
     def forward(self, x: torch.Tensor, modality: torch.Tensor | None = None) -> torch.Tensor:
         return self.convs(self.pool(x), modality)
@@ -104,10 +160,18 @@ class UpCat(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, skip_channels: int, out_channels: int, conv: ConvFactory, norm: str
+        self,
+        in_channels: int,
+        skip_channels: int,
+        out_channels: int,
+        conv: ConvFactory,
+        norm: str,
+        norm_modalities: int | None = None,
     ) -> None:
         super().__init__()
-        self.convs = TwoConv(in_channels + skip_channels, out_channels, conv, norm)
+        self.convs = TwoConv(
+            in_channels + skip_channels, out_channels, conv, norm, None, norm_modalities
+        )
 
     def forward(
         self, x: torch.Tensor, skip: torch.Tensor, modality: torch.Tensor | None = None
@@ -136,11 +200,13 @@ class UNet(nn.Module):
             draw whose weights are all about <= 0 (rare, e.g. ``dycnn`` seed 2 at width 8), the
             background-dominated loss keeps them negative and lowers the bias, and the model
             never predicts foreground (Dice 0). Starting near the prior removes that push.
+        norm_modalities: if given, every normalisation layer is a :class:`ModalityNorm` of
+            that many modalities (one layer each, picked by the sample's modality).
 
     ``forward(x, modality=None)``: (B, in_channels, H, W) -> (B, out_channels, H, W) logits;
     ``modality`` (B,) int64 (indices into :data:`fedll.data.MODALITIES`) reaches every
-    convolution that takes it (:class:`TakesModality`); a U-Net whose layers route by modality
-    needs it, the others ignore it.
+    layer that takes it (:class:`TakesModality`: convolutions, per-modality normalisation); a
+    U-Net whose layers route or normalise by modality needs it, the others ignore it.
     """
 
     def __init__(
@@ -154,6 +220,7 @@ class UNet(nn.Module):
         norm: str = "batch",
         first_conv: ConvFactory | None = None,
         head_prior: float | None = None,
+        norm_modalities: int | None = None,
     ) -> None:
         super().__init__()
         if head_prior is not None and not 0.0 < head_prior < 1.0:
@@ -169,12 +236,13 @@ class UNet(nn.Module):
             raise ValueError(f"norm: unknown normalisation {norm!r} (known: {NORMS})")
         widths = [base_width * 2**level for level in range(depth + 1)]
         self.depth = depth
-        self.stem = TwoConv(in_channels, widths[0], conv, norm, first_conv)
+        self.stem = TwoConv(in_channels, widths[0], conv, norm, first_conv, norm_modalities)
         self.down = nn.ModuleList(
-            Down(widths[level], widths[level + 1], conv, norm) for level in range(depth)
+            Down(widths[level], widths[level + 1], conv, norm, norm_modalities)
+            for level in range(depth)
         )
         self.up = nn.ModuleList(
-            UpCat(widths[level + 1], widths[level], widths[level], conv, norm)
+            UpCat(widths[level + 1], widths[level], widths[level], conv, norm, norm_modalities)
             for level in reversed(range(depth))
         )
         self.head = nn.Conv2d(widths[0], out_channels, kernel_size=1)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -8,10 +9,12 @@ import torch
 from fedll.models import (
     NORMS,
     DynamicConvLayer,
+    ModalityNorm,
     UNet,
     build_model,
     count_parameters,
     equal_param_width,
+    routes_by_modality,
     static_conv,
     static_unet_parameters,
 )
@@ -84,3 +87,47 @@ def test_head_prior_sets_the_head_bias(name: str) -> None:
     assert count_parameters(prior) == count_parameters(default)
     with pytest.raises(ValueError, match="head_prior"):
         build_model(name, depth=2, base_width=8, head_prior=1.0)
+
+
+def test_modality_norm_normalises_each_sample_by_its_own_modality_s_layer() -> None:
+    """A one-modality batch goes through its layer alone, bit for bit; a mixed batch is each
+    modality's samples through their own layer; training on T2 leaves FLAIR's statistics and
+    affine parameters as they were."""
+    torch.manual_seed(0)
+    layer = ModalityNorm("batch", 3, num_modalities=2)
+    with torch.no_grad():
+        for norm, scale in zip(layer.norms, (2.0, -1.0), strict=True):
+            norm.weight.fill_(scale)
+    x = torch.randn(6, 3, 5, 5)
+    t2, flair = torch.zeros(6, dtype=torch.long), torch.tensor([0, 1, 0, 1, 1, 0])
+    reference = copy.deepcopy(layer.norms)
+    assert torch.equal(layer(x, t2), reference[0](x))
+    mixed = layer(x, flair)
+    for m in (0, 1):
+        rows = (flair == m).nonzero(as_tuple=True)[0]
+        assert torch.equal(mixed[rows], reference[m](x[rows]))
+    before = copy.deepcopy(layer.norms[1].state_dict())
+    layer(x, t2).sum().backward()
+    assert all(torch.equal(before[k], v) for k, v in layer.norms[1].state_dict().items())
+    assert layer.norms[1].weight.grad is None and layer.norms[0].weight.grad is not None
+    layer.eval()  # in evaluation each modality's running statistics are its own
+    assert torch.equal(layer(x, flair)[1], reference[1].eval()(x[1:2])[0])
+    with pytest.raises(ValueError, match="^modality: this layer normalises by"):
+        layer(x)
+    with pytest.raises(ValueError, match=r"^modality: indices \[0, 2\]"):
+        layer(x, torch.tensor([0, 2, 0, 0, 0, 0]))
+
+
+@pytest.mark.parametrize("name", ["static", "dycnn"])
+def test_norm_by_modality_gives_every_norm_a_layer_per_modality(name: str) -> None:
+    plain = build_model(name, depth=2, base_width=4, seed=0)
+    model = build_model(name, depth=2, base_width=4, seed=0, norm_by_modality=True)
+    norms = [m for m in model.modules() if isinstance(m, ModalityNorm)]
+    assert len(norms) == 2 * (1 + 2 * 2) and all(len(n.norms) == 2 for n in norms)
+    assert routes_by_modality(model) and not routes_by_modality(plain)
+    # the convolutions are the same draw; only the norms are doubled (2 x 2C per layer)
+    extra = sum(p.numel() for n in norms for p in n.norms[1].parameters())
+    assert count_parameters(model) == count_parameters(plain) + extra
+    x = torch.randn(2, 1, 16, 16)
+    model.eval(), plain.eval()
+    assert torch.allclose(model(x, torch.tensor([1, 1])), plain(x), atol=1e-6)
