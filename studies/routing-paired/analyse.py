@@ -9,7 +9,9 @@ rule's rows of fedll's comparison), ``verdict.csv`` and ``verdict.md`` (the main
 the verdict per model), ``stage2.md`` (stage 2's design, chosen by the rule before any
 frozen model ran; kept as it is once one has), ``learning.csv`` (the learning-accuracy
 ratio per model, setting and modality), ``seed_groups.md`` (the rule on seeds 0-4 and 5-9
-alone, which ran on different machines) and ``plots/forgetting_vs_joint.png``. ``run.sh``
+alone, which ran on different machines), ``stage3.md`` and ``comparison_norm_control.csv``
+(stage 3's Dy-CNN against the baseline with per-modality normalisation, when the run has it)
+and ``plots/forgetting_vs_joint.png``. ``run.sh``
 calls it after the run.
 
 The rule, fixed before the study's results were read (README.md, "The rule"): a difference
@@ -36,7 +38,11 @@ BASELINE = "static-equal-params"
 COMPARISON = f"compare_model-{BASELINE}.csv"
 JOINT = "joint"
 RULE_MEASURES = ("forgetting_max", "final_dice")
-STATIC = frozenset({"static", BASELINE})
+# stage 3 (README, "Stage 3"): the Dy-CNN arm is also judged against the baseline with a
+# normalisation layer per modality, the control that tells what the dynamic kernels add
+NORM_CONTROL = "static-equal-params-norm"
+STAGE3_ARMS = ("dycnn-modality-hard-norm",)
+STATIC = frozenset({"static", BASELINE, NORM_CONTROL})
 # The run's trials came from two machines (run/invocations.txt): seeds 0-4 of stage 1 on the
 # first, whose arithmetic was not recorded; seeds 5-9, and stage 2's model for all seeds, on an
 # AVX-512 machine. The rule applied to each group of seeds shows whether the verdict leans on
@@ -141,6 +147,27 @@ def by_seed_group(
         )
         columns.append(tally["recommended"].rename(f"{label}: recommended"))
     return pd.concat(columns, axis=1).reset_index()
+
+
+def against_control(results: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame | None:
+    """The rule's rows of each :data:`STAGE3_ARMS` model against :data:`NORM_CONTROL` (fedll's
+    paired comparison), or None when the run has no control."""
+    from fedll.report.compare import compare
+
+    if NORM_CONTROL not in set(results["model"]):
+        return None
+    arms = results[results["model"].isin([NORM_CONTROL, *STAGE3_ARMS])]
+    return rule_rows(compare(arms, NORM_CONTROL, n_boot=n_boot))
+
+
+def with_control(verdicts: pd.DataFrame, control: pd.DataFrame) -> pd.DataFrame:
+    """``verdicts`` (against the baseline) with each stage-3 arm recommended only if the rule
+    also holds against the control (``control``: :func:`verdict` of :func:`against_control`)."""
+    passed = set(control.loc[control["recommended"] == "yes", "arm"])
+    out = verdicts.copy()
+    stage3 = out["arm"].isin(STAGE3_ARMS) & (out["recommended"] == "yes")
+    out.loc[stage3 & ~out["arm"].isin(passed), "recommended"] = f"no (not against {NORM_CONTROL})"
+    return out
 
 
 def cell(row: pd.Series) -> str:
@@ -262,20 +289,28 @@ def main(run_dir: Path, study_dir: Path) -> None:
             sys.exit(2)
     comparison = pd.read_csv(tables / COMPARISON)
     trials = pd.read_csv(tables / "trials.csv")
+    results_path = run_dir / "results.csv"
+    results = pd.read_csv(results_path) if results_path.exists() else None
     rows = rule_rows(comparison)
     verdicts = verdict(rows)
+    control = None if results is None else against_control(results)
+    if control is not None:
+        control.to_csv(study_dir / "comparison_norm_control.csv", index=False)
+        control_verdicts = verdict(control)
+        (study_dir / "stage3.md").write_text(
+            f"Stage 3's Dy-CNN against {NORM_CONTROL} (the rule's rows):\n\n"
+            + to_markdown(main_table(control, control_verdicts).astype(str))
+        )
+        verdicts = with_control(verdicts, control_verdicts)
     rows.to_csv(study_dir / "comparison.csv", index=False)
     verdicts.to_csv(study_dir / "verdict.csv", index=False)
     (study_dir / "verdict.md").write_text(to_markdown(main_table(rows, verdicts).astype(str)))
     write_stage2(rows, study_dir / "stage2.md")
     learning(trials).to_csv(study_dir / "learning.csv", index=False, float_format="%.4f")
-    results_path = run_dir / "results.csv"
     wanted = {s for seeds in SEED_GROUPS.values() for s in seeds}
-    if results_path.exists():
-        results = pd.read_csv(results_path)
-        if wanted <= set(results["seed"]):
-            groups = by_seed_group(results, SEED_GROUPS)
-            (study_dir / "seed_groups.md").write_text(to_markdown(groups.astype(str)))
+    if results is not None and wanted <= set(results["seed"]):
+        groups = by_seed_group(results, SEED_GROUPS)
+        (study_dir / "seed_groups.md").write_text(to_markdown(groups.astype(str)))
     plot_forgetting_vs_joint(trials, study_dir / "plots" / "forgetting_vs_joint.png")
     for name in ("results.csv", "routing.csv"):
         if (run_dir / name).exists():

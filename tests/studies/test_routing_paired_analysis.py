@@ -177,6 +177,42 @@ def test_the_rule_on_each_group_of_seeds_alone_shows_where_a_difference_comes_fr
     assert table.loc["dycnn", "seeds 0-4: recommended"] == "no"
 
 
+def test_stage_3_s_dy_cnn_is_judged_against_the_per_modality_norm_control_too(analyse):
+    """Against the control the hard-routed arm forgets 0.2 more on every seed (the control
+    forgets less than it); a 'yes' against the baseline then becomes a 'no' naming the
+    control, and a run without the control has no such comparison."""
+    results = stream_results(
+        {
+            "static-equal-params": set(),
+            "static-equal-params-norm": set(),
+            "dycnn-modality-hard-norm": set(range(10)),
+            "dycnn": set(),
+        },
+        range(4),
+    )
+    rows = analyse.against_control(results, n_boot=100)
+    assert set(rows["arm"]) == {"dycnn-modality-hard-norm"}  # the stage-3 arms only
+    forgetting = rows[rows["measure"] == "forgetting_max"].iloc[0]
+    assert forgetting["difference"] == pytest.approx(0.1)  # T2 +0.2, FLAIR 0: mean +0.1
+    assert forgetting["excludes_zero"]
+    control = analyse.verdict(rows)
+    assert control.set_index("arm").loc["dycnn-modality-hard-norm", "recommended"] == "no"
+    verdicts = pd.DataFrame(
+        {"arm": ["dycnn-modality-hard-norm", "dycnn", "static-equal-params-norm"],
+         "recommended": ["yes", "yes", "(static)"]}
+    )  # fmt: skip
+    judged = analyse.with_control(verdicts, control).set_index("arm")["recommended"]
+    assert judged.to_dict() == {
+        "dycnn-modality-hard-norm": "no (not against static-equal-params-norm)",
+        "dycnn": "yes",  # not a stage-3 arm: the control does not apply
+        "static-equal-params-norm": "(static)",
+    }
+    passing = control.assign(recommended="yes")
+    assert analyse.with_control(verdicts, passing).equals(verdicts)
+    without = results[results["model"] != "static-equal-params-norm"]
+    assert analyse.against_control(without) is None
+
+
 def test_the_learning_ratio_divides_by_the_same_model_s_joint_dice(analyse, tmp_path):
     rows = []
     for seed, (t2, flair, joint_t2, joint_flair) in enumerate(
