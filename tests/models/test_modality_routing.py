@@ -161,3 +161,35 @@ def test_freeze_routing_after_round(routing: str, blobs) -> None:
         assert all(same) if frozen else not any(same)
     never = build_model("dycnn", seed=0, **SMALL)
     assert freeze_routing(never, 100) == []
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_hard_routing_with_norm_by_modality_is_a_static_unet_per_modality(train: bool) -> None:
+    """The study's recommended configuration holds no input-dependent routing: for a batch of
+    modality m it computes a plain U-Net whose kernels are the mean of m's kernel set and whose
+    norms are m's, with the 1x1 head shared by both modalities."""
+    args = {"base_width": 4, "depth": 2, "seed": 1}
+    model = build_model("dycnn", routing="modality-hard", norm_by_modality=True, **args)
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():  # every norm and the head away from their initial values
+        for key, value in model.state_dict().items():
+            if value.is_floating_point() and "weight_bank" not in key:
+                value.copy_(0.5 + torch.rand(value.shape, generator=generator))
+    x = torch.randn(3, 1, 16, 16, generator=generator)
+    model.train(train)
+    outs = [model(x, torch.full((3,), m)) for m in (0, 1)]
+    assert (outs[0] - outs[1]).abs().max() > 0.1  # the two modalities are two networks
+    for m in (0, 1):
+        static = build_model("static", **args)
+        state = {}
+        for key, value in model.state_dict().items():
+            if key.endswith(".conv.weight_bank"):  # (K=4, C_out, C_in, 3, 3): m's are 2m, 2m+1
+                kernel = value[2 * m : 2 * m + 2].mean(0)
+                state[key.replace(".conv.weight_bank", ".weight")] = kernel
+            elif f".norms.{m}." in key:
+                state[key.replace(f".norms.{m}.", ".")] = value
+        state["head.weight"], state["head.bias"] = model.head.weight, model.head.bias
+        assert set(state) == set(static.state_dict())
+        static.load_state_dict(state)
+        static.train(train)
+        torch.testing.assert_close(outs[m], static(x), rtol=1e-5, atol=1e-5)
