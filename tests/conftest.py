@@ -11,6 +11,7 @@ import contextlib
 import copy
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -128,8 +129,17 @@ def run_fedll() -> RunFedll:
     return run
 
 
+def _sigint_as_at_a_terminal() -> None:
+    """In the child before exec: SIGINT at its default, as for a command typed at a terminal.
+    A test run started in the background (``cmd &`` in a script, some CI runners) inherits
+    SIGINT ignored, an ignored signal stays ignored across exec, and Python then installs no
+    KeyboardInterrupt handler: the command would rightly never see a Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class FedllProcess:
-    """A ``fedll`` command in its own session, with a private Ray temp directory."""
+    """A ``fedll`` command in its own session, with a private Ray temp directory and SIGINT
+    at its default (:func:`_sigint_as_at_a_terminal`)."""
 
     def __init__(self, args: list[str], cwd: Path, ray_tmp: Path, log_dir: Path) -> None:
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -147,6 +157,7 @@ class FedllProcess:
             stdout=self._out,
             stderr=self._err,
             start_new_session=True,
+            preexec_fn=_sigint_as_at_a_terminal,
         )
         self.sid = self.proc.pid
 

@@ -373,12 +373,9 @@ def test_ctrl_c_stops_a_ray_sweep_at_once_keeping_its_finished_trials(
 ):
     """SIGINT to the command's process group, as a terminal's Ctrl-C sends it: exit 130
     within seconds with one line saying how to resume, Ray and its workers gone, and the
-    finished trials kept for the rerun. Each trial trains long enough (seconds, not the tiny
-    scenario's ~0.4 s) that the run cannot finish between the first seal and the signal on
-    a loaded machine; a signal after the run's work is done is not an interruption."""
+    finished trials kept for the rerun."""
     scenario_path = make_scenario(
-        tmp_path / "s.yaml",
-        {**THREE_SEEDS, "training": {"epochs": 12}, "execution": {"max_concurrent": 1}},
+        tmp_path / "s.yaml", {**THREE_SEEDS, "execution": {"max_concurrent": 1}}
     )
     run_dir = tmp_path / "run"
     proc = spawn_fedll("run", str(scenario_path), "--out", str(run_dir))
