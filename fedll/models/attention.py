@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedll.models.unet import TakesModality
+
 ACP_STATS: tuple[str, ...] = ("mean", "std", "max", "quantiles")
 """The pooled per-channel statistics the ACP can read, concatenated in the order given."""
 
@@ -366,16 +368,10 @@ class ModalityCoefficients(TemperatureSchedule, nn.Module):
         return (owner[None] == rows).to(like.dtype) / per
 
     def forward(self, x: torch.Tensor, modality: torch.Tensor | None = None) -> Routing:
-        if modality is None:
-            raise ValueError(
-                f"modality: this layer routes by the case's modality ({self.routing}); call the "
-                "model with modality=(B,) indices into fedll.data.MODALITIES"
-            )
+        modality = TakesModality.checked_modality(
+            x, modality, f"routes by the case's modality ({self.routing})"
+        )
         modality = modality.to(x.device, torch.long)
-        if modality.shape != (x.shape[0],):
-            raise ValueError(
-                f"modality: expected shape ({x.shape[0]},), got {tuple(modality.shape)}"
-            )
         if self.logits is None:
             table = self.hard_weights(x)
             if self.mode == "grouped":

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
 
@@ -35,9 +36,24 @@ static_conv: ConvFactory = partial(nn.Conv2d, kernel_size=3, padding=1)
 
 
 class TakesModality:
-    """Marks a convolution module whose forward takes ``modality`` (B,) int64, the index of
-    each sample's modality (:data:`fedll.data.MODALITIES`), as a second argument:
-    :class:`UNet` passes the modality it is given to these, and only to these."""
+    """Marks a layer (a convolution, a normalisation) whose forward takes ``modality`` (B,)
+    int64, the index of each sample's modality (:data:`fedll.data.MODALITIES`), as a second
+    argument: :class:`UNet` passes the modality it is given to these, and only to these."""
+
+    @staticmethod
+    def checked_modality(x: torch.Tensor, modality: torch.Tensor | None, uses: str) -> torch.Tensor:
+        """``modality``, or ValueError when a layer that ``uses`` it (e.g. "routes by the
+        case's modality") was given none, or not one index per sample of ``x``."""
+        if modality is None:
+            raise ValueError(
+                f"modality: this layer {uses}; call the model with modality=(B,) indices into "
+                "fedll.data.MODALITIES"
+            )
+        if modality.shape != (x.shape[0],):
+            raise ValueError(
+                f"modality: expected shape ({x.shape[0]},), got {tuple(modality.shape)}"
+            )
+        return modality
 
 
 def make_norm(norm: str, channels: int) -> nn.Module:
@@ -73,15 +89,9 @@ class ModalityNorm(TakesModality, nn.Module):
         self.norms = nn.ModuleList(make_norm(norm, channels) for _ in range(num_modalities))
 
     def forward(self, x: torch.Tensor, modality: torch.Tensor | None = None) -> torch.Tensor:
-        if modality is None:
-            raise ValueError(
-                "modality: this layer normalises by the case's modality (norm_by_modality); "
-                "call the model with modality=(B,) indices into fedll.data.MODALITIES"
-            )
-        if modality.shape != (x.shape[0],):
-            raise ValueError(
-                f"modality: expected shape ({x.shape[0]},), got {tuple(modality.shape)}"
-            )
+        modality = self.checked_modality(
+            x, modality, "normalises by the case's modality (norm_by_modality)"
+        )
         if modality.is_meta:  # a footprint measured on the meta device: shapes, no values
             return self.norms[0](x)
         present = torch.unique(modality).tolist()
@@ -97,12 +107,25 @@ class ModalityNorm(TakesModality, nn.Module):
         return out
 
 
-def norm_layer(norm: str, channels: int, norm_modalities: int | None) -> nn.Module:
-    """:func:`make_norm`'s layer, or with ``norm_modalities`` a :class:`ModalityNorm` of that
-    many."""
-    if norm_modalities is None:
-        return make_norm(norm, channels)
-    return ModalityNorm(norm, channels, norm_modalities)
+@dataclass(frozen=True)
+class NormSpec:
+    """How a U-Net's normalisation layers are made: ``kind`` (one of :data:`NORMS`, as
+    :func:`make_norm` makes it) and, with ``modalities``, one such layer per modality
+    (:class:`ModalityNorm`)."""
+
+    kind: str
+    modalities: int | None = None
+
+    def layer(self, channels: int) -> nn.Module:
+        if self.modalities is None:
+            return make_norm(self.kind, channels)
+        return ModalityNorm(self.kind, channels, self.modalities)
+
+    @property
+    def conv_bias(self) -> bool:
+        """Whether the convolutions before these layers take a bias: only without a
+        normalisation (a bias before one is redundant)."""
+        return self.kind == "none"
 
 
 class TwoConv(nn.Sequential):
@@ -113,17 +136,16 @@ class TwoConv(nn.Sequential):
         in_channels: int,
         out_channels: int,
         conv: ConvFactory,
-        norm: str,
+        norm: NormSpec,
         first_conv: ConvFactory | None = None,
-        norm_modalities: int | None = None,
     ) -> None:
-        bias = norm == "none"  # a conv bias before a normalisation layer is redundant
+        bias = norm.conv_bias
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         layers["conv1"] = (first_conv or conv)(in_channels, out_channels, bias=bias)
-        layers["norm1"] = norm_layer(norm, out_channels, norm_modalities)
+        layers["norm1"] = norm.layer(out_channels)
         layers["act1"] = nn.ReLU(inplace=True)
         layers["conv2"] = conv(out_channels, out_channels, bias=bias)
-        layers["norm2"] = norm_layer(norm, out_channels, norm_modalities)
+        layers["norm2"] = norm.layer(out_channels)
         layers["act2"] = nn.ReLU(inplace=True)
         super().__init__(layers)
 
@@ -137,16 +159,11 @@ class Down(nn.Module):
     """2x2 max pooling (ceil mode), :class:`TwoConv`: (B, in, H, W) -> (B, out, ⌈H/2⌉, ⌈W/2⌉)."""
 
     def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        conv: ConvFactory,
-        norm: str,
-        norm_modalities: int | None = None,
+        self, in_channels: int, out_channels: int, conv: ConvFactory, norm: NormSpec
     ) -> None:
         super().__init__()
         self.pool = nn.MaxPool2d(2, ceil_mode=True)
-        self.convs = TwoConv(in_channels, out_channels, conv, norm, None, norm_modalities)
+        self.convs = TwoConv(in_channels, out_channels, conv, norm)
 
     def forward(self, x: torch.Tensor, modality: torch.Tensor | None = None) -> torch.Tensor:
         return self.convs(self.pool(x), modality)
@@ -165,13 +182,10 @@ class UpCat(nn.Module):
         skip_channels: int,
         out_channels: int,
         conv: ConvFactory,
-        norm: str,
-        norm_modalities: int | None = None,
+        norm: NormSpec,
     ) -> None:
         super().__init__()
-        self.convs = TwoConv(
-            in_channels + skip_channels, out_channels, conv, norm, None, norm_modalities
-        )
+        self.convs = TwoConv(in_channels + skip_channels, out_channels, conv, norm)
 
     def forward(
         self, x: torch.Tensor, skip: torch.Tensor, modality: torch.Tensor | None = None
@@ -236,13 +250,13 @@ class UNet(nn.Module):
             raise ValueError(f"norm: unknown normalisation {norm!r} (known: {NORMS})")
         widths = [base_width * 2**level for level in range(depth + 1)]
         self.depth = depth
-        self.stem = TwoConv(in_channels, widths[0], conv, norm, first_conv, norm_modalities)
+        spec = NormSpec(norm, norm_modalities)
+        self.stem = TwoConv(in_channels, widths[0], conv, spec, first_conv)
         self.down = nn.ModuleList(
-            Down(widths[level], widths[level + 1], conv, norm, norm_modalities)
-            for level in range(depth)
+            Down(widths[level], widths[level + 1], conv, spec) for level in range(depth)
         )
         self.up = nn.ModuleList(
-            UpCat(widths[level + 1], widths[level], widths[level], conv, norm, norm_modalities)
+            UpCat(widths[level + 1], widths[level], widths[level], conv, spec)
             for level in reversed(range(depth))
         )
         self.head = nn.Conv2d(widths[0], out_channels, kernel_size=1)
