@@ -1,7 +1,7 @@
 """``RUN_DIR/report.html``: one self-contained page of a run (figures inlined, no network).
 
 A thin layer: :mod:`fedll.report.page` gathers the data, the Jinja2 template
-``templates/report.html.j2`` (shipped as package data, autoescaped) lays it out.
+(:data:`fedll.report.template.PAGE`, autoescaped) lays it out.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pandas as pd
 
 from fedll.atomic import atomic_path
 from fedll.provenance import read_provenance
-from fedll.report import page
+from fedll.report import page, template
 from fedll.report.tables import format_table
 
 logger = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ TEMPLATE = "report.html.j2"
 def environment() -> jinja2.Environment:
     """The template environment: fedll's templates, autoescaping on, undefined names fail."""
     return jinja2.Environment(
-        loader=jinja2.PackageLoader("fedll.report", "templates"),
+        loader=jinja2.DictLoader({TEMPLATE: template.PAGE}),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,

@@ -1,3 +1,14 @@
+"""The Jinja2 template of ``RUN_DIR/report.html`` (autoescaped; rendered by
+:mod:`fedll.report.html`).
+
+It is a Python module, not a ``.j2`` package-data file, because a Flower app bundle (FAB)
+carries only Python, TOML, Markdown, YAML and JSON files: under ``flwr run`` and in deployment
+the ServerApp imports fedll from the FAB, where a template file would be missing.
+"""
+
+# ruff: noqa: E501  (the page's HTML and CSS lines, as written)
+
+PAGE = """\
 <!DOCTYPE html>
 <html lang="en">
 <head>
@@ -113,3 +124,4 @@
 </main>
 </body>
 </html>
+"""
