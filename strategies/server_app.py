@@ -39,6 +39,7 @@ from fedll.results import TrialOutcome
 from fedll.store import collect
 from fedll.sweep import SweepTrial, keep_trial
 from strategies.federation import RoundCallback, run_federation
+from strategies.flower_log import without_false_lines
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ def make_server_app(
     app = ServerApp()
 
     @app.main()
+    @without_false_lines
     def main(grid: Grid, context: Context) -> None:
         if sweep_trial is not None:
             s = sweep_trial
