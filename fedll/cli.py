@@ -448,17 +448,18 @@ def _print_trials(scenario: Scenario, trials: list[Trial]) -> None:
     _console().print(table)
 
 
-def _print_table(report: dict, failed: int | None = None) -> None:
+def _print_table(report: dict, failed: int = 0) -> None:
     """The key measures within 120 columns (every measure is in the tables' files and the
     page), one summary line, and where the page is. ``failed``: trials that failed in this
-    run (default: the scenario's trials without results)."""
+    run; the scenario's other trials without results were not run (``fedll report`` of a
+    deployment that ran one trial of several, say)."""
     from fedll.report.terminal import summary_line, terminal_table, trial_counts
 
     for line in terminal_table(report["table"]):
         _say(line)
     done = report["summary"]["trial"].nunique()
-    failed = report.get("unfinished", 0) if failed is None else failed
-    _say(summary_line(done, failed, *trial_counts(report["summary"])))
+    not_run = max(0, report.get("unfinished", 0) - failed)
+    _say(summary_line(done, failed, *trial_counts(report["summary"]), not_run=not_run))
     _say(f"report: {report['html']}")
 
 

@@ -15,6 +15,10 @@ import pandas as pd
 
 from fedll.columns import config_columns
 
+NO_ROWS = "no rows"
+"""What :func:`missing_parts` says of a trial without a single row: it was not run (or did
+not finish: a trial's rows are written all at once, when it ends)."""
+
 
 @dataclass(frozen=True)
 class Expected:
@@ -34,7 +38,7 @@ def missing_parts(results: pd.DataFrame, expected: Expected) -> dict[str, str]:
     for trial, rounds in expected.rounds.items():
         frame = by_trial.get(trial)
         if frame is None:
-            missing[trial] = "no rows"
+            missing[trial] = NO_ROWS
             continue
         absent = sorted(set(range(rounds + 1)) - set(frame["round"]))
         if absent:
@@ -70,7 +74,18 @@ def complete_configurations(
 
 
 def describe(missing: Mapping[str, str], shown: int = 3) -> str:
-    """One line: how many trials lack what, naming the first few."""
-    items = [f"{trial} ({what})" for trial, what in missing.items()]
+    """One line: how many trials were not run (no rows at all) and how many lack part of their
+    rows, and what, naming the first few of each."""
+    not_run = [trial for trial, what in missing.items() if what == NO_ROWS]
+    partial = [f"{trial} ({what})" for trial, what in missing.items() if what != NO_ROWS]
+    parts = []
+    if not_run:
+        parts.append(f"{len(not_run)} trial(s) not run: " + _first(not_run, shown))
+    if partial:
+        parts.append(f"{len(partial)} trial(s) incomplete: " + _first(partial, shown))
+    return "; ".join(parts)
+
+
+def _first(items: Sequence[str], shown: int) -> str:
     more = f" and {len(items) - shown} more" if len(items) > shown else ""
-    return f"{len(items)} trial(s) incomplete: " + "; ".join(items[:shown]) + more
+    return ", ".join(items[:shown]) + more

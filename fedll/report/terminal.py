@@ -105,9 +105,12 @@ def trial_counts(summary: pd.DataFrame) -> tuple[int, int]:
     )
 
 
-def summary_line(done: int, failed: int, failed_updates: int, rejected_updates: int) -> str:
-    """One line: trials done and failed, failed and rejected updates."""
+def summary_line(
+    done: int, failed: int, failed_updates: int, rejected_updates: int, not_run: int = 0
+) -> str:
+    """One line: trials done, failed and (where any) not run; failed and rejected updates."""
+    skipped = f", {not_run} not run" if not_run else ""
     return (
-        f"trials: {done} done, {failed} failed; updates: {failed_updates} failed, "
+        f"trials: {done} done, {failed} failed{skipped}; updates: {failed_updates} failed, "
         f"{rejected_updates} rejected"
     )

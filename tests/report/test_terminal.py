@@ -63,3 +63,7 @@ def test_summary_line_counts_failed_and_rejected_updates() -> None:
     results.loc[(results["round"] == 2) & (results["trial"] == "dycnn-s0"), "rejected"] = "site_b"
     assert trial_counts(trial_summary(results)) == (8, 1)  # 4 trials x 2 sites; 1
     assert summary_line(4, 1, 8, 1) == ("trials: 4 done, 1 failed; updates: 8 failed, 1 rejected")
+    # trials of the scenario that were never run (a deployment runs one) are not failures
+    assert summary_line(1, 0, 0, 0, not_run=7) == (
+        "trials: 1 done, 0 failed, 7 not run; updates: 0 failed, 0 rejected"
+    )
