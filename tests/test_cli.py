@@ -71,6 +71,7 @@ def test_dry_run_applies_overrides(write_scenario):
         ("routing-study", 177),
         ("robust", 10),
         ("dp", 5),
+        ("deploy", 1),  # the deployment walk-through's: one trial, as `flwr run` runs one
     ],
 )
 def test_the_shipped_scenarios_are_valid(name, trials):

@@ -323,6 +323,13 @@ def test_a_deployed_run_gives_the_outputs_and_dice_of_the_simulation(
     assert rc == 0, f"flwr run: {rc}\n{output[-6000:]}"
     assert re.search(r"Successfully started run \d+", output), output[-6000:]
     run_s = time.monotonic() - started
+    # flwr run exits 0 even when the ServerApp died: its log must show no exception (the
+    # report templates missing from the app once crashed it after the last round)
+    for sign in ("Traceback", "Exit Code"):
+        assert sign not in output, f"the ServerApp failed ({sign!r}):\n{output[-6000:]}"
+    # Flower's lines that say evaluation is skipped or empty are not in the log
+    assert "Federated evaluation will be skipped" not in output, output[-6000:]
+    assert "MetricRecord: None" not in output, output[-6000:]
 
     # the results file (flwr run exits 0 even when the ServerApp failed) ...
     got_path = trial_path(deployed, trial)
@@ -343,7 +350,7 @@ def test_a_deployed_run_gives_the_outputs_and_dice_of_the_simulation(
     assert f"site hospital-broken: data-dir {missing} does not exist" in output
 
     # the coordinator has what `fedll run` leaves, and `fedll report` rebuilds the report
-    for name in ("scenario.yaml", "cohort.json", "results.csv", "attention.csv"):
+    for name in ("scenario.yaml", "cohort.json", "results.csv", "attention.csv", "report.html"):
         assert (deployed / name).exists(), name
     assert (deployed / "tables" / "forgetting.md").exists()
     assert sorted(p.name for p in (deployed / "plots").glob("*.png"))
@@ -351,6 +358,7 @@ def test_a_deployed_run_gives_the_outputs_and_dice_of_the_simulation(
     report = run_fedll("report", deployed, cwd=deployment.root)
     assert report.returncode == 0, report.stderr
     assert "static" in report.stdout and (deployed / "tables" / "forgetting.md").exists()
+    assert "trials: 1 done, 0 failed;" in report.stdout, report.stdout
     print(
         f"\nflwr deploy: flwr run {run_s:.1f} s, test {time.monotonic() - started:.1f} s; "
         "Dice bit-identical to the simulation"
