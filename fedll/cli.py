@@ -170,19 +170,21 @@ def run(
         from fedll.sweep import check_address
 
         check_address(address)
-    _claim(run_dir, scenario)
+    from fedll.lock import hold_run_dir
     from fedll.provenance import write_provenance
 
-    write_provenance(run_dir)
-    try:
-        _run(run_dir, scenario, address, cpus_per_trial, local)
-    except KeyboardInterrupt:
-        _say(
-            f"interrupted; finished trials are kept in {run_dir}/trials, "
-            "rerun the same command to resume",
-            err=True,
-        )
-        raise typer.Exit(code=130) from None
+    with hold_run_dir(run_dir, "fedll run"):  # one process at a time in a run directory
+        _claim(run_dir, scenario)
+        write_provenance(run_dir)
+        try:
+            _run(run_dir, scenario, address, cpus_per_trial, local)
+        except KeyboardInterrupt:
+            _say(
+                f"interrupted; finished trials are kept in {run_dir}/trials, "
+                "rerun the same command to resume",
+                err=True,
+            )
+            raise typer.Exit(code=130) from None
 
 
 def _progress_columns() -> tuple:
@@ -206,8 +208,6 @@ def _claim(run_dir: Path, scenario: Scenario) -> None:
     from fedll.config.grid import fingerprints
     from fedll.store import verify_trial
 
-    if run_dir.exists() and not run_dir.is_dir():
-        raise DataError(f"--out {run_dir}: is a file, not a directory")
     saved = run_dir / "scenario.yaml"
     resolved = dump_scenario(scenario)
     if saved.exists() and not _same_scenario(saved, resolved, scenario):
@@ -485,10 +485,13 @@ def report(
 ) -> None:
     """Rebuild the forgetting tables and plots from RUN_DIR/results.csv alone (checked against
     RUN_DIR/scenario.yaml: every trial, round and test case must be there)."""
-    built = _report(run_dir, partial=partial)
-    _print_table(built)
-    if compare is not None:
-        _compare(run_dir, compare, compare_axis, bootstrap)
+    from fedll.lock import hold_run_dir
+
+    with hold_run_dir(run_dir, "fedll report", create=False):
+        built = _report(run_dir, partial=partial)
+        _print_table(built)
+        if compare is not None:
+            _compare(run_dir, compare, compare_axis, bootstrap)
 
 
 def _compare(run_dir: Path, baseline: str, axis: str, n_boot: int) -> None:
