@@ -173,6 +173,10 @@ def run(
     from fedll.lock import hold_run_dir
     from fedll.provenance import write_provenance
 
+    if scenario.tracking.mlflow:  # before the sweep: a store MLflow cannot reach is minutes
+        from fedll.tracking import check_target
+
+        check_target(run_dir, scenario.tracking, str(scenario_path))
     with hold_run_dir(run_dir, "fedll run"):  # one process at a time in a run directory
         _claim(run_dir, scenario)
         write_provenance(run_dir)
