@@ -131,3 +131,20 @@ def test_norm_by_modality_gives_every_norm_a_layer_per_modality(name: str) -> No
     x = torch.randn(2, 1, 16, 16)
     model.eval(), plain.eval()
     assert torch.allclose(model(x, torch.tensor([1, 1])), plain(x), atol=1e-6)
+
+
+def test_inference_pooling_is_plain_max_pooling_bit_for_bit():
+    from fedll.models.unet import MaxPool
+
+    x = torch.randn(3, 5, 9, 7, generator=torch.Generator().manual_seed(0))
+    plain = torch.nn.MaxPool2d(2, ceil_mode=True)
+    with torch.inference_mode():
+        pooled = MaxPool()(x)
+        assert torch.equal(pooled, plain(x)) and pooled.is_contiguous()
+        last = x.contiguous(memory_format=torch.channels_last)
+        assert torch.equal(MaxPool()(last), plain(last))
+    grad = x.clone().requires_grad_(True)
+    MaxPool()(grad).sum().backward()  # with autograd: torch's own pooling, and its gradient
+    expected = x.clone().requires_grad_(True)
+    plain(expected).sum().backward()
+    assert torch.equal(grad.grad, expected.grad)
