@@ -122,7 +122,8 @@ def make_server_app(
         start = time.perf_counter()
         outcome = execute_trial(grid, scenario, trial, cohort, device, threads, on_round)
         wall_s = time.perf_counter() - start
-        path = keep_trial(run_dir, scenario, trial, outcome, wall_s, arithmetic(device))
+        ran = arithmetic(device, scenario.training.precision, scenario.evaluation.precision)
+        path = keep_trial(run_dir, scenario, trial, outcome, wall_s, ran)
         logger.info("trial %s written to %s", trial.trial_id, path)
         if context.run_config.get("collect", True):
             fingerprints = {
