@@ -65,7 +65,7 @@ def test_dry_run_applies_overrides(write_scenario):
 @pytest.mark.parametrize(
     ("name", "trials"),
     [
-        ("quickstart", 8),
+        ("quickstart", 24),
         ("federated", 30),
         ("paper", 18),
         ("routing-study", 177),
