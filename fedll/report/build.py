@@ -21,7 +21,7 @@ from fedll.report.plots import write_plots
 from fedll.report.read import maybe_compressed, read_attention, read_results, read_routing
 from fedll.report.routing import routing_separation
 from fedll.report.summary import METRICS, summarise, trial_summary
-from fedll.report.tables import caption, write_tables
+from fedll.report.tables import caption, write_privacy, write_tables
 
 
 def build_report(
@@ -31,9 +31,10 @@ def build_report(
     may be gzipped, ``.csv.gz``, as a study folder stores them); write the tables to
     ``run_dir/tables`` (forgetting.*, trials.csv, attention_tv.csv, routing_separation.csv;
     where the results have HD95 and surface Dice, forgetting_hd95.*, forgetting_surface_dice.*
-    and trials_<metric>.csv too) and the plots to ``run_dir/plots`` (routing_<panel>.png from
-    routing.csv, and a montage per configuration whose trial files hold previews,
-    :mod:`fedll.report.montage`), and the page of it all, ``run_dir/report.html``.
+    and trials_<metric>.csv too; where a trial has an ε, privacy.*, each site's) and the
+    plots to ``run_dir/plots`` (routing_<panel>.png from routing.csv, and a montage per
+    configuration whose trial files hold previews, :mod:`fedll.report.montage`), and the page
+    of it all, ``run_dir/report.html``.
 
     With ``expected`` (what the run's scenario asks for), results that lack a trial, a round
     or a test case are refused (DataError naming what is missing), unless ``partial``: then
@@ -94,10 +95,11 @@ def build_report(
     for name, frame in extra.items():
         frame.to_csv(tables_dir / name, index=False)
         tables.append(tables_dir / name)
+    tables += write_privacy(results, tables_dir)
     plots = write_plots(results, run_dir / "plots", attention, routing)
     plots += write_montages(results, run_dir, run_dir / "plots")
     files = dict(zip(("csv", "markdown", "latex"), tables[:3], strict=True))
-    html = write_html(run_dir, page_context(run_dir, table, summary, plots, left_out))
+    html = write_html(run_dir, page_context(run_dir, table, summary, plots, left_out, results))
     return {
         "table": table,
         "summary": summary,

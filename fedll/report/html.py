@@ -37,9 +37,10 @@ def environment() -> jinja2.Environment:
 
 def page_context(
     run_dir: Path, table: pd.DataFrame, summary: pd.DataFrame, plots: list[Path],
-    left_out: list[str] | None = None,
+    left_out: list[str] | None = None, results: pd.DataFrame | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Everything the template shows, from a run directory and its built report."""
+    """Everything the template shows, from a run directory and its built report (with its
+    ``results``, what the ε of differential privacy is, and each site's)."""
     run_dir = Path(run_dir)
     scenario = page.read_scenario(run_dir)
     view = format_table(table)
@@ -57,6 +58,7 @@ def page_context(
         "trials": records,
         "provenance": page.provenance_rows(read_provenance(run_dir), records),
         "left_out": list(left_out or []),
+        "privacy": page.privacy_section(results),
     }
 
 

@@ -2,8 +2,9 @@
 
 Each function returns lists and dicts of strings and numbers that the page's template
 (:mod:`fedll.report.html`) lays out: the scenario in brief, the forgetting table (key
-measures, then every measure), the figures as ``data:`` URIs, each trial's failed and rejected
-updates and wall time (from its seal), and the run's provenance.
+measures, then every measure), what its ε is and each site's (where a trial has one), the
+figures as ``data:`` URIs, each trial's failed and rejected updates and wall time (from its
+seal), and the run's provenance.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pandas as pd
 import yaml
 
 from fedll.columns import config_columns
+from fedll.report.epsilon import epsilon_clause, format_privacy, privacy_caption, privacy_table
 from fedll.report.summary import MEASURES
 
 KEY_LABELS: tuple[str, ...] = tuple(
@@ -98,6 +100,20 @@ def table_rows(view: pd.DataFrame, labels: Iterable[str] | None = None) -> dict[
         keys = [*config_columns(view), "modality", "seeds"]
         view = view[[*keys, *(c for c in labels if c in view.columns)]]
     return {"columns": list(view.columns), "rows": view.astype(str).to_numpy().tolist()}
+
+
+def privacy_section(results: pd.DataFrame | None) -> dict[str, Any] | None:
+    """``{"clause", "caption", "table"}`` where some trial has an ε: what the forgetting
+    table's ``final ε`` is, the per-site table's caption and its rows
+    (:mod:`fedll.report.epsilon`); None otherwise."""
+    if results is None or not (table := privacy_table(results)).size:
+        return None
+    clause = epsilon_clause(results).removeprefix("; ")
+    return {
+        "clause": clause[:1].upper() + clause[1:],
+        "caption": privacy_caption(results),
+        "table": table_rows(format_privacy(table)),
+    }
 
 
 def figures(plots: Iterable[Path]) -> list[dict[str, Any]]:

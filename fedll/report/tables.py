@@ -1,5 +1,6 @@
 """The forgetting tables as files: CSV (numeric), Markdown and LaTeX (mean ± std), one per
-metric (``forgetting.*`` for Dice, ``forgetting_hd95.*``, ``forgetting_surface_dice.*``)."""
+metric (``forgetting.*`` for Dice, ``forgetting_hd95.*``, ``forgetting_surface_dice.*``);
+``privacy.*``, each site's ε, where a trial has one."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pandas as pd
 from fedll.atomic import atomic_path
 from fedll.columns import config_columns
 from fedll.data import LABELS
+from fedll.report.epsilon import epsilon_clause, format_privacy, privacy_caption, privacy_table
 from fedll.report.read import COUNTS
 from fedll.report.summary import METRICS, PRIVACY, table_measures
 
@@ -84,8 +86,9 @@ def to_latex(view: pd.DataFrame) -> str:
 
 
 def caption(metric: str, results: pd.DataFrame | None = None) -> str:
-    """One line saying what the table of ``metric`` measures and how the test cases were
-    scored (the results' ``evaluated_slices`` and ``surface_tolerance_mm``)."""
+    """One line saying what the table of ``metric`` measures, how the test cases were scored
+    (the results' ``evaluated_slices`` and ``surface_tolerance_mm``) and, where a trial has
+    one, what its ε is (:func:`fedll.report.epsilon.epsilon_clause`)."""
     label, higher = METRICS[metric]
     text = f"{label} per test case, in 3-D, mean over each modality's test cases"
     if not higher:
@@ -96,15 +99,11 @@ def caption(metric: str, results: pd.DataFrame | None = None) -> str:
             text += "; test slices: " + ", ".join(
                 "all brain slices" if e == "all" else "the training selection" for e in evaluated
             )
-        deltas = sorted(set(results.get("dp_delta", pd.Series(dtype=float)).dropna()))
-        if deltas:
-            text += "; ε spent under differential privacy at δ = " + ", ".join(
-                f"{d:g}" for d in deltas
-            )
         if metric == "surface_dice":
             tolerances = sorted(set(results["surface_tolerance_mm"].dropna()))
             if tolerances:
                 text += "; tolerance " + ", ".join(f"{t:g} mm" for t in tolerances)
+        text += epsilon_clause(results)
     return text + "."
 
 
@@ -113,10 +112,25 @@ def write_tables(
 ) -> list[Path]:
     """Write forgetting[_<metric>].csv (numeric), .md and .tex (mean ± std); the Markdown
     starts with ``title`` (e.g. :func:`caption`) where given."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     view = format_table(table, metric=metric)
     stem = "forgetting" if metric == "dice" else f"forgetting_{metric}"
+    return _write(out_dir, stem, table, view, title)
+
+
+def write_privacy(results: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Write privacy.csv (numeric), .md (titled by its caption) and .tex: each site's ε
+    (:func:`fedll.report.epsilon.privacy_table`); nothing where no trial has an accountant."""
+    table = privacy_table(results)
+    if table.empty:
+        return []
+    return _write(out_dir, "privacy", table, format_privacy(table), privacy_caption(results))
+
+
+def _write(
+    out_dir: Path, stem: str, table: pd.DataFrame, view: pd.DataFrame, title: str | None
+) -> list[Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     markdown = to_markdown(view)
     texts = {
         f"{stem}.csv": table.to_csv(index=False),

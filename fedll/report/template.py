@@ -50,6 +50,7 @@ PAGE = """\
 <p class="sub">{{ n_trials }} trial{{ "s" if n_trials != 1 }} · {{ run_dir }} · written {{ created }}</p>
 <nav>
   <a href="#scenario">Scenario</a><a href="#forgetting">Forgetting</a>
+  {% if privacy %}<a href="#privacy">Differential privacy</a>{% endif %}
   {% for section in sections %}<a href="#fig-{{ loop.index }}">{{ section.title }}</a>{% endfor %}
   <a href="#trials">Trials</a><a href="#provenance">Provenance</a>
 </nav>
@@ -84,6 +85,13 @@ PAGE = """\
   <summary>Every measure ({{ full_table.columns | length }} columns)</summary>
   {{ render_table(full_table) }}
 </details>
+{% if privacy %}
+<p class="note">{{ privacy.clause }}.</p>
+
+<h2 id="privacy">Differential privacy</h2>
+<p class="note">{{ privacy.caption }}</p>
+{{ render_table(privacy.table) }}
+{% endif %}
 
 {% for section in sections %}
 <h2 id="fig-{{ loop.index }}">{{ section.title }}</h2>
