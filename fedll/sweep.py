@@ -199,9 +199,7 @@ def execute_task(
     run_server_app(load_reference(SERVER_APP_FACTORY)(on_round, sweep_trial), grid, run_config)
     if not outcomes:
         raise RuntimeError(f"trial {trial.trial_id}: the ServerApp returned no outcome")
-    ran = arithmetic(
-        sweep_trial.device, scenario.training.precision, scenario.evaluation.precision
-    )
+    ran = arithmetic(sweep_trial.device, scenario.training.precision, scenario.evaluation.precision)
     return TrialDone(outcomes[0], time.perf_counter() - started, ran)
 
 

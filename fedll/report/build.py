@@ -16,6 +16,7 @@ from fedll.report.completeness import (
     missing_parts,
 )
 from fedll.report.html import page_context, write_html
+from fedll.report.matrices import source_column
 from fedll.report.montage import write_montages
 from fedll.report.plots import write_plots
 from fedll.report.read import maybe_compressed, read_attention, read_results, read_routing
@@ -30,11 +31,12 @@ def build_report(
     """Read ``run_dir/results.csv`` (and ``attention.csv`` and ``routing.csv`` if present; each
     may be gzipped, ``.csv.gz``, as a study folder stores them); write the tables to
     ``run_dir/tables`` (forgetting.*, trials.csv, attention_tv.csv, routing_separation.csv;
-    where the results have HD95 and surface Dice, forgetting_hd95.*, forgetting_surface_dice.*
-    and trials_<metric>.csv too; where a trial has an ε, privacy.*, each site's) and the
-    plots to ``run_dir/plots`` (routing_<panel>.png from routing.csv, and a montage per
-    configuration whose trial files hold previews, :mod:`fedll.report.montage`), and the page
-    of it all, ``run_dir/report.html``.
+    where the results have HD95 and surface Dice, forgetting_hd95.* (over the detected cases),
+    forgetting_detection_rate.*, forgetting_hd95_brats.* (BraTS's convention),
+    forgetting_surface_dice.* and trials_<metric>.csv too; where a trial has an ε, privacy.*,
+    each site's) and the plots to ``run_dir/plots`` (routing_<panel>.png from routing.csv, and
+    a montage per configuration whose trial files hold previews, :mod:`fedll.report.montage`),
+    and the page of it all, ``run_dir/report.html``.
 
     With ``expected`` (what the run's scenario asks for), results that lack a trial, a round
     or a test case are refused (DataError naming what is missing), unless ``partial``: then
@@ -80,12 +82,14 @@ def build_report(
     table = summarise(summary)
     tables = write_tables(table, tables_dir, title=caption("dice", results))
     extra = {"trials.csv": summary}
+    per_metric_tables = {}
     for metric in METRICS:
-        if metric == "dice" or results[metric].isna().all():  # results of an earlier fedll
+        if metric == "dice" or results[source_column(metric)].isna().all():  # an earlier fedll
             continue
         per_metric = trial_summary(results, metric)
+        per_metric_tables[metric] = summarise(per_metric, metric)
         tables += write_tables(
-            summarise(per_metric, metric), tables_dir, metric, caption(metric, results)
+            per_metric_tables[metric], tables_dir, metric, caption(metric, results)
         )
         extra[f"trials_{metric}.csv"] = per_metric
     if attention is not None:
@@ -99,7 +103,10 @@ def build_report(
     plots = write_plots(results, run_dir / "plots", attention, routing)
     plots += write_montages(results, run_dir, run_dir / "plots")
     files = dict(zip(("csv", "markdown", "latex"), tables[:3], strict=True))
-    html = write_html(run_dir, page_context(run_dir, table, summary, plots, left_out, results))
+    html = write_html(
+        run_dir,
+        page_context(run_dir, table, summary, plots, left_out, results, per_metric_tables),
+    )
     return {
         "table": table,
         "summary": summary,

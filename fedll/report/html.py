@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +39,11 @@ def environment() -> jinja2.Environment:
 def page_context(
     run_dir: Path, table: pd.DataFrame, summary: pd.DataFrame, plots: list[Path],
     left_out: list[str] | None = None, results: pd.DataFrame | None = None,
+    metric_tables: Mapping[str, pd.DataFrame] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Everything the template shows, from a run directory and its built report (with its
-    ``results``, what the ε of differential privacy is, and each site's)."""
+    ``results``, what the ε of differential privacy is, and each site's; ``metric_tables``:
+    the forgetting table of each metric but Dice that it wrote)."""
     run_dir = Path(run_dir)
     scenario = page.read_scenario(run_dir)
     view = format_table(table)
@@ -54,6 +57,9 @@ def page_context(
         "n_trials": len(trials),
         "key_table": page.table_rows(view, page.KEY_LABELS),
         "full_table": page.table_rows(view),
+        "detection_table": page.detection_rows(
+            {m: format_table(t, metric=m) for m, t in (metric_tables or {}).items()}
+        ),
         "sections": page.figures(plots),
         "trials": records,
         "provenance": page.provenance_rows(read_provenance(run_dir), records),

@@ -27,6 +27,16 @@ KEY_LABELS: tuple[str, ...] = tuple(
     MEASURES[m] for m in ("final_dice", "forgetting_max", "bwt", "learning_accuracy")
 )
 """The measures the page's first table shows (every other one is a click away)."""
+DETECTION_LABELS: dict[str, dict[str, str]] = {  # metric -> its table's label -> the page's
+    "hd95": {"final HD95 (mm)": "final HD95 (mm)", "forgetting (max)": "HD95 rise (max, mm)"},
+    "detection_rate": {
+        "final detection rate": "final detection rate",
+        "AUC": "detection rate (mean over rounds)",
+        "forgetting (max)": "detection rate forgetting (max)",
+    },
+}
+"""The columns of the page's HD95 and detection table, from the formatted forgetting tables
+of ``hd95`` (over the detected cases) and ``detection_rate``."""
 FIGURE_KINDS: dict[str, str] = {  # file-name prefix -> section of the page
     "curves_": "Dice curves",
     "montage_": "Pictures of forgetting",
@@ -114,6 +124,22 @@ def privacy_section(results: pd.DataFrame | None) -> dict[str, Any] | None:
         "caption": privacy_caption(results),
         "table": table_rows(format_privacy(table)),
     }
+
+
+def detection_rows(views: Mapping[str, pd.DataFrame]) -> dict[str, Any] | None:
+    """:func:`table_rows` of HD95 beside the detection rate: the configuration columns,
+    modality and seeds, then the :data:`DETECTION_LABELS` of each formatted forgetting table
+    in ``views`` (metric -> :func:`fedll.report.format_table` of it); None without them."""
+    shown = [m for m in DETECTION_LABELS if m in views]
+    if not shown:
+        return None
+    # the tables of one run's metrics have the same rows, in the same order
+    first = views[shown[0]]
+    columns = [first[[*config_columns(first), "modality", "seeds"]]]
+    for metric in shown:
+        labels = DETECTION_LABELS[metric]
+        columns.append(views[metric][list(labels)].set_axis(list(labels.values()), axis=1))
+    return table_rows(pd.concat(columns, axis=1))
 
 
 def figures(plots: Iterable[Path]) -> list[dict[str, Any]]:

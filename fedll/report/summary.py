@@ -52,11 +52,17 @@ PERSONAL_MEASURES: dict[str, str] = {  # of the personalised models' Dice matrix
     "personal_forgetting_max": "personal forgetting (max)",
 }
 
-METRICS: dict[str, tuple[str, bool]] = {  # result column -> (label, higher is better)
+METRICS: dict[str, tuple[str, bool]] = {  # metric -> (label, higher is better)
     "dice": ("Dice", True),
     "hd95": ("HD95 (mm)", False),
+    "detection_rate": ("detection rate", True),
+    "hd95_brats": ("BraTS HD95 (mm)", False),
     "surface_dice": ("surface Dice", True),
 }
+"""The metrics with a forgetting table: result columns, and those read from ``hd95``
+(:data:`fedll.report.matrices.DERIVED`): ``hd95`` over the detected cases (a non-empty
+prediction), the ``detection_rate`` beside it, and ``hd95_brats``, BraTS's convention that
+counts a missed case at 373.13 mm."""
 
 
 def measures(metric: str = "dice") -> dict[str, str]:
@@ -97,7 +103,10 @@ def trial_summary(results: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
     the negated matrix, so the signs keep their meaning: forgetting and switch drops are the
     *rise* of HD95 in mm (positive = worse, as a Dice loss is), BWT is minus the rise since the
     modality last trained (negative = forgotten); the level measures (final, learning accuracy,
-    AUC, mean final) stay in mm.
+    AUC, mean final) stay in mm. ``hd95`` is the mean over the cases with a non-empty
+    prediction (NaN in a round without one), ``detection_rate`` the share of such cases,
+    ``hd95_brats`` the mean with a missed case at 373.13 mm
+    (:func:`fedll.report.matrices.metric_values`).
 
     Per modality ``m``: ``final_dice`` R[T, m]; ``forgetting_final`` / ``forgetting_max`` the
     last and the largest entry of ``forgetting(R)[:, m]``; ``switch_drop_mean`` / ``_max`` over

@@ -1,6 +1,7 @@
 """The forgetting tables as files: CSV (numeric), Markdown and LaTeX (mean ± std), one per
-metric (``forgetting.*`` for Dice, ``forgetting_hd95.*``, ``forgetting_surface_dice.*``);
-``privacy.*``, each site's ε, where a trial has one."""
+metric (``forgetting.*`` for Dice, ``forgetting_hd95.*``, ``forgetting_detection_rate.*``,
+``forgetting_hd95_brats.*``, ``forgetting_surface_dice.*``); ``privacy.*``, each site's ε, where a
+trial has one."""
 
 from __future__ import annotations
 
@@ -90,7 +91,22 @@ def caption(metric: str, results: pd.DataFrame | None = None) -> str:
     (the results' ``evaluated_slices`` and ``surface_tolerance_mm``) and, where a trial has
     one, what its ε is (:func:`fedll.report.epsilon.epsilon_clause`)."""
     label, higher = METRICS[metric]
-    text = f"{label} per test case, in 3-D, mean over each modality's test cases"
+    text = {
+        "hd95": (
+            "HD95 (mm) per test case with a non-empty prediction, in 3-D, mean over each "
+            "modality's detected test cases (n/a: none detected; the share detected is in "
+            "forgetting_detection_rate.*, BraTS's HD95 counting a missed case at 373.13 mm in "
+            "forgetting_hd95_brats.*)"
+        ),
+        "hd95_brats": (
+            "BraTS HD95 (mm) per test case, 373.13 mm where the prediction is empty, in 3-D, "
+            "mean over each modality's test cases"
+        ),
+        "detection_rate": (
+            "Detection rate: the share of each modality's test cases (each has tumour) with a "
+            "non-empty prediction"
+        ),
+    }.get(metric, f"{label} per test case, in 3-D, mean over each modality's test cases")
     if not higher:
         text += "; forgetting and switch drops are rises in mm, BWT < 0 = worse"
     if results is not None:

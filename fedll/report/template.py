@@ -51,6 +51,7 @@ PAGE = """\
 <nav>
   <a href="#scenario">Scenario</a><a href="#forgetting">Forgetting</a>
   {% if privacy %}<a href="#privacy">Differential privacy</a>{% endif %}
+  {% if detection_table %}<a href="#detection">HD95 and detection</a>{% endif %}
   {% for section in sections %}<a href="#fig-{{ loop.index }}">{{ section.title }}</a>{% endfor %}
   <a href="#trials">Trials</a><a href="#provenance">Provenance</a>
 </nav>
@@ -91,6 +92,16 @@ PAGE = """\
 <h2 id="privacy">Differential privacy</h2>
 <p class="note">{{ privacy.caption }}</p>
 {{ render_table(privacy.table) }}
+{% endif %}
+
+{% if detection_table %}
+<h2 id="detection">HD95 and detection</h2>
+<p class="note">HD95 (mm) is the mean over the test cases with a non-empty prediction (n/a:
+  none detected); the detection rate is the share of test cases (each has tumour) with a
+  non-empty prediction. Mean ± std over seeds. Every measure of both is in
+  tables/forgetting_hd95.* and forgetting_detection_rate.*; BraTS's HD95, which counts a
+  missed case at 373.13 mm, in tables/forgetting_hd95_brats.*.</p>
+{{ render_table(detection_table) }}
 {% endif %}
 
 {% for section in sections %}

@@ -79,6 +79,7 @@ def test_the_page_holds_the_run_and_needs_no_network(run_dir: Path) -> None:
     assert all(label in key for label in KEY_LABELS)
     assert "switch drop (max)" not in key  # the other measures are one click away
     assert all(label in full for label in MEASURES.values())
+    assert 'id="detection"' not in html  # results without HD95: no HD95 and detection table
     assert "site_a (t2, 3 patients); site_b (flair, 3 patients)" in html
     assert "12.3 s" in html and "site_b (round 2)" in html and "site_a (rounds 1, 2)" in html
     # wall time and arithmetic: 1 and 0 recorded of 4 trials, then the arithmetic's count

@@ -10,9 +10,12 @@ import pytest
 
 from fedll.columns import REQUIRED_RESULT_COLUMNS as RESULT_COLUMNS
 from fedll.errors import DataError, FedllError
+from fedll.metrics import HD95_MAX_MM
 from fedll.report import (
     attention_distance,
     build_report,
+    check_results,
+    dice_matrix,
     forgetting_table,
     format_table,
     to_latex,
@@ -332,6 +335,91 @@ def test_hd95_measures_are_rises_by_hand(tmp_path: Path) -> None:
     assert markdown.startswith("HD95 (mm) per test case") and "all brain slices" in markdown
     assert "| final HD95 (mm) |" in markdown
     assert "tolerance 2 mm" in (tmp_path / "tables" / "forgetting_surface_dice.md").read_text()
+
+
+def with_missed_cases() -> pd.DataFrame:
+    """One trial (rounds 0..2; round 1 trains t2, round 2 flair) whose per-case HD95 has the
+    373.13 mm of an empty prediction (S): t2 [S, S], [4, S], [6, 10]; flair [S, 20],
+    [10, 30], [S, S] (cases p1, p2 per round)."""
+    S = HD95_MAX_MM
+    hd95 = {
+        "t2": [(S, S), (4.0, S), (6.0, 10.0)],
+        "flair": [(S, 20.0), (10.0, 30.0), (S, S)],
+    }
+    results = make_results({("static", 0): MATRICES[("static", 0)]})
+    keys = zip(results["round"], results["modality"], results["case"], strict=True)
+    results["hd95"] = [hd95[m][t][case.endswith("p2")] for t, m, case in keys]
+    results["surface_dice"] = results["dice"]
+    results["evaluated_slices"] = "all"
+    results["surface_tolerance_mm"] = 2.0
+    return results
+
+
+def test_hd95_is_over_the_detected_cases_beside_the_detection_rate(tmp_path: Path) -> None:
+    results = with_missed_cases()
+    R, _ = dice_matrix(check_results(results), metric="hd95")
+    # t2: none detected, 4, (6 + 10) / 2; flair: 20, (10 + 30) / 2, none detected
+    np.testing.assert_array_equal(R, [[np.nan, 20.0], [4.0, 20.0], [8.0, np.nan]])
+    rate, _ = dice_matrix(check_results(results), metric="detection_rate")
+    np.testing.assert_array_equal(rate, [[0.0, 0.5], [0.5, 1.0], [1.0, 0.0]])
+
+    summary = trial_summary(results, "hd95").set_index("modality")
+    # t2: best 4 mm after round 1, 8 mm at the end; flair: no detected case at the end
+    assert (summary.loc["t2", "final_hd95"], summary.loc["t2", "forgetting_final"]) == (8.0, 4.0)
+    assert (summary.loc["t2", "learning_accuracy"], summary.loc["t2", "auc"]) == (4.0, 6.0)
+    assert np.isnan(summary.loc["flair", "final_hd95"])
+    assert np.isnan(summary.loc["flair", "learning_accuracy"])  # round 2 detected nothing
+    assert summary.loc["flair", "mean_final_hd95"] == 8.0  # the modalities with a value
+
+    detection = trial_summary(results, "detection_rate").set_index("modality")
+    assert detection.loc["t2", "final_detection_rate"] == 1.0
+    assert detection.loc["flair", "final_detection_rate"] == 0.0
+    assert detection.loc["flair", "forgetting_max"] == 1.0  # all detected after round 1
+    assert (detection.loc["t2", "auc"], detection.loc["flair", "auc"]) == (0.75, 0.5)
+    assert detection.loc["t2", "mean_final_detection_rate"] == 0.5
+
+    view = format_table(forgetting_table(results, "hd95"), metric="hd95").set_index("modality")
+    assert view.loc["FLAIR", "final HD95 (mm)"] == "n/a"
+    assert view.loc["T2", "final HD95 (mm)"] == "8.000"
+
+    results.to_csv(tmp_path / "results.csv", index=False)
+    report = build_report(tmp_path)
+    names = {p.name for p in report["tables"]}
+    assert {
+        "forgetting_hd95.md", "forgetting_detection_rate.md", "forgetting_hd95_brats.md",
+        "trials_hd95.csv", "trials_detection_rate.csv", "trials_hd95_brats.csv",
+    } <= names  # fmt: skip
+    tables = tmp_path / "tables"
+    caption = (tables / "forgetting_hd95.md").read_text().splitlines()[0]
+    assert "with a non-empty prediction" in caption and "n/a: none detected" in caption
+    assert "| final detection rate |" in (tables / "forgetting_detection_rate.md").read_text()
+    written = pd.read_csv(tables / "trials_hd95.csv").set_index("modality")
+    assert written.loc["t2", "final_hd95"] == 8.0 and np.isnan(written.loc["flair", "final_hd95"])
+    # the page shows HD95 beside the detection rate
+    html = report["html"].read_text()
+    detection_part = html.split('<h2 id="detection">')[1].split("<h2")[0]
+    assert "final detection rate" in detection_part and "detection rate (mean over rounds)" in (
+        detection_part
+    )
+    assert "<td>8.000</td>" in detection_part and "<td>0.750</td>" in detection_part
+    assert "<td>n/a</td>" in detection_part  # flair's final HD95
+
+
+def test_the_brats_convention_counts_a_missed_case_at_the_sentinel() -> None:
+    results = with_missed_cases()
+    S = HD95_MAX_MM
+    # the plain mean of the written column, as the report computed HD95 before
+    brats = trial_summary(results, "hd95_brats").set_index("modality")
+    assert brats.loc["t2", "final_hd95_brats"] == 8.0
+    assert brats.loc["flair", "final_hd95_brats"] == S
+    # t2 fell from S to (4 + S) / 2 and 8; flair rose from 20 (round 1) to S
+    assert brats.loc["t2", "auc"] == pytest.approx(((4.0 + S) / 2 + 8.0) / 2)
+    assert brats.loc["flair", "forgetting_final"] == pytest.approx(S - 20.0)
+    assert brats.loc["flair", "learning_accuracy"] == S
+    R, _ = dice_matrix(check_results(results), metric="hd95_brats")
+    np.testing.assert_allclose(R, [[S, (S + 20.0) / 2], [(4.0 + S) / 2, 20.0], [8.0, S]])
+    markdown = format_table(forgetting_table(results, "hd95_brats"), metric="hd95_brats")
+    assert "final BraTS HD95 (mm)" in markdown.columns
 
 
 def test_the_final_epsilon_is_a_column_only_where_some_trial_has_one(tmp_path: Path) -> None:
