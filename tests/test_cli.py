@@ -67,7 +67,7 @@ def test_dry_run_applies_overrides(write_scenario):
     [
         ("quickstart", 24),
         ("federated", 30),
-        ("paper", 18),
+        ("paper", 30),
         ("routing-study", 177),
         ("robust", 10),
         ("dp", 5),
