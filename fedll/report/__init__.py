@@ -2,7 +2,7 @@
 
 - :mod:`~fedll.report.read`: reading and checking results, attention and routing files;
 - :mod:`~fedll.report.matrices`: each trial's Dice matrix;
-- :mod:`~fedll.report.summary`: per-trial measures and the forgetting tables (mean ± std),
+- :mod:`~fedll.report.summary`: per-trial measures and the forgetting tables (mean, std, n),
   one per metric (Dice; HD95 over the detected cases, the detection rate and BraTS's HD95;
   surface Dice);
 - :mod:`~fedll.report.tables`: the tables as CSV, Markdown and LaTeX;

@@ -1,4 +1,5 @@
-"""Per-trial measures and the forgetting tables: mean ± std over the seeds of a configuration.
+"""Per-trial measures and the forgetting tables: mean, std and count over the seeds of a
+configuration (:func:`seed_interval` turns them into a 95 % interval).
 
 :func:`trial_summary` computes every measure of :data:`MEASURES` per trial and evaluated
 modality from its Dice matrix, or (``metric``) from its HD95 or surface-Dice matrix with the
@@ -212,6 +213,18 @@ def forgetting_table(results: pd.DataFrame, metric: str = "dice") -> pd.DataFram
     deviation over seeds (ddof=1, NaN for a single seed).
     """
     return summarise(trial_summary(results, metric), metric)
+
+
+def seed_interval(mean: float, std: float, n: int) -> tuple[float, float]:
+    """The 95 % interval of a mean over ``n`` seeds: ``mean ± t(0.975, n - 1) std / sqrt(n)``
+    (Student's t; the seeds' values taken as independent draws of the configuration's
+    result). NaN where fewer than two seeds have a value."""
+    from scipy.stats import t
+
+    if n < 2 or np.isnan(mean) or np.isnan(std):
+        return np.nan, np.nan
+    half = float(t.ppf(0.975, n - 1)) * std / np.sqrt(n)
+    return mean - half, mean + half
 
 
 def summarise(summary: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:

@@ -1,7 +1,7 @@
-"""The forgetting tables as files: CSV (numeric), Markdown and LaTeX (mean ± std), one per
-metric (``forgetting.*`` for Dice, ``forgetting_hd95.*``, ``forgetting_detection_rate.*``,
-``forgetting_hd95_brats.*``, ``forgetting_surface_dice.*``); ``privacy.*``, each site's ε, where a
-trial has one."""
+"""The forgetting tables as files: CSV (numeric), Markdown and LaTeX (mean [95 % interval] over
+seeds), one per metric (``forgetting.*`` for Dice, ``forgetting_hd95.*``,
+``forgetting_detection_rate.*``, ``forgetting_hd95_brats.*``, ``forgetting_surface_dice.*``);
+``privacy.*``, each site's ε, where a trial has one."""
 
 from __future__ import annotations
 
@@ -19,20 +19,25 @@ from fedll.columns import config_columns
 from fedll.data import LABELS
 from fedll.report.epsilon import epsilon_clause, format_privacy, privacy_caption, privacy_table
 from fedll.report.read import COUNTS
-from fedll.report.summary import METRICS, PRIVACY, table_measures
+from fedll.report.summary import METRICS, PRIVACY, seed_interval, table_measures
 
 logger = logging.getLogger(__name__)
 
 
 def format_table(table: pd.DataFrame, digits: int = 3, metric: str = "dice") -> pd.DataFrame:
-    """The readable view: one "mean ± std" string per measure; "n/a" where no seed has a value,
-    and "(n=k)" where only k of the configuration's seeds have one; then the ``COUNTS`` (summed
-    over seeds) where the table has them."""
+    """The readable view: one "mean [low, high]" string per measure, the mean over seeds and
+    its 95 % interval (:func:`fedll.report.summary.seed_interval`; the mean alone where one
+    seed has a value); "n/a" where no seed has one, and "(n=k)" where only k of the
+    configuration's seeds have one; then the ``COUNTS`` (summed over seeds) where the table
+    has them."""
 
     def cell(mean: float, std: float, n: int, seeds: int) -> str:
         if np.isnan(mean):
             return "n/a"
-        text = f"{mean:.{digits}f}" + ("" if np.isnan(std) else f" ± {std:.{digits}f}")
+        low, high = seed_interval(mean, std, n)
+        text = f"{mean:.{digits}f}"
+        if not np.isnan(low):
+            text += f" [{low:.{digits}f}, {high:.{digits}f}]"
         return text + (f" (n={n})" if n < seeds else "")
 
     keys = [*config_columns(table), "modality"]
@@ -120,14 +125,14 @@ def caption(metric: str, results: pd.DataFrame | None = None) -> str:
             if tolerances:
                 text += "; tolerance " + ", ".join(f"{t:g} mm" for t in tolerances)
         text += epsilon_clause(results)
-    return text + "."
+    return text + "; mean over seeds [95 % t interval over seeds]."
 
 
 def write_tables(
     table: pd.DataFrame, out_dir: Path, metric: str = "dice", title: str | None = None
 ) -> list[Path]:
-    """Write forgetting[_<metric>].csv (numeric), .md and .tex (mean ± std); the Markdown
-    starts with ``title`` (e.g. :func:`caption`) where given."""
+    """Write forgetting[_<metric>].csv (numeric), .md and .tex (mean [95 % interval]); the
+    Markdown starts with ``title`` (e.g. :func:`caption`) where given."""
     view = format_table(table, metric=metric)
     stem = "forgetting" if metric == "dice" else f"forgetting_{metric}"
     return _write(out_dir, stem, table, view, title)

@@ -67,7 +67,9 @@ PAGE = """\
 {% endif %}
 
 <h2 id="forgetting">Forgetting</h2>
-<p class="note">Mean ± std over seeds; (n=k) where only k seeds have a value. Forgetting and BWT
+<p class="note">Mean over seeds [its 95 % interval: mean ± t(0.975, n − 1) · std / √n over the
+  n seeds; the mean alone with one seed, whose rows are not compared]; (n=k) where only k seeds
+  have a value. Forgetting and BWT
   as defined in fedll's DESIGN.md (Chaudhry et al. 2018; Lopez-Paz &amp; Ranzato 2017).</p>
 {% if left_out %}
 <p class="warn">Partial report: {{ left_out | length }} trial(s) of incomplete configurations are left out.</p>
@@ -98,7 +100,7 @@ PAGE = """\
 <h2 id="detection">HD95 and detection</h2>
 <p class="note">HD95 (mm) is the mean over the test cases with a non-empty prediction (n/a:
   none detected); the detection rate is the share of test cases (each has tumour) with a
-  non-empty prediction. Mean ± std over seeds. Every measure of both is in
+  non-empty prediction. Mean over seeds [95 % interval]. Every measure of both is in
   tables/forgetting_hd95.* and forgetting_detection_rate.*; BraTS's HD95, which counts a
   missed case at 373.13 mm, in tables/forgetting_hd95_brats.*.</p>
 {{ render_table(detection_table) }}

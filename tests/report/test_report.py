@@ -128,8 +128,10 @@ def test_forgetting_table_by_hand() -> None:
 
     view = format_table(table)
     static_t2 = view[(view["model"] == "static") & (view["modality"] == "T2")].iloc[0]
-    assert static_t2["final Dice"] == "0.350 ± 0.212"
-    assert static_t2["BWT"] == "-0.350 ± 0.071"
+    # the mean and its 95 % interval over 2 seeds: mean ± t(0.975, 1) std / sqrt 2, with
+    # t(0.975, 1) = 12.706: final 0.35 ± 12.706 x 0.15 = 0.35 ± 1.906
+    assert static_t2["final Dice"] == "0.350 [-1.556, 2.256]"
+    assert static_t2["BWT"] == "-0.350 [-0.985, 0.285]"  # -0.35 ± 12.706 x 0.05
     assert view[view["modality"] == "FLAIR"]["BWT"].eq("n/a").all()
 
 
@@ -165,8 +167,9 @@ def test_write_tables(tmp_path: Path) -> None:
     assert [p.name for p in paths] == ["forgetting.csv", "forgetting.md", "forgetting.tex"]
     back = pd.read_csv(paths[0])
     assert back["final_dice_mean"].notna().all() and len(back) == 4
-    assert "| static | blocked | 2 | fedavg | T2 | 2 | 0.350 ± 0.212 |" in paths[1].read_text()
-    assert r"0.350 $\pm$ 0.212" in paths[2].read_text()
+    row = "| static | blocked | 2 | fedavg | T2 | 2 | 0.350 [-1.556, 2.256] |"
+    assert row in paths[1].read_text()
+    assert r"0.350 [-1.556, 2.256]" in paths[2].read_text()
 
 
 def make_attention() -> pd.DataFrame:
