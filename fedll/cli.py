@@ -23,7 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from fedll.config import Scenario, Trial, dump_scenario, expand_trials, load_scenario
-from fedll.errors import DataError, FedllError
+from fedll.errors import ConfigError, DataError, FedllError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -562,32 +562,55 @@ def segment(
         str | None,
         typer.Option(help="t2 or flair: an image INPUT's modality, for a model that routes by it"),
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="replace masks already at OUT (an input file never)")
+    ] = False,
 ) -> None:
     """Write whole-tumour masks (uint8 0/1, the image's grid) of INPUT with a kept model:
     one image, or every case of a cohort (OUT/<patient>_<modality>_pred.nii.gz). A model
-    that routes by modality needs --modality for an image (a cohort's cases name theirs)."""
+    that routes by modality needs --modality for an image (a cohort's cases name theirs).
+    A file already at OUT is replaced only with --overwrite; an input file never."""
     from rich.progress import Progress
 
-    from fedll.data.layouts import discover
+    from fedll.data.layouts import detect_layout, discover
     from fedll.device import resolve_device
     from fedll.models.saved import read_model
     from fedll.segment import check_out_dir, is_image, segment_cohort, segment_file
+    from fedll.store import sealed_model
 
     where = resolve_device(device, key="--device")
-    saved = read_model(model)
+    saved = read_model(model, sealed=sealed_model(model))
     if not source.exists():
         raise DataError(f"{source}: no such file or folder")
     if is_image(source):
-        written = segment_file(saved, source, out, where, batch_size, channel, modality)
+        written = segment_file(saved, source, out, where, batch_size, channel, modality, overwrite)
         _say(f"wrote {written}")
         return
+    for option, value in (("--channel", channel), ("--modality", modality)):
+        if value is not None:  # it would be ignored
+            raise ConfigError(
+                f"{option}: for an image INPUT; each case of cohort {source} has its own"
+            )
     check_out_dir(out)
-    records = discover(source, layout)
+    # a manifest lists its files; any other layout is found by scanning the folder, which
+    # segment_cohort keeps OUT out of
+    found = detect_layout(source) if layout == "auto" else layout
+    scanned = None if found == "manifest" else source
+    records = discover(source, found)
     columns = _progress_columns()
     console = Console(stderr=True, highlight=False)
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("segmenting", total=len(records))
-        segment_cohort(saved, records, out, where, batch_size, on_case=lambda *_: bar.advance(task))
+        segment_cohort(
+            saved,
+            records,
+            out,
+            where,
+            batch_size,
+            on_case=lambda *_: bar.advance(task),
+            overwrite=overwrite,
+            scanned=scanned,
+        )
     _say(f"wrote {len(records)} masks to {out}")
 
 

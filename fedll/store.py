@@ -92,6 +92,27 @@ def trial_model(run_dir: Path, trial_id: str) -> Path:
     return TrialFiles.of(run_dir, trial_id).model
 
 
+def sealed_model(model: Path) -> tuple[int, str] | None:
+    """The (size, SHA-256) that a kept model's trial seal lists for it: ``model`` a
+    ``RUN_DIR/models/<id>.safetensors`` (links followed) whose ``RUN_DIR/trials/<id>.json``
+    lists it; None when there is no such seal (a model copied out of its run, a trial of an
+    earlier fedll). DataError naming the seal when it is there but unreadable."""
+    path = Path(model).resolve()
+    if path.parent.name != "models" or not path.name.endswith(MODEL_SUFFIX):
+        return None
+    files = TrialFiles.of(path.parent.parent, path.name.removesuffix(MODEL_SUFFIX))
+    if files.model != path or not files.seal.is_file():
+        return None
+    try:
+        entry = json.loads(files.seal.read_text())["files"].get(path.name)
+        return None if entry is None else (int(entry["size"]), str(entry["sha256"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise DataError(
+            f"{files.seal}: the seal of {path} is unreadable ({type(error).__name__}); the "
+            "model cannot be checked against it"
+        ) from None
+
+
 def write_trial(
     run_dir: Path,
     results: TrialResults,

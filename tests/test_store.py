@@ -224,6 +224,30 @@ def test_collect_ignores_the_model_but_not_its_damage(with_model):
     assert frame.empty
 
 
+def test_sealed_model_is_what_the_seal_lists_for_a_kept_model(with_model, tmp_path_factory):
+    """(size, SHA-256) of the seal, found from the model's own path (or a link to it); None
+    for a model copied out of its run or without a seal; an unreadable seal is named."""
+    from fedll.store import sealed_model
+
+    model = files(with_model).model
+    listed = (len(MODEL), hashlib.sha256(MODEL).hexdigest())
+    assert sealed_model(model) == listed
+    link = tmp_path_factory.mktemp("elsewhere") / "linked.safetensors"
+    link.symlink_to(model)
+    assert sealed_model(link) == listed
+    copy = link.with_name("copy.safetensors")
+    copy.write_bytes(MODEL)
+    assert sealed_model(copy) is None
+    write_trial(with_model, results(OTHER), "fp-b")  # a seal without a model
+    other = TrialFiles.of(with_model, OTHER.trial_id)
+    other.model.write_bytes(MODEL)
+    assert sealed_model(other.model) is None
+    files(with_model).seal.write_text("{not json")
+    with pytest.raises(DataError) as caught:
+        sealed_model(model)
+    assert str(caught.value).startswith(f"{files(with_model).seal}: the seal of {model} is ")
+
+
 def test_previews_are_written_sealed_and_read_back(tmp_path):
     from fedll.store import trial_previews, write_trial
 
