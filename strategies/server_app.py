@@ -34,6 +34,7 @@ from fedll.data.prepare import cohort_for
 from fedll.device import arithmetic, deterministic, resolve_device
 from fedll.errors import ConfigError
 from fedll.joint import run_joint
+from fedll.lock import hold_run_dir
 from fedll.report.build import build_report
 from fedll.results import TrialOutcome
 from fedll.store import collect
@@ -114,25 +115,38 @@ def make_server_app(
             s.finished(outcome)
             return
         scenario, trial, run_dir = trial_from_run_config(context.run_config)
-        cohort = CohortArrays.load(cohort_for(run_dir, scenario))
-        if not (resolved := run_dir / "scenario.yaml").exists():
-            resolved.write_text(dump_scenario(scenario))
-        threads = int(context.run_config.get("threads", 1))
-        device = resolve_device(str(context.run_config.get("device", scenario.execution.device)))
-        start = time.perf_counter()
-        outcome = execute_trial(grid, scenario, trial, cohort, device, threads, on_round)
-        wall_s = time.perf_counter() - start
-        ran = arithmetic(device, scenario.training.precision, scenario.evaluation.precision)
-        path = keep_trial(run_dir, scenario, trial, outcome, wall_s, ran)
-        logger.info("trial %s written to %s", trial.trial_id, path)
-        if context.run_config.get("collect", True):
-            fingerprints = {
-                t.trial_id: trial_fingerprint(scenario, t) for t in expand_trials(scenario)
-            }
-            collect(run_dir, fingerprints)
-            build_report(run_dir)
+        # one process at a time in a run directory (fedll run and report hold it too)
+        with hold_run_dir(run_dir, f"the ServerApp of trial {trial.trial_id}"):
+            run_configured(grid, context.run_config, scenario, trial, run_dir, on_round)
 
     return app
+
+
+def run_configured(
+    grid: Grid,
+    run_config: Mapping[str, object],
+    scenario: Scenario,
+    trial: Trial,
+    run_dir: Path,
+    on_round: RoundCallback | None = None,
+) -> None:
+    """Under ``flwr run``: run ``trial`` and write its files into ``run_dir``, then (with the
+    run config's ``collect``) the run's results and report."""
+    cohort = CohortArrays.load(cohort_for(run_dir, scenario))
+    if not (resolved := run_dir / "scenario.yaml").exists():
+        resolved.write_text(dump_scenario(scenario))
+    threads = int(str(run_config.get("threads", 1)))
+    device = resolve_device(str(run_config.get("device", scenario.execution.device)))
+    start = time.perf_counter()
+    outcome = execute_trial(grid, scenario, trial, cohort, device, threads, on_round)
+    wall_s = time.perf_counter() - start
+    ran = arithmetic(device, scenario.training.precision, scenario.evaluation.precision)
+    path = keep_trial(run_dir, scenario, trial, outcome, wall_s, ran)
+    logger.info("trial %s written to %s", trial.trial_id, path)
+    if run_config.get("collect", True):
+        fingerprints = {t.trial_id: trial_fingerprint(scenario, t) for t in expand_trials(scenario)}
+        collect(run_dir, fingerprints)
+        build_report(run_dir)
 
 
 app = make_server_app()

@@ -127,3 +127,22 @@ def test_two_runs_into_one_out_the_second_is_refused_and_the_first_finishes(
     assert trials == ["static__alternating__b1__fedavg__finetune__s0.json"], trials
     assert "name: tiny" in (run_dir / "scenario.yaml").read_text()
     assert not (run_dir / LOCK_FILE).exists()
+
+
+def test_a_serverapp_under_flwr_run_holds_the_run_directory_too(
+    holder, tmp_path: Path, make_scenario
+) -> None:
+    """The ServerApp writes the run directory it is given (``flwr run``, deployment): into one
+    another process holds it writes nothing, and says who holds it."""
+    from fedll.inprocess import InProcessGrid, run_server_app
+    from sites.client_app import make_client_app
+    from strategies.server_app import make_server_app
+
+    run_dir, proc = holder
+    scenario = make_scenario(tmp_path / "s.yaml")
+    run_config = {"scenario": str(scenario), "run-dir": str(run_dir), "threads": 1}
+    grid = InProcessGrid(make_client_app(), [], run_config, seed=0)
+    before = _snapshot(run_dir)
+    with pytest.raises(DataError, match=rf"in use by fedll run \(pid {proc.pid},"):
+        run_server_app(make_server_app(), grid, run_config)
+    assert _snapshot(run_dir) == before
