@@ -175,29 +175,47 @@ def write_checkpoint(run_dir: Path, trial_id: str, data: bytes) -> Path:
     return path
 
 
-def read_checkpoint(run_dir: Path, trial_id: str, fingerprint: str) -> tuple[int, bytes] | None:
+def read_checkpoint(
+    run_dir: Path, trial_id: str, fingerprint: str, rounds: int | None = None
+) -> tuple[int, bytes] | None:
     """The round and bytes of the trial's kept checkpoint, when it has one that this fedll
-    reads and that was taken with these settings; a checkpoint that is not is set aside
-    (``checkpoints/invalid/``, named in a warning) and the trial starts from round 0."""
-    from fedll.checkpoint import decode
+    reads and that was taken for this trial with these settings (and, given the trial's
+    ``rounds``, after one of them but the last, with the results of those rounds:
+    :func:`fedll.checkpoint.verify`; the trial verifies the rest when it resumes); a
+    checkpoint that is not is set aside (:func:`set_aside_checkpoint`) and the trial starts
+    from round 0."""
+    from fedll.checkpoint import decode, verify
 
     path = checkpoint_path(run_dir, trial_id)
     if not path.is_file():
         return None
     data = path.read_bytes()
     try:
-        checkpoint = decode(data, str(path))
+        checkpoint = verify(
+            decode(data, str(path)), str(path), trial_id=trial_id, fingerprint=fingerprint,
+            rounds=rounds,
+        )  # fmt: skip
     except DataError as error:
-        reason = str(error)
-    else:
-        if checkpoint.trial_id == trial_id and checkpoint.fingerprint == fingerprint:
-            return checkpoint.round, data
-        reason = f"{path}: taken for other settings (fingerprint {checkpoint.fingerprint})"
+        set_aside_checkpoint(run_dir, trial_id, str(error).removeprefix(f"{path}: "))
+        return None
+    return checkpoint.round, data
+
+
+def set_aside_checkpoint(run_dir: Path, trial_id: str, reason: str) -> Path | None:
+    """Move the trial's kept checkpoint to ``checkpoints/invalid/`` (time-stamped where one
+    set aside earlier has its name) and warn, naming it and ``reason`` (what is wrong with
+    it; the trial starts from round 0); returns where it went (None: there was none)."""
+    path = checkpoint_path(run_dir, trial_id)
+    if not path.is_file():
+        return None
     invalid = path.parent / INVALID
     invalid.mkdir(exist_ok=True)
-    shutil.move(path, invalid / path.name)
-    logger.warning("%s; set aside in %s, the trial starts from round 0", reason, invalid)
-    return None
+    target = invalid / path.name
+    if target.exists():
+        target = invalid / f"{path.name}.{_stamp()}"
+    shutil.move(path, target)
+    logger.warning("%s: %s; set aside in %s, the trial starts from round 0", path, reason, invalid)
+    return target
 
 
 def drop_checkpoint(run_dir: Path, trial_id: str) -> None:
@@ -268,7 +286,7 @@ def set_aside(run_dir: Path, trial_id: str, reason: str) -> list[Path]:
     """Move the trial's files to ``trials/invalid/`` (time-stamped) and warn; returns the
     new paths."""
     files = TrialFiles.of(run_dir, trial_id)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    stamp = _stamp()
     target = files.results.parent / INVALID
     moved = []
     for path in files.existing():
@@ -281,6 +299,11 @@ def set_aside(run_dir: Path, trial_id: str, reason: str) -> list[Path]:
             "%s: %s; moved to %s and the trial runs again", files.results, reason, target
         )
     return moved
+
+
+def _stamp() -> str:
+    """Now, for the name of a file set aside."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
 
 
 def finished(run_dir: Path, fingerprints: Mapping[str, str]) -> set[str]:
