@@ -401,16 +401,22 @@ def _events(run_dir: Path, trial_id: str) -> str:
 
 def _report(run_dir: Path, partial: bool = False) -> dict:
     """The run's tables and plots; results that lack part of their scenario are refused,
-    unless ``partial`` (then the complete configurations are reported and the rest listed)."""
+    unless ``partial`` (then the complete configurations are reported and the rest listed).
+    A run directory with sealed trials is collected again first: the report is of what the
+    seals vouch for (:func:`fedll.store.recollect`)."""
+    from fedll.config.grid import fingerprints
     from fedll.report.build import build_report
     from fedll.report.read import maybe_compressed, read_results
-    from fedll.store import expected_results
+    from fedll.store import expected_results, has_seals, recollect
 
     saved = run_dir / "scenario.yaml"
     if not saved.is_file():  # results without their scenario: nothing to check them against
         return {**build_report(run_dir), "unfinished": 0}
+    scenario = load_scenario(saved)
+    if has_seals(run_dir):
+        recollect(run_dir, fingerprints(scenario))
     results = read_results(maybe_compressed(run_dir / "results.csv"))
-    expected = expected_results(run_dir, load_scenario(saved), results)
+    expected = expected_results(run_dir, scenario, results)
     built = build_report(run_dir, expected=expected, partial=partial)
     built["unfinished"] = len(set(expected.rounds) - set(results["trial"]))
     if built["left_out"]:

@@ -15,7 +15,9 @@ task; a trial gets the resolved scenario and its index (:class:`TrialTask`), and
 returns its outcome (:class:`TrialDone`: rows, final model). Checkpoints
 (``execution.checkpoint_every``) come back through the progress actor. The driver alone writes
 the run directory; ``--local`` runs the same tasks in this process. A rerun resumes an
-unfinished trial from its latest checkpoint.
+unfinished trial from its latest checkpoint; one that does not fit the trial
+(:func:`fedll.checkpoint.verify`, as the trial resumes) is set aside and the trial runs
+again from round 0.
 
 Ray is sized explicitly: ``num_cpus`` of the machine (or the cluster's), an object store
 of ``object_store_mb``, no dashboard, and ``cpus_per_trial`` CPUs (``num_gpus``: see
@@ -32,25 +34,27 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import torch
 
-from fedll.checkpoint import Checkpointing
+from fedll.checkpoint import CheckpointError, Checkpointing
 from fedll.config import Scenario, Trial, expand_trials, load_scenario
 from fedll.config.grid import fingerprints, trial_fingerprint
 from fedll.data.arrays import CohortArrays
 from fedll.data.prepare import cohort_for
 from fedll.device import resolve_device
 from fedll.errors import ConfigError
+from fedll.planning import trial_stream
 from fedll.results import TrialOutcome
 from fedll.store import (
     drop_checkpoint,
     finished,
     read_checkpoint,
+    set_aside_checkpoint,
     write_checkpoint,
     write_trial,
 )
@@ -506,7 +510,8 @@ def _tasks(
     """Each pending trial's task, with its latest checkpoint when it has a usable one."""
     tasks = []
     for trial in todo:
-        found = read_checkpoint(run_dir, trial.trial_id, prints[trial.trial_id])
+        rounds = len(trial_stream(scenario, trial))  # in process, every site joins
+        found = read_checkpoint(run_dir, trial.trial_id, prints[trial.trial_id], rounds)
         resume = None
         if found is not None:
             rnd, resume = found
@@ -534,9 +539,12 @@ def schedule(
 ) -> None:
     """Keep ``backend.limit`` of ``tasks`` running until all have finished; write each
     finished trial's files and each checkpoint (the driver alone writes the run directory),
-    and report every round event and finished trial (into ``summary`` and the callbacks)."""
+    and report every round event and finished trial (into ``summary`` and the callbacks). A
+    trial whose checkpoint turns out not to fit it (CheckpointError as it resumes) has the
+    checkpoint set aside and runs again from round 0."""
     queue = list(tasks)
-    running: dict[Any, Trial] = {}
+    running: dict[Any, tuple[Trial, TrialTask]] = {}
+    refused = f"{CheckpointError.__name__}: "
 
     def drain() -> None:
         events, checkpoints = backend.drain()
@@ -549,13 +557,18 @@ def schedule(
     while queue or running:
         while queue and len(running) < backend.limit:
             trial, task = queue.pop(0)
-            running[backend.submit(task, trial.trial_id)] = trial
+            running[backend.submit(task, trial.trial_id)] = (trial, task)
         ready = backend.wait(list(running))
         drain()
         for handle in ready:
-            trial = running.pop(handle)
+            trial, task = running.pop(handle)
             done = backend.result(handle)
             error = done if isinstance(done, str) else None
+            if error is not None and task.resume is not None and error.startswith(refused):
+                problem = error.removeprefix(refused).partition(": ")[2]  # less its source
+                set_aside_checkpoint(run_dir, trial.trial_id, problem)
+                queue.insert(0, (trial, replace(task, resume=None)))
+                continue
             if isinstance(done, TrialDone):
                 try:
                     keep_trial(run_dir, scenario, trial, done.outcome, done.wall_s, done.arithmetic)

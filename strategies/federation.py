@@ -22,7 +22,7 @@ import torch
 from flwr.app import Array, ArrayRecord
 from flwr.serverapp import Grid
 
-from fedll.checkpoint import Checkpoint, Checkpointing
+from fedll.checkpoint import Checkpoint, CheckpointError, Checkpointing, verify
 from fedll.config.grid import Trial
 from fedll.config.instruction import TrainInstruction
 from fedll.config.schema import Scenario
@@ -99,7 +99,8 @@ def run_federation(
     snapshots = _snapshots(grid, checkpointing)
     done = 0
     if checkpointing is not None and checkpointing.resume is not None:
-        done = _resume(checkpointing.resume, grid, strategy, results)
+        fresh = {k: v.numpy() for k, v in initial.items()}
+        done = _resume(checkpointing, len(stream), fresh, grid, strategy, results)
         initial = ArrayRecord({k: Array(v) for k, v in checkpointing.resume.model.items()})
         logger.info("resumed %s from round %d", trial.trial_id, done)
     strategy.round_offset = done
@@ -217,15 +218,38 @@ def _checkpoint(
     )
 
 
-def _resume(checkpoint: Checkpoint, grid: Grid, strategy: Lifelong, results: TrialResults) -> int:
-    """Put the trial back to where ``checkpoint`` left it; returns the rounds already run."""
+def _resume(
+    checkpointing: Checkpointing,
+    rounds: int,
+    model: Mapping[str, np.ndarray],
+    grid: Grid,
+    strategy: Lifelong,
+    results: TrialResults,
+) -> int:
+    """Put the trial back to where ``checkpointing.resume`` left it, once it was found to
+    fit the trial (:func:`fedll.checkpoint.verify`: its ``rounds``, the state dict ``model``
+    of its fresh model, the grid's nodes; the strategy and the results take their state
+    before anything global is set); returns the rounds already run. CheckpointError: it
+    does not fit (its driver sets it aside and runs the trial from round 0)."""
+    checkpoint = checkpointing.resume
+    assert checkpoint is not None
     if not isinstance(grid, InProcessGrid):
         raise ConfigError("a checkpoint can only resume a trial on an in-process grid")
+    source = f"checkpoint of {results.trial.trial_id}"
+    verify(
+        checkpoint, source, trial_id=results.trial.trial_id,
+        fingerprint=checkpointing.fingerprint, rounds=rounds, model=model,
+        nodes=grid.get_node_ids(),
+    )  # fmt: skip
+    try:
+        strategy.restore_state(checkpoint.strategy)
+        results.restore(checkpoint.results)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
+        reason = f"{type(error).__name__}: {error}"
+        raise CheckpointError(f"{source}: its state does not fit the trial ({reason})") from None
     grid.restore_node_states(checkpoint.nodes)
     grid.set_rng_state(checkpoint.rng["grid"])
     set_rng_states(checkpoint.rng)
-    strategy.restore_state(checkpoint.strategy)
-    results.restore(checkpoint.results)
     return checkpoint.round
 
 

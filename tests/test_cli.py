@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -297,6 +300,85 @@ def test_report_without_results_exits_2(tmp_path):
 def test_report_on_a_bad_results_file_exits_2(tmp_path):
     (tmp_path / "results.csv").write_text("trial,round\nx,0\n")
     assert_one_line_error(invoke("report", tmp_path), "results.csv", "missing columns")
+
+
+def sealed_run(run_dir: Path, scenario_path: Path) -> dict[str, bytes]:
+    """A run directory as `fedll run` leaves it: the scenario, every trial sealed (rounds
+    0..4, one made-up case per modality with Dice, HD95 and surface Dice), results.csv
+    collected and the report built; returns the forgetting tables' bytes."""
+    from fedll.planning import trial_stream
+    from fedll.store import collect
+
+    scenario = load_scenario(scenario_path)
+    run_dir.mkdir()
+    (run_dir / "scenario.yaml").write_text(dump_scenario(scenario))
+    for k, trial in enumerate(expand_trials(scenario)):
+        stream = trial_stream(scenario, trial)
+        results = TrialResults(trial=trial, stream=stream)
+        for rnd in range(len(stream) + 1):
+            for m, modality in enumerate(("t2", "flair")):
+                dice = round(0.1 + 0.15 * rnd * (m + 1) / (k + 2), 3)
+                results.add_round(
+                    rnd, modality, [f"{modality}-case"], [dice], {},
+                    hd95=[10.0 - rnd], surface_dice=[dice], evaluation=scenario.evaluation,
+                )  # fmt: skip
+        write_trial(run_dir, results, trial_fingerprint(scenario, trial))
+    collect(run_dir, fingerprints(scenario))
+    assert invoke("report", run_dir).exit_code == 0
+    return {p.name: p.read_bytes() for p in sorted((run_dir / "tables").glob("*"))}
+
+
+def test_report_of_sealed_trials_reports_what_the_seals_vouch_for(write_scenario, tmp_path, caplog):
+    """An edited results.csv beside sealed trials (a NaN Dice, an infinite HD95, better Dice,
+    rows of a trial the scenario does not have) changes nothing: it is rebuilt from them,
+    named in a warning, and the tables are those of the run as it was sealed."""
+    run_dir = tmp_path / "run"
+    tables = sealed_run(run_dir, write_scenario())
+    collected = (run_dir / "results.csv").read_bytes()
+    frame = pd.read_csv(run_dir / "results.csv", keep_default_na=False, na_values=[""])
+    frame.loc[5, "dice"], frame.loc[3, "hd95"] = np.nan, np.inf
+    frame.loc[7:, "dice"] = 1.0
+    other = frame[frame["trial"] == frame["trial"].iloc[0]].copy()
+    other["trial"], other["seed"] = other["trial"].str.replace("__s0", "__s7"), 7
+    pd.concat([frame, other]).to_csv(run_dir / "results.csv", index=False)
+    with caplog.at_level(logging.WARNING, logger="fedll.store"):
+        result = invoke("report", run_dir)
+    assert result.exit_code == 0, result.output
+    assert f"{run_dir / 'results.csv'} differed from the sealed trial files" in caplog.text
+    assert (run_dir / "results.csv").read_bytes() == collected
+    assert {p.name: p.read_bytes() for p in sorted((run_dir / "tables").glob("*"))} == tables
+
+
+def test_report_of_sealed_trials_needs_no_results_csv(write_scenario, tmp_path, caplog):
+    """A run directory committed with its sealed trials alone (results.csv ignored, as a
+    study's run/ is): the report collects them."""
+    run_dir = tmp_path / "run"
+    tables = sealed_run(run_dir, write_scenario())
+    collected = (run_dir / "results.csv").read_bytes()
+    for name in ("results.csv", "attention.csv"):
+        (run_dir / name).unlink()
+    shutil.rmtree(run_dir / "tables")
+    with caplog.at_level(logging.WARNING, logger="fedll.store"):
+        result = invoke("report", run_dir)
+    assert result.exit_code == 0, result.output
+    assert caplog.text == ""
+    assert (run_dir / "results.csv").read_bytes() == collected
+    assert {p.name: p.read_bytes() for p in sorted((run_dir / "tables").glob("*"))} == tables
+
+
+def test_report_leaves_out_a_sealed_trial_that_does_not_verify(write_scenario, tmp_path, caplog):
+    """A trial file edited after its seal: the report does not take its rows; it is an
+    incomplete run (one line naming the trial), and the warning says why."""
+    run_dir = tmp_path / "run"
+    sealed_run(run_dir, write_scenario())
+    trial = expand_trials(load_scenario(run_dir / "scenario.yaml"))[0].trial_id
+    edited = run_dir / "trials" / f"{trial}.csv"
+    edited.write_text(edited.read_text().replace("0.1,", "0.9,"))
+    with caplog.at_level(logging.WARNING, logger="fedll.store"):
+        result = invoke("report", run_dir)
+    line = assert_one_line_error(result, str(run_dir / "results.csv"), f"not run: {trial}")
+    assert "--partial" in line
+    assert f"{trial}.json: {edited.name} differs from what was written" in caplog.text
 
 
 @pytest.mark.parametrize(

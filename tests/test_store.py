@@ -19,6 +19,8 @@ from fedll.store import (
     TrialFiles,
     collect,
     finished,
+    has_seals,
+    recollect,
     trial_arithmetic,
     trial_events,
     trial_wall_s,
@@ -156,6 +158,31 @@ def test_results_csv_is_replaced_only_after_every_part_was_read(run_dir):
     with pytest.raises(DataError, match=f"{broken.results}: columns differ"):
         collect(run_dir, {TRIAL.trial_id: "fp-a", OTHER.trial_id: "fp-b"})
     assert (run_dir / "results.csv").read_bytes() == before
+
+
+def test_recollect_rebuilds_what_the_seals_vouch_for_and_names_what_differed(run_dir, caplog):
+    prints = {TRIAL.trial_id: "fp-a", OTHER.trial_id: "fp-b"}
+    assert has_seals(run_dir) and not has_seals(run_dir / "elsewhere")
+    assert recollect(run_dir, prints) == []  # nothing there yet: written, nothing replaced
+    collected = {name: (run_dir / name).read_bytes() for name in ("results.csv", "attention.csv")}
+    assert recollect(run_dir, prints) == []  # the same again
+    results = run_dir / "results.csv"
+    results.write_text(results.read_text().replace("0.5,", "0.9,"))  # better Dice
+    (run_dir / "routing.csv").write_text("trial,round\nx,1\n")  # no trial has routing rows
+    with caplog.at_level(logging.WARNING, logger="fedll.store"):
+        replaced = recollect(run_dir, prints)
+    assert replaced == [results, run_dir / "routing.csv"]
+    assert f"{results} differed from the sealed trial files" in caplog.text
+    assert {n: (run_dir / n).read_bytes() for n in collected} == collected
+    assert not (run_dir / "routing.csv").exists()
+    # a trial edited after its seal: left out, and the seal named
+    cut_mid_row(files(run_dir).results)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fedll.store"):
+        recollect(run_dir, prints)
+    assert f"{files(run_dir).seal}: {files(run_dir).results.name} differs" in caplog.text
+    frame = pd.read_csv(results)
+    assert set(frame["trial"]) == {OTHER.trial_id}
 
 
 # ---------------------------------------------------------------- the kept model

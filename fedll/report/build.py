@@ -13,6 +13,7 @@ from fedll.report.completeness import (
     Expected,
     complete_configurations,
     describe,
+    foreign_trials,
     missing_parts,
 )
 from fedll.report.html import page_context, write_html
@@ -38,8 +39,9 @@ def build_report(
     a montage per configuration whose trial files hold previews, :mod:`fedll.report.montage`),
     and the page of it all, ``run_dir/report.html``.
 
-    With ``expected`` (what the run's scenario asks for), results that lack a trial, a round
-    or a test case are refused (DataError naming what is missing), unless ``partial``: then
+    With ``expected`` (what the run's scenario asks for), files that hold a trial it does
+    not name are refused, and results that lack a trial, a round or a test case are refused
+    (DataError naming what is missing), unless ``partial``: then
     the configurations whose every trial is complete are reported and the trials left out are
     listed in ``tables/missing.csv``.
 
@@ -56,6 +58,14 @@ def build_report(
     routing_path = maybe_compressed(run_dir / "routing.csv")
     routing = read_routing(routing_path) if routing_path.exists() else None
     tables_dir = run_dir / "tables"
+    if expected is not None:
+        for path, frame in ((results_path, results), (attention_path, attention),
+                            (routing_path, routing)):  # fmt: skip
+            if frame is not None and (foreign := foreign_trials(frame["trial"], expected)):
+                more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+                raise DataError(
+                    f"{path}: trial {foreign[0]!r}{more} is not one of the scenario's trials"
+                )
     left_out: list[str] = []
     missing_path = None
     if expected is not None and (missing := missing_parts(results, expected)):

@@ -17,6 +17,13 @@ with replacement, and for each drawn seed the test cases of each modality are dr
 replacement, the same draw for both arms; the per-modality Dice matrices of both arms are
 rebuilt from the drawn cases, every measure recomputed, and the differences averaged over the
 drawn seeds. A difference *counts* when its interval excludes 0 (``excludes_zero``).
+
+Where there is no interval to speak of, ``interval_note`` says why and the difference never
+counts (:func:`judge`): ``1 seed`` (the seed level cannot be resampled: no interval),
+``undefined`` (the measure has no value for this stream, e.g. BWT of the last modality),
+``zero width`` (every replicate gives the same difference: the resampling has nothing to
+vary, as when the arms are identical or differ by one constant, so it measures no
+uncertainty) and ``no interval`` (no replicate has a value).
 """
 
 from __future__ import annotations
@@ -38,7 +45,14 @@ from fedll.report.summary import matrix_measures, measures
 COMPARE_COLUMNS = ("arm", "baseline", "modality", "measure", "label")
 MEAN = "mean"
 """The ``modality`` of a comparison row for the measure averaged over the modalities."""
-STAT_COLUMNS = ("difference", "ci_low", "ci_high", "excludes_zero", "n_seeds", "n_cases")
+STAT_COLUMNS = (
+    "difference", "ci_low", "ci_high", "excludes_zero", "interval_note", "n_seeds", "n_cases",
+)  # fmt: skip
+TOLERANCE = 1e-9
+"""Differences and interval widths within it are the rounding of equal values (a Dice of
+0.1 + 0.2 against 0.3), not a difference: an interval must clear 0 by more to count."""
+NO_INTERVAL = ("1 seed", "undefined", "no interval")
+"""The :func:`judge` notes of a difference printed without an interval."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +111,8 @@ def paired_difference(
     the trials of seed ``s`` (the same test cases, in the same order). Returns
     (estimate, low, high), each (n_measures, M + 1): a column per modality, then the
     difference of the modality-averaged measure (the mean over the modalities that have it,
-    resampled with them: one interval for "averaged over T2 and FLAIR")."""
+    resampled with them: one interval for "averaged over T2 and FLAIR"). With one seed the
+    seed level has nothing to resample: low and high are NaN (no bootstrap is run)."""
     if len(arm) != len(baseline) or not arm:
         raise ValueError("paired_difference needs the same, non-zero number of seeds per arm")
     for a, b in zip(arm, baseline, strict=True):
@@ -114,6 +129,8 @@ def paired_difference(
         return np.concatenate([per_modality, both], axis=1)
 
     estimate = nan_reduce(np.nanmean, np.stack([difference(s, whole) for s in range(len(arm))]), 0)
+    if len(arm) < 2:
+        return estimate, np.full_like(estimate, np.nan), np.full_like(estimate, np.nan)
     rng = np.random.default_rng(seed)
     replicates = []
     for _ in range(n_boot):
@@ -130,6 +147,21 @@ def paired_difference(
     low = nan_reduce(lambda v, axis: np.nanpercentile(v, tail, axis=axis), stacked, 0)
     high = nan_reduce(lambda v, axis: np.nanpercentile(v, 100 - tail, axis=axis), stacked, 0)
     return estimate, low, high
+
+
+def judge(difference: float, low: float, high: float, n_seeds: int) -> tuple[bool, str]:
+    """Whether the difference counts (its interval excludes 0 by more than
+    :data:`TOLERANCE`) and, where there is no interval to judge by, why not (the module's
+    notes; "" for a proper interval): then it never counts."""
+    if not np.isfinite(difference):
+        return False, "undefined"
+    if n_seeds < 2:
+        return False, "1 seed"
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return False, "no interval"
+    if high - low <= TOLERANCE:
+        return False, "zero width"
+    return bool(low > TOLERANCE or high < -TOLERANCE), ""
 
 
 def compare(
@@ -182,6 +214,7 @@ def compare(
                 columns.append((len(MODALITIES), MEAN))
             for m, modality in columns:
                 for i, (name, label) in enumerate(names.items()):
+                    counts, note = judge(estimate[i, m], low[i, m], high[i, m], len(common))
                     rows.append(
                         {
                             **dict(zip(setting, key, strict=True)),
@@ -193,7 +226,8 @@ def compare(
                             "difference": estimate[i, m],
                             "ci_low": low[i, m],
                             "ci_high": high[i, m],
-                            "excludes_zero": bool(low[i, m] > 0 or high[i, m] < 0),
+                            "excludes_zero": counts,
+                            "interval_note": note,
                             "n_seeds": len(common),
                             "n_cases": sum(len(ids) for ids in arm[0].case_ids)
                             if modality == MEAN
@@ -203,19 +237,27 @@ def compare(
     return pd.DataFrame(rows, columns=[*setting, *COMPARE_COLUMNS, *STAT_COLUMNS])
 
 
+def format_cell(row: pd.Series, digits: int = 3) -> str:
+    """One comparison row for reading: ``difference [low, high]`` with a ``*`` where the
+    interval excludes 0; where there is none, why: ``+0.100 [n/a: 1 seed]``,
+    ``n/a (undefined)``, ``+0.100 [+0.100, +0.100] (zero width)``."""
+    note = row.get("interval_note", "")
+    note = note if isinstance(note, str) else ""  # a table read back: "" became NaN
+    if note == "undefined":
+        return "n/a (undefined)"
+    difference = f"{row['difference']:+.{digits}f}"
+    if note in NO_INTERVAL:
+        return f"{difference} [n/a: {note}]"
+    interval = f"{difference} [{row['ci_low']:+.{digits}f}, {row['ci_high']:+.{digits}f}]"
+    return f"{interval} ({note})" if note else interval + ("*" if row["excludes_zero"] else "")
+
+
 def format_comparison(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
-    """The comparison for reading: ``difference [low, high]`` with a ``*`` where the interval
-    excludes 0 (``n/a`` where neither arm has the measure), one row per setting x arm x
+    """The comparison for reading (:func:`format_cell`), one row per setting x arm x
     modality, one column per measure label."""
     if table.empty:
         return table
-    cell = table.apply(
-        lambda r: (
-            f"{r['difference']:+.{digits}f} [{r['ci_low']:+.{digits}f}, "
-            f"{r['ci_high']:+.{digits}f}]" + ("*" if r["excludes_zero"] else "")
-        ),
-        axis=1,
-    )
+    cell = table.apply(format_cell, axis=1, digits=digits)
     index = [c for c in table.columns if c not in (*COMPARE_COLUMNS[3:], *STAT_COLUMNS)]
     wide = table.assign(cell=cell, n_seeds=table["n_seeds"]).pivot_table(
         index=[*index, "n_seeds"], columns="label", values="cell", aggfunc="first", sort=False

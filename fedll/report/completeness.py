@@ -2,13 +2,13 @@
 test case (pure pandas, no scenario types: the caller says what is expected).
 
 ``fedll report`` refuses results that lack any of it (a partial table read as a complete one
-is a wrong result); with ``--partial`` it reports the configurations whose every trial is
-complete and lists the rest.
+is a wrong result), or that hold a trial the scenario does not have; with ``--partial`` it
+reports the configurations whose every trial is complete and lists the rest.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -54,6 +54,12 @@ def missing_parts(results: pd.DataFrame, expected: Expected) -> dict[str, str]:
             if lacking_modalities := sorted(m for m in expected.cases if m not in held):
                 missing[trial] = "modality " + ", ".join(lacking_modalities)
     return missing
+
+
+def foreign_trials(trials: Iterable[str], expected: Expected) -> list[str]:
+    """The trial ids among ``trials`` (a file's ``trial`` column) that ``expected`` does not
+    name, in order of appearance: rows of another scenario's run, copied or edited in."""
+    return [t for t in dict.fromkeys(map(str, trials)) if t not in expected.rounds]
 
 
 def complete_configurations(

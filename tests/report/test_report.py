@@ -261,6 +261,82 @@ def test_malformed_results(tmp_path: Path, change, message: str) -> None:
     assert "results.csv" in str(info.value)
 
 
+def at(row: int, column: str, value):
+    """A change of ``make_results()`` that sets data row ``row`` (from 1) of ``column``."""
+
+    def change(results: pd.DataFrame) -> pd.DataFrame:
+        results = results.astype({column: object}) if column in results else results
+        results.loc[row - 1, column] = value
+        return results
+
+    return change
+
+
+def scored(results: pd.DataFrame) -> pd.DataFrame:
+    """Every case with an HD95, a surface Dice and its tolerance, as today's fedll writes."""
+    return results.assign(hd95=4.0, surface_dice=0.5, surface_tolerance_mm=2.0)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (at(3, "dice", np.nan), "column dice is empty in row 3 (every test case has a Dice)"),
+        (at(3, "dice", ""), "column dice is empty in row 3"),
+        (at(5, "dice", "inf"), "column dice needs finite numbers, got 'inf' (row 5)"),
+        (at(4, "hd95", "inf"), "column hd95 needs finite numbers, got 'inf' (row 4)"),
+        (at(4, "hd95", "-inf"), "column hd95 needs finite numbers, got '-inf' (row 4)"),
+        (at(4, "hd95", "1e400"), "column hd95 needs finite numbers, got '1e400' (row 4)"),
+        (at(2, "hd95", np.nan), "column hd95 is empty in row 2 (a trial has it on every row"),
+        (at(6, "surface_dice", ""), "column surface_dice is empty in row 6"),
+        (at(6, "personal_dice", "inf"), "column personal_dice needs finite numbers"),
+        (at(7, "epsilon", -1.0), "column epsilon has negative values"),
+        (at(7, "dp_delta", 2.0), "column dp_delta has values outside"),
+        (at(2, "seed", "inf"), "column seed needs integers, got 'inf' (row 2)"),
+        (at(2, "seed", "1e300"), "column seed needs integers, got '1e300' (row 2)"),
+        (at(9, "round", "nan"), "column round needs integers, got 'nan' (row 9)"),
+    ],
+)
+def test_a_value_the_schema_has_none_of_names_its_column_and_row(
+    tmp_path: Path, change, message: str
+) -> None:
+    """Results with no seals beside them (a study's results.csv): a NaN or infinite value
+    where fedll never writes one is refused, by column and data row, not reported."""
+    change(scored(make_results())).to_csv(tmp_path / "results.csv", index=False)
+    with pytest.raises(DataError) as info:
+        build_report(tmp_path)
+    assert str(info.value).startswith(f"{tmp_path / 'results.csv'}: ")
+    assert message in str(info.value), str(info.value)
+    assert not (tmp_path / "tables").exists()
+
+
+def test_the_columns_that_may_be_empty_stay_readable(tmp_path: Path) -> None:
+    """Dice-only trials (an earlier fedll) beside scored ones, privacy and personalised
+    columns empty: the report reads them; the HD95 table is of the scored trials."""
+    results = scored(make_results())
+    dice_only = results["trial"].str.startswith("static")
+    results.loc[dice_only, ["hd95", "surface_dice", "surface_tolerance_mm"]] = np.nan
+    results["epsilon"] = np.nan
+    results["personal_dice"] = np.where(results["round"] == 0, np.nan, 0.5)
+    results.to_csv(tmp_path / "results.csv", index=False)
+    built = build_report(tmp_path)
+    hd95 = pd.read_csv(tmp_path / "tables" / "trials_hd95.csv")
+    assert set(hd95.dropna(subset=["final_hd95"])["trial"]) == {"dycnn-s0", "dycnn-s1"}
+    assert len(built["summary"]) == 8
+
+
+def test_an_attention_mass_must_be_a_finite_number(tmp_path: Path) -> None:
+    make_results().to_csv(tmp_path / "results.csv", index=False)
+    base = {"trial": "static-s0", "model": "static", "ordering": "blocked",
+            "arrival_batch": 2, "strategy": "fedavg", "seed": 0, "round": 1, "modality": "t2",
+            "layer": "enc1"}  # fmt: skip
+    for mass, message in (("", "column mass is empty in row 2"), ("inf", "needs finite")):
+        rows = [{**base, "kernel": 0, "mass": 1.0}, {**base, "kernel": 1, "mass": mass}]
+        pd.DataFrame(rows).to_csv(tmp_path / "attention.csv", index=False)
+        with pytest.raises(DataError, match=message) as info:
+            build_report(tmp_path)
+        assert str(tmp_path / "attention.csv") in str(info.value)
+
+
 def test_measure_missing_for_some_seeds_is_marked() -> None:
     results = make_results()
     # static seed 1 trains t2 twice: no switch, so only seed 0 has a t2 switch drop (0.3)
@@ -274,13 +350,15 @@ def test_measure_missing_for_some_seeds_is_marked() -> None:
 
 
 def test_dice_matrix_skips_nan_cases_and_fills_missing_rows() -> None:
-    results = make_results()
+    """The matrix of checked rows (a results file may hold no NaN Dice: check_results
+    refuses it; a metric's matrix may meet one)."""
+    results = check_results(make_results())
     results = results[results["trial"] == "static-s0"].copy()
     # an unscored case (NaN) is skipped: t2 round 1 keeps only p2 = 0.8 + 0.1
     results.loc[(results["round"] == 1) & (results["case"] == "t2-p1"), "dice"] = np.nan
     # flair not evaluated after round 2
     results = results[~((results["round"] == 2) & (results["modality"] == "flair"))]
-    R, arriving = trial_matrices(results)["static-s0"]
+    R, arriving = dice_matrix(results)
     np.testing.assert_allclose(R[:, 0], [0.1, 0.9, 0.5])
     np.testing.assert_allclose(R[:2, 1], [0.2, 0.3])
     assert np.isnan(R[2, 1])
@@ -479,3 +557,31 @@ def test_personal_measures_appear_only_with_personalised_models(tmp_path: Path) 
     assert cells[("static", "T2")] == "0.600 (n=1)" and cells[("dycnn", "T2")] == "n/a"
     write_tables(table, tmp_path)
     assert "final personal Dice" in (tmp_path / "forgetting.md").read_text()
+
+
+@pytest.mark.parametrize("partial", [False, True])
+def test_rows_of_a_trial_the_scenario_does_not_have_are_refused(
+    tmp_path: Path, partial: bool
+) -> None:
+    """Results checked against their scenario (no seals beside them): a trial it does not
+    name is not reported, with --partial or without, whether in results.csv or
+    attention.csv."""
+    from fedll.report.completeness import Expected
+
+    expected = Expected(rounds=dict.fromkeys(["static-s0", "static-s1", "dycnn-s0"], 2))
+    results = make_results()
+    results[results["trial"] != "dycnn-s1"].to_csv(tmp_path / "results.csv", index=False)
+    build_report(tmp_path, expected, partial=partial)  # the scenario's trials: reported
+    results.to_csv(tmp_path / "results.csv", index=False)
+    with pytest.raises(DataError) as info:
+        build_report(tmp_path, expected, partial=partial)
+    assert str(info.value) == (
+        f"{tmp_path / 'results.csv'}: trial 'dycnn-s1' is not one of the scenario's trials"
+    )
+    results[results["trial"] != "dycnn-s1"].to_csv(tmp_path / "results.csv", index=False)
+    base = {"model": "dycnn", "ordering": "blocked", "arrival_batch": 2, "strategy": "fedavg",
+            "seed": 1, "round": 1, "modality": "t2", "layer": "enc1", "kernel": 0}  # fmt: skip
+    rows = [{**base, "trial": t, "mass": 1.0} for t in ("dycnn-s0", "dycnn-s1", "dycnn-s9")]
+    pd.DataFrame(rows).to_csv(tmp_path / "attention.csv", index=False)
+    with pytest.raises(DataError, match=r"attention.csv: trial 'dycnn-s1' \(and 1 more\) is not"):
+        build_report(tmp_path, expected, partial=partial)
