@@ -1,4 +1,5 @@
-"""Paired comparisons with a hierarchical bootstrap, on hand-made results whose answer is known."""
+"""Paired comparisons (seed and case parts of the interval), on hand-made results whose answer
+is known; the interval's coverage: test_intervals.py."""
 
 from __future__ import annotations
 
@@ -57,13 +58,13 @@ def row(table: pd.DataFrame, arm: str, modality: str, measure: str) -> pd.Series
 
 def test_a_constant_extra_loss_is_found_exactly_and_counts():
     """The arm loses 0.1 more T2 Dice in round 2 on every case of every seed: the difference
-    is +0.1 forgetting and -0.1 final Dice in every bootstrap replicate (the case and seed
-    offsets cancel in the pairing), so the interval is the point."""
+    is +0.1 forgetting and -0.1 final Dice on every seed and without any case (the case and
+    seed offsets cancel in the pairing), so the interval is the point."""
 
     def forgetful(seed):
         return {"t2": [0.1, 0.8, 0.5], "flair": [0.1, 0.2, 0.7]}
 
-    table = compare(results({"static": baseline_curve, "dycnn": forgetful}), "static", n_boot=200)
+    table = compare(results({"static": baseline_curve, "dycnn": forgetful}), "static")
     forgetting = row(table, "dycnn", "t2", "forgetting_final")
     assert forgetting["difference"] == pytest.approx(0.1)
     assert forgetting["ci_low"] == pytest.approx(0.1) and forgetting["ci_high"] == pytest.approx(
@@ -79,13 +80,16 @@ def test_a_constant_extra_loss_is_found_exactly_and_counts():
 
 def test_the_mean_row_averages_the_modalities_and_resamples_them_together():
     """The arm forgets 0.1 more T2 (final) and the same FLAIR: averaged over both modalities
-    +0.05 in every replicate. With a T2 gain on every seed and a larger FLAIR loss on odd
-    seeds only, the mean's interval straddles 0 while the T2 gain counts."""
+    +0.05 on every seed and case. With a T2 gain on every seed and a larger FLAIR loss on odd
+    seeds only, the mean's interval straddles 0 while the T2 gain counts. The case offsets
+    cancel, so the intervals are t intervals over the 4 seeds: FLAIR's per-seed differences
+    0, -0.3, 0, -0.3 have mean -0.15 and standard error 0.15 * sqrt(4/3) / 2 = 0.0866, the
+    half-width t(0.975, 3) * 0.0866 = 0.2756; the mean's (0.05, -0.1, 0.05, -0.1) half that."""
 
     def forgetful(seed):
         return {"t2": [0.1, 0.8, 0.5], "flair": [0.1, 0.2, 0.7]}
 
-    table = compare(results({"static": baseline_curve, "dycnn": forgetful}), "static", n_boot=200)
+    table = compare(results({"static": baseline_curve, "dycnn": forgetful}), "static")
     mean = row(table, "dycnn", "mean", "forgetting_final")
     assert mean["difference"] == pytest.approx(0.05)
     assert mean["ci_low"] == pytest.approx(0.05) and mean["ci_high"] == pytest.approx(0.05)
@@ -99,15 +103,19 @@ def test_the_mean_row_averages_the_modalities_and_resamples_them_together():
     table = compare(results({"static": baseline_curve, "dycnn": opposed}), "static")
     t2, flair = (row(table, "dycnn", m, "final_dice") for m in ("t2", "flair"))
     assert t2["difference"] == pytest.approx(0.1) and t2["excludes_zero"]
-    assert flair["difference"] == pytest.approx(-0.15) and flair["ci_high"] == pytest.approx(0)
+    assert flair["difference"] == pytest.approx(-0.15)
+    assert flair["ci_low"] == pytest.approx(-0.15 - 0.2756, abs=1e-4)
+    assert flair["ci_high"] == pytest.approx(-0.15 + 0.2756, abs=1e-4)
     mean = row(table, "dycnn", "mean", "final_dice")
     assert mean["difference"] == pytest.approx(-0.025)
-    assert mean["ci_low"] < 0 < mean["ci_high"] and not mean["excludes_zero"]
+    assert mean["ci_low"] == pytest.approx(-0.025 - 0.2756 / 2, abs=1e-4)
+    assert mean["ci_high"] == pytest.approx(-0.025 + 0.2756 / 2, abs=1e-4)
+    assert not mean["excludes_zero"]
 
 
 def test_a_difference_that_changes_sign_with_the_seed_does_not_count():
-    """+0.1 final T2 Dice on even seeds, -0.1 on odd: the estimate is 0 and the seed level of
-    the bootstrap spreads the interval across it."""
+    """+0.1 final T2 Dice on even seeds, -0.1 on odd: the estimate is 0 and the seeds' part
+    of the interval spreads it across 0."""
 
     def alternating(seed):
         shift = 0.1 if seed % 2 == 0 else -0.1
@@ -120,16 +128,20 @@ def test_a_difference_that_changes_sign_with_the_seed_does_not_count():
 
 
 def test_case_level_noise_widens_the_interval_but_a_large_effect_still_counts():
-    """One seed, the arm's round-2 T2 Dice higher by 0.25 +- a case-specific 0.05: the case
-    level alone makes the interval, around 0.25, away from 0."""
+    """One seed, the arm's round-2 T2 Dice higher by 0.25 +- a case-specific 0.05: the cases
+    alone make the interval, around 0.25, away from 0. Final Dice is a mean over cases, so the
+    jackknife gives the t interval of the 4 per-case differences: standard error
+    sd(0.05, -0.05, 0.04, -0.04) / 2 = 0.02614, half-width t(0.975, 3) * 0.02614 = 0.0832."""
     noise = dict(zip(range(4), (0.05, -0.05, 0.04, -0.04), strict=True))
     frame = results({"static": baseline_curve, "dycnn": baseline_curve}, seeds=(0,))
     later = (frame["model"] == "dycnn") & (frame["modality"] == "t2") & (frame["round"] == 2)
     case = frame.loc[later, "case"].str[-1].astype(int)
     frame.loc[later, "dice"] += 0.25 + case.map(noise)
-    final = row(compare(frame, "static", n_boot=500), "dycnn", "t2", "final_dice")
+    final = row(compare(frame, "static"), "dycnn", "t2", "final_dice")
     assert final["difference"] == pytest.approx(0.25)
-    assert 0.15 < final["ci_low"] < 0.25 < final["ci_high"] < 0.35 and final["excludes_zero"]
+    assert final["ci_low"] == pytest.approx(0.25 - 0.0832, abs=1e-4)
+    assert final["ci_high"] == pytest.approx(0.25 + 0.0832, abs=1e-4)
+    assert final["excludes_zero"]
 
 
 def test_the_estimate_is_the_difference_of_the_forgetting_tables_means():
@@ -137,7 +149,7 @@ def test_the_estimate_is_the_difference_of_the_forgetting_tables_means():
         return {"t2": [0.1, 0.7 - 0.03 * seed, 0.4], "flair": [0.1, 0.3, 0.6 + 0.02 * seed]}
 
     frame = results({"static": baseline_curve, "dycnn": other})
-    table = compare(frame, "static", n_boot=50)
+    table = compare(frame, "static")
     summary = trial_summary(frame).groupby(["model", "modality"]).mean(numeric_only=True)
     for measure in ("forgetting_final", "forgetting_max", "bwt", "learning_accuracy", "auc"):
         for modality in ("t2", "flair"):
@@ -161,7 +173,7 @@ def test_formatted_comparison_marks_what_counts():
     def forgetful(seed):
         return {"t2": [0.1, 0.8, 0.5], "flair": [0.1, 0.2, 0.7]}
 
-    table = compare(results({"static": baseline_curve, "dycnn": forgetful}), "static", n_boot=50)
+    table = compare(results({"static": baseline_curve, "dycnn": forgetful}), "static")
     wide = format_comparison(table)
     t2 = wide[wide["modality"] == "t2"].iloc[0]
     assert t2["forgetting (final)"] == "+0.100 [+0.100, +0.100]*"
@@ -184,6 +196,8 @@ def test_fedll_report_compare_writes_and_prints_the_comparison(tmp_path):
         app, ["report", str(tmp_path), "--compare", "static", "--bootstrap", "100"]
     )
     assert out.exit_code == 0, out.output
+    # --bootstrap (the interval of an earlier fedll) is still accepted, and says it is unused
+    assert "--bootstrap no longer applies" in out.output
     table = pd.read_csv(tmp_path / "tables" / "compare_model-static.csv")
     assert set(table["arm"]) == {"dycnn"} and table["excludes_zero"].any()
     assert (
