@@ -486,12 +486,15 @@ def report(
         typer.Option(
             metavar="BASELINE",
             help="also compare every value of --compare-axis with BASELINE: each measure's "
-            "paired difference with a 95% interval (hierarchical bootstrap over seeds and "
-            "test cases)",
+            "paired difference with a 95% t interval over seeds and test cases (seed "
+            "variance plus a case jackknife)",
         ),
     ] = None,
     compare_axis: Annotated[str, typer.Option(help="the grid axis --compare varies")] = "model",
-    bootstrap: Annotated[int, typer.Option(min=100, help="bootstrap replicates")] = 2000,
+    bootstrap: Annotated[
+        int | None,
+        typer.Option(hidden=True, help="no longer applies: --compare has no bootstrap"),
+    ] = None,
 ) -> None:
     """Rebuild the forgetting tables and plots from RUN_DIR/results.csv alone (checked against
     RUN_DIR/scenario.yaml: every trial, round and test case must be there)."""
@@ -500,18 +503,20 @@ def report(
     with hold_run_dir(run_dir, "fedll report", create=False):
         built = _report(run_dir, partial=partial)
         _print_table(built)
+        if bootstrap is not None:
+            _say("--bootstrap no longer applies: --compare's interval has no replicates", err=True)
         if compare is not None:
-            _compare(run_dir, compare, compare_axis, bootstrap)
+            _compare(run_dir, compare, compare_axis)
 
 
-def _compare(run_dir: Path, baseline: str, axis: str, n_boot: int) -> None:
+def _compare(run_dir: Path, baseline: str, axis: str) -> None:
     """Write and print the paired comparison with ``baseline`` (fedll.report.compare)."""
     from fedll.report.compare import compare, format_comparison
     from fedll.report.read import maybe_compressed, read_results
     from fedll.report.tables import to_markdown
 
     results = read_results(maybe_compressed(run_dir / "results.csv"))
-    table = compare(results, baseline, axis=axis, n_boot=n_boot)
+    table = compare(results, baseline, axis=axis)
     stem = f"compare_{axis}-{baseline}"  # compare() checked: a value of the run's grid
     table.to_csv(run_dir / "tables" / f"{stem}.csv", index=False)
     wide = format_comparison(table)

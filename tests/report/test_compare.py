@@ -1,8 +1,7 @@
-"""Paired comparisons with a hierarchical bootstrap, on hand-made results whose answer is known."""
+"""Paired comparisons (seed and case parts of the interval), on hand-made results whose answer
+is known; the interval's coverage: test_intervals.py."""
 
 from __future__ import annotations
-
-import re
 
 import numpy as np
 import pandas as pd
@@ -70,24 +69,28 @@ def test_an_extra_loss_on_every_seed_is_found_and_counts():
     """The arm loses 0.1 (+- 0.02 by seed) more T2 Dice in round 2 on every case: the case
     and seed offsets cancel in the pairing, the seeds' spread makes the interval, which
     excludes 0."""
-    table = compare(results({"static": baseline_curve, "dycnn": forgetful}), "static", n_boot=200)
+    table = compare(results({"static": baseline_curve, "dycnn": forgetful}), "static")
     forgetting = row(table, "dycnn", "t2", "forgetting_final")
     assert forgetting["difference"] == pytest.approx(0.1)
-    assert 0.08 <= forgetting["ci_low"] < 0.1 < forgetting["ci_high"] <= 0.12
+    # the seeds' part alone (the case offsets cancel): per-seed 0.11, 0.09, 0.12, 0.08, sd
+    # sqrt(0.001 / 3) = 0.01826, half-width t(0.975, 3) x 0.01826 / 2 = 3.1824 x 0.00913
+    assert forgetting["ci_low"] == pytest.approx(0.1 - 0.02906, abs=1e-4)
+    assert forgetting["ci_high"] == pytest.approx(0.1 + 0.02906, abs=1e-4)
     assert forgetting["excludes_zero"] and forgetting["interval_note"] == ""
     assert forgetting["n_seeds"] == 4 and forgetting["n_cases"] == 4
     assert row(table, "dycnn", "t2", "final_dice")["difference"] == pytest.approx(-0.1)
 
 
 def test_a_zero_width_interval_never_counts():
-    """A constant extra loss, the same on every case of every seed: every replicate gives
-    exactly +0.1, the interval is the point, which measures no uncertainty: it does not
-    count. Nor does FLAIR, the same in both arms ([0, 0], or its float rounding)."""
+    """A constant extra loss, the same on every case of every seed: every seed and every
+    left-out case gives exactly +0.1, the interval is the point, which measures no
+    uncertainty: it does not count. Nor does FLAIR, the same in both arms ([0, 0], or its
+    float rounding)."""
 
     def constant(seed):
         return {"t2": [0.1, 0.8, 0.5], "flair": [0.1, 0.2, 0.7]}
 
-    table = compare(results({"static": baseline_curve, "dycnn": constant}), "static", n_boot=200)
+    table = compare(results({"static": baseline_curve, "dycnn": constant}), "static")
     forgetting = row(table, "dycnn", "t2", "forgetting_final")
     assert forgetting["difference"] == pytest.approx(0.1)
     assert forgetting["ci_low"] == pytest.approx(0.1) == forgetting["ci_high"]
@@ -102,14 +105,15 @@ def test_a_zero_width_interval_never_counts():
     assert not any("*" in str(cell) for cell in wide.to_numpy().ravel())
 
 
-def test_the_mean_row_averages_the_modalities_and_resamples_them_together():
+def test_the_mean_row_averages_the_modalities():
     """The arm forgets 0.1 (+- jitter) more T2 (final) and the same FLAIR: averaged over both
     modalities +0.05. With a T2 gain on every seed and a larger FLAIR loss on odd seeds
     only, the mean's interval straddles 0 while the T2 gain counts."""
-    table = compare(results({"static": baseline_curve, "dycnn": forgetful}), "static", n_boot=200)
+    table = compare(results({"static": baseline_curve, "dycnn": forgetful}), "static")
     mean = row(table, "dycnn", "mean", "forgetting_final")
     assert mean["difference"] == pytest.approx(0.05)
-    assert 0.04 <= mean["ci_low"] < 0.05 < mean["ci_high"] <= 0.06
+    assert mean["ci_low"] == pytest.approx(0.05 - 0.02906 / 2, abs=1e-4)  # T2's seeds, halved
+    assert mean["ci_high"] == pytest.approx(0.05 + 0.02906 / 2, abs=1e-4)
     assert mean["excludes_zero"] and mean["n_cases"] == 8
     assert row(table, "dycnn", "mean", "final_dice")["difference"] == pytest.approx(-0.05)
 
@@ -120,8 +124,12 @@ def test_the_mean_row_averages_the_modalities_and_resamples_them_together():
     table = compare(results({"static": baseline_curve, "dycnn": opposed}), "static")
     t2, flair = (row(table, "dycnn", m, "final_dice") for m in ("t2", "flair"))
     assert t2["difference"] == pytest.approx(0.1) and t2["excludes_zero"]
-    assert flair["difference"] == pytest.approx(-0.15) and flair["ci_high"] == pytest.approx(0)
-    assert not flair["excludes_zero"]  # no replicate above 0, but some at it
+    # FLAIR's per-seed differences 0, -0.3, 0, -0.3: mean -0.15, standard error
+    # 0.15 x sqrt(4/3) / 2 = 0.0866, half-width t(0.975, 3) x 0.0866 = 0.2756
+    assert flair["difference"] == pytest.approx(-0.15)
+    assert flair["ci_low"] == pytest.approx(-0.15 - 0.2756, abs=1e-4)
+    assert flair["ci_high"] == pytest.approx(-0.15 + 0.2756, abs=1e-4)
+    assert not flair["excludes_zero"]
     mean = row(table, "dycnn", "mean", "final_dice")
     assert mean["difference"] == pytest.approx(-0.025)
     assert mean["ci_low"] < 0 < mean["ci_high"] and not mean["excludes_zero"]
@@ -129,7 +137,7 @@ def test_the_mean_row_averages_the_modalities_and_resamples_them_together():
 
 def test_a_difference_that_changes_sign_with_the_seed_does_not_count():
     """+0.1 final T2 Dice on even seeds, -0.1 on odd: the estimate is 0 and the seed level of
-    the bootstrap spreads the interval across it."""
+    the interval (its seeds' part) spreads across it."""
 
     def alternating(seed):
         shift = 0.1 if seed % 2 == 0 else -0.1
@@ -149,16 +157,20 @@ def test_case_level_noise_widens_the_interval_but_a_large_effect_still_counts():
     later = (frame["model"] == "dycnn") & (frame["modality"] == "t2") & (frame["round"] == 2)
     case = frame.loc[later, "case"].str[-1].astype(int)
     frame.loc[later, "dice"] += 0.25 + case.map(noise)
-    final = row(compare(frame, "static", n_boot=500), "dycnn", "t2", "final_dice")
+    final = row(compare(frame, "static"), "dycnn", "t2", "final_dice")
     assert final["difference"] == pytest.approx(0.25)
-    assert 0.2 < final["ci_low"] < 0.25 < final["ci_high"] < 0.3 and final["excludes_zero"]
+    # the same case noise on every seed: the cases' part alone, the t interval of the 4
+    # per-case differences: sd(0.05, -0.05, 0.04, -0.04) / 2 = 0.02614, x t(0.975, 3) = 0.0832
+    assert final["ci_low"] == pytest.approx(0.25 - 0.0832, abs=1e-4)
+    assert final["ci_high"] == pytest.approx(0.25 + 0.0832, abs=1e-4)
+    assert final["excludes_zero"]
 
 
 def test_one_seed_has_no_interval_and_never_counts():
     """With one seed the seed level cannot be resampled: the difference is given, its
     interval is n/a (1 seed), and however large it is it does not count."""
     frame = results({"static": baseline_curve, "dycnn": forgetful}, seeds=(0,))
-    table = compare(frame, "static", n_boot=100)
+    table = compare(frame, "static")
     forgetting = row(table, "dycnn", "t2", "forgetting_final")
     assert forgetting["difference"] == pytest.approx(0.11)  # seed 0's jitter: +0.01
     assert np.isnan(forgetting["ci_low"]) and np.isnan(forgetting["ci_high"])
@@ -171,7 +183,7 @@ def test_one_seed_has_no_interval_and_never_counts():
 def test_an_undefined_measure_is_n_a_never_nan():
     """BWT of FLAIR, the last modality to arrive, has no value in either arm: n/a, with the
     reason, and no cell of the formatted table reads nan."""
-    table = compare(results({"static": baseline_curve, "dycnn": forgetful}), "static", n_boot=50)
+    table = compare(results({"static": baseline_curve, "dycnn": forgetful}), "static")
     bwt = row(table, "dycnn", "flair", "bwt")
     assert np.isnan(bwt["difference"]) and bwt["interval_note"] == "undefined"
     assert not bwt["excludes_zero"]
@@ -205,7 +217,7 @@ def test_the_estimate_is_the_difference_of_the_forgetting_tables_means():
         return {"t2": [0.1, 0.7 - 0.03 * seed, 0.4], "flair": [0.1, 0.3, 0.6 + 0.02 * seed]}
 
     frame = results({"static": baseline_curve, "dycnn": other})
-    table = compare(frame, "static", n_boot=50)
+    table = compare(frame, "static")
     summary = trial_summary(frame).groupby(["model", "modality"]).mean(numeric_only=True)
     for measure in ("forgetting_final", "forgetting_max", "bwt", "learning_accuracy", "auc"):
         for modality in ("t2", "flair"):
@@ -226,10 +238,10 @@ def test_bad_baseline_or_axis_is_one_line():
 
 
 def test_formatted_comparison_marks_what_counts():
-    table = compare(results({"static": baseline_curve, "dycnn": forgetful}), "static", n_boot=50)
+    table = compare(results({"static": baseline_curve, "dycnn": forgetful}), "static")
     wide = format_comparison(table)
     t2 = wide[wide["modality"] == "t2"].iloc[0]
-    assert re.fullmatch(r"\+0\.100 \[\+0\.0[89]\d, \+0\.1[01]\d\]\*", t2["forgetting (final)"])
+    assert t2["forgetting (final)"] == "+0.100 [+0.071, +0.129]*"
     flair = wide[wide["modality"] == "flair"].iloc[0]
     assert flair["final Dice"] == "+0.000 [+0.000, +0.000] (zero width)"
     assert np.all(wide["n_seeds"] == 4)
@@ -247,10 +259,12 @@ def test_fedll_report_compare_writes_and_prints_the_comparison(tmp_path):
         app, ["report", str(tmp_path), "--compare", "static", "--bootstrap", "100"]
     )
     assert out.exit_code == 0, out.output
+    # --bootstrap (the interval of an earlier fedll) is still accepted, and says it is unused
+    assert "--bootstrap no longer applies" in out.output
     table = pd.read_csv(tmp_path / "tables" / "compare_model-static.csv")
     assert set(table["arm"]) == {"dycnn"} and table["excludes_zero"].any()
-    markdown = (tmp_path / "tables" / "compare_model-static.md").read_text()
-    assert "]*" in markdown and "n/a (undefined)" in markdown and "nan" not in markdown
-    assert "n/a (undefined)" in out.stdout and "nan" not in out.stdout
+    assert (
+        "+0.100 [+0.071, +0.129]*" in (tmp_path / "tables" / "compare_model-static.md").read_text()
+    )
     bad = CliRunner().invoke(app, ["report", str(tmp_path), "--compare", "unet"])
     assert bad.exit_code == 2 and "'unet' is not a model of the run" in bad.output

@@ -172,7 +172,7 @@ def test_the_rule_on_each_group_of_seeds_alone_shows_where_a_difference_comes_fr
     """dycnn forgets 0.2 more than the baseline on seeds 5-9 only: on seeds 0-4 alone it ties,
     on seeds 5-9 alone it forgets more."""
     results = stream_results({"static-equal-params": set(), "dycnn": {5, 6, 7, 8, 9}}, range(10))
-    table = analyse.by_seed_group(results, analyse.SEED_GROUPS, n_boot=200).set_index("arm")
+    table = analyse.by_seed_group(results, analyse.SEED_GROUPS).set_index("arm")
     assert table.loc["dycnn", "seeds 0-4: forgetting lower / tie / higher"] == "0 / 1 / 0"
     assert table.loc["dycnn", "seeds 5-9: forgetting lower / tie / higher"] == "0 / 0 / 1"
     assert table.loc["dycnn", "seeds 0-4: recommended"] == "no"
@@ -191,7 +191,7 @@ def test_stage_3_s_dy_cnn_is_judged_against_the_per_modality_norm_control_too(an
         },
         range(4),
     )
-    rows = analyse.against_control(results, n_boot=100)
+    rows = analyse.against_control(results)
     assert set(rows["arm"]) == {"dycnn-modality-hard-norm"}  # the stage-3 arms only
     forgetting = rows[rows["measure"] == "forgetting_max"].iloc[0]
     assert forgetting["difference"] == pytest.approx(0.1)  # T2 +0.2, FLAIR 0: mean +0.1
