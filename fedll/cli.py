@@ -496,8 +496,9 @@ def report(
         typer.Option(hidden=True, help="no longer applies: --compare has no bootstrap"),
     ] = None,
 ) -> None:
-    """Rebuild the forgetting tables and plots from RUN_DIR/results.csv alone (checked against
-    RUN_DIR/scenario.yaml: every trial, round and test case must be there)."""
+    """Rebuild the forgetting tables and plots from RUN_DIR's results: where its trials are
+    sealed, results.csv is first rebuilt from the trials that verify; then checked against
+    RUN_DIR/scenario.yaml (every trial, round and test case must be there)."""
     from fedll.lock import hold_run_dir
 
     with hold_run_dir(run_dir, "fedll report", create=False):
