@@ -110,7 +110,10 @@ def test_two_runs_into_one_out_the_second_is_refused_and_the_first_finishes(
     tmp_path: Path, make_scenario, spawn_fedll
 ) -> None:
     """The hostile input itself: two ``fedll run`` of different settings into one ``--out``."""
-    first = make_scenario(tmp_path / "first.yaml", {"models": {"dycnn": None}})
+    # enough epochs that the first still holds the run directory while the second starts
+    first = make_scenario(
+        tmp_path / "first.yaml", {"models": {"dycnn": None}, "training": {"epochs": 40}}
+    )
     second = make_scenario(tmp_path / "second.yaml", {"training": {"epochs": 2}})
     run_dir = tmp_path / "run"
     one = spawn_fedll("run", str(first), "--out", str(run_dir), "--local")
