@@ -13,6 +13,12 @@ The cohort split is read from ``RUN_DIR/cohort.json`` when a sweep prepared it, 
 otherwise (on the coordinator: in deployment, the held-out test sets live there). The resolved
 scenario is kept as ``RUN_DIR/scenario.yaml``, as ``fedll run`` keeps it, and the trial's final
 model as ``RUN_DIR/models/<trial id>.safetensors`` (:mod:`fedll.models.saved`).
+
+Under ``flwr run`` a federated trial is checkpointed after every round but the last, into
+``RUN_DIR/checkpoints/<trial id>.ckpt`` (the server's side: model, strategy state, RNG states,
+results; the sites keep theirs, :mod:`fedll.site_state`): the same ``flwr run`` again, after a
+crash of the ServerApp or the SuperLink, resumes the trial at the round after its checkpoint
+and gives the results of an uninterrupted run. A checkpoint of other settings is set aside.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedll.checkpoint import Checkpointing
+from fedll.checkpoint import Checkpoint, Checkpointing, decode, encode
 from fedll.config import Scenario, Trial, dump_scenario, expand_trials, load_scenario
 from fedll.config.grid import trial_fingerprint
 from fedll.data.arrays import CohortArrays
@@ -36,7 +42,7 @@ from fedll.errors import ConfigError
 from fedll.joint import run_joint
 from fedll.report.build import build_report
 from fedll.results import TrialOutcome
-from fedll.store import collect
+from fedll.store import checkpoint_path, collect, read_checkpoint, write_checkpoint
 from fedll.sweep import SweepTrial, keep_trial
 from strategies.federation import RoundCallback, run_federation
 
@@ -92,6 +98,27 @@ def execute_trial(
         )
 
 
+def round_checkpoints(run_dir: Path, scenario: Scenario, trial: Trial) -> Checkpointing:
+    """Checkpoints of ``trial`` after every round in ``RUN_DIR/checkpoints`` (the server's
+    side only: the sites keep their own state), resuming from the one kept there when it was
+    taken with these settings."""
+    fingerprint = trial_fingerprint(scenario, trial)
+    found = read_checkpoint(run_dir, trial.trial_id, fingerprint)
+    resume = None
+    if found is not None:
+        resume = decode(found[1], str(checkpoint_path(run_dir, trial.trial_id)))
+        logger.warning(
+            "trial %s resumes after round %d from %s",
+            trial.trial_id, resume.round, checkpoint_path(run_dir, trial.trial_id),
+        )  # fmt: skip
+
+    def save(checkpoint: Checkpoint) -> None:
+        path = write_checkpoint(run_dir, trial.trial_id, encode(checkpoint))
+        logger.info("checkpoint of %s after round %d: %s", trial.trial_id, checkpoint.round, path)
+
+    return Checkpointing(1, fingerprint, save, resume, node_states=False)
+
+
 def make_server_app(
     on_round: RoundCallback | None = None, sweep_trial: SweepTrial | None = None
 ) -> ServerApp:
@@ -118,7 +145,10 @@ def make_server_app(
         threads = int(context.run_config.get("threads", 1))
         device = resolve_device(str(context.run_config.get("device", scenario.execution.device)))
         start = time.perf_counter()
-        outcome = execute_trial(grid, scenario, trial, cohort, device, threads, on_round)
+        checkpointing = round_checkpoints(run_dir, scenario, trial)
+        outcome = execute_trial(
+            grid, scenario, trial, cohort, device, threads, on_round, checkpointing
+        )
         wall_s = time.perf_counter() - start
         path = keep_trial(run_dir, scenario, trial, outcome, wall_s, arithmetic(device))
         logger.info("trial %s written to %s", trial.trial_id, path)
