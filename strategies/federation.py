@@ -38,6 +38,7 @@ from strategies.handshake import discover_sites, match_sites
 from strategies.lifelong import Lifelong, declared
 from strategies.privacy import privacy_spent
 from strategies.registry import build_strategy
+from strategies.rounds import TimedGrid
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,8 @@ def run_federation(
     """Run one trial over ``grid``, the global model evaluated on ``device`` on each
     modality's ``test`` cases after every round; returns its rows and final model.
 
-    Every instruction carries the key the
+    A round waits ``timeout`` seconds for its replies, or ``execution.round_timeout`` where
+    the scenario sets one (:mod:`strategies.rounds`). Every instruction carries the key the
     sites' kept state is bound to (:mod:`fedll.site_state`): the trial, its fingerprint and
     the federation, the id of the Flower run that started the trial (kept in checkpoints)."""
     device = device or torch.device("cpu")
@@ -114,6 +116,8 @@ def run_federation(
         initial = ArrayRecord({k: Array(v) for k, v in resume.model.items()})
         logger.info("resumed %s from round %d", trial.trial_id, done)
     strategy.round_offset = done
+    round_timeout = scenario.execution.round_timeout
+    strategy.round_timeout = round_timeout
     final: dict[str, np.ndarray] = {k: v.numpy() for k, v in initial.items()}
     # a scratch model for the personalised ones, where the rule sends them back (Ditto);
     # its initialisation leaves the RNG as it was (a resumed trial builds it later)
@@ -167,11 +171,12 @@ def run_federation(
                                        results, state_key.federation))  # fmt: skip
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedll-evaluation") as evaluations:
+        timed = round_timeout is not None and not isinstance(grid, InProcessGrid)
         strategy.start(
-            grid=grid,
+            grid=TimedGrid(grid, strategy.site_of) if timed else grid,
             initial_arrays=initial,
             num_rounds=len(stream) - done,
-            timeout=timeout,
+            timeout=timeout if round_timeout is None else round_timeout,
             evaluate_fn=evaluate,
         )
         for job in scoring:
