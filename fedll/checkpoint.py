@@ -47,8 +47,11 @@ class Checkpoint:
     """A federated trial's state after ``round`` of its rounds.
 
     model: the global state dict (CPU arrays). strategy: the strategy's own state (JSON
-    values and arrays). nodes: node id -> its context state. rng: the RNG states. results:
-    :meth:`fedll.results.TrialResults.snapshot` of the rows so far.
+    values and arrays). nodes: node id -> its context state (empty where the sites keep their
+    own: ``flwr run``, deployment). rng: the RNG states. results:
+    :meth:`fedll.results.TrialResults.snapshot` of the rows so far. federation: the Flower
+    run id of the run that started the trial, which the sites' kept state is bound to
+    (:mod:`fedll.site_state`; empty in a checkpoint written before it was kept).
     """
 
     trial_id: str
@@ -59,6 +62,7 @@ class Checkpoint:
     nodes: dict[int, RecordDict]
     rng: dict[str, Any]
     results: dict[str, Any]
+    federation: str = ""
 
 
 def encode(checkpoint: Checkpoint) -> bytes:
@@ -88,6 +92,7 @@ def encode(checkpoint: Checkpoint) -> bytes:
         "trial": checkpoint.trial_id,
         "fingerprint": checkpoint.fingerprint,
         "round": checkpoint.round,
+        "federation": checkpoint.federation,
         "model": tree(checkpoint.model, "model"),
         "strategy": tree(checkpoint.strategy, "strategy"),
         "nodes": tree(nodes, "nodes"),
@@ -149,6 +154,7 @@ def decode(data: bytes, source: str) -> Checkpoint:
             nodes=nodes,
             rng=value(meta["rng"]),
             results=value(meta["results"]),
+            federation=str(meta.get("federation", "")),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise DataError(f"{source}: a damaged fedll checkpoint ({error})") from None
@@ -307,12 +313,16 @@ def _verify_results(checkpoint: Checkpoint, refuse: Callable[[str], Exception]) 
 @dataclass(frozen=True)
 class Checkpointing:
     """Mid-trial checkpoints (:mod:`fedll.checkpoint`): after every ``every``-th round (not
-    the last) the trial's state goes to ``save``; ``resume`` continues from one. Needs a grid
-    that can give and take its nodes' context states (:class:`fedll.inprocess.InProcessGrid`);
-    on another grid (``flwr run``, deployment) the sites' state lives at the sites and no
-    checkpoint is taken."""
+    the last) the trial's state goes to ``save``; ``resume`` continues from one.
+
+    With ``node_states`` (a sweep's trial) the checkpoint holds the sites' context states too,
+    which needs a grid that can give and take them (:class:`fedll.inprocess.InProcessGrid`;
+    on another grid no checkpoint is taken). Without (``flwr run``, deployment) the sites keep
+    their own state on their disks (:mod:`fedll.site_state`) and the checkpoint holds the
+    server's side alone."""
 
     every: int
     fingerprint: str
     save: Callable[[Checkpoint], None] | None = None
     resume: Checkpoint | None = None
+    node_states: bool = True

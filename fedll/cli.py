@@ -665,6 +665,13 @@ def site(
         typer.Option(help="port of this SuperNode's local Runtime API (default 9094)"),
     ] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="slice cache of this site")] = None,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="where the site keeps its state between rounds, to survive restarts "
+            "(default: DATA_DIR/.fedll-state)"
+        ),
+    ] = None,
     device: Annotated[
         str | None, typer.Option(help="where it trains: auto (default), cpu, cuda, cuda:N")
     ] = None,
@@ -689,6 +696,7 @@ def site(
         auth_key=auth_key,
         runtime_port=runtime_port,
         cache_dir=cache_dir,
+        state_dir=state_dir,
         device=device,
         extra=ctx.args,
     )

@@ -19,7 +19,11 @@ metrics do. What a site keeps between its rounds lives in ``context.state``: the
 moments (when the scenario keeps them), the CL method's state (``continual``: an EWC Fisher, a
 replay buffer of case indices), with a FedBN-style strategy its own normalisation layers
 (``local-norm``), overlaid on every model it receives, SCAFFOLD's control variate
-(``scaffold-control``) and Ditto's personalised model (``ditto-personal``). A fault the
+(``scaffold-control``) and Ditto's personalised model (``ditto-personal``). A real SuperNode
+holds the context in memory, so a site read from its node config (or the run directory)
+also keeps that state on its own disk after every round it trains and reloads it when its
+context state is empty: its SuperNode restarted, or the trial resumed under a new Flower run
+(:mod:`fedll.site_state`). A fault the
 scenario injects (:mod:`fedll.faults`) is applied here: the site raises, or sends a corrupted
 update (a Byzantine one is taken against the global model as received, before the FedBN
 overlay).
@@ -45,6 +49,7 @@ from fedll.ditto import PERSONAL, SITE_PERSONAL, train_personal
 from fedll.faults import InjectedFault, corrupt, raises
 from fedll.models import build_model, freeze_routing, parameter_groups
 from fedll.scaffold import CONTROL, CONTROL_DELTA, SITE_CONTROL, ControlVariates
+from fedll.site_state import SiteStateStore, site_state_dir
 from fedll.train import TrainingHook, TrainResult, slice_modalities, train_local
 from sites.privacy import clipping_mod
 
@@ -95,6 +100,9 @@ def train_site(
 ) -> Message:
     """Train the received model on ``device`` on the cases the server says arrived."""
     instruction = TrainInstruction.from_config(dict(msg.content["config"]))
+    store = _store(context, site)
+    if store is not None and instruction.state_key is not None and not context.state:
+        _reload(store, instruction, context)
     if raises(instruction.fault, instruction.server_round, instruction.seed):
         raise InjectedFault(f"site {site.name}: injected failure, round {instruction.server_round}")
     torch.set_num_threads(max(1, instruction.threads))
@@ -151,7 +159,35 @@ def train_site(
         extra[PERSONAL] = _train_personal(
             instruction, received, context, images, masks, device, modalities
         )
+    if store is not None and instruction.state_key is not None:
+        # before the reply: a site whose update the server has holds the state it came from
+        store.save(instruction.state_key, instruction.server_round, context.state)
     return _reply(msg, instruction, result, len(cases), state, as_sent, extra)
+
+
+def _store(context: Context, site: Site | SiteArrays) -> SiteStateStore | None:
+    """Where the site keeps its state on disk: a site of a sweep (in memory) keeps none."""
+    if not isinstance(site, Site):
+        return None
+    directory = site_state_dir(context.node_config, context.run_config, site.name)
+    return None if directory is None else SiteStateStore(directory, site.name)
+
+
+def _reload(store: SiteStateStore, instruction: TrainInstruction, context: Context) -> None:
+    """Put back the state the site kept before this round, when it has one for this run."""
+    assert instruction.state_key is not None
+    found = store.load(instruction.state_key, instruction.server_round)
+    if found is None:
+        return
+    kept_round, state = found
+    if not state:  # the site keeps nothing between rounds (no CL state, a fresh optimiser)
+        return
+    for name, record in state.items():
+        context.state[name] = record
+    logger.warning(
+        "site %s: state of round %d reloaded from %s (round %d)",
+        store.site, kept_round, store.path(instruction.state_key), instruction.server_round,
+    )  # fmt: skip
 
 
 def _train_personal(

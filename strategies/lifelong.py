@@ -136,6 +136,9 @@ class Lifelong(Strategy):
         # rounds already run before Flower's start() loop began (a trial resumed from a
         # checkpoint): Flower's round r is the stream's round r + round_offset
         self.round_offset = 0
+        # execution.round_timeout: a train message lives that long (its TTL), so the SuperLink
+        # refuses a reply that comes later; None: Flower's default TTL
+        self.round_timeout: float | None = None
 
     # -- the strategy's state, for checkpoints ------------------------------------------
 
@@ -181,7 +184,10 @@ class Lifelong(Strategy):
             records = {**dict(content.items()), ARRAYS: arrays, CONFIG: node_config}
             self.sent.append(
                 Message(
-                    content=RecordDict(records), message_type=MessageType.TRAIN, dst_node_id=node_id
+                    content=RecordDict(records),
+                    message_type=MessageType.TRAIN,
+                    dst_node_id=node_id,
+                    ttl=self.round_timeout,
                 )
             )
         return self.sent  # the grid gives each its message id when it pushes it

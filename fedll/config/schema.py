@@ -219,6 +219,16 @@ class ExecutionConfig(_Frozen):
     checkpoint_every: int = Field(
         default=0, ge=0, description="keep the trial's whole state every N rounds (0: off)"
     )
+    round_timeout: float | None = Field(
+        default=None,
+        gt=0,
+        le=604_800,
+        description="seconds a federated round waits for its sites (under flwr run and in "
+        "deployment): for a site whose SuperNode is restarting to connect, then for the "
+        "replies; a site that does not reply in time is recorded failed for the round and its "
+        "late reply discarded (default: Flower's 3600 s, no wait to connect). A sweep's "
+        "in-process grid computes each reply as it sends, so it plays no part there",
+    )
     keep_models: bool = Field(
         default=True,
         description="keep each finished trial's final model in RUN_DIR/models (false: the "
