@@ -463,9 +463,12 @@ def _print_table(report: dict, failed: int = 0) -> None:
     page), one summary line, and where the page is. ``failed``: trials that failed in this
     run; the scenario's other trials without results were not run (``fedll report`` of a
     deployment that ran one trial of several, say)."""
+    from fedll.report.pairs import pair_lines
     from fedll.report.terminal import summary_line, terminal_table, trial_counts
 
     for line in terminal_table(report["table"]):
+        _say(line)
+    for line in pair_lines(report.get("pairs")):
         _say(line)
     done = report["summary"]["trial"].nunique()
     not_run = max(0, report.get("unfinished", 0) - failed)

@@ -19,6 +19,8 @@ from fedll.report.completeness import (
 from fedll.report.html import page_context, write_html
 from fedll.report.matrices import source_column
 from fedll.report.montage import write_montages
+from fedll.report.page import read_scenario
+from fedll.report.pairs import model_pairs
 from fedll.report.plots import write_plots
 from fedll.report.read import maybe_compressed, read_attention, read_results, read_routing
 from fedll.report.routing import routing_separation
@@ -35,9 +37,10 @@ def build_report(
     where the results have HD95 and surface Dice, forgetting_hd95.* (over the detected cases),
     forgetting_detection_rate.*, forgetting_hd95_brats.* (BraTS's convention),
     forgetting_surface_dice.* and trials_<metric>.csv too; where a trial has an ε, privacy.*,
-    each site's) and the plots to ``run_dir/plots`` (routing_<panel>.png from routing.csv, and
-    a montage per configuration whose trial files hold previews, :mod:`fedll.report.montage`),
-    and the page of it all, ``run_dir/report.html``.
+    each site's; where two models have three or more seeds, model_pairs.csv,
+    :mod:`fedll.report.pairs`) and the plots to ``run_dir/plots`` (routing_<panel>.png from
+    routing.csv, and a montage per configuration whose trial files hold previews,
+    :mod:`fedll.report.montage`), and the page of it all, ``run_dir/report.html``.
 
     With ``expected`` (what the run's scenario asks for), files that hold a trial it does
     not name are refused, and results that lack a trial, a round or a test case are refused
@@ -47,7 +50,8 @@ def build_report(
 
     Returns ``{"table": forgetting table, "summary": trial summary, "tables": [paths],
     "plots": [paths], "html": the page, "csv" / "markdown" / "latex": the forgetting table's files,
-    "left_out": trial ids left out, "missing": the path listing them or None}``.
+    "left_out": trial ids left out, "missing": the path listing them or None, "pairs": the
+    model pairs' comparison rows (empty where there are none)}``.
     DataError (one line naming the file) for a missing or bad CSV.
     """
     run_dir = Path(run_dir)
@@ -110,12 +114,18 @@ def build_report(
         frame.to_csv(tables_dir / name, index=False)
         tables.append(tables_dir / name)
     tables += write_privacy(results, tables_dir)
+    pairs = model_pairs(results, list(read_scenario(run_dir).get("models") or {}))
+    if not pairs.empty:
+        pairs.to_csv(tables_dir / "model_pairs.csv", index=False)
+        tables.append(tables_dir / "model_pairs.csv")
+    elif (stale_pairs := tables_dir / "model_pairs.csv").exists():
+        stale_pairs.unlink()
     plots = write_plots(results, run_dir / "plots", attention, routing)
     plots += write_montages(results, run_dir, run_dir / "plots")
     files = dict(zip(("csv", "markdown", "latex"), tables[:3], strict=True))
     html = write_html(
         run_dir,
-        page_context(run_dir, table, summary, plots, left_out, results, per_metric_tables),
+        page_context(run_dir, table, summary, plots, left_out, results, per_metric_tables, pairs),
     )
     return {
         "table": table,
@@ -126,4 +136,5 @@ def build_report(
         **files,
         "left_out": left_out,
         "missing": missing_path,
+        "pairs": pairs,
     }

@@ -18,6 +18,7 @@ import pandas as pd
 from fedll.atomic import atomic_path
 from fedll.provenance import read_provenance
 from fedll.report import page, template
+from fedll.report.pairs import pair_rows
 from fedll.report.tables import format_table
 
 logger = logging.getLogger(__name__)
@@ -40,10 +41,12 @@ def page_context(
     run_dir: Path, table: pd.DataFrame, summary: pd.DataFrame, plots: list[Path],
     left_out: list[str] | None = None, results: pd.DataFrame | None = None,
     metric_tables: Mapping[str, pd.DataFrame] | None = None,
+    pairs: pd.DataFrame | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Everything the template shows, from a run directory and its built report (with its
     ``results``, what the ε of differential privacy is, and each site's; ``metric_tables``:
-    the forgetting table of each metric but Dice that it wrote)."""
+    the forgetting table of each metric but Dice that it wrote; ``pairs``: the model pairs'
+    comparison rows, :mod:`fedll.report.pairs`)."""
     run_dir = Path(run_dir)
     scenario = page.read_scenario(run_dir)
     view = format_table(table)
@@ -65,6 +68,7 @@ def page_context(
         "provenance": page.provenance_rows(read_provenance(run_dir), records),
         "left_out": list(left_out or []),
         "privacy": page.privacy_section(results),
+        "pairs": pair_rows(pairs) if pairs is not None else None,
     }
 
 

@@ -50,6 +50,7 @@ PAGE = """\
 <p class="sub">{{ n_trials }} trial{{ "s" if n_trials != 1 }} · {{ run_dir }} · written {{ created }}</p>
 <nav>
   <a href="#scenario">Scenario</a><a href="#forgetting">Forgetting</a>
+  {% if pairs %}<a href="#pairs">Model pairs</a>{% endif %}
   {% if privacy %}<a href="#privacy">Differential privacy</a>{% endif %}
   {% if detection_table %}<a href="#detection">HD95 and detection</a>{% endif %}
   {% for section in sections %}<a href="#fig-{{ loop.index }}">{{ section.title }}</a>{% endfor %}
@@ -88,6 +89,15 @@ PAGE = """\
   <summary>Every measure ({{ full_table.columns | length }} columns)</summary>
   {{ render_table(full_table) }}
 </details>
+{% if pairs %}
+<h2 id="pairs">Model pairs</h2>
+<p class="note">Each pair's paired difference (later − earlier model; paired by seed and test
+  case) with its 95 % t interval over seeds and test cases; * where it excludes 0. "No
+  difference detected" is not "no difference": the interval says how large a difference the
+  run could have missed. Every measure: <code>fedll report RUN_DIR --compare MODEL</code>.</p>
+{{ render_table(pairs) }}
+{% endif %}
+
 {% if privacy %}
 <p class="note">{{ privacy.clause }}.</p>
 

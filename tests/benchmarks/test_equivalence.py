@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from fedll.columns import REQUIRED_RESULT_COLUMNS
+from result_rows import frame, result_row
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "equivalence.py"
 ARRIVING = ["", "t2", "flair", "t2"]
@@ -38,22 +37,10 @@ def results(shift: float = 0.0, seeds=range(4), cases: int = 3, arriving=ARRIVIN
                     for c in range(cases):
                         dice = curve[t] + rng.normal(0, 0.03) + (shift if t else 0.0)
                         rows.append(
-                            {
-                                "trial": f"{model}__s{seed}",
-                                "model": model,
-                                "ordering": "alternating",
-                                "arrival_batch": 2,
-                                "strategy": "fedavg",
-                                "seed": seed,
-                                "round": t,
-                                "sites": "",
-                                "arriving": arrived,
-                                "modality": modality,
-                                "case": f"{modality}-p{c}",
-                                "dice": float(np.clip(dice, 0, 1)),
-                            }
-                        )
-    return pd.DataFrame(rows, columns=list(REQUIRED_RESULT_COLUMNS))
+                            result_row(model, seed, t, arrived, modality, f"{modality}-p{c}",
+                                       float(np.clip(dice, 0, 1)))
+                        )  # fmt: skip
+    return frame(rows)
 
 
 def run_dir(path: Path, frame: pd.DataFrame) -> Path:

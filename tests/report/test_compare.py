@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from result_rows import frame, result_row
 
-from fedll.columns import REQUIRED_RESULT_COLUMNS as RESULT_COLUMNS
 from fedll.errors import ConfigError
 from fedll.report import trial_summary
 from fedll.report.compare import compare, format_comparison, judge
@@ -19,29 +19,16 @@ CASE_OFFSETS = (-0.06, -0.02, 0.01, 0.07)
 def results(curves: dict, seeds=(0, 1, 2, 3), seed_offset=0.03) -> pd.DataFrame:
     """Per model a function (seed) -> {modality: Dice per round}; every case of a modality is
     that curve plus its own offset, every seed shifted by ``seed_offset * seed``."""
-    rows = []
-    for model, curve in curves.items():
-        for seed in seeds:
-            for modality, values in curve(seed).items():
-                for t, value in enumerate(values):
-                    for c, offset in enumerate(CASE_OFFSETS):
-                        rows.append(
-                            {
-                                "trial": f"{model}-s{seed}",
-                                "model": model,
-                                "ordering": "alternating",
-                                "arrival_batch": 2,
-                                "strategy": "fedavg",
-                                "seed": seed,
-                                "round": t,
-                                "sites": "",
-                                "arriving": ARRIVING[t],
-                                "modality": modality,
-                                "case": f"{modality}-p{c}",
-                                "dice": value + offset + seed_offset * seed,
-                            }
-                        )
-    return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+    rows = [
+        result_row(model, seed, t, ARRIVING[t], modality, f"{modality}-p{c}",
+                   value + offset + seed_offset * seed, trial=f"{model}-s{seed}")
+        for model, curve in curves.items()
+        for seed in seeds
+        for modality, values in curve(seed).items()
+        for t, value in enumerate(values)
+        for c, offset in enumerate(CASE_OFFSETS)
+    ]  # fmt: skip
+    return frame(rows)
 
 
 def baseline_curve(seed):
