@@ -11,8 +11,8 @@ set aside and it runs again.
 
 Trials need no shared disk: the driver prepares the cohort once and loads its slices into a
 :class:`~fedll.data.arrays.CohortArrays`, put once into Ray's object store and shared by every
-task; a trial gets the resolved scenario and its index (:class:`TrialTask`), and
-returns its outcome (:class:`TrialDone`: rows, final model). Checkpoints
+task; a trial gets the resolved scenario and its index (:class:`~fedll.trial_task.TrialTask`),
+and returns its outcome (:class:`~fedll.trial_task.TrialDone`: rows, final model). Checkpoints
 (``execution.checkpoint_every``) come back through the progress actor. The driver alone writes
 the run directory; ``--local`` runs the same tasks in this process. A rerun resumes an
 unfinished trial from its latest checkpoint; one that does not fit the trial
@@ -51,20 +51,20 @@ from fedll.errors import ConfigError
 from fedll.planning import trial_stream
 from fedll.results import TrialOutcome
 from fedll.store import (
-    drop_checkpoint,
     finished,
     read_checkpoint,
     set_aside_checkpoint,
     write_checkpoint,
-    write_trial,
 )
+from fedll.trial_task import SweepTrial, TrialDone, TrialTask, keep_trial
 from fedll.workload import longest_first
 
 logger = logging.getLogger(__name__)
 
 RESOLVED_SCENARIO = "scenario.yaml"
 # fedll's Flower app (pyproject.toml, [tool.flwr.app.components]) by its factories, which
-# take the trial's in-memory inputs and the sweep's callbacks
+# take the trial's in-memory inputs and the sweep's callbacks: the one place fedll's core
+# reaches the apps (by reference, so that it never imports them; tests/test_layering.py)
 CLIENT_APP_FACTORY = "sites.client_app:make_client_app"
 SERVER_APP_FACTORY = "strategies.server_app:make_server_app"
 
@@ -111,44 +111,6 @@ def pending(run_dir: Path, scenario: Scenario) -> list[Trial]:
     of them that has some are set aside, so that it runs again."""
     done = finished(run_dir, fingerprints(scenario))
     return [t for t in expand_trials(scenario) if t.trial_id not in done]
-
-
-@dataclass(frozen=True)
-class SweepTrial:
-    """A trial a sweep runs in this process: its inputs in memory, its outcome to a callback.
-
-    No path of the driver's machine is read or written: the scenario, the trial and the
-    cohort's slices came with the task, and ``finished`` hands the outcome back."""
-
-    scenario: Scenario
-    trial: Trial
-    cohort: CohortArrays
-    device: torch.device
-    threads: int
-    finished: Callable[[TrialOutcome], None]
-    checkpointing: Checkpointing | None = None
-
-
-@dataclass(frozen=True)
-class TrialTask:
-    """Everything a trial needs besides the cohort's slices: the resolved scenario, which of
-    its trials, how to run it, and the checkpoint to resume from (encoded), if any."""
-
-    scenario: Scenario
-    index: int
-    threads: int = 1
-    device: str = "cpu"
-    resume: bytes | None = None
-
-
-@dataclass(frozen=True)
-class TrialDone:
-    """A finished trial's outcome, the seconds it ran and the arithmetic it ran on
-    (:func:`fedll.device.arithmetic`), as its task returns them."""
-
-    outcome: TrialOutcome
-    wall_s: float
-    arithmetic: str | None = None
 
 
 def execute_task(
@@ -222,33 +184,6 @@ def run_trial(
     task = TrialTask(scenario, trial_index, threads, device=scenario.execution.device)
     done = execute_task(task, cohort, on_round)
     return keep_trial(run_dir, scenario, trial, done.outcome, done.wall_s, done.arithmetic)
-
-
-def keep_trial(
-    run_dir: Path,
-    scenario: Scenario,
-    trial: Trial,
-    outcome: TrialOutcome,
-    wall_s: float | None = None,
-    arithmetic: str | None = None,
-) -> Path:
-    """Write a finished trial's files, its kept model among them unless the scenario's
-    ``execution.keep_models`` is false (the driver alone does), and drop its checkpoint;
-    returns its results file. ``wall_s`` and ``arithmetic`` go to the seal."""
-    from fedll.models.saved import encode_model
-
-    fingerprint = trial_fingerprint(scenario, trial)
-    model = None
-    if scenario.execution.keep_models:
-        model = encode_model(
-            outcome.state, scenario.models[trial.model], scenario.slices, trial.trial_id,
-            fingerprint,
-        )  # fmt: skip
-    path = write_trial(
-        run_dir, outcome.results, fingerprint, model=model, wall_s=wall_s, arithmetic=arithmetic
-    )
-    drop_checkpoint(run_dir, trial.trial_id)
-    return path
 
 
 class ProgressLog:

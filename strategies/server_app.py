@@ -52,7 +52,7 @@ from fedll.store import (
     set_aside_checkpoint,
     write_checkpoint,
 )
-from fedll.sweep import SweepTrial, keep_trial
+from fedll.trial_task import SweepTrial, keep_trial
 from strategies.federation import RoundCallback, run_federation
 from strategies.flower_log import without_false_lines
 

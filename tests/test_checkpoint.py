@@ -22,7 +22,8 @@ from fedll.data.arrays import CohortArrays
 from fedll.data.prepare import prepare_cohort
 from fedll.errors import DataError
 from fedll.store import checkpoint_path, write_checkpoint
-from fedll.sweep import SweepOptions, TrialTask, execute_task, run_sweep
+from fedll.sweep import SweepOptions, execute_task, run_sweep
+from fedll.trial_task import TrialTask
 
 
 def test_a_checkpoint_round_trips_exactly():
