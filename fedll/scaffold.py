@@ -25,13 +25,6 @@ from torch import nn
 
 from fedll.train import model_device
 
-CONTROL = "control"
-"""The ArrayRecord of the server's control variate in a train message."""
-CONTROL_DELTA = "control-delta"
-"""The ArrayRecord of the site's ``delta c_i`` in its reply."""
-SITE_CONTROL = "scaffold-control"
-"""The site's own control variate ``c_i``, kept in its ``context.state``."""
-
 Arrays = Mapping[str, np.ndarray]
 
 

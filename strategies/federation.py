@@ -27,10 +27,10 @@ from fedll.config.grid import Trial, trial_fingerprint
 from fedll.config.instruction import StateKey, TrainInstruction
 from fedll.config.schema import Scenario
 from fedll.data.slices import CaseSlices
-from fedll.ditto import PERSONAL
 from fedll.errors import ConfigError
 from fedll.evaluation import evaluate_personal, evaluate_round
 from fedll.inprocess import InProcessGrid
+from fedll.messages import PERSONAL
 from fedll.models import ModelLayout, build_model
 from fedll.planning import plan_rounds, trial_stream
 from fedll.results import TrialOutcome, TrialResults

@@ -49,6 +49,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedll.config.instruction import TrainInstruction
+from fedll.messages import CONFIG, MODEL, WEIGHT
 from fedll.models.inspection import ModelLayout
 from strategies.aggregation import State, update_problem, weighted_average
 from strategies.replies import Triage, Update, triage
@@ -60,9 +61,6 @@ Plan = Mapping[int, Mapping[int, TrainInstruction]]
 
 VARIANCE = "running_var"
 """The name ending of BatchNorm's running variance (kept >= 0 by :func:`conform`)."""
-ARRAYS = "arrays"
-CONFIG = "config"
-WEIGHT = "num-examples"
 
 
 class Arrivals:
@@ -181,7 +179,7 @@ class Lifelong(Strategy):
                 {**instruction.to_config(), **dict(content[CONFIG]), "server-round": server_round}
             )
             # the sites get the model as it is (the rule saw its counters as floats)
-            records = {**dict(content.items()), ARRAYS: arrays, CONFIG: node_config}
+            records = {**dict(content.items()), MODEL: arrays, CONFIG: node_config}
             self.sent.append(
                 Message(
                     content=RecordDict(records),
@@ -197,7 +195,7 @@ class Lifelong(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         server_round += self.round_offset
         sent = {m.metadata.message_id: m.metadata.dst_node_id for m in self.sent}
-        allowed = {ARRAYS, *declared(self.rule, "reply_arrays", ())}
+        allowed = {MODEL, *declared(self.rule, "reply_arrays", ())}
         outcome = triage(replies, sent, self.site_of, WEIGHT, self.problem, allowed)
         # a DP rule over a fixed n releases even when no update arrived (else the round's
         # silence would tell that none did); it was configured this round
@@ -301,7 +299,7 @@ def _forwarded(reply: Message, arrays: set[str]) -> Message:
     integer counters as floats: :func:`floating`), the MetricRecord and the ConfigRecords
     (Flower's contract: one ArrayRecord, one MetricRecord)."""
     content = reply.content
-    model = ARRAYS if ARRAYS in content.array_records else next(iter(content.array_records))
+    model = MODEL if MODEL in content.array_records else next(iter(content.array_records))
     kept = {
         name: floating(record) if name == model else record
         for name, record in content.items()
