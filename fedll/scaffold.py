@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedll.train import model_device
+from fedll.train import TrainingHook, model_device
 
 Arrays = Mapping[str, np.ndarray]
 
@@ -50,7 +50,7 @@ def control_update(
     return new, delta
 
 
-class ControlVariates:
+class ControlVariates(TrainingHook):
     """A :class:`fedll.train.TrainingHook`: SCAFFOLD's gradient correction and, after
     training, the control variate update (:func:`control_update`).
 
@@ -82,15 +82,6 @@ class ControlVariates:
             for n, c in self.server.items()
         }
         self.steps = 0
-
-    def extra_loss(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        logits: torch.Tensor,
-        modality: torch.Tensor | None = None,
-    ) -> torch.Tensor | None:
-        return None
 
     def before_step(self, model: nn.Module) -> None:
         for name, p in model.named_parameters():
