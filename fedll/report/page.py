@@ -103,13 +103,26 @@ def _text(value: Any) -> str:
 
 
 def table_rows(view: pd.DataFrame, labels: Iterable[str] | None = None) -> dict[str, Any]:
-    """``{"columns": [...], "rows": [[...], ...]}`` of a formatted forgetting table
-    (:func:`fedll.report.format_table`), keeping its configuration columns, modality and seeds
-    and then only ``labels`` (every column where None)."""
+    """``{"columns": [...], "rows": [[...], ...], "constant": [(column, value), ...]}`` of a
+    formatted forgetting table (:func:`fedll.report.format_table`), keeping its
+    configuration columns, modality and seeds and then only ``labels`` (every column where
+    None). A configuration column or ``seeds`` that holds one value in every row of a table of
+    two or more rows is left out of the columns and listed in ``constant``, shown once
+    above the table."""
     if labels is not None:
         keys = [*config_columns(view), "modality", "seeds"]
         view = view[[*keys, *(c for c in labels if c in view.columns)]]
-    return {"columns": list(view.columns), "rows": view.astype(str).to_numpy().tolist()}
+    text = view.astype(str)
+    constant = []
+    if len(text) > 1:
+        candidates = [c for c in (*config_columns(view), "seeds") if c in text.columns]
+        constant = [(c, str(text[c].iloc[0])) for c in candidates if text[c].nunique() == 1]
+        text = text.drop(columns=[c for c, _ in constant])
+    return {
+        "columns": list(text.columns),
+        "rows": text.to_numpy().tolist(),
+        "constant": constant,
+    }
 
 
 def privacy_section(results: pd.DataFrame | None) -> dict[str, Any] | None:

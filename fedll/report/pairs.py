@@ -120,7 +120,7 @@ def pair_lines(pairs: pd.DataFrame | None, width: int = 120) -> list[str]:
 
 
 def pair_rows(pairs: pd.DataFrame) -> dict[str, object] | None:
-    """The page's table of model pairs (``{"columns", "rows"}``): the setting, the pair,
+    """The page's table of model pairs (``{"columns", "rows", "constant"}``): the setting, the pair,
     the modality (each, then both), each measure's ``difference [low, high]`` (``*`` where
     it excludes 0) and the verdict; None for an empty table."""
     if pairs.empty:
@@ -138,4 +138,4 @@ def pair_rows(pairs: pd.DataFrame) -> dict[str, object] | None:
             verdict = _verdict(own.reset_index())
             rows.append([setting, f"{arm} − {baseline}", name, *cells, verdict][0 if axes else 1 :])
     columns = ["setting", "pair", "modality", *labels.values(), "verdict"][0 if axes else 1 :]
-    return {"columns": columns, "rows": rows}
+    return {"columns": columns, "rows": rows, "constant": []}

@@ -42,6 +42,7 @@ PAGE = """\
   .ok { color: #2b7a3d; }
   .warn { color: #a34a00; }
   .note { color: var(--muted); font-size: 13px; }
+  .constant { font-size: 13px; margin: 4px 0; }
 </style>
 </head>
 <body>
@@ -76,6 +77,9 @@ PAGE = """\
 <p class="warn">Partial report: {{ left_out | length }} trial(s) of incomplete configurations are left out.</p>
 {% endif %}
 {% macro render_table(data) %}
+{% if data.constant %}
+<p class="constant">In every row: {% for name, value in data.constant %}<span><b>{{ name }}</b> {{ value }}</span>{{ " · " if not loop.last }}{% endfor %}</p>
+{% endif %}
 <div class="scroll"><table>
   <thead><tr>{% for c in data.columns %}<th>{{ c }}</th>{% endfor %}</tr></thead>
   <tbody>

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from test_report import make_attention, make_results  # the hand-built run of test_report
 
@@ -200,3 +201,33 @@ def test_the_page_in_headless_chromium(run_dir: Path) -> None:
     colours = np.unique((pixels[..., :3] * 255).astype(np.uint8).reshape(-1, 3), axis=0)
     assert pixels.shape[1] == 1366
     assert len(colours) > 50  # figures and text, not a blank page
+
+
+def test_columns_constant_over_the_rows_are_shown_once_above_the_table():
+    from fedll.report.page import table_rows
+
+    view = pd.DataFrame(
+        {
+            "model": ["static", "dycnn", "static", "dycnn"],
+            "ordering": ["alternating"] * 4,
+            "strategy": ["fedavg"] * 4,
+            "modality": ["T2", "T2", "FLAIR", "FLAIR"],
+            "seeds": ["3"] * 4,
+            "final Dice": ["0.1", "0.2", "0.3", "0.4"],
+        }
+    )
+    table = table_rows(view)
+    assert table["constant"] == [
+        ("ordering", "alternating"), ("strategy", "fedavg"), ("seeds", "3")
+    ]  # fmt: skip
+    assert table["columns"] == ["model", "modality", "final Dice"]
+    assert table["rows"][1] == ["dycnn", "T2", "0.2"]
+    one_row = table_rows(view.head(1))  # one row: every column is its own, nothing moves up
+    assert one_row["constant"] == [] and one_row["columns"] == list(view.columns)
+
+
+def test_the_page_shows_the_constant_columns_once(run_dir: Path) -> None:
+    build_report(run_dir)
+    page = (run_dir / "report.html").read_text()
+    assert '<p class="constant">In every row: <span><b>ordering</b> blocked</span>' in page
+    assert "<th>ordering</th>" not in page
