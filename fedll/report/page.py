@@ -34,9 +34,14 @@ DETECTION_LABELS: dict[str, dict[str, str]] = {  # metric -> its table's label -
         "AUC": "detection rate (mean over rounds)",
         "forgetting (max)": "detection rate forgetting (max)",
     },
+    "surface_dice": {
+        "final surface Dice": "final surface Dice",
+        "forgetting (max)": "surface Dice forgetting (max)",
+    },
 }
-"""The columns of the page's HD95 and detection table, from the formatted forgetting tables
-of ``hd95`` (over the detected cases) and ``detection_rate``."""
+"""The columns of the page's HD95, detection and surface Dice table, from the formatted
+forgetting tables of ``hd95`` (over the detected cases), ``detection_rate`` and
+``surface_dice``."""
 FIGURE_KINDS: dict[str, str] = {  # file-name prefix -> section of the page
     "curves_": "Dice curves",
     "montage_": "Pictures of forgetting",

@@ -53,7 +53,7 @@ PAGE = """\
   <a href="#scenario">Scenario</a><a href="#forgetting">Forgetting</a>
   {% if pairs %}<a href="#pairs">Model pairs</a>{% endif %}
   {% if privacy %}<a href="#privacy">Differential privacy</a>{% endif %}
-  {% if detection_table %}<a href="#detection">HD95 and detection</a>{% endif %}
+  {% if detection_table %}<a href="#detection">HD95, detection, surface Dice</a>{% endif %}
   {% for section in sections %}<a href="#fig-{{ loop.index }}">{{ section.title }}</a>{% endfor %}
   <a href="#trials">Trials</a><a href="#provenance">Provenance</a>
 </nav>
@@ -111,11 +111,13 @@ PAGE = """\
 {% endif %}
 
 {% if detection_table %}
-<h2 id="detection">HD95 and detection</h2>
+<h2 id="detection">HD95, detection and surface Dice</h2>
 <p class="note">HD95 (mm) is the mean over the test cases with a non-empty prediction (n/a:
   none detected); the detection rate is the share of test cases (each has tumour) with a
-  non-empty prediction. Mean over seeds [95 % interval]. Every measure of both is in
-  tables/forgetting_hd95.* and forgetting_detection_rate.*; BraTS's HD95, which counts a
+  non-empty prediction; surface Dice the share of both surfaces within the scenario's
+  tolerance of the other (evaluation.surface_tolerance_mm, 2 mm by default). Mean over seeds [95 % interval]. Every measure of each is in
+  tables/forgetting_hd95.*, forgetting_detection_rate.* and forgetting_surface_dice.*;
+  BraTS's HD95, which counts a
   missed case at 373.13 mm, in tables/forgetting_hd95_brats.*.</p>
 {{ render_table(detection_table) }}
 {% endif %}

@@ -231,3 +231,18 @@ def test_the_page_shows_the_constant_columns_once(run_dir: Path) -> None:
     page = (run_dir / "report.html").read_text()
     assert '<p class="constant">In every row: <span><b>ordering</b> blocked</span>' in page
     assert "<th>ordering</th>" not in page
+
+
+def test_hd95_detection_and_surface_dice_are_on_the_page(tmp_path: Path) -> None:
+    """Results with HD95 and surface Dice put each measure's final value and forgetting in
+    the page's table beside the detection rate."""
+    make_results().assign(hd95=4.0, surface_dice=0.5, surface_tolerance_mm=2.0).to_csv(
+        tmp_path / "results.csv", index=False
+    )
+    build_report(tmp_path)
+    page = (tmp_path / "report.html").read_text()
+    section = page[page.index('<h2 id="detection">') :]
+    for column in ("final HD95 (mm)", "final detection rate", "final surface Dice",
+                   "surface Dice forgetting (max)"):  # fmt: skip
+        assert f"<th>{column}</th>" in section
+    assert "<td>0.500" in section  # surface Dice 0.5 on every case and round
