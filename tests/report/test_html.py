@@ -246,3 +246,26 @@ def test_hd95_detection_and_surface_dice_are_on_the_page(tmp_path: Path) -> None
                    "surface Dice forgetting (max)"):  # fmt: skip
         assert f"<th>{column}</th>" in section
     assert "<td>0.500" in section  # surface Dice 0.5 on every case and round
+
+
+def test_figures_are_inlined_with_a_palette_and_keep_their_size(tmp_path: Path) -> None:
+    """The page carries a 256-colour copy of each plot: same pixels' layout, a third of the
+    bytes of a many-colour PNG; the plot's file keeps every colour."""
+    from PIL import Image
+
+    from fedll.report.page import data_uri
+
+    rng = np.random.default_rng(0)
+    pixels = (rng.random((120, 160, 3)) * 255).astype(np.uint8)  # noise: ~19,000 colours
+    pixels[:60] = pixels[:60] // 64 * 64  # half of it in 64 colours
+    source = tmp_path / "plot.png"
+    Image.fromarray(pixels).save(source)
+    uri = data_uri(source)
+    assert uri.startswith("data:image/png;base64,")
+    import base64
+    import io
+
+    inlined = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+    assert inlined.size == (160, 120) and len(inlined.convert("RGB").getcolors(2**24)) <= 256
+    assert len(uri) * 3 / 4 < source.stat().st_size / 2
+    assert len(Image.open(source).getcolors(2**24)) > 256  # the file itself is untouched
