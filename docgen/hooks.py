@@ -6,15 +6,19 @@ hand-written pages, computed from the code at every build.
 - the API pages (:mod:`docgen.api`) are added as files, and their navigation replaces the
   ``reference/api/index.md`` entry's section in ``nav``;
 - the studies' write-ups (``studies/*/*.md``) become pages under ``studies/``, with the
-  files they link to; a link to a folder gets a generated page listing its images;
+  files they link to; a link to a folder gets a generated page listing its images; a page of
+  ``docs/`` links to them as the repository has them (``../../studies/...``, which GitHub
+  follows), and the link is made the site's;
 - Sphinx roles in rendered docstrings (``:class:`X```) are shown as plain code.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +117,8 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str
         return GENERATED[name]()
 
     markdown = MARKER.sub(generate, markdown)
+    if not page.file.src_uri.startswith("studies/") and not page.file.generated_by:
+        markdown = LINK.sub(partial(_to_site, ROOT / "docs" / page.file.src_uri), markdown)
     if page.file.src_uri.startswith("studies/"):
         source = ROOT / page.file.src_uri
 
@@ -124,6 +130,19 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str
 
         markdown = LINK.sub(to_index, markdown)
     return markdown
+
+
+def _to_site(source: Path, match: re.Match[str]) -> str:
+    """A link from a page of docs/ to a study's file as the repository has it
+    (``../../studies/x/README.md``, which GitHub follows) made the link to that file's page in
+    the site (``../studies/x/README.md``)."""
+    start, target, anchor = match.groups()
+    if "://" not in target:
+        path = (source.parent / target).resolve()
+        if path.is_relative_to(ROOT / "studies") and path.exists():
+            site = ROOT / "docs" / path.relative_to(ROOT)
+            target = os.path.relpath(site, source.parent)
+    return f"{start}{target}{anchor or ''})"
 
 
 ROLE = re.compile(r":(?:mod|func|class|data|meth|attr|exc|obj):(<code>)~?")
