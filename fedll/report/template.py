@@ -70,7 +70,7 @@ PAGE = """\
 <p class="note">Mean over seeds [its 95 % interval: mean ± t(0.975, n − 1) · std / √n over the
   n seeds; the mean alone with one seed, whose rows are not compared]; (n=k) where only k seeds
   have a value. Forgetting and BWT
-  as defined in fedll's DESIGN.md (Chaudhry et al. 2018; Lopez-Paz &amp; Ranzato 2017).</p>
+  as defined in fedll's docs/definitions.md (Chaudhry et al. 2018; Lopez-Paz &amp; Ranzato 2017).</p>
 {% if left_out %}
 <p class="warn">Partial report: {{ left_out | length }} trial(s) of incomplete configurations are left out.</p>
 {% endif %}
