@@ -76,7 +76,7 @@ PAGE = """\
   n seeds; the mean alone with one seed, whose rows are not compared]; (n=k) where only k seeds
   have a value. Each column's name links
   to its <a href="#definitions">definition</a> (forgetting after Chaudhry et al. 2018, BWT after
-  Lopez-Paz &amp; Ranzato 2017).</p>
+  Lopez-Paz &amp; Ranzato 2017; derived in the docs' definitions page).</p>
 {% if left_out %}
 <p class="warn">Partial report: {{ left_out | length }} trial(s) of incomplete configurations are left out.</p>
 {% endif %}
