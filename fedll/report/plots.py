@@ -19,7 +19,7 @@ from fedll.columns import config_columns
 from fedll.data import LABELS, MODALITIES
 from fedll.metrics import nan_reduce
 from fedll.report.attention import attention_distance
-from fedll.report.matrices import Matrix, checked_matrices, last_round
+from fedll.report.matrices import Matrix, checked_matrices, dice_matrix, last_round, source_column
 from fedll.report.read import check_results
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,8 @@ def write_plots(
     ``routing`` (``routing.csv``, :func:`fedll.report.read.read_routing`) the per-slice
     routing's modality decoding of each panel with a dynamic model.
 
-    Files: ``curves_<panel>.png`` (Dice vs round per modality, a line per model with the
+    Files: ``curves_<panel>.png`` (Dice, and where the results have them HD95 over the
+    detected cases and surface Dice, vs round per modality: a line per model with the
     min–max band over seeds, rounds shaded by arriving modality, switches dashed),
     ``dice_matrix_<panel>.png`` (mean R over seeds, one heat map per model),
     ``attention_<configuration>.png`` and ``routing_<panel>.png``.
@@ -62,18 +63,29 @@ def write_plots(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     matrices = checked_matrices(results)
+    curve_metrics = [
+        m for m in CURVE_METRICS
+        if m == "dice" or (source_column(m) in results and results[source_column(m)].notna().any())
+    ]  # fmt: skip
+    by_metric = {"dice": matrices} | {
+        m: {str(t): dice_matrix(f, metric=m) for t, f in results.groupby("trial", sort=False)}
+        for m in curve_metrics[1:]
+    }
     keys = config_columns(results)
     panel_keys = [k for k in keys if k != "model"]
     paths = []
     for panel, frame in results.groupby(panel_keys, sort=False):
         title = ", ".join(f"{k}={v}" for k, v in zip(panel_keys, panel, strict=True))
-        per_model = {
-            model: [matrices[str(t)] for t in trials["trial"].unique()]
-            for model, trials in frame.groupby("model", sort=False)
+        trials = {m: list(t["trial"].unique()) for m, t in frame.groupby("model", sort=False)}
+        curves = {
+            metric: {
+                model: [by_metric[metric][str(t)] for t in ids] for model, ids in trials.items()
+            }
+            for metric in curve_metrics
         }
         slug = _slug(panel)
-        paths.append(_plot_curves(per_model, title, out_dir / f"curves_{slug}.png"))
-        paths.append(_plot_heatmaps(per_model, title, out_dir / f"dice_matrix_{slug}.png"))
+        paths.append(_plot_curves(curves, title, out_dir / f"curves_{slug}.png"))
+        paths.append(_plot_heatmaps(curves["dice"], title, out_dir / f"dice_matrix_{slug}.png"))
     if attention is not None and not attention.empty:
         att_keys = config_columns(attention)
         for config, frame in attention.groupby(att_keys, sort=False):
@@ -88,31 +100,52 @@ def write_plots(
     return paths
 
 
-def _plot_curves(per_model: dict[str, list[Matrix]], title: str, path: Path) -> Path:
+CURVE_METRICS: dict[str, tuple[str, tuple[float, float] | None]] = {
+    "dice": ("Dice", (0.0, 1.0)),
+    "hd95": ("HD95 (mm, detected cases)", None),
+    "surface_dice": ("surface Dice", (0.0, 1.0)),
+}
+"""The rows of a curves figure, where the results have the metric: its label and y range."""
+
+
+def _plot_curves(curves: Mapping[str, dict[str, list[Matrix]]], title: str, path: Path) -> Path:
+    """A row per metric of ``curves`` (metric -> model -> its trials' matrices), a column per
+    modality: the mean over seeds by round, band min–max, rounds shaded by arrival."""
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
+    per_model = curves["dice"]
     arrivals = _common_arrivals([m for ms in per_model.values() for m in ms])
-    fig = Figure(figsize=(5.2 * len(MODALITIES), 3.8), layout="constrained")
-    axes = fig.subplots(1, len(MODALITIES), sharey=True, squeeze=False)[0]
-    for m, (ax, modality) in enumerate(zip(axes, MODALITIES, strict=True)):
-        if arrivals is not None:
-            _shade_rounds(ax, arrivals)
-        for i, (model, mats) in enumerate(per_model.items()):
-            color, style = line_style(i)
-            stack = _stack([R for R, _ in mats])[:, :, m]
-            mean, lo, hi = (
-                nan_reduce(f, stack, axis=0) for f in (np.nanmean, np.nanmin, np.nanmax)
-            )
-            x = np.arange(stack.shape[1])
-            label = f"{model} ({len(mats)} seeds)"
-            ax.plot(x, mean, color=color, ls=style, marker="o", ms=3, lw=1.6, label=label)
-            if len(mats) > 1:
-                ax.fill_between(x, lo, hi, color=color, alpha=0.18, lw=0)
-        ax.set(title=f"Dice on {LABELS[modality]}", xlabel="round", ylim=(0, 1), xlim=(0, None))
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("Dice (mean over seeds, band min–max)")
+    rows = len(curves)
+    fig = Figure(figsize=(5.2 * len(MODALITIES), 3.8 + 3.0 * (rows - 1)), layout="constrained")
+    grid = fig.subplots(rows, len(MODALITIES), sharex=True, squeeze=False)
+    for r, (metric, by_model) in enumerate(curves.items()):
+        name, limits = CURVE_METRICS[metric]
+        for m, (ax, modality) in enumerate(zip(grid[r], MODALITIES, strict=True)):
+            if arrivals is not None:
+                _shade_rounds(ax, arrivals)
+            for i, (model, mats) in enumerate(by_model.items()):
+                color, style = line_style(i)
+                stack = _stack([R for R, _ in mats])[:, :, m]
+                mean, lo, hi = (
+                    nan_reduce(f, stack, axis=0) for f in (np.nanmean, np.nanmin, np.nanmax)
+                )
+                x = np.arange(stack.shape[1])
+                label = f"{model} ({len(mats)} seeds)"
+                ax.plot(x, mean, color=color, ls=style, marker="o", ms=3, lw=1.6, label=label)
+                if len(mats) > 1:
+                    ax.fill_between(x, lo, hi, color=color, alpha=0.18, lw=0)
+            ax.set(title=f"{name} on {LABELS[modality]}", xlim=(0, None))
+            if limits is not None:
+                ax.set_ylim(*limits)
+            else:
+                ax.set_ylim(0, None)
+            if r == rows - 1:
+                ax.set_xlabel("round")
+            ax.xaxis.get_major_locator().set_params(integer=True)
+            ax.grid(alpha=0.3)
+        grid[r][0].set_ylabel(f"{name.split(' (')[0]} (mean over seeds,\nband min–max)")
+    axes = grid[0]
     handles, _ = axes[0].get_legend_handles_labels()
     if arrivals is not None:
         present = {_arrival_key(a) for a in arrivals if a}

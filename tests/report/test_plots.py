@@ -56,3 +56,16 @@ def test_plot_files_names_the_plots_of_a_configuration(tmp_path: Path) -> None:
     static = plot_files({**dycnn, "model": "static"}, keys)
     assert static[2] not in written  # no attention: static; the panel's plots show it too
     assert set(static) - {static[2]} <= written
+
+
+def test_the_curves_gain_a_row_for_hd95_and_for_surface_dice_where_results_have_them(
+    tmp_path: Path,
+) -> None:
+    from PIL import Image
+
+    (dice_only,) = [p for p in write_plots(make_results(), tmp_path / "a") if "curves" in p.name]
+    scored = make_results().assign(hd95=4.0, surface_dice=0.5, surface_tolerance_mm=2.0)
+    (three,) = [p for p in write_plots(scored, tmp_path / "b") if "curves" in p.name]
+    width, height = Image.open(dice_only).size
+    assert Image.open(three).size[0] == width  # the same columns (T2, FLAIR)
+    assert Image.open(three).size[1] == round(height * (3.8 + 6.0) / 3.8)  # two more rows
