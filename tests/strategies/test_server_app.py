@@ -51,9 +51,11 @@ def outputs(run_dir: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in files}
 
 
-def test_a_crashed_serverapp_resumes_after_its_checkpoint_with_the_sites_state(
-    tmp_path, make_scenario, caplog, restore_torch_threads
-):
+def deployed(tmp_path: Path, make_scenario):
+    """The four-round trial with its sites' data folders (deployed node configs), and
+    ``run(run_dir, seed, crash_at=None)``: the trial under ``flwr run``'s ServerApp on a fresh
+    grid (new run id, node ids and empty node contexts, as SuperNodes restarted), raising
+    :class:`Crash` after scoring round ``crash_at``; it returns the rounds it scored."""
     source = make_scenario(tmp_path / "scenario.yaml", FOUR_ROUNDS)
     scenario = load_scenario(source)
     (trial,) = expand_trials(scenario)
@@ -80,6 +82,14 @@ def test_a_crashed_serverapp_resumes_after_its_checkpoint_with_the_sites_state(
         grid = InProcessGrid(client_app, node_configs, run_config, seed=seed)
         run_server_app(make_server_app(on_round=on_round), grid, run_config)
         return scored
+
+    return source, trial, folders, run
+
+
+def test_a_crashed_serverapp_resumes_after_its_checkpoint_with_the_sites_state(
+    tmp_path, make_scenario, caplog, restore_torch_threads
+):
+    _, trial, folders, run = deployed(tmp_path, make_scenario)
 
     assert run(tmp_path / "whole", seed=7) == [0, 1, 2, 3, 4]
     uninterrupted = outputs(tmp_path / "whole")
@@ -150,30 +160,7 @@ def test_a_checkpoint_that_does_not_fit_is_set_aside_and_the_trial_runs_from_rou
     """A kept checkpoint whose model has a wrong-shaped array (it decodes, the settings
     match) is refused as the trial resumes: moved to checkpoints/invalid/, and the trial runs
     whole, giving the files of an uninterrupted run."""
-    source = make_scenario(tmp_path / "scenario.yaml", FOUR_ROUNDS)
-    scenario = load_scenario(source)
-    (trial,) = expand_trials(scenario)
-    folders = {
-        site: path.parent
-        for site, path in write_site_manifests(prepare_cohort(scenario), tmp_path / "sites").items()
-    }
-    node_configs = [
-        {"site": s.name, "modality": s.modality, "data-dir": str(folders[s.name])}
-        for s in scenario.sites
-    ]
-
-    def run(run_dir: Path, seed: int, crash_at: int | None = None) -> list[int]:
-        scored: list[int] = []
-
-        def on_round(server_round: int, rounds: int) -> None:
-            scored.append(server_round)
-            if server_round == crash_at:
-                raise Crash
-
-        run_config = {"scenario": str(source), "run-dir": str(run_dir), "threads": 1}
-        grid = InProcessGrid(client_app, node_configs, run_config, seed=seed)
-        run_server_app(make_server_app(on_round=on_round), grid, run_config)
-        return scored
+    _, trial, folders, run = deployed(tmp_path, make_scenario)
 
     run(tmp_path / "whole", seed=7)
     uninterrupted = outputs(tmp_path / "whole")
