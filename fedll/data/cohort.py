@@ -37,8 +37,7 @@ from fedll.data.manifest import write_manifest
 from fedll.data.phantom import DEFAULT_SHAPE, Atlas, load_atlas, output_grid, synthesize_case
 from fedll.data.scanner import ScannerProfile, sample_scanner
 from fedll.errors import ConfigError, DataError
-from fedll.names import RULE as NAME_RULE
-from fedll.names import is_simple_name
+from fedll.names import is_simple_name, rule_for
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +179,7 @@ def _check_arguments(
         raise ConfigError("sites: at least one site name is needed, got none")
     bad = [s for s in names if not is_simple_name(s)]
     if bad:
-        raise ConfigError(f"sites: {bad[0]!r} is not a simple name ({NAME_RULE})")
+        raise ConfigError(f"sites: {bad[0]!r} is not a simple name ({rule_for(bad[0])})")
     if len(set(names)) < len(names):
         raise ConfigError(f"sites: names must be unique, got {names}")
     if patients < len(names):

@@ -26,7 +26,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedll.atomic import atomic_path
 from fedll.errors import ConfigError
-from fedll.names import RULE, is_simple_name
+from fedll.names import is_simple_name, rule_for
 
 DEFAULT_HOSTS: tuple[str, ...] = ("127.0.0.1", "localhost")
 
@@ -66,7 +66,9 @@ def write_certificates(
             raise ConfigError(f"certs: --host {host!r} is neither an IP address nor a host name")
     for site in sites:
         if not is_simple_name(site):
-            raise ConfigError(f"certs: site name {site!r} cannot name a key file ({RULE})")
+            raise ConfigError(
+                f"certs: site name {site!r} cannot name a key file ({rule_for(site)})"
+            )
     if len(set(sites)) != len(sites):
         raise ConfigError(f"certs: a site is named twice in {', '.join(sites)}")
     out = Path(out)

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fedll.data.site import Site, site_from_node_config
 from fedll.device import resolve_device
 from fedll.errors import ConfigError
-from fedll.names import RULE, is_simple_name
+from fedll.names import is_simple_name, rule_for
 
 
 def check_host_port(address: str, what: str) -> tuple[str, int]:
@@ -114,7 +114,7 @@ def site_command(
     no or both of TLS and ``insecure``, a missing CA file or an unusable node-auth key.
     """
     if not is_simple_name(name):
-        raise ConfigError(f"--site {name!r} is not a simple name ({RULE})")
+        raise ConfigError(f"--site {name!r} is not a simple name ({rule_for(name)})")
     check_host_port(superlink, "--superlink")
     config = {
         "site": name,

@@ -699,3 +699,22 @@ def test_tracking_is_optional_checked_and_no_part_of_a_trial_s_fingerprint(write
     assert_names(config_error(path), path, "tracking.wandb: unknown key")
     path = write_scenario({"tracking": {"mlflow": " "}})
     assert_names(config_error(path), path, "tracking.mlflow")
+
+
+# ---------------------------------------------------------------- hostile values: names
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        pytest.param("hôpital", "names outside ASCII are refused: Unicode spells one name",
+                     id="non-ascii"),
+        pytest.param("hospitаl", "names outside ASCII", id="cyrillic-a"),
+        pytest.param("hospital\n", "1-100 ASCII letters", id="trailing-newline"),
+    ],
+)  # fmt: skip
+def test_a_site_name_that_is_no_portable_file_name_is_refused_saying_why(write_scenario, name, why):
+    path = write_scenario({"sites": [{**T2, "name": name}, FLAIR]})
+    message = config_error(path)
+    assert_names(message, path, "sites.0.name: name")
+    assert why in message
