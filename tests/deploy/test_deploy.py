@@ -367,6 +367,8 @@ def test_site_runs_flower_supernode_in_its_place(prepared_run, monkeypatch):
         ({"--site": "../hospital"}, ["--site '../hospital' is not a simple name"]),
         ({"--superlink": "127.0.0.1"}, ["--superlink '127.0.0.1': expected HOST:PORT"]),
         ({"--superlink": "127.0.0.1:70000"}, ["port 70000 is outside 1..65535"]),
+        ({"--runtime-port": "99999"}, ["--runtime-port: port 99999 is outside 1..65535"]),
+        ({"--runtime-port": "0"}, ["--runtime-port: port 0 is outside 1..65535"]),
         ({"--site": "hôpital"}, ["is not a simple name", "names outside ASCII are refused"]),
         ({"--root-certificates": "NOT-PEM"}, ["is not a PEM certificate"]),
         ({"--cache-dir": "A-FILE"}, ["--cache-dir", "is a file, not a directory"]),
