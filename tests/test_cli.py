@@ -382,6 +382,12 @@ def test_values_that_would_fail_later_are_refused_at_parse_time(write_scenario, 
     assert_one_line_error(invoke("run", path, "--dry-run", "--set", override), str(path), key)
 
 
+def test_a_boolean_seed_is_refused(write_scenario):
+    path = write_scenario()
+    result = invoke("run", path, "--dry-run", "--set", "seeds=true")
+    assert_one_line_error(result, str(path), "seeds: expected a number, got the boolean true")
+
+
 def test_a_model_key_that_cannot_name_a_file_is_refused(write_scenario):
     path = write_scenario({"models": {"a/b": {"name": "static"}}})
     assert_one_line_error(invoke("run", path, "--dry-run"), str(path), "models.a/b")

@@ -20,7 +20,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     ConfigDict,
     Field,
     ValidationError,
@@ -29,6 +28,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from fedll.config.base import Frozen as _Frozen
 from fedll.config.options import (
     ContinualOptions,
     FaultConfig,
@@ -50,10 +50,6 @@ Seed = Annotated[int, Field(ge=0, lt=2**32, description="a seed: 0 <= seed < 2**
 MAX_PATIENTS = 20_000
 """More patients than any public glioma cohort holds: a bound, so that a typo (a trillion
 patients) is refused instead of exhausting memory while the stream is checked."""
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class SyntheticCohort(_Frozen):

@@ -701,6 +701,52 @@ def test_tracking_is_optional_checked_and_no_part_of_a_trial_s_fingerprint(write
     assert_names(config_error(path), path, "tracking.mlflow")
 
 
+# ---------------------------------------------------------------- hostile values: booleans
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("seeds=true", "seeds"),
+        ("seeds=[0, yes]", "seeds.1"),
+        ("training.epochs=true", "training.epochs"),
+        ("training.batch_size=on", "training.batch_size"),
+        ("training.lr=true", "training.lr"),
+        ("slices.axis=true", "slices.axis"),
+        ("slices.size=true", "slices.size"),
+        ("cohort.synthetic.shape=[48, true, 44]", "cohort.synthetic.shape.1"),
+        ("cohort.synthetic.seed=true", "cohort.synthetic.seed"),
+        ("sites.0.patients=true", "sites.0.patients"),
+        ("test.patients_per_modality=false", "test.patients_per_modality"),
+        ("stream.arrival_batch=true", "stream.arrival_batch"),
+        ("stream.arrivals_per_round=[1, true]", "stream.arrivals_per_round.1"),
+        ("strategies=[{name: krum, num_malicious_nodes: true}]",
+         "strategies.0.num_malicious_nodes"),
+        ("strategies=[{name: fedprox, mu: true}]", "strategies.0.mu"),
+        ("strategies=[{name: fedavg, dp: {noise_multiplier: true, clipping_norm: 1}}]",
+         "strategies.0.dp.noise_multiplier"),
+        ("cl=[{name: replay, buffer: true}]", "cl.0.buffer"),
+        ("faults=[{site: hospital-t2, raise_every: true}]", "faults.0.raise_every"),
+        ("faults=[{site: hospital-t2, send: {scale: true}}]", "faults.0.send.scale"),
+        ("execution.max_concurrent=true", "execution.max_concurrent"),
+        ("execution.gpus_per_trial=true", "execution.gpus_per_trial"),
+        ("evaluation.surface_tolerance_mm=true", "evaluation.surface_tolerance_mm"),
+    ],
+)  # fmt: skip
+def test_a_boolean_is_no_number(write_scenario, override, key):
+    path = write_scenario()
+    message = config_error(path, [override])
+    assert_names(message, path, f"{key}: expected a number, got the boolean ")
+
+
+def test_booleans_stay_booleans_and_numbers_numbers(write_scenario):
+    overrides = ["execution.deterministic=true", "tracking.mlflow=true", "seeds=[0, 1]",
+                 "training.lr=1"]  # fmt: skip
+    scenario = load_scenario(write_scenario(), overrides)
+    assert scenario.execution.deterministic is True and scenario.tracking.mlflow is True
+    assert scenario.seeds == [0, 1] and scenario.training.lr == 1.0
+
+
 # ---------------------------------------------------------------- hostile values: names
 
 
