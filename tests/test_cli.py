@@ -382,6 +382,35 @@ def test_values_that_would_fail_later_are_refused_at_parse_time(write_scenario, 
     assert_one_line_error(invoke("run", path, "--dry-run", "--set", override), str(path), key)
 
 
+LAUGHS = ", ".join(
+    ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    + [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
+)
+"""Billion laughs as one flow mapping: 9**10 strings through aliases."""
+
+
+def test_a_yaml_bomb_in_the_file_is_one_line_naming_the_key(write_scenario):
+    path = write_scenario()
+    path.write_text(path.read_text() + f"exclude: [{{{LAUGHS}}}]\n")
+    result = invoke("run", path, "--dry-run")
+    assert_one_line_error(result, str(path), "exclude.0.a5.", "more than 100000 values")
+
+
+def test_a_yaml_bomb_in_a_set_value_is_one_line_naming_the_option(write_scenario):
+    path = write_scenario()
+    result = invoke("run", path, "--dry-run", "--set", f"exclude=[{{{LAUGHS}}}]")
+    assert_one_line_error(result, str(path), "--set exclude: 0.a5.", "more than 100000 values")
+
+
+def test_a_list_nested_5000_deep_has_no_traceback(write_scenario, tmp_path, run_fedll):
+    path = write_scenario()
+    path.write_text(path.read_text() + "exclude: " + "[" * 5000 + "]" * 5000 + "\n")
+    done = run_fedll("run", path, "--dry-run", cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(path) in lines[0] and "nested deeper than 32" in lines[0]
+
+
 def test_a_boolean_seed_is_refused(write_scenario):
     path = write_scenario()
     result = invoke("run", path, "--dry-run", "--set", "seeds=true")
