@@ -411,6 +411,13 @@ def test_a_list_nested_5000_deep_has_no_traceback(write_scenario, tmp_path, run_
     assert len(lines) == 1 and str(path) in lines[0] and "nested deeper than 32" in lines[0]
 
 
+def test_a_grid_of_40000_trials_is_refused_before_it_is_listed(write_scenario):
+    path = write_scenario()
+    seeds = "[" + ", ".join(map(str, range(20_000))) + "]"
+    result = invoke("run", path, "--dry-run", "--set", f"seeds={seeds}")
+    assert_one_line_error(result, str(path), "seeds: 20000 values make a grid of 40000 trials")
+
+
 def test_a_boolean_seed_is_refused(write_scenario):
     path = write_scenario()
     result = invoke("run", path, "--dry-run", "--set", "seeds=true")

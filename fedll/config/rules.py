@@ -10,10 +10,18 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from fedll.config.grid import axis_product, matches, same
+from fedll.config.grid import (
+    axis_product,
+    axis_texts,
+    exclude_entries,
+    excluded,
+    same,
+)
+from fedll.data import MAX_PATIENTS
 from fedll.errors import ConfigError
 from fedll.models.registry import footprint
 from fedll.stream import build_stream, counted_holdings
@@ -22,6 +30,42 @@ if TYPE_CHECKING:
     from fedll.config.schema import Scenario
 
 logger = logging.getLogger(__name__)
+
+MAX_TRIALS = 10_000
+"""The largest grid (the axes' product, before ``exclude``): ten thousand trials are checked,
+listed and fingerprinted in about a second; a typo (200,000 seeds) is refused, not a hang."""
+
+
+def grid_is_bounded(scenario: Scenario) -> None:
+    """The grid has at most :data:`MAX_TRIALS` trials (checked first: the other rules walk it)."""
+    axes = {
+        "models": len(scenario.models),
+        "stream.ordering": len(scenario.stream.ordering),
+        "stream.arrival_batch": len(scenario.stream.arrival_batch),
+        "stream.arrivals_per_round": len(scenario.stream.arrivals_per_round),
+        "strategies": len(scenario.strategies),
+        "cl": len(scenario.cl),
+        "seeds": len(scenario.seeds),
+    }
+    trials = math.prod(axes.values())
+    if trials > MAX_TRIALS:
+        key = max(axes, key=lambda k: axes[k])
+        product = " x ".join(f"{n} {k}" for k, n in axes.items())
+        raise ValueError(
+            f"{key}: {axes[key]} values make a grid of {trials} trials ({product}), more than "
+            f"{MAX_TRIALS}"
+        )
+
+
+def training_patients_are_bounded(scenario: Scenario) -> None:
+    """The sites hold at most :data:`fedll.data.MAX_PATIENTS` training patients together (each
+    is bounded alone): a thousand sites of 20,000 would take GBs and minutes to stream."""
+    total = sum(s.patients for s in scenario.sites)
+    if total > MAX_PATIENTS:
+        raise ValueError(
+            f"sites: {total} training patients in all, more than {MAX_PATIENTS} (more than any "
+            "public glioma cohort holds)"
+        )
 
 
 def unique_site_names(scenario: Scenario) -> None:
@@ -92,24 +136,25 @@ def exclude_entries_fit(scenario: Scenario) -> None:
 
     A value that is not on its axis only warns: ``--set`` may narrow an axis that an entry
     names (``--set strategies=[fedavg]`` with an entry for ``dynamic-aware``)."""
-    grid = axis_product(scenario)
-    axes = list(grid[0].axis_values())
+    grid = [axis_texts(t) for t in axis_product(scenario)]
+    axes = list(grid[0])
+    held = {axis: list(dict.fromkeys(texts[axis] for texts in grid)) for axis in axes}
     for index, entry in enumerate(scenario.exclude):
         if not entry:
             raise ValueError(f"exclude.{index}: an empty entry would exclude every trial")
         for key, wanted in entry.items():
             if key not in axes:
                 raise ValueError(f"exclude.{index}.{key}: unknown axis (axes: {', '.join(axes)})")
-            held = list(dict.fromkeys(str(t.axis_values()[key]) for t in grid))
-            if not any(same(v, wanted) for v in held):
+            if not any(same(v, wanted) for v in held[key]):
                 logger.warning(
                     "exclude.%d.%s: %r is not a value of the grid (%s); the entry excludes nothing",
                     index,
                     key,
                     wanted,
-                    ", ".join(held),
+                    ", ".join(held[key]),
                 )
-    if all(any(matches(t, e) for e in scenario.exclude) for t in grid):
+    entries = exclude_entries(scenario)
+    if all(excluded(texts, entries) for texts in grid):
         raise ValueError("exclude: every trial of the grid is excluded")
 
 
@@ -153,6 +198,8 @@ def adaptive_dp_noise_fits(scenario: Scenario) -> None:
 
 
 RULES: tuple[Callable[[Scenario], None], ...] = (
+    grid_is_bounded,
+    training_patients_are_bounded,
     unique_site_names,
     enough_synthetic_patients,
     listed_orderings_name_sites,

@@ -38,6 +38,7 @@ from fedll.config.options import (
     named,
 )
 from fedll.config.rules import RULES
+from fedll.data import MAX_PATIENTS, MAX_SITES
 from fedll.data.layouts import LAYOUTS
 from fedll.device import check_device_name
 from fedll.models import ArgumentError, check_arguments
@@ -47,9 +48,12 @@ from fedll.stream import ORDERINGS
 Modality = Literal["t2", "flair"]
 SimpleName = Annotated[str, AfterValidator(lambda name: check_simple_name(name, "name"))]
 Seed = Annotated[int, Field(ge=0, lt=2**32, description="a seed: 0 <= seed < 2**32")]
-MAX_PATIENTS = 20_000
-"""More patients than any public glioma cohort holds: a bound, so that a typo (a trillion
-patients) is refused instead of exhausting memory while the stream is checked."""
+MAX_MODELS = 100
+"""The most models a scenario compares: each is checked by building it (on PyTorch's meta
+device, some 10 ms), so ten thousand would take minutes to refuse as too large a grid."""
+MAX_EXCLUDE = 100
+"""The most ``exclude`` entries: each trial of the grid (at most
+:data:`fedll.config.rules.MAX_TRIALS`) is matched against each entry, several times a load."""
 
 
 class SyntheticCohort(_Frozen):
@@ -288,11 +292,11 @@ class Scenario(_Frozen):
     cohort: CohortConfig
     cache_dir: Path | None = None
     slices: SliceConfig = SliceConfig()
-    sites: list[SiteConfig] = Field(min_length=1)
+    sites: list[SiteConfig] = Field(min_length=1, max_length=MAX_SITES)
     test: TestConfig = TestConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     stream: StreamConfig = StreamConfig()
-    models: dict[SimpleName, ModelConfig] = Field(min_length=1)
+    models: dict[SimpleName, ModelConfig] = Field(min_length=1, max_length=MAX_MODELS)
     strategies: list[StrategyOptions] = Field(
         default_factory=lambda: [FedAvgOptions(name="fedavg")], min_length=1
     )
@@ -307,6 +311,7 @@ class Scenario(_Frozen):
     seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1)
     exclude: list[dict[str, Any]] = Field(
         default_factory=list,
+        max_length=MAX_EXCLUDE,
         description="grid points to leave out: each entry maps axis names (model, ordering, "
         "arrival_batch, arrivals_per_round, strategy, cl, seed) to one value; a trial matching "
         "every key of an entry is not run (joint trials are never excluded)",

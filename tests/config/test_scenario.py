@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -699,6 +700,47 @@ def test_tracking_is_optional_checked_and_no_part_of_a_trial_s_fingerprint(write
     assert_names(config_error(path), path, "tracking.wandb: unknown key")
     path = write_scenario({"tracking": {"mlflow": " "}})
     assert_names(config_error(path), path, "tracking.mlflow")
+
+
+# ---------------------------------------------------------------- hostile values: bounds
+
+
+def test_a_grid_past_the_bound_is_refused_naming_its_longest_axis(write_scenario):
+    path = write_scenario({"seeds": list(range(5001))})
+    message = config_error(path)
+    assert_names(message, path, "seeds: 5001 values make a grid of 10002 trials")
+    assert "(2 models x 1 stream.ordering x" in message and "more than 10000" in message
+
+
+def test_a_grid_at_the_bound_loads(write_scenario):
+    assert len(expand_trials(load_scenario(write_scenario({"seeds": list(range(5000))})))) == 10000
+
+
+def test_more_exclude_entries_than_the_bound_are_refused(write_scenario):
+    path = write_scenario({"seeds": list(range(101)), "exclude": [{"seed": i} for i in range(101)]})
+    assert_names(config_error(path), path, "exclude: List should have at most 100 items")
+
+
+def test_more_sites_than_the_bound_are_refused(write_scenario):
+    sites = [{"name": f"h{i}", "modality": "t2", "patients": 1} for i in range(1001)]
+    path = write_scenario({"sites": sites})
+    assert_names(config_error(path), path, "sites: List should have at most 1000 items")
+
+
+def test_more_training_patients_than_the_bound_are_refused(write_scenario):
+    # a thousand sites of 20,000 (each within its own bound) took minutes and GBs to stream
+    sites = [{"name": f"h{i}", "modality": "t2", "patients": 10_000} for i in range(2)]
+    path = write_scenario({"sites": [*sites, {**FLAIR, "patients": 1}]})
+    assert_names(config_error(path), path, "sites: 20001 training patients in all, more than 20000")
+
+
+def test_more_models_than_the_bound_are_refused_before_they_are_built(write_scenario):
+    models = {f"m{i}": {"name": "static", "base_width": 4, "depth": 2} for i in range(5000)}
+    path = write_scenario({"models": models})
+    start = time.perf_counter()
+    message = config_error(path)
+    assert time.perf_counter() - start < 20  # 5000 models built took about 45 s
+    assert_names(message, path, "models: Dictionary should have at most 100 items")
 
 
 # ---------------------------------------------------------------- hostile values: booleans
