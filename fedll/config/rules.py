@@ -11,14 +11,17 @@ import itertools
 import json
 import logging
 import math
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from fedll.config.grid import (
+    Trial,
     axis_product,
     axis_texts,
     exclude_entries,
     excluded,
+    expand_trials,
     same,
 )
 from fedll.data import MAX_PATIENTS
@@ -34,6 +37,12 @@ logger = logging.getLogger(__name__)
 MAX_TRIALS = 10_000
 """The largest grid (the axes' product, before ``exclude``): ten thousand trials are checked,
 listed and fingerprinted in about a second; a typo (200,000 seeds) is refused, not a hang."""
+TRIAL_ID_BYTES = 215
+"""The longest trial id: the longest file name fedll builds around one, an atomic write's
+``.<id>.attention.csv.<pid>.<12 hex digits>.tmp`` (a pid of up to 7 digits), stays within the
+255 bytes a file name may have."""
+TRIAL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+"""What a trial id may hold: it names files and folders."""
 
 
 def grid_is_bounded(scenario: Scenario) -> None:
@@ -197,6 +206,42 @@ def adaptive_dp_noise_fits(scenario: Scenario) -> None:
             )
 
 
+def trial_ids_name_files(scenario: Scenario) -> None:
+    """Every trial id is a file name fedll can use: letters, digits, ``.``, ``_`` and ``-``
+    (a strategy's string option is part of its label) and at most :data:`TRIAL_ID_BYTES`
+    bytes (a 100-character model key with a long strategy label is more). The message names
+    the key whose part of the id is the longest (or holds the bad character)."""
+    for trial in expand_trials(scenario):
+        trial_id = trial.trial_id
+        safe = TRIAL_ID.fullmatch(trial_id) is not None
+        if safe and len(trial_id.encode()) <= TRIAL_ID_BYTES:
+            continue
+        parts = _id_parts(scenario, trial)
+        if not safe:
+            unsafe = ((k, p) for k, p in parts.items() if not TRIAL_ID.fullmatch(p))
+            key, part = next(unsafe, ("stream.ordering", trial_id))
+            raise ValueError(
+                f"{key}: {part!r} is part of trial ids, which name files: it may hold only "
+                "letters, digits, '.', '_' and '-'"
+            )
+        key = max(parts, key=lambda k: len(parts[k]))
+        raise ValueError(
+            f"{key}: the trial id {trial_id[:40]!r}... is {len(trial_id.encode())} bytes, "
+            f"over the {TRIAL_ID_BYTES} that its files' names allow (a file name has at most "
+            f"255 bytes); its longest part is {key}'s {len(parts[key])} characters: shorten it"
+        )
+
+
+def _id_parts(scenario: Scenario, trial: Trial) -> dict[str, str]:
+    """The key of each scenario value in ``trial``'s id, and its text there."""
+    parts = {f"models.{trial.model}": trial.model}
+    if trial.strategy is not None:
+        parts[f"strategies.{scenario.strategies.index(trial.strategy)}"] = trial.strategy_label
+    if trial.kind == "stream":
+        parts[f"cl.{scenario.cl.index(trial.cl)}"] = trial.cl_label
+    return parts
+
+
 RULES: tuple[Callable[[Scenario], None], ...] = (
     grid_is_bounded,
     training_patients_are_bounded,
@@ -209,4 +254,5 @@ RULES: tuple[Callable[[Scenario], None], ...] = (
     exclude_entries_fit,
     models_fit_in_memory,
     adaptive_dp_noise_fits,
+    trial_ids_name_files,
 )

@@ -743,6 +743,51 @@ def test_more_models_than_the_bound_are_refused_before_they_are_built(write_scen
     assert_names(message, path, "models: Dictionary should have at most 100 items")
 
 
+# ---------------------------------------------------------------- hostile values: trial ids
+
+LONG = "m" * 100  # a legal model key
+ONLY_LONG = {"static": None, "dycnn": None, LONG: {"name": "static", "base_width": 4, "depth": 2}}
+"""The tiny scenario's models replaced by one of key LONG."""
+
+
+def test_a_trial_id_at_the_file_name_bound_loads_and_one_byte_more_is_refused(write_scenario):
+    # 100 + len("__alternating__b1__fedavg__") 27 + len("replay-buffer") 13 + 71 digits
+    # + len("__s0") 4 = 215 bytes
+    models = ONLY_LONG
+    scenario = load_scenario(
+        write_scenario({"models": models, "cl": [{"name": "replay", "buffer": int("1" * 71)}]})
+    )
+    assert [len(t.trial_id) for t in expand_trials(scenario)] == [215]
+    path = write_scenario({"models": models, "cl": [{"name": "replay", "buffer": int("1" * 72)}]})
+    message = config_error(path)
+    assert_names(message, path, f"models.{LONG}: the trial id 'mmmm")
+    assert "is 216 bytes, over the 215 that its files' names allow" in message
+
+
+def test_a_long_strategy_label_is_named_when_it_is_the_longest_part(write_scenario):
+    dp = {"noise_multiplier": 0.30000000000000004, "clipping_norm": 0.30000000000000004,
+          "delta": 0.000010000000000000001}  # fmt: skip
+    long = 0.30000000000000004
+    strategies = [{"name": "fedadam", "eta": long, "eta_l": long, "beta_1": long, "tau": long,
+                   "dp": dp}]  # fmt: skip
+    path = write_scenario({"models": ONLY_LONG, "strategies": strategies})
+    assert_names(config_error(path), path, "strategies.0: the trial id")
+
+
+def test_a_string_option_that_cannot_name_a_file_is_refused(write_scenario):
+    path = write_scenario({"strategies": [{"name": "qfedavg", "train_loss_key": "../../etc/x"}]})
+    message = config_error(path)
+    assert_names(message, path, "strategies.0: 'qfedavg-trainlosskey../../etc/x' is part of")
+
+
+def test_existing_trial_ids_do_not_change(write_scenario):
+    scenario = load_scenario(write_scenario({**METHODS, "models": ONLY_LONG}))
+    ids = [t.trial_id for t in expand_trials(scenario)]
+    assert ids[:2] == [f"{LONG}__alternating__b1__fedavg__finetune__s0",
+                       f"{LONG}__alternating__b1__fedavg__finetune__s1"]  # fmt: skip
+    assert ids[-1] == f"{LONG}__joint__s1"
+
+
 # ---------------------------------------------------------------- hostile values: booleans
 
 
