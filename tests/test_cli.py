@@ -418,6 +418,12 @@ def test_a_grid_of_40000_trials_is_refused_before_it_is_listed(write_scenario):
     assert_one_line_error(result, str(path), "seeds: 20000 values make a grid of 40000 trials")
 
 
+def test_a_krum_that_cannot_hold_is_refused_naming_the_option(write_scenario):
+    path = write_scenario({"strategies": [{"name": "krum", "num_malicious_nodes": 5}]})
+    result = invoke("run", path, "--dry-run")
+    assert_one_line_error(result, str(path), "strategies.0.num_malicious_nodes", "has 1")
+
+
 def test_a_boolean_seed_is_refused(write_scenario):
     path = write_scenario()
     result = invoke("run", path, "--dry-run", "--set", "seeds=true")
@@ -716,7 +722,16 @@ def test_a_scenario_naming_every_strategy_with_dp_on_two_expands(write_scenario)
         {"name": "fedadam", "dp": {"side": "client", "clipping": "adaptive",
                                    "noise_multiplier": 0.5, "clipped_count_stddev": 1.0}},
     ]  # fmt: skip
-    path = write_scenario({"strategies": strategies, "models": {"dycnn": None}})
+    # three sites in each round: Krum and Bulyan need 2f + 3 and 4f + 3 replies (f = 0)
+    sites = [
+        {"name": "hospital-t2", "modality": "t2", "patients": 2},
+        {"name": "hospital-flair", "modality": "flair", "patients": 2},
+        {"name": "hospital-t2-b", "modality": "t2", "patients": 2},
+    ]
+    path = write_scenario(
+        {"strategies": strategies, "models": {"dycnn": None}, "sites": sites,
+         "stream": {"arrivals_per_round": 3}}
+    )  # fmt: skip
     result = invoke("run", path, "--dry-run")
     assert result.exit_code == 0, result.output
     assert f"{len(names) + 2} trials of tiny" in result.stdout

@@ -15,6 +15,8 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from fedll.config.grid import (
     Trial,
     axis_product,
@@ -24,10 +26,12 @@ from fedll.config.grid import (
     expand_trials,
     same,
 )
+from fedll.config.options import StrategyOptions, flower_rule
 from fedll.data import MAX_PATIENTS
 from fedll.errors import ConfigError
+from fedll.faults import lost_rounds
 from fedll.models.registry import footprint
-from fedll.stream import build_stream, counted_holdings
+from fedll.stream import build_stream, counted_holdings, round_sites, uses_seed
 
 if TYPE_CHECKING:
     from fedll.config.schema import Scenario
@@ -242,6 +246,117 @@ def _id_parts(scenario: Scenario, trial: Trial) -> dict[str, str]:
     return parts
 
 
+BYZANTINE_RULES = ("Krum", "MultiKrum", "Bulyan")
+"""Flower's rules that assume at most ``num_malicious_nodes`` Byzantine updates in a round."""
+
+
+def byzantine_rules_get_their_replies(scenario: Scenario) -> None:
+    """Krum, Multi-Krum and Bulyan hold in every round of every trial that uses them.
+
+    A round's replies are the sites that train in it (at most ``arrivals_per_round``: a site
+    arriving twice in a round sends one update) less those whose fault loses their update
+    (:func:`fedll.faults.lost_rounds`). Flower's Bulyan keeps the model in a round of fewer
+    than 4f + 3 replies; Krum's guarantee (Blanchard et al. 2017) needs more than 2f + 2 (with
+    fewer, Flower's Krum still picks one update, scored by fewer neighbours than its n - f - 2,
+    down to an arbitrary one of two); Multi-Krum cannot select more updates than a round has
+    (Flower then averages them all). Either would be no robust rule at all, silently.
+
+    Each stream (ordering, batch, arrivals per round and, for a random ordering, seed) is
+    counted once, for the rules its trials use, and not kept: 10,000 seeds of a random
+    ordering of 20,000 patients cost seconds and a few MB."""
+    byzantine = {
+        index: options
+        for index, options in enumerate(scenario.strategies)
+        if (rule := flower_rule(options)) is not None and rule.cls in BYZANTINE_RULES
+    }
+    if not byzantine:
+        return
+    entries = exclude_entries(scenario)
+    used: dict[tuple[int, int, int, int], list[int]] = {}  # stream -> strategies, grid order
+    for trial in axis_product(scenario):
+        index = scenario.strategies.index(trial.strategy)
+        if index not in byzantine or excluded(axis_texts(trial), entries):
+            continue
+        stream = (
+            scenario.stream.ordering.index(trial.ordering),
+            trial.arrival_batch,
+            trial.arrivals_per_round,
+            trial.seed if uses_seed(trial.ordering) else 0,
+        )
+        strategies = used.setdefault(stream, [])
+        if index not in strategies:
+            strategies.append(index)
+    holdings = counted_holdings([(s.name, s.modality, s.patients) for s in scenario.sites])
+    sites = {s.name: i for i, s in enumerate(scenario.sites)}
+    lost: tuple[tuple[int, int, int], np.ndarray | None] | None = None  # the last shape's
+    for (ordering, batch, per_round, seed), strategies in used.items():
+        rows = round_sites(holdings, scenario.stream.ordering[ordering], batch, seed, per_round)
+        if lost is None or lost[0] != (ordering, batch, per_round):
+            lost = ((ordering, batch, per_round), _lost(scenario, sites, len(rows)))
+        replies = _replies(rows, lost[1])
+        where = _stream_text(scenario, ordering, batch, per_round, seed)
+        for index in strategies:
+            _check_replies(f"strategies.{index}", byzantine[index], replies, where)
+
+
+def _lost(scenario: Scenario, sites: dict[str, int], rounds: int) -> np.ndarray | None:
+    """bool (rounds, sites): whose update each round loses, None without faults."""
+    if not scenario.faults:
+        return None
+    lost = np.zeros((rounds, len(sites)), dtype=bool)
+    for fault in scenario.faults:
+        lost[:, sites[fault.site]] = lost_rounds(fault, rounds)
+    return lost
+
+
+def _replies(rows: np.ndarray, lost: np.ndarray | None) -> np.ndarray:
+    """int (R,): the replies of each round of :func:`fedll.stream.round_sites` ``rows``: its
+    distinct sites, less those whose update ``lost`` (:func:`_lost`) says the round loses."""
+    rows = rows.copy()
+    if lost is not None:
+        rounds = np.arange(len(rows))[:, None]
+        rows[(rows >= 0) & lost[rounds, np.maximum(rows, 0)]] = -1
+    rows.sort(axis=1)
+    first = np.ones_like(rows, dtype=bool)
+    first[:, 1:] = rows[:, 1:] != rows[:, :-1]
+    return (first & (rows >= 0)).sum(axis=1)
+
+
+def _stream_text(scenario: Scenario, ordering: int, batch: int, per_round: int, seed: int) -> str:
+    """A stream as a message names it: ``ordering alternating, arrival_batch 1, ...``."""
+    named = scenario.stream.ordering[ordering]
+    text = named if isinstance(named, str) else f"stream.ordering.{ordering} (a list)"
+    seeded = f", seed {seed}" if uses_seed(named) else ""
+    return f"ordering {text}, arrival_batch {batch}, arrivals_per_round {per_round}{seeded}"
+
+
+def _check_replies(key: str, options: StrategyOptions, replies: np.ndarray, stream: str) -> None:
+    """ValueError unless each round's ``replies`` are as many as ``options``' rule needs."""
+    chosen = options.options()
+    f, select = chosen["num_malicious_nodes"], chosen.get("num_nodes_to_select", 1)
+    if options.name == "bulyan":
+        need, why = 4 * f + 3, "4f + 3; with fewer, Flower's Bulyan keeps the model"
+    else:
+        need, why = 2 * f + 3, "more than 2f + 2, Krum's condition"
+    low, high = int(replies.min()), int(replies.max())
+    span = f"{low}" if low == high else f"{low} to {high}"
+    short = np.flatnonzero(replies < max(need, select))
+    if not len(short):
+        return
+    number, n = int(short[0]) + 1, int(replies[short[0]])
+    if n < need:
+        raise ValueError(
+            f"{key}.num_malicious_nodes: {options.name} with num_malicious_nodes {f} needs "
+            f"at least {need} replies in a round ({why}), but round {number} of the stream "
+            f"({stream}) has {n} (its rounds have {span}); raise stream.arrivals_per_round "
+            "or lower num_malicious_nodes"
+        )
+    raise ValueError(
+        f"{key}.num_nodes_to_select: {select} updates cannot be selected from the {n} "
+        f"replies of round {number} of the stream ({stream}; its rounds have {span})"
+    )
+
+
 RULES: tuple[Callable[[Scenario], None], ...] = (
     grid_is_bounded,
     training_patients_are_bounded,
@@ -255,4 +370,5 @@ RULES: tuple[Callable[[Scenario], None], ...] = (
     models_fit_in_memory,
     adaptive_dp_noise_fits,
     trial_ids_name_files,
+    byzantine_rules_get_their_replies,
 )

@@ -743,6 +743,144 @@ def test_more_models_than_the_bound_are_refused_before_they_are_built(write_scen
     assert_names(message, path, "models: Dictionary should have at most 100 items")
 
 
+# ---------------------------------------------------------------- hostile values: Byzantine rules
+
+THREE = [T2, FLAIR, {"name": "hospital-t2-b", "modality": "t2", "patients": 2}]
+"""Three sites of two patients: with arrivals of one patient and three arrivals per round,
+the alternating ordering gives rounds t2, flair, t2-b and flair, t2, t2-b (3 replies each)."""
+
+
+@pytest.mark.parametrize(
+    ("updates", "message"),
+    [
+        pytest.param(
+            {"strategies": [{"name": "krum", "num_malicious_nodes": 5}]},
+            "strategies.0.num_malicious_nodes: krum with num_malicious_nodes 5 needs at least "
+            "13 replies in a round (more than 2f + 2, Krum's condition), but round 1 of the "
+            "stream (ordering alternating, arrival_batch 1, arrivals_per_round 1) has 1",
+            id="krum-f5-one-reply",
+        ),
+        pytest.param(
+            {"strategies": ["fedavg", {"name": "bulyan", "num_malicious_nodes": 1}],
+             "stream": {"arrivals_per_round": 2}},
+            "strategies.1.num_malicious_nodes: bulyan with num_malicious_nodes 1 needs at least "
+            "7 replies in a round (4f + 3; with fewer, Flower's Bulyan keeps the model), but "
+            "round 1 of the stream (ordering alternating, arrival_batch 1, arrivals_per_round 2) "
+            "has 2",
+            id="bulyan-f1-two-replies",
+        ),
+        pytest.param(
+            {"strategies": ["bulyan"], "stream": {"arrivals_per_round": 2}},
+            "needs at least 3 replies in a round (4f + 3",
+            id="bulyan-f0-two-replies",
+        ),
+        pytest.param(
+            {"strategies": [{"name": "multikrum", "num_nodes_to_select": 4}], "sites": THREE,
+             "stream": {"arrivals_per_round": 3}},
+            "strategies.0.num_nodes_to_select: 4 updates cannot be selected from the 3 replies "
+            "of round 1",
+            id="multikrum-selects-more-than-it-gets",
+        ),
+        pytest.param(
+            {"strategies": ["krum"], "sites": THREE, "stream": {"arrivals_per_round": 3},
+             "faults": [{"site": "hospital-t2-b", "send": "nan"}]},
+            "round 1 of the stream (ordering alternating, arrival_batch 1, arrivals_per_round 3) "
+            "has 2",
+            id="a-rejected-update-is-no-reply",
+        ),
+        pytest.param(
+            {"strategies": ["krum"], "sites": THREE, "stream": {"arrivals_per_round": 3},
+             "faults": [{"site": "hospital-flair", "raise_every": 2}]},
+            "round 2 of the stream",
+            id="a-site-that-raises-in-round-2",
+        ),
+        pytest.param(
+            {"strategies": ["krum"], "sites": THREE, "stream": {"arrivals_per_round": 3},
+             "faults": [{"site": "hospital-flair", "raise_probability": 1.0}]},
+            "round 1 of the stream",
+            id="a-site-that-always-raises",
+        ),
+        pytest.param(
+            {"strategies": ["krum"], "sites": THREE, "stream": {"arrivals_per_round": [3, 1]}},
+            "arrivals_per_round 1) has 1",
+            id="one-of-the-streams",
+        ),
+    ],
+)  # fmt: skip
+def test_a_byzantine_rule_that_cannot_hold_in_a_round_is_refused(write_scenario, updates, message):
+    path = write_scenario(updates)
+    assert_names(config_error(path), path, message)
+
+
+def test_a_byzantine_rule_is_checked_on_each_listed_ordering(write_scenario):
+    # 3 sites of 2 patients, 3 per round: the first list's rounds have 3 sites each, the
+    # second's first round has hospital-t2 twice and hospital-flair (2 replies)
+    first = ["hospital-t2", "hospital-flair", "hospital-t2-b"] * 2
+    second = ["hospital-t2", "hospital-t2", "hospital-flair", "hospital-flair", "hospital-t2-b",
+              "hospital-t2-b"]  # fmt: skip
+    updates = {"sites": THREE, "strategies": ["krum"], "stream": {"arrivals_per_round": 3}}
+    load_scenario(write_scenario({**updates, "stream": {"arrivals_per_round": 3,
+                                                        "ordering": [first]}}))  # fmt: skip
+    path = write_scenario({**updates, "stream": {"arrivals_per_round": 3,
+                                                 "ordering": [first, second]}})  # fmt: skip
+    assert_names(config_error(path), path, "round 1 of the stream (ordering stream.ordering.1 "
+                 "(a list), arrival_batch 1, arrivals_per_round 3) has 2")  # fmt: skip
+
+
+def test_a_random_ordering_is_checked_for_each_seed(write_scenario):
+    # 8 sites of 1 patient and 4 per round: every round has 4 distinct sites, whatever the
+    # seed; with 2 patients each, some seed puts one site twice into a round
+    eight = [{"name": f"h{i}", "modality": ("t2", "flair")[i % 2], "patients": 1}
+             for i in range(8)]  # fmt: skip
+    updates = {"strategies": ["krum"], "seeds": list(range(20)),
+               "stream": {"ordering": "random", "arrivals_per_round": 4}}  # fmt: skip
+    load_scenario(write_scenario({**updates, "sites": eight}))
+    twice = [{**site, "patients": 2} for site in eight]
+    path = write_scenario({**updates, "sites": twice})
+    message = config_error(path)
+    assert_names(message, path, "has 2 (its rounds have 2 to 4)")
+    assert "(ordering random, arrival_batch 1, arrivals_per_round 4, seed " in message
+
+
+def test_thousands_of_random_seeds_of_a_large_cohort_are_checked_in_seconds(write_scenario):
+    # 990 sites of 20 patients, 1000 per round, 1000 seeds: building each seed's stream took
+    # 70 s; the reply counts of every round of every seed take about one
+    sites = [{"name": f"h{i}", "modality": ("t2", "flair")[i % 2], "patients": 20}
+             for i in range(990)]  # fmt: skip
+    path = write_scenario({
+        "sites": sites, "strategies": ["krum"], "seeds": list(range(1000)), "models": ONLY_LONG,
+        "stream": {"ordering": "random", "arrivals_per_round": 1000},
+    })  # fmt: skip
+    start = time.perf_counter()
+    assert len(expand_trials(load_scenario(path))) == 1000
+    assert time.perf_counter() - start < 30
+
+
+@pytest.mark.parametrize(
+    "updates",
+    [
+        pytest.param({"strategies": ["krum", "multikrum", "bulyan"]}, id="three-replies"),
+        pytest.param(
+            {"strategies": [{"name": "multikrum", "num_nodes_to_select": 3}]}, id="select-all"
+        ),
+        pytest.param(
+            {"strategies": ["krum"],
+             "faults": [{"site": "hospital-t2", "send": "sign-flip"},
+                        {"site": "hospital-flair", "raise_probability": 0.5}]},
+            id="byzantine-and-random-faults-reply",
+        ),
+        pytest.param(
+            {"strategies": ["fedavg", "krum"], "stream": {"arrivals_per_round": [3, 1]},
+             "exclude": [{"strategy": "krum", "arrivals_per_round": 1}]},
+            id="the-short-stream-excluded",
+        ),
+    ],
+)  # fmt: skip
+def test_a_byzantine_rule_with_enough_replies_in_every_round_loads(write_scenario, updates):
+    base = {"sites": THREE, "stream": {"arrivals_per_round": 3}}
+    load_scenario(write_scenario({**base, **updates}))
+
+
 # ---------------------------------------------------------------- hostile values: trial ids
 
 LONG = "m" * 100  # a legal model key
