@@ -419,21 +419,30 @@ def _report(run_dir: Path, partial: bool = False) -> dict:
 
 
 def _print_trials(scenario: Scenario, trials: list[Trial]) -> None:
-    from fedll.stream import build_stream, counted_holdings
+    from fedll.stream import counted_holdings, round_sites, uses_seed
 
     holdings = counted_holdings([(s.name, s.modality, s.patients) for s in scenario.sites])
     table = Table(title=f"{len(trials)} trials of {scenario.name}")
     columns = ("#", "model", "ordering", "batch", "per round", "strategy", "cl", "seed", "rounds")
     for col in columns:
         table.add_column(col)
+    counted: dict[tuple[bool, str, int, int, int], int] = {}  # each stream's rounds, once
     for i, t in enumerate(trials):
-        rounds = (
-            1  # the joint bound trains once on the pooled cases
-            if t.kind == "joint"
-            else len(
-                build_stream(holdings, t.ordering, t.arrival_batch, t.seed, t.arrivals_per_round)
-            )
+        stream = (
+            isinstance(t.ordering, str),  # a list's label could spell a named ordering
+            t.ordering_label,
+            t.arrival_batch,
+            t.arrivals_per_round,
+            t.seed if uses_seed(t.ordering) else 0,
         )
+        if t.kind == "joint":
+            rounds = 1  # the joint bound trains once on the pooled cases
+        elif stream in counted:
+            rounds = counted[stream]
+        else:
+            rounds = counted[stream] = len(
+                round_sites(holdings, t.ordering, t.arrival_batch, t.seed, t.arrivals_per_round)
+            )
         table.add_row(
             str(i),
             t.model,

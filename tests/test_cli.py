@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,25 @@ def test_dry_run_lists_the_trials_and_runs_nothing(write_scenario, tmp_path):
     for model in ("static", "dycnn"):
         assert model in result.stdout
     assert not out.exists()
+
+
+def test_dry_run_counts_each_stream_s_rounds_once(write_scenario):
+    # 990 sites of 20 patients, 250 seeds of a random and of a named ordering: building each
+    # trial's stream took 100 s; each stream is now counted once, a random one from its chunks
+    sites = [{"name": f"h{i}", "modality": ("t2", "flair")[i % 2], "patients": 20}
+             for i in range(990)]  # fmt: skip
+    path = write_scenario({
+        "sites": sites, "models": {"dycnn": None}, "seeds": list(range(250)),
+        "stream": {"ordering": ["random", "blocked"], "arrival_batch": 1,
+                   "arrivals_per_round": 1000},
+    })  # fmt: skip
+    start = time.perf_counter()
+    result = invoke("run", path, "--dry-run")
+    assert time.perf_counter() - start < 30
+    assert result.exit_code == 0, result.output
+    assert "500 trials of tiny" in result.stdout
+    rows = [line.split("│") for line in result.stdout.splitlines() if line.startswith("│")]
+    assert {row[-2].strip() for row in rows} == {"20"}  # 19,800 arrivals, 1000 a round
 
 
 def test_dry_run_applies_overrides(write_scenario):
