@@ -23,7 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from fedll.config import Scenario, Trial, dump_scenario, expand_trials, load_scenario
-from fedll.errors import DataError, FedllError
+from fedll.errors import ConfigError, DataError, FedllError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -110,14 +110,18 @@ def cohort(
     ] = False,
 ) -> None:
     """Write a synthetic multi-site glioma cohort (BraTS 2021 layout + manifest.csv)."""
+    from fedll.data import MAX_SITES
     from fedll.data.cohort import generate_cohort
     from fedll.data.preview import write_preview
 
-    names = (
-        [f"site{i + 1}" for i in range(int(sites))]
-        if sites.strip().isdigit()
-        else [s.strip() for s in sites.split(",") if s.strip()]
-    )
+    count = sites.strip()
+    if count.isascii() and count.isdigit():  # a number of sites, bounded before it is counted
+        if len(count) > len(str(MAX_SITES)) or int(count) > MAX_SITES:
+            shown = count if len(count) <= 20 else f"a number of {len(count)} digits"
+            raise ConfigError(f"sites: at most {MAX_SITES} sites, got {shown}")
+        names = [f"site{i + 1}" for i in range(int(count))]
+    else:
+        names = [s.strip() for s in sites.split(",") if s.strip()]
     kwargs = {} if test_patients is None else {"test_patients": test_patients}
     manifest = generate_cohort(
         out,

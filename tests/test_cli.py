@@ -338,6 +338,22 @@ def test_report_on_a_bad_results_file_exits_2(tmp_path):
         pytest.param(
             ["--patients", "4", "--sites", "2", "--seed", "-1"], "seed", id="negative-seed"
         ),
+        pytest.param(
+            ["--patients", "20001"], "patients: must be an integer in 1..20000", id="too-many"
+        ),
+        pytest.param(  # a billion names would be built before any check
+            ["--sites", "1000000000"], "sites: at most 1000 sites, got 1000000000", id="1e9-sites"
+        ),
+        pytest.param(  # int() refuses 4300 digits with a ValueError
+            ["--sites", "1" * 5000],
+            "at most 1000 sites, got a number of 5000 digits",
+            id="5000-digit-sites",
+        ),
+        pytest.param(
+            ["--patients", "2000", "--sites", ",".join(f"s{i}" for i in range(1001))],
+            "sites: at most 1000 sites, got 1001",
+            id="1001-site-names",
+        ),
     ],
 )
 def test_cohort_with_bad_arguments_exits_2(tmp_path, args, key):

@@ -32,7 +32,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from fedll.data import MODALITIES
+from fedll.data import MAX_PATIENTS, MAX_SITES, MODALITIES
 from fedll.data.manifest import write_manifest
 from fedll.data.phantom import DEFAULT_SHAPE, Atlas, load_atlas, output_grid, synthesize_case
 from fedll.data.scanner import ScannerProfile, sample_scanner
@@ -170,10 +170,12 @@ def _check_arguments(
     def is_int(v: object) -> bool:
         return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
-    if not is_int(patients) or patients < 1:
-        raise ConfigError(f"patients: must be an integer >= 1, got {patients!r}")
+    if not is_int(patients) or not 1 <= patients <= MAX_PATIENTS:
+        raise ConfigError(f"patients: must be an integer in 1..{MAX_PATIENTS}, got {patients!r}")
     if isinstance(sites, str) or not isinstance(sites, Sequence):
         raise ConfigError(f"sites: expected a list of site names, got {sites!r}")
+    if len(sites) > MAX_SITES:
+        raise ConfigError(f"sites: at most {MAX_SITES} sites, got {len(sites)}")
     names = [str(s) for s in sites]
     if not names:
         raise ConfigError("sites: at least one site name is needed, got none")
