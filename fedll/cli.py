@@ -174,19 +174,25 @@ def run(
         from fedll.sweep import check_address
 
         check_address(address)
-    _claim(run_dir, scenario)
+    from fedll.lock import hold_run_dir
     from fedll.provenance import write_provenance
 
-    write_provenance(run_dir)
-    try:
-        _run(run_dir, scenario, address, cpus_per_trial, local)
-    except KeyboardInterrupt:
-        _say(
-            f"interrupted; finished trials are kept in {run_dir}/trials, "
-            "rerun the same command to resume",
-            err=True,
-        )
-        raise typer.Exit(code=130) from None
+    if scenario.tracking.mlflow:  # before the sweep: a store MLflow cannot reach is minutes
+        from fedll.tracking import check_target
+
+        check_target(run_dir, scenario.tracking, str(scenario_path))
+    with hold_run_dir(run_dir, "fedll run"):  # one process at a time in a run directory
+        _claim(run_dir, scenario)
+        write_provenance(run_dir)
+        try:
+            _run(run_dir, scenario, address, cpus_per_trial, local)
+        except KeyboardInterrupt:
+            _say(
+                f"interrupted; finished trials are kept in {run_dir}/trials, "
+                "rerun the same command to resume",
+                err=True,
+            )
+            raise typer.Exit(code=130) from None
 
 
 def _progress_columns() -> tuple:
@@ -210,8 +216,6 @@ def _claim(run_dir: Path, scenario: Scenario) -> None:
     from fedll.config.grid import fingerprints
     from fedll.store import verify_trial
 
-    if run_dir.exists() and not run_dir.is_dir():
-        raise DataError(f"--out {run_dir}: is a file, not a directory")
     saved = run_dir / "scenario.yaml"
     resolved = dump_scenario(scenario)
     if saved.exists() and not _same_scenario(saved, resolved, scenario):
@@ -401,16 +405,22 @@ def _events(run_dir: Path, trial_id: str) -> str:
 
 def _report(run_dir: Path, partial: bool = False) -> dict:
     """The run's tables and plots; results that lack part of their scenario are refused,
-    unless ``partial`` (then the complete configurations are reported and the rest listed)."""
+    unless ``partial`` (then the complete configurations are reported and the rest listed).
+    A run directory with sealed trials is collected again first: the report is of what the
+    seals vouch for (:func:`fedll.store.recollect`)."""
+    from fedll.config.grid import fingerprints
     from fedll.report.build import build_report
     from fedll.report.read import maybe_compressed, read_results
-    from fedll.store import expected_results
+    from fedll.store import expected_results, has_seals, recollect
 
     saved = run_dir / "scenario.yaml"
     if not saved.is_file():  # results without their scenario: nothing to check them against
         return {**build_report(run_dir), "unfinished": 0}
+    scenario = load_scenario(saved)
+    if has_seals(run_dir):
+        recollect(run_dir, fingerprints(scenario))
     results = read_results(maybe_compressed(run_dir / "results.csv"))
-    expected = expected_results(run_dir, load_scenario(saved), results)
+    expected = expected_results(run_dir, scenario, results)
     built = build_report(run_dir, expected=expected, partial=partial)
     built["unfinished"] = len(set(expected.rounds) - set(results["trial"]))
     if built["left_out"]:
@@ -461,17 +471,21 @@ def _print_trials(scenario: Scenario, trials: list[Trial]) -> None:
     _console().print(table)
 
 
-def _print_table(report: dict, failed: int | None = None) -> None:
+def _print_table(report: dict, failed: int = 0) -> None:
     """The key measures within 120 columns (every measure is in the tables' files and the
     page), one summary line, and where the page is. ``failed``: trials that failed in this
-    run (default: the scenario's trials without results)."""
+    run; the scenario's other trials without results were not run (``fedll report`` of a
+    deployment that ran one trial of several, say)."""
+    from fedll.report.pairs import pair_lines
     from fedll.report.terminal import summary_line, terminal_table, trial_counts
 
     for line in terminal_table(report["table"]):
         _say(line)
+    for line in pair_lines(report.get("pairs")):
+        _say(line)
     done = report["summary"]["trial"].nunique()
-    failed = report.get("unfinished", 0) if failed is None else failed
-    _say(summary_line(done, failed, *trial_counts(report["summary"])))
+    not_run = max(0, report.get("unfinished", 0) - failed)
+    _say(summary_line(done, failed, *trial_counts(report["summary"]), not_run=not_run))
     _say(f"report: {report['html']}")
 
 
@@ -488,29 +502,38 @@ def report(
         typer.Option(
             metavar="BASELINE",
             help="also compare every value of --compare-axis with BASELINE: each measure's "
-            "paired difference with a 95% interval (hierarchical bootstrap over seeds and "
-            "test cases)",
+            "paired difference with a 95% t interval over seeds and test cases (seed "
+            "variance plus a case jackknife)",
         ),
     ] = None,
     compare_axis: Annotated[str, typer.Option(help="the grid axis --compare varies")] = "model",
-    bootstrap: Annotated[int, typer.Option(min=100, help="bootstrap replicates")] = 2000,
+    bootstrap: Annotated[
+        int | None,
+        typer.Option(hidden=True, help="no longer applies: --compare has no bootstrap"),
+    ] = None,
 ) -> None:
-    """Rebuild the forgetting tables and plots from RUN_DIR/results.csv alone (checked against
-    RUN_DIR/scenario.yaml: every trial, round and test case must be there)."""
-    built = _report(run_dir, partial=partial)
-    _print_table(built)
-    if compare is not None:
-        _compare(run_dir, compare, compare_axis, bootstrap)
+    """Rebuild the forgetting tables and plots from RUN_DIR's results: where its trials are
+    sealed, results.csv is first rebuilt from the trials that verify; then checked against
+    RUN_DIR/scenario.yaml (every trial, round and test case must be there)."""
+    from fedll.lock import hold_run_dir
+
+    with hold_run_dir(run_dir, "fedll report", create=False):
+        built = _report(run_dir, partial=partial)
+        _print_table(built)
+        if bootstrap is not None:
+            _say("--bootstrap no longer applies: --compare's interval has no replicates", err=True)
+        if compare is not None:
+            _compare(run_dir, compare, compare_axis)
 
 
-def _compare(run_dir: Path, baseline: str, axis: str, n_boot: int) -> None:
+def _compare(run_dir: Path, baseline: str, axis: str) -> None:
     """Write and print the paired comparison with ``baseline`` (fedll.report.compare)."""
     from fedll.report.compare import compare, format_comparison
     from fedll.report.read import maybe_compressed, read_results
     from fedll.report.tables import to_markdown
 
     results = read_results(maybe_compressed(run_dir / "results.csv"))
-    table = compare(results, baseline, axis=axis, n_boot=n_boot)
+    table = compare(results, baseline, axis=axis)
     stem = f"compare_{axis}-{baseline}"  # compare() checked: a value of the run's grid
     table.to_csv(run_dir / "tables" / f"{stem}.csv", index=False)
     wide = format_comparison(table)
@@ -567,32 +590,55 @@ def segment(
         str | None,
         typer.Option(help="t2 or flair: an image INPUT's modality, for a model that routes by it"),
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="replace masks already at OUT (an input file never)")
+    ] = False,
 ) -> None:
     """Write whole-tumour masks (uint8 0/1, the image's grid) of INPUT with a kept model:
     one image, or every case of a cohort (OUT/<patient>_<modality>_pred.nii.gz). A model
-    that routes by modality needs --modality for an image (a cohort's cases name theirs)."""
+    that routes by modality needs --modality for an image (a cohort's cases name theirs).
+    A file already at OUT is replaced only with --overwrite; an input file never."""
     from rich.progress import Progress
 
-    from fedll.data.layouts import discover
+    from fedll.data.layouts import detect_layout, discover
     from fedll.device import resolve_device
     from fedll.models.saved import read_model
     from fedll.segment import check_out_dir, is_image, segment_cohort, segment_file
+    from fedll.store import sealed_model
 
     where = resolve_device(device, key="--device")
-    saved = read_model(model)
+    saved = read_model(model, sealed=sealed_model(model))
     if not source.exists():
         raise DataError(f"{source}: no such file or folder")
     if is_image(source):
-        written = segment_file(saved, source, out, where, batch_size, channel, modality)
+        written = segment_file(saved, source, out, where, batch_size, channel, modality, overwrite)
         _say(f"wrote {written}")
         return
+    for option, value in (("--channel", channel), ("--modality", modality)):
+        if value is not None:  # it would be ignored
+            raise ConfigError(
+                f"{option}: for an image INPUT; each case of cohort {source} has its own"
+            )
     check_out_dir(out)
-    records = discover(source, layout)
+    # a manifest lists its files; any other layout is found by scanning the folder, which
+    # segment_cohort keeps OUT out of
+    found = detect_layout(source) if layout == "auto" else layout
+    scanned = None if found == "manifest" else source
+    records = discover(source, found)
     columns = _progress_columns()
     console = Console(stderr=True, highlight=False)
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("segmenting", total=len(records))
-        segment_cohort(saved, records, out, where, batch_size, on_case=lambda *_: bar.advance(task))
+        segment_cohort(
+            saved,
+            records,
+            out,
+            where,
+            batch_size,
+            on_case=lambda *_: bar.advance(task),
+            overwrite=overwrite,
+            scanned=scanned,
+        )
     _say(f"wrote {len(records)} masks to {out}")
 
 
@@ -635,6 +681,13 @@ def site(
         typer.Option(help="port of this SuperNode's local Runtime API (default 9094)"),
     ] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="slice cache of this site")] = None,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="where the site keeps its state between rounds, to survive restarts "
+            "(default: DATA_DIR/.fedll-state)"
+        ),
+    ] = None,
     device: Annotated[
         str | None, typer.Option(help="where it trains: auto (default), cpu, cuda, cuda:N")
     ] = None,
@@ -659,6 +712,7 @@ def site(
         auth_key=auth_key,
         runtime_port=runtime_port,
         cache_dir=cache_dir,
+        state_dir=state_dir,
         device=device,
         extra=ctx.args,
     )

@@ -23,7 +23,8 @@ ROUND_EVENTS: tuple[str, ...] = ("failed", "rejected")
 the strategy rejected (non-finite, wrong shape or dtype)."""
 METRIC_COLUMNS: tuple[str, ...] = ("dice", "hd95", "surface_dice")
 """Per test case (:func:`fedll.metrics.case_metrics`, 3-D over the evaluated slices): Dice,
-HD95 in mm (lower is better) and surface Dice at ``surface_tolerance_mm``."""
+HD95 in mm (lower is better; BraTS's 373.13 mm where the prediction is empty, which
+:func:`fedll.metrics.detected` reads back) and surface Dice at ``surface_tolerance_mm``."""
 EVALUATION_COLUMNS: tuple[str, ...] = ("evaluated_slices", "surface_tolerance_mm")
 """How the case was scored: ``all`` (every brain slice) or ``selected`` (the training
 selection), and the surface-Dice tolerance (the scenario's ``evaluation`` section)."""

@@ -38,13 +38,14 @@ from fedll.config.options import (
     LwFOptions,
     ReplayOptions,
 )
-from fedll.train import model_device, segmentation_loss
+from fedll.train import TrainingHook, model_device, segmentation_loss
 
 ArrayState = dict[str, np.ndarray]
 
 
-class ContinualMethod:
-    """Fine-tuning; the base of every CL method (every hook does nothing)."""
+class ContinualMethod(TrainingHook):
+    """Fine-tuning; the base of every CL method: a :class:`fedll.train.TrainingHook` (every
+    call does nothing) that also picks the cases to train on and keeps state between rounds."""
 
     @classmethod
     def build(
@@ -57,34 +58,6 @@ class ContinualMethod:
     def select_cases(self, arrived: Sequence[int]) -> list[int]:
         """The site's case indices to train on this round, given those that arrived."""
         return list(arrived)
-
-    def before_training(self, model: nn.Module) -> None:
-        """Called once with the received model, before the first step."""
-
-    def extra_loss(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        logits: torch.Tensor,
-        modality: torch.Tensor | None = None,
-    ) -> torch.Tensor | None:
-        """A term added to the loss of the batch ``x`` (B, 1, H, W) with ``logits``;
-        ``modality`` (B,) is what the model was given (None for a model that does not route
-        by modality)."""
-        return None
-
-    def before_step(self, model: nn.Module) -> None:
-        """Called after every backward pass, before the optimiser steps."""
-
-    def after_training(
-        self,
-        model: nn.Module,
-        images: np.ndarray,
-        masks: np.ndarray,
-        modalities: np.ndarray | None = None,
-    ) -> None:
-        """Called once with the trained model and the slices it trained on (and their
-        modality indices, as the model was given them)."""
 
     def state(self) -> ArrayState:
         """What the site keeps for its next round."""

@@ -8,7 +8,11 @@ machine is a :class:`~fedll.errors.ConfigError` naming the key, not a CUDA trace
 Precision (autocast around the forward pass and the loss; parameters, gradients and the
 optimiser stay fp32): ``fp32`` (no autocast: bit-identical to a build without this module),
 ``bf16`` (no gradient scaling needed), ``fp16`` (with a gradient scaler on CUDA; on the CPU
-fp16 autocast is slow and mostly useful to test the code path).
+fp16 autocast is slow and mostly useful to test the code path), and ``auto`` (the default):
+bf16 where the device computes it natively (a CPU with AVX-512 BF16 or AMX, a CUDA device
+with bf16 support: :func:`native_bf16`), fp32 elsewhere (emulated bf16 is slower than fp32).
+Evaluation in bf16 or fp16 also lays the model's convolution weights out channels-last
+(:func:`channels_last`), which oneDNN's reduced-precision kernels prefer.
 
 Arithmetic (:func:`arithmetic`): the same fedll, torch and seed give bit-identical results on
 one kind of processor only. Torch (and numpy) pick kernels by the CPU's instruction sets (an
@@ -30,8 +34,12 @@ import torch
 
 from fedll.errors import ConfigError
 
-Precision = Literal["fp32", "bf16", "fp16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Resolved = Literal["fp32", "bf16", "fp16"]
+"""A precision as it runs: ``auto`` resolved for a device (:func:`resolve_precision`)."""
 DEVICE_HELP = "auto, cpu, cuda or cuda:N"
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+"""CPU flags (Linux's cpuinfo) of native bf16 arithmetic."""
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -71,18 +79,62 @@ def resolve_device(name: str, key: str = "execution.device") -> torch.device:
     return device
 
 
+def native_bf16(device: torch.device, cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether ``device`` computes bf16 natively: a CUDA device that supports it, or a CPU
+    whose flags (Linux's cpuinfo) name AVX-512 BF16 or AMX (elsewhere: False)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "flags":
+                return any(flag in value.split() for flag in BF16_FLAGS)
+    except OSError:
+        pass
+    return False
+
+
+def resolve_precision(precision: Precision, device: torch.device) -> Resolved:
+    """``precision`` as it runs on ``device``: ``auto`` is bf16 where :func:`native_bf16`,
+    else fp32; the others are themselves."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
 def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
     """The autocast context for ``precision`` on ``device`` (a no-op for fp32)."""
-    if precision == "fp32":
+    resolved = resolve_precision(precision, device)
+    if resolved == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])
+    return torch.autocast(device_type=device.type, dtype=_DTYPES[resolved])
 
 
 def grad_scaler(device: torch.device, precision: Precision) -> torch.amp.GradScaler | None:
     """A gradient scaler for fp16 (its gradients underflow without one); None otherwise."""
-    if precision != "fp16":
+    if resolve_precision(precision, device) != "fp16":
         return None
     return torch.amp.GradScaler(device.type)
+
+
+@contextlib.contextmanager
+def channels_last(model: torch.nn.Module, enabled: bool = True) -> Iterator[None]:
+    """The model's 4-D parameters and buffers laid out channels-last (NHWC) while the block
+    runs, and contiguous again after (the same values: only their order in memory changes,
+    so state dicts and saved models are as before). A no-op unless ``enabled``."""
+    if not enabled:
+        yield
+        return
+    tensors = [t for t in (*model.parameters(), *model.buffers()) if t.dim() == 4]
+    with torch.inference_mode(False):  # ordinary tensors, even inside an inference block
+        for t in tensors:
+            t.data = t.data.contiguous(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        with torch.inference_mode(False):
+            for t in tensors:
+                t.data = t.data.contiguous()
 
 
 @contextlib.contextmanager
@@ -113,14 +165,23 @@ def deterministic(enabled: bool) -> Iterator[None]:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[1:]
 
 
-def arithmetic(device: torch.device) -> str:
+def arithmetic(
+    device: torch.device, training: Precision = "fp32", evaluation: Precision = "fp32"
+) -> str:
     """What decides the last bits of a computation on ``device``: for the CPU, torch's kernel
     capability and the processor's model (``cpu AVX512, AMD EPYC``); for CUDA, the GPU's
-    name and compute capability (``cuda NVIDIA H100 80GB HBM3, sm_90``)."""
+    name and compute capability (``cuda NVIDIA H100 80GB HBM3, sm_90``); then, where a
+    trial's training or evaluation does not run in fp32, the precisions they run in
+    (``cpu AVX512, AMD EPYC; training bf16, evaluation bf16``)."""
     if device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(device)
-        return f"cuda {torch.cuda.get_device_name(device)}, sm_{major}{minor}"
-    return f"cpu {torch.backends.cpu.get_cpu_capability()}, {cpu_model()}"
+        hardware = f"cuda {torch.cuda.get_device_name(device)}, sm_{major}{minor}"
+    else:
+        hardware = f"cpu {torch.backends.cpu.get_cpu_capability()}, {cpu_model()}"
+    ran = (resolve_precision(training, device), resolve_precision(evaluation, device))
+    if ran == ("fp32", "fp32"):
+        return hardware
+    return f"{hardware}; training {ran[0]}, evaluation {ran[1]}"
 
 
 def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:

@@ -24,11 +24,6 @@ from fedll.config.schema import TrainingConfig
 from fedll.continual import ProximalTerm
 from fedll.train import TrainResult, train_local
 
-PERSONAL = "personal"
-"""The ArrayRecord of the site's personalised model in its reply."""
-SITE_PERSONAL = "ditto-personal"
-"""The site's personalised model, kept in its ``context.state``."""
-
 
 def train_personal(
     personal: nn.Module,

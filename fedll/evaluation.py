@@ -21,11 +21,16 @@ from torch import nn
 from fedll.config.schema import EvaluationConfig
 from fedll.data import MODALITIES
 from fedll.data.slices import CaseSlices
+from fedll.device import Precision, autocast, channels_last, resolve_precision
 from fedll.metrics import SURFACE_TOLERANCE_MM, case_metrics
 from fedll.metrics.routing import chance, decoding_accuracy
 from fedll.models.inspection import last_attention, routes_by_modality
 from fedll.results import PREVIEW_CASES, TrialResults
 from fedll.train import accumulate_attention, model_device
+
+FAST_BATCH = 128
+"""Slices per forward pass in bf16 or fp16 (oneDNN's reduced-precision kernels gain from
+larger batches: benchmarks/bench_evaluation.py)."""
 
 
 @dataclass(frozen=True)
@@ -45,26 +50,46 @@ class Evaluation:
     the most tumour and its prediction (S, S) bool."""
 
 
-@torch.inference_mode()
 def evaluate_cases(
     model: nn.Module,
     cases: Sequence[CaseSlices],
-    batch_size: int = 32,
+    batch_size: int | None = None,
     collect_attention: bool = False,
     tolerance_mm: float = SURFACE_TOLERANCE_MM,
     previews: int = 0,
+    precision: Precision = "fp32",
 ) -> Evaluation:
     """Dice, HD95 and surface Dice (at ``tolerance_mm``) per case, over the case's evaluated
     slices as one volume.
 
-    The model runs where its parameters are (fp32), in inference mode (no autograd
-    bookkeeping; the same kernels, so the same predictions as under ``no_grad``). ``cases``
+    The model runs where its parameters are, in inference mode (no autograd bookkeeping; the
+    same kernels, so the same predictions as under ``no_grad``), under ``precision``'s
+    autocast (:func:`fedll.device.resolve_precision`); in bf16 or fp16 with its convolutions
+    laid out channels-last, in batches of :data:`FAST_BATCH` slices (fp32: 32, as fedll always
+    ran it; the batch size does not change a slice's prediction). ``cases``
     hold ``images`` (N, 1, H, W), ``masks`` (N, 1, H, W), their slice ``indices`` and ``spacing``
     (:class:`fedll.data.slices.CaseSlices`). With ``collect_attention``, also the mean
     attention per dynamic layer over all evaluated slices. With ``previews`` = k, also the
     prediction of the largest-tumour slice of each of the first k cases. A model that routes
     by modality is given each case's ``modality`` (the test set's label).
     """
+    device = model_device(model)
+    resolved = resolve_precision(precision, device)
+    if batch_size is None:
+        batch_size = 32 if resolved == "fp32" else FAST_BATCH
+    layout = channels_last(model, enabled=resolved != "fp32")
+    with layout, torch.inference_mode(), autocast(device, resolved):
+        return _evaluate(model, cases, batch_size, collect_attention, tolerance_mm, previews)
+
+
+def _evaluate(
+    model: nn.Module,
+    cases: Sequence[CaseSlices],
+    batch_size: int,
+    collect_attention: bool,
+    tolerance_mm: float,
+    previews: int,
+) -> Evaluation:
     model.eval()
     device = model_device(model)
     routed = routes_by_modality(model)
@@ -125,7 +150,12 @@ def evaluate_personal(
         if not test.get(modality):
             continue
         model.load_state_dict(state)
-        ev = evaluate_cases(model, test[modality], tolerance_mm=evaluation.surface_tolerance_mm)
+        ev = evaluate_cases(
+            model,
+            test[modality],
+            tolerance_mm=evaluation.surface_tolerance_mm,
+            precision=evaluation.precision,
+        )
         results.set_personal(
             site, modality, {"dice": ev.dice, "hd95": ev.hd95, "surface_dice": ev.surface_dice}
         )
@@ -154,6 +184,7 @@ def evaluate_round(
             collect_attention=True,
             tolerance_mm=evaluation.surface_tolerance_mm,
             previews=PREVIEW_CASES,
+            precision=evaluation.precision,
         )
         for case, (index, pred) in zip(cases, ev.previews, strict=False):
             results.add_previews(

@@ -23,14 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedll.train import model_device
-
-CONTROL = "control"
-"""The ArrayRecord of the server's control variate in a train message."""
-CONTROL_DELTA = "control-delta"
-"""The ArrayRecord of the site's ``delta c_i`` in its reply."""
-SITE_CONTROL = "scaffold-control"
-"""The site's own control variate ``c_i``, kept in its ``context.state``."""
+from fedll.train import TrainingHook, model_device
 
 Arrays = Mapping[str, np.ndarray]
 
@@ -57,7 +50,7 @@ def control_update(
     return new, delta
 
 
-class ControlVariates:
+class ControlVariates(TrainingHook):
     """A :class:`fedll.train.TrainingHook`: SCAFFOLD's gradient correction and, after
     training, the control variate update (:func:`control_update`).
 
@@ -89,15 +82,6 @@ class ControlVariates:
             for n, c in self.server.items()
         }
         self.steps = 0
-
-    def extra_loss(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        logits: torch.Tensor,
-        modality: torch.Tensor | None = None,
-    ) -> torch.Tensor | None:
-        return None
 
     def before_step(self, model: nn.Module) -> None:
         for name, p in model.named_parameters():

@@ -18,7 +18,9 @@ verifies: a file cut short, emptied, edited, missing (a model deleted), left wit
 seal (an earlier fedll, a crash between the writes) or copied in from a run of other
 settings does not, is moved to ``trials/invalid/`` (named in a warning) and the trial runs
 again. :func:`collect` reads only the scenario's own, verified trials, and replaces
-``results.csv`` and ``attention.csv`` only after every part was read.
+``results.csv`` and ``attention.csv`` only after every part was read; ``fedll report`` on a
+run directory with seals collects again first (:func:`recollect`), so that what it reports
+is what the seals vouch for, whatever was edited in the collected files.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ from fedll.results import TrialResults, preview_npz, sealed_previews
 logger = logging.getLogger(__name__)
 
 INVALID = "invalid"
+ROUTING = "routing.csv"
+COLLECTED = ("results.csv", "attention.csv", ROUTING)
+"""The run directory's collected files (:func:`collect`)."""
 CHECKPOINTS = "checkpoints"
 MODEL_SUFFIX = ".safetensors"
 _CHUNK = 1 << 20
@@ -90,6 +95,27 @@ def trial_path(run_dir: Path, trial: Trial) -> Path:
 def trial_model(run_dir: Path, trial_id: str) -> Path:
     """Where the trial's kept model is (whether or not it is there)."""
     return TrialFiles.of(run_dir, trial_id).model
+
+
+def sealed_model(model: Path) -> tuple[int, str] | None:
+    """The (size, SHA-256) that a kept model's trial seal lists for it: ``model`` a
+    ``RUN_DIR/models/<id>.safetensors`` (links followed) whose ``RUN_DIR/trials/<id>.json``
+    lists it; None when there is no such seal (a model copied out of its run, a trial of an
+    earlier fedll). DataError naming the seal when it is there but unreadable."""
+    path = Path(model).resolve()
+    if path.parent.name != "models" or not path.name.endswith(MODEL_SUFFIX):
+        return None
+    files = TrialFiles.of(path.parent.parent, path.name.removesuffix(MODEL_SUFFIX))
+    if files.model != path or not files.seal.is_file():
+        return None
+    try:
+        entry = json.loads(files.seal.read_text())["files"].get(path.name)
+        return None if entry is None else (int(entry["size"]), str(entry["sha256"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise DataError(
+            f"{files.seal}: the seal of {path} is unreadable ({type(error).__name__}); the "
+            "model cannot be checked against it"
+        ) from None
 
 
 def write_trial(
@@ -170,29 +196,47 @@ def write_checkpoint(run_dir: Path, trial_id: str, data: bytes) -> Path:
     return path
 
 
-def read_checkpoint(run_dir: Path, trial_id: str, fingerprint: str) -> tuple[int, bytes] | None:
+def read_checkpoint(
+    run_dir: Path, trial_id: str, fingerprint: str, rounds: int | None = None
+) -> tuple[int, bytes] | None:
     """The round and bytes of the trial's kept checkpoint, when it has one that this fedll
-    reads and that was taken with these settings; a checkpoint that is not is set aside
-    (``checkpoints/invalid/``, named in a warning) and the trial starts from round 0."""
-    from fedll.checkpoint import decode
+    reads and that was taken for this trial with these settings (and, given the trial's
+    ``rounds``, after one of them but the last, with the results of those rounds:
+    :func:`fedll.checkpoint.verify`; the trial verifies the rest when it resumes); a
+    checkpoint that is not is set aside (:func:`set_aside_checkpoint`) and the trial starts
+    from round 0."""
+    from fedll.checkpoint import decode, verify
 
     path = checkpoint_path(run_dir, trial_id)
     if not path.is_file():
         return None
     data = path.read_bytes()
     try:
-        checkpoint = decode(data, str(path))
+        checkpoint = verify(
+            decode(data, str(path)), str(path), trial_id=trial_id, fingerprint=fingerprint,
+            rounds=rounds,
+        )  # fmt: skip
     except DataError as error:
-        reason = str(error)
-    else:
-        if checkpoint.trial_id == trial_id and checkpoint.fingerprint == fingerprint:
-            return checkpoint.round, data
-        reason = f"{path}: taken for other settings (fingerprint {checkpoint.fingerprint})"
+        set_aside_checkpoint(run_dir, trial_id, str(error).removeprefix(f"{path}: "))
+        return None
+    return checkpoint.round, data
+
+
+def set_aside_checkpoint(run_dir: Path, trial_id: str, reason: str) -> Path | None:
+    """Move the trial's kept checkpoint to ``checkpoints/invalid/`` (time-stamped where one
+    set aside earlier has its name) and warn, naming it and ``reason`` (what is wrong with
+    it; the trial starts from round 0); returns where it went (None: there was none)."""
+    path = checkpoint_path(run_dir, trial_id)
+    if not path.is_file():
+        return None
     invalid = path.parent / INVALID
     invalid.mkdir(exist_ok=True)
-    shutil.move(path, invalid / path.name)
-    logger.warning("%s; set aside in %s, the trial starts from round 0", reason, invalid)
-    return None
+    target = invalid / path.name
+    if target.exists():
+        target = invalid / f"{path.name}.{_stamp()}"
+    shutil.move(path, target)
+    logger.warning("%s: %s; set aside in %s, the trial starts from round 0", path, reason, invalid)
+    return target
 
 
 def drop_checkpoint(run_dir: Path, trial_id: str) -> None:
@@ -263,7 +307,7 @@ def set_aside(run_dir: Path, trial_id: str, reason: str) -> list[Path]:
     """Move the trial's files to ``trials/invalid/`` (time-stamped) and warn; returns the
     new paths."""
     files = TrialFiles.of(run_dir, trial_id)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    stamp = _stamp()
     target = files.results.parent / INVALID
     moved = []
     for path in files.existing():
@@ -276,6 +320,11 @@ def set_aside(run_dir: Path, trial_id: str, reason: str) -> list[Path]:
             "%s: %s; moved to %s and the trial runs again", files.results, reason, target
         )
     return moved
+
+
+def _stamp() -> str:
+    """Now, for the name of a file set aside."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
 
 
 def finished(run_dir: Path, fingerprints: Mapping[str, str]) -> set[str]:
@@ -312,17 +361,28 @@ def trial_arithmetic(run_dir: Path, trial_id: str) -> str | None:
     return None if value is None else str(value)
 
 
+def has_seals(run_dir: Path) -> bool:
+    """Whether ``run_dir/trials`` holds a seal: the run's collected files can be rebuilt
+    from (and only from) its verified trials (:func:`recollect`)."""
+    trials = Path(run_dir) / "trials"
+    return trials.is_dir() and any(trials.glob("*.json"))
+
+
 def collect(run_dir: Path, fingerprints: Mapping[str, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Concatenate the verified trials among ``fingerprints`` (trial id -> fingerprint, in
     the scenario's order) into ``results.csv`` and ``attention.csv`` (and ``routing.csv``,
-    when a trial has routing rows: a run with dynamic models); files in ``trials/`` that are
-    not the scenario's are left out. The files are replaced only after every part was read;
-    DataError names a trial file that fails to read."""
+    when a trial has routing rows: a run with dynamic models; a ``routing.csv`` that no
+    verified trial vouches for is removed); files in ``trials/`` that are not the scenario's
+    are left out, and a trial whose seal is there but does not verify is left out with a
+    warning naming it. The files are replaced only after every part was read; DataError
+    names a trial file that fails to read."""
     run_dir = Path(run_dir)
     results_parts, attention_parts, routing_parts = [], [], []
     for trial_id, fingerprint in fingerprints.items():
         payloads = _verified(run_dir, trial_id, fingerprint)
         if isinstance(payloads, str):
+            if (seal := TrialFiles.of(run_dir, trial_id).seal).is_file():
+                logger.warning("%s: %s; the trial is left out of results.csv", seal, payloads)
             continue
         files = TrialFiles.of(run_dir, trial_id)
         results_parts.append((files.results, payloads[files.results]))
@@ -333,11 +393,33 @@ def collect(run_dir: Path, fingerprints: Mapping[str, str]) -> tuple[pd.DataFram
     attention = _concat(attention_parts, ATTENTION_COLUMNS)
     outputs = [("results.csv", results), ("attention.csv", attention)]
     if routing_parts:
-        outputs.append(("routing.csv", _concat(routing_parts, ROUTING_COLUMNS)))
+        outputs.append((ROUTING, _concat(routing_parts, ROUTING_COLUMNS)))
     for name, frame in outputs:
         with atomic_path(run_dir / name) as tmp:
             frame.to_csv(tmp, index=False)
+    if not routing_parts:
+        (run_dir / ROUTING).unlink(missing_ok=True)
     return results, attention
+
+
+def recollect(run_dir: Path, fingerprints: Mapping[str, str]) -> list[Path]:
+    """:func:`collect` again, for a report: the collected files hold exactly what the verified
+    trials vouch for. Returns those of them that were there and held something else (edited,
+    copied in, or collected before more trials finished), each named in a warning."""
+    run_dir = Path(run_dir)
+    paths = [run_dir / name for name in COLLECTED]
+    before = {path: path.read_bytes() for path in paths if path.is_file()}
+    collect(run_dir, fingerprints)
+    replaced = [
+        path for path, held in before.items() if not path.is_file() or path.read_bytes() != held
+    ]
+    for path in replaced:
+        logger.warning(
+            "%s differed from the sealed trial files (edited, or collected before the last "
+            "trials finished): rebuilt from them",
+            path,
+        )
+    return replaced
 
 
 def _concat(

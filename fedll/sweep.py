@@ -11,11 +11,13 @@ set aside and it runs again.
 
 Trials need no shared disk: the driver prepares the cohort once and loads its slices into a
 :class:`~fedll.data.arrays.CohortArrays`, put once into Ray's object store and shared by every
-task; a trial gets the resolved scenario and its index (:class:`TrialTask`), and
-returns its outcome (:class:`TrialDone`: rows, final model). Checkpoints
+task; a trial gets the resolved scenario and its index (:class:`~fedll.trial_task.TrialTask`),
+and returns its outcome (:class:`~fedll.trial_task.TrialDone`: rows, final model). Checkpoints
 (``execution.checkpoint_every``) come back through the progress actor. The driver alone writes
 the run directory; ``--local`` runs the same tasks in this process. A rerun resumes an
-unfinished trial from its latest checkpoint.
+unfinished trial from its latest checkpoint; one that does not fit the trial
+(:func:`fedll.checkpoint.verify`, as the trial resumes) is set aside and the trial runs
+again from round 0.
 
 Ray is sized explicitly: ``num_cpus`` of the machine (or the cluster's), an object store
 of ``object_store_mb``, no dashboard, and ``cpus_per_trial`` CPUs (``num_gpus``: see
@@ -32,35 +34,37 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import torch
 
-from fedll.checkpoint import Checkpointing
+from fedll.checkpoint import CheckpointError, Checkpointing
 from fedll.config import Scenario, Trial, expand_trials, load_scenario
 from fedll.config.grid import fingerprints, trial_fingerprint
 from fedll.data.arrays import CohortArrays
 from fedll.data.prepare import cohort_for
 from fedll.device import resolve_device
 from fedll.errors import ConfigError
+from fedll.planning import trial_stream
 from fedll.results import TrialOutcome
 from fedll.store import (
-    drop_checkpoint,
     finished,
     read_checkpoint,
+    set_aside_checkpoint,
     write_checkpoint,
-    write_trial,
 )
+from fedll.trial_task import SweepTrial, TrialDone, TrialTask, keep_trial
 from fedll.workload import longest_first
 
 logger = logging.getLogger(__name__)
 
 RESOLVED_SCENARIO = "scenario.yaml"
 # fedll's Flower app (pyproject.toml, [tool.flwr.app.components]) by its factories, which
-# take the trial's in-memory inputs and the sweep's callbacks
+# take the trial's in-memory inputs and the sweep's callbacks: the one place fedll's core
+# reaches the apps (by reference, so that it never imports them; tests/test_layering.py)
 CLIENT_APP_FACTORY = "sites.client_app:make_client_app"
 SERVER_APP_FACTORY = "strategies.server_app:make_server_app"
 
@@ -107,44 +111,6 @@ def pending(run_dir: Path, scenario: Scenario) -> list[Trial]:
     of them that has some are set aside, so that it runs again."""
     done = finished(run_dir, fingerprints(scenario))
     return [t for t in expand_trials(scenario) if t.trial_id not in done]
-
-
-@dataclass(frozen=True)
-class SweepTrial:
-    """A trial a sweep runs in this process: its inputs in memory, its outcome to a callback.
-
-    No path of the driver's machine is read or written: the scenario, the trial and the
-    cohort's slices came with the task, and ``finished`` hands the outcome back."""
-
-    scenario: Scenario
-    trial: Trial
-    cohort: CohortArrays
-    device: torch.device
-    threads: int
-    finished: Callable[[TrialOutcome], None]
-    checkpointing: Checkpointing | None = None
-
-
-@dataclass(frozen=True)
-class TrialTask:
-    """Everything a trial needs besides the cohort's slices: the resolved scenario, which of
-    its trials, how to run it, and the checkpoint to resume from (encoded), if any."""
-
-    scenario: Scenario
-    index: int
-    threads: int = 1
-    device: str = "cpu"
-    resume: bytes | None = None
-
-
-@dataclass(frozen=True)
-class TrialDone:
-    """A finished trial's outcome, the seconds it ran and the arithmetic it ran on
-    (:func:`fedll.device.arithmetic`), as its task returns them."""
-
-    outcome: TrialOutcome
-    wall_s: float
-    arithmetic: str | None = None
 
 
 def execute_task(
@@ -199,7 +165,8 @@ def execute_task(
     run_server_app(load_reference(SERVER_APP_FACTORY)(on_round, sweep_trial), grid, run_config)
     if not outcomes:
         raise RuntimeError(f"trial {trial.trial_id}: the ServerApp returned no outcome")
-    return TrialDone(outcomes[0], time.perf_counter() - started, arithmetic(sweep_trial.device))
+    ran = arithmetic(sweep_trial.device, scenario.training.precision, scenario.evaluation.precision)
+    return TrialDone(outcomes[0], time.perf_counter() - started, ran)
 
 
 def run_trial(
@@ -217,33 +184,6 @@ def run_trial(
     task = TrialTask(scenario, trial_index, threads, device=scenario.execution.device)
     done = execute_task(task, cohort, on_round)
     return keep_trial(run_dir, scenario, trial, done.outcome, done.wall_s, done.arithmetic)
-
-
-def keep_trial(
-    run_dir: Path,
-    scenario: Scenario,
-    trial: Trial,
-    outcome: TrialOutcome,
-    wall_s: float | None = None,
-    arithmetic: str | None = None,
-) -> Path:
-    """Write a finished trial's files, its kept model among them unless the scenario's
-    ``execution.keep_models`` is false (the driver alone does), and drop its checkpoint;
-    returns its results file. ``wall_s`` and ``arithmetic`` go to the seal."""
-    from fedll.models.saved import encode_model
-
-    fingerprint = trial_fingerprint(scenario, trial)
-    model = None
-    if scenario.execution.keep_models:
-        model = encode_model(
-            outcome.state, scenario.models[trial.model], scenario.slices, trial.trial_id,
-            fingerprint,
-        )  # fmt: skip
-    path = write_trial(
-        run_dir, outcome.results, fingerprint, model=model, wall_s=wall_s, arithmetic=arithmetic
-    )
-    drop_checkpoint(run_dir, trial.trial_id)
-    return path
 
 
 class ProgressLog:
@@ -505,7 +445,8 @@ def _tasks(
     """Each pending trial's task, with its latest checkpoint when it has a usable one."""
     tasks = []
     for trial in todo:
-        found = read_checkpoint(run_dir, trial.trial_id, prints[trial.trial_id])
+        rounds = len(trial_stream(scenario, trial))  # in process, every site joins
+        found = read_checkpoint(run_dir, trial.trial_id, prints[trial.trial_id], rounds)
         resume = None
         if found is not None:
             rnd, resume = found
@@ -533,9 +474,12 @@ def schedule(
 ) -> None:
     """Keep ``backend.limit`` of ``tasks`` running until all have finished; write each
     finished trial's files and each checkpoint (the driver alone writes the run directory),
-    and report every round event and finished trial (into ``summary`` and the callbacks)."""
+    and report every round event and finished trial (into ``summary`` and the callbacks). A
+    trial whose checkpoint turns out not to fit it (CheckpointError as it resumes) has the
+    checkpoint set aside and runs again from round 0."""
     queue = list(tasks)
-    running: dict[Any, Trial] = {}
+    running: dict[Any, tuple[Trial, TrialTask]] = {}
+    refused = f"{CheckpointError.__name__}: "
 
     def drain() -> None:
         events, checkpoints = backend.drain()
@@ -548,13 +492,18 @@ def schedule(
     while queue or running:
         while queue and len(running) < backend.limit:
             trial, task = queue.pop(0)
-            running[backend.submit(task, trial.trial_id)] = trial
+            running[backend.submit(task, trial.trial_id)] = (trial, task)
         ready = backend.wait(list(running))
         drain()
         for handle in ready:
-            trial = running.pop(handle)
+            trial, task = running.pop(handle)
             done = backend.result(handle)
             error = done if isinstance(done, str) else None
+            if error is not None and task.resume is not None and error.startswith(refused):
+                problem = error.removeprefix(refused).partition(": ")[2]  # less its source
+                set_aside_checkpoint(run_dir, trial.trial_id, problem)
+                queue.insert(0, (trial, replace(task, resume=None)))
+                continue
             if isinstance(done, TrialDone):
                 try:
                     keep_trial(run_dir, scenario, trial, done.outcome, done.wall_s, done.arithmetic)

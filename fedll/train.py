@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -46,14 +45,16 @@ class TrainResult:
     optimizer_state: dict[int, dict[str, torch.Tensor]] | None = None
 
 
-class TrainingHook(Protocol):
-    """What :func:`train_local` calls besides its own loss (see :mod:`fedll.continual`):
-    ``before_step`` sees the model's gradients (unscaled) after each backward pass, before
-    the optimiser steps (SCAFFOLD corrects them there: :mod:`fedll.scaffold`). ``modality``
-    and ``modalities`` are what the model is given (None unless it routes by modality), so
-    a hook that runs the model (LwF's teacher, EWC's Fisher) can give them too."""
+class TrainingHook:
+    """What :func:`train_local` calls besides its own loss; every call does nothing here, and
+    a hook overrides the ones it needs: the continual-learning methods
+    (:class:`fedll.continual.ContinualMethod`) and SCAFFOLD's correction
+    (:class:`fedll.scaffold.ControlVariates`). ``modality`` and ``modalities`` are what the
+    model is given (None unless it routes by modality), so a hook that runs the model (LwF's
+    teacher, EWC's Fisher) can give them too."""
 
-    def before_training(self, model: nn.Module) -> None: ...
+    def before_training(self, model: nn.Module) -> None:
+        """Called once with the received model, before the first step."""
 
     def extra_loss(
         self,
@@ -61,9 +62,14 @@ class TrainingHook(Protocol):
         x: torch.Tensor,
         logits: torch.Tensor,
         modality: torch.Tensor | None = None,
-    ) -> torch.Tensor | None: ...
+    ) -> torch.Tensor | None:
+        """A term added to the loss of the batch ``x`` (B, 1, H, W) with ``logits``
+        (None: nothing to add)."""
+        return None
 
-    def before_step(self, model: nn.Module) -> None: ...
+    def before_step(self, model: nn.Module) -> None:
+        """Called after every backward pass with the model's gradients (unscaled), before
+        the optimiser steps (SCAFFOLD corrects them here)."""
 
     def after_training(
         self,
@@ -71,7 +77,9 @@ class TrainingHook(Protocol):
         images: np.ndarray,
         masks: np.ndarray,
         modalities: np.ndarray | None = None,
-    ) -> None: ...
+    ) -> None:
+        """Called once with the trained model and the slices it trained on (and their
+        modality indices, as the model was given them)."""
 
 
 def make_optimizer(

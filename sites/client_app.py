@@ -19,7 +19,11 @@ metrics do. What a site keeps between its rounds lives in ``context.state``: the
 moments (when the scenario keeps them), the CL method's state (``continual``: an EWC Fisher, a
 replay buffer of case indices), with a FedBN-style strategy its own normalisation layers
 (``local-norm``), overlaid on every model it receives, SCAFFOLD's control variate
-(``scaffold-control``) and Ditto's personalised model (``ditto-personal``). A fault the
+(``scaffold-control``) and Ditto's personalised model (``ditto-personal``). A real SuperNode
+holds the context in memory, so a site read from its node config (or the run directory)
+also keeps that state on its own disk after every round it trains and reloads it when its
+context state is empty: its SuperNode restarted, or the trial resumed under a new Flower run
+(:mod:`fedll.site_state`). A fault the
 scenario injects (:mod:`fedll.faults`) is applied here: the site raises, or sends a corrupted
 update (a Byzantine one is taken against the global model as received, before the FedBN
 overlay).
@@ -41,10 +45,27 @@ from fedll.continual import ProximalTerm, build_method
 from fedll.data.arrays import CohortArrays, SiteArrays
 from fedll.data.site import Site, resolve_site
 from fedll.device import resolve_device
-from fedll.ditto import PERSONAL, SITE_PERSONAL, train_personal
+from fedll.ditto import train_personal
 from fedll.faults import InjectedFault, corrupt, raises
+from fedll.messages import (
+    ATTENTION,
+    CONFIG,
+    CONTINUAL_STATE,
+    CONTROL,
+    CONTROL_DELTA,
+    LOCAL_NORM_STATE,
+    META,
+    METRICS,
+    MODEL,
+    OPTIMIZER_STATE,
+    PERSONAL,
+    SITE_CONTROL,
+    SITE_PERSONAL,
+    WEIGHT,
+)
 from fedll.models import build_model, freeze_routing, parameter_groups
-from fedll.scaffold import CONTROL, CONTROL_DELTA, SITE_CONTROL, ControlVariates
+from fedll.scaffold import ControlVariates
+from fedll.site_state import SiteStateStore, site_state_dir
 from fedll.train import TrainingHook, TrainResult, slice_modalities, train_local
 from sites.privacy import clipping_mod
 
@@ -67,7 +88,7 @@ def make_client_app(cohort: CohortArrays | None = None, device: str | None = Non
         record = ConfigRecord(
             {"site": site.name, "modality": site.modality, "num-cases": len(site)}
         )
-        return Message(RecordDict({"meta": record}), reply_to=msg)
+        return Message(RecordDict({META: record}), reply_to=msg)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
@@ -94,19 +115,22 @@ def train_site(
     msg: Message, context: Context, site: Site | SiteArrays, device: torch.device
 ) -> Message:
     """Train the received model on ``device`` on the cases the server says arrived."""
-    instruction = TrainInstruction.from_config(dict(msg.content["config"]))
+    instruction = TrainInstruction.from_config(dict(msg.content[CONFIG]))
+    store = _store(context, site)
+    if store is not None and instruction.state_key is not None and not context.state:
+        _reload(store, instruction, context)
     if raises(instruction.fault, instruction.server_round, instruction.seed):
         raise InjectedFault(f"site {site.name}: injected failure, round {instruction.server_round}")
     torch.set_num_threads(max(1, instruction.threads))
     method = build_method(
         instruction.continual,
-        _numpy(context.state.get("continual", ArrayRecord())),
+        _numpy(context.state.get(CONTINUAL_STATE, ArrayRecord())),
         instruction.seed,
         instruction.server_round,
     )
     cases = site.cases(instruction.slices, method.select_cases(instruction.case_range()))
-    as_sent = _received_state(instruction, msg.content["arrays"])  # a Byzantine delta's base
-    model = _received_model(instruction, msg.content["arrays"], context).to(device)
+    as_sent = _received_state(instruction, msg.content[MODEL])  # a Byzantine delta's base
+    model = _received_model(instruction, msg.content[MODEL], context).to(device)
     # Ditto's personalised model is pulled toward the model as received
     received = (
         {k: v.detach().clone() for k, v in model.state_dict().items()} if instruction.ditto else {}
@@ -134,8 +158,8 @@ def train_site(
         masks,
         instruction.training,
         instruction.seed,
-        _unpack_optimizer(context.state["optimizer"])
-        if instruction.training.optimizer_state == "keep" and "optimizer" in context.state
+        _unpack_optimizer(context.state[OPTIMIZER_STATE])
+        if instruction.training.optimizer_state == "keep" and OPTIMIZER_STATE in context.state
         else None,
         hooks,
         modalities,
@@ -151,7 +175,35 @@ def train_site(
         extra[PERSONAL] = _train_personal(
             instruction, received, context, images, masks, device, modalities
         )
+    if store is not None and instruction.state_key is not None:
+        # before the reply: a site whose update the server has holds the state it came from
+        store.save(instruction.state_key, instruction.server_round, context.state)
     return _reply(msg, instruction, result, len(cases), state, as_sent, extra)
+
+
+def _store(context: Context, site: Site | SiteArrays) -> SiteStateStore | None:
+    """Where the site keeps its state on disk: a site of a sweep (in memory) keeps none."""
+    if not isinstance(site, Site):
+        return None
+    directory = site_state_dir(context.node_config, context.run_config, site.name)
+    return None if directory is None else SiteStateStore(directory, site.name)
+
+
+def _reload(store: SiteStateStore, instruction: TrainInstruction, context: Context) -> None:
+    """Put back the state the site kept before this round, when it has one for this run."""
+    assert instruction.state_key is not None
+    found = store.load(instruction.state_key, instruction.server_round)
+    if found is None:
+        return
+    kept_round, state = found
+    if not state:  # the site keeps nothing between rounds (no CL state, a fresh optimiser)
+        return
+    for name, record in state.items():
+        context.state[name] = record
+    logger.warning(
+        "site %s: state of round %d reloaded from %s (round %d)",
+        store.site, kept_round, store.path(instruction.state_key), instruction.server_round,
+    )  # fmt: skip
 
 
 def _train_personal(
@@ -210,8 +262,8 @@ def _received_model(
     spec = instruction.model
     model = build_model(spec.name, **spec.kwargs())
     model.load_state_dict(arrays.to_torch_state_dict())
-    if instruction.local_norm and "local-norm" in context.state:
-        model.load_state_dict(context.state["local-norm"].to_torch_state_dict(), strict=False)
+    if instruction.local_norm and LOCAL_NORM_STATE in context.state:
+        model.load_state_dict(context.state[LOCAL_NORM_STATE].to_torch_state_dict(), strict=False)
     return model
 
 
@@ -225,12 +277,12 @@ def _keep_site_state(
 ) -> None:
     """What the site keeps for its next round: optimiser moments, CL state, local norms."""
     if result.optimizer_state is not None:
-        context.state["optimizer"] = _pack_optimizer(result.optimizer_state)
+        context.state[OPTIMIZER_STATE] = _pack_optimizer(result.optimizer_state)
     if continual:
-        context.state["continual"] = ArrayRecord({k: Array(v) for k, v in continual.items()})
+        context.state[CONTINUAL_STATE] = ArrayRecord({k: Array(v) for k, v in continual.items()})
     if instruction.local_norm:
         norm_keys = [k for k, g in parameter_groups(model).items() if g == "norm"]
-        context.state["local-norm"] = ArrayRecord({k: Array(state[k]) for k in norm_keys})
+        context.state[LOCAL_NORM_STATE] = ArrayRecord({k: Array(state[k]) for k in norm_keys})
 
 
 def _reply(
@@ -248,7 +300,7 @@ def _reply(
     control-variate change, Ditto's personalised model)."""
     metrics = MetricRecord(
         {
-            "num-examples": result.samples,
+            WEIGHT: result.samples,
             "train-loss": result.loss,
             "steps": result.steps,
             "cases": cases,
@@ -259,9 +311,7 @@ def _reply(
     )
     send = instruction.fault.send if instruction.fault is not None else None
     sent = corrupt(state, send, received=received, seed=instruction.seed) if send else state
-    content = RecordDict(
-        {"arrays": _record(sent), **extra, "metrics": metrics, "attention": attention}
-    )
+    content = RecordDict({MODEL: _record(sent), **extra, METRICS: metrics, ATTENTION: attention})
     return Message(content, reply_to=msg)
 
 

@@ -21,9 +21,8 @@ from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
+from fedll.messages import MODEL
 from strategies.privacy import KEY_CLIPPING
-
-ARRAYS = "arrays"
 
 
 def clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -36,7 +35,7 @@ def clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable) -
     adaptive = configs[0].get(KEY_CLIPPING) == "adaptive"
     flower_mod = adaptiveclipping_mod if adaptive else fixedclipping_mod
     received = msg.content
-    model = received.array_records[ARRAYS]
+    model = received.array_records[MODEL]
     counters = [k for k, a in model.items() if not _floating(a.dtype)]
     if not counters:
         return flower_mod(msg, context, call_next)
@@ -45,18 +44,18 @@ def clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable) -
     def trained(inner: Message, inner_context: Context) -> Message:
         inner.content = received  # the site trains the whole model
         reply = call_next(inner, inner_context)
-        if not reply.has_error() and ARRAYS in reply.content.array_records:
-            kept[ARRAYS] = reply.content.array_records[ARRAYS]
-            reply.content[ARRAYS] = _without(kept[ARRAYS], counters)
+        if not reply.has_error() and MODEL in reply.content.array_records:
+            kept[MODEL] = reply.content.array_records[MODEL]
+            reply.content[MODEL] = _without(kept[MODEL], counters)
         return reply
 
-    msg.content = RecordDict({**dict(received.items()), ARRAYS: _without(model, counters)})
+    msg.content = RecordDict({**dict(received.items()), MODEL: _without(model, counters)})
     reply = flower_mod(msg, context, trained)
-    if reply.has_error() or ARRAYS not in kept:
+    if reply.has_error() or MODEL not in kept:
         return reply
-    clipped = reply.content.array_records[ARRAYS]
-    reply.content[ARRAYS] = ArrayRecord(
-        {k: kept[ARRAYS][k] if k in counters else clipped[k] for k in kept[ARRAYS]}
+    clipped = reply.content.array_records[MODEL]
+    reply.content[MODEL] = ArrayRecord(
+        {k: kept[MODEL][k] if k in counters else clipped[k] for k in kept[MODEL]}
     )
     return reply
 

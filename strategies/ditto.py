@@ -16,7 +16,7 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 
-from fedll.ditto import PERSONAL
+from fedll.messages import PERSONAL
 from strategies.aggregation import State, update_problem
 from strategies.fedavg import PreciseFedAvg
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ConfigRecord, Message
 
+from fedll.messages import ATTENTION
 from fedll.models.inspection import ModelLayout
 from strategies.aggregation import State, attention_masses, attention_weighted_average
 from strategies.fedavg import PreciseFedAvg
@@ -52,4 +53,4 @@ class DynamicAware(PreciseFedAvg):
 
     def _masses(self, reply: Message) -> dict[str, np.ndarray]:
         shapes = dict(self.layout.banks.values())
-        return attention_masses(reply.content.get("attention", ConfigRecord()), shapes)
+        return attention_masses(reply.content.get(ATTENTION, ConfigRecord()), shapes)

@@ -22,15 +22,15 @@ import torch
 from flwr.app import Array, ArrayRecord
 from flwr.serverapp import Grid
 
-from fedll.checkpoint import Checkpoint, Checkpointing
-from fedll.config.grid import Trial
-from fedll.config.instruction import TrainInstruction
+from fedll.checkpoint import Checkpoint, CheckpointError, Checkpointing, verify
+from fedll.config.grid import Trial, trial_fingerprint
+from fedll.config.instruction import StateKey, TrainInstruction
 from fedll.config.schema import Scenario
 from fedll.data.slices import CaseSlices
-from fedll.ditto import PERSONAL
 from fedll.errors import ConfigError
 from fedll.evaluation import evaluate_personal, evaluate_round
 from fedll.inprocess import InProcessGrid
+from fedll.messages import PERSONAL
 from fedll.models import ModelLayout, build_model
 from fedll.planning import plan_rounds, trial_stream
 from fedll.results import TrialOutcome, TrialResults
@@ -38,6 +38,7 @@ from strategies.handshake import discover_sites, match_sites
 from strategies.lifelong import Lifelong, declared
 from strategies.privacy import privacy_spent
 from strategies.registry import build_strategy
+from strategies.rounds import TimedGrid
 
 logger = logging.getLogger(__name__)
 
@@ -56,13 +57,24 @@ def run_federation(
     timeout: float = 3600.0,
 ) -> TrialOutcome:
     """Run one trial over ``grid``, the global model evaluated on ``device`` on each
-    modality's ``test`` cases after every round; returns its rows and final model."""
+    modality's ``test`` cases after every round; returns its rows and final model.
+
+    A round waits ``timeout`` seconds for its replies, or ``execution.round_timeout`` where
+    the scenario sets one (:mod:`strategies.rounds`). Every instruction carries the key the
+    sites' kept state is bound to (:mod:`fedll.site_state`): the trial, its fingerprint and
+    the federation, the id of the Flower run that started the trial (kept in checkpoints)."""
     device = device or torch.device("cpu")
     torch.set_num_threads(max(1, threads))
     infos = discover_sites(grid, expected=len(scenario.sites), timeout=min(timeout, 300.0))
     bound = match_sites(scenario, infos)
     stream = trial_stream(scenario, trial, [s.name for s in scenario.sites if s.name not in bound])
     spec = scenario.models[trial.model]
+    resume = checkpointing.resume if checkpointing is not None else None
+    state_key = StateKey(
+        trial=trial.trial_id,
+        fingerprint=trial_fingerprint(scenario, trial),
+        federation=resume.federation if resume and resume.federation else str(grid.run.run_id),
+    )
     torch.manual_seed(trial.seed)
     model = build_model(spec.name, **spec.kwargs())
     initial = ArrayRecord(model.state_dict())
@@ -77,6 +89,7 @@ def run_federation(
         seed=0,
         threads=threads,
         continual=trial.cl,
+        state_key=state_key,
     )
     plan = plan_rounds(
         stream,
@@ -98,11 +111,14 @@ def run_federation(
     results = TrialResults(trial=trial, stream=stream)
     snapshots = _snapshots(grid, checkpointing)
     done = 0
-    if checkpointing is not None and checkpointing.resume is not None:
-        done = _resume(checkpointing.resume, grid, strategy, results)
-        initial = ArrayRecord({k: Array(v) for k, v in checkpointing.resume.model.items()})
+    if checkpointing is not None and resume is not None:
+        fresh = {k: v.numpy() for k, v in initial.items()}
+        done = _resume(checkpointing, len(stream), fresh, grid, strategy, results)
+        initial = ArrayRecord({k: Array(v) for k, v in resume.model.items()})
         logger.info("resumed %s from round %d", trial.trial_id, done)
     strategy.round_offset = done
+    round_timeout = scenario.execution.round_timeout
+    strategy.round_timeout = round_timeout
     final: dict[str, np.ndarray] = {k: v.numpy() for k, v in initial.items()}
     # a scratch model for the personalised ones, where the rule sends them back (Ditto);
     # its initialisation leaves the RNG as it was (a resumed trial builds it later)
@@ -153,14 +169,15 @@ def run_federation(
         if snapshots and 0 < server_round < len(stream) and server_round % snapshots.every == 0:
             assert snapshots.save is not None
             snapshots.save(_checkpoint(snapshots, trial, server_round, final, strategy, grid,
-                                       results))  # fmt: skip
+                                       results, state_key.federation))  # fmt: skip
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedll-evaluation") as evaluations:
+        timed = round_timeout is not None and not isinstance(grid, InProcessGrid)
         strategy.start(
-            grid=grid,
+            grid=TimedGrid(grid, strategy.site_of) if timed else grid,
             initial_arrays=initial,
             num_rounds=len(stream) - done,
-            timeout=timeout,
+            timeout=timeout if round_timeout is None else round_timeout,
             evaluate_fn=evaluate,
         )
         for job in scoring:
@@ -183,10 +200,11 @@ def _personal_models(strategy: Lifelong) -> dict[str, dict[str, torch.Tensor]]:
 
 
 def _snapshots(grid: Grid, checkpointing: Checkpointing | None) -> Checkpointing | None:
-    """``checkpointing`` when checkpoints are asked for and ``grid`` can give its state."""
+    """``checkpointing`` when checkpoints are asked for and ``grid`` can give the sites'
+    state where they are to hold it."""
     if checkpointing is None or checkpointing.every <= 0 or checkpointing.save is None:
         return None
-    if not isinstance(grid, InProcessGrid):
+    if checkpointing.node_states and not isinstance(grid, InProcessGrid):
         logger.warning(
             "execution.checkpoint_every: the sites' state lives at the sites on this grid "
             "(%s); no mid-trial checkpoint is taken",
@@ -202,30 +220,64 @@ def _checkpoint(
     server_round: int,
     model: Mapping[str, np.ndarray],
     strategy: Lifelong,
-    grid: InProcessGrid,
+    grid: Grid,
     results: TrialResults,
+    federation: str,
 ) -> Checkpoint:
+    """The trial's state after ``server_round``; the sites' with ``node_states`` (an
+    in-process grid's), the server's alone otherwise (the sites keep theirs)."""
+    nodes, rng = {}, rng_states()
+    if checkpointing.node_states:
+        assert isinstance(grid, InProcessGrid), "checked by _snapshots"
+        nodes, rng = grid.node_states(), {**rng, "grid": grid.rng_state()}
     return Checkpoint(
         trial_id=trial.trial_id,
         fingerprint=checkpointing.fingerprint,
         round=server_round,
         model={k: np.array(v) for k, v in model.items()},
         strategy=strategy.checkpoint_state(),
-        nodes=grid.node_states(),
-        rng={**rng_states(), "grid": grid.rng_state()},
+        nodes=nodes,
+        rng=rng,
         results=results.snapshot(),
+        federation=federation,
     )
 
 
-def _resume(checkpoint: Checkpoint, grid: Grid, strategy: Lifelong, results: TrialResults) -> int:
-    """Put the trial back to where ``checkpoint`` left it; returns the rounds already run."""
-    if not isinstance(grid, InProcessGrid):
+def _resume(
+    checkpointing: Checkpointing,
+    rounds: int,
+    model: Mapping[str, np.ndarray],
+    grid: Grid,
+    strategy: Lifelong,
+    results: TrialResults,
+) -> int:
+    """Put the trial back to where ``checkpointing.resume`` left it, once it was found to
+    fit the trial (:func:`fedll.checkpoint.verify`: its ``rounds``, the state dict ``model``
+    of its fresh model, the grid's nodes; the strategy and the results take their state
+    before anything global is set); returns the rounds already run. Without
+    ``node_states`` the sites put back their own state. CheckpointError: it does not fit
+    (its driver sets it aside and runs the trial from round 0)."""
+    checkpoint = checkpointing.resume
+    assert checkpoint is not None
+    if checkpointing.node_states and not isinstance(grid, InProcessGrid):
         raise ConfigError("a checkpoint can only resume a trial on an in-process grid")
-    grid.restore_node_states(checkpoint.nodes)
-    grid.set_rng_state(checkpoint.rng["grid"])
+    source = f"checkpoint of {results.trial.trial_id}"
+    verify(
+        checkpoint, source, trial_id=results.trial.trial_id,
+        fingerprint=checkpointing.fingerprint, rounds=rounds, model=model,
+        nodes=grid.get_node_ids() if checkpointing.node_states else (),
+    )  # fmt: skip
+    try:
+        strategy.restore_state(checkpoint.strategy)
+        results.restore(checkpoint.results)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
+        reason = f"{type(error).__name__}: {error}"
+        raise CheckpointError(f"{source}: its state does not fit the trial ({reason})") from None
+    if checkpointing.node_states:
+        assert isinstance(grid, InProcessGrid)
+        grid.restore_node_states(checkpoint.nodes)
+        grid.set_rng_state(checkpoint.rng["grid"])
     set_rng_states(checkpoint.rng)
-    strategy.restore_state(checkpoint.strategy)
-    results.restore(checkpoint.results)
     return checkpoint.round
 
 

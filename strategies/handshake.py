@@ -17,6 +17,7 @@ from flwr.serverapp import Grid
 
 from fedll.config.schema import Scenario
 from fedll.errors import ConfigError
+from fedll.messages import META
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def discover_sites(grid: Grid, expected: int, timeout: float = 300.0) -> list[Si
             break
         time.sleep(0.5)
     messages = [
-        Message(RecordDict({"meta": ConfigRecord()}), message_type="query.meta", dst_node_id=n)
+        Message(RecordDict({META: ConfigRecord()}), message_type="query.meta", dst_node_id=n)
         for n in node_ids
     ]
     infos = []
@@ -60,7 +61,7 @@ def discover_sites(grid: Grid, expected: int, timeout: float = 300.0) -> list[Si
         if reply.has_error():
             logger.error("node %d could not describe itself: %s", node, reply.error.reason)
             continue
-        meta = reply.content["meta"]
+        meta = reply.content[META]
         infos.append(
             SiteInfo(node, str(meta["site"]), str(meta["modality"]), int(meta["num-cases"]))
         )

@@ -49,6 +49,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedll.config.instruction import TrainInstruction
+from fedll.messages import CONFIG, MODEL, WEIGHT
 from fedll.models.inspection import ModelLayout
 from strategies.aggregation import State, update_problem, weighted_average
 from strategies.replies import Triage, Update, triage
@@ -60,9 +61,6 @@ Plan = Mapping[int, Mapping[int, TrainInstruction]]
 
 VARIANCE = "running_var"
 """The name ending of BatchNorm's running variance (kept >= 0 by :func:`conform`)."""
-ARRAYS = "arrays"
-CONFIG = "config"
-WEIGHT = "num-examples"
 
 
 class Arrivals:
@@ -136,6 +134,9 @@ class Lifelong(Strategy):
         # rounds already run before Flower's start() loop began (a trial resumed from a
         # checkpoint): Flower's round r is the stream's round r + round_offset
         self.round_offset = 0
+        # execution.round_timeout: a train message lives that long (its TTL), so the SuperLink
+        # refuses a reply that comes later; None: Flower's default TTL
+        self.round_timeout: float | None = None
 
     # -- the strategy's state, for checkpoints ------------------------------------------
 
@@ -178,10 +179,13 @@ class Lifelong(Strategy):
                 {**instruction.to_config(), **dict(content[CONFIG]), "server-round": server_round}
             )
             # the sites get the model as it is (the rule saw its counters as floats)
-            records = {**dict(content.items()), ARRAYS: arrays, CONFIG: node_config}
+            records = {**dict(content.items()), MODEL: arrays, CONFIG: node_config}
             self.sent.append(
                 Message(
-                    content=RecordDict(records), message_type=MessageType.TRAIN, dst_node_id=node_id
+                    content=RecordDict(records),
+                    message_type=MessageType.TRAIN,
+                    dst_node_id=node_id,
+                    ttl=self.round_timeout,
                 )
             )
         return self.sent  # the grid gives each its message id when it pushes it
@@ -191,11 +195,14 @@ class Lifelong(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         server_round += self.round_offset
         sent = {m.metadata.message_id: m.metadata.dst_node_id for m in self.sent}
-        allowed = {ARRAYS, *declared(self.rule, "reply_arrays", ())}
+        allowed = {MODEL, *declared(self.rule, "reply_arrays", ())}
         outcome = triage(replies, sent, self.site_of, WEIGHT, self.problem, allowed)
-        self._record(server_round, outcome)
+        # a DP rule over a fixed n releases even when no update arrived (else the round's
+        # silence would tell that none did); it was configured this round
+        releases = bool(self.sent) and declared(self.rule, "releases_without_updates", False)
+        self._record(server_round, outcome, releases)
         self.accepted = outcome.accepted
-        if not outcome.accepted:
+        if not outcome.accepted and not releases:
             return None, None
         arrays, metrics = self.rule.aggregate_train(
             server_round, [_forwarded(u.reply, allowed) for u in outcome.accepted]
@@ -248,8 +255,9 @@ class Lifelong(Strategy):
         check = declared(self.rule, "problem", None)
         return None if check is None else check(reply, state, samples)
 
-    def _record(self, server_round: int, outcome: Triage) -> None:
-        """Keep the round's failed and rejected sites (for the results) and log them."""
+    def _record(self, server_round: int, outcome: Triage, releases: bool = False) -> None:
+        """Keep the round's failed and rejected sites (for the results) and log them
+        (``releases``: the rule aggregates even a round without a usable update)."""
         self.failures[server_round] = [site for site, _ in outcome.failed]
         self.rejected[server_round] = [site for site, _ in outcome.rejected]
         for site, reason in outcome.failed:
@@ -258,10 +266,11 @@ class Lifelong(Strategy):
             logger.warning("round %d: update of site %s rejected: %s", server_round, site, reason)
         if not outcome.accepted and (outcome.failed or outcome.rejected):
             logger.warning(
-                "round %d: no usable update (%d failed, %d rejected); the global model is kept",
+                "round %d: no usable update (%d failed, %d rejected); %s",
                 server_round,
                 len(outcome.failed),
                 len(outcome.rejected),
+                "the rule releases without one" if releases else "the global model is kept",
             )
 
     # -- no federated evaluation: the ServerApp evaluates the global model itself --------
@@ -290,7 +299,7 @@ def _forwarded(reply: Message, arrays: set[str]) -> Message:
     integer counters as floats: :func:`floating`), the MetricRecord and the ConfigRecords
     (Flower's contract: one ArrayRecord, one MetricRecord)."""
     content = reply.content
-    model = ARRAYS if ARRAYS in content.array_records else next(iter(content.array_records))
+    model = MODEL if MODEL in content.array_records else next(iter(content.array_records))
     kept = {
         name: floating(record) if name == model else record
         for name, record in content.items()
@@ -319,10 +328,11 @@ def conform(
     merged: Mapping[str, np.ndarray], current: State, updates: Sequence[State]
 ) -> tuple[dict[str, np.ndarray], str | None]:
     """A rule's aggregate made a model state like ``current``: integer tensors (counters)
-    take the largest value of the ``updates`` (a rule would average them), every tensor the
-    dtype of ``current``, a running variance no value below 0 (noise, DP's included, can push
-    one there; BatchNorm would divide by the root of it). Returns the state and None, or why
-    it cannot be one (a name missing or extra, a shape changed, a value not finite)."""
+    take the largest value of the ``updates`` (a rule would average them; without any, a DP
+    release of noise alone, they stay as in ``current``), every tensor the dtype of
+    ``current``, a running variance no value below 0 (noise, DP's included, can push one
+    there; BatchNorm would divide by the root of it). Returns the state and None, or why it
+    cannot be one (a name missing or extra, a shape changed, a value not finite)."""
     out: dict[str, np.ndarray] = {}
     for name, ref in current.items():
         ref = np.asarray(ref)
@@ -332,6 +342,8 @@ def conform(
             out[name] = np.asarray(merged[name], dtype=ref.dtype)
             if name.endswith(VARIANCE) and np.all(np.isfinite(out[name])):
                 out[name] = np.maximum(out[name], 0)
+        elif not updates:  # a release without updates (DP over a fixed n): counters stay
+            out[name] = ref.copy()
         else:
             stacked = np.stack([np.asarray(u[name]) for u in updates])
             out[name] = np.asarray(stacked.max(axis=0), dtype=ref.dtype)

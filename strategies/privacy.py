@@ -7,12 +7,19 @@ Gaussian noise of std ``z * C / n`` (McMahan et al. 2018, "Learning differential
 recurrent language models"; adaptive clipping: Andrew et al. 2021). What a lifelong stream
 changes, in :class:`StreamPrivacy` (each wrapper here is Flower's with it mixed in):
 
-- **n varies per round.** Flower's wrapper takes ``num_sampled_clients`` once; in a stream
-  the arriving sites change from round to round. ``n`` is set at every round to the sites
-  the rule is shown (the round's arrivals), and at aggregation to the updates that reach
-  the rule (a site that failed or was rejected is not averaged): the noise is then
-  calibrated to the mean actually released, whose sensitivity is ``C / n``. A fixed ``n``
-  (the planned maximum) would under-noise every smaller round.
+- **n per round, fixed by the plan.** Flower's wrapper takes ``num_sampled_clients`` once;
+  in a stream the planned sites change from round to round. ``n`` is set at every round to
+  the sites the rule is shown (the round's planned arrivals, fixed before the trial starts).
+  With fixed clipping over a mean (``public_n``) it stays that public ``n`` whatever arrives,
+  as in McMahan et al. 2018: the release is the clipped updates' *sum* over ``n`` plus noise
+  of std ``z * C / n``, an update that failed or was rejected counting as zero, and a round
+  whose every update is lost still releases (the model plus noise). The sum changes by at
+  most ``C`` when one site's whole update is added or removed, so the release is the
+  Gaussian mechanism of multiplier ``z`` under add/remove adjacency, and how many updates
+  arrived is not revealed. (Dividing by the updates that arrived, as fedll did before,
+  reveals that count, and adding or removing a site then moves the mean by up to ``2C / n``.)
+  Adaptive clipping and rules that are not a mean keep ``n`` to the updates that reach the
+  rule; no ε is stated for them.
 - **Uniform weights.** ``C / n`` bounds the sensitivity of the *unweighted* mean of
   ``n`` clipped updates only, and Flower's accountant refuses unequal weights: with DP every
   update weighs 1 (its ``num-examples`` is set to 1 for the rule).
@@ -28,11 +35,16 @@ changes, in :class:`StreamPrivacy` (each wrapper here is Flower's with it mixed 
 
 **Accounting** (:func:`accountant_for`): fixed clipping with ``z > 0`` over a rule that
 aggregates with Flower's ``FedAvg.aggregate_train`` (``fedavg``, ``fedbn``, ``fedprox``) gets
-Flower's RDP accountant: every release is a Gaussian mechanism of multiplier ``z``, composed
-without sampling amplification (``no-amplification``, which Flower's fixed wrappers require:
-the arrivals follow a plan, not a random sample), over the population of the federation's
-sites, at the option's ``delta``. Other rules (a median or Krum is not a mean: ``C / n`` is not
-its sensitivity) and adaptive clipping (Flower gives no accountant for it) have no ε.
+Flower's RDP accountant: every release is a Gaussian mechanism of multiplier ``z`` under
+add/remove of one site's whole update (site-level DP, the round's ``n`` fixed by the plan),
+composed without sampling amplification (``no-amplification``, which Flower's fixed wrappers
+require: every planned site is asked each round, the arrivals follow a plan, not a random
+sample), over the population of the federation's sites, at the option's ``delta``. The
+trial's ε composes all its releases: the ε of a site that trains in every round. A site that
+trains in ``k`` rounds took part in ``k`` releases only, and its own ε is that of ``k``
+(:func:`fedll.report.epsilon.site_privacy`). Other rules (a median or Krum is not a mean:
+``C / n`` is not its sensitivity) and adaptive clipping (Flower gives no accountant for it)
+have no ε.
 """
 
 from __future__ import annotations
@@ -74,7 +86,9 @@ Flower's client-side wrappers set ``clipping_norm`` for either."""
 class StreamPrivacy:
     """What a lifelong stream changes in a Flower DP wrapper (see the module's docstring);
     mixed in before the wrapper. ``counters``: the model's integer counters (by name);
-    ``seed``: the trial's, for the noise; ``clipping``: ``fixed`` or ``adaptive``."""
+    ``seed``: the trial's, for the noise; ``clipping``: ``fixed`` or ``adaptive``;
+    ``public_n``: the round's ``n`` stays the planned one whatever arrives (fixed clipping
+    over a mean: the mechanism the accountant's ε holds for)."""
 
     state_numbers = ("clipping_norm",)  # adaptive clipping learns it; checkpoints keep it
 
@@ -84,12 +98,16 @@ class StreamPrivacy:
         counters: Iterable[str] = (),
         seed: int = 0,
         clipping: str = "fixed",
+        public_n: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.counters = frozenset(counters)
         self.seed = seed
         self.clipping = clipping
+        self.public_n = public_n
+        # the lifelong layer hands the rule a round whose every update was lost
+        self.releases_without_updates = public_n
         self.global_counters: dict[str, np.ndarray] = {}
 
     def configure_train(
@@ -97,6 +115,8 @@ class StreamPrivacy:
     ) -> Iterable[Message]:
         self.num_sampled_clients = max(1, len(grid.get_node_ids()))
         self.global_counters = {k: arrays[k].numpy() for k in self.counters if k in arrays}
+        if self.public_n:  # the model an update is measured from (the server side keeps it too)
+            self.current_arrays = arrays
         config[KEY_CLIPPING] = self.clipping
         return super().configure_train(server_round, arrays, config, grid)  # type: ignore[misc]
 
@@ -104,10 +124,46 @@ class StreamPrivacy:
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = [self._prepared(reply) for reply in replies]
-        if replies:
+        planned = self.num_sampled_clients
+        if self.public_n and not replies:
+            return self._noise_alone(server_round), None
+        if replies:  # Flower's wrapper averages what arrived, its noise at std z * C / arrived
             self.num_sampled_clients = len(replies)
+        try:
+            with seeded_numpy(self.seed, server_round):
+                arrays, metrics = super().aggregate_train(server_round, replies)  # type: ignore[misc]
+        finally:
+            if self.public_n:
+                self.num_sampled_clients = planned
+        if self.public_n and arrays is not None and len(replies) < planned:
+            arrays = self._over_planned(arrays, len(replies) / planned)
+        return arrays, metrics
+
+    def _over_planned(self, aggregate: ArrayRecord, share: float) -> ArrayRecord:
+        """Flower's release over the ``m`` updates that arrived, ``w + S / m + N(0, (zC/m)^2)``,
+        as the release over the ``n`` planned: ``w + S / n + N(0, (zC/n)^2)`` (``share`` =
+        m / n; the update and its noise scaled alike), a missing update counting as zero."""
+        current = self.current_arrays
+        scaled = {}
+        for key, array in aggregate.items():
+            value, base = array.numpy(), current[key].numpy()
+            scaled[key] = Array(np.asarray(base + (value - base) * share, dtype=value.dtype))
+        return ArrayRecord(scaled)
+
+    def _noise_alone(self, server_round: int) -> ArrayRecord:
+        """The release of a round whose every update was lost: the model plus the noise of
+        ``n`` planned updates (a sum of zero updates), composed like any release."""
+        logger.warning(
+            "round %d: no update reached the DP rule; it releases the model plus noise "
+            "(n = %d planned)",
+            server_round,
+            self.num_sampled_clients,
+        )
+        event = self._pop_pending_event(server_round)  # type: ignore[attr-defined]
         with seeded_numpy(self.seed, server_round):
-            return super().aggregate_train(server_round, replies)  # type: ignore[misc]
+            released = self._add_noise_to_aggregated_arrays(self.current_arrays)  # type: ignore[attr-defined]
+        self._compose_release(event)  # type: ignore[attr-defined]
+        return released
 
     def _prepared(self, reply: Message) -> Message:
         """``reply`` with weight 1 and the global model's counters (update 0)."""
@@ -153,12 +209,17 @@ WRAPPERS: Mapping[tuple[str, str], type[Strategy]] = {
 """(side, clipping) -> the wrapper."""
 
 
+def is_mean(rule: Strategy) -> bool:
+    """Whether ``rule`` aggregates with Flower's ``FedAvg.aggregate_train``: under DP (every
+    weight 1) the mean whose sum has sensitivity ``C``, as Flower's accountant requires."""
+    return isinstance(rule, FedAvg) and type(rule).aggregate_train is FedAvg.aggregate_train
+
+
 def accountant_for(options: DPOptions, rule: Strategy, population: int) -> RdpAccountant | None:
     """Flower's RDP accountant for ``rule`` under ``options``, or None where ε cannot be
-    stated: adaptive clipping, no noise, or a rule that does not aggregate with Flower's
-    ``FedAvg.aggregate_train`` (the unweighted mean whose sensitivity is ``C / n``)."""
-    mean = isinstance(rule, FedAvg) and type(rule).aggregate_train is FedAvg.aggregate_train
-    if options.clipping != "fixed" or options.noise_multiplier <= 0 or not mean:
+    stated: adaptive clipping, no noise, or a rule that is not a mean (:func:`is_mean`).
+    Add/remove of one site's whole update, no sampling amplification (module docstring)."""
+    if options.clipping != "fixed" or options.noise_multiplier <= 0 or not is_mean(rule):
         return None
     return RdpAccountant(
         PrivacyConfig(
@@ -180,7 +241,9 @@ def private_rule(
     """``rule`` in the DP wrapper ``options`` name; ``population``: the federation's sites
     (Flower's first ``num_sampled_clients``, and the accountant's population)."""
     wrapper = WRAPPERS[options.side, options.clipping]
-    common = {"counters": counters, "seed": seed, "clipping": options.clipping}
+    public_n = options.clipping == "fixed" and is_mean(rule)
+    common = {"counters": counters, "seed": seed, "clipping": options.clipping,
+              "public_n": public_n}  # fmt: skip
     if options.clipping == "fixed":
         assert options.clipping_norm is not None  # DPOptions requires it
         accountant = accountant_for(options, rule, population)

@@ -22,11 +22,12 @@ from fedll.config.options import (
     flower_kwargs,
     flower_rule,
 )
+from fedll.messages import CONFIG, MODEL, WEIGHT
 from fedll.models.inspection import ModelLayout
 from strategies.ditto import Ditto
 from strategies.dynamic_aware import DynamicAware
 from strategies.fedavg import PreciseFedAvg
-from strategies.lifelong import ARRAYS, CONFIG, WEIGHT, Lifelong, Plan
+from strategies.lifelong import Lifelong, Plan
 from strategies.privacy import private_rule
 from strategies.scaffold import Scaffold
 
@@ -37,7 +38,7 @@ RULE_DEFAULTS: Mapping[str, Any] = {
     "min_evaluate_nodes": 0,
     "min_available_nodes": 0,
     "weighted_by_key": WEIGHT,
-    "arrayrecord_key": ARRAYS,
+    "arrayrecord_key": MODEL,
     "configrecord_key": CONFIG,
 }
 """What the lifelong layer sets in every rule it wraps (who trains, the record keys)."""

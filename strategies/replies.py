@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from flwr.app import Message
 
+from fedll.messages import MODEL
 from strategies.aggregation import State
 
 
@@ -41,9 +42,6 @@ class Triage:
     failed: list[tuple[str, str]] = field(default_factory=list)
     rejected: list[tuple[str, str]] = field(default_factory=list)
 
-
-MODEL = "arrays"
-"""The ArrayRecord that holds the model when a reply carries more than one."""
 
 Problem = Callable[[Message, State, float], "str | None"]
 

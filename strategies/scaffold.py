@@ -26,7 +26,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 
-from fedll.scaffold import CONTROL, CONTROL_DELTA
+from fedll.messages import CONTROL, CONTROL_DELTA
 from strategies.aggregation import State, update_problem
 from strategies.fedavg import PreciseFedAvg
 

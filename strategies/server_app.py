@@ -13,6 +13,14 @@ The cohort split is read from ``RUN_DIR/cohort.json`` when a sweep prepared it, 
 otherwise (on the coordinator: in deployment, the held-out test sets live there). The resolved
 scenario is kept as ``RUN_DIR/scenario.yaml``, as ``fedll run`` keeps it, and the trial's final
 model as ``RUN_DIR/models/<trial id>.safetensors`` (:mod:`fedll.models.saved`).
+
+Under ``flwr run`` a federated trial is checkpointed after every round but the last, into
+``RUN_DIR/checkpoints/<trial id>.ckpt`` (the server's side: model, strategy state, RNG states,
+results; the sites keep theirs, :mod:`fedll.site_state`): the same ``flwr run`` again, after a
+crash of the ServerApp or the SuperLink, resumes the trial at the round after its checkpoint
+and gives the results of an uninterrupted run. A checkpoint of other settings, or one that
+does not fit the trial (:func:`fedll.checkpoint.verify`), is set aside and the trial runs
+from round 0.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedll.checkpoint import Checkpointing
+from fedll.checkpoint import Checkpoint, CheckpointError, Checkpointing, decode, encode
 from fedll.config import Scenario, Trial, dump_scenario, expand_trials, load_scenario
 from fedll.config.grid import trial_fingerprint
 from fedll.data.arrays import CohortArrays
@@ -34,11 +42,19 @@ from fedll.data.prepare import cohort_for
 from fedll.device import arithmetic, deterministic, resolve_device
 from fedll.errors import ConfigError
 from fedll.joint import run_joint
+from fedll.lock import hold_run_dir
 from fedll.report.build import build_report
 from fedll.results import TrialOutcome
-from fedll.store import collect
-from fedll.sweep import SweepTrial, keep_trial
+from fedll.store import (
+    checkpoint_path,
+    collect,
+    read_checkpoint,
+    set_aside_checkpoint,
+    write_checkpoint,
+)
+from fedll.trial_task import SweepTrial, keep_trial
 from strategies.federation import RoundCallback, run_federation
+from strategies.flower_log import without_false_lines
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +108,27 @@ def execute_trial(
         )
 
 
+def round_checkpoints(run_dir: Path, scenario: Scenario, trial: Trial) -> Checkpointing:
+    """Checkpoints of ``trial`` after every round in ``RUN_DIR/checkpoints`` (the server's
+    side only: the sites keep their own state), resuming from the one kept there when it was
+    taken with these settings."""
+    fingerprint = trial_fingerprint(scenario, trial)
+    found = read_checkpoint(run_dir, trial.trial_id, fingerprint)  # damaged: set aside
+    resume = None
+    if found is not None:
+        resume = decode(found[1], str(checkpoint_path(run_dir, trial.trial_id)))
+        logger.warning(
+            "trial %s resumes after round %d from %s",
+            trial.trial_id, resume.round, checkpoint_path(run_dir, trial.trial_id),
+        )  # fmt: skip
+
+    def save(checkpoint: Checkpoint) -> None:
+        path = write_checkpoint(run_dir, trial.trial_id, encode(checkpoint))
+        logger.info("checkpoint of %s after round %d: %s", trial.trial_id, checkpoint.round, path)
+
+    return Checkpointing(1, fingerprint, save, resume, node_states=False)
+
+
 def make_server_app(
     on_round: RoundCallback | None = None, sweep_trial: SweepTrial | None = None
 ) -> ServerApp:
@@ -102,6 +139,7 @@ def make_server_app(
     app = ServerApp()
 
     @app.main()
+    @without_false_lines
     def main(grid: Grid, context: Context) -> None:
         if sweep_trial is not None:
             s = sweep_trial
@@ -112,24 +150,49 @@ def make_server_app(
             s.finished(outcome)
             return
         scenario, trial, run_dir = trial_from_run_config(context.run_config)
-        cohort = CohortArrays.load(cohort_for(run_dir, scenario))
-        if not (resolved := run_dir / "scenario.yaml").exists():
-            resolved.write_text(dump_scenario(scenario))
-        threads = int(context.run_config.get("threads", 1))
-        device = resolve_device(str(context.run_config.get("device", scenario.execution.device)))
-        start = time.perf_counter()
-        outcome = execute_trial(grid, scenario, trial, cohort, device, threads, on_round)
-        wall_s = time.perf_counter() - start
-        path = keep_trial(run_dir, scenario, trial, outcome, wall_s, arithmetic(device))
-        logger.info("trial %s written to %s", trial.trial_id, path)
-        if context.run_config.get("collect", True):
-            fingerprints = {
-                t.trial_id: trial_fingerprint(scenario, t) for t in expand_trials(scenario)
-            }
-            collect(run_dir, fingerprints)
-            build_report(run_dir)
+        # one process at a time in a run directory (fedll run and report hold it too)
+        with hold_run_dir(run_dir, f"the ServerApp of trial {trial.trial_id}"):
+            run_configured(grid, context.run_config, scenario, trial, run_dir, on_round)
 
     return app
+
+
+def run_configured(
+    grid: Grid,
+    run_config: Mapping[str, object],
+    scenario: Scenario,
+    trial: Trial,
+    run_dir: Path,
+    on_round: RoundCallback | None = None,
+) -> None:
+    """Under ``flwr run``: run ``trial`` and write its files into ``run_dir``, then (with the
+    run config's ``collect``) the run's results and report."""
+    cohort = CohortArrays.load(cohort_for(run_dir, scenario))
+    if not (resolved := run_dir / "scenario.yaml").exists():
+        resolved.write_text(dump_scenario(scenario))
+    threads = int(str(run_config.get("threads", 1)))
+    device = resolve_device(str(run_config.get("device", scenario.execution.device)))
+    start = time.perf_counter()
+    checkpointing = round_checkpoints(run_dir, scenario, trial)
+    try:
+        outcome = execute_trial(
+            grid, scenario, trial, cohort, device, threads, on_round, checkpointing
+        )
+    except CheckpointError as refused:  # it does not fit the trial: set aside, run from round 0
+        source = str(checkpoint_path(run_dir, trial.trial_id))
+        set_aside_checkpoint(run_dir, trial.trial_id, str(refused).partition(": ")[2] or source)
+        outcome = execute_trial(
+            grid, scenario, trial, cohort, device, threads, on_round,
+            round_checkpoints(run_dir, scenario, trial),
+        )  # fmt: skip
+    wall_s = time.perf_counter() - start
+    ran = arithmetic(device, scenario.training.precision, scenario.evaluation.precision)
+    path = keep_trial(run_dir, scenario, trial, outcome, wall_s, ran)
+    logger.info("trial %s written to %s", trial.trial_id, path)
+    if run_config.get("collect", True):
+        fingerprints = {t.trial_id: trial_fingerprint(scenario, t) for t in expand_trials(scenario)}
+        collect(run_dir, fingerprints)
+        build_report(run_dir)
 
 
 app = make_server_app()

@@ -1,8 +1,14 @@
 """Mid-trial checkpoints: the file format, and a trial resumed from one gives the results of
 the uninterrupted trial, with every kind of state a trial keeps (server momentum, optimiser
-moments, an EWC Fisher, a replay buffer, FedBN's local norms)."""
+moments, an EWC Fisher, a replay buffer, FedBN's local norms); a checkpoint that does not fit
+its trial is set aside and the trial runs from round 0."""
 
 from __future__ import annotations
+
+import io
+import logging
+import random
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -10,12 +16,14 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from fedll.checkpoint import Checkpoint, decode, encode
-from fedll.config import expand_trials, load_scenario
+from fedll.checkpoint import Checkpoint, CheckpointError, decode, encode, verify
+from fedll.config import dump_scenario, expand_trials, load_scenario
 from fedll.data.arrays import CohortArrays
 from fedll.data.prepare import prepare_cohort
 from fedll.errors import DataError
-from fedll.sweep import TrialTask, execute_task
+from fedll.store import checkpoint_path, write_checkpoint
+from fedll.sweep import SweepOptions, execute_task, run_sweep
+from fedll.trial_task import TrialTask
 
 
 def test_a_checkpoint_round_trips_exactly():
@@ -176,3 +184,177 @@ def test_scaffold_and_ditto_resume_with_every_control_variate_and_personal_score
         pd.testing.assert_frame_equal(frame, full, check_exact=True)
         for key, value in done.outcome.state.items():
             assert np.array_equal(again.outcome.state[key], value), (trial.trial_id, key)
+
+
+# ---------------------------------------------------------------- a checkpoint that does not fit
+
+
+def npz_with(data: bytes, name: str, value: np.ndarray) -> bytes:
+    """The checkpoint's ``.npz`` bytes with the array ``name`` replaced by ``value``."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        arrays = {key: npz[key] for key in npz.files}
+    arrays[name] = value
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def test_a_node_state_that_does_not_decode_is_one_line():
+    checkpoint = Checkpoint("t", "fp", 1, {}, {}, {7: RecordDict()}, {}, {})
+    data = npz_with(encode(checkpoint), "nodes/7", np.frombuffer(b"\xff\xff\xff", np.uint8))
+    with pytest.raises(DataError, match=r"^x.ckpt: .*the state of node 7 does not decode"):
+        decode(data, "x.ckpt")
+
+
+def fitting() -> Checkpoint:
+    """A checkpoint of trial ``t`` after round 2 of 4 that :func:`verify` takes."""
+    from strategies.federation import rng_states
+
+    rows = [
+        {"trial": "t", "round": rnd, "modality": "t2", "case": "p", "dice": 0.5, "hd95": np.nan}
+        for rnd in (0, 1, 2)
+    ]
+    return Checkpoint(
+        trial_id="t",
+        fingerprint="fp",
+        round=2,
+        model={"w": np.ones((2, 3), np.float32), "n": np.array(4, np.int64)},
+        strategy={"failures": {"1": ["a"]}, "rejected": {}, "rule": [{"v": np.zeros(3)}]},
+        nodes={11: RecordDict({"o": ArrayRecord({"m": Array(np.zeros(2, np.float32))})})},
+        rng={**rng_states(), "grid": [3, list(random.Random(0).getstate()[1]), None]},
+        results={"rows": rows, "attention_rows": [], "failures": {}, "rejected": {"2": ["b"]}},
+    )
+
+
+def fit(checkpoint: Checkpoint) -> Checkpoint:
+    return verify(
+        checkpoint, "c.ckpt", trial_id="t", fingerprint="fp", rounds=4,
+        model={"w": np.zeros((2, 3), np.float32), "n": np.array(0, np.int64)}, nodes={11, 12},
+    )  # fmt: skip
+
+
+def with_model(**arrays):
+    return lambda c: replace(c, model={**c.model, **arrays})
+
+
+def without(name):
+    return lambda c: replace(c, model={k: v for k, v in c.model.items() if k != name})
+
+
+def with_rng(**states):
+    return lambda c: replace(c, rng={**c.rng, **states})
+
+
+def with_results(**parts):
+    return lambda c: replace(c, results={**c.results, **parts})
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: replace(c, round=99), "after round 99, not one of the trial's rounds 1..3"),
+        (lambda c: replace(c, round=0), "taken after round 0"),
+        (lambda c: replace(c, round=4), "taken after round 4"),
+        (lambda c: replace(c, trial_id="u"), "taken for trial 'u', not 't'"),
+        (lambda c: replace(c, fingerprint="other"), "taken for other settings"),
+        (without("n"), "its model lacks 'n'"),
+        (with_model(extra=np.zeros(1)), "its model has 'extra', which the trial's model does not"),
+        (with_model(w=np.ones((3, 2), np.float32)), "'w' is float32[3, 2], the trial's model has"),
+        (with_model(w=np.ones((2, 3), np.float64)), "'w' is float64[2, 3]"),
+        (with_model(w=np.full((2, 3), np.nan, np.float32)), "model/w holds a value that is not"),
+        (with_model(w=np.full((2, 3), np.inf, np.float32)), "not finite"),
+        (lambda c: replace(c, strategy={"rule": [{"v": np.array([0.0, np.nan])}]}),
+         "strategy/rule/0/v holds a value that is not finite"),
+        (lambda c: replace(c, strategy=[1, 2]), "its strategy state is not a mapping"),
+        (lambda c: replace(c, nodes={13: RecordDict()}), "node 13, which this trial's grid lacks"),
+        (with_rng(torch=np.zeros(3, np.uint8)), "its RNG states are damaged"),
+        (with_rng(python=[3, [1, 2], None]), "its RNG states are damaged"),
+        (with_rng(grid="x"), "its RNG states are damaged"),
+        (with_results(rows=[]), "its results so far lack round 0 (it was taken after 2)"),
+        (with_results(rows=[{"trial": "t", "round": 3}]), "do not fit round 2 (rows of round 3)"),
+        (with_results(rows=[{"trial": "u", "round": 0}]), "rows of trial 'u'"),
+        (with_results(failures={"7": ["a"]}), "do not fit round 2 (events of round 7)"),
+        (with_results(rows=None), "its results so far do not fit round 2"),
+    ],
+)  # fmt: skip
+def test_verify_refuses_a_checkpoint_that_does_not_fit_its_trial(change, message):
+    assert fit(fitting()).round == 2
+    with pytest.raises(CheckpointError) as info:
+        fit(change(fitting()))
+    assert str(info.value).startswith("c.ckpt: ") and message in str(info.value), info.value
+
+
+QUICK = {"models": {"dycnn": None}, "execution": {"checkpoint_every": 1}}
+"""One trial (the static U-Net, FedAvg, four rounds), a checkpoint after each round."""
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory, make_scenario):
+    """The quick scenario, its trial's files from an uninterrupted sweep, and the trial's
+    checkpoint after round 2."""
+    root = tmp_path_factory.mktemp("quick")
+    scenario = load_scenario(make_scenario(root / "s.yaml", QUICK))
+    (trial,) = expand_trials(scenario)
+    threads = torch.get_num_threads()
+    whole = root / "whole"
+    whole.mkdir()
+    (whole / "scenario.yaml").write_text(dump_scenario(scenario))
+    assert run_sweep(whole, SweepOptions(backend="local")).done == [trial.trial_id]
+    files = {p.name: p.read_bytes() for p in (whole / "trials").glob("*.csv")}
+    kept: list[tuple[int, bytes]] = []
+    cohort = CohortArrays.load(prepare_cohort(scenario))
+    execute_task(TrialTask(scenario, 0), cohort, on_checkpoint=lambda r, b: kept.append((r, b)))
+    torch.set_num_threads(threads)
+    assert [r for r, _ in kept] == [1, 2, 3]
+    return scenario, trial, files, kept[1][1]
+
+
+def garbage_node(data: bytes) -> bytes:
+    node = next(iter(decode(data, "c").nodes))
+    return npz_with(data, f"nodes/{node}", np.frombuffer(b"\x0a\xff\xff\xff", np.uint8))
+
+
+def changed(change):
+    return lambda data: encode(change(decode(data, "c")))
+
+
+def first_array(transform):
+    def change(c: Checkpoint) -> Checkpoint:
+        name, array = next(iter(c.model.items()))
+        return replace(c, model={**c.model, name: transform(array)})
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("tamper", "reason"),
+    [
+        (changed(lambda c: replace(c, round=99)), "taken after round 99"),
+        (garbage_node, "does not decode"),
+        (changed(first_array(lambda a: np.zeros((*a.shape, 2), a.dtype))), "the trial's model"),
+        (changed(first_array(lambda a: np.full_like(a, np.nan))), "not finite"),
+        (changed(lambda c: replace(c, strategy={"failures": {}})), "does not fit the trial"),
+    ],
+    ids=["round-99", "garbage-node", "wrong-shape", "nan-model", "bad-strategy"],
+)
+def test_a_checkpoint_that_does_not_fit_is_set_aside_and_the_trial_runs_from_round_0(
+    quick, tmp_path, tamper, reason, caplog, restore_torch_threads
+):
+    """Whatever is wrong with it, a kept checkpoint never seals an incomplete trial nor fails
+    every rerun: the sweep sets it aside (named in a warning) and the trial's files are
+    those of an uninterrupted run."""
+    scenario, trial, files, data = quick
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "scenario.yaml").write_text(dump_scenario(scenario))
+    bad = tamper(data)
+    write_checkpoint(run_dir, trial.trial_id, bad)
+    with caplog.at_level(logging.WARNING, logger="fedll.store"):
+        summary = run_sweep(run_dir, SweepOptions(backend="local"))
+    assert (summary.done, summary.failed) == ([trial.trial_id], {})
+    kept = checkpoint_path(run_dir, trial.trial_id)
+    assert not kept.exists()
+    assert (kept.parent / "invalid" / kept.name).read_bytes() == bad
+    assert f"{kept}: " in caplog.text and reason in caplog.text
+    assert "the trial starts from round 0" in caplog.text
+    assert {p.name: p.read_bytes() for p in (run_dir / "trials").glob("*.csv")} == files

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from typer.testing import CliRunner
 
 from fedll.cli import _claim, _same_scenario, app
-from fedll.config import dump_scenario, expand_trials, load_scenario
+from fedll.config import Trial, dump_scenario, expand_trials, load_scenario
 from fedll.config.grid import fingerprints, trial_fingerprint
 from fedll.errors import DataError
 from fedll.results import TrialResults
@@ -85,12 +88,13 @@ def test_dry_run_applies_overrides(write_scenario):
 @pytest.mark.parametrize(
     ("name", "trials"),
     [
-        ("quickstart", 8),
+        ("quickstart", 24),
         ("federated", 30),
-        ("paper", 18),
+        ("paper", 30),
         ("routing-study", 177),
         ("robust", 10),
         ("dp", 5),
+        ("deploy", 1),  # the deployment walk-through's: one trial, as `flwr run` runs one
     ],
 )
 def test_the_shipped_scenarios_are_valid(name, trials):
@@ -316,6 +320,85 @@ def test_report_without_results_exits_2(tmp_path):
 def test_report_on_a_bad_results_file_exits_2(tmp_path):
     (tmp_path / "results.csv").write_text("trial,round\nx,0\n")
     assert_one_line_error(invoke("report", tmp_path), "results.csv", "missing columns")
+
+
+def sealed_run(run_dir: Path, scenario_path: Path) -> dict[str, bytes]:
+    """A run directory as `fedll run` leaves it: the scenario, every trial sealed (rounds
+    0..4, one made-up case per modality with Dice, HD95 and surface Dice), results.csv
+    collected and the report built; returns the forgetting tables' bytes."""
+    from fedll.planning import trial_stream
+    from fedll.store import collect
+
+    scenario = load_scenario(scenario_path)
+    run_dir.mkdir()
+    (run_dir / "scenario.yaml").write_text(dump_scenario(scenario))
+    for k, trial in enumerate(expand_trials(scenario)):
+        stream = trial_stream(scenario, trial)
+        results = TrialResults(trial=trial, stream=stream)
+        for rnd in range(len(stream) + 1):
+            for m, modality in enumerate(("t2", "flair")):
+                dice = round(0.1 + 0.15 * rnd * (m + 1) / (k + 2), 3)
+                results.add_round(
+                    rnd, modality, [f"{modality}-case"], [dice], {},
+                    hd95=[10.0 - rnd], surface_dice=[dice], evaluation=scenario.evaluation,
+                )  # fmt: skip
+        write_trial(run_dir, results, trial_fingerprint(scenario, trial))
+    collect(run_dir, fingerprints(scenario))
+    assert invoke("report", run_dir).exit_code == 0
+    return {p.name: p.read_bytes() for p in sorted((run_dir / "tables").glob("*"))}
+
+
+def test_report_of_sealed_trials_reports_what_the_seals_vouch_for(write_scenario, tmp_path, caplog):
+    """An edited results.csv beside sealed trials (a NaN Dice, an infinite HD95, better Dice,
+    rows of a trial the scenario does not have) changes nothing: it is rebuilt from them,
+    named in a warning, and the tables are those of the run as it was sealed."""
+    run_dir = tmp_path / "run"
+    tables = sealed_run(run_dir, write_scenario())
+    collected = (run_dir / "results.csv").read_bytes()
+    frame = pd.read_csv(run_dir / "results.csv", keep_default_na=False, na_values=[""])
+    frame.loc[5, "dice"], frame.loc[3, "hd95"] = np.nan, np.inf
+    frame.loc[7:, "dice"] = 1.0
+    other = frame[frame["trial"] == frame["trial"].iloc[0]].copy()
+    other["trial"], other["seed"] = other["trial"].str.replace("__s0", "__s7"), 7
+    pd.concat([frame, other]).to_csv(run_dir / "results.csv", index=False)
+    with caplog.at_level(logging.WARNING, logger="fedll.store"):
+        result = invoke("report", run_dir)
+    assert result.exit_code == 0, result.output
+    assert f"{run_dir / 'results.csv'} differed from the sealed trial files" in caplog.text
+    assert (run_dir / "results.csv").read_bytes() == collected
+    assert {p.name: p.read_bytes() for p in sorted((run_dir / "tables").glob("*"))} == tables
+
+
+def test_report_of_sealed_trials_needs_no_results_csv(write_scenario, tmp_path, caplog):
+    """A run directory committed with its sealed trials alone (results.csv ignored, as a
+    study's run/ is): the report collects them."""
+    run_dir = tmp_path / "run"
+    tables = sealed_run(run_dir, write_scenario())
+    collected = (run_dir / "results.csv").read_bytes()
+    for name in ("results.csv", "attention.csv"):
+        (run_dir / name).unlink()
+    shutil.rmtree(run_dir / "tables")
+    with caplog.at_level(logging.WARNING, logger="fedll.store"):
+        result = invoke("report", run_dir)
+    assert result.exit_code == 0, result.output
+    assert caplog.text == ""
+    assert (run_dir / "results.csv").read_bytes() == collected
+    assert {p.name: p.read_bytes() for p in sorted((run_dir / "tables").glob("*"))} == tables
+
+
+def test_report_leaves_out_a_sealed_trial_that_does_not_verify(write_scenario, tmp_path, caplog):
+    """A trial file edited after its seal: the report does not take its rows; it is an
+    incomplete run (one line naming the trial), and the warning says why."""
+    run_dir = tmp_path / "run"
+    sealed_run(run_dir, write_scenario())
+    trial = expand_trials(load_scenario(run_dir / "scenario.yaml"))[0].trial_id
+    edited = run_dir / "trials" / f"{trial}.csv"
+    edited.write_text(edited.read_text().replace("0.1,", "0.9,"))
+    with caplog.at_level(logging.WARNING, logger="fedll.store"):
+        result = invoke("report", run_dir)
+    line = assert_one_line_error(result, str(run_dir / "results.csv"), f"not run: {trial}")
+    assert "--partial" in line
+    assert f"{trial}.json: {edited.name} differs from what was written" in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -697,6 +780,235 @@ def test_segment_with_a_model_of_two_output_channels_exits_2(tmp_path):
     image = write_image(tmp_path / "case_t2.nii.gz", blob_image()[0])
     result = invoke("segment", model, image, "--out", tmp_path / "m.nii.gz")
     assert_one_line_error(result, str(model), "predicts 2 channels")
+
+
+# ---------------------------------------------------------------- fedll segment: hostile inputs
+
+
+def a_cohort(root: Path) -> Path:
+    """A BraTS 2021 folder of two cases (T2, FLAIR, mask each)."""
+    for case in ("BraTS2021_00000", "BraTS2021_00001"):
+        image, labels = blob_image()
+        write_image(root / case / f"{case}_t2.nii.gz", image)
+        write_image(root / case / f"{case}_flair.nii.gz", 0.5 * image)
+        write_image(root / case / f"{case}_seg.nii.gz", labels)
+    return root
+
+
+def file_bytes(root: Path) -> dict[Path, bytes]:
+    """Every file under ``root`` (or ``root`` itself) and its bytes."""
+    paths = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    return {p: p.read_bytes() for p in paths}
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]], ids=["plain", "overwrite"])
+@pytest.mark.parametrize("spelling", ["same-path", "dot-dot", "symlink", "hard-link"])
+def test_segment_never_writes_a_mask_over_its_input(kept_model, tmp_path, spelling, overwrite):
+    """``--out`` naming the input image, by its own path or another way to the same file:
+    refused before anything is computed, --overwrite or not; the image keeps its bytes."""
+    image = write_image(tmp_path / "case_t2.nii.gz", blob_image()[0])
+    before = image.read_bytes()
+    if spelling == "same-path":
+        out = image
+    elif spelling == "dot-dot":
+        (tmp_path / "sub").mkdir()
+        out = Path(f"{tmp_path}/sub/../case_t2.nii.gz")
+    elif spelling == "symlink":
+        out = tmp_path / "link.nii.gz"
+        out.symlink_to(image)
+    else:
+        out = tmp_path / "hard.nii.gz"
+        out.hardlink_to(image)
+    result = invoke("segment", kept_model, image, "--out", out, *overwrite)
+    line = assert_one_line_error(result, str(out), f"is the input {image}")
+    assert "a mask is never written over an input" in line
+    assert image.read_bytes() == before
+
+
+def test_segment_replaces_an_existing_file_only_with_overwrite(kept_model, tmp_path):
+    image = write_image(tmp_path / "case_t2.nii.gz", blob_image()[0])
+    out = tmp_path / "notes.nii.gz"
+    out.write_bytes(b"someone else's file")
+    result = invoke("segment", kept_model, image, "--out", out)
+    assert_one_line_error(result, f"{out}: already exists", "give --overwrite")
+    assert out.read_bytes() == b"someone else's file"
+    # OUT a folder: the mask's name in it is what must not exist
+    taken = tmp_path / "case_t2_pred.nii.gz"
+    taken.write_bytes(b"kept")
+    result = invoke("segment", kept_model, image, "--out", tmp_path)
+    assert_one_line_error(result, f"{taken}: already exists")
+    assert taken.read_bytes() == b"kept"
+    result = invoke("segment", kept_model, image, "--out", out, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes()[:2] == b"\x1f\x8b"  # a gzipped mask now
+
+
+def test_segment_a_cohort_writes_over_nothing_that_exists_without_overwrite(kept_model, tmp_path):
+    root = a_cohort(tmp_path / "BraTS2021")
+    cohort = file_bytes(root)
+    out = tmp_path / "masks"
+    out.mkdir()
+    taken = out / "BraTS2021_00001_t2_pred.nii.gz"
+    taken.write_bytes(b"an earlier mask, or not")
+    result = invoke("segment", kept_model, root, "--out", out)
+    assert_one_line_error(result, f"{taken}: already exists", "give --overwrite")
+    assert file_bytes(out) == {taken: b"an earlier mask, or not"}  # nothing else written
+    result = invoke("segment", kept_model, root, "--out", out, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert len(list(out.iterdir())) == 4 and taken.read_bytes()[:2] == b"\x1f\x8b"
+    assert file_bytes(root) == cohort
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]], ids=["plain", "overwrite"])
+@pytest.mark.parametrize("where", ["the-cohort", "a-case-folder", "a-link-to-it"])
+def test_segment_never_writes_masks_into_a_scanned_cohort_folder(
+    kept_model, tmp_path, where, overwrite
+):
+    """Masks inside the folder a layout is scanned from would be met by its next scan (loose
+    NIfTI files make a BraTS root unreadable): refused, --overwrite or not, nothing written."""
+    root = a_cohort(tmp_path / "BraTS2021")
+    cohort = file_bytes(root)
+    out = {"the-cohort": root, "a-case-folder": root / "BraTS2021_00000"}.get(where)
+    if out is None:
+        out = tmp_path / "masks"
+        out.symlink_to(root, target_is_directory=True)
+    result = invoke("segment", kept_model, root, "--out", out, *overwrite)
+    assert_one_line_error(result, str(out), f"inside the cohort folder {root}")
+    assert file_bytes(root) == cohort
+
+
+def test_segment_never_writes_a_mask_over_a_file_a_manifest_lists(kept_model, tmp_path):
+    """A manifest lists its files wherever they are: a mask may go beside them, but never
+    over one (here a case's image is itself named like the mask of another row)."""
+    root = a_cohort(tmp_path / "BraTS2021")
+    out = tmp_path / "masks"
+    listed = write_image(out / "BraTS2021_00001_t2_pred.nii.gz", blob_image()[0])
+    first, second = (root / case / case for case in ("BraTS2021_00000", "BraTS2021_00001"))
+    rows = [
+        ["BraTS2021_00000", "a", "t2", "", listed, f"{first}_seg.nii.gz"],
+        ["BraTS2021_00001", "a", "t2", "", f"{second}_t2.nii.gz", f"{second}_seg.nii.gz"],
+    ]
+    from fedll.data.manifest import write_manifest
+
+    manifest = write_manifest(tmp_path / "manifest.csv", rows)
+    before = listed.read_bytes()
+    result = invoke("segment", kept_model, manifest, "--out", out, "--overwrite")
+    assert_one_line_error(result, str(out / listed.name), f"is the input {listed}")
+    assert listed.read_bytes() == before and sorted(out.iterdir()) == [listed]
+    beside = tmp_path / "beside"
+    result = invoke("segment", kept_model, tmp_path, "--out", beside, "--layout", "manifest")
+    assert result.exit_code == 0, result.output  # a manifest's own folder is not scanned
+
+
+@pytest.mark.parametrize("option", [["--modality", "t2"], ["--channel", "1"]])
+def test_segment_refuses_an_option_that_would_be_ignored(kept_model, tmp_path, option):
+    """--modality for a model that does not route by modality, and --modality or --channel
+    for a cohort (whose cases name theirs): one line naming the option, nothing written."""
+    image = write_image(tmp_path / "case_t2.nii.gz", blob_image()[0])
+    out = tmp_path / "mask.nii.gz"
+    if option[0] == "--modality":
+        result = invoke("segment", kept_model, image, "--out", out, *option)
+        assert_one_line_error(
+            result, "--modality: ", str(kept_model), "does not route by modality", "leave it out"
+        )
+    root = a_cohort(tmp_path / "BraTS2021")
+    result = invoke("segment", kept_model, root, "--out", tmp_path / "masks", *option)
+    assert_one_line_error(result, f"{option[0]}: for an image INPUT", str(root))
+    assert not out.exists() and not (tmp_path / "masks").exists()
+
+
+def kept_state() -> tuple[dict, object, object]:
+    import torch
+
+    from fedll.config.schema import ModelConfig, SliceConfig
+    from fedll.models import build_model
+    from fedll.models.saved import model_state
+
+    torch.manual_seed(0)
+    spec = ModelConfig(**SEGMENT_MODEL)
+    return model_state(build_model(spec.name, **spec.kwargs())), spec, SliceConfig(size=16)
+
+
+def test_segment_with_a_model_holding_a_nan_weight_exits_2(tmp_path):
+    """Before: NaN logits, thresholded to an empty mask, exit 0."""
+    from fedll.models.saved import encode_model
+
+    state, spec, slices = kept_state()
+    state["head.weight"].flat[0] = float("nan")
+    model = tmp_path / "nan.safetensors"
+    model.write_bytes(encode_model(state, spec, slices, "t", "fp"))
+    image = write_image(tmp_path / "case_t2.nii.gz", blob_image()[0])
+    result = invoke("segment", model, image, "--out", tmp_path / "m.nii.gz")
+    assert_one_line_error(result, f"{model}: tensor 'head.weight' holds 1 NaN")
+    assert not (tmp_path / "m.nii.gz").exists()
+
+
+def test_segment_with_a_model_too_large_to_build_exits_2(tmp_path):
+    import json
+
+    from safetensors.numpy import load, save
+
+    from fedll.models.saved import encode_model
+
+    state, spec, slices = kept_state()
+    data = encode_model(state, spec, slices, "t", "fp")
+    length = int.from_bytes(data[:8], "little")
+    meta = json.loads(json.loads(data[8 : 8 + length])["__metadata__"]["fedll"])
+    meta["model"]["base_width"] = 10**6
+    model = tmp_path / "huge.safetensors"
+    model.write_bytes(save(load(data), metadata={"fedll": json.dumps(meta)}))
+    image = write_image(tmp_path / "case_t2.nii.gz", blob_image()[0])
+    result = invoke("segment", model, image, "--out", tmp_path / "m.nii.gz")
+    assert_one_line_error(result, str(model), "parameters, over execution.max_parameters")
+
+
+def test_segment_checks_a_kept_model_against_its_trial_seal(tmp_path):
+    """A model in a run directory whose metadata was edited (its slice size: the weights and
+    their digest unchanged, so only the seal can tell) is refused; the sealed one runs."""
+    import json
+
+    from safetensors.numpy import load, save
+
+    from fedll.models.saved import encode_model
+
+    state, spec, slices = kept_state()
+    data = encode_model(state, spec, slices, "t", "fp")
+    run_dir = tmp_path / "run"
+    trial = Trial(
+        model="static", ordering="alternating", arrival_batch=1, strategy="fedavg", seed=0
+    )
+    write_trial(run_dir, TrialResults(trial=trial, stream=()), "fp", model=data)
+    (model,) = (run_dir / "models").iterdir()
+    image = write_image(tmp_path / "case_t2.nii.gz", blob_image()[0])
+    assert invoke("segment", model, image, "--out", tmp_path / "a.nii.gz").exit_code == 0
+    length = int.from_bytes(data[:8], "little")
+    meta = json.loads(json.loads(data[8 : 8 + length])["__metadata__"]["fedll"])
+    meta["slices"]["size"] = 24
+    model.write_bytes(save(load(data), metadata={"fedll": json.dumps(meta)}))
+    result = invoke("segment", model, image, "--out", tmp_path / "b.nii.gz")
+    assert_one_line_error(result, f"{model}: differs from the size and SHA-256 its trial's seal")
+    assert not (tmp_path / "b.nii.gz").exists()
+
+
+@pytest.mark.parametrize("hostile", ["complex64", "pixdim-0"])
+def test_segment_of_an_image_with_a_lying_header_exits_2(kept_model, tmp_path, hostile):
+    import nibabel as nib
+
+    data = blob_image()[0]
+    path = tmp_path / "case_t2.nii"
+    if hostile == "complex64":
+        nib.save(nib.Nifti1Image((data + 1j * data).astype(np.complex64), np.eye(4)), path)
+        message = "voxels of type complex64 are not real numbers"
+    else:
+        nii = nib.Nifti1Image(data, np.diag([1.0, 1.5, 3.0, 1.0]))
+        block = bytearray(nii.to_bytes())
+        block[80:84] = np.float32(0).tobytes()  # pixdim[1]: nibabel would read it as 1 mm
+        path.write_bytes(bytes(block))
+        message = "voxel size 0 x 1.5 x 3 mm in its header (pixdim)"
+    before = path.read_bytes()
+    result = invoke("segment", kept_model, path, "--out", tmp_path / "m.nii.gz")
+    assert_one_line_error(result, f"{path}: {message}")
+    assert path.read_bytes() == before and not (tmp_path / "m.nii.gz").exists()
 
 
 # ---------------------------------------------------------------- tracking

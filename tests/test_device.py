@@ -10,7 +10,17 @@ import torch
 
 from fedll.config import TrainingConfig, load_scenario
 from fedll.continual import EWC
-from fedll.device import autocast, check_device_name, deterministic, grad_scaler, resolve_device
+from fedll.device import (
+    arithmetic,
+    autocast,
+    channels_last,
+    check_device_name,
+    deterministic,
+    grad_scaler,
+    native_bf16,
+    resolve_device,
+    resolve_precision,
+)
 from fedll.errors import ConfigError, FedllError
 from fedll.models import build_model
 from fedll.train import train_local
@@ -100,7 +110,7 @@ def test_deterministic_mode_is_on_inside_and_restored_after():
 @pytest.mark.skipif(NO_CUDA, reason="needs a CUDA device")
 def test_training_on_cuda_agrees_with_the_cpu():
     images, masks = _data()
-    cfg = TrainingConfig(epochs=1, batch_size=4, lr=0.01)
+    cfg = TrainingConfig(epochs=1, batch_size=4, lr=0.01, precision="fp32")
     states = []
     for device in ("cpu", "cuda"):
         torch.manual_seed(0)
@@ -111,3 +121,44 @@ def test_training_on_cuda_agrees_with_the_cpu():
         states.append({k: v.detach().cpu() for k, v in model.state_dict().items()})
     for key, value in states[0].items():
         assert torch.allclose(value.float(), states[1][key].float(), atol=1e-3), key
+
+
+def test_auto_is_bf16_where_the_cpu_has_it_natively(tmp_path, monkeypatch):
+    cpu = torch.device("cpu")
+    for flags, native in [("fpu sse avx2 avx512f", False), ("avx2 avx512f avx512_bf16", True),
+                          ("avx2 amx_bf16 amx_tile", True)]:  # fmt: skip
+        info = tmp_path / f"cpuinfo-{native}-{len(flags)}"
+        info.write_text(f"processor\t: 0\nmodel name\t: A CPU\nflags\t\t: {flags}\n")
+        assert native_bf16(cpu, info) is native, flags
+    assert native_bf16(cpu, tmp_path / "missing") is False
+    import fedll.device
+
+    monkeypatch.setattr(fedll.device, "native_bf16", lambda device: False)
+    assert resolve_precision("auto", cpu) == "fp32"
+    assert grad_scaler(cpu, "auto") is None
+    with autocast(cpu, "auto"):
+        assert torch.nn.Linear(3, 2)(torch.ones(1, 3)).dtype == torch.float32
+    assert arithmetic(cpu, "auto", "auto") == arithmetic(cpu)  # fp32: the string as before
+    monkeypatch.setattr(fedll.device, "native_bf16", lambda device: True)
+    assert resolve_precision("auto", cpu) == "bf16"
+    assert resolve_precision("fp16", cpu) == "fp16" and resolve_precision("fp32", cpu) == "fp32"
+    with autocast(cpu, "auto"):
+        assert torch.nn.Linear(3, 2)(torch.ones(1, 3)).dtype == torch.bfloat16
+    assert arithmetic(cpu, "auto", "fp32") == f"{arithmetic(cpu)}; training bf16, evaluation fp32"
+
+
+def test_channels_last_lays_the_weights_out_and_gives_them_back_unchanged():
+    torch.manual_seed(0)
+    model = build_model("dycnn", base_width=4, depth=2).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    convs = [p for p in model.parameters() if p.dim() == 4]
+    with torch.inference_mode(), channels_last(model):
+        assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+        model(torch.zeros(2, 1, 16, 16))
+    after = model.state_dict()
+    assert all(v.is_contiguous() and torch.equal(v, before[k]) for k, v in after.items())
+    assert not any(p.is_inference() for p in model.parameters())  # still trainable
+    model.train()
+    model(torch.zeros(2, 1, 16, 16)).sum().backward()
+    with channels_last(model, enabled=False):
+        assert all(p.is_contiguous() for p in convs)

@@ -51,3 +51,38 @@ def test_hd95_and_surface_dice_in_3d_with_the_slice_positions_and_spacing():
     assert result.dice == pytest.approx([2 / 3])
     assert result.hd95 == pytest.approx([7.6])
     assert result.surface_dice == pytest.approx([2 / 3])
+
+
+def _trained_cases() -> tuple[nn.Module, list[CaseSlices]]:
+    """A tiny U-Net trained until it segments the bright blobs, and two test cases."""
+    from fedll.config import TrainingConfig
+    from fedll.models import build_model
+    from fedll.train import train_local
+
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(24, 1, 24, 24)).astype(np.float32)
+    images[:, :, 6:14, 8:16] += 2.0
+    masks = (images > 1.0).astype(np.uint8)
+    torch.manual_seed(0)
+    model = build_model("static", base_width=4, depth=2)
+    cfg = TrainingConfig(epochs=8, batch_size=8, lr=0.02, precision="fp32")
+    train_local(model, images, masks, cfg, seed=0)
+    cases = [
+        CaseSlices(f"p{i}", "t2", None, images[i * 12 : (i + 1) * 12], masks[i * 12 : (i + 1) * 12])
+        for i in range(2)
+    ]
+    return model, cases
+
+
+def test_bf16_evaluation_agrees_with_fp32_and_leaves_the_model_as_it_was():
+    model, cases = _trained_cases()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    exact = evaluate_cases(model, cases, precision="fp32")
+    assert min(exact.dice) > 0.5  # the model segments: the agreement is not of empty masks
+    fast = evaluate_cases(model, cases, precision="bf16")
+    assert fast.dice == pytest.approx(exact.dice, abs=0.02)
+    assert fast.hd95 == pytest.approx(exact.hd95, abs=1.5)
+    after = model.state_dict()
+    assert all(v.is_contiguous() and torch.equal(v, state[k]) for k, v in after.items())
+    # fp32 is the arithmetic fedll always had: batch size and layout change nothing
+    assert evaluate_cases(model, cases, batch_size=5, precision="fp32").dice == exact.dice

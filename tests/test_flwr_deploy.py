@@ -112,15 +112,18 @@ class Deployment:
         reply = json.loads(done.stdout[done.stdout.find("{") :])
         return {int(n["node-id"]): n["status"] for n in reply["nodes"]}
 
-    def site(self, name: str, modality: str, data_dir: Path, key: str) -> subprocess.Popen:
-        """A hospital's SuperNode, started as the README says: ``fedll site``."""
+    def site(
+        self, name: str, modality: str, data_dir: Path, key: str, log_name: str | None = None
+    ) -> subprocess.Popen:
+        """A hospital's SuperNode, started as the README says: ``fedll site`` (its output in
+        ``logs/LOG_NAME.log``, by default the site's name)."""
         (runtime_port,) = _free_ports(1)
         argv = [str(BIN / "fedll"), "site", "--site", name, "--modality", modality]
         argv += ["--data-dir", str(data_dir), "--superlink", self.superlink]
         argv += ["--root-certificates", str(self.certs.ca_cert)]
         argv += ["--auth-key", str(self.certs.keys[key][0])]
         argv += ["--runtime-port", str(runtime_port), "--cache-dir", str(self.root / "cache")]
-        return self.spawn(name, argv)
+        return self.spawn(log_name or name, argv)
 
     def supernode(self, name: str, *args: str) -> subprocess.Popen:
         """A bare ``flower-supernode`` (for nodes ``fedll site`` would not start)."""
@@ -150,14 +153,12 @@ def _wait_for_port(port: int, proc: subprocess.Popen, log: Path) -> None:
     raise AssertionError(f"the SuperLink did not listen:\n{log.read_text()[-3000:]}")
 
 
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    """The SuperLink (TLS, SuperNode auth), three registered keys, two hospital SuperNodes."""
-    root = tmp_path_factory.mktemp("deploy")
+def make_deployment(root: Path, keys: list[str]) -> Deployment:
+    """Certificates (a key pair per name of ``keys``), a private ``FLWR_HOME`` whose default
+    connection is the SuperLink on a free port of 127.0.0.1, and an environment marked so
+    that :meth:`Flower.processes` finds everything started with it."""
     (root / "logs").mkdir()
-    certs = write_certificates(
-        root / "certs", ["hospital-t2", "hospital-flair", "hospital-broken", "rogue"]
-    )
+    certs = write_certificates(root / "certs", keys)
     home = root / "flwr-home"
     home.mkdir()
     (port,) = _free_ports(1)
@@ -179,31 +180,53 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         }
     )
     flower = Flower(home=home, env=env, flwr=str(BIN / "flwr"), needles=(f"{root}/",), token=token)
-    dep = Deployment(root=root, certs=certs, port=port, flower=flower)
+    return Deployment(root=root, certs=certs, port=port, flower=flower)
+
+
+def start_superlink(
+    dep: Deployment, database: Path | None = None, name: str = "superlink"
+) -> subprocess.Popen:
+    """The SuperLink (TLS, SuperNode auth; its state in ``database`` when given, else in
+    memory), listening."""
+    certs = dep.certs
+    argv = [
+        str(BIN / "flower-superlink"),
+        *("--ssl-ca-certfile", str(certs.ca_cert)),
+        *("--ssl-certfile", str(certs.server_cert)),
+        *("--ssl-keyfile", str(certs.server_key)),
+        "--enable-supernode-auth",
+        *("--host", "127.0.0.1", "--port", str(dep.port)),
+        "--disable-runtime-dependency-installation",
+    ]
+    if database is not None:
+        argv += ["--database", str(database)]
+    link = dep.spawn(name, argv)
+    _wait_for_port(dep.port, link, dep.log(name))
+    return link
+
+
+def stop_deployment(dep: Deployment) -> None:
+    """End every process of ``dep`` by pid (also what they spawned), and check none is left."""
+    stopped = _stop(dep.flower)
+    for proc in dep.started:  # reap the ones started here
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+    left = [p.pid for p in dep.flower.processes()]
+    assert not left, f"processes left running after stopping {stopped}: {left}"
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """The SuperLink (TLS, SuperNode auth), three registered keys, two hospital SuperNodes."""
+    root = tmp_path_factory.mktemp("deploy")
+    dep = make_deployment(root, ["hospital-t2", "hospital-flair", "hospital-broken", "rogue"])
     try:
-        link = dep.spawn(
-            "superlink",
-            [
-                str(BIN / "flower-superlink"),
-                *("--ssl-ca-certfile", str(certs.ca_cert)),
-                *("--ssl-certfile", str(certs.server_cert)),
-                *("--ssl-keyfile", str(certs.server_key)),
-                "--enable-supernode-auth",
-                *("--host", "127.0.0.1", "--port", str(port)),
-                "--disable-runtime-dependency-installation",
-            ],
-        )
-        _wait_for_port(port, link, dep.log("superlink"))
+        start_superlink(dep)
         dep.register("hospital-t2", "hospital-flair", "hospital-broken")
         yield dep
     finally:
-        stopped = _stop(flower)
-        for proc in dep.started:  # reap the ones started here
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(timeout=10)
-        left = [p.pid for p in flower.processes()]
-        assert not left, f"processes left running after stopping {stopped}: {left}"
+        stop_deployment(dep)
 
 
 def _stop(flower: Flower, grace: float = 3.0) -> list[int]:
@@ -323,6 +346,13 @@ def test_a_deployed_run_gives_the_outputs_and_dice_of_the_simulation(
     assert rc == 0, f"flwr run: {rc}\n{output[-6000:]}"
     assert re.search(r"Successfully started run \d+", output), output[-6000:]
     run_s = time.monotonic() - started
+    # flwr run exits 0 even when the ServerApp died: its log must show no exception (the
+    # report templates missing from the app once crashed it after the last round)
+    for sign in ("Traceback", "Exit Code"):
+        assert sign not in output, f"the ServerApp failed ({sign!r}):\n{output[-6000:]}"
+    # Flower's lines that say evaluation is skipped or empty are not in the log
+    assert "Federated evaluation will be skipped" not in output, output[-6000:]
+    assert "MetricRecord: None" not in output, output[-6000:]
 
     # the results file (flwr run exits 0 even when the ServerApp failed) ...
     got_path = trial_path(deployed, trial)
@@ -343,7 +373,7 @@ def test_a_deployed_run_gives_the_outputs_and_dice_of_the_simulation(
     assert f"site hospital-broken: data-dir {missing} does not exist" in output
 
     # the coordinator has what `fedll run` leaves, and `fedll report` rebuilds the report
-    for name in ("scenario.yaml", "cohort.json", "results.csv", "attention.csv"):
+    for name in ("scenario.yaml", "cohort.json", "results.csv", "attention.csv", "report.html"):
         assert (deployed / name).exists(), name
     assert (deployed / "tables" / "forgetting.md").exists()
     assert sorted(p.name for p in (deployed / "plots").glob("*.png"))
@@ -351,6 +381,7 @@ def test_a_deployed_run_gives_the_outputs_and_dice_of_the_simulation(
     report = run_fedll("report", deployed, cwd=deployment.root)
     assert report.returncode == 0, report.stderr
     assert "static" in report.stdout and (deployed / "tables" / "forgetting.md").exists()
+    assert "trials: 1 done, 0 failed;" in report.stdout, report.stdout
     print(
         f"\nflwr deploy: flwr run {run_s:.1f} s, test {time.monotonic() - started:.1f} s; "
         "Dice bit-identical to the simulation"

@@ -1,9 +1,12 @@
-"""The package layering: fedll's core never imports the Flower apps (sites/, strategies/), no
-module takes part in an import circle, and the report and results stay free of torch."""
+"""The package layering: fedll's core never imports the Flower apps (sites/, strategies/) and
+reaches them by reference ("module:attribute" strings, which load a module at run time as an
+import does) in one declared place, no module takes part in an import circle (references
+counted), and the report and results stay free of torch."""
 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +15,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("fedll", "sites", "strategies")
+REFERENCE = re.compile(r"^((?:fedll|sites|strategies)(?:\.\w+)*):\w+$")
+APP_SEAM = {"fedll.sweep": {"sites.client_app", "strategies.server_app"}}
+"""The references fedll's core holds into the apps: the sweep starts fedll's Flower app."""
 
 
 def module_name(path: Path) -> str:
@@ -47,6 +53,33 @@ def imports(path: Path, known: set[str], runtime_only: bool) -> set[str]:
     return {name for name in found if name.split(".")[0] in PACKAGES}
 
 
+def references(path: Path) -> set[str]:
+    """The project modules ``path`` names in a "module:attribute" string (a reference that
+    :func:`fedll.inprocess.load_reference` or Flower loads at run time)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        is_text = isinstance(node, ast.Constant) and isinstance(node.value, str)
+        if is_text and (match := REFERENCE.match(node.value)):
+            found.add(match.group(1))
+    return found
+
+
+def test_the_core_reaches_the_apps_only_through_its_declared_seam():
+    found = {
+        name: refs
+        for name, path in modules().items()
+        if name.startswith("fedll")
+        and (refs := {r for r in references(path) if not r.startswith("fedll")})
+    }
+    assert found == APP_SEAM
+
+
+def test_the_reference_scanner_sees_a_reference():
+    """The check above has teeth: a reference in any string constant is found."""
+    path = ROOT / "fedll" / "sweep.py"
+    assert references(path) == APP_SEAM["fedll.sweep"]
+
+
 def test_fedll_never_imports_the_flower_apps():
     known = set(modules())
     offenders = {
@@ -62,7 +95,8 @@ def test_fedll_never_imports_the_flower_apps():
 def test_no_import_circle():
     known = set(modules())
     graph = {
-        name: imports(path, known, runtime_only=True) & known for name, path in modules().items()
+        name: (imports(path, known, runtime_only=True) | references(path)) & known
+        for name, path in modules().items()
     }
     state: dict[str, int] = {}  # 1: on the current path, 2: done
     stack: list[str] = []

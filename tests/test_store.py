@@ -19,6 +19,8 @@ from fedll.store import (
     TrialFiles,
     collect,
     finished,
+    has_seals,
+    recollect,
     trial_arithmetic,
     trial_events,
     trial_wall_s,
@@ -158,6 +160,31 @@ def test_results_csv_is_replaced_only_after_every_part_was_read(run_dir):
     assert (run_dir / "results.csv").read_bytes() == before
 
 
+def test_recollect_rebuilds_what_the_seals_vouch_for_and_names_what_differed(run_dir, caplog):
+    prints = {TRIAL.trial_id: "fp-a", OTHER.trial_id: "fp-b"}
+    assert has_seals(run_dir) and not has_seals(run_dir / "elsewhere")
+    assert recollect(run_dir, prints) == []  # nothing there yet: written, nothing replaced
+    collected = {name: (run_dir / name).read_bytes() for name in ("results.csv", "attention.csv")}
+    assert recollect(run_dir, prints) == []  # the same again
+    results = run_dir / "results.csv"
+    results.write_text(results.read_text().replace("0.5,", "0.9,"))  # better Dice
+    (run_dir / "routing.csv").write_text("trial,round\nx,1\n")  # no trial has routing rows
+    with caplog.at_level(logging.WARNING, logger="fedll.store"):
+        replaced = recollect(run_dir, prints)
+    assert replaced == [results, run_dir / "routing.csv"]
+    assert f"{results} differed from the sealed trial files" in caplog.text
+    assert {n: (run_dir / n).read_bytes() for n in collected} == collected
+    assert not (run_dir / "routing.csv").exists()
+    # a trial edited after its seal: left out, and the seal named
+    cut_mid_row(files(run_dir).results)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fedll.store"):
+        recollect(run_dir, prints)
+    assert f"{files(run_dir).seal}: {files(run_dir).results.name} differs" in caplog.text
+    frame = pd.read_csv(results)
+    assert set(frame["trial"]) == {OTHER.trial_id}
+
+
 # ---------------------------------------------------------------- the kept model
 
 MODEL = b"model bytes: the store does not parse them" * 10
@@ -222,6 +249,30 @@ def test_collect_ignores_the_model_but_not_its_damage(with_model):
     flip_a_byte(files(with_model).model)
     frame, _ = collect(with_model, {TRIAL.trial_id: "fp-a"})
     assert frame.empty
+
+
+def test_sealed_model_is_what_the_seal_lists_for_a_kept_model(with_model, tmp_path_factory):
+    """(size, SHA-256) of the seal, found from the model's own path (or a link to it); None
+    for a model copied out of its run or without a seal; an unreadable seal is named."""
+    from fedll.store import sealed_model
+
+    model = files(with_model).model
+    listed = (len(MODEL), hashlib.sha256(MODEL).hexdigest())
+    assert sealed_model(model) == listed
+    link = tmp_path_factory.mktemp("elsewhere") / "linked.safetensors"
+    link.symlink_to(model)
+    assert sealed_model(link) == listed
+    copy = link.with_name("copy.safetensors")
+    copy.write_bytes(MODEL)
+    assert sealed_model(copy) is None
+    write_trial(with_model, results(OTHER), "fp-b")  # a seal without a model
+    other = TrialFiles.of(with_model, OTHER.trial_id)
+    other.model.write_bytes(MODEL)
+    assert sealed_model(other.model) is None
+    files(with_model).seal.write_text("{not json")
+    with pytest.raises(DataError) as caught:
+        sealed_model(model)
+    assert str(caught.value).startswith(f"{files(with_model).seal}: the seal of {model} is ")
 
 
 def test_previews_are_written_sealed_and_read_back(tmp_path):

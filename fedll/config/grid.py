@@ -110,8 +110,9 @@ def trial_fingerprint(scenario: Scenario, trial: Trial) -> str:
     )  # fmt: skip
     settings["stream"] = {"train_on": scenario.stream.train_on}
     # settings["evaluation"] stays: how test cases are scored changes every result row
-    if settings["training"]["precision"] == "fp32":  # added later; fp32 is what came before
-        del settings["training"]["precision"]
+    for section in ("training", "evaluation"):  # added later; fp32 is what came before
+        if settings[section]["precision"] == "fp32":
+            del settings[section]["precision"]
     settings["model"] = scenario.models[trial.model].model_dump(mode="json")
     settings["trial"] = trial.model_dump(mode="json")
     text = json.dumps(settings, sort_keys=True, separators=(",", ":"))

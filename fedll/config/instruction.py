@@ -27,13 +27,26 @@ from fedll.config.wire import JSON_SUFFIX, flatten, unflatten
 from fedll.errors import ConfigError
 
 
+class StateKey(BaseModel):
+    """What a site's kept state is bound to (:mod:`fedll.site_state`): the scenario's trial
+    and its fingerprint, and the federation: the Flower run id of the run that started the
+    trial (a run resumed from the server's checkpoint keeps it)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    trial: str = Field(min_length=1)
+    fingerprint: str = Field(min_length=1)
+    federation: str = Field(min_length=1)
+
+
 class TrainInstruction(BaseModel):
     """One site's work in one round: train on its cases ``[arrival_start, arrival_stop)``.
 
     ``continual`` is the CL method and ``fault`` what the scenario injects at this site; the
     strategy sets ``proximal_mu`` (FedProx), ``local_norm`` (FedBN), ``ditto`` and
     ``ditto_lambda`` (Ditto: the site also trains its personalised model, pulled toward the
-    received one with this weight) and ``server_round``.
+    received one with this weight) and ``server_round``; ``state_key`` binds the state a site
+    keeps on its disk to this run of the trial (None: a site keeps nothing on disk).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -53,6 +66,7 @@ class TrainInstruction(BaseModel):
     ditto: bool = False
     ditto_lambda: float = Field(default=0.0, ge=0)
     server_round: int = Field(default=0, ge=0)
+    state_key: StateKey | None = None
 
     def case_range(self) -> range:
         """The site's case indices to train on ("all": every case arrived so far)."""

@@ -41,10 +41,10 @@ logger = logging.getLogger(__name__)
 MAX_TRIALS = 10_000
 """The largest grid (the axes' product, before ``exclude``): ten thousand trials are checked,
 listed and fingerprinted in about a second; a typo (200,000 seeds) is refused, not a hang."""
-TRIAL_ID_BYTES = 215
-"""The longest trial id: the longest file name fedll builds around one, an atomic write's
-``.<id>.attention.csv.<pid>.<12 hex digits>.tmp`` (a pid of up to 7 digits), stays within the
-255 bytes a file name may have."""
+TRIAL_ID_BYTES = 202
+"""The longest trial id: the longest file name fedll builds around one, an atomic write of a
+site's kept state, ``.<id>.<20-digit fingerprint>.state.<pid>.<12 hex digits>.tmp`` (a pid of up
+to 7 digits), stays within the 255 bytes a file name may have."""
 TRIAL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 """What a trial id may hold: it names files and folders."""
 

@@ -16,7 +16,7 @@ to each other are in :mod:`fedll.config.rules`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -40,7 +40,7 @@ from fedll.config.options import (
 from fedll.config.rules import RULES
 from fedll.data import MAX_PATIENTS, MAX_SITES
 from fedll.data.layouts import LAYOUTS
-from fedll.device import check_device_name
+from fedll.device import Precision, check_device_name
 from fedll.models import ArgumentError, check_arguments
 from fedll.names import check_simple_name
 from fedll.stream import ORDERINGS
@@ -139,6 +139,11 @@ class EvaluationConfig(_Frozen):
     surface_tolerance_mm: float = Field(
         default=2.0, ge=0, le=50, description="the tolerance of surface Dice, in mm"
     )
+    precision: Precision = Field(
+        default="auto",
+        description="autocast of the model's forward pass on the test cases (bf16 and fp16 also "
+        "lay its convolutions out channels-last); where not given, training.precision",
+    )
 
 
 class StreamConfig(_Frozen):
@@ -184,10 +189,11 @@ class TrainingConfig(_Frozen):
         description="reset: a fresh optimiser every round; keep: the site keeps its own "
         "optimiser moments across rounds (in its context state)",
     )
-    precision: Literal["fp32", "bf16", "fp16"] = Field(
-        default="fp32",
+    precision: Precision = Field(
+        default="auto",
         description="autocast of the forward pass and loss (fp16 with a gradient scaler); "
-        "parameters and optimiser stay fp32",
+        "parameters and optimiser stay fp32. auto: bf16 where the device computes it natively "
+        "(a CPU with AVX-512 BF16 or AMX, a CUDA GPU with bf16), fp32 elsewhere",
     )
 
 
@@ -212,6 +218,16 @@ class ExecutionConfig(_Frozen):
     )
     checkpoint_every: int = Field(
         default=0, ge=0, description="keep the trial's whole state every N rounds (0: off)"
+    )
+    round_timeout: float | None = Field(
+        default=None,
+        gt=0,
+        le=604_800,
+        description="seconds a federated round waits for its sites (under flwr run and in "
+        "deployment): for a site whose SuperNode is restarting to connect, then for the "
+        "replies; a site that does not reply in time is recorded failed for the round and its "
+        "late reply discarded (default: Flower's 3600 s, no wait to connect). A sweep's "
+        "in-process grid computes each reply as it sends, so it plays no part there",
     )
     keep_models: bool = Field(
         default=True,
@@ -320,6 +336,22 @@ class Scenario(_Frozen):
     faults: list[FaultConfig] = Field(default_factory=list)
     execution: ExecutionConfig = ExecutionConfig()
     tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _evaluation_precision(cls, data: Any) -> Any:
+        """``evaluation.precision``, where not given, is ``training.precision`` (so a scenario
+        written before the key existed, with ``training.precision: fp32``, keeps its fp32
+        evaluation and its fingerprints)."""
+        if not isinstance(data, dict):
+            return data
+        evaluation, training = data.get("evaluation") or {}, data.get("training") or {}
+        if not isinstance(evaluation, dict) or not isinstance(training, dict):
+            return data
+        precision = training.get("precision", "auto")
+        if "precision" in evaluation or precision not in get_args(Precision):
+            return data
+        return {**data, "evaluation": {**evaluation, "precision": precision}}
 
     @field_validator("seeds", mode="before")
     @classmethod

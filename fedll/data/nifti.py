@@ -5,6 +5,14 @@ channel, image and mask grids equal after reorientation) and the voxels: truncat
 NaN/inf, an empty (constant) image, non-integer or unexpected label values. Every problem
 raises :class:`~fedll.errors.DataError` with one line that starts with the file.
 
+Every file is opened by one reader (:func:`_open`), whatever reads it (a cohort's scan, a
+training case, ``fedll segment``), and it refuses two headers that would otherwise give wrong
+numbers without a word: voxels that are not real numbers (complex, RGB: casting them to
+float drops a part of each value) and a voxel size that is not positive and finite. nibabel
+reads a ``pixdim`` of 0 as 1 mm and a negative one as its absolute value; the spacing feeds
+the in-plane resampling and HD95 and surface Dice in mm, so it must come from the file, never
+from a substitute. The stored ``pixdim`` is read before nibabel repairs it.
+
 Labels keep their stored values, validated against the convention of the file's dataset
 (:func:`label_convention`), with one exception: in BraTS 2024 GLI, label 4 is the resection
 cavity, which is not tumour, so it becomes 0 (background). Rejecting it instead would lose
@@ -21,6 +29,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from nibabel import orientations
+from nibabel.openers import ImageOpener
 
 from fedll.errors import DataError
 
@@ -28,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 AFFINE_ATOL_MM = 1e-3  # image and mask affines may differ by float rounding, not by a voxel
 LABEL_ROUND_ATOL = 1e-3  # float masks are rounded to integers when this close to them
+REAL_KINDS = "iuf"  # numpy dtype kinds of real voxels: NIfTI's integers and floats
 
 
 @dataclass(frozen=True)
@@ -214,6 +224,9 @@ def _open(path: Path) -> nib.Nifti1Image:
         raise DataError(f"{path}: not a NIfTI file name (.nii or .nii.gz)")
     if not path.is_file():
         raise DataError(f"{path}: file not found")
+    stored = _stored_header(path)
+    if stored is not None:  # before nib.load, which repairs (and logs) a pixdim of 0 or < 0
+        _check_voxel_size(path, stored["pixdim"][1:4], "in its header (pixdim)")
     try:
         nii = nib.load(path, mmap=False)  # voxels are read into memory, never left mapped
     except Exception as exc:  # nibabel raises many types for a bad or truncated header
@@ -221,7 +234,42 @@ def _open(path: Path) -> nib.Nifti1Image:
         raise DataError(f"{path}: not a readable NIfTI file ({detail})") from exc
     if not isinstance(nii, nib.Nifti1Image):  # Nifti2Image is a subclass
         raise DataError(f"{path}: not a NIfTI file ({type(nii).__name__})")
+    if nii.get_data_dtype().kind not in REAL_KINDS:
+        raise DataError(
+            f"{path}: voxels of type {nii.header.get_value_label('datatype')} are not real "
+            "numbers; fedll reads real-valued images and masks"
+        )
+    _check_voxel_size(path, np.linalg.norm(nii.affine[:3, :3], axis=0), "by its affine")
     return nii
+
+
+def _stored_header(path: Path) -> nib.Nifti1Header | None:
+    """The NIfTI-1 or NIfTI-2 header as stored in the file, unrepaired; None when it cannot
+    be read (then nib.load says why)."""
+    try:
+        with ImageOpener(path) as handle:
+            block = handle.read(nib.Nifti2Header.template_dtype.itemsize)
+        for klass in (nib.Nifti1Header, nib.Nifti2Header):  # told apart by sizeof_hdr
+            size = klass.template_dtype.itemsize
+            if len(block) >= size:
+                header = klass(block[:size], check=False)
+                if int(header["sizeof_hdr"]) == size:
+                    return header
+    except Exception:  # a bad or truncated header: nib.load's message names the problem
+        return None
+    return None
+
+
+def _check_voxel_size(path: Path, sizes: np.ndarray, where: str) -> None:
+    """DataError unless the voxel size (X, Y, Z of the stored axes, mm) is positive and
+    finite."""
+    sizes = np.asarray(sizes, dtype=np.float64)
+    if not (np.isfinite(sizes).all() and (sizes > 0).all()):
+        shown = " x ".join(f"{s:g}" for s in sizes)
+        raise DataError(
+            f"{path}: voxel size {shown} mm {where} is not positive and finite; fedll will "
+            "not guess one"
+        )
 
 
 def _check_pair(record: CaseRecord, image: nib.Nifti1Image, mask: nib.Nifti1Image) -> None:

@@ -1,8 +1,9 @@
 """The ``flower-supernode`` command of a site, checked before anything starts.
 
 :func:`site_command` is what ``fedll site`` runs: it reads the site's data folder as the
-ClientApp will (:func:`fedll.data.site.site_from_node_config`), checks the TLS and
-node-authentication files, and builds the argv.
+ClientApp will (:func:`fedll.data.site.site_from_node_config`), checks that the site can keep
+its state where it will (:mod:`fedll.site_state`), checks the TLS and node-authentication
+files, and builds the argv.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from fedll.data.site import Site, site_from_node_config
 from fedll.device import resolve_device
 from fedll.errors import ConfigError
 from fedll.names import is_simple_name, rule_for
+from fedll.site_state import check_state_dir, site_state_dir
 
 
 def check_port(port: int, what: str) -> int:
@@ -110,13 +112,15 @@ def site_command(
     auth_key: Path | None = None,
     runtime_port: int | None = None,
     cache_dir: Path | None = None,
+    state_dir: Path | None = None,
     device: str | None = None,
     extra: Sequence[str] = (),
 ) -> tuple[Site, list[str]]:
     """Check a site's data and files, and return it with its ``flower-supernode`` argv.
 
-    ConfigError / DataError (one line) for a bad node config, a device this machine lacks,
-    no or both of TLS and ``insecure``, a missing CA file or an unusable node-auth key.
+    ConfigError / DataError (one line) for a bad node config, a state dir (by default
+    ``<data dir>/.fedll-state``) it cannot write, a device this machine lacks, no or both of
+    TLS and ``insecure``, a missing CA file or an unusable node-auth key.
     """
     if not is_simple_name(name):
         raise ConfigError(f"--site {name!r} is not a simple name ({rule_for(name)})")
@@ -133,6 +137,8 @@ def site_command(
         if cache.exists() and not cache.is_dir():
             raise ConfigError(f"--cache-dir: {cache} is a file, not a directory")
         config["cache-dir"] = str(cache)
+    if state_dir is not None:
+        config["state-dir"] = str(Path(state_dir).expanduser().resolve())
     if device is not None:
         resolve_device(device, key="--device")  # CUDA that this machine lacks: one line now
         config["device"] = device
@@ -143,6 +149,15 @@ def site_command(
     if auth_key is not None:
         load_auth_key(auth_key)
     site = site_from_node_config(config)
+    where = site_state_dir(config, {}, site.name)
+    assert where is not None, "a node config with a data dir has a state dir"
+    if state_dir is not None:
+        check_state_dir(where, "--state-dir")
+    else:
+        try:
+            check_state_dir(where, "the site's state dir")
+        except ConfigError as error:
+            raise ConfigError(f"{error} (a read-only data dir? give --state-dir)") from None
     executable = str(Path(sys.executable).with_name("flower-supernode"))
     if not Path(executable).exists():
         executable = shutil.which("flower-supernode") or "flower-supernode"

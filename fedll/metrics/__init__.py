@@ -23,6 +23,8 @@ from fedll.metrics.segmentation import (
     SURFACE_TOLERANCE_MM,
     CaseMetrics,
     case_metrics,
+    detected,
+    detected_hd95,
     dice,
     dice_per_case,
 )
@@ -36,6 +38,8 @@ __all__ = [
     "arriving_sets",
     "backward_transfer",
     "case_metrics",
+    "detected",
+    "detected_hd95",
     "dice",
     "dice_per_case",
     "final_dice",

@@ -13,6 +13,11 @@ Empty masks follow the BraTS challenge conventions (which MONAI leaves undefined
 - truth and prediction both empty: Dice 1, HD95 0 mm, surface Dice 1;
 - exactly one empty: Dice 0, HD95 :data:`HD95_MAX_MM` (373.13 mm, the diagonal of the
   240 x 240 x 155 1-mm BraTS grid, the value the BraTS evaluation assigns), surface Dice 0.
+
+A test case's truth is never empty (:func:`fedll.data.prepare.prepare_cohort` refuses one
+whose tumour does not survive slicing), so a written ``hd95`` of exactly :data:`HD95_MAX_MM`
+means an empty prediction: a computed HD95 is a float32 distance, which cannot equal the
+float64 373.13. :func:`detected` and :func:`detected_hd95` read that back from the rows.
 """
 
 from __future__ import annotations
@@ -111,3 +116,20 @@ def case_metrics(
     nsd = torch.empty((), dtype=torch.float)
     nsd.fill_(correct / (len(pred_to_truth) + len(truth_to_pred)))
     return CaseMetrics(dice=float(dsc.item()), hd95=float(hd95.item()), surface_dice=float(nsd))
+
+
+def detected(hd95: np.ndarray) -> np.ndarray:
+    """Per case, from its HD95 as :func:`case_metrics` gives it (the ``hd95`` of result rows):
+    1.0 where the prediction was non-empty, 0.0 where it was empty (HD95 exactly
+    :data:`HD95_MAX_MM`; the truth of a test case is never empty), NaN where no HD95 was
+    computed (NaN: results of an earlier fedll). Float, so that a mean is the detection rate."""
+    hd95 = np.asarray(hd95, dtype=np.float64)
+    return np.where(np.isnan(hd95), np.nan, (hd95 != HD95_MAX_MM).astype(np.float64))
+
+
+def detected_hd95(hd95: np.ndarray) -> np.ndarray:
+    """Per case, HD95 where the prediction was non-empty and NaN where it was empty (the
+    :data:`HD95_MAX_MM` of the BraTS convention): means that skip NaN are over detected
+    cases."""
+    hd95 = np.asarray(hd95, dtype=np.float64)
+    return np.where(hd95 == HD95_MAX_MM, np.nan, hd95)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedll.models.unet import TakesModality
+from fedll.models.unet import ModalityBatch, TakesModality
 
 ACP_STATS: tuple[str, ...] = ("mean", "std", "max", "quantiles")
 """The pooled per-channel statistics the ACP can read, concatenated in the order given."""
@@ -276,7 +276,9 @@ class AttentionCoefficients(TemperatureSchedule, nn.Module):
         self.fc2 = nn.Linear(hidden, outputs)
         self.register_buffer("anneal_step", torch.zeros((), dtype=torch.long))
 
-    def forward(self, x: torch.Tensor, modality: torch.Tensor | None = None) -> Routing:
+    def forward(
+        self, x: torch.Tensor, modality: torch.Tensor | ModalityBatch | None = None
+    ) -> Routing:
         z = self.fc2(F.relu(self.fc1(pooled_statistics(x, self.stats, self.quantiles))))
         if self.mode == "grouped":
             z = z.view(x.shape[0], self.out_channels, self.num_kernels)
@@ -367,11 +369,12 @@ class ModalityCoefficients(TemperatureSchedule, nn.Module):
         rows = torch.arange(self.num_modalities, device=like.device)[:, None]
         return (owner[None] == rows).to(like.dtype) / per
 
-    def forward(self, x: torch.Tensor, modality: torch.Tensor | None = None) -> Routing:
+    def forward(
+        self, x: torch.Tensor, modality: torch.Tensor | ModalityBatch | None = None
+    ) -> Routing:
         modality = TakesModality.checked_modality(
             x, modality, f"routes by the case's modality ({self.routing})"
-        )
-        modality = modality.to(x.device, torch.long)
+        ).index.to(x.device, torch.long)
         if self.logits is None:
             table = self.hard_weights(x)
             if self.mode == "grouped":

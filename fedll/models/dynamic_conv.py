@@ -39,7 +39,7 @@ from fedll.models.attention import (
     RoutingLossWeights,
     routing_regulariser,
 )
-from fedll.models.unet import TakesModality
+from fedll.models.unet import ModalityBatch, TakesModality
 
 
 class DynamicConv2d(nn.Module):
@@ -200,7 +200,9 @@ class DynamicConvLayer(TakesModality, nn.Module):
         self.last_attention: torch.Tensor | None = None
         self._probs: torch.Tensor | None = None
 
-    def forward(self, x: torch.Tensor, modality: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, modality: torch.Tensor | ModalityBatch | None = None
+    ) -> torch.Tensor:
         routing = self.acp(x, modality)
         self.last_attention = routing.weights.detach()
         self._probs = routing.probs if self.routing_loss_weights.active else None

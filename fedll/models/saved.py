@@ -4,15 +4,24 @@ A model file (``RUN_DIR/models/<trial id>.safetensors``) holds the state dict of
 final global model and, in the safetensors metadata under the key ``fedll`` (a JSON string,
 :class:`ModelMetadata`), the format name and version, the fedll version that wrote it, the
 builder and its arguments (:class:`~fedll.config.schema.ModelConfig`), the slice recipe the
-model was trained on (:class:`~fedll.config.schema.SliceConfig`), the trial id and its
-fingerprint. :func:`decode_model` rebuilds the model with :func:`fedll.models.build_model` and
-loads the weights strictly, so a file whose state does not fit its builder is refused.
+model was trained on (:class:`~fedll.config.schema.SliceConfig`), the trial id, its
+fingerprint and the SHA-256 of the weights (:func:`weights_digest`: a file cannot hold the
+digest of its own bytes, so it holds that of its tensors). :func:`decode_model` refuses, before
+building anything, a model whose builder and arguments measure more parameters than a scenario
+may hold (``execution.max_parameters``' default, measured by :func:`fedll.models.registry.
+footprint` as the scenario loader measures it); refuses weights that are NaN or infinite (such
+a model predicts an empty mask) or that differ from the digest; then rebuilds the model with
+:func:`fedll.models.build_model` and loads the weights strictly, so a file whose state does not
+fit its builder is refused. Files of an earlier fedll carry no digest and still load.
+:func:`read_model` also compares the file with the size and SHA-256 its trial's seal lists,
+when the caller has them (:func:`fedll.store.sealed_model`).
 
 Every problem with a file is a :class:`~fedll.errors.DataError` of one line that names it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from collections.abc import Mapping
@@ -29,14 +38,15 @@ from safetensors.numpy import save as save_arrays
 from torch import nn
 
 import fedll
-from fedll.config.schema import ModelConfig, SliceConfig
+from fedll.config.schema import ExecutionConfig, ModelConfig, SliceConfig
 from fedll.errors import DataError
-from fedll.models.registry import build_model
+from fedll.models.registry import build_model, footprint
 
 FORMAT = "fedll-model"
 FORMAT_VERSION = 1
 """Bump when a file of the old version can no longer be read as written (a new required
-field, a changed meaning); :func:`decode_model` refuses any version but this one."""
+field, a changed meaning); :func:`decode_model` refuses any version but this one. (The
+optional ``weights_sha256`` needed no bump: files without it still read as written.)"""
 METADATA_KEY = "fedll"
 _HEADER_SIZE = struct.Struct("<Q")  # safetensors: the JSON header's length, u64 little-endian
 
@@ -52,6 +62,7 @@ class ModelMetadata(BaseModel):
     slices: SliceConfig
     trial: str
     fingerprint: str
+    weights_sha256: str | None = None  # weights_digest; None in files of an earlier fedll
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,6 +88,17 @@ def model_state(module: nn.Module) -> dict[str, np.ndarray]:
     return {name: t.detach().cpu().numpy().copy() for name, t in module.state_dict().items()}
 
 
+def weights_digest(arrays: Mapping[str, np.ndarray]) -> str:
+    """The SHA-256 of a state: each tensor's name, dtype, shape and bytes, in name order
+    (what the weights are, whatever the order or padding of a file holding them)."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.asarray(arrays[name])
+        digest.update(json.dumps([name, array.dtype.str, list(array.shape)]).encode())
+        digest.update(array.tobytes(order="C"))
+    return digest.hexdigest()
+
+
 def encode_model(
     state: Mapping[str, np.ndarray],
     model: ModelConfig,
@@ -85,6 +107,7 @@ def encode_model(
     fingerprint: str,
 ) -> bytes:
     """The safetensors bytes of ``state`` with its :class:`ModelMetadata`."""
+    arrays = {name: np.ascontiguousarray(array) for name, array in state.items()}
     metadata = ModelMetadata(
         format=FORMAT,
         format_version=FORMAT_VERSION,
@@ -93,21 +116,24 @@ def encode_model(
         slices=slices,
         trial=trial_id,
         fingerprint=fingerprint,
+        weights_sha256=weights_digest(arrays),
     )
     text = json.dumps(metadata.model_dump(mode="json"), sort_keys=True)
-    arrays = {name: np.ascontiguousarray(array) for name, array in state.items()}
     return save_arrays(arrays, metadata={METADATA_KEY: text})
 
 
 def decode_model(data: bytes, source: str) -> SavedModel:
     """The model of a file's bytes (``source`` names it in errors); DataError when the bytes
     are not safetensors, carry no fedll metadata, come from an incompatible format version,
-    or hold a state that does not fit the named builder."""
+    name a model larger than a scenario may hold, hold NaN or infinite weights or weights
+    that differ from their digest, or a state that does not fit the named builder."""
     metadata = _metadata(data, source)
+    _check_size(metadata, source)
     try:
         arrays = load_arrays(data)
     except SafetensorError as error:
         raise DataError(f"{source}: not a safetensors file ({_first_line(error)})") from None
+    _check_weights(arrays, metadata, source)
     try:
         module = build_model(metadata.model.name, **metadata.model.kwargs())
         module.load_state_dict({k: torch.from_numpy(v) for k, v in arrays.items()}, strict=True)
@@ -118,12 +144,48 @@ def decode_model(data: bytes, source: str) -> SavedModel:
     return SavedModel(module=module.eval(), metadata=metadata, source=source)
 
 
-def read_model(path: Path) -> SavedModel:
-    """The model file at ``path`` (see :func:`decode_model`)."""
+def read_model(path: Path, sealed: tuple[int, str] | None = None) -> SavedModel:
+    """The model file at ``path`` (see :func:`decode_model`); ``sealed``: the (size,
+    SHA-256) its trial's seal lists for it (:func:`fedll.store.sealed_model`), which the
+    file's bytes must match."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: model file not found")
-    return decode_model(path.read_bytes(), str(path))
+    data = path.read_bytes()
+    if sealed is not None and (len(data), hashlib.sha256(data).hexdigest()) != tuple(sealed):
+        raise DataError(
+            f"{path}: differs from the size and SHA-256 its trial's seal lists (cut short or "
+            "edited)"
+        )
+    return decode_model(data, str(path))
+
+
+def _check_size(metadata: ModelMetadata, source: str) -> None:
+    """DataError when the named builder and arguments measure more parameters than a
+    scenario may hold by default (the scenario loader's check, on the meta device)."""
+    limit = ExecutionConfig.model_fields["max_parameters"].default
+    model = metadata.model
+    parameters, _ = footprint(model.name, model.kwargs(), 1, metadata.slices.size)
+    if parameters > limit:
+        raise DataError(
+            f"{source}: its metadata names a model {model.name!r} of {parameters:.3g} "
+            f"parameters, over execution.max_parameters ({limit:.3g}); not built"
+        )
+
+
+def _check_weights(arrays: Mapping[str, np.ndarray], metadata: ModelMetadata, source: str) -> None:
+    """DataError when a tensor holds NaN or infinite values (named), or the weights differ
+    from the digest in the metadata (when it has one)."""
+    for name in sorted(arrays):
+        array = arrays[name]
+        if array.dtype.kind in "fc" and not np.isfinite(array).all():
+            bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+            raise DataError(f"{source}: tensor {name!r} holds {bad} NaN or infinite value(s)")
+    expected = metadata.weights_sha256
+    if expected is not None and weights_digest(arrays) != expected:
+        raise DataError(
+            f"{source}: its weights differ from the SHA-256 in its metadata (damaged or edited)"
+        )
 
 
 def _metadata(data: bytes, source: str) -> ModelMetadata:

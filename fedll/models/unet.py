@@ -35,15 +35,47 @@ static_conv: ConvFactory = partial(nn.Conv2d, kernel_size=3, padding=1)
 """The plain 3x3 convolution factory."""
 
 
+@dataclass(frozen=True)
+class ModalityBatch:
+    """Each sample's modality, looked up once per forward: ``index`` (B,) int64 on the
+    model's device, the modalities ``present`` in the batch (in ascending order) and, for a
+    batch of several, ``rows[m]``, the indices of modality m's samples. :class:`UNet` makes
+    one from the ``modality`` it is given and passes it to every layer that takes one, so
+    that finding the modalities present (which reads the tensor on the host, a device
+    synchronisation on a GPU) happens once per forward, not once per layer."""
+
+    index: torch.Tensor
+    present: tuple[int, ...]
+    rows: dict[int, torch.Tensor]
+
+    @classmethod
+    def of(cls, modality: torch.Tensor, device: torch.device) -> ModalityBatch:
+        """The batch of ``modality`` (B,) int64, its index moved to ``device``."""
+        if modality.is_meta:  # a footprint measured on the meta device: shapes, no values
+            return cls(modality, (), {})
+        present = tuple(int(m) for m in torch.unique(modality).tolist())  # the one host read
+        index = modality.to(device)
+        rows = {m: (index == m).nonzero(as_tuple=True)[0] for m in present}
+        return cls(index, present, rows if len(present) > 1 else {})
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.index.shape
+
+
 class TakesModality:
     """Marks a layer (a convolution, a normalisation) whose forward takes ``modality`` (B,)
-    int64, the index of each sample's modality (:data:`fedll.data.MODALITIES`), as a second
-    argument: :class:`UNet` passes the modality it is given to these, and only to these."""
+    int64, the index of each sample's modality (:data:`fedll.data.MODALITIES`), or the
+    :class:`ModalityBatch` of it, as a second argument: :class:`UNet` passes the modality it
+    is given to these, and only to these."""
 
     @staticmethod
-    def checked_modality(x: torch.Tensor, modality: torch.Tensor | None, uses: str) -> torch.Tensor:
-        """``modality``, or ValueError when a layer that ``uses`` it (e.g. "routes by the
-        case's modality") was given none, or not one index per sample of ``x``."""
+    def checked_modality(
+        x: torch.Tensor, modality: torch.Tensor | ModalityBatch | None, uses: str
+    ) -> ModalityBatch:
+        """The :class:`ModalityBatch` of ``modality``, or ValueError when a layer that
+        ``uses`` it (e.g. "routes by the case's modality") was given none, or not one index
+        per sample of ``x``."""
         if modality is None:
             raise ValueError(
                 f"modality: this layer {uses}; call the model with modality=(B,) indices into "
@@ -53,7 +85,9 @@ class TakesModality:
             raise ValueError(
                 f"modality: expected shape ({x.shape[0]},), got {tuple(modality.shape)}"
             )
-        return modality
+        if isinstance(modality, ModalityBatch):
+            return modality
+        return ModalityBatch.of(modality, x.device)
 
 
 def make_norm(norm: str, channels: int) -> nn.Module:
@@ -88,21 +122,22 @@ class ModalityNorm(TakesModality, nn.Module):
             raise ValueError(f"num_modalities: must be >= 1, got {num_modalities}")
         self.norms = nn.ModuleList(make_norm(norm, channels) for _ in range(num_modalities))
 
-    def forward(self, x: torch.Tensor, modality: torch.Tensor | None = None) -> torch.Tensor:
-        modality = self.checked_modality(
+    def forward(
+        self, x: torch.Tensor, modality: torch.Tensor | ModalityBatch | None = None
+    ) -> torch.Tensor:
+        batch = self.checked_modality(
             x, modality, "normalises by the case's modality (norm_by_modality)"
         )
-        if modality.is_meta:  # a footprint measured on the meta device: shapes, no values
+        if batch.index.is_meta:  # a footprint measured on the meta device: shapes, no values
             return self.norms[0](x)
-        present = torch.unique(modality).tolist()
+        present = batch.present
         if not all(0 <= m < len(self.norms) for m in present):
-            raise ValueError(f"modality: indices {present} outside 0..{len(self.norms) - 1}")
+            raise ValueError(f"modality: indices {list(present)} outside 0..{len(self.norms) - 1}")
         if len(present) == 1:
             return self.norms[present[0]](x)
-        modality = modality.to(x.device)
         out = torch.empty_like(x)
         for m in present:
-            index = (modality == m).nonzero(as_tuple=True)[0]
+            index = batch.rows[m]
             out = out.index_copy(0, index, self.norms[m](x.index_select(0, index)))
         return out
 
@@ -149,10 +184,31 @@ class TwoConv(nn.Sequential):
         layers["act2"] = nn.ReLU(inplace=True)
         super().__init__(layers)
 
-    def forward(self, x: torch.Tensor, modality: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, modality: torch.Tensor | ModalityBatch | None = None
+    ) -> torch.Tensor:
         for layer in self:
             x = layer(x, modality) if isinstance(layer, TakesModality) else layer(x)
         return x
+
+
+class MaxPool(nn.MaxPool2d):
+    """2x2 max pooling (ceil mode). Without autograd on the CPU it pools a channels-last copy
+    of a contiguous (NCHW) input and gives the result back contiguous: max pooling is exact, so
+    the values are the same, and torch's CPU inference kernel for NCHW inputs is several times
+    slower than its channels-last one (at 48 px, 128 slices and 8 channels: 19 ms against 7 ms
+    with both copies; benchmarks/bench_arithmetic.py)."""
+
+    def __init__(self) -> None:
+        super().__init__(2, ceil_mode=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        channels_last = torch.channels_last
+        if x.device.type != "cpu" or torch.is_grad_enabled() or x.dim() != 4:
+            return super().forward(x)
+        if x.is_contiguous(memory_format=channels_last):
+            return super().forward(x)
+        return super().forward(x.contiguous(memory_format=channels_last)).contiguous()
 
 
 class Down(nn.Module):
@@ -162,10 +218,12 @@ class Down(nn.Module):
         self, in_channels: int, out_channels: int, conv: ConvFactory, norm: NormSpec
     ) -> None:
         super().__init__()
-        self.pool = nn.MaxPool2d(2, ceil_mode=True)
+        self.pool = MaxPool()
         self.convs = TwoConv(in_channels, out_channels, conv, norm)
 
-    def forward(self, x: torch.Tensor, modality: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, modality: torch.Tensor | ModalityBatch | None = None
+    ) -> torch.Tensor:
         return self.convs(self.pool(x), modality)
 
 
@@ -188,7 +246,10 @@ class UpCat(nn.Module):
         self.convs = TwoConv(in_channels + skip_channels, out_channels, conv, norm)
 
     def forward(
-        self, x: torch.Tensor, skip: torch.Tensor, modality: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        skip: torch.Tensor,
+        modality: torch.Tensor | ModalityBatch | None = None,
     ) -> torch.Tensor:
         x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
         return self.convs(torch.cat([skip, x], dim=1), modality)
@@ -265,6 +326,8 @@ class UNet(nn.Module):
             nn.init.constant_(self.head.bias, math.log(head_prior / (1.0 - head_prior)))
 
     def forward(self, x: torch.Tensor, modality: torch.Tensor | None = None) -> torch.Tensor:
+        if isinstance(modality, torch.Tensor):  # looked up once, for every layer that takes it
+            modality = ModalityBatch.of(modality, x.device)
         skips = [self.stem(x, modality)]
         for down in self.down:
             skips.append(down(skips[-1], modality))

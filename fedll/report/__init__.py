@@ -2,8 +2,9 @@
 
 - :mod:`~fedll.report.read`: reading and checking results, attention and routing files;
 - :mod:`~fedll.report.matrices`: each trial's Dice matrix;
-- :mod:`~fedll.report.summary`: per-trial measures and the forgetting tables (mean ± std),
-  one per metric (Dice, HD95, surface Dice);
+- :mod:`~fedll.report.summary`: per-trial measures and the forgetting tables (mean, std, n),
+  one per metric (Dice; HD95 over the detected cases, the detection rate and BraTS's HD95;
+  surface Dice);
 - :mod:`~fedll.report.tables`: the tables as CSV, Markdown and LaTeX;
 - :mod:`~fedll.report.montage`: test slices with truth and prediction around each switch;
 - :mod:`~fedll.report.attention`: how differently T2 and FLAIR inputs are routed;

@@ -13,15 +13,19 @@ from fedll.report.completeness import (
     Expected,
     complete_configurations,
     describe,
+    foreign_trials,
     missing_parts,
 )
 from fedll.report.html import page_context, write_html
+from fedll.report.matrices import source_column
 from fedll.report.montage import write_montages
+from fedll.report.page import read_scenario
+from fedll.report.pairs import model_pairs
 from fedll.report.plots import write_plots
 from fedll.report.read import maybe_compressed, read_attention, read_results, read_routing
 from fedll.report.routing import routing_separation
 from fedll.report.summary import METRICS, summarise, trial_summary
-from fedll.report.tables import caption, write_tables
+from fedll.report.tables import caption, write_privacy, write_tables
 
 
 def build_report(
@@ -30,19 +34,24 @@ def build_report(
     """Read ``run_dir/results.csv`` (and ``attention.csv`` and ``routing.csv`` if present; each
     may be gzipped, ``.csv.gz``, as a study folder stores them); write the tables to
     ``run_dir/tables`` (forgetting.*, trials.csv, attention_tv.csv, routing_separation.csv;
-    where the results have HD95 and surface Dice, forgetting_hd95.*, forgetting_surface_dice.*
-    and trials_<metric>.csv too) and the plots to ``run_dir/plots`` (routing_<panel>.png from
+    where the results have HD95 and surface Dice, forgetting_hd95.* (over the detected cases),
+    forgetting_detection_rate.*, forgetting_hd95_brats.* (BraTS's convention),
+    forgetting_surface_dice.* and trials_<metric>.csv too; where a trial has an ε, privacy.*,
+    each site's; where two models have three or more seeds, model_pairs.csv,
+    :mod:`fedll.report.pairs`) and the plots to ``run_dir/plots`` (routing_<panel>.png from
     routing.csv, and a montage per configuration whose trial files hold previews,
     :mod:`fedll.report.montage`), and the page of it all, ``run_dir/report.html``.
 
-    With ``expected`` (what the run's scenario asks for), results that lack a trial, a round
-    or a test case are refused (DataError naming what is missing), unless ``partial``: then
+    With ``expected`` (what the run's scenario asks for), files that hold a trial it does
+    not name are refused, and results that lack a trial, a round or a test case are refused
+    (DataError naming what is missing), unless ``partial``: then
     the configurations whose every trial is complete are reported and the trials left out are
     listed in ``tables/missing.csv``.
 
     Returns ``{"table": forgetting table, "summary": trial summary, "tables": [paths],
     "plots": [paths], "html": the page, "csv" / "markdown" / "latex": the forgetting table's files,
-    "left_out": trial ids left out, "missing": the path listing them or None}``.
+    "left_out": trial ids left out, "missing": the path listing them or None, "pairs": the
+    model pairs' comparison rows (empty where there are none)}``.
     DataError (one line naming the file) for a missing or bad CSV.
     """
     run_dir = Path(run_dir)
@@ -53,6 +62,14 @@ def build_report(
     routing_path = maybe_compressed(run_dir / "routing.csv")
     routing = read_routing(routing_path) if routing_path.exists() else None
     tables_dir = run_dir / "tables"
+    if expected is not None:
+        for path, frame in ((results_path, results), (attention_path, attention),
+                            (routing_path, routing)):  # fmt: skip
+            if frame is not None and (foreign := foreign_trials(frame["trial"], expected)):
+                more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+                raise DataError(
+                    f"{path}: trial {foreign[0]!r}{more} is not one of the scenario's trials"
+                )
     left_out: list[str] = []
     missing_path = None
     if expected is not None and (missing := missing_parts(results, expected)):
@@ -79,12 +96,14 @@ def build_report(
     table = summarise(summary)
     tables = write_tables(table, tables_dir, title=caption("dice", results))
     extra = {"trials.csv": summary}
+    per_metric_tables = {}
     for metric in METRICS:
-        if metric == "dice" or results[metric].isna().all():  # results of an earlier fedll
+        if metric == "dice" or results[source_column(metric)].isna().all():  # an earlier fedll
             continue
         per_metric = trial_summary(results, metric)
+        per_metric_tables[metric] = summarise(per_metric, metric)
         tables += write_tables(
-            summarise(per_metric, metric), tables_dir, metric, caption(metric, results)
+            per_metric_tables[metric], tables_dir, metric, caption(metric, results)
         )
         extra[f"trials_{metric}.csv"] = per_metric
     if attention is not None:
@@ -94,10 +113,20 @@ def build_report(
     for name, frame in extra.items():
         frame.to_csv(tables_dir / name, index=False)
         tables.append(tables_dir / name)
+    tables += write_privacy(results, tables_dir)
+    pairs = model_pairs(results, list(read_scenario(run_dir).get("models") or {}))
+    if not pairs.empty:
+        pairs.to_csv(tables_dir / "model_pairs.csv", index=False)
+        tables.append(tables_dir / "model_pairs.csv")
+    elif (stale_pairs := tables_dir / "model_pairs.csv").exists():
+        stale_pairs.unlink()
     plots = write_plots(results, run_dir / "plots", attention, routing)
     plots += write_montages(results, run_dir, run_dir / "plots")
     files = dict(zip(("csv", "markdown", "latex"), tables[:3], strict=True))
-    html = write_html(run_dir, page_context(run_dir, table, summary, plots, left_out))
+    html = write_html(
+        run_dir,
+        page_context(run_dir, table, summary, plots, left_out, results, per_metric_tables, pairs),
+    )
     return {
         "table": table,
         "summary": summary,
@@ -107,4 +136,5 @@ def build_report(
         **files,
         "left_out": left_out,
         "missing": missing_path,
+        "pairs": pairs,
     }

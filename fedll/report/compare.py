@@ -1,5 +1,5 @@
-"""Paired comparisons against a baseline: each measure's difference with a 95% interval from a
-hierarchical bootstrap over seeds and test cases.
+"""Paired comparisons against a baseline: each measure's difference with a 95% interval over
+seeds and test cases (:mod:`fedll.report.intervals`).
 
 ``fedll report RUN_DIR --compare BASELINE`` compares, within every setting (the other grid
 axes equal), each value of one axis (``model`` by default) with the ``BASELINE`` value of it.
@@ -10,13 +10,23 @@ per-seed difference ``measure(arm) - measure(baseline)``, each measure computed 
 forgetting table (:func:`fedll.report.summary.matrix_measures`) from the per-round mean over
 the test cases of each modality.
 
-The interval is a percentile bootstrap that resamples both levels of that design, as a
-two-stage (hierarchical) bootstrap does (Davison & Hinkley 1997, section 3.8; Saravanan et
-al. 2020 for its use with nested data): in each of ``n_boot`` replicates the seeds are drawn
-with replacement, and for each drawn seed the test cases of each modality are drawn with
-replacement, the same draw for both arms; the per-modality Dice matrices of both arms are
-rebuilt from the drawn cases, every measure recomputed, and the differences averaged over the
-drawn seeds. A difference *counts* when its interval excludes 0 (``excludes_zero``).
+The interval (:func:`fedll.report.intervals.seed_case_interval`) is a t interval whose
+variance adds the seeds' part (the variance of the per-seed differences over ``S``) and the
+test cases' part (a delete-one-case jackknife per modality, the case left out of both arms
+and every seed, less the seed x case interaction the seeds' part already holds), on
+Satterthwaite degrees of freedom. Every measure is recomputed from the per-round case means
+of each jackknife replicate. Its coverage, measured on simulated comparisons with a known
+difference, is 0.947-0.959 for 5 and 10 seeds with seed noise, case noise or case effects
+shared by the seeds (``tests/report/test_intervals.py``), where the hierarchical percentile
+bootstrap this replaced covered 0.55-0.91 (0.98-0.99 with case noise alone). A difference
+*counts* when its interval excludes 0 (``excludes_zero``).
+
+Where there is no interval to speak of, ``interval_note`` says why and the difference never
+counts (:func:`judge`): ``1 seed`` (one run of a chaotic trial says nothing of the seeds'
+spread: no interval), ``undefined`` (the measure has no value for this stream, e.g. BWT of
+the last modality), ``zero width`` (every seed and every case gives the same difference, as
+when the arms are identical or differ by one constant: the interval measures no uncertainty)
+and ``no interval`` (no variance could be estimated).
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ from fedll.columns import config_columns
 from fedll.data import MODALITIES
 from fedll.errors import ConfigError
 from fedll.metrics import nan_reduce
+from fedll.report.intervals import seed_case_interval
 from fedll.report.matrices import dice_matrix
 from fedll.report.read import check_results
 from fedll.report.summary import matrix_measures, measures
@@ -38,12 +49,19 @@ from fedll.report.summary import matrix_measures, measures
 COMPARE_COLUMNS = ("arm", "baseline", "modality", "measure", "label")
 MEAN = "mean"
 """The ``modality`` of a comparison row for the measure averaged over the modalities."""
-STAT_COLUMNS = ("difference", "ci_low", "ci_high", "excludes_zero", "n_seeds", "n_cases")
+STAT_COLUMNS = (
+    "difference", "ci_low", "ci_high", "excludes_zero", "interval_note", "n_seeds", "n_cases",
+)  # fmt: skip
+TOLERANCE = 1e-9
+"""Differences and interval widths within it are the rounding of equal values (a Dice of
+0.1 + 0.2 against 0.3), not a difference: an interval must clear 0 by more to count."""
+NO_INTERVAL = ("1 seed", "undefined", "no interval")
+"""The :func:`judge` notes of a difference printed without an interval."""
 
 
 @dataclass(frozen=True)
 class ArmTrial:
-    """One trial of an arm, as the bootstrap needs it: per modality the per-case metric over
+    """One trial of an arm, as the interval needs it: per modality the per-case metric over
     rounds (``cases[m]``: (T + 1, n_cases), columns in ``case_ids[m]`` order; None where the
     modality was not evaluated) and the modalities arriving in each round."""
 
@@ -88,16 +106,16 @@ def paired_difference(
     arm: Sequence[ArmTrial],
     baseline: Sequence[ArmTrial],
     metric: str = "dice",
-    n_boot: int = 2000,
     level: float = 0.95,
-    seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The mean over seeds of ``measures(arm) - measures(baseline)`` and its ``level``
-    percentile interval from the hierarchical bootstrap; ``arm[s]`` and ``baseline[s]`` are
-    the trials of seed ``s`` (the same test cases, in the same order). Returns
-    (estimate, low, high), each (n_measures, M + 1): a column per modality, then the
-    difference of the modality-averaged measure (the mean over the modalities that have it,
-    resampled with them: one interval for "averaged over T2 and FLAIR")."""
+    interval over seeds and test cases (:func:`fedll.report.intervals.seed_case_interval`);
+    ``arm[s]`` and ``baseline[s]`` are the trials of seed ``s`` (the same test cases, in the
+    same order). Returns (estimate, low, high), each (n_measures, M + 1): a column per
+    modality, then the difference of the modality-averaged measure (the mean over the
+    modalities that have it, its jackknife deleting each case of every modality: one interval
+    for "averaged over T2 and FLAIR"). With one seed there is no interval: low and high are
+    NaN."""
     if len(arm) != len(baseline) or not arm:
         raise ValueError("paired_difference needs the same, non-zero number of seeds per arm")
     for a, b in zip(arm, baseline, strict=True):
@@ -113,23 +131,37 @@ def paired_difference(
         both = nan_reduce(np.nanmean, per_modality, axis=1)[:, None]
         return np.concatenate([per_modality, both], axis=1)
 
-    estimate = nan_reduce(np.nanmean, np.stack([difference(s, whole) for s in range(len(arm))]), 0)
-    rng = np.random.default_rng(seed)
-    replicates = []
-    for _ in range(n_boot):
-        drawn = []
-        for s in rng.integers(len(arm), size=len(arm)):
-            picks = [
-                None if ids == () else rng.integers(len(ids), size=len(ids))
-                for ids in arm[s].case_ids
-            ]
-            drawn.append(difference(int(s), picks))
-        replicates.append(nan_reduce(np.nanmean, np.stack(drawn), 0))
-    tail = (1 - level) / 2 * 100
-    stacked = np.stack(replicates)
-    low = nan_reduce(lambda v, axis: np.nanpercentile(v, tail, axis=axis), stacked, 0)
-    high = nan_reduce(lambda v, axis: np.nanpercentile(v, 100 - tail, axis=axis), stacked, 0)
-    return estimate, low, high
+    def without(m: int, case: int) -> list[np.ndarray | None]:
+        kept = np.delete(np.arange(len(arm[0].case_ids[m])), case)
+        return [kept if k == m else None for k in range(len(MODALITIES))]
+
+    seeds = range(len(arm))
+    per_seed = np.stack([difference(s, whole) for s in seeds])
+    if len(arm) < 2:  # one chaotic run: nothing is known of the seeds' spread
+        estimate = nan_reduce(np.nanmean, per_seed, 0)
+        return estimate, np.full_like(estimate, np.nan), np.full_like(estimate, np.nan)
+    jackknife = [
+        np.stack([np.stack([difference(s, without(m, i)) for i in range(len(ids))]) for s in seeds])
+        for m, ids in enumerate(arm[0].case_ids)
+        if ids
+    ]
+    interval = seed_case_interval(per_seed, jackknife, level)
+    return interval.estimate, interval.low, interval.high
+
+
+def judge(difference: float, low: float, high: float, n_seeds: int) -> tuple[bool, str]:
+    """Whether the difference counts (its interval excludes 0 by more than
+    :data:`TOLERANCE`) and, where there is no interval to judge by, why not (the module's
+    notes; "" for a proper interval): then it never counts."""
+    if not np.isfinite(difference):
+        return False, "undefined"
+    if n_seeds < 2:
+        return False, "1 seed"
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return False, "no interval"
+    if high - low <= TOLERANCE:
+        return False, "zero width"
+    return bool(low > TOLERANCE or high < -TOLERANCE), ""
 
 
 def compare(
@@ -137,9 +169,7 @@ def compare(
     baseline: str,
     axis: str = "model",
     metric: str = "dice",
-    n_boot: int = 2000,
     level: float = 0.95,
-    seed: int = 0,
 ) -> pd.DataFrame:
     """For every setting (the configuration columns but ``axis``) and every value of ``axis``
     other than ``baseline``: each measure's paired difference from the baseline per modality,
@@ -175,13 +205,14 @@ def compare(
                 continue
             arm = [by_trial[seeds[value][s]] for s in common]
             base = [by_trial[seeds[baseline][s]] for s in common]
-            estimate, low, high = paired_difference(arm, base, metric, n_boot, level, seed)
+            estimate, low, high = paired_difference(arm, base, metric, level)
             evaluated = [arm[0].cases[m] is not None for m in range(len(MODALITIES))]
             columns = [(m, x) for m, x in enumerate(MODALITIES) if evaluated[m]]
             if sum(evaluated) > 1:
                 columns.append((len(MODALITIES), MEAN))
             for m, modality in columns:
                 for i, (name, label) in enumerate(names.items()):
+                    counts, note = judge(estimate[i, m], low[i, m], high[i, m], len(common))
                     rows.append(
                         {
                             **dict(zip(setting, key, strict=True)),
@@ -193,7 +224,8 @@ def compare(
                             "difference": estimate[i, m],
                             "ci_low": low[i, m],
                             "ci_high": high[i, m],
-                            "excludes_zero": bool(low[i, m] > 0 or high[i, m] < 0),
+                            "excludes_zero": counts,
+                            "interval_note": note,
                             "n_seeds": len(common),
                             "n_cases": sum(len(ids) for ids in arm[0].case_ids)
                             if modality == MEAN
@@ -203,19 +235,27 @@ def compare(
     return pd.DataFrame(rows, columns=[*setting, *COMPARE_COLUMNS, *STAT_COLUMNS])
 
 
+def format_cell(row: pd.Series, digits: int = 3) -> str:
+    """One comparison row for reading: ``difference [low, high]`` with a ``*`` where the
+    interval excludes 0; where there is none, why: ``+0.100 [n/a: 1 seed]``,
+    ``n/a (undefined)``, ``+0.100 [+0.100, +0.100] (zero width)``."""
+    note = row.get("interval_note", "")
+    note = note if isinstance(note, str) else ""  # a table read back: "" became NaN
+    if note == "undefined":
+        return "n/a (undefined)"
+    difference = f"{row['difference']:+.{digits}f}"
+    if note in NO_INTERVAL:
+        return f"{difference} [n/a: {note}]"
+    interval = f"{difference} [{row['ci_low']:+.{digits}f}, {row['ci_high']:+.{digits}f}]"
+    return f"{interval} ({note})" if note else interval + ("*" if row["excludes_zero"] else "")
+
+
 def format_comparison(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
-    """The comparison for reading: ``difference [low, high]`` with a ``*`` where the interval
-    excludes 0 (``n/a`` where neither arm has the measure), one row per setting x arm x
+    """The comparison for reading (:func:`format_cell`), one row per setting x arm x
     modality, one column per measure label."""
     if table.empty:
         return table
-    cell = table.apply(
-        lambda r: (
-            f"{r['difference']:+.{digits}f} [{r['ci_low']:+.{digits}f}, "
-            f"{r['ci_high']:+.{digits}f}]" + ("*" if r["excludes_zero"] else "")
-        ),
-        axis=1,
-    )
+    cell = table.apply(format_cell, axis=1, digits=digits)
     index = [c for c in table.columns if c not in (*COMPARE_COLUMNS[3:], *STAT_COLUMNS)]
     wide = table.assign(cell=cell, n_seeds=table["n_seeds"]).pivot_table(
         index=[*index, "n_seeds"], columns="label", values="cell", aggfunc="first", sort=False

@@ -2,18 +2,22 @@
 test case (pure pandas, no scenario types: the caller says what is expected).
 
 ``fedll report`` refuses results that lack any of it (a partial table read as a complete one
-is a wrong result); with ``--partial`` it reports the configurations whose every trial is
-complete and lists the rest.
+is a wrong result), or that hold a trial the scenario does not have; with ``--partial`` it
+reports the configurations whose every trial is complete and lists the rest.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
 
 from fedll.columns import config_columns
+
+NO_ROWS = "no rows"
+"""What :func:`missing_parts` says of a trial without a single row: it was not run (or did
+not finish: a trial's rows are written all at once, when it ends)."""
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,7 @@ def missing_parts(results: pd.DataFrame, expected: Expected) -> dict[str, str]:
     for trial, rounds in expected.rounds.items():
         frame = by_trial.get(trial)
         if frame is None:
-            missing[trial] = "no rows"
+            missing[trial] = NO_ROWS
             continue
         absent = sorted(set(range(rounds + 1)) - set(frame["round"]))
         if absent:
@@ -50,6 +54,12 @@ def missing_parts(results: pd.DataFrame, expected: Expected) -> dict[str, str]:
             if lacking_modalities := sorted(m for m in expected.cases if m not in held):
                 missing[trial] = "modality " + ", ".join(lacking_modalities)
     return missing
+
+
+def foreign_trials(trials: Iterable[str], expected: Expected) -> list[str]:
+    """The trial ids among ``trials`` (a file's ``trial`` column) that ``expected`` does not
+    name, in order of appearance: rows of another scenario's run, copied or edited in."""
+    return [t for t in dict.fromkeys(map(str, trials)) if t not in expected.rounds]
 
 
 def complete_configurations(
@@ -70,7 +80,18 @@ def complete_configurations(
 
 
 def describe(missing: Mapping[str, str], shown: int = 3) -> str:
-    """One line: how many trials lack what, naming the first few."""
-    items = [f"{trial} ({what})" for trial, what in missing.items()]
+    """One line: how many trials were not run (no rows at all) and how many lack part of their
+    rows, and what, naming the first few of each."""
+    not_run = [trial for trial, what in missing.items() if what == NO_ROWS]
+    partial = [f"{trial} ({what})" for trial, what in missing.items() if what != NO_ROWS]
+    parts = []
+    if not_run:
+        parts.append(f"{len(not_run)} trial(s) not run: " + _first(not_run, shown))
+    if partial:
+        parts.append(f"{len(partial)} trial(s) incomplete: " + _first(partial, shown))
+    return "; ".join(parts)
+
+
+def _first(items: Sequence[str], shown: int) -> str:
     more = f" and {len(items) - shown} more" if len(items) > shown else ""
-    return f"{len(items)} trial(s) incomplete: " + "; ".join(items[:shown]) + more
+    return ", ".join(items[:shown]) + more

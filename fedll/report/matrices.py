@@ -2,7 +2,8 @@
 
 A trial's rows of checked results (:func:`fedll.report.read.check_results`) give its Dice
 matrix ``R`` (T + 1, M) and ``arriving`` (T + 1 sets of modality indices), from which
-:mod:`fedll.metrics` computes the measures of DESIGN.md "Definitions".
+:mod:`fedll.metrics` computes the measures of DESIGN.md "Definitions"; the matrix of another
+metric (:func:`metric_values`: a result column, or one derived from ``hd95``) likewise.
 """
 
 from __future__ import annotations
@@ -14,27 +15,56 @@ import pandas as pd
 
 from fedll.data import MODALITIES
 from fedll.errors import DataError
+from fedll.metrics import detected, detected_hd95
 from fedll.report.read import check_results, parse_arriving
 
 logger = logging.getLogger(__name__)
 
 Matrix = tuple[np.ndarray, list[frozenset[int]]]
 
+DERIVED: dict[str, str] = {  # metric -> the result column it is read from
+    "hd95": "hd95",
+    "hd95_brats": "hd95",
+    "detection_rate": "hd95",
+}
+"""The metrics read from the ``hd95`` column: ``hd95`` over the cases with a non-empty
+prediction (:func:`fedll.metrics.detected_hd95`), ``hd95_brats`` as written (BraTS: an empty
+prediction counts 373.13 mm), ``detection_rate`` whether the prediction was non-empty
+(:func:`fedll.metrics.detected`: the mean over cases is the share detected)."""
+
+
+def source_column(metric: str) -> str:
+    """The result column ``metric`` is read from (itself, unless it is :data:`DERIVED`)."""
+    return DERIVED.get(metric, metric)
+
+
+def metric_values(rows: pd.DataFrame, metric: str) -> pd.Series:
+    """Per row of checked results, the value of ``metric``: a result column (``dice``,
+    ``surface_dice``, ``personal_dice``, ...) as written, or a :data:`DERIVED` metric."""
+    column = rows[source_column(metric)]
+    if metric == "hd95":
+        return pd.Series(detected_hd95(column.to_numpy()), index=rows.index, name=metric)
+    if metric == "detection_rate":
+        return pd.Series(detected(column.to_numpy()), index=rows.index, name=metric)
+    return column.rename(metric)
+
 
 def dice_matrix(
     trial_results: pd.DataFrame, source: str = "results", metric: str = "dice"
 ) -> Matrix:
     """The Dice matrix of one trial's rows (checked, as from ``check_results``): ``R`` (T + 1, M)
-    and ``arriving`` (T + 1 sets); with ``metric`` (a column of
-    :data:`fedll.columns.METRIC_COLUMNS`: ``hd95``, ``surface_dice``) that metric's matrix.
+    and ``arriving`` (T + 1 sets); with ``metric`` (:func:`metric_values`: ``hd95``,
+    ``hd95_brats``, ``detection_rate``, ``surface_dice``, ...) that metric's matrix.
 
     ``R[t, m]`` is the mean Dice over modality ``MODALITIES[m]``'s test cases after round ``t``
-    (NaN Dice values skipped; NaN when a round or modality has no rows); ``arriving[t]`` the
-    indices of the modalities that trained in round ``t`` (empty for round 0 and missing rounds).
+    (NaN Dice values skipped; NaN when a round or modality has no rows, or no value: for
+    ``hd95``, no detected case); ``arriving[t]`` the indices of the modalities that trained in
+    round ``t`` (empty for round 0 and missing rounds).
     """
     rounds = int(trial_results["round"].max())
     R = np.full((rounds + 1, len(MODALITIES)), np.nan)
-    means = trial_results.groupby(["round", "modality"])[metric].mean()
+    values = metric_values(trial_results, metric)
+    means = values.groupby([trial_results["round"], trial_results["modality"]]).mean()
     for (t, modality), value in means.items():
         R[int(t), MODALITIES.index(modality)] = value
     arriving: list[frozenset[int]] = [frozenset() for _ in range(rounds + 1)]

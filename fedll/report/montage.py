@@ -22,7 +22,15 @@ import pandas as pd
 from fedll.columns import config_columns
 from fedll.data import LABELS, MODALITIES
 from fedll.report.matrices import dice_matrix
-from fedll.report.plots import _arrival_label, _save, _shade_rounds, _slug
+from fedll.report.plots import (
+    _SHADES,
+    MODALITY_COLOURS,
+    _arrival_key,
+    _arrival_label,
+    _save,
+    _shade_rounds,
+    _slug,
+)
 from fedll.report.read import check_results
 from fedll.results import sealed_previews
 
@@ -79,6 +87,7 @@ def plot_montage(
     """One trial's montage: a row per shown round, a column per previewed case (image with
     truth in green and prediction in red, the case's Dice), the Dice curve on the right."""
     from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
 
     R, arriving = dice_matrix(trial_results)
     rounds = shown_rounds(arriving)
@@ -113,11 +122,15 @@ def plot_montage(
                     0.03, 0.04, f"{dice[(t, case)]:.2f}", color="yellow", fontsize="x-small",
                     transform=ax.transAxes,
                 )  # fmt: skip
-    curve = fig.add_subplot(grid[:, cols:])
+    # the curve at a readable aspect (about 3:2), beside the first rounds, not their full height
+    curve = fig.add_subplot(grid[: min(len(rounds), 2), cols:])
     _shade_rounds(curve, arriving)
     for m, modality in enumerate(MODALITIES):
         if not np.isnan(R[:, m]).all():
-            curve.plot(range(len(R)), R[:, m], marker="o", ms=3, label=LABELS[modality])
+            curve.plot(
+                range(len(R)), R[:, m], marker="o", ms=3, label=LABELS[modality],
+                color=MODALITY_COLOURS[modality],
+            )  # fmt: skip
     for t in rounds:
         curve.axvline(t, color="#444444", lw=0.6, alpha=0.5)
     curve.xaxis.get_major_locator().set_params(integer=True)
@@ -126,7 +139,10 @@ def plot_montage(
     curve.set_ylim(0, 1)
     curve.yaxis.set_label_position("right")
     curve.yaxis.tick_right()
-    curve.legend(fontsize="small")
+    handles, _ = curve.get_legend_handles_labels()
+    shaded = dict.fromkeys(_arrival_key(a) for a in arriving[1:] if a)
+    handles += [Patch(color=_SHADES[k], label=f"{LABELS.get(k, k)} arriving") for k in shaded]
+    curve.legend(handles=handles, fontsize="small")
     fig.suptitle(
         f"{title}: truth green, prediction red (yellow: the case's 3-D Dice)", fontsize="small"
     )

@@ -2,13 +2,15 @@
 
 Each function returns lists and dicts of strings and numbers that the page's template
 (:mod:`fedll.report.html`) lays out: the scenario in brief, the forgetting table (key
-measures, then every measure), the figures as ``data:`` URIs, each trial's failed and rejected
-updates and wall time (from its seal), and the run's provenance.
+measures, then every measure), what its ε is and each site's (where a trial has one), the
+figures as ``data:`` URIs, each trial's failed and rejected updates and wall time (from its
+seal), and the run's provenance.
 """
 
 from __future__ import annotations
 
 import base64
+import io
 import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -19,12 +21,28 @@ import pandas as pd
 import yaml
 
 from fedll.columns import config_columns
+from fedll.report.epsilon import epsilon_clause, format_privacy, privacy_caption, privacy_table
 from fedll.report.summary import MEASURES
 
 KEY_LABELS: tuple[str, ...] = tuple(
     MEASURES[m] for m in ("final_dice", "forgetting_max", "bwt", "learning_accuracy")
 )
 """The measures the page's first table shows (every other one is a click away)."""
+DETECTION_LABELS: dict[str, dict[str, str]] = {  # metric -> its table's label -> the page's
+    "hd95": {"final HD95 (mm)": "final HD95 (mm)", "forgetting (max)": "HD95 rise (max, mm)"},
+    "detection_rate": {
+        "final detection rate": "final detection rate",
+        "AUC": "detection rate (mean over rounds)",
+        "forgetting (max)": "detection rate forgetting (max)",
+    },
+    "surface_dice": {
+        "final surface Dice": "final surface Dice",
+        "forgetting (max)": "surface Dice forgetting (max)",
+    },
+}
+"""The columns of the page's HD95, detection and surface Dice table, from the formatted
+forgetting tables of ``hd95`` (over the detected cases), ``detection_rate`` and
+``surface_dice``."""
 FIGURE_KINDS: dict[str, str] = {  # file-name prefix -> section of the page
     "curves_": "Dice curves",
     "montage_": "Pictures of forgetting",
@@ -91,13 +109,56 @@ def _text(value: Any) -> str:
 
 
 def table_rows(view: pd.DataFrame, labels: Iterable[str] | None = None) -> dict[str, Any]:
-    """``{"columns": [...], "rows": [[...], ...]}`` of a formatted forgetting table
-    (:func:`fedll.report.format_table`), keeping its configuration columns, modality and seeds
-    and then only ``labels`` (every column where None)."""
+    """``{"columns": [...], "rows": [[...], ...], "constant": [(column, value), ...]}`` of a
+    formatted forgetting table (:func:`fedll.report.format_table`), keeping its
+    configuration columns, modality and seeds and then only ``labels`` (every column where
+    None). A configuration column or ``seeds`` that holds one value in every row of a table of
+    two or more rows is left out of the columns and listed in ``constant``, shown once
+    above the table."""
     if labels is not None:
         keys = [*config_columns(view), "modality", "seeds"]
         view = view[[*keys, *(c for c in labels if c in view.columns)]]
-    return {"columns": list(view.columns), "rows": view.astype(str).to_numpy().tolist()}
+    text = view.astype(str)
+    constant = []
+    if len(text) > 1:
+        candidates = [c for c in (*config_columns(view), "seeds") if c in text.columns]
+        constant = [(c, str(text[c].iloc[0])) for c in candidates if text[c].nunique() == 1]
+        text = text.drop(columns=[c for c, _ in constant])
+    return {
+        "columns": list(text.columns),
+        "rows": text.to_numpy().tolist(),
+        "constant": constant,
+    }
+
+
+def privacy_section(results: pd.DataFrame | None) -> dict[str, Any] | None:
+    """``{"clause", "caption", "table"}`` where some trial has an ε: what the forgetting
+    table's ``final ε`` is, the per-site table's caption and its rows
+    (:mod:`fedll.report.epsilon`); None otherwise."""
+    if results is None or not (table := privacy_table(results)).size:
+        return None
+    clause = epsilon_clause(results).removeprefix("; ")
+    return {
+        "clause": clause[:1].upper() + clause[1:],
+        "caption": privacy_caption(results),
+        "table": table_rows(format_privacy(table)),
+    }
+
+
+def detection_rows(views: Mapping[str, pd.DataFrame]) -> dict[str, Any] | None:
+    """:func:`table_rows` of HD95 beside the detection rate: the configuration columns,
+    modality and seeds, then the :data:`DETECTION_LABELS` of each formatted forgetting table
+    in ``views`` (metric -> :func:`fedll.report.format_table` of it); None without them."""
+    shown = [m for m in DETECTION_LABELS if m in views]
+    if not shown:
+        return None
+    # the tables of one run's metrics have the same rows, in the same order
+    first = views[shown[0]]
+    columns = [first[[*config_columns(first), "modality", "seeds"]]]
+    for metric in shown:
+        labels = DETECTION_LABELS[metric]
+        columns.append(views[metric][list(labels)].set_axis(list(labels.values()), axis=1))
+    return table_rows(pd.concat(columns, axis=1))
 
 
 def figures(plots: Iterable[Path]) -> list[dict[str, Any]]:
@@ -113,9 +174,21 @@ def figures(plots: Iterable[Path]) -> list[dict[str, Any]]:
     return [{"title": t, "figures": f} for t, f in sections.items() if f]
 
 
-def data_uri(path: Path) -> str:
-    """A PNG file as a ``data:`` URI."""
-    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+PAGE_COLOURS = 256
+"""The palette of a figure inlined in the page: the plots' files keep every colour, the page
+carries a 256-colour copy (a third of the size: the quickstart's page 4.7 -> 1.9 MB)."""
+
+
+def data_uri(path: Path, colours: int = PAGE_COLOURS) -> str:
+    """A PNG file as a ``data:`` URI, reduced to a palette of ``colours`` (fast octree
+    quantisation, deterministic; a figure of fewer colours keeps them all)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        reduced = image.convert("RGB").quantize(colours, method=Image.Quantize.FASTOCTREE)
+    buffer = io.BytesIO()
+    reduced.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def trial_records(run_dir: Path, trial_ids: Iterable[str]) -> list[dict[str, Any]]:

@@ -25,6 +25,9 @@ from fedll.report.read import check_results
 logger = logging.getLogger(__name__)
 
 _SHADES = {"t2": "#dde9f6", "flair": "#fdebd6", "both": "#ebe1f1"}
+"""The band of the rounds where a modality arrives: light tints of its colour."""
+MODALITY_COLOURS = {"t2": "#1f77b4", "flair": "#ff7f0e"}
+"""A modality's colour wherever a figure draws it as a line (its bands are tints of it)."""
 _LINE_COLORS = (
     "#222222", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#1f77b4",
     "#ff7f0e", "#bcbd22", "#7f7f7f", "#aec7e8",

@@ -41,7 +41,8 @@ def read_results(path: Path) -> pd.DataFrame:
 
 
 def read_attention(path: Path) -> pd.DataFrame:
-    """Read and check an attention.csv (:data:`fedll.columns.ATTENTION_COLUMNS`)."""
+    """Read and check an attention.csv (:data:`fedll.columns.ATTENTION_COLUMNS`): integer
+    ``round``, ``seed`` and ``arrival_batch``, a finite ``mass`` on every row."""
     frame = _read_csv(Path(path))
     _require_columns(frame, REQUIRED_ATTENTION_COLUMNS, str(path))
     frame = frame.copy()
@@ -49,6 +50,7 @@ def read_attention(path: Path) -> pd.DataFrame:
     for col in ("round", "seed", "arrival_batch"):
         frame[col] = _integers(frame[col], str(path), col)
     frame["mass"] = _floats(frame["mass"], str(path), "mass")
+    _no_empty(frame["mass"].isna(), str(path), "mass", "every kernel has a mass")
     return frame
 
 
@@ -73,9 +75,10 @@ def read_routing(path: Path) -> pd.DataFrame:
 def check_results(results: pd.DataFrame, source: str = "results") -> pd.DataFrame:
     """Validate long-format results and return a normalised copy (typed columns).
 
-    Raises DataError naming ``source`` for missing columns, no rows, non-numeric or out-of-range
-    values, unknown modalities, duplicated cases, or a trial/round whose configuration or
-    ``arriving`` is not unique.
+    Raises DataError naming ``source`` for missing columns, no rows, non-numeric, infinite,
+    out-of-range or missing values (naming the column and the row, data rows counted from 1:
+    :func:`_require_values` says which columns may be empty), unknown modalities, duplicated
+    cases, or a trial/round whose configuration or ``arriving`` is not unique.
     """
     _require_columns(results, REQUIRED_RESULT_COLUMNS, source)
     if results.empty:
@@ -95,10 +98,11 @@ def check_results(results: pd.DataFrame, source: str = "results") -> pd.DataFram
         out[col] = _integers(out[col], source, col)
     for col in floats:
         out[col] = _floats(out[col], source, col)
-    for col in ("dice", "surface_dice", "personal_dice", "personal_surface_dice"):
+    _require_values(out, source)
+    for col in ("dice", "surface_dice", "personal_dice", "personal_surface_dice", "dp_delta"):
         if ((out[col] < 0) | (out[col] > 1)).any():
             raise DataError(f"{source}: column {col} has values outside [0, 1]")
-    for col in ("hd95", "surface_tolerance_mm", "personal_hd95"):
+    for col in ("hd95", "surface_tolerance_mm", "personal_hd95", "epsilon"):
         if (out[col] < 0).any():
             raise DataError(f"{source}: column {col} has negative values")
     unknown = sorted(set(out["modality"]) - set(MODALITIES))
@@ -137,6 +141,26 @@ def check_results(results: pd.DataFrame, source: str = "results") -> pd.DataFram
     return out
 
 
+def _require_values(results: pd.DataFrame, source: str) -> None:
+    """Refuse an empty (or NaN) value where the schema has none: every case has a Dice, and
+    a trial has its HD95, surface Dice and tolerance on every row or on none (a trial of an
+    earlier fedll, scored by Dice alone). The other columns may be empty: the privacy columns
+    of a trial without an accountant, the personalised metrics before a site of the modality
+    has trained (or without Ditto). The HD95 of a case with one empty mask is a number
+    (373.13 mm, :data:`fedll.metrics.segmentation.HD95_MAX_MM`), never empty."""
+    _no_empty(results["dice"].isna(), source, "dice", "every test case has a Dice")
+    for col in ("hd95", "surface_dice", "surface_tolerance_mm"):
+        empty = results[col].isna()
+        by_trial = empty.groupby(results["trial"])
+        partly = by_trial.transform("any") & ~by_trial.transform("all")
+        _no_empty(empty & partly, source, col, "a trial has it on every row or on none")
+
+
+def _no_empty(empty: pd.Series, source: str, col: str, why: str) -> None:
+    if (rows := np.flatnonzero(empty.to_numpy())).size:
+        raise DataError(f"{source}: column {col} is empty in row {rows[0] + 1} ({why})")
+
+
 def _read_csv(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
@@ -156,19 +180,32 @@ def _require_columns(frame: pd.DataFrame, columns: Sequence[str], source: str) -
 
 
 def _integers(series: pd.Series, source: str, col: str) -> pd.Series:
-    values = pd.to_numeric(series, errors="coerce")
-    bad = values.isna() | (values != values.round())
+    """The column as int64; DataError naming the column and row (data rows counted from 1)
+    of the first value that is not an integer within 2**53 (inf, NaN and 1e300 are not)."""
+    values = pd.to_numeric(series, errors="coerce").astype(np.float64)
+    bad = ~np.isfinite(values) | (values != values.round()) | (values.abs() > 2**53)
     if bad.any():
-        raise DataError(f"{source}: column {col} needs integers, got {series[bad].iloc[0]!r}")
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError(
+            f"{source}: column {col} needs integers, got {series.iloc[row]!r} (row {row + 1})"
+        )
     return values.astype(np.int64)
 
 
 def _floats(series: pd.Series, source: str, col: str) -> pd.Series:
+    """The column as float64, empty values (and "nan", "none") NaN; DataError naming the
+    column and row (data rows counted from 1) of the first value that is not a number or is
+    infinite (no column of fedll's files holds one)."""
     values = pd.to_numeric(series, errors="coerce").astype(np.float64)
     text = series.astype(str).str.strip().str.lower()
     bad = values.isna() & series.notna() & ~text.isin(["", "nan", "none"])
     if bad.any():
         raise DataError(f"{source}: column {col} needs numbers, got {series[bad].iloc[0]!r}")
+    if (infinite := np.flatnonzero(np.isinf(values.to_numpy()))).size:
+        row = int(infinite[0])
+        raise DataError(
+            f"{source}: column {col} needs finite numbers, got {series.iloc[row]!r} (row {row + 1})"
+        )
     return values
 
 

@@ -1,4 +1,5 @@
-"""Per-trial measures and the forgetting tables: mean ± std over the seeds of a configuration.
+"""Per-trial measures and the forgetting tables: mean, std and count over the seeds of a
+configuration (:func:`seed_interval` turns them into a 95 % interval).
 
 :func:`trial_summary` computes every measure of :data:`MEASURES` per trial and evaluated
 modality from its Dice matrix, or (``metric``) from its HD95 or surface-Dice matrix with the
@@ -52,11 +53,17 @@ PERSONAL_MEASURES: dict[str, str] = {  # of the personalised models' Dice matrix
     "personal_forgetting_max": "personal forgetting (max)",
 }
 
-METRICS: dict[str, tuple[str, bool]] = {  # result column -> (label, higher is better)
+METRICS: dict[str, tuple[str, bool]] = {  # metric -> (label, higher is better)
     "dice": ("Dice", True),
     "hd95": ("HD95 (mm)", False),
+    "detection_rate": ("detection rate", True),
+    "hd95_brats": ("BraTS HD95 (mm)", False),
     "surface_dice": ("surface Dice", True),
 }
+"""The metrics with a forgetting table: result columns, and those read from ``hd95``
+(:data:`fedll.report.matrices.DERIVED`): ``hd95`` over the detected cases (a non-empty
+prediction), the ``detection_rate`` beside it, and ``hd95_brats``, BraTS's convention that
+counts a missed case at 373.13 mm."""
 
 
 def measures(metric: str = "dice") -> dict[str, str]:
@@ -97,7 +104,10 @@ def trial_summary(results: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
     the negated matrix, so the signs keep their meaning: forgetting and switch drops are the
     *rise* of HD95 in mm (positive = worse, as a Dice loss is), BWT is minus the rise since the
     modality last trained (negative = forgotten); the level measures (final, learning accuracy,
-    AUC, mean final) stay in mm.
+    AUC, mean final) stay in mm. ``hd95`` is the mean over the cases with a non-empty
+    prediction (NaN in a round without one), ``detection_rate`` the share of such cases,
+    ``hd95_brats`` the mean with a missed case at 373.13 mm
+    (:func:`fedll.report.matrices.metric_values`).
 
     Per modality ``m``: ``final_dice`` R[T, m]; ``forgetting_final`` / ``forgetting_max`` the
     last and the largest entry of ``forgetting(R)[:, m]``; ``switch_drop_mean`` / ``_max`` over
@@ -203,6 +213,18 @@ def forgetting_table(results: pd.DataFrame, metric: str = "dice") -> pd.DataFram
     deviation over seeds (ddof=1, NaN for a single seed).
     """
     return summarise(trial_summary(results, metric), metric)
+
+
+def seed_interval(mean: float, std: float, n: int) -> tuple[float, float]:
+    """The 95 % interval of a mean over ``n`` seeds: ``mean ± t(0.975, n - 1) std / sqrt(n)``
+    (Student's t; the seeds' values taken as independent draws of the configuration's
+    result). NaN where fewer than two seeds have a value."""
+    from scipy.stats import t
+
+    if n < 2 or np.isnan(mean) or np.isnan(std):
+        return np.nan, np.nan
+    half = float(t.ppf(0.975, n - 1)) * std / np.sqrt(n)
+    return mean - half, mean + half
 
 
 def summarise(summary: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:

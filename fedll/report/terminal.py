@@ -2,9 +2,9 @@
 
 The files keep every measure (:mod:`fedll.report.tables`); the terminal shows, per
 configuration (the model, and its setting: the values of the configuration axes that vary in
-the run), the mean over
-seeds of final Dice, forgetting (max), BWT and learning accuracy of each modality, then one
-summary line. Names too long for their column lose their middle to an ellipsis.
+the run) and modality, the mean over seeds, ± half its 95 % interval, of final Dice,
+forgetting (max), BWT and learning accuracy (a run of one seed says its rows are not
+compared), then one summary line. Names too long for their column lose their middle to an ellipsis.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import pandas as pd
 
 from fedll.columns import config_columns
 from fedll.data import LABELS, MODALITIES
+from fedll.report.summary import seed_interval
 
 KEY_MEASURES: dict[str, str] = {  # measure -> short label in the terminal
     "final_dice": "final",
@@ -24,9 +25,10 @@ KEY_MEASURES: dict[str, str] = {  # measure -> short label in the terminal
     "learning_accuracy": "learn",
 }
 LEGEND = (
-    "mean over seeds of final Dice, forgetting (max), BWT and learning accuracy per modality; "
-    "every measure is in report.html"
+    "mean over seeds ± half its 95 % interval of final Dice, forgetting (max), BWT, learning "
+    "accuracy; all in report.html"
 )
+ONE_SEED = "one seed per configuration: its rows are not compared (a run is chaotic; add seeds)"
 WIDTH = 120
 _GAP = "  "
 
@@ -47,52 +49,58 @@ def fit(text: str, width: int) -> str:
     return text[:head] + "…" + text[len(text) - (width - 1 - head) :]
 
 
+def _cell(mean: float, std: float, n: float) -> str:
+    """``mean±half`` (half the 95 % interval over seeds), the mean alone for one seed."""
+    if np.isnan(mean):
+        return "n/a"
+    low, high = seed_interval(float(mean), float(std), int(0 if np.isnan(n) else n))
+    return f"{mean:.3f}" if np.isnan(low) else f"{mean:.3f}±{(high - low) / 2:.3f}"
+
+
 def terminal_table(table: pd.DataFrame, width: int = WIDTH) -> list[str]:
-    """Lines of at most ``width`` characters: a header of two lines (modality, measure), one
-    line per configuration of a forgetting table (:func:`fedll.report.summarise`), and the
-    :data:`LEGEND`."""
+    """Lines of at most ``width`` characters: a header, one line per configuration and
+    modality of a forgetting table (:func:`fedll.report.summarise`), and the :data:`LEGEND`
+    (and :data:`ONE_SEED` where no configuration has two seeds)."""
     keys = config_columns(table)
     setting_keys = varying_axes(table)
     modalities = [m for m in MODALITIES if m in set(table["modality"])]
     configs = table.drop_duplicates(keys)[keys].astype(str)
-    cells: list[list[str]] = []
+    rows: list[tuple[str, str, str, list[str]]] = []  # model, setting, modality, cells
     for _, config in configs.iterrows():
-        rows = table[(table[keys].astype(str) == config).all(axis=1)]
-        values = []
+        own = table[(table[keys].astype(str) == config).all(axis=1)]
+        setting = ", ".join(config[k] for k in setting_keys)
         for modality in modalities:
-            row = rows[rows["modality"] == modality]
+            row = own[own["modality"] == modality]
+            if row.empty:
+                continue
+            cells = [str(int(row["n_seeds"].iloc[0]))]
             for measure in KEY_MEASURES:
-                value = float(row[f"{measure}_mean"].iloc[0]) if len(row) else np.nan
-                values.append("n/a" if np.isnan(value) else f"{value:.3f}")
-        seeds = str(int(rows["n_seeds"].max()))
-        cells.append([seeds, *values])
-    number_width = max(len(label) for label in KEY_MEASURES.values())
-    numbers = len(_GAP) + len(modalities) * len(KEY_MEASURES) * (number_width + 1) + 5
-    label_width = max(width - numbers, 12)
-    settings = [", ".join(r[k] for k in setting_keys) for _, r in configs.iterrows()]
+                cells.append(_cell(*(row[f"{measure}_{s}"].iloc[0] for s in ("mean", "std", "n"))))
+            rows.append((config["model"], setting, LABELS.get(modality, modality), cells))
+    labels = ["seeds", *KEY_MEASURES.values()]
+    number_width = max(len(text) for text in [*labels, *(c for *_, cells in rows for c in cells)])
+    modality_width = max(len("modality"), *(len(r[2]) for r in rows))
+    numbers = len(_GAP) + modality_width + len(labels) * (number_width + 1)
+    avail = max(width - numbers, 12) - (len(_GAP) if setting_keys else 0)
     setting_title = ", ".join(setting_keys)
-    setting_need = max((len(t) for t in [setting_title, *settings]), default=0)
-    model_need = max(len("model"), *(len(m) for m in configs["model"]))
-    avail = label_width - len(_GAP) if setting_keys else label_width
-    setting_width = min(setting_need, max(avail - model_need, avail // 2)) if setting_keys else 0
+    setting_need = max((len(t) for t in [setting_title, *(r[1] for r in rows)]), default=0)
+    model_need = max(len("model"), *(len(r[0]) for r in rows))
+    # the setting whole where it can be (it tells rows apart); a long model name keeps >= 12
+    setting_width = min(setting_need, max(avail - model_need, avail - 12)) if setting_keys else 0
     model_width = min(model_need, avail - setting_width)
 
-    def line(model: str, setting: str, seeds: str, values: Sequence[str]) -> str:
+    def line(model: str, setting: str, modality: str, values: Sequence[str]) -> str:
         label = fit(model, model_width).ljust(model_width)
         if setting_keys:
             label += _GAP + fit(setting, setting_width).ljust(setting_width)
-        numbers_text = " ".join(v.rjust(number_width) for v in values)
-        return (label + _GAP + seeds.rjust(5) + " " + numbers_text).rstrip()[:width]
+        label += _GAP + modality.ljust(modality_width)
+        return (label + " " + " ".join(v.rjust(number_width) for v in values)).rstrip()[:width]
 
-    group_width = len(KEY_MEASURES) * (number_width + 1) - 1
-    groups = " ".join(LABELS.get(m, m).center(group_width, "-") for m in modalities)
-    prefix = " " * (model_width + (len(_GAP) + setting_width if setting_keys else 0))
-    lines = [(prefix + _GAP + " " * 6 + groups).rstrip()[:width]]
-    labels = list(KEY_MEASURES.values()) * len(modalities)
-    lines.append(line("model", setting_title, "seeds", labels))
-    for model, setting, values in zip(configs["model"], settings, cells, strict=True):
-        lines.append(line(model, setting, values[0], values[1:]))
+    lines = [line("model", setting_title, "modality", labels)]
+    lines += [line(*row[:3], row[3]) for row in rows]
     lines.append(LEGEND if len(LEGEND) <= width else LEGEND[: width - 1] + "…")
+    if int(table["n_seeds"].max()) < 2:
+        lines.append(ONE_SEED if len(ONE_SEED) <= width else ONE_SEED[: width - 1] + "…")
     return lines
 
 
@@ -105,9 +113,12 @@ def trial_counts(summary: pd.DataFrame) -> tuple[int, int]:
     )
 
 
-def summary_line(done: int, failed: int, failed_updates: int, rejected_updates: int) -> str:
-    """One line: trials done and failed, failed and rejected updates."""
+def summary_line(
+    done: int, failed: int, failed_updates: int, rejected_updates: int, not_run: int = 0
+) -> str:
+    """One line: trials done, failed and (where any) not run; failed and rejected updates."""
+    skipped = f", {not_run} not run" if not_run else ""
     return (
-        f"trials: {done} done, {failed} failed; updates: {failed_updates} failed, "
+        f"trials: {done} done, {failed} failed{skipped}; updates: {failed_updates} failed, "
         f"{rejected_updates} rejected"
     )

@@ -34,6 +34,7 @@ from fedll.errors import ConfigError
 from fedll.report.plots import plot_files
 from fedll.report.read import maybe_compressed, read_attention, read_results
 from fedll.tracking.series import TrialSeries, trial_series
+from fedll.tracking.target import check_target, sqlite_path
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ __all__ = [
     "INSTALL",
     "TrialSeries",
     "check_installed",
+    "check_target",
     "log_trials",
     "mlflow_target",
     "trial_series",
@@ -70,11 +72,16 @@ def check_installed(tracking: TrackingConfig, source: str) -> None:
 def mlflow_target(run_dir: Path, tracking: TrackingConfig) -> tuple[str, str | None]:
     """The tracking URI and the artifact location (None: the store's default) of
     ``tracking.mlflow``: a given URI, or for ``true`` the run directory's own store
-    (SQLite in ``RUN_DIR/mlruns``: MLflow 3 refuses its plain-file store by default)."""
+    (SQLite in ``RUN_DIR/mlruns``: MLflow 3 refuses its plain-file store by default). A
+    ``sqlite:///PATH`` store keeps its artifacts beside it, in ``mlartifacts/`` (MLflow's
+    default would be ``./mlruns`` in whatever folder fedll was started from)."""
     if tracking.mlflow is True:
         store = Path(run_dir).resolve() / "mlruns"
         return f"sqlite:///{store / 'mlflow.db'}", (store / "artifacts").as_uri()
-    return str(tracking.mlflow), None
+    uri = str(tracking.mlflow)
+    if (database := sqlite_path(uri)) is not None:
+        return uri, (database.parent.resolve() / "mlartifacts").as_uri()
+    return uri, None
 
 
 def log_trials(

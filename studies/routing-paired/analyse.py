@@ -15,11 +15,12 @@ and ``plots/forgetting_vs_joint.png``. ``run.sh``
 calls it after the run.
 
 The rule, fixed before the study's results were read (README.md, "The rule"): a difference
-counts when fedll's 95% interval (hierarchical bootstrap over seeds and test cases, paired
-by seed) excludes 0; the measures are averaged over T2 and FLAIR (the comparison's ``mean``
-rows). A Dy-CNN configuration is recommended when its forgetting (max) is lower than the
-baseline's in at least two of the three settings and higher in none, its final Dice is
-lower in none, and its joint Dice is not lower.
+counts when fedll's 95% interval (over seeds and test cases, paired by seed and case:
+``fedll.report.intervals``; a hierarchical bootstrap until issue 32) excludes 0; the
+measures are averaged over T2 and FLAIR (the comparison's ``mean`` rows). A Dy-CNN
+configuration is recommended when its forgetting (max) is lower than the baseline's in at
+least two of the three settings and higher in none, its final Dice is lower in none, and its
+joint Dice is not lower.
 """
 
 from __future__ import annotations
@@ -127,9 +128,7 @@ def stage2_choice(rows: pd.DataFrame) -> tuple[str, pd.Series]:
     return str(averages.index[0]), averages
 
 
-def by_seed_group(
-    results: pd.DataFrame, groups: dict[str, tuple[int, ...]], n_boot: int = 2000
-) -> pd.DataFrame:
+def by_seed_group(results: pd.DataFrame, groups: dict[str, tuple[int, ...]]) -> pd.DataFrame:
     """The rule's tally per arm on each group of seeds alone (fedll's paired comparison of
     that group's trials): one row per arm, per group ``<group>: lower / tie / higher`` of the
     forgetting (max) and whether the rule recommends the arm."""
@@ -137,7 +136,7 @@ def by_seed_group(
 
     columns = []
     for label, seeds in groups.items():
-        rows = rule_rows(compare(results[results["seed"].isin(seeds)], BASELINE, n_boot=n_boot))
+        rows = rule_rows(compare(results[results["seed"].isin(seeds)], BASELINE))
         tally = verdict(rows).set_index("arm")
         columns.append(
             tally.apply(
@@ -149,7 +148,7 @@ def by_seed_group(
     return pd.concat(columns, axis=1).reset_index()
 
 
-def against_control(results: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame | None:
+def against_control(results: pd.DataFrame) -> pd.DataFrame | None:
     """The rule's rows of each :data:`STAGE3_ARMS` model against :data:`NORM_CONTROL` (fedll's
     paired comparison), or None when the run has no control."""
     from fedll.report.compare import compare
@@ -157,7 +156,7 @@ def against_control(results: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame |
     if NORM_CONTROL not in set(results["model"]):
         return None
     arms = results[results["model"].isin([NORM_CONTROL, *STAGE3_ARMS])]
-    return rule_rows(compare(arms, NORM_CONTROL, n_boot=n_boot))
+    return rule_rows(compare(arms, NORM_CONTROL))
 
 
 def with_control(verdicts: pd.DataFrame, control: pd.DataFrame) -> pd.DataFrame:

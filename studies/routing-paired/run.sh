@@ -35,7 +35,7 @@ start=$(date +%s)
 seconds=$(($(date +%s) - start))
 echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) finished in ${seconds} s" >> "$run_dir/invocations.txt"
 
-"$fedll" report "$run_dir" --compare static-equal-params --bootstrap 2000
+"$fedll" report "$run_dir" --compare static-equal-params
 mkdir -p "$out"
 "$python" "$here/analyse.py" "$run_dir" "$out"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,8 +20,12 @@ from fedll.config import (
     load_scenario,
 )
 from fedll.config.grid import fingerprints
+from fedll.config.instruction import StateKey
 from fedll.config.options import GaussianNoise, ScaledUpdate
+from fedll.config.rules import TRIAL_ID_BYTES
 from fedll.errors import ConfigError
+from fedll.site_state import SiteStateStore
+from fedll.store import TrialFiles, checkpoint_path
 
 T2 = {"name": "hospital-t2", "modality": "t2", "patients": 2}
 FLAIR = {"name": "hospital-flair", "modality": "flair", "patients": 2}
@@ -889,17 +894,32 @@ ONLY_LONG = {"static": None, "dycnn": None, LONG: {"name": "static", "base_width
 
 
 def test_a_trial_id_at_the_file_name_bound_loads_and_one_byte_more_is_refused(write_scenario):
-    # 100 + len("__alternating__b1__fedavg__") 27 + len("replay-buffer") 13 + 71 digits
-    # + len("__s0") 4 = 215 bytes
+    # 100 + len("__alternating__b1__fedavg__") 27 + len("replay-buffer") 13 + 58 digits
+    # + len("__s0") 4 = 202 bytes
     models = ONLY_LONG
     scenario = load_scenario(
-        write_scenario({"models": models, "cl": [{"name": "replay", "buffer": int("1" * 71)}]})
+        write_scenario({"models": models, "cl": [{"name": "replay", "buffer": int("1" * 58)}]})
     )
-    assert [len(t.trial_id) for t in expand_trials(scenario)] == [215]
-    path = write_scenario({"models": models, "cl": [{"name": "replay", "buffer": int("1" * 72)}]})
+    assert [len(t.trial_id) for t in expand_trials(scenario)] == [202]
+    path = write_scenario({"models": models, "cl": [{"name": "replay", "buffer": int("1" * 59)}]})
     message = config_error(path)
     assert_names(message, path, f"models.{LONG}: the trial id 'mmmm")
-    assert "is 216 bytes, over the 215 that its files' names allow" in message
+    assert "is 203 bytes, over the 202 that its files' names allow" in message
+
+
+def test_every_file_named_after_a_trial_id_at_the_bound_fits_a_file_name(write_scenario):
+    """Written atomically (``.<name>.<pid of up to 7 digits>.<12 hex>.tmp``), the longest
+    file name fedll builds around a trial id of TRIAL_ID_BYTES is 255 bytes: the site's kept
+    state (the trial's own files, checkpoint and kept model are shorter)."""
+    scenario = load_scenario(write_scenario())
+    fingerprint = next(iter(fingerprints(scenario).values()))
+    trial_id, run_dir = "t" * TRIAL_ID_BYTES, Path("run")
+    key = StateKey(trial=trial_id, fingerprint=fingerprint, federation="1")
+    files = TrialFiles.of(run_dir, trial_id)  # results, attention, model, seal, ...
+    names = [p.name for p in (*dataclasses.astuple(files), checkpoint_path(run_dir, trial_id))]
+    state = SiteStateStore(run_dir, "hospital-t2").path(key).name
+    written = [len(f".{name}.{9_999_999}.{'f' * 12}.tmp".encode()) for name in [*names, state]]
+    assert max(written) == len(f".{state}.{9_999_999}.{'f' * 12}.tmp".encode()) == 255
 
 
 def test_a_long_strategy_label_is_named_when_it_is_the_longest_part(write_scenario):

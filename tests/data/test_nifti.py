@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -97,3 +99,107 @@ def test_load_image_refuses_a_4d_image_without_a_channel(tmp_path):
     data = np.stack([np.ones((4, 4, 4)), np.arange(64.0).reshape(4, 4, 4)], axis=-1)
     nib.save(nib.Nifti1Image(data.astype(np.float32), np.eye(4)), path)
     np.testing.assert_array_equal(load_image(path, channel=1).data, data[..., 1])
+
+
+# ---------------------------------------------------------------- headers that lie
+
+
+def stored_nifti(path, header_changes=None, data=None):
+    """A small varying 3-D image at ``path`` (1 x 1.5 x 3 mm, RAS, sform and qform set),
+    its stored header bytes then changed: ``header_changes`` maps a header field to the
+    values written over it (after nibabel wrote the file, so nothing repairs them)."""
+    data = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6) if data is None else data
+    nii = nib.Nifti1Image(data, np.diag([1.0, 1.5, 3.0, 1.0]))
+    block = bytearray(nii.to_bytes())
+    fields = nii.header.template_dtype.fields
+    for name, values in (header_changes or {}).items():
+        dtype, offset = fields[name]
+        values = np.asarray(values, dtype=dtype.base).tobytes()
+        block[offset : offset + len(values)] = values
+    payload = bytes(block)
+    if path.name.endswith(".gz"):
+        payload = gzip.compress(payload)
+    path.write_bytes(payload)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("dtype", "label"),
+    [
+        (np.complex64, "complex64"),
+        (np.complex128, "complex128"),
+        (np.dtype([("R", "u1"), ("G", "u1"), ("B", "u1")]), "RGB"),
+    ],
+    ids=["complex64", "complex128", "rgb"],
+)
+def test_voxels_that_are_not_real_numbers_are_refused(tmp_path, dtype, label):
+    """Casting complex voxels to float32 dropped the imaginary part with only a numpy warning."""
+    real = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    if np.dtype(dtype).kind == "c":
+        data = (real + 1j * real[::-1]).astype(dtype)
+    else:
+        data = np.zeros(real.shape, dtype)
+        data["R"] = real.astype(np.uint8)
+    path = tmp_path / "c_t2.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+    with pytest.raises(DataError) as caught:
+        load_image(path)
+    assert str(caught.value) == (
+        f"{path}: voxels of type {label} are not real numbers; fedll reads real-valued images "
+        "and masks"
+    )
+
+
+BAD_SIZES = [
+    pytest.param({"pixdim": [1, 0, 1.5, 3]}, "0 x 1.5 x 3 mm in its header", id="pixdim-0"),
+    pytest.param({"pixdim": [1, 1, -1.5, 3]}, "1 x -1.5 x 3 mm in its header", id="negative"),
+    pytest.param({"pixdim": [1, 1, 1.5, np.nan]}, "1 x 1.5 x nan mm in its header", id="nan"),
+    pytest.param({"pixdim": [1, np.inf, 1.5, 3]}, "inf x 1.5 x 3 mm in its header", id="inf"),
+    pytest.param(  # no sform, no qform: nibabel builds the affine from pixdim, 0 -> 1 mm
+        {"pixdim": [1, 0, 0, 0], "sform_code": [0], "qform_code": [0]},
+        "0 x 0 x 0 mm in its header",
+        id="pixdim-0-only-source",
+    ),
+    pytest.param(  # pixdim fine, the sform's first column 0: a grid of no size
+        {"srow_x": [0, 0, 0, 0], "qform_code": [0]},
+        "0 x 1.5 x 3 mm by its affine",
+        id="sform-column-0",
+    ),
+]
+
+
+@pytest.mark.parametrize(("changes", "message"), BAD_SIZES)
+@pytest.mark.parametrize("name", ["c_t2.nii", "c_t2.nii.gz"])
+def test_a_voxel_size_that_is_not_positive_and_finite_is_refused(tmp_path, changes, message, name):
+    """nibabel reads a pixdim of 0 as 1 mm (and a negative one as its absolute value): the
+    spacing of resampling, HD95 and surface Dice would be a guess. Refused, naming the file."""
+    path = stored_nifti(tmp_path / name, changes)
+    with pytest.raises(DataError) as caught:
+        load_image(path)
+    text = str(caught.value)
+    assert text.startswith(f"{path}: voxel size {message}"), text
+    assert text.endswith("is not positive and finite; fedll will not guess one"), text
+
+
+def test_the_stored_voxel_size_is_the_one_read(tmp_path):
+    """The untouched file of the tests above reads as written: 1 x 1.5 x 3 mm."""
+    assert load_image(stored_nifti(tmp_path / "c_t2.nii.gz")).spacing == (1.0, 1.5, 3.0)
+
+
+def test_every_reader_refuses_a_voxel_size_of_0(tmp_path):
+    """The check is in the one reader: a cohort's header scan and a training case's read
+    refuse the mask's header as they refuse the image's."""
+    from fedll.data.layouts import discover
+
+    case = tmp_path / "cohort" / "BraTS2021_00000"
+    case.mkdir(parents=True)
+    for stem in ("t2", "flair"):
+        stored_nifti(case / f"BraTS2021_00000_{stem}.nii.gz")
+    labels = np.zeros((4, 5, 6), np.uint8)
+    labels[1:3, 1:3, 1:3] = 2
+    mask = stored_nifti(case / "BraTS2021_00000_seg.nii.gz", {"pixdim": [1, 1, 0, 3]}, labels)
+    with pytest.raises(DataError, match=f"^{mask}: voxel size 1 x 0 x 3 mm in its header"):
+        discover(tmp_path / "cohort")
+    record = CaseRecord("BraTS2021_00000", "t2", case / "BraTS2021_00000_t2.nii.gz", mask)
+    with pytest.raises(DataError, match=f"^{mask}: voxel size 1 x 0 x 3 mm in its header"):
+        load_volume(record)

@@ -347,6 +347,20 @@ def test_site_passes_its_device_and_refuses_one_it_lacks(prepared_run):
     assert "--device: 'tpu' is not a device" in result.stderr
 
 
+def test_site_passes_its_state_dir_and_refuses_one_it_cannot_write(prepared_run, tmp_path):
+    _, _, _, manifests = prepared_run
+    data = manifests["hospital-t2"].parent
+    base = ["site", "--site", "hospital-t2", "--modality", "t2", "--data-dir", data,
+            "--superlink", "127.0.0.1:9092", "--insecure", "--dry-run"]  # fmt: skip
+    result = invoke(*base, "--state-dir", tmp_path / "kept")
+    assert result.exit_code == 0, result.output
+    assert f'state-dir="{tmp_path / "kept"}"' in shlex.split(result.stdout)[-1]
+    assert not (tmp_path / "kept").exists()  # checked, not created
+    (tmp_path / "file").write_text("")
+    one_line_error(invoke(*base, "--state-dir", tmp_path / "file" / "kept"), "--state-dir",
+                   "is a file, not a directory")  # fmt: skip
+
+
 def test_site_runs_flower_supernode_in_its_place(prepared_run, monkeypatch):
     _, _, _, manifests = prepared_run
     calls = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedll.metrics import HD95_MAX_MM, case_metrics, dice
+from fedll.metrics import HD95_MAX_MM, case_metrics, detected, detected_hd95, dice
 
 
 def cube(shift: tuple[int, int, int] = (0, 0, 0), shape: int = 20) -> np.ndarray:
@@ -50,6 +50,21 @@ def test_brats_conventions_for_empty_masks() -> None:
         one = case_metrics(pred, truth, (1.0, 1.0, 1.0))
         assert (one.dice, one.hd95, one.surface_dice) == (0.0, HD95_MAX_MM, 0.0)
     assert HD95_MAX_MM == 373.13
+
+
+def test_an_empty_prediction_is_read_back_from_the_sentinel() -> None:
+    empty = np.zeros((20, 20, 20), dtype=np.uint8)
+    missed = case_metrics(empty, cube(), (1.0, 1.0, 1.0)).hd95
+    found = case_metrics(cube((0, 0, 1)), cube(), (1.0, 1.0, 2.0)).hd95  # 2 mm
+    # two voxels 373.13 mm apart: a computed HD95 of that distance is float32, not the sentinel
+    far = np.zeros((2, 1, 1), dtype=np.uint8)
+    near = far.copy()
+    far[0], near[1] = 1, 1
+    apart = case_metrics(far, near, (373.13, 1.0, 1.0)).hd95
+    assert apart == pytest.approx(HD95_MAX_MM) and apart != HD95_MAX_MM
+    hd95 = [missed, found, apart, float("nan")]  # NaN: results of an earlier fedll
+    np.testing.assert_array_equal(detected(hd95), [0.0, 1.0, 1.0, np.nan])
+    np.testing.assert_array_equal(detected_hd95(hd95), [np.nan, found, apart, np.nan])
 
 
 def test_bad_arguments() -> None:

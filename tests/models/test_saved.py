@@ -3,11 +3,13 @@ of bad file is one DataError line that names it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
 import pytest
 import torch
+from safetensors.numpy import load as load_arrays
 from safetensors.numpy import save as save_arrays
 
 import fedll
@@ -21,6 +23,7 @@ from fedll.models.saved import (
     encode_model,
     model_state,
     read_model,
+    weights_digest,
 )
 
 
@@ -90,10 +93,7 @@ def with_metadata(data: bytes, change) -> bytes:
     """``data`` re-encoded with its fedll metadata changed by ``change(dict)``."""
     meta = metadata_of(data)
     change(meta)
-    arrays = {k: v for k, v in decode_model(data, "x").module.state_dict().items()}
-    return save_arrays(
-        {k: v.numpy() for k, v in arrays.items()}, metadata={METADATA_KEY: json.dumps(meta)}
-    )
+    return save_arrays(load_arrays(data), metadata={METADATA_KEY: json.dumps(meta)})
 
 
 def other_builder(meta: dict) -> None:
@@ -128,6 +128,7 @@ def test_the_metadata_says_what_the_brief_asks():
         "slices": {"size": 24, "empty_fraction": 0.5, "axis": 1, "seed": 7},
         "trial": "trial-7",
         "fingerprint": "fp-7",
+        "weights_sha256": weights_digest(load_arrays(data)),  # of the tensors it holds
     }
 
 
@@ -188,3 +189,107 @@ def test_a_bad_file_is_one_line_naming_it(tmp_path, make, message):
 def test_a_missing_file_is_one_line(tmp_path):
     with pytest.raises(DataError, match="model file not found"):
         read_model(tmp_path / "none.safetensors")
+
+
+# ---------------------------------------------------------------- weights that lie
+
+
+def test_the_digest_is_of_the_weights_by_name_dtype_shape_and_bytes():
+    """Worked by hand for two tensors: the SHA-256 of, in name order, each one's
+    JSON [name, dtype, shape] and its bytes."""
+    a = np.array([1.0, -2.0], np.float32)
+    b = np.array(7, np.int64)
+    expected = hashlib.sha256(
+        b'["a", "<f4", [2]]' + a.tobytes() + b'["b", "<i8", []]' + b.tobytes()
+    ).hexdigest()
+    assert weights_digest({"b": b, "a": a}) == expected
+    assert weights_digest({"a": a.astype(np.float64), "b": b}) != expected  # dtype counts
+    assert weights_digest({"a": a.reshape(2, 1), "b": b}) != expected  # and the shape
+
+
+def state_with(value: float, name: str = "head.weight") -> dict[str, np.ndarray]:
+    state = model_state(trained(DYCNN))
+    assert name in state, sorted(state)
+    state[name].flat[3] = value
+    return state
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+def test_a_model_with_one_non_finite_weight_is_refused_naming_the_tensor(tmp_path, value):
+    """Such a model predicts NaN logits, which threshold to an empty mask: refused when read,
+    whether its digest vouches for the NaN (written so) or it has none (an earlier fedll)."""
+    path = tmp_path / "nan.safetensors"
+    path.write_bytes(encode_model(state_with(value), DYCNN, SLICES, "trial-7", "fp-7"))
+    message = f"{path}: tensor 'head.weight' holds 1 NaN or infinite value(s)"
+    with pytest.raises(DataError) as caught:
+        read_model(path)
+    assert str(caught.value) == message
+    path.write_bytes(with_metadata(path.read_bytes(), lambda m: m.pop("weights_sha256")))
+    with pytest.raises(DataError) as caught:
+        read_model(path)
+    assert str(caught.value) == message
+
+
+def test_a_weight_changed_in_the_file_no_longer_matches_its_digest(tmp_path):
+    """One float of one tensor changed in place (still finite): the file still parses and
+    fits its builder, and only the digest in its metadata tells."""
+    _, data = encoded()
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    begin, _ = header["head.weight"]["data_offsets"]
+    at = 8 + length + begin + 4 * 3
+    changed = bytearray(data)
+    changed[at : at + 4] = np.float32(0.25).tobytes()
+    path = tmp_path / "edited.safetensors"
+    path.write_bytes(bytes(changed))
+    with pytest.raises(DataError) as caught:
+        read_model(path)
+    assert str(caught.value) == (
+        f"{path}: its weights differ from the SHA-256 in its metadata (damaged or edited)"
+    )
+
+
+def test_a_file_of_an_earlier_fedll_without_a_digest_still_loads(tmp_path):
+    model, data = encoded()
+    path = tmp_path / "old.safetensors"
+    path.write_bytes(with_metadata(data, lambda m: m.pop("weights_sha256")))
+    saved = read_model(path)
+    assert saved.metadata.weights_sha256 is None
+    batch = images(2, seed=3)
+    with torch.no_grad():
+        assert torch.equal(model(batch), saved.module(batch))
+
+
+def test_a_model_too_large_to_build_is_refused_before_anything_is_built(tmp_path, monkeypatch):
+    """Metadata asking for base_width 10**6 (some 1e15 parameters): measured on the meta
+    device and refused by the scenario loader's bound (execution.max_parameters), before a
+    tensor is allocated: build_model is never called."""
+    import fedll.models.saved as saved_module
+
+    def never(*args, **kwargs):
+        raise AssertionError("built a model the file's metadata makes too large")
+
+    _, data = encoded()
+    path = tmp_path / "huge.safetensors"
+    path.write_bytes(with_metadata(data, lambda m: m["model"].update(base_width=10**6)))
+    monkeypatch.setattr(saved_module, "build_model", never)
+    with pytest.raises(DataError) as caught:
+        read_model(path)
+    text = str(caught.value)
+    assert text.startswith(f"{path}: its metadata names a model 'dycnn' of 1.86e+15 parameters")
+    assert text.endswith("over execution.max_parameters (5e+08); not built"), text
+
+
+def test_read_model_checks_the_size_and_sha256_of_the_seal(tmp_path):
+    _, data = encoded()
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(data)
+    digest = hashlib.sha256(data).hexdigest()
+    assert read_model(path, sealed=(len(data), digest)).source == str(path)
+    for sealed in ((len(data) + 1, digest), (len(data), "0" * 64)):
+        with pytest.raises(DataError) as caught:
+            read_model(path, sealed=sealed)
+        assert str(caught.value) == (
+            f"{path}: differs from the size and SHA-256 its trial's seal lists (cut short or "
+            "edited)"
+        )

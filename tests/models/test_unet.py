@@ -131,3 +131,79 @@ def test_norm_by_modality_gives_every_norm_a_layer_per_modality(name: str) -> No
     x = torch.randn(2, 1, 16, 16)
     model.eval(), plain.eval()
     assert torch.allclose(model(x, torch.tensor([1, 1])), plain(x), atol=1e-6)
+
+
+def test_inference_pooling_is_plain_max_pooling_bit_for_bit():
+    from fedll.models.unet import MaxPool
+
+    x = torch.randn(3, 5, 9, 7, generator=torch.Generator().manual_seed(0))
+    plain = torch.nn.MaxPool2d(2, ceil_mode=True)
+    with torch.inference_mode():
+        pooled = MaxPool()(x)
+        assert torch.equal(pooled, plain(x)) and pooled.is_contiguous()
+        last = x.contiguous(memory_format=torch.channels_last)
+        assert torch.equal(MaxPool()(last), plain(last))
+    grad = x.clone().requires_grad_(True)
+    MaxPool()(grad).sum().backward()  # with autograd: torch's own pooling, and its gradient
+    expected = x.clone().requires_grad_(True)
+    plain(expected).sum().backward()
+    assert torch.equal(grad.grad, expected.grad)
+
+
+@pytest.mark.parametrize("modality", [[1, 1, 1, 1], [0, 1, 1, 0]], ids=["one", "mixed"])
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_the_modalities_present_are_read_once_per_forward_not_per_layer(
+    modality, train, monkeypatch
+) -> None:
+    """A U-Net that routes and normalises by modality (20 layers take it) reads the modalities
+    present once per forward (on a GPU, one host synchronisation instead of one per layer),
+    and gives the outputs and gradients of each layer looking them up itself."""
+    import fedll.models.unet as unet
+
+    model = build_model(
+        "dycnn", depth=2, base_width=4, seed=0, routing="modality-hard", norm_by_modality=True
+    )
+    model.train(train)
+    x = torch.randn(4, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    index = torch.tensor(modality)
+    takers = [m for m in model.modules() if isinstance(m, unet.TakesModality)]
+    assert len(takers) >= 20
+
+    def per_layer() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The old way: every layer is handed the tensor and looks it up itself."""
+        model.zero_grad()
+        wrapped = unet.ModalityBatch.of
+        calls = []
+
+        def first_call_passes_the_tensor_on(cls, m, device):
+            calls.append(1)  # the first is UNet's: it hands each layer the tensor itself
+            return m if len(calls) == 1 else wrapped(m, device)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(unet.ModalityBatch, "of", classmethod(first_call_passes_the_tensor_on))
+            out = model(x, index)
+        assert len(calls) == 1 + sum(1 for m in takers if isinstance(m, unet.ModalityNorm)) + sum(
+            1 for m in model.modules() if type(m).__name__ == "ModalityCoefficients"
+        )
+        out.sum().backward()
+        return out.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    reads = []
+    real_unique = torch.unique
+
+    def counting_unique(*args, **kwargs):
+        reads.append(1)
+        return real_unique(*args, **kwargs)
+
+    torch.manual_seed(0)
+    expected, expected_grads = per_layer()
+    model.zero_grad()
+    with monkeypatch.context() as patch:
+        patch.setattr(torch, "unique", counting_unique)
+        torch.manual_seed(0)
+        out = model(x, index)
+    out.sum().backward()
+    assert len(reads) == 1
+    assert torch.equal(out, expected)
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert all(torch.equal(a, b) for a, b in zip(grads, expected_grads, strict=True))

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from test_report import make_attention, make_results  # the hand-built run of test_report
 
@@ -79,6 +80,7 @@ def test_the_page_holds_the_run_and_needs_no_network(run_dir: Path) -> None:
     assert all(label in key for label in KEY_LABELS)
     assert "switch drop (max)" not in key  # the other measures are one click away
     assert all(label in full for label in MEASURES.values())
+    assert 'id="detection"' not in html  # results without HD95: no HD95 and detection table
     assert "site_a (t2, 3 patients); site_b (flair, 3 patients)" in html
     assert "12.3 s" in html and "site_b (round 2)" in html and "site_a (rounds 1, 2)" in html
     # wall time and arithmetic: 1 and 0 recorded of 4 trials, then the arithmetic's count
@@ -199,3 +201,71 @@ def test_the_page_in_headless_chromium(run_dir: Path) -> None:
     colours = np.unique((pixels[..., :3] * 255).astype(np.uint8).reshape(-1, 3), axis=0)
     assert pixels.shape[1] == 1366
     assert len(colours) > 50  # figures and text, not a blank page
+
+
+def test_columns_constant_over_the_rows_are_shown_once_above_the_table():
+    from fedll.report.page import table_rows
+
+    view = pd.DataFrame(
+        {
+            "model": ["static", "dycnn", "static", "dycnn"],
+            "ordering": ["alternating"] * 4,
+            "strategy": ["fedavg"] * 4,
+            "modality": ["T2", "T2", "FLAIR", "FLAIR"],
+            "seeds": ["3"] * 4,
+            "final Dice": ["0.1", "0.2", "0.3", "0.4"],
+        }
+    )
+    table = table_rows(view)
+    assert table["constant"] == [
+        ("ordering", "alternating"), ("strategy", "fedavg"), ("seeds", "3")
+    ]  # fmt: skip
+    assert table["columns"] == ["model", "modality", "final Dice"]
+    assert table["rows"][1] == ["dycnn", "T2", "0.2"]
+    one_row = table_rows(view.head(1))  # one row: every column is its own, nothing moves up
+    assert one_row["constant"] == [] and one_row["columns"] == list(view.columns)
+
+
+def test_the_page_shows_the_constant_columns_once(run_dir: Path) -> None:
+    build_report(run_dir)
+    page = (run_dir / "report.html").read_text()
+    assert '<p class="constant">In every row: <span><b>ordering</b> blocked</span>' in page
+    assert "<th>ordering</th>" not in page
+
+
+def test_hd95_detection_and_surface_dice_are_on_the_page(tmp_path: Path) -> None:
+    """Results with HD95 and surface Dice put each measure's final value and forgetting in
+    the page's table beside the detection rate."""
+    make_results().assign(hd95=4.0, surface_dice=0.5, surface_tolerance_mm=2.0).to_csv(
+        tmp_path / "results.csv", index=False
+    )
+    build_report(tmp_path)
+    page = (tmp_path / "report.html").read_text()
+    section = page[page.index('<h2 id="detection">') :]
+    for column in ("final HD95 (mm)", "final detection rate", "final surface Dice",
+                   "surface Dice forgetting (max)"):  # fmt: skip
+        assert f"<th>{column}</th>" in section
+    assert "<td>0.500" in section  # surface Dice 0.5 on every case and round
+
+
+def test_figures_are_inlined_with_a_palette_and_keep_their_size(tmp_path: Path) -> None:
+    """The page carries a 256-colour copy of each plot: same pixels' layout, a third of the
+    bytes of a many-colour PNG; the plot's file keeps every colour."""
+    from PIL import Image
+
+    from fedll.report.page import data_uri
+
+    rng = np.random.default_rng(0)
+    pixels = (rng.random((120, 160, 3)) * 255).astype(np.uint8)  # noise: ~19,000 colours
+    pixels[:60] = pixels[:60] // 64 * 64  # half of it in 64 colours
+    source = tmp_path / "plot.png"
+    Image.fromarray(pixels).save(source)
+    uri = data_uri(source)
+    assert uri.startswith("data:image/png;base64,")
+    import base64
+    import io
+
+    inlined = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+    assert inlined.size == (160, 120) and len(inlined.convert("RGB").getcolors(2**24)) <= 256
+    assert len(uri) * 3 / 4 < source.stat().st_size / 2
+    assert len(Image.open(source).getcolors(2**24)) > 256  # the file itself is untouched

@@ -10,9 +10,12 @@ import pytest
 
 from fedll.columns import REQUIRED_RESULT_COLUMNS as RESULT_COLUMNS
 from fedll.errors import DataError, FedllError
+from fedll.metrics import HD95_MAX_MM
 from fedll.report import (
     attention_distance,
     build_report,
+    check_results,
+    dice_matrix,
     forgetting_table,
     format_table,
     to_latex,
@@ -125,8 +128,10 @@ def test_forgetting_table_by_hand() -> None:
 
     view = format_table(table)
     static_t2 = view[(view["model"] == "static") & (view["modality"] == "T2")].iloc[0]
-    assert static_t2["final Dice"] == "0.350 ± 0.212"
-    assert static_t2["BWT"] == "-0.350 ± 0.071"
+    # the mean and its 95 % interval over 2 seeds: mean ± t(0.975, 1) std / sqrt 2, with
+    # t(0.975, 1) = 12.706: final 0.35 ± 12.706 x 0.15 = 0.35 ± 1.906
+    assert static_t2["final Dice"] == "0.350 [-1.556, 2.256]"
+    assert static_t2["BWT"] == "-0.350 [-0.985, 0.285]"  # -0.35 ± 12.706 x 0.05
     assert view[view["modality"] == "FLAIR"]["BWT"].eq("n/a").all()
 
 
@@ -162,8 +167,9 @@ def test_write_tables(tmp_path: Path) -> None:
     assert [p.name for p in paths] == ["forgetting.csv", "forgetting.md", "forgetting.tex"]
     back = pd.read_csv(paths[0])
     assert back["final_dice_mean"].notna().all() and len(back) == 4
-    assert "| static | blocked | 2 | fedavg | T2 | 2 | 0.350 ± 0.212 |" in paths[1].read_text()
-    assert r"0.350 $\pm$ 0.212" in paths[2].read_text()
+    row = "| static | blocked | 2 | fedavg | T2 | 2 | 0.350 [-1.556, 2.256] |"
+    assert row in paths[1].read_text()
+    assert r"0.350 [-1.556, 2.256]" in paths[2].read_text()
 
 
 def make_attention() -> pd.DataFrame:
@@ -255,6 +261,82 @@ def test_malformed_results(tmp_path: Path, change, message: str) -> None:
     assert "results.csv" in str(info.value)
 
 
+def at(row: int, column: str, value):
+    """A change of ``make_results()`` that sets data row ``row`` (from 1) of ``column``."""
+
+    def change(results: pd.DataFrame) -> pd.DataFrame:
+        results = results.astype({column: object}) if column in results else results
+        results.loc[row - 1, column] = value
+        return results
+
+    return change
+
+
+def scored(results: pd.DataFrame) -> pd.DataFrame:
+    """Every case with an HD95, a surface Dice and its tolerance, as today's fedll writes."""
+    return results.assign(hd95=4.0, surface_dice=0.5, surface_tolerance_mm=2.0)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (at(3, "dice", np.nan), "column dice is empty in row 3 (every test case has a Dice)"),
+        (at(3, "dice", ""), "column dice is empty in row 3"),
+        (at(5, "dice", "inf"), "column dice needs finite numbers, got 'inf' (row 5)"),
+        (at(4, "hd95", "inf"), "column hd95 needs finite numbers, got 'inf' (row 4)"),
+        (at(4, "hd95", "-inf"), "column hd95 needs finite numbers, got '-inf' (row 4)"),
+        (at(4, "hd95", "1e400"), "column hd95 needs finite numbers, got '1e400' (row 4)"),
+        (at(2, "hd95", np.nan), "column hd95 is empty in row 2 (a trial has it on every row"),
+        (at(6, "surface_dice", ""), "column surface_dice is empty in row 6"),
+        (at(6, "personal_dice", "inf"), "column personal_dice needs finite numbers"),
+        (at(7, "epsilon", -1.0), "column epsilon has negative values"),
+        (at(7, "dp_delta", 2.0), "column dp_delta has values outside"),
+        (at(2, "seed", "inf"), "column seed needs integers, got 'inf' (row 2)"),
+        (at(2, "seed", "1e300"), "column seed needs integers, got '1e300' (row 2)"),
+        (at(9, "round", "nan"), "column round needs integers, got 'nan' (row 9)"),
+    ],
+)
+def test_a_value_the_schema_has_none_of_names_its_column_and_row(
+    tmp_path: Path, change, message: str
+) -> None:
+    """Results with no seals beside them (a study's results.csv): a NaN or infinite value
+    where fedll never writes one is refused, by column and data row, not reported."""
+    change(scored(make_results())).to_csv(tmp_path / "results.csv", index=False)
+    with pytest.raises(DataError) as info:
+        build_report(tmp_path)
+    assert str(info.value).startswith(f"{tmp_path / 'results.csv'}: ")
+    assert message in str(info.value), str(info.value)
+    assert not (tmp_path / "tables").exists()
+
+
+def test_the_columns_that_may_be_empty_stay_readable(tmp_path: Path) -> None:
+    """Dice-only trials (an earlier fedll) beside scored ones, privacy and personalised
+    columns empty: the report reads them; the HD95 table is of the scored trials."""
+    results = scored(make_results())
+    dice_only = results["trial"].str.startswith("static")
+    results.loc[dice_only, ["hd95", "surface_dice", "surface_tolerance_mm"]] = np.nan
+    results["epsilon"] = np.nan
+    results["personal_dice"] = np.where(results["round"] == 0, np.nan, 0.5)
+    results.to_csv(tmp_path / "results.csv", index=False)
+    built = build_report(tmp_path)
+    hd95 = pd.read_csv(tmp_path / "tables" / "trials_hd95.csv")
+    assert set(hd95.dropna(subset=["final_hd95"])["trial"]) == {"dycnn-s0", "dycnn-s1"}
+    assert len(built["summary"]) == 8
+
+
+def test_an_attention_mass_must_be_a_finite_number(tmp_path: Path) -> None:
+    make_results().to_csv(tmp_path / "results.csv", index=False)
+    base = {"trial": "static-s0", "model": "static", "ordering": "blocked",
+            "arrival_batch": 2, "strategy": "fedavg", "seed": 0, "round": 1, "modality": "t2",
+            "layer": "enc1"}  # fmt: skip
+    for mass, message in (("", "column mass is empty in row 2"), ("inf", "needs finite")):
+        rows = [{**base, "kernel": 0, "mass": 1.0}, {**base, "kernel": 1, "mass": mass}]
+        pd.DataFrame(rows).to_csv(tmp_path / "attention.csv", index=False)
+        with pytest.raises(DataError, match=message) as info:
+            build_report(tmp_path)
+        assert str(tmp_path / "attention.csv") in str(info.value)
+
+
 def test_measure_missing_for_some_seeds_is_marked() -> None:
     results = make_results()
     # static seed 1 trains t2 twice: no switch, so only seed 0 has a t2 switch drop (0.3)
@@ -268,13 +350,15 @@ def test_measure_missing_for_some_seeds_is_marked() -> None:
 
 
 def test_dice_matrix_skips_nan_cases_and_fills_missing_rows() -> None:
-    results = make_results()
+    """The matrix of checked rows (a results file may hold no NaN Dice: check_results
+    refuses it; a metric's matrix may meet one)."""
+    results = check_results(make_results())
     results = results[results["trial"] == "static-s0"].copy()
     # an unscored case (NaN) is skipped: t2 round 1 keeps only p2 = 0.8 + 0.1
     results.loc[(results["round"] == 1) & (results["case"] == "t2-p1"), "dice"] = np.nan
     # flair not evaluated after round 2
     results = results[~((results["round"] == 2) & (results["modality"] == "flair"))]
-    R, arriving = trial_matrices(results)["static-s0"]
+    R, arriving = dice_matrix(results)
     np.testing.assert_allclose(R[:, 0], [0.1, 0.9, 0.5])
     np.testing.assert_allclose(R[:2, 1], [0.2, 0.3])
     assert np.isnan(R[2, 1])
@@ -334,6 +418,91 @@ def test_hd95_measures_are_rises_by_hand(tmp_path: Path) -> None:
     assert "tolerance 2 mm" in (tmp_path / "tables" / "forgetting_surface_dice.md").read_text()
 
 
+def with_missed_cases() -> pd.DataFrame:
+    """One trial (rounds 0..2; round 1 trains t2, round 2 flair) whose per-case HD95 has the
+    373.13 mm of an empty prediction (S): t2 [S, S], [4, S], [6, 10]; flair [S, 20],
+    [10, 30], [S, S] (cases p1, p2 per round)."""
+    S = HD95_MAX_MM
+    hd95 = {
+        "t2": [(S, S), (4.0, S), (6.0, 10.0)],
+        "flair": [(S, 20.0), (10.0, 30.0), (S, S)],
+    }
+    results = make_results({("static", 0): MATRICES[("static", 0)]})
+    keys = zip(results["round"], results["modality"], results["case"], strict=True)
+    results["hd95"] = [hd95[m][t][case.endswith("p2")] for t, m, case in keys]
+    results["surface_dice"] = results["dice"]
+    results["evaluated_slices"] = "all"
+    results["surface_tolerance_mm"] = 2.0
+    return results
+
+
+def test_hd95_is_over_the_detected_cases_beside_the_detection_rate(tmp_path: Path) -> None:
+    results = with_missed_cases()
+    R, _ = dice_matrix(check_results(results), metric="hd95")
+    # t2: none detected, 4, (6 + 10) / 2; flair: 20, (10 + 30) / 2, none detected
+    np.testing.assert_array_equal(R, [[np.nan, 20.0], [4.0, 20.0], [8.0, np.nan]])
+    rate, _ = dice_matrix(check_results(results), metric="detection_rate")
+    np.testing.assert_array_equal(rate, [[0.0, 0.5], [0.5, 1.0], [1.0, 0.0]])
+
+    summary = trial_summary(results, "hd95").set_index("modality")
+    # t2: best 4 mm after round 1, 8 mm at the end; flair: no detected case at the end
+    assert (summary.loc["t2", "final_hd95"], summary.loc["t2", "forgetting_final"]) == (8.0, 4.0)
+    assert (summary.loc["t2", "learning_accuracy"], summary.loc["t2", "auc"]) == (4.0, 6.0)
+    assert np.isnan(summary.loc["flair", "final_hd95"])
+    assert np.isnan(summary.loc["flair", "learning_accuracy"])  # round 2 detected nothing
+    assert summary.loc["flair", "mean_final_hd95"] == 8.0  # the modalities with a value
+
+    detection = trial_summary(results, "detection_rate").set_index("modality")
+    assert detection.loc["t2", "final_detection_rate"] == 1.0
+    assert detection.loc["flair", "final_detection_rate"] == 0.0
+    assert detection.loc["flair", "forgetting_max"] == 1.0  # all detected after round 1
+    assert (detection.loc["t2", "auc"], detection.loc["flair", "auc"]) == (0.75, 0.5)
+    assert detection.loc["t2", "mean_final_detection_rate"] == 0.5
+
+    view = format_table(forgetting_table(results, "hd95"), metric="hd95").set_index("modality")
+    assert view.loc["FLAIR", "final HD95 (mm)"] == "n/a"
+    assert view.loc["T2", "final HD95 (mm)"] == "8.000"
+
+    results.to_csv(tmp_path / "results.csv", index=False)
+    report = build_report(tmp_path)
+    names = {p.name for p in report["tables"]}
+    assert {
+        "forgetting_hd95.md", "forgetting_detection_rate.md", "forgetting_hd95_brats.md",
+        "trials_hd95.csv", "trials_detection_rate.csv", "trials_hd95_brats.csv",
+    } <= names  # fmt: skip
+    tables = tmp_path / "tables"
+    caption = (tables / "forgetting_hd95.md").read_text().splitlines()[0]
+    assert "with a non-empty prediction" in caption and "n/a: none detected" in caption
+    assert "| final detection rate |" in (tables / "forgetting_detection_rate.md").read_text()
+    written = pd.read_csv(tables / "trials_hd95.csv").set_index("modality")
+    assert written.loc["t2", "final_hd95"] == 8.0 and np.isnan(written.loc["flair", "final_hd95"])
+    # the page shows HD95 beside the detection rate
+    html = report["html"].read_text()
+    detection_part = html.split('<h2 id="detection">')[1].split("<h2")[0]
+    assert "final detection rate" in detection_part and "detection rate (mean over rounds)" in (
+        detection_part
+    )
+    assert "<td>8.000</td>" in detection_part and "<td>0.750</td>" in detection_part
+    assert "<td>n/a</td>" in detection_part  # flair's final HD95
+
+
+def test_the_brats_convention_counts_a_missed_case_at_the_sentinel() -> None:
+    results = with_missed_cases()
+    S = HD95_MAX_MM
+    # the plain mean of the written column, as the report computed HD95 before
+    brats = trial_summary(results, "hd95_brats").set_index("modality")
+    assert brats.loc["t2", "final_hd95_brats"] == 8.0
+    assert brats.loc["flair", "final_hd95_brats"] == S
+    # t2 fell from S to (4 + S) / 2 and 8; flair rose from 20 (round 1) to S
+    assert brats.loc["t2", "auc"] == pytest.approx(((4.0 + S) / 2 + 8.0) / 2)
+    assert brats.loc["flair", "forgetting_final"] == pytest.approx(S - 20.0)
+    assert brats.loc["flair", "learning_accuracy"] == S
+    R, _ = dice_matrix(check_results(results), metric="hd95_brats")
+    np.testing.assert_allclose(R, [[S, (S + 20.0) / 2], [(4.0 + S) / 2, 20.0], [8.0, S]])
+    markdown = format_table(forgetting_table(results, "hd95_brats"), metric="hd95_brats")
+    assert "final BraTS HD95 (mm)" in markdown.columns
+
+
 def test_the_final_epsilon_is_a_column_only_where_some_trial_has_one(tmp_path: Path) -> None:
     results = make_results()
     # static: an accountant whose ε after rounds 0, 1, 2 is 0, 1.5, 2.25 (δ 1e-5); dycnn: none
@@ -388,3 +557,31 @@ def test_personal_measures_appear_only_with_personalised_models(tmp_path: Path) 
     assert cells[("static", "T2")] == "0.600 (n=1)" and cells[("dycnn", "T2")] == "n/a"
     write_tables(table, tmp_path)
     assert "final personal Dice" in (tmp_path / "forgetting.md").read_text()
+
+
+@pytest.mark.parametrize("partial", [False, True])
+def test_rows_of_a_trial_the_scenario_does_not_have_are_refused(
+    tmp_path: Path, partial: bool
+) -> None:
+    """Results checked against their scenario (no seals beside them): a trial it does not
+    name is not reported, with --partial or without, whether in results.csv or
+    attention.csv."""
+    from fedll.report.completeness import Expected
+
+    expected = Expected(rounds=dict.fromkeys(["static-s0", "static-s1", "dycnn-s0"], 2))
+    results = make_results()
+    results[results["trial"] != "dycnn-s1"].to_csv(tmp_path / "results.csv", index=False)
+    build_report(tmp_path, expected, partial=partial)  # the scenario's trials: reported
+    results.to_csv(tmp_path / "results.csv", index=False)
+    with pytest.raises(DataError) as info:
+        build_report(tmp_path, expected, partial=partial)
+    assert str(info.value) == (
+        f"{tmp_path / 'results.csv'}: trial 'dycnn-s1' is not one of the scenario's trials"
+    )
+    results[results["trial"] != "dycnn-s1"].to_csv(tmp_path / "results.csv", index=False)
+    base = {"model": "dycnn", "ordering": "blocked", "arrival_batch": 2, "strategy": "fedavg",
+            "seed": 1, "round": 1, "modality": "t2", "layer": "enc1", "kernel": 0}  # fmt: skip
+    rows = [{**base, "trial": t, "mass": 1.0} for t in ("dycnn-s0", "dycnn-s1", "dycnn-s9")]
+    pd.DataFrame(rows).to_csv(tmp_path / "attention.csv", index=False)
+    with pytest.raises(DataError, match=r"attention.csv: trial 'dycnn-s1' \(and 1 more\) is not"):
+        build_report(tmp_path, expected, partial=partial)

@@ -1,11 +1,13 @@
 """Differential privacy over the lifelong layer: the wrapper each ``dp`` option builds, clipping
-and noise worked out by hand on hand-made replies, the accountant's ε, and a DP rule's state
-across a checkpoint."""
+and noise worked out by hand on hand-made replies, the round's n fixed by the plan (add/remove
+adjacency: a lost update counts as zero), the accountant's ε against dp-accounting, and a DP
+rule's state across a checkpoint."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import dp_accounting
 import numpy as np
 import pytest
 from flwr.serverapp.strategy import (
@@ -113,19 +115,94 @@ def test_the_noise_is_gaussian_of_std_z_c_over_n_drawn_from_the_seeded_generator
     np.testing.assert_allclose(out["bn.running_var"], 1.0 + noise_var, rtol=1e-6)
 
 
-def test_n_follows_the_round_arrivals_and_the_updates_that_reach_the_rule():
-    """Three sites planned in round 1, one in round 2; in round 1 one reply is lost: the
-    noise is calibrated to the two updates averaged (Flower would refuse the round)."""
+@pytest.mark.parametrize("side", ["server", "client"])
+def test_n_is_the_rounds_planned_sites_whatever_arrives(side):
+    """Three sites planned in round 1, one in round 2; in round 1 one reply is lost. z = 0,
+    C = 1: the release is the two updates' sum over the 3 planned, (0.1, 0.1) / 3, the lost
+    update counting as zero (the mean of the two that arrived, (0.05, 0.05), would tell the
+    count); n stays 3, the public n of the round."""
     plan = {1: {n: INSTRUCTION for n in (11, 12, 13)}, 2: {12: INSTRUCTION}}
-    strategy = build_strategy(options(**FIXED), plan, LAYOUT, SITES)
-    messages = start(strategy, 1, model([0.0, 0.0]))
+    dp = {"side": side, "noise_multiplier": 0.0, "clipping_norm": 1.0}
+    strategy = build_strategy(options(**dp), plan, LAYOUT, SITES)
+    messages = start(strategy, 1, model([0.0, 0.0], var=2.0))
     assert strategy.rule.num_sampled_clients == 3
-    replies = [reply(messages[11], model([0.1, 0.0])), reply(messages[12], model([0.0, 0.1]))]
+    replies = [
+        reply(messages[11], model([0.1, 0.0], var=2.3)),
+        reply(messages[12], model([0.0, 0.1], var=2.0)),
+    ]
     arrays, _ = strategy.aggregate_train(1, replies)
-    assert arrays is not None and strategy.rule.num_sampled_clients == 2
-    assert strategy.rule.accountant.num_releases == 1
+    np.testing.assert_allclose(arrays["w"].numpy(), [0.1 / 3, 0.1 / 3], rtol=1e-6)
+    np.testing.assert_allclose(arrays["bn.running_var"].numpy(), [2.1, 2.1], rtol=1e-6)
+    assert strategy.rule.num_sampled_clients == 3
     start(strategy, 2, model([0.0, 0.0]))
     assert strategy.rule.num_sampled_clients == 1
+
+
+def test_removing_one_sites_update_moves_the_release_by_at_most_c_over_n():
+    """Add/remove adjacency, by hand: C = 1, z = 0, three planned sites with updates (1, 0),
+    (1, 0), (-1, 0). All three: (1/3, 0); without the third (its reply lost): (2/3, 0), a
+    move of 1/3 = C / n. Over the arrivals it would be (1, 0), a move of 2/3 = 2C / n."""
+    dp = {"noise_multiplier": 0.0, "clipping_norm": 1.0}
+    updates = [model([1.0, 0.0]), model([1.0, 0.0]), model([-1.0, 0.0])]
+    released = []
+    for arrived in (updates, updates[:2]):
+        strategy = private(nodes=(11, 12, 13), **dp)
+        messages = start(strategy, 1, model([0.0, 0.0]))
+        replies = [reply(messages[n], u) for n, u in zip((11, 12, 13), arrived, strict=False)]
+        arrays, _ = strategy.aggregate_train(1, replies)
+        released.append(arrays["w"].numpy())
+    np.testing.assert_allclose(released, [[1 / 3, 0.0], [2 / 3, 0.0]], rtol=1e-6)
+    assert np.linalg.norm(released[0] - released[1]) <= 1.0 / 3 * (1 + 1e-6)
+
+
+def test_a_short_rounds_noise_is_that_of_the_planned_n():
+    """z = 1, C = 2, three planned, two arrive (below C): the release is their sum over 3
+    plus noise of std 1 * 2 / 3, NumPy's generator seeded by (seed, round) as in a full round
+    (Flower draws it at std z * C / 2 around the mean of the two; both are scaled by 2/3)."""
+    strategy = private(nodes=(11, 12, 13), seed=3, **FIXED)
+    messages = start(strategy, 1, model([0.0, 0.0]))
+    replies = [reply(messages[11], model([0.2, 0.0])), reply(messages[12], model([0.0, 0.4]))]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    rng = np.random.RandomState([3, 1])
+    noise_w, noise_var = rng.normal(0, 1.0, 2), rng.normal(0, 1.0, 2)
+    np.testing.assert_allclose(
+        arrays["w"].numpy(), np.float32([0.2, 0.4]) / 3 + 2 / 3 * noise_w, rtol=1e-5
+    )
+    np.testing.assert_allclose(arrays["bn.running_var"].numpy(), 1 + 2 / 3 * noise_var, rtol=1e-5)
+    assert strategy.rule.accountant.num_releases == 1
+
+
+def test_a_round_whose_every_update_is_lost_still_releases_and_is_accounted():
+    """Two planned sites, neither replies: the release is the model plus noise of std
+    z * C / 2 (a sum of zero updates; keeping the model would tell that none arrived), and it
+    is composed; the counter stays the model's. A round with no planned site releases
+    nothing."""
+    strategy = private(rounds=(1,), seed=4, **FIXED)
+    start(strategy, 1, model([0.5, 0.5], steps=9))
+    arrays, _ = strategy.aggregate_train(1, [])
+    assert sorted(strategy.failures[1]) == ["a", "b"]
+    rng = np.random.RandomState([4, 1])
+    np.testing.assert_allclose(arrays["w"].numpy(), 0.5 + rng.normal(0, 1.0, 2), rtol=1e-5)
+    assert arrays["steps"].numpy() == 9 and arrays["steps"].dtype == "int64"
+    assert strategy.rule.accountant.num_releases == 1
+    assert start(strategy, 2, model([0.5, 0.5])) == {}
+    assert strategy.aggregate_train(2, []) == (None, None)
+    assert strategy.rule.accountant.num_releases == 1
+
+
+def test_rules_without_an_accountant_average_what_arrives():
+    """A median (not a mean) under fixed clipping and a mean under adaptive clipping keep n
+    to the updates that reach the rule, and a round without one keeps the model."""
+    for strategy in (
+        private("fedmedian", (11, 12, 13), (1, 2), noise_multiplier=0.0, clipping_norm=1.0),
+        private(nodes=(11, 12, 13), rounds=(1, 2), **ADAPTIVE),
+    ):
+        messages = start(strategy, 1, model([0.0, 0.0]))
+        replies = [reply(messages[11], model([0.1, 0.0])), reply(messages[12], model([0.0, 0.1]))]
+        strategy.aggregate_train(1, replies)
+        assert strategy.rule.num_sampled_clients == 2
+        start(strategy, 2, model([0.0, 0.0]))
+        assert strategy.aggregate_train(2, []) == (None, None)
 
 
 def test_client_side_wrappers_tell_the_sites_the_norm_and_the_clipping():
@@ -135,6 +212,29 @@ def test_client_side_wrappers_tell_the_sites_the_norm_and_the_clipping():
     assert TrainInstruction.from_config(config).arrival_stop == 1  # the site still reads it
     adaptive = start(private(side="client", **ADAPTIVE), 1, model([0.0, 0.0]))
     assert adaptive[11].content["config"][KEY_CLIPPING] == "adaptive"
+
+
+def test_epsilon_is_dp_accountings_under_add_remove_over_every_release():
+    """Independently of Flower's accountant: after each of four rounds (all three reply; one
+    reply lost; every reply lost; all reply) the ε is dp-accounting's RDP for add/remove
+    adjacency over that many Gaussian releases of multiplier z = 1, at δ = 1e-5: 10.73 after
+    four (the issue's figure). Each round released once, whatever arrived."""
+    strategy = private(nodes=(11, 12, 13), rounds=(1, 2, 3, 4), **FIXED)
+    arrived = {1: (11, 12, 13), 2: (11, 13), 3: (), 4: (11, 12, 13)}
+    state = model([0.0, 0.0])
+    for server_round, nodes in arrived.items():
+        messages = start(strategy, server_round, state)
+        replies = [reply(messages[n], model([0.1, -0.1])) for n in nodes]
+        arrays, _ = strategy.aggregate_train(server_round, replies)
+        state = {k: v.numpy() for k, v in arrays.items()}
+        reference = dp_accounting.rdp.RdpAccountant(
+            neighboring_relation=dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
+        )
+        reference.compose(dp_accounting.GaussianDpEvent(1.0), server_round)
+        spent = privacy_spent(strategy.rule)
+        assert spent.num_releases == server_round
+        assert spent.epsilon == pytest.approx(reference.get_epsilon(1e-5), rel=1e-9)
+    assert privacy_spent(strategy.rule).epsilon == pytest.approx(10.73, abs=0.005)
 
 
 def test_epsilon_per_round_is_flowers_accountant_over_the_releases():

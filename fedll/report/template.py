@@ -1,3 +1,14 @@
+"""The Jinja2 template of ``RUN_DIR/report.html`` (autoescaped; rendered by
+:mod:`fedll.report.html`).
+
+It is a Python module, not a ``.j2`` package-data file, because a Flower app bundle (FAB)
+carries only Python, TOML, Markdown, YAML and JSON files: under ``flwr run`` and in deployment
+the ServerApp imports fedll from the FAB, where a template file would be missing.
+"""
+
+# ruff: noqa: E501  (the page's HTML and CSS lines, as written)
+
+PAGE = """\
 <!DOCTYPE html>
 <html lang="en">
 <head>
@@ -31,6 +42,7 @@
   .ok { color: #2b7a3d; }
   .warn { color: #a34a00; }
   .note { color: var(--muted); font-size: 13px; }
+  .constant { font-size: 13px; margin: 4px 0; }
 </style>
 </head>
 <body>
@@ -39,6 +51,9 @@
 <p class="sub">{{ n_trials }} trial{{ "s" if n_trials != 1 }} · {{ run_dir }} · written {{ created }}</p>
 <nav>
   <a href="#scenario">Scenario</a><a href="#forgetting">Forgetting</a>
+  {% if pairs %}<a href="#pairs">Model pairs</a>{% endif %}
+  {% if privacy %}<a href="#privacy">Differential privacy</a>{% endif %}
+  {% if detection_table %}<a href="#detection">HD95, detection, surface Dice</a>{% endif %}
   {% for section in sections %}<a href="#fig-{{ loop.index }}">{{ section.title }}</a>{% endfor %}
   <a href="#trials">Trials</a><a href="#provenance">Provenance</a>
 </nav>
@@ -54,12 +69,17 @@
 {% endif %}
 
 <h2 id="forgetting">Forgetting</h2>
-<p class="note">Mean ± std over seeds; (n=k) where only k seeds have a value. Forgetting and BWT
+<p class="note">Mean over seeds [its 95 % interval: mean ± t(0.975, n − 1) · std / √n over the
+  n seeds; the mean alone with one seed, whose rows are not compared]; (n=k) where only k seeds
+  have a value. Forgetting and BWT
   as defined in fedll's DESIGN.md (Chaudhry et al. 2018; Lopez-Paz &amp; Ranzato 2017).</p>
 {% if left_out %}
 <p class="warn">Partial report: {{ left_out | length }} trial(s) of incomplete configurations are left out.</p>
 {% endif %}
 {% macro render_table(data) %}
+{% if data.constant %}
+<p class="constant">In every row: {% for name, value in data.constant %}<span><b>{{ name }}</b> {{ value }}</span>{{ " · " if not loop.last }}{% endfor %}</p>
+{% endif %}
 <div class="scroll"><table>
   <thead><tr>{% for c in data.columns %}<th>{{ c }}</th>{% endfor %}</tr></thead>
   <tbody>
@@ -73,6 +93,34 @@
   <summary>Every measure ({{ full_table.columns | length }} columns)</summary>
   {{ render_table(full_table) }}
 </details>
+{% if pairs %}
+<h2 id="pairs">Model pairs</h2>
+<p class="note">Each pair's paired difference (later − earlier model; paired by seed and test
+  case) with its 95 % t interval over seeds and test cases; * where it excludes 0. "No
+  difference detected" is not "no difference": the interval says how large a difference the
+  run could have missed. Every measure: <code>fedll report RUN_DIR --compare MODEL</code>.</p>
+{{ render_table(pairs) }}
+{% endif %}
+
+{% if privacy %}
+<p class="note">{{ privacy.clause }}.</p>
+
+<h2 id="privacy">Differential privacy</h2>
+<p class="note">{{ privacy.caption }}</p>
+{{ render_table(privacy.table) }}
+{% endif %}
+
+{% if detection_table %}
+<h2 id="detection">HD95, detection and surface Dice</h2>
+<p class="note">HD95 (mm) is the mean over the test cases with a non-empty prediction (n/a:
+  none detected); the detection rate is the share of test cases (each has tumour) with a
+  non-empty prediction; surface Dice the share of both surfaces within the scenario's
+  tolerance of the other (evaluation.surface_tolerance_mm, 2 mm by default). Mean over seeds [95 % interval]. Every measure of each is in
+  tables/forgetting_hd95.*, forgetting_detection_rate.* and forgetting_surface_dice.*;
+  BraTS's HD95, which counts a
+  missed case at 373.13 mm, in tables/forgetting_hd95_brats.*.</p>
+{{ render_table(detection_table) }}
+{% endif %}
 
 {% for section in sections %}
 <h2 id="fig-{{ loop.index }}">{{ section.title }}</h2>
@@ -113,3 +161,4 @@
 </main>
 </body>
 </html>
+"""
