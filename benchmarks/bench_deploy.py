@@ -1,7 +1,7 @@
 """A deployed trial's rounds on 127.0.0.1, and fedll's share of each ClientApp process.
 
 1. Rounds: an insecure SuperLink and one SuperNode per site (``fedll site --insecure``), then
-   ``flwr run`` of one trial of the scenario (the README's "Deploy at sites", without TLS).
+   ``flwr run`` of one trial of the scenario (docs/tutorials/deploy.md, without TLS).
    The seconds of each round are taken from the ServerApp's streamed log, as it arrives.
 2. fedll's share: a SuperNode starts one ClientApp process per message. The same work is
    timed in fresh processes, phase by phase: the interpreter, Flower's own ClientApp

@@ -1,8 +1,8 @@
 """Are two runs of the same scenarios equivalent? The check that re-baselines an arithmetic change.
 
 A change of arithmetic (another kernel, device, library or summation order) changes every
-trial's numbers; it is allowed once every shipped scenario whose tables the README or a study
-quotes is rerun, the new tables committed, and the new run shown equivalent to the old one:
+trial's numbers; it is allowed once every shipped scenario whose tables the docs or a study
+quote is rerun, the new tables committed, and the new run shown equivalent to the old one:
 
     .venv/bin/python benchmarks/equivalence.py OLD NEW            # run directories
     .venv/bin/python benchmarks/equivalence.py OLD NEW --csv equivalence.csv --margin 0.03

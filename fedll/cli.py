@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -439,7 +440,9 @@ def _print_trials(scenario: Scenario, trials: list[Trial]) -> None:
     table = Table(title=f"{len(trials)} trials of {scenario.name}")
     columns = ("#", "model", "ordering", "batch", "per round", "strategy", "cl", "seed", "rounds")
     for col in columns:
-        table.add_column(col)
+        # a name too long for a narrow terminal folds onto a second line, whole: an ellipsis
+        # could make two models (or strategies) that differ at their ends look the same
+        table.add_column(col, overflow="fold")
     counted: dict[tuple[bool, str, int, int, int], int] = {}  # each stream's rounds, once
     for i, t in enumerate(trials):
         stream = (
@@ -729,8 +732,28 @@ def site(
     os.execvp(command[0], command)
 
 
+PIPED_COLUMNS = 200
+"""The width of fedll's output where stdout is not a terminal (a file, a pipe, CI's log):
+rich would otherwise wrap and cut it at 80 columns."""
+HELP_COLUMNS = 100
+"""The width of ``--help`` where stdout is not a terminal (typer's panels fill their width)."""
+
+
+def piped_width(environ: dict[str, str], stdout_is_terminal: bool) -> dict[str, str]:
+    """``environ`` with ``COLUMNS`` set to :data:`PIPED_COLUMNS` where stdout is not a
+    terminal and no width was asked for (rich, and typer's help, read it)."""
+    if stdout_is_terminal or environ.get("COLUMNS"):
+        return environ
+    return {**environ, "COLUMNS": str(PIPED_COLUMNS)}
+
+
 def main() -> None:
     """Console-script entry point."""
+    os.environ.update(piped_width(dict(os.environ), sys.stdout.isatty()))
+    if not sys.stdout.isatty():  # typer's help: a page's width, not a table's
+        import typer.rich_utils
+
+        typer.rich_utils.MAX_WIDTH = typer.rich_utils.MAX_WIDTH or HELP_COLUMNS
     try:
         app()
     except FedllError as error:  # a library error that escaped a command

@@ -30,7 +30,7 @@ from fedll.train import accumulate_attention, model_device
 
 FAST_BATCH = 128
 """Slices per forward pass in bf16 or fp16 (oneDNN's reduced-precision kernels gain from
-larger batches: benchmarks/bench_evaluation.py)."""
+larger batches; benchmarks/bench_arithmetic.py times evaluation in that form against fp32)."""
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,11 @@
 
 With more trials than workers, the sweep ends when its last trial does; started last, a long
 trial runs alone at the end while the other workers idle. :func:`trial_work` counts what
-dominates a trial (:mod:`fedll.evaluation` and :mod:`fedll.train`, see the README's
-Benchmarks): slices through the model, training passes counted as three forward passes
-(forward and backward), every test slice once per evaluation (after every round and before
-the first), each weighted by the multiply-adds of the model's convolutions per slice. Only
-the order of the estimates matters: nothing else reads them.
+dominates a trial (:mod:`fedll.evaluation` and :mod:`fedll.train`, see docs/benchmarks.md):
+slices through the model, training passes counted as three forward passes (forward and
+backward), every test slice once per evaluation (after every round and before the first),
+each weighted by the multiply-adds of the model's convolutions per slice. Only the order of
+the estimates matters: nothing else reads them.
 """
 
 from __future__ import annotations

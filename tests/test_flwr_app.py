@@ -39,5 +39,5 @@ def test_the_app_bundle_holds_every_file_of_the_packages(tmp_path: Path) -> None
     assert any(name.startswith("fedll/report/") for name in needed)
     missing = sorted(needed - held)
     assert not missing, f"files of fedll's packages the Flower app leaves out: {missing}"
-    # and the scenarios the README runs with `flwr run .`
+    # and the scenarios the docs run with `flwr run .`
     assert "scenarios/quickstart.yaml" in held

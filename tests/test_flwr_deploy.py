@@ -115,8 +115,8 @@ class Deployment:
     def site(
         self, name: str, modality: str, data_dir: Path, key: str, log_name: str | None = None
     ) -> subprocess.Popen:
-        """A hospital's SuperNode, started as the README says: ``fedll site`` (its output in
-        ``logs/LOG_NAME.log``, by default the site's name)."""
+        """A hospital's SuperNode, started as docs/tutorials/deploy.md says: ``fedll site``
+        (its output in ``logs/LOG_NAME.log``, by default the site's name)."""
         (runtime_port,) = _free_ports(1)
         argv = [str(BIN / "fedll"), "site", "--site", name, "--modality", modality]
         argv += ["--data-dir", str(data_dir), "--superlink", self.superlink]

@@ -71,8 +71,15 @@ class DPOptions(_Frozen):
     (``clipping_norm``) or one learnt towards the ``target_quantile`` of unclipped updates
     (``initial_clipping_norm``, ``clip_norm_lr``, ``clipped_count_stddev``)."""
 
-    side: Literal["server", "client"] = "server"
-    clipping: Literal["fixed", "adaptive"] = "fixed"
+    side: Literal["server", "client"] = Field(
+        default="server",
+        description="where updates are clipped: by the server's wrapper, or at the site (a mod "
+        "in the ClientApp) before the update leaves it",
+    )
+    clipping: Literal["fixed", "adaptive"] = Field(
+        default="fixed",
+        description="a fixed clipping norm, or one learnt towards target_quantile (no ε)",
+    )
     noise_multiplier: float = Field(
         ge=0, description="z: the noise's std is z * clipping norm / updates averaged"
     )
@@ -170,7 +177,9 @@ class FedBNOptions(_StrategyOptions):
     """FedBN (Li et al. 2021): FedAvg with normalisation layers kept local at each site."""
 
     name: Literal["fedbn"]
-    norm: Literal["local"] = "local"
+    norm: Literal["local"] = Field(
+        default="local", description="local: each site keeps its own normalisation layers"
+    )
 
 
 class DynamicAwareOptions(_StrategyOptions):
@@ -426,8 +435,10 @@ class EWCOptions(_Named):
     ``weight / 2 * sum F (w - w_site)^2``."""
 
     name: Literal["ewc"]
-    weight: float = Field(default=100.0, ge=0)
-    decay: float = Field(default=1.0, ge=0, le=1)
+    weight: float = Field(default=100.0, ge=0, description="the penalty's weight")
+    decay: float = Field(
+        default=1.0, ge=0, le=1, description="the Fisher's decay at each of the site's rounds"
+    )
 
 
 class LwFOptions(_Named):
@@ -435,8 +446,8 @@ class LwFOptions(_Named):
     ``weight * BCE(student, sigmoid(teacher / temperature))`` on the site's own slices."""
 
     name: Literal["lwf"]
-    weight: float = Field(default=1.0, ge=0)
-    temperature: float = Field(default=2.0, gt=0)
+    weight: float = Field(default=1.0, ge=0, description="the distillation loss's weight")
+    temperature: float = Field(default=2.0, gt=0, description="the distillation temperature T")
 
 
 class ReplayOptions(_Named):
@@ -444,7 +455,7 @@ class ReplayOptions(_Named):
     on with each arrival; nothing leaves the site."""
 
     name: Literal["replay"]
-    buffer: int = Field(default=4, ge=1)
+    buffer: int = Field(default=4, ge=1, description="earlier cases the site keeps")
 
 
 ContinualOptions = Annotated[
@@ -461,14 +472,14 @@ class ScaledUpdate(_Frozen):
     delta scaled by ``F`` (any finite float; ``-1`` is the sign flip, ``0`` sends the global
     model back)."""
 
-    scale: float
+    scale: float = Field(description="F: the factor of the update's delta")
 
 
 class GaussianNoise(_Frozen):
     """``send: {gaussian: sigma}``: the site sends ``trained + N(0, sigma^2)`` on every
     floating-point tensor, drawn from the site's seed for the round."""
 
-    gaussian: float = Field(gt=0)
+    gaussian: float = Field(gt=0, description="sigma: the noise's standard deviation")
 
 
 _PARAMETRISED = {next(iter(form.model_fields)): form for form in (ScaledUpdate, GaussianNoise)}
@@ -515,7 +526,7 @@ class FaultConfig(_Frozen):
     rule limits them. Draws are seeded by (trial seed, round, site), so a run is deterministic.
     """
 
-    site: str
+    site: str = Field(description="the site (a sites[].name) the fault is injected at")
     raise_probability: float = Field(
         default=0.0, ge=0, le=1, description="the site raises instead of training"
     )

@@ -65,7 +65,7 @@ class SyntheticCohort(_Frozen):
         le=MAX_PATIENTS,
         description="total patients; default: what sites and test need",
     )
-    seed: Seed = 0
+    seed: Seed = Field(default=0, description="the synthesis's seed: the same seed, the same bytes")
     shape: tuple[int, int, int] | None = Field(
         default=None,
         description="volume grid (X, Y, Z); default: the MNI 2-mm grid cropped to the head",
@@ -82,9 +82,19 @@ class SyntheticCohort(_Frozen):
 class CohortConfig(_Frozen):
     """Where the cases come from: a synthetic cohort, or a folder/manifest on disk."""
 
-    synthetic: SyntheticCohort | None = None
-    path: Path | None = None
-    layout: str = "auto"
+    synthetic: SyntheticCohort | None = Field(
+        default=None, description="synthesise the cohort (give this or path)"
+    )
+    path: Path | None = Field(
+        default=None,
+        description="a cohort folder or manifest CSV on disk (give this or synthetic); relative "
+        "to the scenario file",
+    )
+    layout: str = Field(
+        default="auto",
+        description="how path is laid out: auto (told from its files), brats2021, brats2023, "
+        "msd, tcga-gbm or manifest",
+    )
 
     @field_validator("layout")
     @classmethod
@@ -103,16 +113,23 @@ class CohortConfig(_Frozen):
 class SiteConfig(_Frozen):
     """A hospital: it holds training cases of one modality only."""
 
-    name: SimpleName
-    modality: Modality
-    patients: int = Field(ge=1, le=MAX_PATIENTS)
+    name: SimpleName = Field(description="the hospital's name (a simple name: it names files)")
+    modality: Modality = Field(description="the one modality its training cases have")
+    patients: int = Field(
+        ge=1, le=MAX_PATIENTS, description="its training patients (they arrive over the stream)"
+    )
 
 
 class TestConfig(_Frozen):
     """The held-out test set: disjoint patients per modality."""
 
     __test__ = False  # not a pytest class
-    patients_per_modality: int = Field(default=10, ge=1, le=MAX_PATIENTS)
+    patients_per_modality: int = Field(
+        default=10,
+        ge=1,
+        le=MAX_PATIENTS,
+        description="held-out test patients per modality, disjoint from every site's",
+    )
 
 
 class SliceConfig(_Frozen):
@@ -149,14 +166,29 @@ class EvaluationConfig(_Frozen):
 class StreamConfig(_Frozen):
     """How training cases arrive over rounds (see :mod:`fedll.stream`)."""
 
-    ordering: list[str | list[str]] = Field(default_factory=lambda: ["alternating"], min_length=1)
+    ordering: list[str | list[str]] = Field(
+        default_factory=lambda: ["alternating"],
+        min_length=1,
+        description="the order of the sites' arrivals (a grid axis): alternating, "
+        "alternating-rounds, blocked or random, each with an optional :flair suffix (FLAIR "
+        "first), or a list of site names, one per arrival",
+    )
     arrival_batch: list[Annotated[int, Field(ge=1)]] = Field(
-        default_factory=lambda: [5], min_length=1
+        default_factory=lambda: [5],
+        min_length=1,
+        description="patients per arrival: each site's patients are cut into chunks of this "
+        "many (a grid axis)",
     )
     arrivals_per_round: list[Annotated[int, Field(ge=1)]] = Field(
-        default_factory=lambda: [1], min_length=1
+        default_factory=lambda: [1],
+        min_length=1,
+        description="consecutive arrivals that form one federated round (a grid axis)",
     )
-    train_on: Literal["new", "all"] = "new"
+    train_on: Literal["new", "all"] = Field(
+        default="new",
+        description="new: a site trains on the cases that arrived in the round; all: on every "
+        "case of its that arrived so far",
+    )
 
     @field_validator("ordering", mode="before")
     @classmethod
@@ -178,12 +210,16 @@ class StreamConfig(_Frozen):
 class TrainingConfig(_Frozen):
     """Local training at a site, per arrival."""
 
-    epochs: int = Field(default=2, ge=1)
-    batch_size: int = Field(default=16, ge=1)
-    optimizer: Literal["adam", "sgd"] = "adam"
-    lr: float = Field(default=1e-3, gt=0)
-    weight_decay: float = Field(default=0.0, ge=0)
-    momentum: float = Field(default=0.9, ge=0, lt=1)
+    epochs: int = Field(
+        default=2, ge=1, description="epochs over a site's training slices in each of its rounds"
+    )
+    batch_size: int = Field(default=16, ge=1, description="slices per optimiser step")
+    optimizer: Literal["adam", "sgd"] = Field(default="adam", description="the sites' optimiser")
+    lr: float = Field(default=1e-3, gt=0, description="the sites' learning rate")
+    weight_decay: float = Field(default=0.0, ge=0, description="the optimiser's weight decay")
+    momentum: float = Field(
+        default=0.9, ge=0, lt=1, description="SGD's momentum (optimizer: sgd only)"
+    )
     optimizer_state: Literal["reset", "keep"] = Field(
         default="reset",
         description="reset: a fresh optimiser every round; keep: the site keeps its own "
@@ -200,10 +236,23 @@ class TrainingConfig(_Frozen):
 class ExecutionConfig(_Frozen):
     """How the sweep uses the machine (or a Ray cluster)."""
 
-    cpus_per_trial: int = Field(default=1, ge=1)
-    max_concurrent: int | None = Field(default=None, ge=1)
-    object_store_mb: int = Field(default=256, ge=64)
-    address: str | None = None
+    cpus_per_trial: int = Field(
+        default=1, ge=1, description="CPUs a Ray trial asks for; torch uses as many threads"
+    )
+    max_concurrent: int | None = Field(
+        default=None,
+        ge=1,
+        description="at most this many trials at a time (default: as many as the CPUs, and "
+        "GPUs, hold)",
+    )
+    object_store_mb: int = Field(
+        default=256, ge=64, description="the object store of a Ray that fedll run starts itself"
+    )
+    address: str | None = Field(
+        default=None,
+        description="a Ray cluster's address, HOST:PORT (default: a local Ray; fedll run "
+        "--address overrides it)",
+    )
     device: str = Field(
         default="auto", description="auto (CUDA when available), cpu, cuda or cuda:N"
     )
@@ -282,7 +331,10 @@ class ModelConfig(_Frozen):
     other key), checked against the builder's signature and its own checks."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
-    name: str
+    name: str = Field(
+        description="the registered builder (static, static-wide, dycnn, dycnn-grouped); every "
+        "other key is one of its arguments"
+    )
 
     def kwargs(self) -> dict[str, Any]:
         """The builder's keyword arguments."""
@@ -304,27 +356,59 @@ class ModelConfig(_Frozen):
 class Scenario(_Frozen):
     """A whole scenario file, validated."""
 
-    name: SimpleName = "scenario"
-    cohort: CohortConfig
-    cache_dir: Path | None = None
-    slices: SliceConfig = SliceConfig()
-    sites: list[SiteConfig] = Field(min_length=1, max_length=MAX_SITES)
-    test: TestConfig = TestConfig()
-    evaluation: EvaluationConfig = EvaluationConfig()
-    stream: StreamConfig = StreamConfig()
-    models: dict[SimpleName, ModelConfig] = Field(min_length=1, max_length=MAX_MODELS)
+    name: SimpleName = Field(
+        default="scenario",
+        description="the scenario's name: the default run directory runs/<name>, the MLflow "
+        "experiment",
+    )
+    cohort: CohortConfig = Field(description="where the cases come from")
+    cache_dir: Path | None = Field(
+        default=None,
+        description="where synthetic cohorts and the slice cache are kept (default: "
+        "$XDG_CACHE_HOME/fedll, ~/.cache/fedll); relative to the scenario file",
+    )
+    slices: SliceConfig = Field(
+        default=SliceConfig(), description="how volumes become 2-D training slices"
+    )
+    sites: list[SiteConfig] = Field(
+        min_length=1,
+        max_length=MAX_SITES,
+        description="the hospitals, each holding one modality",
+    )
+    test: TestConfig = Field(default=TestConfig(), description="the held-out test set")
+    evaluation: EvaluationConfig = Field(
+        default=EvaluationConfig(), description="how test cases are scored after every round"
+    )
+    stream: StreamConfig = Field(
+        default=StreamConfig(), description="how the sites' cases arrive over rounds"
+    )
+    models: dict[SimpleName, ModelConfig] = Field(
+        min_length=1,
+        max_length=MAX_MODELS,
+        description="the models to compare, by name (a grid axis)",
+    )
     strategies: list[StrategyOptions] = Field(
-        default_factory=lambda: [FedAvgOptions(name="fedavg")], min_length=1
+        default_factory=lambda: [FedAvgOptions(name="fedavg")],
+        min_length=1,
+        description="server strategies, each a name or a name and its options (a grid axis)",
     )
     cl: list[ContinualOptions] = Field(
-        default_factory=lambda: [FineTuneOptions(name="finetune")], min_length=1
+        default_factory=lambda: [FineTuneOptions(name="finetune")],
+        min_length=1,
+        description="continual-learning methods at the sites, each a name or a name and its "
+        "options (a grid axis)",
     )
     joint: bool = Field(
         default=False,
         description="also train one model per model x seed on every site's cases pooled "
         "(no stream, no federation): the upper bound",
     )
-    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Seed] = Field(
+        default_factory=lambda: [0],
+        min_length=1,
+        description="one trial per seed (a grid axis): it seeds the initial weights, the "
+        "sites' training, a random ordering and the faults' draws",
+    )
     exclude: list[dict[str, Any]] = Field(
         default_factory=list,
         max_length=MAX_EXCLUDE,
@@ -332,10 +416,18 @@ class Scenario(_Frozen):
         "arrival_batch, arrivals_per_round, strategy, cl, seed) to one value; a trial matching "
         "every key of an entry is not run (joint trials are never excluded)",
     )
-    training: TrainingConfig = TrainingConfig()
-    faults: list[FaultConfig] = Field(default_factory=list)
-    execution: ExecutionConfig = ExecutionConfig()
-    tracking: TrackingConfig = TrackingConfig()
+    training: TrainingConfig = Field(
+        default=TrainingConfig(), description="local training at a site, per arrival"
+    )
+    faults: list[FaultConfig] = Field(
+        default_factory=list, description="faults injected at sites (at most one per site)"
+    )
+    execution: ExecutionConfig = Field(
+        default=ExecutionConfig(), description="how the sweep uses the machine or a cluster"
+    )
+    tracking: TrackingConfig = Field(
+        default=TrackingConfig(), description="where finished trials are also logged"
+    )
 
     @model_validator(mode="before")
     @classmethod

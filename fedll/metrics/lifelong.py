@@ -6,8 +6,8 @@ caller negates the matrix (:func:`fedll.report.summary.trial_summary` does). The
 of ``fedll.data.MODALITIES``) after round ``t``; row 0 is the untrained model.
 ``arriving[t]`` says which modalities trained in round ``t``: ``None``, one index, or a
 collection of indices (several sites of different modalities in one federated round);
-``arriving[0]`` must be empty. Every measure follows DESIGN.md "Definitions"; where the design
-leaves a choice open the docstring states the choice.
+``arriving[0]`` must be empty. Every measure follows the definitions page of fedll's docs
+(docs/definitions.md), which gives its formula; where a choice is open the docstring states it.
 
 NaN in ``R`` (a modality without test cases, a missing round) propagates to the entries computed
 from it; the aggregating measures (means over rounds or modalities) skip NaN and return NaN only
@@ -72,10 +72,10 @@ def forgetting(R: np.ndarray) -> np.ndarray:
     """Forgetting ``F[t, m] = max_{t' <= t} R[t', m] - R[t, m]``, shape ``(T + 1, M)``.
 
     Chaudhry et al. 2018 (RWalk), indexed by modality rather than by experience. As in their
-    definition (``max over l in 0..k-1``) and in DESIGN.md, ``t'`` ranges from 0, the untrained
-    model, not from the first round that trained ``m``: a loss of Dice on a modality that has not
-    arrived yet counts too, and ``F >= 0`` wherever ``R[t, m]`` is finite. NaN entries of ``R`` are
-    skipped by the running maximum and give NaN only in their own row.
+    definition (``max over l in 0..k-1``) and in docs/definitions.md, ``t'`` ranges from 0, the
+    untrained model, not from the first round that trained ``m``: a loss of Dice on a modality
+    that has not arrived yet counts too, and ``F >= 0`` wherever ``R[t, m]`` is finite. NaN
+    entries of ``R`` are skipped by the running maximum and give NaN only in their own row.
     """
     R = _matrix(R)
     best = np.fmax.accumulate(R, axis=0)

@@ -18,6 +18,7 @@ import pandas as pd
 from fedll.atomic import atomic_path
 from fedll.provenance import read_provenance
 from fedll.report import page, template
+from fedll.report.definitions import page_definitions
 from fedll.report.pairs import pair_rows
 from fedll.report.tables import format_table
 
@@ -69,6 +70,7 @@ def page_context(
         "left_out": list(left_out or []),
         "privacy": page.privacy_section(results),
         "pairs": pair_rows(pairs) if pairs is not None else None,
+        "definitions": page_definitions(),
     }
 
 

@@ -2,7 +2,7 @@
 
 A trial's rows of checked results (:func:`fedll.report.read.check_results`) give its Dice
 matrix ``R`` (T + 1, M) and ``arriving`` (T + 1 sets of modality indices), from which
-:mod:`fedll.metrics` computes the measures of DESIGN.md "Definitions"; the matrix of another
+:mod:`fedll.metrics` computes the measures of docs/definitions.md; the matrix of another
 metric (:func:`metric_values`: a result column, or one derived from ``hd95``) likewise.
 """
 

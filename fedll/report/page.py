@@ -21,6 +21,7 @@ import pandas as pd
 import yaml
 
 from fedll.columns import config_columns
+from fedll.report.definitions import definition_of
 from fedll.report.epsilon import epsilon_clause, format_privacy, privacy_caption, privacy_table
 from fedll.report.summary import MEASURES
 
@@ -128,7 +129,20 @@ def table_rows(view: pd.DataFrame, labels: Iterable[str] | None = None) -> dict[
         "columns": list(text.columns),
         "rows": text.to_numpy().tolist(),
         "constant": constant,
+        **measure_links(list(text.columns)),
     }
+
+
+def measure_links(columns: Iterable[str]) -> dict[str, dict[str, str]]:
+    """``{"links": column -> its definition's anchor, "na": column -> why it can be n/a}``
+    for the columns that are measures (:mod:`fedll.report.definitions`)."""
+    links, na = {}, {}
+    for column in columns:
+        if (found := definition_of(column)) is not None:
+            links[column] = found.anchor
+            if found.na:
+                na[column] = found.na
+    return {"links": links, "na": na}
 
 
 def privacy_section(results: pd.DataFrame | None) -> dict[str, Any] | None:

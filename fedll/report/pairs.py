@@ -138,4 +138,4 @@ def pair_rows(pairs: pd.DataFrame) -> dict[str, object] | None:
             verdict = _verdict(own.reset_index())
             rows.append([setting, f"{arm} − {baseline}", name, *cells, verdict][0 if axes else 1 :])
     columns = ["setting", "pair", "modality", *labels.values(), "verdict"][0 if axes else 1 :]
-    return {"columns": columns, "rows": rows, "constant": []}
+    return {"columns": columns, "rows": rows, "constant": [], "links": {}, "na": {}}

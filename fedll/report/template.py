@@ -43,6 +43,9 @@ PAGE = """\
   .warn { color: #a34a00; }
   .note { color: var(--muted); font-size: 13px; }
   .constant { font-size: 13px; margin: 4px 0; }
+  td.na { cursor: help; text-decoration: underline dotted; }
+  dl.defs dt { font-weight: 600; margin-top: 8px; }
+  dl.defs dd { margin: 2px 0 0 16px; }
 </style>
 </head>
 <body>
@@ -55,7 +58,7 @@ PAGE = """\
   {% if privacy %}<a href="#privacy">Differential privacy</a>{% endif %}
   {% if detection_table %}<a href="#detection">HD95, detection, surface Dice</a>{% endif %}
   {% for section in sections %}<a href="#fig-{{ loop.index }}">{{ section.title }}</a>{% endfor %}
-  <a href="#trials">Trials</a><a href="#provenance">Provenance</a>
+  <a href="#trials">Trials</a><a href="#provenance">Provenance</a><a href="#definitions">Definitions</a>
 </nav>
 
 <h2 id="scenario">Scenario</h2>
@@ -71,8 +74,9 @@ PAGE = """\
 <h2 id="forgetting">Forgetting</h2>
 <p class="note">Mean over seeds [its 95 % interval: mean ± t(0.975, n − 1) · std / √n over the
   n seeds; the mean alone with one seed, whose rows are not compared]; (n=k) where only k seeds
-  have a value. Forgetting and BWT
-  as defined in fedll's DESIGN.md (Chaudhry et al. 2018; Lopez-Paz &amp; Ranzato 2017).</p>
+  have a value. Each column's name links
+  to its <a href="#definitions">definition</a> (forgetting after Chaudhry et al. 2018, BWT after
+  Lopez-Paz &amp; Ranzato 2017; derived in the docs' definitions page).</p>
 {% if left_out %}
 <p class="warn">Partial report: {{ left_out | length }} trial(s) of incomplete configurations are left out.</p>
 {% endif %}
@@ -81,9 +85,9 @@ PAGE = """\
 <p class="constant">In every row: {% for name, value in data.constant %}<span><b>{{ name }}</b> {{ value }}</span>{{ " · " if not loop.last }}{% endfor %}</p>
 {% endif %}
 <div class="scroll"><table>
-  <thead><tr>{% for c in data.columns %}<th>{{ c }}</th>{% endfor %}</tr></thead>
+  <thead><tr>{% for c in data.columns %}{% if c in data.links %}<th><a href="#{{ data.links[c] }}" title="definition">{{ c }}</a></th>{% else %}<th>{{ c }}</th>{% endif %}{% endfor %}</tr></thead>
   <tbody>
-  {% for row in data.rows %}<tr>{% for cell in row %}<td>{{ cell }}</td>{% endfor %}</tr>
+  {% for row in data.rows %}<tr>{% for cell in row %}{% set column = data.columns[loop.index0] %}{% if cell == "n/a" and column in data.na %}<td class="na" title="n/a: {{ data.na[column] }}">n/a</td>{% else %}<td>{{ cell }}</td>{% endif %}{% endfor %}</tr>
   {% endfor %}
   </tbody>
 </table></div>
@@ -158,6 +162,18 @@ PAGE = """\
 {% else %}
 <p class="note">No provenance.json in the run directory (written by <code>fedll run</code>).</p>
 {% endif %}
+
+<h2 id="definitions">Definitions</h2>
+<p class="note">Each measure as fedll computes it (fedll/metrics/lifelong.py), from a trial's
+  matrix R: R[t, m] the mean over modality m's test cases after round t, T the last round; a
+  table of another metric (HD95, surface Dice, detection rate) takes the same definitions
+  with it in place of Dice, and for HD95, where lower is better, forgetting is its rise. The
+  docs' definitions page (docs/definitions.md) derives each. A table cell's n/a says why when
+  pointed at.</p>
+<dl class="defs">
+  {% for d in definitions %}<dt id="{{ d.anchor }}">{{ d.label }}</dt><dd>{{ d.text }}{% if d.na %} <span class="note">n/a where {{ d.na }}.</span>{% endif %}</dd>
+  {% endfor %}
+</dl>
 </main>
 </body>
 </html>

@@ -5,7 +5,7 @@ Usage: ``python studies/routing/analyse.py STUDY_DIR`` (reads ``STUDY_DIR/result
 ``comparison.md``, ``plots/forgetting_vs_joint.png`` and ``plots/routing_separation.png``
 there). ``run.sh`` calls it after the run.
 
-Per trial, with fedll's definitions (DESIGN.md "Definitions"; ``fedll.report``):
+Per trial, with fedll's definitions (docs/definitions.md; ``fedll.report``):
 forgetting = the forgetting (max) of T2 and of FLAIR, averaged; switch drop = the mean Dice a
 modality loses in the round after the other takes over, averaged over both; final = the mean
 final Dice over both modalities. Per model, ``joint`` is the mean Dice of its joint (pooled, upper

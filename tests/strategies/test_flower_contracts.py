@@ -7,9 +7,10 @@ momentum is FedAvg, the median and trimmed mean and (Multi-)Krum select what the
 Bulyan skips a round with too few replies, and a round whose replies break the reply contract
 (one ArrayRecord, one MetricRecord holding the weight as one number, the same keys in every
 reply) raises. The same contracts hold here through :class:`strategies.lifelong.Lifelong`,
-except for the two fedll changes on purpose (README, "Flower's contracts"): who is sampled
-(the sites that arrive, never a fraction of the connected nodes) and what a bad reply does
-(it is rejected and the round goes on, instead of the round raising).
+except for the two fedll changes on purpose (docs/concepts/federation.md, "Flower's
+contracts"): who is sampled (the sites that arrive, never a fraction of the connected nodes)
+and what a bad reply does (it is rejected and the round goes on, instead of the round
+raising).
 """
 
 from __future__ import annotations
