@@ -111,14 +111,18 @@ def cohort(
     ] = False,
 ) -> None:
     """Write a synthetic multi-site glioma cohort (BraTS 2021 layout + manifest.csv)."""
+    from fedll.data import MAX_SITES
     from fedll.data.cohort import generate_cohort
     from fedll.data.preview import write_preview
 
-    names = (
-        [f"site{i + 1}" for i in range(int(sites))]
-        if sites.strip().isdigit()
-        else [s.strip() for s in sites.split(",") if s.strip()]
-    )
+    count = sites.strip()
+    if count.isascii() and count.isdigit():  # a number of sites, bounded before it is counted
+        if len(count) > len(str(MAX_SITES)) or int(count) > MAX_SITES:
+            shown = count if len(count) <= 20 else f"a number of {len(count)} digits"
+            raise ConfigError(f"sites: at most {MAX_SITES} sites, got {shown}")
+        names = [f"site{i + 1}" for i in range(int(count))]
+    else:
+        names = [s.strip() for s in sites.split(",") if s.strip()]
     kwargs = {} if test_patients is None else {"test_patients": test_patients}
     manifest = generate_cohort(
         out,
@@ -430,7 +434,7 @@ def _report(run_dir: Path, partial: bool = False) -> dict:
 
 
 def _print_trials(scenario: Scenario, trials: list[Trial]) -> None:
-    from fedll.stream import build_stream, counted_holdings
+    from fedll.stream import counted_holdings, round_sites, uses_seed
 
     holdings = counted_holdings([(s.name, s.modality, s.patients) for s in scenario.sites])
     table = Table(title=f"{len(trials)} trials of {scenario.name}")
@@ -439,14 +443,23 @@ def _print_trials(scenario: Scenario, trials: list[Trial]) -> None:
         # a name too long for a narrow terminal folds onto a second line, whole: an ellipsis
         # could make two models (or strategies) that differ at their ends look the same
         table.add_column(col, overflow="fold")
+    counted: dict[tuple[bool, str, int, int, int], int] = {}  # each stream's rounds, once
     for i, t in enumerate(trials):
-        rounds = (
-            1  # the joint bound trains once on the pooled cases
-            if t.kind == "joint"
-            else len(
-                build_stream(holdings, t.ordering, t.arrival_batch, t.seed, t.arrivals_per_round)
-            )
+        stream = (
+            isinstance(t.ordering, str),  # a list's label could spell a named ordering
+            t.ordering_label,
+            t.arrival_batch,
+            t.arrivals_per_round,
+            t.seed if uses_seed(t.ordering) else 0,
         )
+        if t.kind == "joint":
+            rounds = 1  # the joint bound trains once on the pooled cases
+        elif stream in counted:
+            rounds = counted[stream]
+        else:
+            rounds = counted[stream] = len(
+                round_sites(holdings, t.ordering, t.arrival_batch, t.seed, t.arrivals_per_round)
+            )
         table.add_row(
             str(i),
             t.model,

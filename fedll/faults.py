@@ -34,6 +34,9 @@ from fedll.config.options import (
 SENDS: tuple[str, ...] = typing.get_args(CorruptionName)
 """The corrupted updates a faulty site can send that are named by a string."""
 
+REJECTED_SENDS: tuple[str, ...] = ("nan", "wrong-shape", "wrong-dtype")
+"""The corrupted updates that the server's update check rejects."""
+
 State = Mapping[str, np.ndarray]
 
 
@@ -50,6 +53,21 @@ def raises(fault: FaultConfig | None, server_round: int, seed: int) -> bool:
     if fault.raise_probability <= 0:
         return False
     return bool(np.random.default_rng([seed, 1]).random() < fault.raise_probability)
+
+
+def lost_rounds(fault: FaultConfig | None, rounds: int) -> np.ndarray:
+    """bool (rounds,): whether the site's update of each server round 1..``rounds`` never
+    reaches the aggregation rule, whatever the seed: the site raises in that round
+    (``raise_probability: 1``, or a round that ``raise_every`` divides, as :func:`raises`
+    decides), or it sends what the server's update check rejects (:data:`REJECTED_SENDS`)."""
+    lost = np.zeros(rounds, dtype=bool)
+    if fault is None:
+        return lost
+    if fault.raise_probability >= 1 or fault.send in REJECTED_SENDS:
+        lost[:] = True
+    elif fault.raise_every:
+        lost[fault.raise_every - 1 :: fault.raise_every] = True
+    return lost
 
 
 def corrupt(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,27 @@ def test_dry_run_lists_the_trials_and_runs_nothing(write_scenario, tmp_path):
     for model in ("static", "dycnn"):
         assert model in result.stdout
     assert not out.exists()
+
+
+def test_dry_run_counts_each_stream_s_rounds_once(write_scenario):
+    # 990 sites of 20 patients, 250 seeds of a random and of a named ordering: building each
+    # trial's stream took 100 s; each stream is now counted once, a random one from its chunks
+    sites = [{"name": f"h{i}", "modality": ("t2", "flair")[i % 2], "patients": 20}
+             for i in range(990)]  # fmt: skip
+    path = write_scenario({
+        "sites": sites, "models": {"dycnn": None}, "seeds": list(range(250)),
+        "stream": {"ordering": ["random", "blocked"], "arrival_batch": 1,
+                   "arrivals_per_round": 1000},
+    })  # fmt: skip
+    start = time.perf_counter()
+    result = invoke("run", path, "--dry-run")
+    assert time.perf_counter() - start < 30
+    assert result.exit_code == 0, result.output
+    assert "500 trials of tiny" in result.stdout
+    rows = [line.split("│") for line in result.stdout.splitlines() if line.startswith("│")]
+    rows = [row for row in rows if row[1].strip()]  # not the second line of a folded name
+    assert len(rows) == 500
+    assert {row[-2].strip() for row in rows} == {"20"}  # 19,800 arrivals, 1000 a round
 
 
 def test_dry_run_applies_overrides(write_scenario):
@@ -401,6 +423,22 @@ def test_report_leaves_out_a_sealed_trial_that_does_not_verify(write_scenario, t
         pytest.param(
             ["--patients", "4", "--sites", "2", "--seed", "-1"], "seed", id="negative-seed"
         ),
+        pytest.param(
+            ["--patients", "20001"], "patients: must be an integer in 1..20000", id="too-many"
+        ),
+        pytest.param(  # a billion names would be built before any check
+            ["--sites", "1000000000"], "sites: at most 1000 sites, got 1000000000", id="1e9-sites"
+        ),
+        pytest.param(  # int() refuses 4300 digits with a ValueError
+            ["--sites", "1" * 5000],
+            "at most 1000 sites, got a number of 5000 digits",
+            id="5000-digit-sites",
+        ),
+        pytest.param(
+            ["--patients", "2000", "--sites", ",".join(f"s{i}" for i in range(1001))],
+            "sites: at most 1000 sites, got 1001",
+            id="1001-site-names",
+        ),
     ],
 )
 def test_cohort_with_bad_arguments_exits_2(tmp_path, args, key):
@@ -463,6 +501,54 @@ def test_a_scenario_file_that_is_not_what_it_seems_is_one_line(
 def test_values_that_would_fail_later_are_refused_at_parse_time(write_scenario, override, key):
     path = write_scenario()
     assert_one_line_error(invoke("run", path, "--dry-run", "--set", override), str(path), key)
+
+
+LAUGHS = ", ".join(
+    ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    + [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
+)
+"""Billion laughs as one flow mapping: 9**10 strings through aliases."""
+
+
+def test_a_yaml_bomb_in_the_file_is_one_line_naming_the_key(write_scenario):
+    path = write_scenario()
+    path.write_text(path.read_text() + f"exclude: [{{{LAUGHS}}}]\n")
+    result = invoke("run", path, "--dry-run")
+    assert_one_line_error(result, str(path), "exclude.0.a5.", "more than 100000 values")
+
+
+def test_a_yaml_bomb_in_a_set_value_is_one_line_naming_the_option(write_scenario):
+    path = write_scenario()
+    result = invoke("run", path, "--dry-run", "--set", f"exclude=[{{{LAUGHS}}}]")
+    assert_one_line_error(result, str(path), "--set exclude: 0.a5.", "more than 100000 values")
+
+
+def test_a_list_nested_5000_deep_has_no_traceback(write_scenario, tmp_path, run_fedll):
+    path = write_scenario()
+    path.write_text(path.read_text() + "exclude: " + "[" * 5000 + "]" * 5000 + "\n")
+    done = run_fedll("run", path, "--dry-run", cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(path) in lines[0] and "nested deeper than 32" in lines[0]
+
+
+def test_a_grid_of_40000_trials_is_refused_before_it_is_listed(write_scenario):
+    path = write_scenario()
+    seeds = "[" + ", ".join(map(str, range(20_000))) + "]"
+    result = invoke("run", path, "--dry-run", "--set", f"seeds={seeds}")
+    assert_one_line_error(result, str(path), "seeds: 20000 values make a grid of 40000 trials")
+
+
+def test_a_krum_that_cannot_hold_is_refused_naming_the_option(write_scenario):
+    path = write_scenario({"strategies": [{"name": "krum", "num_malicious_nodes": 5}]})
+    result = invoke("run", path, "--dry-run")
+    assert_one_line_error(result, str(path), "strategies.0.num_malicious_nodes", "has 1")
+
+
+def test_a_boolean_seed_is_refused(write_scenario):
+    path = write_scenario()
+    result = invoke("run", path, "--dry-run", "--set", "seeds=true")
+    assert_one_line_error(result, str(path), "seeds: expected a number, got the boolean true")
 
 
 def test_a_model_key_that_cannot_name_a_file_is_refused(write_scenario):
@@ -986,7 +1072,16 @@ def test_a_scenario_naming_every_strategy_with_dp_on_two_expands(write_scenario)
         {"name": "fedadam", "dp": {"side": "client", "clipping": "adaptive",
                                    "noise_multiplier": 0.5, "clipped_count_stddev": 1.0}},
     ]  # fmt: skip
-    path = write_scenario({"strategies": strategies, "models": {"dycnn": None}})
+    # three sites in each round: Krum and Bulyan need 2f + 3 and 4f + 3 replies (f = 0)
+    sites = [
+        {"name": "hospital-t2", "modality": "t2", "patients": 2},
+        {"name": "hospital-flair", "modality": "flair", "patients": 2},
+        {"name": "hospital-t2-b", "modality": "t2", "patients": 2},
+    ]
+    path = write_scenario(
+        {"strategies": strategies, "models": {"dycnn": None}, "sites": sites,
+         "stream": {"arrivals_per_round": 3}}
+    )  # fmt: skip
     result = invoke("run", path, "--dry-run")
     assert result.exit_code == 0, result.output
     assert f"{len(names) + 2} trials of tiny" in result.stdout

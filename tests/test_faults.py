@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fedll.config.options import FaultConfig, GaussianNoise, ScaledUpdate
-from fedll.faults import corrupt, raises
+from fedll.faults import corrupt, lost_rounds, raises
 from strategies.aggregation import update_problem
 
 STATE = {"w": np.ones((2, 2), np.float32), "b": np.zeros(2, np.float32), "steps": np.array(3)}
@@ -38,6 +38,28 @@ def test_raise_probability_is_seeded():
     draws = [raises(half, 1, seed=s) for s in range(400)]
     assert draws == [raises(half, 1, seed=s) for s in range(400)]
     assert 150 < sum(draws) < 250
+
+
+@pytest.mark.parametrize(
+    ("fault", "lost"),
+    [
+        (None, [False] * 6),
+        (FaultConfig(site="s"), [False] * 6),
+        (FaultConfig(site="s", raise_every=2), [False, True] * 3),
+        (FaultConfig(site="s", raise_every=4), [False, False, False, True, False, False]),
+        (FaultConfig(site="s", raise_probability=0.5), [False] * 6),  # some seeds reply
+        (FaultConfig(site="s", raise_probability=1.0), [True] * 6),
+        (FaultConfig(site="s", send="nan"), [True] * 6),
+        (FaultConfig(site="s", send="wrong-dtype", raise_every=2), [True] * 6),
+        (FaultConfig(site="s", send="sign-flip"), [False] * 6),  # Byzantine: it is aggregated
+        (FaultConfig(site="s", send=ScaledUpdate(scale=3.0)), [False] * 6),
+    ],
+)
+def test_lost_rounds_are_those_whose_update_never_reaches_the_rule(fault, lost):
+    assert lost_rounds(fault, 6).tolist() == lost
+    if fault is not None and fault.send is None:  # as raises() decides, whatever the seed
+        always = [all(raises(fault, r, seed=s) for s in range(50)) for r in range(1, 7)]
+        assert always == lost
 
 
 @pytest.mark.parametrize(

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from fedll.errors import ConfigError
-from fedll.stream import Arrival, Round, SiteHoldings, build_stream, describe
+from fedll.stream import Arrival, Round, SiteHoldings, build_stream, describe, round_sites
 
 SITES = (
     SiteHoldings("A", "t2", ("a1", "a2", "a3")),
@@ -94,6 +95,30 @@ def test_same_site_in_one_round_is_merged() -> None:
         (Arrival("C", "flair", ("c1", "c2", "c3", "c4")),),
         (C2,),
     ]
+
+
+def test_round_sites_by_hand() -> None:
+    # alternating, 2 per round: A0 C0 | B0 C1 | A1 C2 | B1; blocked: C0 C1 merged into one
+    rows = round_sites(SITES, "alternating", 2, seed=0, arrivals_per_round=2)
+    np.testing.assert_array_equal(rows, [[0, 2], [1, 2], [0, 2], [1, -1]])
+    rows = round_sites(SITES, "blocked", 2, seed=0, arrivals_per_round=2)
+    np.testing.assert_array_equal(rows, [[0, 1], [0, 1], [2, -1], [2, -1]])
+
+
+@pytest.mark.parametrize("ordering", ["random", "alternating-rounds:flair", ["C", "A", "A", "B",
+                                      "C", "B", "C"]])  # fmt: skip
+@pytest.mark.parametrize(("batch", "per_round"), [(1, 1), (2, 2), (1, 3), (2, 4), (3, 7)])
+def test_round_sites_are_the_sites_of_the_stream_s_rounds(ordering, batch, per_round) -> None:
+    """The random ordering, computed apart from the stream, gives each round's sites as the
+    stream has them, over 50 seeds (a site standing twice where the stream merged it)."""
+    if isinstance(ordering, list) and batch != 2:
+        ordering = [s.name for s in SITES for _ in range(-(-len(s.patients) // batch))]
+    for seed in range(50):
+        stream = build_stream(SITES, ordering, batch, seed, per_round)
+        rows = round_sites(SITES, ordering, batch, seed, per_round)
+        assert rows.shape == (len(stream), per_round)
+        names = [[SITES[i].name for i in dict.fromkeys(row) if i >= 0] for row in rows]
+        assert names == [list(r.sites) for r in stream]
 
 
 def test_describe() -> None:

@@ -141,7 +141,8 @@ def expand_trials(scenario: Scenario) -> list[Trial]:
     """The grid's product, in a stable order (model, ordering, batch, arrivals per round,
     strategy, cl, seed) less the ``exclude`` entries, then, with ``joint``, the joint trials
     (model, seed)."""
-    trials = [t for t in axis_product(scenario) if not any(matches(t, e) for e in scenario.exclude)]
+    entries = exclude_entries(scenario)
+    trials = [t for t in axis_product(scenario) if not excluded(axis_texts(t), entries)]
     if scenario.joint:
         trials += [joint_trial(m, seed) for m in scenario.models for seed in scenario.seeds]
     return trials
@@ -164,14 +165,34 @@ def axis_product(scenario: Scenario) -> list[Trial]:
     ]
 
 
-def matches(trial: Trial, entry: Mapping[str, Any]) -> bool:
-    """Whether ``trial`` has every axis value an ``exclude`` entry names."""
-    values = trial.axis_values()
-    return all(same(values[key], wanted) for key, wanted in entry.items())
+def axis_texts(trial: Trial) -> dict[str, str]:
+    """``trial``'s axis values as ``exclude`` entries are compared with them (computed once
+    per trial: a label dumps its options)."""
+    return {axis: str(value) for axis, value in trial.axis_values().items()}
+
+
+def exclude_entries(scenario: Scenario) -> list[dict[str, str]]:
+    """The ``exclude`` entries, their values as :func:`axis_texts` writes them."""
+    return [_texts(entry) for entry in scenario.exclude]
+
+
+def excluded(texts: Mapping[str, str], entries: list[dict[str, str]]) -> bool:
+    """Whether a trial of :func:`axis_texts` ``texts`` matches one of ``entries``
+    (:func:`exclude_entries`)."""
+    return any(all(texts[key] == wanted for key, wanted in e.items()) for e in entries)
+
+
+def _texts(entry: Mapping[str, Any]) -> dict[str, str]:
+    return {key: _text(wanted) for key, wanted in entry.items()}
+
+
+def _text(wanted: Any) -> str:
+    """A value written in YAML as an axis value's text (an explicit ordering as its list)."""
+    if isinstance(wanted, list):
+        return ",".join(str(w) for w in wanted)
+    return str(wanted)
 
 
 def same(value: Any, wanted: Any) -> bool:
     """An axis value equals a value written in YAML (an explicit ordering as its list)."""
-    if isinstance(wanted, list):
-        wanted = ",".join(str(w) for w in wanted)
-    return str(value) == str(wanted)
+    return str(value) == _text(wanted)

@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Discriminator,
     Field,
     SerializerFunctionWrapHandler,
@@ -29,9 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+from fedll.config.base import Frozen as _Frozen
 
 
 class _Named(_Frozen):

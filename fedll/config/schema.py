@@ -20,7 +20,6 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     ConfigDict,
     Field,
     ValidationError,
@@ -29,6 +28,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from fedll.config.base import Frozen as _Frozen
 from fedll.config.options import (
     ContinualOptions,
     FaultConfig,
@@ -38,6 +38,7 @@ from fedll.config.options import (
     named,
 )
 from fedll.config.rules import RULES
+from fedll.data import MAX_PATIENTS, MAX_SITES
 from fedll.data.layouts import LAYOUTS
 from fedll.device import Precision, check_device_name
 from fedll.models import ArgumentError, check_arguments
@@ -47,13 +48,12 @@ from fedll.stream import ORDERINGS
 Modality = Literal["t2", "flair"]
 SimpleName = Annotated[str, AfterValidator(lambda name: check_simple_name(name, "name"))]
 Seed = Annotated[int, Field(ge=0, lt=2**32, description="a seed: 0 <= seed < 2**32")]
-MAX_PATIENTS = 20_000
-"""More patients than any public glioma cohort holds: a bound, so that a typo (a trillion
-patients) is refused instead of exhausting memory while the stream is checked."""
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+MAX_MODELS = 100
+"""The most models a scenario compares: each is checked by building it (on PyTorch's meta
+device, some 10 ms), so ten thousand would take minutes to refuse as too large a grid."""
+MAX_EXCLUDE = 100
+"""The most ``exclude`` entries: each trial of the grid (at most
+:data:`fedll.config.rules.MAX_TRIALS`) is matched against each entry, several times a load."""
 
 
 class SyntheticCohort(_Frozen):
@@ -371,7 +371,9 @@ class Scenario(_Frozen):
         default=SliceConfig(), description="how volumes become 2-D training slices"
     )
     sites: list[SiteConfig] = Field(
-        min_length=1, description="the hospitals, each holding one modality"
+        min_length=1,
+        max_length=MAX_SITES,
+        description="the hospitals, each holding one modality",
     )
     test: TestConfig = Field(default=TestConfig(), description="the held-out test set")
     evaluation: EvaluationConfig = Field(
@@ -381,7 +383,9 @@ class Scenario(_Frozen):
         default=StreamConfig(), description="how the sites' cases arrive over rounds"
     )
     models: dict[SimpleName, ModelConfig] = Field(
-        min_length=1, description="the models to compare, by name (a grid axis)"
+        min_length=1,
+        max_length=MAX_MODELS,
+        description="the models to compare, by name (a grid axis)",
     )
     strategies: list[StrategyOptions] = Field(
         default_factory=lambda: [FedAvgOptions(name="fedavg")],
@@ -407,6 +411,7 @@ class Scenario(_Frozen):
     )
     exclude: list[dict[str, Any]] = Field(
         default_factory=list,
+        max_length=MAX_EXCLUDE,
         description="grid points to leave out: each entry maps axis names (model, ordering, "
         "arrival_batch, arrivals_per_round, strategy, cl, seed) to one value; a trial matching "
         "every key of an entry is not run (joint trials are never excluded)",

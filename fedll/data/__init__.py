@@ -18,6 +18,11 @@ import numpy as np
 MODALITIES: tuple[str, ...] = ("t2", "flair")
 LABELS: dict[str, str] = {"t2": "T2", "flair": "FLAIR"}
 """How tables and plots name each modality."""
+MAX_PATIENTS = 20_000
+"""More patients than any public glioma cohort holds: a bound, so that a typo (a trillion
+patients) is refused instead of exhausting memory while the stream is checked."""
+MAX_SITES = 1_000
+"""More hospitals than any federation fedll simulates (each is a Flower node)."""
 
 
 def modality_indices(names: Iterable[str]) -> np.ndarray:

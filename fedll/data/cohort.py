@@ -32,13 +32,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from fedll.data import MODALITIES
+from fedll.data import MAX_PATIENTS, MAX_SITES, MODALITIES
 from fedll.data.manifest import write_manifest
 from fedll.data.phantom import DEFAULT_SHAPE, Atlas, load_atlas, output_grid, synthesize_case
 from fedll.data.scanner import ScannerProfile, sample_scanner
 from fedll.errors import ConfigError, DataError
-from fedll.names import RULE as NAME_RULE
-from fedll.names import is_simple_name
+from fedll.names import is_simple_name, rule_for
 
 logger = logging.getLogger(__name__)
 
@@ -171,16 +170,18 @@ def _check_arguments(
     def is_int(v: object) -> bool:
         return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
-    if not is_int(patients) or patients < 1:
-        raise ConfigError(f"patients: must be an integer >= 1, got {patients!r}")
+    if not is_int(patients) or not 1 <= patients <= MAX_PATIENTS:
+        raise ConfigError(f"patients: must be an integer in 1..{MAX_PATIENTS}, got {patients!r}")
     if isinstance(sites, str) or not isinstance(sites, Sequence):
         raise ConfigError(f"sites: expected a list of site names, got {sites!r}")
+    if len(sites) > MAX_SITES:
+        raise ConfigError(f"sites: at most {MAX_SITES} sites, got {len(sites)}")
     names = [str(s) for s in sites]
     if not names:
         raise ConfigError("sites: at least one site name is needed, got none")
     bad = [s for s in names if not is_simple_name(s)]
     if bad:
-        raise ConfigError(f"sites: {bad[0]!r} is not a simple name ({NAME_RULE})")
+        raise ConfigError(f"sites: {bad[0]!r} is not a simple name ({rule_for(bad[0])})")
     if len(set(names)) < len(names):
         raise ConfigError(f"sites: names must be unique, got {names}")
     if patients < len(names):

@@ -26,9 +26,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedll.atomic import atomic_path
 from fedll.errors import ConfigError
-from fedll.names import RULE, is_simple_name
+from fedll.names import is_simple_name, rule_for
 
 DEFAULT_HOSTS: tuple[str, ...] = ("127.0.0.1", "localhost")
+MAX_DAYS = 36_500
+"""The longest validity of a test certificate (100 years; X.509 dates end with the year
+9999, and a later date is an OverflowError)."""
 
 
 @dataclass(frozen=True)
@@ -57,8 +60,8 @@ def write_certificates(
     them). Private keys are written with mode 0600. Existing files are kept unless
     ``overwrite``: a key is never replaced silently.
     """
-    if days < 1:
-        raise ConfigError(f"certs: days must be >= 1, got {days}")
+    if not 1 <= days <= MAX_DAYS:
+        raise ConfigError(f"certs: days must be in 1..{MAX_DAYS}, got {days}")
     if not hosts:
         raise ConfigError("certs: at least one host name or IP address is needed")
     for host in hosts:
@@ -66,7 +69,9 @@ def write_certificates(
             raise ConfigError(f"certs: --host {host!r} is neither an IP address nor a host name")
     for site in sites:
         if not is_simple_name(site):
-            raise ConfigError(f"certs: site name {site!r} cannot name a key file ({RULE})")
+            raise ConfigError(
+                f"certs: site name {site!r} cannot name a key file ({rule_for(site)})"
+            )
     if len(set(sites)) != len(sites):
         raise ConfigError(f"certs: a site is named twice in {', '.join(sites)}")
     out = Path(out)

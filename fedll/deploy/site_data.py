@@ -7,7 +7,7 @@ from pathlib import Path
 from fedll.data.manifest import write_manifest
 from fedll.data.prepare import PreparedCohort
 from fedll.errors import ConfigError
-from fedll.names import RULE, is_simple_name
+from fedll.names import is_simple_name, rule_for
 
 
 def write_site_manifests(prepared: PreparedCohort, out: Path) -> dict[str, Path]:
@@ -20,7 +20,9 @@ def write_site_manifests(prepared: PreparedCohort, out: Path) -> dict[str, Path]
     written: dict[str, Path] = {}
     for site, records in prepared.sites.items():
         if not is_simple_name(site):
-            raise ConfigError(f"site-data: site name {site!r} cannot name a folder ({RULE})")
+            raise ConfigError(
+                f"site-data: site name {site!r} cannot name a folder ({rule_for(site)})"
+            )
         if any(r.channel is not None for r in records):
             raise ConfigError(
                 f"site-data: site {site} holds 4-D (MSD) volumes, which a manifest cannot "

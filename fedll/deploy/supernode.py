@@ -20,8 +20,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fedll.data.site import Site, site_from_node_config
 from fedll.device import resolve_device
 from fedll.errors import ConfigError
-from fedll.names import RULE, is_simple_name
+from fedll.names import is_simple_name, rule_for
 from fedll.site_state import check_state_dir, site_state_dir
+
+
+def check_port(port: int, what: str) -> int:
+    """``port`` when it is in 1..65535; ConfigError naming ``what``."""
+    if not 0 < port < 65536:
+        raise ConfigError(f"{what}: port {port} is outside 1..65535")
+    return port
 
 
 def check_host_port(address: str, what: str) -> tuple[str, int]:
@@ -30,9 +37,7 @@ def check_host_port(address: str, what: str) -> tuple[str, int]:
     host = host.strip("[]")
     if not sep or not host or not port.isdigit():
         raise ConfigError(f"{what} {address!r}: expected HOST:PORT")
-    if not 0 < int(port) < 65536:
-        raise ConfigError(f"{what} {address!r}: port {port} is outside 1..65535")
-    return host, int(port)
+    return host, check_port(int(port), f"{what} {address!r}")
 
 
 def load_ca_certificate(path: Path) -> x509.Certificate:
@@ -118,8 +123,10 @@ def site_command(
     TLS and ``insecure``, a missing CA file or an unusable node-auth key.
     """
     if not is_simple_name(name):
-        raise ConfigError(f"--site {name!r} is not a simple name ({RULE})")
+        raise ConfigError(f"--site {name!r} is not a simple name ({rule_for(name)})")
     check_host_port(superlink, "--superlink")
+    if runtime_port is not None:
+        check_port(runtime_port, "--runtime-port")
     config = {
         "site": name,
         "modality": modality.lower(),

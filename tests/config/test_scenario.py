@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,8 +20,12 @@ from fedll.config import (
     load_scenario,
 )
 from fedll.config.grid import fingerprints
+from fedll.config.instruction import StateKey
 from fedll.config.options import GaussianNoise, ScaledUpdate
+from fedll.config.rules import TRIAL_ID_BYTES
 from fedll.errors import ConfigError
+from fedll.site_state import SiteStateStore
+from fedll.store import TrialFiles, checkpoint_path
 
 T2 = {"name": "hospital-t2", "modality": "t2", "patients": 2}
 FLAIR = {"name": "hospital-flair", "modality": "flair", "patients": 2}
@@ -699,3 +705,307 @@ def test_tracking_is_optional_checked_and_no_part_of_a_trial_s_fingerprint(write
     assert_names(config_error(path), path, "tracking.wandb: unknown key")
     path = write_scenario({"tracking": {"mlflow": " "}})
     assert_names(config_error(path), path, "tracking.mlflow")
+
+
+# ---------------------------------------------------------------- hostile values: bounds
+
+
+def test_a_grid_past_the_bound_is_refused_naming_its_longest_axis(write_scenario):
+    path = write_scenario({"seeds": list(range(5001))})
+    message = config_error(path)
+    assert_names(message, path, "seeds: 5001 values make a grid of 10002 trials")
+    assert "(2 models x 1 stream.ordering x" in message and "more than 10000" in message
+
+
+def test_a_grid_at_the_bound_loads(write_scenario):
+    assert len(expand_trials(load_scenario(write_scenario({"seeds": list(range(5000))})))) == 10000
+
+
+def test_more_exclude_entries_than_the_bound_are_refused(write_scenario):
+    path = write_scenario({"seeds": list(range(101)), "exclude": [{"seed": i} for i in range(101)]})
+    assert_names(config_error(path), path, "exclude: List should have at most 100 items")
+
+
+def test_more_sites_than_the_bound_are_refused(write_scenario):
+    sites = [{"name": f"h{i}", "modality": "t2", "patients": 1} for i in range(1001)]
+    path = write_scenario({"sites": sites})
+    assert_names(config_error(path), path, "sites: List should have at most 1000 items")
+
+
+def test_more_training_patients_than_the_bound_are_refused(write_scenario):
+    # a thousand sites of 20,000 (each within its own bound) took minutes and GBs to stream
+    sites = [{"name": f"h{i}", "modality": "t2", "patients": 10_000} for i in range(2)]
+    path = write_scenario({"sites": [*sites, {**FLAIR, "patients": 1}]})
+    assert_names(config_error(path), path, "sites: 20001 training patients in all, more than 20000")
+
+
+def test_more_models_than_the_bound_are_refused_before_they_are_built(write_scenario):
+    models = {f"m{i}": {"name": "static", "base_width": 4, "depth": 2} for i in range(5000)}
+    path = write_scenario({"models": models})
+    start = time.perf_counter()
+    message = config_error(path)
+    assert time.perf_counter() - start < 20  # 5000 models built took about 45 s
+    assert_names(message, path, "models: Dictionary should have at most 100 items")
+
+
+# ---------------------------------------------------------------- hostile values: Byzantine rules
+
+THREE = [T2, FLAIR, {"name": "hospital-t2-b", "modality": "t2", "patients": 2}]
+"""Three sites of two patients: with arrivals of one patient and three arrivals per round,
+the alternating ordering gives rounds t2, flair, t2-b and flair, t2, t2-b (3 replies each)."""
+
+
+@pytest.mark.parametrize(
+    ("updates", "message"),
+    [
+        pytest.param(
+            {"strategies": [{"name": "krum", "num_malicious_nodes": 5}]},
+            "strategies.0.num_malicious_nodes: krum with num_malicious_nodes 5 needs at least "
+            "13 replies in a round (more than 2f + 2, Krum's condition), but round 1 of the "
+            "stream (ordering alternating, arrival_batch 1, arrivals_per_round 1) has 1",
+            id="krum-f5-one-reply",
+        ),
+        pytest.param(
+            {"strategies": ["fedavg", {"name": "bulyan", "num_malicious_nodes": 1}],
+             "stream": {"arrivals_per_round": 2}},
+            "strategies.1.num_malicious_nodes: bulyan with num_malicious_nodes 1 needs at least "
+            "7 replies in a round (4f + 3; with fewer, Flower's Bulyan keeps the model), but "
+            "round 1 of the stream (ordering alternating, arrival_batch 1, arrivals_per_round 2) "
+            "has 2",
+            id="bulyan-f1-two-replies",
+        ),
+        pytest.param(
+            {"strategies": ["bulyan"], "stream": {"arrivals_per_round": 2}},
+            "needs at least 3 replies in a round (4f + 3",
+            id="bulyan-f0-two-replies",
+        ),
+        pytest.param(
+            {"strategies": [{"name": "multikrum", "num_nodes_to_select": 4}], "sites": THREE,
+             "stream": {"arrivals_per_round": 3}},
+            "strategies.0.num_nodes_to_select: 4 updates cannot be selected from the 3 replies "
+            "of round 1",
+            id="multikrum-selects-more-than-it-gets",
+        ),
+        pytest.param(
+            {"strategies": ["krum"], "sites": THREE, "stream": {"arrivals_per_round": 3},
+             "faults": [{"site": "hospital-t2-b", "send": "nan"}]},
+            "round 1 of the stream (ordering alternating, arrival_batch 1, arrivals_per_round 3) "
+            "has 2",
+            id="a-rejected-update-is-no-reply",
+        ),
+        pytest.param(
+            {"strategies": ["krum"], "sites": THREE, "stream": {"arrivals_per_round": 3},
+             "faults": [{"site": "hospital-flair", "raise_every": 2}]},
+            "round 2 of the stream",
+            id="a-site-that-raises-in-round-2",
+        ),
+        pytest.param(
+            {"strategies": ["krum"], "sites": THREE, "stream": {"arrivals_per_round": 3},
+             "faults": [{"site": "hospital-flair", "raise_probability": 1.0}]},
+            "round 1 of the stream",
+            id="a-site-that-always-raises",
+        ),
+        pytest.param(
+            {"strategies": ["krum"], "sites": THREE, "stream": {"arrivals_per_round": [3, 1]}},
+            "arrivals_per_round 1) has 1",
+            id="one-of-the-streams",
+        ),
+    ],
+)  # fmt: skip
+def test_a_byzantine_rule_that_cannot_hold_in_a_round_is_refused(write_scenario, updates, message):
+    path = write_scenario(updates)
+    assert_names(config_error(path), path, message)
+
+
+def test_a_byzantine_rule_is_checked_on_each_listed_ordering(write_scenario):
+    # 3 sites of 2 patients, 3 per round: the first list's rounds have 3 sites each, the
+    # second's first round has hospital-t2 twice and hospital-flair (2 replies)
+    first = ["hospital-t2", "hospital-flair", "hospital-t2-b"] * 2
+    second = ["hospital-t2", "hospital-t2", "hospital-flair", "hospital-flair", "hospital-t2-b",
+              "hospital-t2-b"]  # fmt: skip
+    updates = {"sites": THREE, "strategies": ["krum"], "stream": {"arrivals_per_round": 3}}
+    load_scenario(write_scenario({**updates, "stream": {"arrivals_per_round": 3,
+                                                        "ordering": [first]}}))  # fmt: skip
+    path = write_scenario({**updates, "stream": {"arrivals_per_round": 3,
+                                                 "ordering": [first, second]}})  # fmt: skip
+    assert_names(config_error(path), path, "round 1 of the stream (ordering stream.ordering.1 "
+                 "(a list), arrival_batch 1, arrivals_per_round 3) has 2")  # fmt: skip
+
+
+def test_a_random_ordering_is_checked_for_each_seed(write_scenario):
+    # 8 sites of 1 patient and 4 per round: every round has 4 distinct sites, whatever the
+    # seed; with 2 patients each, some seed puts one site twice into a round
+    eight = [{"name": f"h{i}", "modality": ("t2", "flair")[i % 2], "patients": 1}
+             for i in range(8)]  # fmt: skip
+    updates = {"strategies": ["krum"], "seeds": list(range(20)),
+               "stream": {"ordering": "random", "arrivals_per_round": 4}}  # fmt: skip
+    load_scenario(write_scenario({**updates, "sites": eight}))
+    twice = [{**site, "patients": 2} for site in eight]
+    path = write_scenario({**updates, "sites": twice})
+    message = config_error(path)
+    assert_names(message, path, "has 2 (its rounds have 2 to 4)")
+    assert "(ordering random, arrival_batch 1, arrivals_per_round 4, seed " in message
+
+
+def test_thousands_of_random_seeds_of_a_large_cohort_are_checked_in_seconds(write_scenario):
+    # 990 sites of 20 patients, 1000 per round, 1000 seeds: building each seed's stream took
+    # 70 s; the reply counts of every round of every seed take about one
+    sites = [{"name": f"h{i}", "modality": ("t2", "flair")[i % 2], "patients": 20}
+             for i in range(990)]  # fmt: skip
+    path = write_scenario({
+        "sites": sites, "strategies": ["krum"], "seeds": list(range(1000)), "models": ONLY_LONG,
+        "stream": {"ordering": "random", "arrivals_per_round": 1000},
+    })  # fmt: skip
+    start = time.perf_counter()
+    assert len(expand_trials(load_scenario(path))) == 1000
+    assert time.perf_counter() - start < 30
+
+
+@pytest.mark.parametrize(
+    "updates",
+    [
+        pytest.param({"strategies": ["krum", "multikrum", "bulyan"]}, id="three-replies"),
+        pytest.param(
+            {"strategies": [{"name": "multikrum", "num_nodes_to_select": 3}]}, id="select-all"
+        ),
+        pytest.param(
+            {"strategies": ["krum"],
+             "faults": [{"site": "hospital-t2", "send": "sign-flip"},
+                        {"site": "hospital-flair", "raise_probability": 0.5}]},
+            id="byzantine-and-random-faults-reply",
+        ),
+        pytest.param(
+            {"strategies": ["fedavg", "krum"], "stream": {"arrivals_per_round": [3, 1]},
+             "exclude": [{"strategy": "krum", "arrivals_per_round": 1}]},
+            id="the-short-stream-excluded",
+        ),
+    ],
+)  # fmt: skip
+def test_a_byzantine_rule_with_enough_replies_in_every_round_loads(write_scenario, updates):
+    base = {"sites": THREE, "stream": {"arrivals_per_round": 3}}
+    load_scenario(write_scenario({**base, **updates}))
+
+
+# ---------------------------------------------------------------- hostile values: trial ids
+
+LONG = "m" * 100  # a legal model key
+ONLY_LONG = {"static": None, "dycnn": None, LONG: {"name": "static", "base_width": 4, "depth": 2}}
+"""The tiny scenario's models replaced by one of key LONG."""
+
+
+def test_a_trial_id_at_the_file_name_bound_loads_and_one_byte_more_is_refused(write_scenario):
+    # 100 + len("__alternating__b1__fedavg__") 27 + len("replay-buffer") 13 + 58 digits
+    # + len("__s0") 4 = 202 bytes
+    models = ONLY_LONG
+    scenario = load_scenario(
+        write_scenario({"models": models, "cl": [{"name": "replay", "buffer": int("1" * 58)}]})
+    )
+    assert [len(t.trial_id) for t in expand_trials(scenario)] == [202]
+    path = write_scenario({"models": models, "cl": [{"name": "replay", "buffer": int("1" * 59)}]})
+    message = config_error(path)
+    assert_names(message, path, f"models.{LONG}: the trial id 'mmmm")
+    assert "is 203 bytes, over the 202 that its files' names allow" in message
+
+
+def test_every_file_named_after_a_trial_id_at_the_bound_fits_a_file_name(write_scenario):
+    """Written atomically (``.<name>.<pid of up to 7 digits>.<12 hex>.tmp``), the longest
+    file name fedll builds around a trial id of TRIAL_ID_BYTES is 255 bytes: the site's kept
+    state (the trial's own files, checkpoint and kept model are shorter)."""
+    scenario = load_scenario(write_scenario())
+    fingerprint = next(iter(fingerprints(scenario).values()))
+    trial_id, run_dir = "t" * TRIAL_ID_BYTES, Path("run")
+    key = StateKey(trial=trial_id, fingerprint=fingerprint, federation="1")
+    files = TrialFiles.of(run_dir, trial_id)  # results, attention, model, seal, ...
+    names = [p.name for p in (*dataclasses.astuple(files), checkpoint_path(run_dir, trial_id))]
+    state = SiteStateStore(run_dir, "hospital-t2").path(key).name
+    written = [len(f".{name}.{9_999_999}.{'f' * 12}.tmp".encode()) for name in [*names, state]]
+    assert max(written) == len(f".{state}.{9_999_999}.{'f' * 12}.tmp".encode()) == 255
+
+
+def test_a_long_strategy_label_is_named_when_it_is_the_longest_part(write_scenario):
+    dp = {"noise_multiplier": 0.30000000000000004, "clipping_norm": 0.30000000000000004,
+          "delta": 0.000010000000000000001}  # fmt: skip
+    long = 0.30000000000000004
+    strategies = [{"name": "fedadam", "eta": long, "eta_l": long, "beta_1": long, "tau": long,
+                   "dp": dp}]  # fmt: skip
+    path = write_scenario({"models": ONLY_LONG, "strategies": strategies})
+    assert_names(config_error(path), path, "strategies.0: the trial id")
+
+
+def test_a_string_option_that_cannot_name_a_file_is_refused(write_scenario):
+    path = write_scenario({"strategies": [{"name": "qfedavg", "train_loss_key": "../../etc/x"}]})
+    message = config_error(path)
+    assert_names(message, path, "strategies.0: 'qfedavg-trainlosskey../../etc/x' is part of")
+
+
+def test_existing_trial_ids_do_not_change(write_scenario):
+    scenario = load_scenario(write_scenario({**METHODS, "models": ONLY_LONG}))
+    ids = [t.trial_id for t in expand_trials(scenario)]
+    assert ids[:2] == [f"{LONG}__alternating__b1__fedavg__finetune__s0",
+                       f"{LONG}__alternating__b1__fedavg__finetune__s1"]  # fmt: skip
+    assert ids[-1] == f"{LONG}__joint__s1"
+
+
+# ---------------------------------------------------------------- hostile values: booleans
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("seeds=true", "seeds"),
+        ("seeds=[0, yes]", "seeds.1"),
+        ("training.epochs=true", "training.epochs"),
+        ("training.batch_size=on", "training.batch_size"),
+        ("training.lr=true", "training.lr"),
+        ("slices.axis=true", "slices.axis"),
+        ("slices.size=true", "slices.size"),
+        ("cohort.synthetic.shape=[48, true, 44]", "cohort.synthetic.shape.1"),
+        ("cohort.synthetic.seed=true", "cohort.synthetic.seed"),
+        ("sites.0.patients=true", "sites.0.patients"),
+        ("test.patients_per_modality=false", "test.patients_per_modality"),
+        ("stream.arrival_batch=true", "stream.arrival_batch"),
+        ("stream.arrivals_per_round=[1, true]", "stream.arrivals_per_round.1"),
+        ("strategies=[{name: krum, num_malicious_nodes: true}]",
+         "strategies.0.num_malicious_nodes"),
+        ("strategies=[{name: fedprox, mu: true}]", "strategies.0.mu"),
+        ("strategies=[{name: fedavg, dp: {noise_multiplier: true, clipping_norm: 1}}]",
+         "strategies.0.dp.noise_multiplier"),
+        ("cl=[{name: replay, buffer: true}]", "cl.0.buffer"),
+        ("faults=[{site: hospital-t2, raise_every: true}]", "faults.0.raise_every"),
+        ("faults=[{site: hospital-t2, send: {scale: true}}]", "faults.0.send.scale"),
+        ("execution.max_concurrent=true", "execution.max_concurrent"),
+        ("execution.gpus_per_trial=true", "execution.gpus_per_trial"),
+        ("evaluation.surface_tolerance_mm=true", "evaluation.surface_tolerance_mm"),
+    ],
+)  # fmt: skip
+def test_a_boolean_is_no_number(write_scenario, override, key):
+    path = write_scenario()
+    message = config_error(path, [override])
+    assert_names(message, path, f"{key}: expected a number, got the boolean ")
+
+
+def test_booleans_stay_booleans_and_numbers_numbers(write_scenario):
+    overrides = ["execution.deterministic=true", "tracking.mlflow=true", "seeds=[0, 1]",
+                 "training.lr=1"]  # fmt: skip
+    scenario = load_scenario(write_scenario(), overrides)
+    assert scenario.execution.deterministic is True and scenario.tracking.mlflow is True
+    assert scenario.seeds == [0, 1] and scenario.training.lr == 1.0
+
+
+# ---------------------------------------------------------------- hostile values: names
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        pytest.param("hôpital", "names outside ASCII are refused: Unicode spells one name",
+                     id="non-ascii"),
+        pytest.param("hospitаl", "names outside ASCII", id="cyrillic-a"),
+        pytest.param("hospital\n", "1-100 ASCII letters", id="trailing-newline"),
+    ],
+)  # fmt: skip
+def test_a_site_name_that_is_no_portable_file_name_is_refused_saying_why(write_scenario, name, why):
+    path = write_scenario({"sites": [{**T2, "name": name}, FLAIR]})
+    message = config_error(path)
+    assert_names(message, path, "sites.0.name: name")
+    assert why in message

@@ -173,6 +173,14 @@ def test_certs_command(tmp_path):
     one_line_error(invoke("certs", "--out", tmp_path / "c"), "exists", "--overwrite")
 
 
+@pytest.mark.parametrize("days", ["0", "10000000"])
+def test_certs_bounds_the_days_in_one_line(tmp_path, days):
+    # ten million days pass the year 9999: an OverflowError with a traceback before
+    result = invoke("certs", "--out", tmp_path / "c", "--days", days)
+    one_line_error(result, f"certs: days must be in 1..36500, got {days}")
+    assert not (tmp_path / "c").exists()
+
+
 def test_a_bad_auth_key_is_named(tmp_path):
     (tmp_path / "k").write_text("not a key")
     with pytest.raises(ConfigError, match="not an unencrypted OpenSSH private key"):
@@ -381,6 +389,9 @@ def test_site_runs_flower_supernode_in_its_place(prepared_run, monkeypatch):
         ({"--site": "../hospital"}, ["--site '../hospital' is not a simple name"]),
         ({"--superlink": "127.0.0.1"}, ["--superlink '127.0.0.1': expected HOST:PORT"]),
         ({"--superlink": "127.0.0.1:70000"}, ["port 70000 is outside 1..65535"]),
+        ({"--runtime-port": "99999"}, ["--runtime-port: port 99999 is outside 1..65535"]),
+        ({"--runtime-port": "0"}, ["--runtime-port: port 0 is outside 1..65535"]),
+        ({"--site": "hôpital"}, ["is not a simple name", "names outside ASCII are refused"]),
         ({"--root-certificates": "NOT-PEM"}, ["is not a PEM certificate"]),
         ({"--cache-dir": "A-FILE"}, ["--cache-dir", "is a file, not a directory"]),
     ],

@@ -139,10 +139,21 @@ def test_every_strategy_runs_a_healthy_federation(make_scenario, tmp_path, resto
     # every name the schema knows, Flower's strategies included, two rounds each
     names = [n for n in option_names(StrategyOptions) if n != "fedprox"]
     strategies = [*names, {"name": "fedprox", "mu": 0.1}]
+    # three sites train in each round: Krum and Bulyan need 2f + 3 and 4f + 3 replies (f = 0)
     results = sweep(
         make_scenario,
         tmp_path,
-        {**BOTH_PER_ROUND, "models": DYCNN, "strategies": strategies},
+        {
+            **BOTH_PER_ROUND,
+            "sites": [
+                {"name": "hospital-t2", "modality": "t2", "patients": 2},
+                {"name": "hospital-flair", "modality": "flair", "patients": 2},
+                {"name": "hospital-t2-b", "modality": "t2", "patients": 2},
+            ],
+            "stream": {"arrivals_per_round": 3},
+            "models": DYCNN,
+            "strategies": strategies,
+        },
     )
     assert sorted(results["strategy"].unique()) == sorted([*names, "fedprox-mu0.1"])
     assert (results["failed"] == "").all() and (results["rejected"] == "").all()
