@@ -122,36 +122,14 @@ def test_without_the_sites_state_a_resumed_trial_would_differ(
 ):
     """The check above has teeth: the same crash, the sites' kept state deleted before the
     run resumes, gives other results (the replay buffers and Adam's moments start empty)."""
-    source = make_scenario(tmp_path / "scenario.yaml", FOUR_ROUNDS)
-    scenario = load_scenario(source)
-    folders = {
-        site: path.parent
-        for site, path in write_site_manifests(prepare_cohort(scenario), tmp_path / "sites").items()
-    }
-    node_configs = [
-        {"site": s.name, "modality": s.modality, "data-dir": str(folders[s.name])}
-        for s in scenario.sites
-    ]
-    results = []
-    for run_dir, crash in ((tmp_path / "whole", None), (tmp_path / "crashed", 3)):
-        run_config = {"scenario": str(source), "run-dir": str(run_dir), "threads": 1}
-
-        def on_round(server_round: int, rounds: int, crash: int | None = crash) -> None:
-            if server_round == crash:
-                raise Crash
-
-        grid = InProcessGrid(client_app, node_configs, run_config, seed=7)
-        if crash is None:
-            run_server_app(make_server_app(), grid, run_config)
-        else:
-            with pytest.raises(Crash):
-                run_server_app(make_server_app(on_round=on_round), grid, run_config)
-            for folder in folders.values():
-                shutil.rmtree(folder / DATA_DIR_FOLDER)
-            grid = InProcessGrid(client_app, node_configs, run_config, seed=8)
-            run_server_app(make_server_app(), grid, run_config)
-        results.append((run_dir / "results.csv").read_bytes())
-    assert results[0] != results[1]
+    _, _, folders, run = deployed(tmp_path, make_scenario)
+    run(tmp_path / "whole", seed=7)
+    with pytest.raises(Crash):
+        run(tmp_path / "crashed", seed=7, crash_at=3)
+    for folder in folders.values():
+        shutil.rmtree(folder / DATA_DIR_FOLDER)
+    run(tmp_path / "crashed", seed=8)
+    assert outputs(tmp_path / "whole") != outputs(tmp_path / "crashed")
 
 
 def test_a_checkpoint_that_does_not_fit_is_set_aside_and_the_trial_runs_from_round_0(
