@@ -55,8 +55,9 @@ class ModalityBatch:
             return cls(modality, (), {})
         present = tuple(int(m) for m in torch.unique(modality).tolist())  # the one host read
         index = modality.to(device)
-        rows = {m: (index == m).nonzero(as_tuple=True)[0] for m in present}
-        return cls(index, present, rows if len(present) > 1 else {})
+        if len(present) == 1:  # the whole batch goes through one layer: no rows to pick
+            return cls(index, present, {})
+        return cls(index, present, {m: (index == m).nonzero(as_tuple=True)[0] for m in present})
 
     @property
     def shape(self) -> torch.Size:

@@ -17,7 +17,7 @@ from fedll.report.completeness import (
     missing_parts,
 )
 from fedll.report.html import page_context, write_html
-from fedll.report.matrices import source_column
+from fedll.report.matrices import has_metric
 from fedll.report.montage import write_montages
 from fedll.report.page import read_scenario
 from fedll.report.pairs import model_pairs
@@ -98,7 +98,7 @@ def build_report(
     extra = {"trials.csv": summary}
     per_metric_tables = {}
     for metric in METRICS:
-        if metric == "dice" or results[source_column(metric)].isna().all():  # an earlier fedll
+        if metric == "dice" or not has_metric(results, metric):  # an earlier fedll
             continue
         per_metric = trial_summary(results, metric)
         per_metric_tables[metric] = summarise(per_metric, metric)

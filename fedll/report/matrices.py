@@ -38,6 +38,12 @@ def source_column(metric: str) -> str:
     return DERIVED.get(metric, metric)
 
 
+def has_metric(results: pd.DataFrame, metric: str) -> bool:
+    """Whether checked results hold values of ``metric`` (an earlier fedll wrote Dice only)."""
+    column = source_column(metric)
+    return column in results.columns and bool(results[column].notna().any())
+
+
 def metric_values(rows: pd.DataFrame, metric: str) -> pd.Series:
     """Per row of checked results, the value of ``metric``: a result column (``dice``,
     ``surface_dice``, ``personal_dice``, ...) as written, or a :data:`DERIVED` metric."""

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from fedll.data import LABELS, MODALITIES
-from fedll.report.compare import MEAN, compare, format_cell
+from fedll.report.compare import COMPARE_COLUMNS, MEAN, STAT_COLUMNS, compare, format_cell
 from fedll.report.terminal import fit
 
 PAIR_MEASURES: dict[str, str] = {  # measure -> its label in a pair's line
@@ -68,8 +68,7 @@ def model_pairs(results: pd.DataFrame, order: Sequence[str] = ()) -> pd.DataFram
 
 def setting_axes(pairs: pd.DataFrame) -> list[str]:
     """The setting columns of a pairs table that take more than one value."""
-    skip = {"arm", "baseline", "modality", "measure", "label", "difference", "ci_low",
-            "ci_high", "excludes_zero", "interval_note", "n_seeds", "n_cases"}  # fmt: skip
+    skip = {*COMPARE_COLUMNS, *STAT_COLUMNS}
     return [c for c in pairs.columns if c not in skip and pairs[c].astype(str).nunique() > 1]
 
 

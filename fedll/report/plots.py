@@ -19,7 +19,7 @@ from fedll.columns import config_columns
 from fedll.data import LABELS, MODALITIES
 from fedll.metrics import nan_reduce
 from fedll.report.attention import attention_distance
-from fedll.report.matrices import Matrix, checked_matrices, dice_matrix, last_round, source_column
+from fedll.report.matrices import Matrix, checked_matrices, dice_matrix, has_metric, last_round
 from fedll.report.read import check_results
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def write_plots(
     matrices = checked_matrices(results)
     curve_metrics = [
         m for m in CURVE_METRICS
-        if m == "dice" or (source_column(m) in results and results[source_column(m)].notna().any())
+        if m == "dice" or has_metric(results, m)
     ]  # fmt: skip
     by_metric = {"dice": matrices} | {
         m: {str(t): dice_matrix(f, metric=m) for t, f in results.groupby("trial", sort=False)}
