@@ -22,7 +22,6 @@ float64 373.13. :func:`detected` and :func:`detected_hd95` read that back from t
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -93,29 +92,71 @@ def case_metrics(
         return CaseMetrics(dice=0.0, hd95=HD95_MAX_MM, surface_dice=0.0)
     # imported here: the report reads this package and stays free of torch
     import torch
-    from monai.metrics import compute_dice
-    from monai.metrics.utils import get_edge_surface_distance
 
-    # MONAI takes one-hot (B, C, X, Y, Z); one foreground channel, no background channel
-    y_pred = torch.from_numpy(pred)[None, None].double()
-    y = torch.from_numpy(truth)[None, None].double()
     voxel = [float(s) for s in spacing]
-    with warnings.catch_warnings():  # MONAI 1.5 warns about its own deprecated argument
-        warnings.simplefilter("ignore", FutureWarning)
-        dsc = compute_dice(y_pred, y, include_background=True)
-        # compute_hausdorff_distance and compute_surface_dice each find the same edges and
-        # distance maps; they are found once here (the same call, in the float32 that
-        # compute_hausdorff_distance passes) and both scores derived as those functions do
-        # (tests/metrics/test_segmentation.py checks them bit for bit against MONAI's)
-        _, (pred_to_truth, truth_to_pred), _ = get_edge_surface_distance(
-            y_pred[0, 0].float(), y[0, 0].float(), spacing=voxel, symmetric=True
-        )
+    pred_edges, truth_edges = surface_voxels(*union_crop(pred, truth))
+    pred_to_truth = torch.from_numpy(surface_distances(pred_edges, truth_edges, voxel))
+    truth_to_pred = torch.from_numpy(surface_distances(truth_edges, pred_edges, voxel))
+    # the scores as compute_hausdorff_distance and compute_surface_dice derive them
     hd95 = torch.max(torch.stack([torch.quantile(pred_to_truth, 0.95),
                                   torch.quantile(truth_to_pred, 0.95)]))  # fmt: skip
     correct = torch.sum(pred_to_truth <= tolerance_mm) + torch.sum(truth_to_pred <= tolerance_mm)
     nsd = torch.empty((), dtype=torch.float)
     nsd.fill_(correct / (len(pred_to_truth) + len(truth_to_pred)))
-    return CaseMetrics(dice=float(dsc.item()), hd95=float(hd95.item()), surface_dice=float(nsd))
+    # compute_dice returns float32: (2 |P & T|) / (|P| + |T|) of exact voxel counts, rounded
+    # to float32 (the float64 quotient rounded to float32 is the correctly rounded float32
+    # quotient: 53 >= 2 * 24 + 2 bits, so rounding twice cannot differ)
+    dsc = float(np.float32(dice(pred, truth)))
+    return CaseMetrics(dice=dsc, hd95=float(hd95.item()), surface_dice=float(nsd))
+
+
+def union_crop(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both masks cropped to the bounding box of their union with a margin of one voxel,
+    zero-padded where the margin leaves the volume (MONAI's ``CropForeground(margin=1,
+    allow_smaller=False)`` in ``get_mask_edges``). The union must not be empty."""
+    union = pred | truth
+    starts, stops = [], []
+    for axis in range(union.ndim):
+        hits = np.flatnonzero(union.any(axis=tuple(a for a in range(union.ndim) if a != axis)))
+        starts.append(int(hits[0]) - 1)
+        stops.append(int(hits[-1]) + 2)
+    shape = tuple(stop - start for start, stop in zip(starts, stops, strict=True))
+    source = tuple(
+        slice(max(start, 0), min(stop, size))
+        for start, stop, size in zip(starts, stops, union.shape, strict=True)
+    )
+    target = tuple(
+        slice(max(start, 0) - start, min(stop, size) - start)
+        for start, stop, size in zip(starts, stops, union.shape, strict=True)
+    )
+    cropped = []
+    for mask in (pred, truth):
+        box = np.zeros(shape, dtype=bool)
+        box[target] = mask[source]
+        cropped.append(box)
+    return cropped[0], cropped[1]
+
+
+def surface_voxels(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each mask's boundary voxels: the mask minus its binary erosion (scipy's, the cross
+    structuring element, outside counted as background), as ``get_mask_edges`` finds them."""
+    from scipy.ndimage import binary_erosion
+
+    return binary_erosion(pred) ^ pred, binary_erosion(truth) ^ truth
+
+
+def surface_distances(
+    source: np.ndarray, target: np.ndarray, spacing: Sequence[float]
+) -> np.ndarray:
+    """The distance (mm, float32) from each ``source`` surface voxel, in C order, to the
+    nearest ``target`` surface voxel: scipy's exact Euclidean distance transform (float64)
+    cast to float32, as MONAI's ``get_surface_distance``; infinite where ``target`` has none."""
+    from scipy.ndimage import distance_transform_edt
+
+    if not target.any():
+        return np.full(int(source.sum()), np.inf, dtype=np.float32)
+    distances = distance_transform_edt(~target, sampling=list(spacing))
+    return distances.astype(np.float32)[source]
 
 
 def detected(hd95: np.ndarray) -> np.ndarray:

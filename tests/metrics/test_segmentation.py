@@ -76,22 +76,36 @@ def test_bad_arguments() -> None:
         case_metrics(cube(), cube(), (1.0, 1.0, 1.0), tolerance_mm=-1.0)
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_hd95_and_surface_dice_are_monais_bit_for_bit(seed: int) -> None:
-    # case_metrics finds the surfaces' distances once for both scores; each must equal what
-    # MONAI's own compute_hausdorff_distance and compute_surface_dice return, to the bit
+@pytest.mark.parametrize("seed", range(24))
+def test_every_score_is_monais_bit_for_bit(seed: int) -> None:
+    # case_metrics computes the scores without MONAI's machinery (one search of the surfaces'
+    # distances for both); each must equal what MONAI's compute_dice,
+    # compute_hausdorff_distance and compute_surface_dice return, to the bit: on blobs of
+    # random size and density, anisotropic spacings, and masks that touch the volume's faces
+    # (where the one-voxel margin of the crop leaves the volume and is padded)
     import torch
-    from monai.metrics import compute_hausdorff_distance, compute_surface_dice
+    from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surface_dice
     from scipy.ndimage import binary_dilation
 
     rng = np.random.default_rng(seed)
-    truth = binary_dilation(rng.random((18, 22, 16)) > 0.97, iterations=2)
-    pred = binary_dilation(rng.random((18, 22, 16)) > 0.97, iterations=2)
-    spacing, tolerance = (float(rng.uniform(1, 4)), 1.0, float(rng.uniform(0.5, 2))), 2.0
+    shape = tuple(int(n) for n in rng.integers(6, 40, size=3))
+    density = float(rng.uniform(0.9, 0.995))
+    truth = binary_dilation(rng.random(shape) > density, iterations=int(rng.integers(1, 3)))
+    pred = binary_dilation(rng.random(shape) > density, iterations=int(rng.integers(1, 3)))
+    if seed % 4 == 0:  # one mask touching a face, the other a corner
+        truth[0, :, : shape[2] // 2] = True
+        pred[-1, -1, -1] = True
+    if not truth.any() or not pred.any():
+        truth[shape[0] // 2, shape[1] // 2, shape[2] // 2] = True
+        pred[0, 0, 0] = True
+    spacing = tuple(float(v) for v in rng.uniform(0.5, 4, size=3))
+    tolerance = float(rng.uniform(0.5, 3))
     y_pred = torch.from_numpy(pred)[None, None].double()
     y = torch.from_numpy(truth)[None, None].double()
+    dsc = compute_dice(y_pred, y, include_background=True)
     hd95 = compute_hausdorff_distance(y_pred, y, percentile=95, spacing=list(spacing))
     nsd = compute_surface_dice(y_pred, y, [tolerance], spacing=list(spacing))
     got = case_metrics(pred, truth, spacing, tolerance)
+    assert got.dice == float(dsc.item())
     assert got.hd95 == float(hd95.item())
     assert got.surface_dice == float(nsd.item())
