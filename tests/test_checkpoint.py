@@ -16,14 +16,14 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from fedll.checkpoint import Checkpoint, CheckpointError, decode, encode, verify
 from fedll.config import dump_scenario, expand_trials, load_scenario
 from fedll.data.arrays import CohortArrays
 from fedll.data.prepare import prepare_cohort
 from fedll.errors import DataError
-from fedll.store import checkpoint_path, write_checkpoint
-from fedll.sweep import SweepOptions, execute_task, run_sweep
-from fedll.trial_task import TrialTask
+from fedll.run.checkpoint import Checkpoint, CheckpointError, decode, encode, verify
+from fedll.run.store import checkpoint_path, write_checkpoint
+from fedll.run.sweep import SweepOptions, execute_task, run_sweep
+from fedll.run.trial_task import TrialTask
 
 
 def test_a_checkpoint_round_trips_exactly():
@@ -349,7 +349,7 @@ def test_a_checkpoint_that_does_not_fit_is_set_aside_and_the_trial_runs_from_rou
     (run_dir / "scenario.yaml").write_text(dump_scenario(scenario))
     bad = tamper(data)
     write_checkpoint(run_dir, trial.trial_id, bad)
-    with caplog.at_level(logging.WARNING, logger="fedll.store"):
+    with caplog.at_level(logging.WARNING, logger="fedll.run.store"):
         summary = run_sweep(run_dir, SweepOptions(backend="local"))
     assert (summary.done, summary.failed) == ([trial.trial_id], {})
     kept = checkpoint_path(run_dir, trial.trial_id)

@@ -17,7 +17,7 @@ from fedll.config.options import (
     ReplayOptions,
     option_types,
 )
-from fedll.continual import (
+from fedll.training.continual import (
     EWC,
     METHODS,
     ContinualMethod,
@@ -27,7 +27,7 @@ from fedll.continual import (
     empirical_fisher,
     reservoir,
 )
-from fedll.train import segmentation_loss, train_local
+from fedll.training.train import segmentation_loss, train_local
 
 
 def pixel_model(weight: float, bias: float = 0.0) -> nn.Module:

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from fedll.config import TrainingConfig, load_scenario
-from fedll.continual import EWC
-from fedll.device import (
+from fedll.errors import ConfigError, FedllError
+from fedll.models import build_model
+from fedll.run.device import (
     arithmetic,
     autocast,
     channels_last,
@@ -21,9 +22,8 @@ from fedll.device import (
     resolve_device,
     resolve_precision,
 )
-from fedll.errors import ConfigError, FedllError
-from fedll.models import build_model
-from fedll.train import train_local
+from fedll.training.continual import EWC
+from fedll.training.train import train_local
 
 NO_CUDA = not torch.cuda.is_available()
 
@@ -131,15 +131,15 @@ def test_auto_is_bf16_where_the_cpu_has_it_natively(tmp_path, monkeypatch):
         info.write_text(f"processor\t: 0\nmodel name\t: A CPU\nflags\t\t: {flags}\n")
         assert native_bf16(cpu, info) is native, flags
     assert native_bf16(cpu, tmp_path / "missing") is False
-    import fedll.device
+    import fedll.run.device
 
-    monkeypatch.setattr(fedll.device, "native_bf16", lambda device: False)
+    monkeypatch.setattr(fedll.run.device, "native_bf16", lambda device: False)
     assert resolve_precision("auto", cpu) == "fp32"
     assert grad_scaler(cpu, "auto") is None
     with autocast(cpu, "auto"):
         assert torch.nn.Linear(3, 2)(torch.ones(1, 3)).dtype == torch.float32
     assert arithmetic(cpu, "auto", "auto") == arithmetic(cpu)  # fp32: the string as before
-    monkeypatch.setattr(fedll.device, "native_bf16", lambda device: True)
+    monkeypatch.setattr(fedll.run.device, "native_bf16", lambda device: True)
     assert resolve_precision("auto", cpu) == "bf16"
     assert resolve_precision("fp16", cpu) == "fp16" and resolve_precision("fp32", cpu) == "fp32"
     with autocast(cpu, "auto"):

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from fedll.config import TrainingConfig
-from fedll.continual import ProximalTerm
-from fedll.ditto import train_personal
-from fedll.train import train_local
+from fedll.training.continual import ProximalTerm
+from fedll.training.ditto import train_personal
+from fedll.training.train import train_local
 
 SGD = TrainingConfig(optimizer="sgd", momentum=0.0, lr=0.1, epochs=3, batch_size=4)
 

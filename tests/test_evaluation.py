@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fedll.data.slices import CaseSlices
-from fedll.evaluation import evaluate_cases
+from fedll.evaluation.evaluate import evaluate_cases
 
 
 class Threshold(nn.Module):
@@ -57,7 +57,7 @@ def _trained_cases() -> tuple[nn.Module, list[CaseSlices]]:
     """A tiny U-Net trained until it segments the bright blobs, and two test cases."""
     from fedll.config import TrainingConfig
     from fedll.models import build_model
-    from fedll.train import train_local
+    from fedll.training.train import train_local
 
     rng = np.random.default_rng(0)
     images = rng.normal(size=(24, 1, 24, 24)).astype(np.float32)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fedll.config.options import FaultConfig, GaussianNoise, ScaledUpdate
-from fedll.faults import corrupt, lost_rounds, raises
+from fedll.federation.faults import corrupt, lost_rounds, raises
 from strategies.aggregation import update_problem
 
 STATE = {"w": np.ones((2, 2), np.float32), "b": np.zeros(2, np.float32), "steps": np.array(3)}

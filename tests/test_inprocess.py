@@ -20,7 +20,7 @@ from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.run import Run
 
-from fedll.inprocess import (
+from fedll.federation.inprocess import (
     InProcessGrid,
     _assign_message_id,
     _error_reason,
@@ -158,7 +158,7 @@ def test_client_exception_becomes_an_error_reply(caplog):
         sent = [Message(content, node_id, "train", group_id="1") for node_id in (failing, healthy)]
         return list(grid.send_and_receive(sent))
 
-    with caplog.at_level(logging.WARNING, logger="fedll.inprocess"):
+    with caplog.at_level(logging.WARNING, logger="fedll.federation.inprocess"):
         error_reply, good_reply = run_on_server(grid, train)
 
     assert error_reply.has_error() and not good_reply.has_error()
@@ -187,7 +187,7 @@ def test_message_to_an_unknown_node_is_dropped(caplog):
     grid, _ = make_grid()
     unknown = max(grid.get_node_ids()) + 1
 
-    with caplog.at_level(logging.ERROR, logger="fedll.inprocess"):
+    with caplog.at_level(logging.ERROR, logger="fedll.federation.inprocess"):
         pushed = run_on_server(
             grid, lambda g: list(g.push_messages([Message(RecordDict(), unknown, "query.meta")]))
         )
@@ -210,7 +210,9 @@ def test_server_app_exception_propagates():
 
 def test_flower_private_corners():
     """The pieces of flwr 1.42 the in-process grid relies on beyond the public API."""
-    assert flwr.__version__.startswith("1.42."), "fedll.inprocess is written for flwr 1.42"
+    assert flwr.__version__.startswith("1.42."), (
+        "fedll.federation.inprocess is written for flwr 1.42"
+    )
 
     # The Grid interface implemented: a new abstract method would also make instantiation fail.
     abstract = set(getattr(Grid, "__abstractmethods__", ()))

@@ -9,8 +9,8 @@ import torch
 from fedll.config import joint_trial, load_scenario
 from fedll.data.arrays import CohortArrays
 from fedll.data.prepare import prepare_cohort
-from fedll.evaluation import evaluate_cases
-from fedll.joint import joint_stream, run_joint
+from fedll.evaluation.evaluate import evaluate_cases
+from fedll.federation.joint import joint_stream, run_joint
 from fedll.models import build_model
 
 pytestmark = pytest.mark.slow

@@ -17,12 +17,12 @@ from typer.testing import CliRunner
 
 from fedll.cli import app
 from fedll.errors import DataError
-from fedll.lock import LOCK_FILE, hold_run_dir
+from fedll.run.lock import LOCK_FILE, hold_run_dir
 
 HOLD = textwrap.dedent(
     """
     import sys, time
-    from fedll.lock import hold_run_dir
+    from fedll.run.lock import hold_run_dir
     with hold_run_dir(sys.argv[1], "fedll run"):
         print("held", flush=True)
         time.sleep(120)
@@ -137,7 +137,7 @@ def test_a_serverapp_under_flwr_run_holds_the_run_directory_too(
 ) -> None:
     """The ServerApp writes the run directory it is given (``flwr run``, deployment): into one
     another process holds it writes nothing, and says who holds it."""
-    from fedll.inprocess import InProcessGrid, run_server_app
+    from fedll.federation.inprocess import InProcessGrid, run_server_app
     from sites.client_app import make_client_app
     from strategies.server_app import make_server_app
 

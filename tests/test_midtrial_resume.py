@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fedll.config import expand_trials, load_scenario
-from fedll.store import checkpoint_path
+from fedll.run.store import checkpoint_path
 
 pytestmark = pytest.mark.slow
 

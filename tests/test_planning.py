@@ -7,8 +7,8 @@ import numpy as np
 from fedll.config import ModelConfig, SliceConfig, TrainingConfig
 from fedll.config.instruction import TrainInstruction
 from fedll.config.options import FaultConfig
-from fedll.planning import ordering_among, plan_rounds
-from fedll.stream import build_stream, counted_holdings
+from fedll.federation.stream import build_stream, counted_holdings
+from fedll.run.planning import ordering_among, plan_rounds
 
 TEMPLATE = TrainInstruction(
     model=ModelConfig(name="static"),

@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 import fedll
-from fedll.device import cpu_model
-from fedll.provenance import git_revision, machine_provenance, read_provenance, write_provenance
+from fedll.run.device import cpu_model
+from fedll.run.provenance import git_revision, machine_provenance, read_provenance, write_provenance
 
 
 def test_machine_provenance_names_the_versions_and_the_machine() -> None:

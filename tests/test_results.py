@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedll.columns import ATTENTION_COLUMNS, RESULT_COLUMNS
 from fedll.config import Trial
-from fedll.results import TrialResults
-from fedll.stream import Arrival, Round
+from fedll.federation.stream import Arrival, Round
+from fedll.results.columns import ATTENTION_COLUMNS, RESULT_COLUMNS
+from fedll.results.rows import TrialResults
 
 TRIAL = Trial(model="dycnn", ordering="alternating", arrival_batch=1, strategy="fedavg", seed=3)
 STREAM = (

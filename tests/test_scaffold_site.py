@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from fedll.config import TrainingConfig
-from fedll.scaffold import ControlVariates, control_update
-from fedll.train import train_local
+from fedll.training.scaffold import ControlVariates, control_update
+from fedll.training.train import train_local
 
 SGD = TrainingConfig(optimizer="sgd", momentum=0.0, lr=0.1, epochs=1, batch_size=4)
 

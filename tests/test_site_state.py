@@ -14,7 +14,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedll.config.instruction import StateKey
 from fedll.errors import ConfigError, DataError
-from fedll.site_state import SiteStateStore, check_state_dir, site_state_dir
+from fedll.federation.site_state import SiteStateStore, check_state_dir, site_state_dir
 
 KEY = StateKey(trial="static__alternating__b1", fingerprint="0123456789abcdef0123", federation="77")
 
@@ -85,7 +85,7 @@ def test_the_last_two_rounds_are_kept_and_a_reload_takes_one_before_the_round(tm
 def test_nothing_is_reloaded_from_a_round_not_before_the_one_asked(tmp_path, caplog):
     store = SiteStateStore(tmp_path, "hospital-t2")
     store.save(KEY, 2, state(2))
-    with caplog.at_level(logging.INFO, logger="fedll.site_state"):
+    with caplog.at_level(logging.INFO, logger="fedll.federation.site_state"):
         assert store.load(KEY, before_round=2) is None
     assert "holds rounds [2], none before round 2; ignored" in caplog.text
 
@@ -104,14 +104,14 @@ def test_a_state_of_another_run_or_trial_is_ignored_and_logged(tmp_path, caplog,
     key = KEY.model_copy(update=other)
     if store.path(key) != path:  # the name binds trial and fingerprint: copy it under the other
         store.path(key).write_bytes(path.read_bytes())
-    with caplog.at_level(logging.WARNING, logger="fedll.site_state"):
+    with caplog.at_level(logging.WARNING, logger="fedll.federation.site_state"):
         assert store.load(key, before_round=2) is None
     assert named in caplog.text and "ignored" in caplog.text
 
 
 def test_a_state_of_another_site_is_ignored(tmp_path, caplog):
     SiteStateStore(tmp_path, "hospital-t2").save(KEY, 1, state(1))
-    with caplog.at_level(logging.WARNING, logger="fedll.site_state"):
+    with caplog.at_level(logging.WARNING, logger="fedll.federation.site_state"):
         assert SiteStateStore(tmp_path, "hospital-flair").load(KEY, before_round=2) is None
     assert "kept for site 'hospital-t2', not 'hospital-flair'" in caplog.text
 
@@ -119,7 +119,7 @@ def test_a_state_of_another_site_is_ignored(tmp_path, caplog):
 def test_a_damaged_state_is_ignored_then_replaced(tmp_path, caplog):
     store = SiteStateStore(tmp_path, "hospital-t2")
     tmp_path.joinpath(store.path(KEY).name).write_bytes(b"\xffcut short")
-    with caplog.at_level(logging.WARNING, logger="fedll.site_state"):
+    with caplog.at_level(logging.WARNING, logger="fedll.federation.site_state"):
         assert store.load(KEY, before_round=2) is None
     assert "not a fedll site state" in caplog.text
     store.save(KEY, 1, state(1))

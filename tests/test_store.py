@@ -14,8 +14,9 @@ import pytest
 
 from fedll.config import Trial
 from fedll.errors import DataError
-from fedll.results import TrialResults
-from fedll.store import (
+from fedll.federation.stream import Arrival, Round
+from fedll.results.rows import TrialResults
+from fedll.run.store import (
     TrialFiles,
     collect,
     finished,
@@ -27,7 +28,6 @@ from fedll.store import (
     verify_trial,
     write_trial,
 )
-from fedll.stream import Arrival, Round
 
 TRIAL = Trial(model="dycnn", ordering="alternating", arrival_batch=1, strategy="fedavg", seed=3)
 OTHER = Trial(model="static", ordering="alternating", arrival_batch=1, strategy="fedavg", seed=3)
@@ -108,7 +108,7 @@ def test_a_damaged_file_does_not_verify_and_is_set_aside(run_dir, damage, which,
     damage(target)
     reason = verify_trial(run_dir, TRIAL.trial_id, "fp-a")
     assert reason == f"{target.name} differs from what was written (cut short or edited)"
-    with caplog.at_level(logging.WARNING, logger="fedll.store"):
+    with caplog.at_level(logging.WARNING, logger="fedll.run.store"):
         done = finished(run_dir, {TRIAL.trial_id: "fp-a", OTHER.trial_id: "fp-b"})
     assert done == {OTHER.trial_id}
     assert files(run_dir).existing() == []  # all four moved, none deleted
@@ -169,7 +169,7 @@ def test_recollect_rebuilds_what_the_seals_vouch_for_and_names_what_differed(run
     results = run_dir / "results.csv"
     results.write_text(results.read_text().replace("0.5,", "0.9,"))  # better Dice
     (run_dir / "routing.csv").write_text("trial,round\nx,1\n")  # no trial has routing rows
-    with caplog.at_level(logging.WARNING, logger="fedll.store"):
+    with caplog.at_level(logging.WARNING, logger="fedll.run.store"):
         replaced = recollect(run_dir, prints)
     assert replaced == [results, run_dir / "routing.csv"]
     assert f"{results} differed from the sealed trial files" in caplog.text
@@ -178,7 +178,7 @@ def test_recollect_rebuilds_what_the_seals_vouch_for_and_names_what_differed(run
     # a trial edited after its seal: left out, and the seal named
     cut_mid_row(files(run_dir).results)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="fedll.store"):
+    with caplog.at_level(logging.WARNING, logger="fedll.run.store"):
         recollect(run_dir, prints)
     assert f"{files(run_dir).seal}: {files(run_dir).results.name} differs" in caplog.text
     frame = pd.read_csv(results)
@@ -227,7 +227,7 @@ def test_an_altered_model_does_not_verify_and_is_set_aside_with_the_trial(
     damage(model)
     reason = verify_trial(with_model, TRIAL.trial_id, "fp-a")
     assert reason == f"its model {model} differs from what was written (cut short or edited)"
-    with caplog.at_level(logging.WARNING, logger="fedll.store"):
+    with caplog.at_level(logging.WARNING, logger="fedll.run.store"):
         assert finished(with_model, {TRIAL.trial_id: "fp-a"}) == set()
     assert files(with_model).existing() == []
     moved = sorted(p.name.rsplit(".", 1)[0] for p in (with_model / "trials" / "invalid").iterdir())
@@ -254,7 +254,7 @@ def test_collect_ignores_the_model_but_not_its_damage(with_model):
 def test_sealed_model_is_what_the_seal_lists_for_a_kept_model(with_model, tmp_path_factory):
     """(size, SHA-256) of the seal, found from the model's own path (or a link to it); None
     for a model copied out of its run or without a seal; an unreadable seal is named."""
-    from fedll.store import sealed_model
+    from fedll.run.store import sealed_model
 
     model = files(with_model).model
     listed = (len(MODEL), hashlib.sha256(MODEL).hexdigest())
@@ -276,7 +276,7 @@ def test_sealed_model_is_what_the_seal_lists_for_a_kept_model(with_model, tmp_pa
 
 
 def test_previews_are_written_sealed_and_read_back(tmp_path):
-    from fedll.store import trial_previews, write_trial
+    from fedll.run.store import trial_previews, write_trial
 
     out = results()
     image = np.arange(16, dtype=np.float32).reshape(4, 4)

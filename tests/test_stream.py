@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from fedll.errors import ConfigError
-from fedll.stream import Arrival, Round, SiteHoldings, build_stream, describe, round_sites
+from fedll.federation.stream import (
+    Arrival,
+    Round,
+    SiteHoldings,
+    build_stream,
+    describe,
+    round_sites,
+)
 
 SITES = (
     SiteHoldings("A", "t2", ("a1", "a2", "a3")),

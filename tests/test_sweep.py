@@ -21,13 +21,13 @@ import pytest
 import torch
 import yaml
 
-from fedll.columns import RESULT_COLUMNS
 from fedll.config import dump_scenario, expand_trials, load_scenario
 from fedll.config.grid import fingerprints
-from fedll.device import arithmetic
 from fedll.models.saved import read_model
-from fedll.store import trial_model, verify_trial
-from fedll.sweep import SweepOptions, pending, run_sweep, run_trial
+from fedll.results.columns import RESULT_COLUMNS
+from fedll.run.device import arithmetic
+from fedll.run.store import trial_model, verify_trial
+from fedll.run.sweep import SweepOptions, pending, run_sweep, run_trial
 
 REQUIRED = [
     "trial",

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fedll.config import TrainingConfig
-from fedll.train import batch_bounds, make_optimizer, segmentation_loss, train_local
+from fedll.training.train import batch_bounds, make_optimizer, segmentation_loss, train_local
 
 
 @pytest.mark.parametrize(

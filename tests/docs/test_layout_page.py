@@ -27,7 +27,7 @@ def test_every_module_is_listed_with_its_docstring():
     text = layout.markdown(ROOT)
     for path in listed:
         assert f"| `{path}` |" in text
-    assert listed["fedll/stream.py"] == (
+    assert listed["fedll/federation/stream.py"] == (
         "Arrival streams: which site's patients arrive in which federated round."
     )
 
@@ -68,10 +68,10 @@ def test_every_module_has_an_api_page_in_the_navigation():
     pages = api.pages(ROOT)
     assert sorted(pages) == sorted(api.page_uri(m) for m in modules)
     assert sorted(flatten(api.nav(ROOT))) == sorted(pages)
-    assert pages[api.page_uri("fedll.metrics.lifelong")] == (
-        "# `fedll.metrics.lifelong`\n\n::: fedll.metrics.lifelong\n"
+    assert pages[api.page_uri("fedll.evaluation.metrics.lifelong")] == (
+        "# `fedll.evaluation.metrics.lifelong`\n\n::: fedll.evaluation.metrics.lifelong\n"
     )
-    assert "members: false" in pages[api.page_uri("fedll.metrics")]
+    assert "members: false" in pages[api.page_uri("fedll.evaluation.metrics")]
 
 
 def test_the_architecture_page_holds_the_generated_part():

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from fedll.metrics import (
+from fedll.evaluation.metrics import (
     area_under_curve,
     backward_transfer,
     dice,

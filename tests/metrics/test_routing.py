@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from fedll.metrics.routing import chance, decoding_accuracy, stratified_folds
+from fedll.evaluation.metrics.routing import chance, decoding_accuracy, stratified_folds
 
 
 def test_perfectly_separated_routing_decodes_every_slice() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedll.metrics import HD95_MAX_MM, case_metrics, detected, detected_hd95, dice
+from fedll.evaluation.metrics import HD95_MAX_MM, case_metrics, detected, detected_hd95, dice
 
 
 def cube(shift: tuple[int, int, int] = (0, 0, 0), shape: int = 20) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Planning a trial's rounds: which site trains on which of its cases, with which seed.
 
-Pure functions over the arrival stream (:mod:`fedll.stream`): no Flower types. The node ids
-they take come from the federation's handshake; each site's training seed derives from (trial
+Pure functions over the arrival stream (:mod:`fedll.federation.stream`): no Flower types. The node
+ids they take come from the federation's handshake; each site's training seed derives from (trial
 seed, round, the site's position in the scenario), never from node ids, which Flower draws at
 random.
 """
@@ -17,7 +17,7 @@ from fedll.config.instruction import TrainInstruction
 from fedll.config.options import FaultConfig
 from fedll.config.schema import Scenario
 from fedll.data import MODALITIES
-from fedll.stream import Round, SiteHoldings, build_stream, counted_holdings
+from fedll.federation.stream import Round, SiteHoldings, build_stream, counted_holdings
 
 
 def ordering_among(

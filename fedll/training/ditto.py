@@ -4,8 +4,8 @@ Each site keeps a personalised model ``v`` (in its ``context.state``, initialise
 first global model it receives). In every round it trains, the site trains the global model
 as FedAvg asks, and ``v`` on the same slices with the loss plus ``lam / 2 ||v - w||^2``, ``w``
 the global model it received (Algorithm 1, the personalised step, as a proximal term over the
-trainable parameters: :class:`fedll.continual.ProximalTerm` with ``w`` as its anchor). ``v``
-trains with a fresh optimiser each round (the kept moments, where the scenario keeps them, are
+trainable parameters: :class:`fedll.training.continual.ProximalTerm` with ``w`` as its anchor).
+``v`` trains with a fresh optimiser each round (the kept moments, where the scenario keeps them, are
 the global model's) and without the CL method's terms: the CL method's state follows the
 global model. ``v`` is sent back for evaluation only; the server never aggregates it.
 
@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from fedll.config.schema import TrainingConfig
-from fedll.continual import ProximalTerm
-from fedll.train import TrainResult, train_local
+from fedll.training.continual import ProximalTerm
+from fedll.training.train import TrainResult, train_local
 
 
 def train_personal(
@@ -39,7 +39,7 @@ def train_personal(
     (N, 1, H, W), its loss plus ``lam / 2 * sum ||v - received||^2`` over the parameters that
     ``received`` (the global model the site received, by parameter name) holds; mini-batches
     in the order of ``seed``, a fresh optimiser; ``modalities`` as for
-    :func:`~fedll.train.train_local`."""
+    :func:`~fedll.training.train.train_local`."""
     anchor = {name: tensor.detach().clone() for name, tensor in received.items()}
     cfg = cfg.model_copy(update={"optimizer_state": "reset"})
     hooks = [ProximalTerm(lam, anchor)]

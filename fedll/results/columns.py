@@ -22,9 +22,10 @@ ROUND_EVENTS: tuple[str, ...] = ("failed", "rejected")
 """Per round, ";"-joined: the sites that failed (raised, or no reply) and those whose update
 the strategy rejected (non-finite, wrong shape or dtype)."""
 METRIC_COLUMNS: tuple[str, ...] = ("dice", "hd95", "surface_dice")
-"""Per test case (:func:`fedll.metrics.case_metrics`, 3-D over the evaluated slices): Dice,
-HD95 in mm (lower is better; BraTS's 373.13 mm where the prediction is empty, which
-:func:`fedll.metrics.detected` reads back) and surface Dice at ``surface_tolerance_mm``."""
+"""Per test case (:func:`fedll.evaluation.metrics.case_metrics`, 3-D over the evaluated slices):
+Dice, HD95 in mm (lower is better; BraTS's 373.13 mm where the prediction is empty, which
+:func:`fedll.evaluation.metrics.detected` reads back) and surface Dice at
+``surface_tolerance_mm``."""
 EVALUATION_COLUMNS: tuple[str, ...] = ("evaluated_slices", "surface_tolerance_mm")
 """How the case was scored: ``all`` (every brain slice) or ``selected`` (the training
 selection), and the surface-Dice tolerance (the scenario's ``evaluation`` section)."""
@@ -49,7 +50,7 @@ ROUTING_COLUMNS: tuple[str, ...] = (
 )  # fmt: skip
 """``routing.csv``, one row per trial x round x dynamic layer: how well the layer's per-slice
 attention on every modality's test slices (``slices`` of them) predicts each slice's
-modality (:func:`fedll.metrics.routing.decoding_accuracy`), beside ``chance`` (the larger
+modality (:func:`fedll.evaluation.metrics.routing.decoding_accuracy`), beside ``chance`` (the larger
 modality's share). Runs of an earlier fedll, and runs without dynamic models, have none."""
 
 ADDED: frozenset[str] = frozenset(

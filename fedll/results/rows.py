@@ -1,6 +1,6 @@
 """A trial's results as rows: per-case metrics and attention after every round (torch-free).
 
-The rows go to the run directory through :mod:`fedll.store` (``trials/<id>.csv``,
+The rows go to the run directory through :mod:`fedll.run.store` (``trials/<id>.csv``,
 ``.attention.csv`` and ``.previews.npz``, the kept model ``models/<id>.safetensors``, then a
 seal); ``RUN_DIR/results.csv`` concatenates the finished trials. Previews are a few predicted
 test slices per round (the largest-tumour slice of the first :data:`PREVIEW_CASES` test cases
@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from fedll.columns import (
+from fedll.federation.stream import Round
+from fedll.results.columns import (
     ATTENTION_COLUMNS,
     METRIC_COLUMNS,
     PRIVACY_COLUMNS,
@@ -30,7 +31,6 @@ from fedll.columns import (
     ROUND_EVENTS,
     ROUTING_COLUMNS,
 )
-from fedll.stream import Round
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class TrialResults:
     attention_rows: list[dict] = field(default_factory=list)
     routing_rows: list[dict] = field(default_factory=list)
     """Per round and dynamic layer: the per-slice routing's modality decoding
-    (:data:`fedll.columns.ROUTING_COLUMNS`, :meth:`add_routing`)."""
+    (:data:`fedll.results.columns.ROUTING_COLUMNS`, :meth:`add_routing`)."""
     failures: dict[int, list[str]] = field(default_factory=dict)
     rejected: dict[int, list[str]] = field(default_factory=dict)
     previews: list[dict[str, Any]] = field(default_factory=list)
@@ -112,7 +112,7 @@ class TrialResults:
     """round -> (ε spent so far, δ), for a strategy with a privacy accountant."""
     personal: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per site with a personalised model (Ditto): its ``modality`` and, per test case of
-    that modality, each metric of :data:`fedll.columns.METRIC_COLUMNS` of its latest
+    that modality, each metric of :data:`fedll.results.columns.METRIC_COLUMNS` of its latest
     personalised model (:meth:`set_personal`)."""
 
     def _key(self) -> dict:
@@ -198,13 +198,13 @@ class TrialResults:
         )
 
     def routing_frame(self) -> pd.DataFrame:
-        """:attr:`routing_rows` as a frame of :data:`~fedll.columns.ROUTING_COLUMNS`."""
+        """:attr:`routing_rows` as a frame of :data:`~fedll.results.columns.ROUTING_COLUMNS`."""
         return pd.DataFrame(self.routing_rows, columns=list(ROUTING_COLUMNS))
 
     def set_personal(self, site: str, modality: str, scores: Mapping[str, Sequence[float]]) -> None:
         """Keep the evaluation of ``site``'s latest personalised model on ``modality``'s test
-        cases: ``scores`` holds a list per metric of :data:`fedll.columns.METRIC_COLUMNS`, in
-        the order of the cases :meth:`add_round` is given."""
+        cases: ``scores`` holds a list per metric of :data:`fedll.results.columns.METRIC_COLUMNS`,
+        in the order of the cases :meth:`add_round` is given."""
         self.personal[site] = {
             "modality": modality,
             **{m: [float(v) for v in scores[m]] for m in METRIC_COLUMNS},

@@ -49,9 +49,9 @@ class Checkpoint:
     model: the global state dict (CPU arrays). strategy: the strategy's own state (JSON
     values and arrays). nodes: node id -> its context state (empty where the sites keep their
     own: ``flwr run``, deployment). rng: the RNG states. results:
-    :meth:`fedll.results.TrialResults.snapshot` of the rows so far. federation: the Flower
+    :meth:`fedll.results.rows.TrialResults.snapshot` of the rows so far. federation: the Flower
     run id of the run that started the trial, which the sites' kept state is bound to
-    (:mod:`fedll.site_state`; empty in a checkpoint written before it was kept).
+    (:mod:`fedll.federation.site_state`; empty in a checkpoint written before it was kept).
     """
 
     trial_id: str
@@ -312,14 +312,14 @@ def _verify_results(checkpoint: Checkpoint, refuse: Callable[[str], Exception]) 
 
 @dataclass(frozen=True)
 class Checkpointing:
-    """Mid-trial checkpoints (:mod:`fedll.checkpoint`): after every ``every``-th round (not
+    """Mid-trial checkpoints (:mod:`fedll.run.checkpoint`): after every ``every``-th round (not
     the last) the trial's state goes to ``save``; ``resume`` continues from one.
 
     With ``node_states`` (a sweep's trial) the checkpoint holds the sites' context states too,
-    which needs a grid that can give and take them (:class:`fedll.inprocess.InProcessGrid`;
-    on another grid no checkpoint is taken). Without (``flwr run``, deployment) the sites keep
-    their own state on their disks (:mod:`fedll.site_state`) and the checkpoint holds the
-    server's side alone."""
+    which needs a grid that can give and take them
+    (:class:`fedll.federation.inprocess.InProcessGrid`; on another grid no checkpoint is taken).
+    Without (``flwr run``, deployment) the sites keep their own state on their disks
+    (:mod:`fedll.federation.site_state`) and the checkpoint holds the server's side alone."""
 
     every: int
     fingerprint: str

@@ -2,10 +2,10 @@
 
 With more trials than workers, the sweep ends when its last trial does; started last, a long
 trial runs alone at the end while the other workers idle. :func:`trial_work` counts what
-dominates a trial (:mod:`fedll.evaluation` and :mod:`fedll.train`, see docs/benchmarks.md):
-slices through the model, training passes counted as three forward passes (forward and
-backward), every test slice once per evaluation (after every round and before the first),
-each weighted by the multiply-adds of the model's convolutions per slice. Only the order of
+dominates a trial (:mod:`fedll.evaluation.evaluate` and :mod:`fedll.training.train`, see
+docs/benchmarks.md): slices through the model, training passes counted as three forward passes
+(forward and backward), every test slice once per evaluation (after every round and before the
+first), each weighted by the multiply-adds of the model's convolutions per slice. Only the order of
 the estimates matters: nothing else reads them.
 """
 
@@ -19,11 +19,11 @@ from torch import nn
 from fedll.config import Scenario, Trial
 from fedll.config.schema import ModelConfig
 from fedll.data.arrays import CohortArrays
+from fedll.federation.stream import Round
 from fedll.models import build_model
 from fedll.models.dynamic_conv import DynamicConv2d
 from fedll.models.inspection import routes_by_modality
-from fedll.planning import trial_stream
-from fedll.stream import Round
+from fedll.run.planning import trial_stream
 
 TRAIN_PASSES = 3.0
 """A training step's slice costs about three forward passes (forward, then backward)."""

@@ -2,9 +2,9 @@
 
 :func:`evaluate_cases` scores each case as one volume: the whole-tumour prediction of its
 evaluated slices, each at its slice index (:meth:`fedll.data.slices.CaseSlices.volume`),
-against the truth, in 3-D with the stack's spacing (:func:`fedll.metrics.case_metrics`).
+against the truth, in 3-D with the stack's spacing (:func:`fedll.evaluation.metrics.case_metrics`).
 :func:`evaluate_round` evaluates the global model on each modality's test set after a round
-and adds the rows to a trial's :class:`~fedll.results.TrialResults` (the federation and the
+and adds the rows to a trial's :class:`~fedll.results.rows.TrialResults` (the federation and the
 joint bound share it); :func:`evaluate_personal`, before it, the personalised models (Ditto)
 that changed in the round, each on its site's modality test set.
 """
@@ -21,12 +21,12 @@ from torch import nn
 from fedll.config.schema import EvaluationConfig
 from fedll.data import MODALITIES
 from fedll.data.slices import CaseSlices
-from fedll.device import Precision, autocast, channels_last, resolve_precision
-from fedll.metrics import SURFACE_TOLERANCE_MM, case_metrics
-from fedll.metrics.routing import chance, decoding_accuracy
+from fedll.evaluation.metrics import SURFACE_TOLERANCE_MM, case_metrics
+from fedll.evaluation.metrics.routing import chance, decoding_accuracy
 from fedll.models.inspection import last_attention, routes_by_modality
-from fedll.results import PREVIEW_CASES, TrialResults
-from fedll.train import accumulate_attention, model_device
+from fedll.results.rows import PREVIEW_CASES, TrialResults
+from fedll.run.device import Precision, autocast, channels_last, resolve_precision
+from fedll.training.train import accumulate_attention, model_device
 
 FAST_BATCH = 128
 """Slices per forward pass in bf16 or fp16 (oneDNN's reduced-precision kernels gain from
@@ -64,7 +64,7 @@ def evaluate_cases(
 
     The model runs where its parameters are, in inference mode (no autograd bookkeeping; the
     same kernels, so the same predictions as under ``no_grad``), under ``precision``'s
-    autocast (:func:`fedll.device.resolve_precision`); in bf16 or fp16 with its convolutions
+    autocast (:func:`fedll.run.device.resolve_precision`); in bf16 or fp16 with its convolutions
     laid out channels-last, in batches of :data:`FAST_BATCH` slices (fp32: 32, as fedll always
     ran it; the batch size does not change a slice's prediction). ``cases``
     hold ``images`` (N, 1, H, W), ``masks`` (N, 1, H, W), their slice ``indices`` and ``spacing``
@@ -142,7 +142,7 @@ def evaluate_personal(
     """Evaluate each site's new personalised model (``personal``: site -> state dict) on the
     test cases of its modality (``modality_of``), loaded into ``model`` (a scratch model of
     the trial's architecture, where it should run), and keep the scores in ``results``
-    (:meth:`~fedll.results.TrialResults.set_personal`) for the rows :func:`evaluate_round`
+    (:meth:`~fedll.results.rows.TrialResults.set_personal`) for the rows :func:`evaluate_round`
     adds next. A site whose modality has no test cases is skipped."""
     evaluation = evaluation or EvaluationConfig()
     for site, state in personal.items():
@@ -170,8 +170,8 @@ def evaluate_round(
 ) -> None:
     """Evaluate ``model`` on each modality's test cases; add the rows of ``server_round``,
     and, for a dynamic model, per layer how well the per-slice attention decodes the
-    slices' modality (:func:`~fedll.metrics.routing.decoding_accuracy`, over every
-    modality's test slices: :meth:`~fedll.results.TrialResults.add_routing`).
+    slices' modality (:func:`~fedll.evaluation.metrics.routing.decoding_accuracy`, over every
+    modality's test slices: :meth:`~fedll.results.rows.TrialResults.add_routing`).
 
     evaluation: the scenario's section (the surface-Dice tolerance; which slices the test
     cases hold was decided when they were prepared, and is written on every row)."""

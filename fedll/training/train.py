@@ -4,7 +4,7 @@ Loss: binary cross-entropy plus soft Dice on whole-tumour logits, plus the model
 regulariser (weighted by the model's own ``routing_loss_weights``; 0 for static models and by
 default), plus the extra
 terms of any :class:`TrainingHook` (continual-learning penalties, FedProx's proximal term; see
-:mod:`fedll.continual`). One optimiser step advances the dynamic-convolution temperature
+:mod:`fedll.training.continual`). One optimiser step advances the dynamic-convolution temperature
 schedule once.
 """
 
@@ -21,13 +21,13 @@ from torch import nn
 
 from fedll.config.schema import TrainingConfig
 from fedll.data import modality_indices
-from fedll.device import Precision, autocast, grad_scaler
 from fedll.models.inspection import (
     advance_schedule,
     last_attention,
     routes_by_modality,
     routing_loss,
 )
+from fedll.run.device import Precision, autocast, grad_scaler
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +48,8 @@ class TrainResult:
 class TrainingHook:
     """What :func:`train_local` calls besides its own loss; every call does nothing here, and
     a hook overrides the ones it needs: the continual-learning methods
-    (:class:`fedll.continual.ContinualMethod`) and SCAFFOLD's correction
-    (:class:`fedll.scaffold.ControlVariates`). ``modality`` and ``modalities`` are what the
+    (:class:`fedll.training.continual.ContinualMethod`) and SCAFFOLD's correction
+    (:class:`fedll.training.scaffold.ControlVariates`). ``modality`` and ``modalities`` are what the
     model is given (None unless it routes by modality), so a hook that runs the model (LwF's
     teacher, EWC's Fisher) can give them too."""
 

@@ -1,22 +1,22 @@
 """Run every trial of a scenario: on Ray, on this machine or a Ray cluster, or in this process.
 
 Each trial is a federation run in-process (the ServerApp and the ClientApp through an
-:class:`~fedll.inprocess.InProcessGrid`) inside a Ray actor of a warm pool
+:class:`~fedll.federation.inprocess.InProcessGrid`) inside a Ray actor of a warm pool
 (:class:`TrialRunner`: it imports a trial's stack once and runs trial after trial); Flower's
 Simulation Engine is not used here (it hung inside Ray and costs 10-25 s to start). Trials
-start longest first (:mod:`fedll.workload`), so that the last ones, running while workers
-fall idle, are short. A trial whose files verify (:mod:`fedll.store`) is skipped, so
+start longest first (:mod:`fedll.run.workload`), so that the last ones, running while workers
+fall idle, are short. A trial whose files verify (:mod:`fedll.run.store`) is skipped, so
 rerunning an interrupted sweep loses nothing; the files of a trial that does not verify are
 set aside and it runs again.
 
 Trials need no shared disk: the driver prepares the cohort once and loads its slices into a
 :class:`~fedll.data.arrays.CohortArrays`, put once into Ray's object store and shared by every
-task; a trial gets the resolved scenario and its index (:class:`~fedll.trial_task.TrialTask`),
-and returns its outcome (:class:`~fedll.trial_task.TrialDone`: rows, final model). Checkpoints
+task; a trial gets the resolved scenario and its index (:class:`~fedll.run.trial_task.TrialTask`),
+and returns its outcome (:class:`~fedll.run.trial_task.TrialDone`: rows, final model). Checkpoints
 (``execution.checkpoint_every``) come back through the progress actor. The driver alone writes
 the run directory; ``--local`` runs the same tasks in this process. A rerun resumes an
 unfinished trial from its latest checkpoint; one that does not fit the trial
-(:func:`fedll.checkpoint.verify`, as the trial resumes) is set aside and the trial runs
+(:func:`fedll.run.checkpoint.verify`, as the trial resumes) is set aside and the trial runs
 again from round 0.
 
 Ray is sized explicitly: ``num_cpus`` of the machine (or the cluster's), an object store
@@ -41,23 +41,23 @@ from typing import Any, Literal, Protocol
 
 import torch
 
-from fedll.checkpoint import CheckpointError, Checkpointing
 from fedll.config import Scenario, Trial, expand_trials, load_scenario
 from fedll.config.grid import fingerprints, trial_fingerprint
 from fedll.data.arrays import CohortArrays
 from fedll.data.prepare import cohort_for
-from fedll.device import resolve_device
 from fedll.errors import ConfigError
-from fedll.planning import trial_stream
-from fedll.results import TrialOutcome
-from fedll.store import (
+from fedll.results.rows import TrialOutcome
+from fedll.run.checkpoint import CheckpointError, Checkpointing
+from fedll.run.device import resolve_device
+from fedll.run.planning import trial_stream
+from fedll.run.store import (
     finished,
     read_checkpoint,
     set_aside_checkpoint,
     write_checkpoint,
 )
-from fedll.trial_task import SweepTrial, TrialDone, TrialTask, keep_trial
-from fedll.workload import longest_first
+from fedll.run.trial_task import SweepTrial, TrialDone, TrialTask, keep_trial
+from fedll.run.workload import longest_first
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class SweepSummary:
 
 
 def pending(run_dir: Path, scenario: Scenario) -> list[Trial]:
-    """The scenario's trials whose files do not verify (:mod:`fedll.store`); the files of any
+    """The scenario's trials whose files do not verify (:mod:`fedll.run.store`); the files of any
     of them that has some are set aside, so that it runs again."""
     done = finished(run_dir, fingerprints(scenario))
     return [t for t in expand_trials(scenario) if t.trial_id not in done]
@@ -123,17 +123,17 @@ def execute_task(
 
     The ServerApp and the ClientApp are fedll's Flower app, loaded by the references the app
     declares (``[tool.flwr.app.components]``; here their factories), so the sweep runs what
-    ``flwr run`` runs, through an :class:`~fedll.inprocess.InProcessGrid`. Checkpoints
+    ``flwr run`` runs, through an :class:`~fedll.federation.inprocess.InProcessGrid`. Checkpoints
     (``execution.checkpoint_every``) reach ``on_checkpoint`` as (round, bytes).
     """
-    from fedll.checkpoint import decode, encode
-    from fedll.device import arithmetic, resolve_device
-    from fedll.inprocess import (
+    from fedll.federation.inprocess import (
         InProcessGrid,
         load_reference,
         run_server_app,
         simulation_node_configs,
     )
+    from fedll.run.checkpoint import decode, encode
+    from fedll.run.device import arithmetic, resolve_device
 
     started = time.perf_counter()
     torch.set_num_threads(max(1, task.threads))
@@ -237,7 +237,7 @@ def warm_up() -> None:
     a fresh worker otherwise spends inside its first trial."""
     import importlib
 
-    from fedll.inprocess import load_reference
+    from fedll.federation.inprocess import load_reference
 
     load_reference(CLIENT_APP_FACTORY)
     load_reference(SERVER_APP_FACTORY)

@@ -2,7 +2,7 @@
 
 A finished trial is four files in ``RUN_DIR/trials/``: ``<id>.csv`` (its result rows),
 ``<id>.attention.csv``, ``<id>.previews.npz`` (a few predicted test slices per round, for the
-report's montage; :func:`fedll.results.preview_npz`), for a trial of a dynamic model
+report's montage; :func:`fedll.results.rows.preview_npz`), for a trial of a dynamic model
 ``<id>.routing.csv`` (the per-slice routing's modality decoding per layer and round) and,
 written last and atomically, the
 seal ``<id>.json``; and its kept model, ``RUN_DIR/models/<id>.safetensors``
@@ -39,14 +39,14 @@ import pandas as pd
 
 import fedll
 from fedll.atomic import atomic_path
-from fedll.columns import ATTENTION_COLUMNS, RESULT_COLUMNS, ROUTING_COLUMNS
 from fedll.config.grid import Trial, expand_trials
 from fedll.config.schema import Scenario
 from fedll.data.prepare import PreparedCohort
 from fedll.errors import DataError
-from fedll.planning import trial_stream
 from fedll.report.completeness import Expected
-from fedll.results import TrialResults, preview_npz, sealed_previews
+from fedll.results.columns import ATTENTION_COLUMNS, RESULT_COLUMNS, ROUTING_COLUMNS
+from fedll.results.rows import TrialResults, preview_npz, sealed_previews
+from fedll.run.planning import trial_stream
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def write_trial(
     """Write the trial's rows, its attention and its ``model`` (the bytes of a model file,
     :func:`fedll.models.saved.encode_model`; None: no kept model), then the seal that
     vouches for them (and records ``wall_s``, the seconds the trial ran, and ``arithmetic``,
-    :func:`fedll.device.arithmetic` of the process that ran it, when given)."""
+    :func:`fedll.run.device.arithmetic` of the process that ran it, when given)."""
     frame, attention = results.frames()
     files = TrialFiles.of(run_dir, results.trial.trial_id)
     files.results.parent.mkdir(parents=True, exist_ok=True)
@@ -183,7 +183,7 @@ def _by_site(events: Mapping[int, Sequence[str]]) -> dict[str, list[int]]:
 
 
 def checkpoint_path(run_dir: Path, trial_id: str) -> Path:
-    """Where the driver keeps a running trial's latest checkpoint (:mod:`fedll.checkpoint`)."""
+    """Where the driver keeps a running trial's latest checkpoint (:mod:`fedll.run.checkpoint`)."""
     return Path(run_dir) / CHECKPOINTS / f"{trial_id}.ckpt"
 
 
@@ -202,10 +202,10 @@ def read_checkpoint(
     """The round and bytes of the trial's kept checkpoint, when it has one that this fedll
     reads and that was taken for this trial with these settings (and, given the trial's
     ``rounds``, after one of them but the last, with the results of those rounds:
-    :func:`fedll.checkpoint.verify`; the trial verifies the rest when it resumes); a
+    :func:`fedll.run.checkpoint.verify`; the trial verifies the rest when it resumes); a
     checkpoint that is not is set aside (:func:`set_aside_checkpoint`) and the trial starts
     from round 0."""
-    from fedll.checkpoint import decode, verify
+    from fedll.run.checkpoint import decode, verify
 
     path = checkpoint_path(run_dir, trial_id)
     if not path.is_file():
@@ -298,7 +298,7 @@ def _sha256(path: Path) -> str:
 
 def trial_previews(run_dir: Path, trial_id: str) -> list[dict] | None:
     """The trial's previews when its seal lists them and the file matches
-    (:func:`fedll.results.sealed_previews`), else None."""
+    (:func:`fedll.results.rows.sealed_previews`), else None."""
     files = TrialFiles.of(run_dir, trial_id)
     return sealed_previews(files.seal, files.previews)
 
@@ -354,7 +354,7 @@ def trial_wall_s(run_dir: Path, trial_id: str) -> float | None:
 
 
 def trial_arithmetic(run_dir: Path, trial_id: str) -> str | None:
-    """The arithmetic the trial ran on (:func:`fedll.device.arithmetic`), from its seal (None
+    """The arithmetic the trial ran on (:func:`fedll.run.device.arithmetic`), from its seal (None
     for a seal of an earlier fedll)."""
     seal = json.loads(TrialFiles.of(run_dir, trial_id).seal.read_text())
     value = seal.get("arithmetic")

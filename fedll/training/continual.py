@@ -1,9 +1,9 @@
 """Continual-learning (CL) methods at a site: a small protocol with few hooks.
 
-:func:`fedll.train.train_local` calls, for every hook it is given, ``before_training(model)``
-once, ``extra_loss(model, x, logits)`` at every step (added to the loss when not None),
-``before_step(model)`` after every backward pass and ``after_training(model, images, masks)``
-once. A :class:`ContinualMethod` adds
+:func:`fedll.training.train.train_local` calls, for every hook it is given,
+``before_training(model)`` once, ``extra_loss(model, x, logits)`` at every step (added to the loss
+when not None), ``before_step(model)`` after every backward pass and ``after_training(model, images,
+masks)`` once. A :class:`ContinualMethod` adds
 ``select_cases`` (which of the site's cases to train on) and ``state()``, the arrays it keeps
 between a site's rounds (in the ClientApp's ``context.state``; nothing leaves the site).
 
@@ -38,13 +38,13 @@ from fedll.config.options import (
     LwFOptions,
     ReplayOptions,
 )
-from fedll.train import TrainingHook, model_device, segmentation_loss
+from fedll.training.train import TrainingHook, model_device, segmentation_loss
 
 ArrayState = dict[str, np.ndarray]
 
 
 class ContinualMethod(TrainingHook):
-    """Fine-tuning; the base of every CL method: a :class:`fedll.train.TrainingHook` (every
+    """Fine-tuning; the base of every CL method: a :class:`fedll.training.train.TrainingHook` (every
     call does nothing) that also picks the cases to train on and keeps state between rounds."""
 
     @classmethod

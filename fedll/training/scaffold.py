@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedll.train import TrainingHook, model_device
+from fedll.training.train import TrainingHook, model_device
 
 Arrays = Mapping[str, np.ndarray]
 
@@ -51,7 +51,7 @@ def control_update(
 
 
 class ControlVariates(TrainingHook):
-    """A :class:`fedll.train.TrainingHook`: SCAFFOLD's gradient correction and, after
+    """A :class:`fedll.training.train.TrainingHook`: SCAFFOLD's gradient correction and, after
     training, the control variate update (:func:`control_update`).
 
     ``server``: the server's ``c`` (parameter name -> array); ``site``: the site's ``c_i``

@@ -2,7 +2,7 @@
 (:class:`TrialTask` from the driver, :class:`SweepTrial` to the ServerApp), what it gives back
 (:class:`TrialDone`), and how the driver keeps a finished trial's files (:func:`keep_trial`).
 
-Both sides import this module, never each other: the sweep (:mod:`fedll.sweep`) starts the
+Both sides import this module, never each other: the sweep (:mod:`fedll.run.sweep`) starts the
 apps by the references fedll's Flower app declares, and the ServerApp
 (:mod:`strategies.server_app`) runs a :class:`SweepTrial` and, under ``flwr run``, keeps its
 files itself; so the trial path is one way, driver -> apps -> this module.
@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 
-from fedll.checkpoint import Checkpointing
 from fedll.config import Scenario, Trial
 from fedll.config.grid import trial_fingerprint
 from fedll.data.arrays import CohortArrays
-from fedll.results import TrialOutcome
-from fedll.store import drop_checkpoint, write_trial
+from fedll.results.rows import TrialOutcome
+from fedll.run.checkpoint import Checkpointing
+from fedll.run.store import drop_checkpoint, write_trial
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class TrialTask:
 @dataclass(frozen=True)
 class TrialDone:
     """A finished trial's outcome, the seconds it ran and the arithmetic it ran on
-    (:func:`fedll.device.arithmetic`), as its task returns them."""
+    (:func:`fedll.run.device.arithmetic`), as its task returns them."""
 
     outcome: TrialOutcome
     wall_s: float

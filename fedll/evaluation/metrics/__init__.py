@@ -1,12 +1,14 @@
 """Metrics: per-case segmentation metrics and the lifelong-learning measures.
 
-- :mod:`~fedll.metrics.segmentation`: Dice, HD95 and surface Dice of one case (MONAI inside);
-- :mod:`~fedll.metrics.lifelong`: forgetting, BWT and friends of a per-round metric matrix.
+- :mod:`~fedll.evaluation.metrics.segmentation`: Dice, HD95 and surface Dice of one case (MONAI
+  inside);
+- :mod:`~fedll.evaluation.metrics.lifelong`: forgetting, BWT and friends of a per-round metric
+  matrix.
 """
 
 from __future__ import annotations
 
-from fedll.metrics.lifelong import (
+from fedll.evaluation.metrics.lifelong import (
     Arriving,
     area_under_curve,
     arriving_sets,
@@ -18,7 +20,7 @@ from fedll.metrics.lifelong import (
     nan_reduce,
     switch_drops,
 )
-from fedll.metrics.segmentation import (
+from fedll.evaluation.metrics.segmentation import (
     HD95_MAX_MM,
     SURFACE_TOLERANCE_MM,
     CaseMetrics,

@@ -15,7 +15,7 @@ Dy-CNN's attention masses), :data:`PERSONAL` (Ditto's personalised model), and
 :data:`CONTROL_DELTA` (SCAFFOLD's ``delta c_i``).
 
 A site's ``context.state`` (kept between rounds, and on its disk under deployment,
-:mod:`fedll.site_state`): :data:`OPTIMIZER_STATE`, :data:`CONTINUAL_STATE`,
+:mod:`fedll.federation.site_state`): :data:`OPTIMIZER_STATE`, :data:`CONTINUAL_STATE`,
 :data:`LOCAL_NORM_STATE`, :data:`SITE_CONTROL` and :data:`SITE_PERSONAL`. These live in
 another namespace than the instruction's config keys: the state's ``local-norm`` is the
 site's own normalisation layers, the instruction's ``local-norm`` whether to keep them.

@@ -4,7 +4,7 @@
 their metadata); ``fedll run`` keeps it as ``RUN_DIR/provenance.json`` (:func:`write_provenance`),
 which the report shows. Its ``arithmetic`` is the CPU's of the machine that prepared the cohort
 (its synthesis and slices are computed there, and their last bits depend on it); each trial's
-wall time and arithmetic are in its seal (:mod:`fedll.store`).
+wall time and arithmetic are in its seal (:mod:`fedll.run.store`).
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ FILE = "provenance.json"
 def machine_provenance() -> dict[str, Any]:
     """fedll's version and git revision (None outside a checkout), Python's and each of
     :data:`PACKAGES`' versions (None where not installed), the platform, the CPU count and
-    the CPU's arithmetic (:func:`fedll.device.arithmetic`)."""
+    the CPU's arithmetic (:func:`fedll.run.device.arithmetic`)."""
     import torch
 
-    from fedll.device import arithmetic
+    from fedll.run.device import arithmetic
 
     return {
         "fedll": fedll.__version__,

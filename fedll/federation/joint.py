@@ -18,13 +18,13 @@ import torch
 from fedll.config.grid import Trial
 from fedll.config.schema import Scenario
 from fedll.data.arrays import CohortArrays
-from fedll.evaluation import evaluate_round
+from fedll.evaluation.evaluate import evaluate_round
+from fedll.federation.stream import Arrival, Round
 from fedll.models import build_model
 from fedll.models.inspection import freeze_routing
 from fedll.models.saved import model_state
-from fedll.results import TrialOutcome, TrialResults
-from fedll.stream import Arrival, Round
-from fedll.train import slice_modalities, train_local
+from fedll.results.rows import TrialOutcome, TrialResults
+from fedll.training.train import slice_modalities, train_local
 
 logger = logging.getLogger(__name__)
 
