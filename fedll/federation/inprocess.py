@@ -62,7 +62,7 @@ _ID_BITS = 63  # node, run and task ids fit a signed int64, as every Flower reco
 # Flower has no public way to do the things below; its own runtimes do them exactly so
 # (flwr/simulation/run_simulation.py, flwr/superlink/runtime/run_serverapp.py for the identity;
 # flwr/superlink/grid/inmemory_grid.py, flwr/server/superlink/fleet/vce/vce_api.py for the id).
-# ``flwr.supercore.run.Run`` (a grid's run) is the third; tests/test_inprocess.py::
+# ``flwr.supercore.run.Run`` (a grid's run) is the third; tests/federation/test_inprocess.py::
 # test_flower_private_corners fails loudly if any of them changes.
 
 

@@ -106,7 +106,7 @@ def case_metrics(
         # compute_hausdorff_distance and compute_surface_dice each find the same edges and
         # distance maps; they are found once here (the same call, in the float32 that
         # compute_hausdorff_distance passes) and both scores derived as those functions do
-        # (tests/metrics/test_segmentation.py checks them bit for bit against MONAI's)
+        # (tests/evaluation/metrics/test_segmentation.py checks them bit for bit against MONAI's)
         _, (pred_to_truth, truth_to_pred), _ = get_edge_surface_distance(
             y_pred[0, 0].float(), y[0, 0].float(), spacing=voxel, symmetric=True
         )

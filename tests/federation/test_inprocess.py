@@ -252,7 +252,7 @@ def test_flower_private_corners():
 def test_trials_in_ray_tasks_match_sequential(monkeypatch):
     ray = pytest.importorskip("ray")
     # Ray workers import the toy app by name: put tests/ on their path.
-    tests_dir = str(Path(__file__).parent)
+    tests_dir = str(Path(__file__).parents[1])
     python_path = [tests_dir, os.environ.get("PYTHONPATH", "")]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in python_path if p))
     monkeypatch.setenv("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a FutureWarning
