@@ -4,7 +4,7 @@ and in the precision ``auto`` resolves to here, for every model of the scenario;
 ``torch.compile`` of the evaluation forward (its compile time counted apart).
 
 Evaluation in bf16 also lays the convolutions out channels-last and runs 128 slices a batch
-(:func:`fedll.evaluation.evaluate_cases`); the per-case Dice of the two arithmetics is
+(:func:`fedll.evaluation.evaluate.evaluate_cases`); the per-case Dice of the two arithmetics is
 compared on a model trained on one arrival first (their largest difference; what a change of
 arithmetic does to a whole, chaotic trial is for the equivalence check over seeds,
 benchmarks/equivalence.py). Timings are medians of interleaved repeats, ratios per repeat.
@@ -25,10 +25,10 @@ import torch
 
 from fedll.config import load_scenario
 from fedll.data.prepare import prepare_cohort
-from fedll.device import arithmetic, resolve_precision
-from fedll.evaluation import evaluate_cases
+from fedll.evaluation.evaluate import evaluate_cases
 from fedll.models import build_model
-from fedll.train import train_local
+from fedll.run.device import arithmetic, resolve_precision
+from fedll.training.train import train_local
 
 
 def parse_args() -> argparse.Namespace:

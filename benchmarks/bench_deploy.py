@@ -54,7 +54,7 @@ import torch
 from fedll.config import load_scenario
 from fedll.data.site import resolve_site
 from fedll.models import build_model
-from fedll.train import train_local
+from fedll.training.train import train_local
 job = json.loads(sys.argv[1])
 scenario = load_scenario(job["scenario"])
 torch.set_num_threads(1)

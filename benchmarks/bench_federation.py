@@ -33,11 +33,11 @@ import torch
 
 from fedll.config import dump_scenario, expand_trials, load_scenario
 from fedll.data.prepare import prepare_cohort
-from fedll.evaluation import evaluate_cases
+from fedll.evaluation.evaluate import evaluate_cases
+from fedll.federation.stream import build_stream, counted_holdings
 from fedll.models import build_model
-from fedll.stream import build_stream, counted_holdings
-from fedll.sweep import SweepOptions, run_sweep, run_trial
-from fedll.train import train_local
+from fedll.run.sweep import SweepOptions, run_sweep, run_trial
+from fedll.training.train import train_local
 
 
 def prepare_run(scenario_path: Path, out: Path, overrides: list[str]) -> Path:
@@ -111,7 +111,7 @@ def round_overhead(run_dir: Path, repeats: int) -> None:
 
 def seal_seconds(run_dir: Path, trials) -> float:
     """The seconds the trials ran, summed from their seals (``wall_s``)."""
-    from fedll.store import trial_wall_s
+    from fedll.run.store import trial_wall_s
 
     seconds = [trial_wall_s(run_dir, t.trial_id) for t in trials]
     assert all(s is not None for s in seconds), "a trial's seal holds no wall_s"
@@ -126,7 +126,7 @@ def sweep_speedup(run_dir: Path) -> None:
     Target: speed-up >= 0.95 of that bound."""
     import ray
 
-    from fedll.sweep import pool_size, ray_init_kwargs
+    from fedll.run.sweep import pool_size, ray_init_kwargs
 
     trials = expand_trials(load_scenario(run_dir / "scenario.yaml"))
     shutil.rmtree(run_dir / "trials", ignore_errors=True)

@@ -1,8 +1,8 @@
 """Train-step time of Dy-CNN U-Nets relative to a static U-Net of equal width, side by side.
 
 One train step = forward + BCE loss + backward + an Adam step by fedll's optimiser
-(:func:`fedll.train.make_optimizer`), + the temperature schedule for dynamic models. For each
-(threads, size, batch) the models' steps are interleaved, the order rotating every repetition,
+(:func:`fedll.training.train.make_optimizer`), + the temperature schedule for dynamic models. For
+each (threads, size, batch) the models' steps are interleaved, the order rotating every repetition,
 and the medians are compared, so machine load drifts hit all models alike. Also prints
 parameter counts and forward FLOPs per sample (FlopCounterMode).
 
@@ -32,7 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from fedll.config.schema import TrainingConfig
 from fedll.device import Precision, autocast, resolve_precision
 from fedll.models import advance_schedule, build_model, count_parameters
-from fedll.train import make_optimizer
+from fedll.training.train import make_optimizer
 
 CPU = torch.device("cpu")
 

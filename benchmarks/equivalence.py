@@ -35,13 +35,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedll.columns import config_columns
 from fedll.data import MODALITIES
 from fedll.errors import DataError, FedllError
 from fedll.report.compare import ArmTrial, paired_difference, trial_cases
 from fedll.report.read import maybe_compressed, read_results
 from fedll.report.summary import measures, trial_summary
 from fedll.report.tables import to_markdown
+from fedll.results.columns import config_columns
 
 logger = logging.getLogger("equivalence")
 

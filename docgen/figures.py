@@ -27,7 +27,7 @@ def draw(out: Path = OUT, trial: str = TRIAL) -> Path:
     """Draw ``trial``'s montage from the study's trial files into ``out``."""
     from fedll.report import montage
     from fedll.report.read import check_results
-    from fedll.results import sealed_previews
+    from fedll.results.rows import sealed_previews
 
     trials = ROOT / "studies" / "routing-paired" / "run" / "trials"
     rows = check_results(pd.read_csv(trials / f"{trial}.csv"))

@@ -2,22 +2,25 @@
 
 The library is plain numpy/torch; Flower's types stay in the apps beside it (``sites/``: the
 one ClientApp; ``strategies/``: the ServerApp and the strategies), and Ray's in
-:mod:`fedll.sweep`.
+:mod:`fedll.run.sweep`.
 
-- :mod:`fedll.config`: scenarios (schema, rules, grid, loading, the site instruction);
+The packages, in the order of the pipeline:
+
+- :mod:`fedll.config`: the scenario (schema, rules, grid, loading, the site instruction);
 - :mod:`fedll.data`: cohorts (synthetic, BraTS / MSD / manifest), slices, the run's split;
-- :mod:`fedll.stream` and :mod:`fedll.planning`: arrivals over rounds, and each site's work;
-- :mod:`fedll.models`: static and dynamic-convolution U-Nets;
-- :mod:`fedll.train`, :mod:`fedll.continual`, :mod:`fedll.faults`: a site's local training,
-  its CL method, the faults a scenario injects;
-- :mod:`fedll.evaluation`, :mod:`fedll.joint`, :mod:`fedll.results`, :mod:`fedll.columns`:
-  the test-set evaluation, the joint bound, a trial's result rows and their columns;
-- :mod:`fedll.metrics` and :mod:`fedll.report`: the measures of a Dice matrix, the tables and
-  plots of a run;
-- :mod:`fedll.inprocess` and :mod:`fedll.sweep`: a federation in one process, and every trial
-  of a scenario on Ray;
+- :mod:`fedll.run`: the sweep of a scenario's trials on Ray or in this process, their work and
+  planning, the run directory's files, checkpoints, lock, device and provenance;
+- :mod:`fedll.federation`: a federation in one process, the arrival stream, the messages and a
+  site's kept state, injected faults, the joint bound;
+- :mod:`fedll.training` and :mod:`fedll.models`: a site's local training with its CL method
+  (and SCAFFOLD's and Ditto's site side), on static and dynamic-convolution U-Nets;
+- :mod:`fedll.evaluation`: the test-set evaluation and the measures of a Dice matrix;
+- :mod:`fedll.results`: a trial's result rows and their columns;
+- :mod:`fedll.report` and :mod:`fedll.tracking`: the tables and plots of a run, and its
+  TensorBoard / MLflow series;
 - :mod:`fedll.deploy`: certificates, site data and the SuperNode command of real sites;
-- :mod:`fedll.cli`: the ``fedll`` command.
+- :mod:`fedll.cli`, :mod:`fedll.segment`: the ``fedll`` command, and masks from a kept model;
+  :mod:`fedll.errors`, :mod:`fedll.names`, :mod:`fedll.atomic`: what every stage shares.
 """
 
 __version__ = "0.1.0"

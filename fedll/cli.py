@@ -172,11 +172,11 @@ def run(
     # absolute: Ray workers may start in another directory
     run_dir = (out or Path("runs") / scenario.name).expanduser().resolve()
     if address:
-        from fedll.sweep import check_address
+        from fedll.run.sweep import check_address
 
         check_address(address)
-    from fedll.lock import hold_run_dir
-    from fedll.provenance import write_provenance
+    from fedll.run.lock import hold_run_dir
+    from fedll.run.provenance import write_provenance
 
     if scenario.tracking.mlflow:  # before the sweep: a store MLflow cannot reach is minutes
         from fedll.tracking import check_target
@@ -215,7 +215,7 @@ def _claim(run_dir: Path, scenario: Scenario) -> None:
     trial there (a failed preparation locks nothing)."""
     from fedll.atomic import atomic_path
     from fedll.config.grid import fingerprints
-    from fedll.store import verify_trial
+    from fedll.run.store import verify_trial
 
     saved = run_dir / "scenario.yaml"
     resolved = dump_scenario(scenario)
@@ -273,13 +273,13 @@ def _run(
 
     from fedll.config.grid import fingerprints
     from fedll.data.prepare import cohort_for
-    from fedll.store import collect
-    from fedll.sweep import Progress as SweepProgress
-    from fedll.sweep import SweepOptions, run_sweep
+    from fedll.run.store import collect
+    from fedll.run.sweep import Progress as SweepProgress
+    from fedll.run.sweep import SweepOptions, run_sweep
 
     _quiet_flower(verbose=logging.getLogger().level <= logging.INFO)
     if not address and not scenario.execution.address:
-        from fedll.device import resolve_device
+        from fedll.run.device import resolve_device
 
         resolve_device(scenario.execution.device)  # a cluster's devices are checked on it
     console = _console()
@@ -394,7 +394,7 @@ def _track(run_dir: Path, scenario: Scenario, summary: Any) -> None:
 
 def _events(run_dir: Path, trial_id: str) -> str:
     """The failed and rejected updates of a finished trial, in words ("" when none)."""
-    from fedll.store import trial_events
+    from fedll.run.store import trial_events
 
     parts = []
     for kind, what in (("failed", "failed"), ("rejected", "sent a rejected update")):
@@ -408,11 +408,11 @@ def _report(run_dir: Path, partial: bool = False) -> dict:
     """The run's tables and plots; results that lack part of their scenario are refused,
     unless ``partial`` (then the complete configurations are reported and the rest listed).
     A run directory with sealed trials is collected again first: the report is of what the
-    seals vouch for (:func:`fedll.store.recollect`)."""
+    seals vouch for (:func:`fedll.run.store.recollect`)."""
     from fedll.config.grid import fingerprints
     from fedll.report.build import build_report
     from fedll.report.read import maybe_compressed, read_results
-    from fedll.store import expected_results, has_seals, recollect
+    from fedll.run.store import expected_results, has_seals, recollect
 
     saved = run_dir / "scenario.yaml"
     if not saved.is_file():  # results without their scenario: nothing to check them against
@@ -434,7 +434,7 @@ def _report(run_dir: Path, partial: bool = False) -> dict:
 
 
 def _print_trials(scenario: Scenario, trials: list[Trial]) -> None:
-    from fedll.stream import counted_holdings, round_sites, uses_seed
+    from fedll.federation.stream import counted_holdings, round_sites, uses_seed
 
     holdings = counted_holdings([(s.name, s.modality, s.patients) for s in scenario.sites])
     table = Table(title=f"{len(trials)} trials of {scenario.name}")
@@ -518,7 +518,7 @@ def report(
     """Rebuild the forgetting tables and plots from RUN_DIR's results: where its trials are
     sealed, results.csv is first rebuilt from the trials that verify; then checked against
     RUN_DIR/scenario.yaml (every trial, round and test case must be there)."""
-    from fedll.lock import hold_run_dir
+    from fedll.run.lock import hold_run_dir
 
     with hold_run_dir(run_dir, "fedll report", create=False):
         built = _report(run_dir, partial=partial)
@@ -604,10 +604,10 @@ def segment(
     from rich.progress import Progress
 
     from fedll.data.layouts import detect_layout, discover
-    from fedll.device import resolve_device
     from fedll.models.saved import read_model
+    from fedll.run.device import resolve_device
+    from fedll.run.store import sealed_model
     from fedll.segment import check_out_dir, is_image, segment_cohort, segment_file
-    from fedll.store import sealed_model
 
     where = resolve_device(device, key="--device")
     saved = read_model(model, sealed=sealed_model(model))

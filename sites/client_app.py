@@ -9,9 +9,9 @@ Messages it answers:
   the CL method adds, e.g. replayed earlier cases), reply with the new weights, the number of
   training slices and the attention mass per kernel; with SCAFFOLD (the message carries the
   server's ``control`` variate) the gradients are corrected and the reply carries the change
-  of the site's control variate (``control-delta``, :mod:`fedll.scaffold`); with Ditto
+  of the site's control variate (``control-delta``, :mod:`fedll.training.scaffold`); with Ditto
   (``ditto`` in the config) the site also trains its personalised model and sends it back
-  (``personal``, :mod:`fedll.ditto`).
+  (``personal``, :mod:`fedll.training.ditto`).
 
 (The global model is evaluated by the ServerApp on the held-out test sets, so sites are never
 asked to evaluate.) Images and masks never leave the site: only parameters and aggregate
@@ -23,9 +23,9 @@ replay buffer of case indices), with a FedBN-style strategy its own normalisatio
 holds the context in memory, so a site read from its node config (or the run directory)
 also keeps that state on its own disk after every round it trains and reloads it when its
 context state is empty: its SuperNode restarted, or the trial resumed under a new Flower run
-(:mod:`fedll.site_state`). A fault the
-scenario injects (:mod:`fedll.faults`) is applied here: the site raises, or sends a corrupted
-update (a Byzantine one is taken against the global model as received, before the FedBN
+(:mod:`fedll.federation.site_state`). A fault the
+scenario injects (:mod:`fedll.federation.faults`) is applied here: the site raises, or sends a
+corrupted update (a Byzantine one is taken against the global model as received, before the FedBN
 overlay).
 """
 
@@ -41,13 +41,10 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from fedll.config.instruction import TrainInstruction
-from fedll.continual import ProximalTerm, build_method
 from fedll.data.arrays import CohortArrays, SiteArrays
 from fedll.data.site import Site, resolve_site
-from fedll.device import resolve_device
-from fedll.ditto import train_personal
-from fedll.faults import InjectedFault, corrupt, raises
-from fedll.messages import (
+from fedll.federation.faults import InjectedFault, corrupt, raises
+from fedll.federation.messages import (
     ATTENTION,
     CONFIG,
     CONTINUAL_STATE,
@@ -63,10 +60,13 @@ from fedll.messages import (
     SITE_PERSONAL,
     WEIGHT,
 )
+from fedll.federation.site_state import SiteStateStore, site_state_dir
 from fedll.models import build_model, freeze_routing, parameter_groups
-from fedll.scaffold import ControlVariates
-from fedll.site_state import SiteStateStore, site_state_dir
-from fedll.train import TrainingHook, TrainResult, slice_modalities, train_local
+from fedll.run.device import resolve_device
+from fedll.training.continual import ProximalTerm, build_method
+from fedll.training.ditto import train_personal
+from fedll.training.scaffold import ControlVariates
+from fedll.training.train import TrainingHook, TrainResult, slice_modalities, train_local
 from sites.privacy import clipping_mod
 
 logger = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
-from fedll.messages import MODEL
+from fedll.federation.messages import MODEL
 from strategies.privacy import KEY_CLIPPING
 
 

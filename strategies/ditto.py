@@ -2,8 +2,8 @@
 
 The global model is trained and aggregated as FedAvg (fedll's float64 mean). The rule tells
 each round's sites to train their personalised model too (``ditto`` and ``ditto-lambda`` in
-the config; the site side is :mod:`fedll.ditto`); a site replies with its personalised model
-in a ``personal`` ArrayRecord, which the rule checks (a reply without a usable one is
+the config; the site side is :mod:`fedll.training.ditto`); a site replies with its personalised
+model in a ``personal`` ArrayRecord, which the rule checks (a reply without a usable one is
 rejected) and never aggregates: the ServerApp evaluates it on the site's modality test set
 (:mod:`strategies.federation`).
 """
@@ -16,7 +16,7 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 
-from fedll.messages import PERSONAL
+from fedll.federation.messages import PERSONAL
 from strategies.aggregation import State, update_problem
 from strategies.fedavg import PreciseFedAvg
 

@@ -2,7 +2,7 @@
 
 A site reports, with its update, the attention mass its training samples gave each kernel
 of each dynamic layer (``mass/<layer>`` in the reply's ``attention`` ConfigRecord, from
-:func:`fedll.train.train_local`). A kernel that one site's data routed to and another's did
+:func:`fedll.training.train.train_local`). A kernel that one site's data routed to and another's did
 not then takes mostly the first site's version of it, instead of the sample-weighted mean;
 ACP parameters, normalisation and everything else are averaged by sample count. On a static
 model this is FedAvg. It is a rule like Flower's (:mod:`strategies.lifelong` wraps it).
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ConfigRecord, Message
 
-from fedll.messages import ATTENTION
+from fedll.federation.messages import ATTENTION
 from fedll.models.inspection import ModelLayout
 from strategies.aggregation import State, attention_masses, attention_weighted_average
 from strategies.fedavg import PreciseFedAvg

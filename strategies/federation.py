@@ -22,18 +22,18 @@ import torch
 from flwr.app import Array, ArrayRecord
 from flwr.serverapp import Grid
 
-from fedll.checkpoint import Checkpoint, CheckpointError, Checkpointing, verify
 from fedll.config.grid import Trial, trial_fingerprint
 from fedll.config.instruction import StateKey, TrainInstruction
 from fedll.config.schema import Scenario
 from fedll.data.slices import CaseSlices
 from fedll.errors import ConfigError
-from fedll.evaluation import evaluate_personal, evaluate_round
-from fedll.inprocess import InProcessGrid
-from fedll.messages import PERSONAL
+from fedll.evaluation.evaluate import evaluate_personal, evaluate_round
+from fedll.federation.inprocess import InProcessGrid
+from fedll.federation.messages import PERSONAL
 from fedll.models import ModelLayout, build_model
-from fedll.planning import plan_rounds, trial_stream
-from fedll.results import TrialOutcome, TrialResults
+from fedll.results.rows import TrialOutcome, TrialResults
+from fedll.run.checkpoint import Checkpoint, CheckpointError, Checkpointing, verify
+from fedll.run.planning import plan_rounds, trial_stream
 from strategies.handshake import discover_sites, match_sites
 from strategies.lifelong import Lifelong, declared
 from strategies.privacy import privacy_spent
@@ -61,8 +61,8 @@ def run_federation(
 
     A round waits ``timeout`` seconds for its replies, or ``execution.round_timeout`` where
     the scenario sets one (:mod:`strategies.rounds`). Every instruction carries the key the
-    sites' kept state is bound to (:mod:`fedll.site_state`): the trial, its fingerprint and
-    the federation, the id of the Flower run that started the trial (kept in checkpoints)."""
+    sites' kept state is bound to (:mod:`fedll.federation.site_state`): the trial, its fingerprint
+    and the federation, the id of the Flower run that started the trial (kept in checkpoints)."""
     device = device or torch.device("cpu")
     torch.set_num_threads(max(1, threads))
     infos = discover_sites(grid, expected=len(scenario.sites), timeout=min(timeout, 300.0))
@@ -252,7 +252,7 @@ def _resume(
     results: TrialResults,
 ) -> int:
     """Put the trial back to where ``checkpointing.resume`` left it, once it was found to
-    fit the trial (:func:`fedll.checkpoint.verify`: its ``rounds``, the state dict ``model``
+    fit the trial (:func:`fedll.run.checkpoint.verify`: its ``rounds``, the state dict ``model``
     of its fresh model, the grid's nodes; the strategy and the results take their state
     before anything global is set); returns the rounds already run. Without
     ``node_states`` the sites put back their own state. CheckpointError: it does not fit

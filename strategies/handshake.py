@@ -17,7 +17,7 @@ from flwr.serverapp import Grid
 
 from fedll.config.schema import Scenario
 from fedll.errors import ConfigError
-from fedll.messages import META
+from fedll.federation.messages import META
 
 logger = logging.getLogger(__name__)
 

@@ -49,7 +49,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedll.config.instruction import TrainInstruction
-from fedll.messages import CONFIG, MODEL, WEIGHT
+from fedll.federation.messages import CONFIG, MODEL, WEIGHT
 from fedll.models.inspection import ModelLayout
 from strategies.aggregation import State, update_problem, weighted_average
 from strategies.replies import Triage, Update, triage

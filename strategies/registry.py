@@ -22,7 +22,7 @@ from fedll.config.options import (
     flower_kwargs,
     flower_rule,
 )
-from fedll.messages import CONFIG, MODEL, WEIGHT
+from fedll.federation.messages import CONFIG, MODEL, WEIGHT
 from fedll.models.inspection import ModelLayout
 from strategies.ditto import Ditto
 from strategies.dynamic_aware import DynamicAware

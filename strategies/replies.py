@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from flwr.app import Message
 
-from fedll.messages import MODEL
+from fedll.federation.messages import MODEL
 from strategies.aggregation import State
 
 

@@ -4,7 +4,7 @@ The server keeps a control variate ``c`` (one array per trainable parameter, zer
 start) and sends it to the round's sites with the global model ``x`` (the ``control``
 ArrayRecord). Each site corrects its gradients by ``c - c_i`` and replies with its model
 ``y_i`` and the change of its own control variate ``delta c_i`` (``control-delta``; the site
-side is :mod:`fedll.scaffold`). The server then steps
+side is :mod:`fedll.training.scaffold`). The server then steps
 
 - ``x <- x + server_lr * (mean_i y_i - x)`` over the trainable parameters, the mean weighted by
   sample count as in FedAvg (the paper's mean is uniform; weighted, ``server_lr = 1`` is
@@ -26,7 +26,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 
-from fedll.messages import CONTROL, CONTROL_DELTA
+from fedll.federation.messages import CONTROL, CONTROL_DELTA
 from strategies.aggregation import State, update_problem
 from strategies.fedavg import PreciseFedAvg
 

@@ -3,7 +3,7 @@
 A sweep's trial (:class:`SweepTrial`) reads nothing from disk and writes nothing: its inputs
 came with it and its outcome goes back to the sweep's driver, which writes the run directory.
 Under ``flwr run`` the run config names the files. A joint trial (the upper bound) trains
-one model on the pooled cases in this process, without the grid (:mod:`fedll.joint`).
+one model on the pooled cases in this process, without the grid (:mod:`fedll.federation.joint`).
 
 Run config keys (kebab-case, from ``[tool.flwr.app.config]``, ``flwr run --run-config``
 or a sweep): ``scenario`` (path of the scenario YAML), ``trial`` (index into its grid, or
@@ -16,10 +16,10 @@ model as ``RUN_DIR/models/<trial id>.safetensors`` (:mod:`fedll.models.saved`).
 
 Under ``flwr run`` a federated trial is checkpointed after every round but the last, into
 ``RUN_DIR/checkpoints/<trial id>.ckpt`` (the server's side: model, strategy state, RNG states,
-results; the sites keep theirs, :mod:`fedll.site_state`): the same ``flwr run`` again, after a
-crash of the ServerApp or the SuperLink, resumes the trial at the round after its checkpoint
+results; the sites keep theirs, :mod:`fedll.federation.site_state`): the same ``flwr run`` again,
+after a crash of the ServerApp or the SuperLink, resumes the trial at the round after its checkpoint
 and gives the results of an uninterrupted run. A checkpoint of other settings, or one that
-does not fit the trial (:func:`fedll.checkpoint.verify`), is set aside and the trial runs
+does not fit the trial (:func:`fedll.run.checkpoint.verify`), is set aside and the trial runs
 from round 0.
 """
 
@@ -34,25 +34,25 @@ import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedll.checkpoint import Checkpoint, CheckpointError, Checkpointing, decode, encode
 from fedll.config import Scenario, Trial, dump_scenario, expand_trials, load_scenario
 from fedll.config.grid import trial_fingerprint
 from fedll.data.arrays import CohortArrays
 from fedll.data.prepare import cohort_for
-from fedll.device import arithmetic, deterministic, resolve_device
 from fedll.errors import ConfigError
-from fedll.joint import run_joint
-from fedll.lock import hold_run_dir
+from fedll.federation.joint import run_joint
 from fedll.report.build import build_report
-from fedll.results import TrialOutcome
-from fedll.store import (
+from fedll.results.rows import TrialOutcome
+from fedll.run.checkpoint import Checkpoint, CheckpointError, Checkpointing, decode, encode
+from fedll.run.device import arithmetic, deterministic, resolve_device
+from fedll.run.lock import hold_run_dir
+from fedll.run.store import (
     checkpoint_path,
     collect,
     read_checkpoint,
     set_aside_checkpoint,
     write_checkpoint,
 )
-from fedll.trial_task import SweepTrial, keep_trial
+from fedll.run.trial_task import SweepTrial, keep_trial
 from strategies.federation import RoundCallback, run_federation
 from strategies.flower_log import without_false_lines
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from fedll.columns import REQUIRED_RESULT_COLUMNS
+from fedll.results.columns import REQUIRED_RESULT_COLUMNS
 
 
 def result_row(

@@ -17,8 +17,8 @@ from fedll.cli import _claim, _same_scenario, app
 from fedll.config import Trial, dump_scenario, expand_trials, load_scenario
 from fedll.config.grid import fingerprints, trial_fingerprint
 from fedll.errors import DataError
-from fedll.results import TrialResults
-from fedll.store import verify_trial, write_trial
+from fedll.results.rows import TrialResults
+from fedll.run.store import verify_trial, write_trial
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -328,8 +328,8 @@ def sealed_run(run_dir: Path, scenario_path: Path) -> dict[str, bytes]:
     """A run directory as `fedll run` leaves it: the scenario, every trial sealed (rounds
     0..4, one made-up case per modality with Dice, HD95 and surface Dice), results.csv
     collected and the report built; returns the forgetting tables' bytes."""
-    from fedll.planning import trial_stream
-    from fedll.store import collect
+    from fedll.run.planning import trial_stream
+    from fedll.run.store import collect
 
     scenario = load_scenario(scenario_path)
     run_dir.mkdir()
@@ -363,7 +363,7 @@ def test_report_of_sealed_trials_reports_what_the_seals_vouch_for(write_scenario
     other = frame[frame["trial"] == frame["trial"].iloc[0]].copy()
     other["trial"], other["seed"] = other["trial"].str.replace("__s0", "__s7"), 7
     pd.concat([frame, other]).to_csv(run_dir / "results.csv", index=False)
-    with caplog.at_level(logging.WARNING, logger="fedll.store"):
+    with caplog.at_level(logging.WARNING, logger="fedll.run.store"):
         result = invoke("report", run_dir)
     assert result.exit_code == 0, result.output
     assert f"{run_dir / 'results.csv'} differed from the sealed trial files" in caplog.text
@@ -380,7 +380,7 @@ def test_report_of_sealed_trials_needs_no_results_csv(write_scenario, tmp_path, 
     for name in ("results.csv", "attention.csv"):
         (run_dir / name).unlink()
     shutil.rmtree(run_dir / "tables")
-    with caplog.at_level(logging.WARNING, logger="fedll.store"):
+    with caplog.at_level(logging.WARNING, logger="fedll.run.store"):
         result = invoke("report", run_dir)
     assert result.exit_code == 0, result.output
     assert caplog.text == ""
@@ -396,7 +396,7 @@ def test_report_leaves_out_a_sealed_trial_that_does_not_verify(write_scenario, t
     trial = expand_trials(load_scenario(run_dir / "scenario.yaml"))[0].trial_id
     edited = run_dir / "trials" / f"{trial}.csv"
     edited.write_text(edited.read_text().replace("0.1,", "0.9,"))
-    with caplog.at_level(logging.WARNING, logger="fedll.store"):
+    with caplog.at_level(logging.WARNING, logger="fedll.run.store"):
         result = invoke("report", run_dir)
     line = assert_one_line_error(result, str(run_dir / "results.csv"), f"not run: {trial}")
     assert "--partial" in line

@@ -39,8 +39,8 @@ from fedll.config import dump_scenario, expand_trials, load_scenario
 from fedll.data.prepare import prepare_cohort
 from fedll.deploy.certs import Certificates, write_certificates
 from fedll.deploy.site_data import write_site_manifests
-from fedll.store import trial_path
-from fedll.sweep import RESOLVED_SCENARIO, run_trial
+from fedll.run.store import trial_path
+from fedll.run.sweep import RESOLVED_SCENARIO, run_trial
 
 pytestmark = pytest.mark.slow
 

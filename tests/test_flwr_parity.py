@@ -1,5 +1,5 @@
 """The same ServerApp and ClientApp under ``flwr run`` (Flower's Simulation Engine) give the
-same results as the in-process run of a sweep (``fedll.sweep.run_trial``) for the same seed,
+same results as the in-process run of a sweep (``fedll.run.sweep.run_trial``) for the same seed,
 with FedAvg, and with SCAFFOLD and Ditto, whose sites keep state in their Flower context
 (control variates, personalised models) and send extra records (Ditto's personalised models
 are evaluated by the ServerApp).
@@ -34,12 +34,12 @@ import psutil
 import pytest
 import torch
 
-from fedll.columns import RESULT_COLUMNS
 from fedll.config import dump_scenario, expand_trials, load_scenario
 from fedll.data.prepare import prepare_cohort
 from fedll.models.saved import read_model
-from fedll.store import trial_path
-from fedll.sweep import RESOLVED_SCENARIO, run_trial
+from fedll.results.columns import RESULT_COLUMNS
+from fedll.run.store import trial_path
+from fedll.run.sweep import RESOLVED_SCENARIO, run_trial
 
 try:
     import tomllib
@@ -287,7 +287,7 @@ def test_flwr_run_matches_the_in_process_run(strategy: str, tmp_path: Path, flow
     assert len(expected) == (rounds + 1) * 2  # rounds 0..4 x one test case per modality
     assert (expected["failed"] == "").all(), "a site failed in the in-process run"
     # the final models are compared too: SCAFFOLD's control variates (with fedll's default
-    # Adam, see fedll/scaffold.py) keep this tiny model's Dice at 0 in these few steps
+    # Adam, see fedll/training/scaffold.py) keep this tiny model's Dice at 0 in these few steps
     if strategy != "scaffold":
         assert (expected["dice"] > 0).any(), "Dice never moved off 0: the comparison is empty"
     finals = [

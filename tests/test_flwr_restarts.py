@@ -38,16 +38,16 @@ from test_flwr_deploy import (
 )
 from test_flwr_parity import KEYS, copy_app
 
-from fedll.checkpoint import decode
 from fedll.config import dump_scenario, expand_trials, load_scenario
 from fedll.config.grid import trial_fingerprint
 from fedll.config.instruction import StateKey
 from fedll.data.prepare import prepare_cohort
 from fedll.deploy.site_data import write_site_manifests
 from fedll.errors import DataError
-from fedll.site_state import DATA_DIR_FOLDER, SiteStateStore
-from fedll.store import checkpoint_path, trial_path
-from fedll.sweep import RESOLVED_SCENARIO, run_trial
+from fedll.federation.site_state import DATA_DIR_FOLDER, SiteStateStore
+from fedll.run.checkpoint import decode
+from fedll.run.store import checkpoint_path, trial_path
+from fedll.run.sweep import RESOLVED_SCENARIO, run_trial
 
 pytestmark = pytest.mark.slow
 

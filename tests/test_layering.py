@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("fedll", "sites", "strategies")
 REFERENCE = re.compile(r"^((?:fedll|sites|strategies)(?:\.\w+)*):\w+$")
-APP_SEAM = {"fedll.sweep": {"sites.client_app", "strategies.server_app"}}
+APP_SEAM = {"fedll.run.sweep": {"sites.client_app", "strategies.server_app"}}
 """The references fedll's core holds into the apps: the sweep starts fedll's Flower app."""
 
 
@@ -55,7 +55,7 @@ def imports(path: Path, known: set[str], runtime_only: bool) -> set[str]:
 
 def references(path: Path) -> set[str]:
     """The project modules ``path`` names in a "module:attribute" string (a reference that
-    :func:`fedll.inprocess.load_reference` or Flower loads at run time)."""
+    :func:`fedll.federation.inprocess.load_reference` or Flower loads at run time)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         is_text = isinstance(node, ast.Constant) and isinstance(node.value, str)
@@ -76,8 +76,8 @@ def test_the_core_reaches_the_apps_only_through_its_declared_seam():
 
 def test_the_reference_scanner_sees_a_reference():
     """The check above has teeth: a reference in any string constant is found."""
-    path = ROOT / "fedll" / "sweep.py"
-    assert references(path) == APP_SEAM["fedll.sweep"]
+    path = ROOT / "fedll" / "run" / "sweep.py"
+    assert references(path) == APP_SEAM["fedll.run.sweep"]
 
 
 def test_fedll_never_imports_the_flower_apps():
@@ -119,7 +119,7 @@ def test_no_import_circle():
 
 def test_the_report_and_the_results_do_not_import_torch():
     code = (
-        "import sys; import fedll.report, fedll.results, fedll.columns; "
+        "import sys; import fedll.report, fedll.results.rows, fedll.results.columns; "
         "print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

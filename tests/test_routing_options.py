@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from test_cli import assert_one_line_error, invoke
 
-from fedll.columns import config_columns
 from fedll.data.prepare import PreparedCohort
-from fedll.store import trial_model
+from fedll.results.columns import config_columns
+from fedll.run.store import trial_model
 
 pytestmark = pytest.mark.slow
 

@@ -25,11 +25,11 @@ from fedll.config import dump_scenario, expand_trials, load_scenario
 from fedll.config.grid import fingerprints
 from fedll.data.nifti import CaseRecord, load_image, load_volume
 from fedll.data.prepare import PreparedCohort
-from fedll.metrics import dice
+from fedll.evaluation.metrics import dice
 from fedll.models.saved import read_model
+from fedll.run.store import collect, trial_model
+from fedll.run.sweep import SweepOptions, run_sweep
 from fedll.segment import predict_logits, segment_cohort, segment_file
-from fedll.store import collect, trial_model
-from fedll.sweep import SweepOptions, run_sweep
 
 pytestmark = pytest.mark.slow
 

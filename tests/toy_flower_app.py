@@ -29,7 +29,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
-from fedll.inprocess import InProcessGrid, run_server_app, simulation_node_configs
+from fedll.federation.inprocess import InProcessGrid, run_server_app, simulation_node_configs
 
 INITIAL_ARRAYS = {
     "w": np.arange(6, dtype=np.float64).reshape(2, 3),

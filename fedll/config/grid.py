@@ -3,7 +3,7 @@
 Any of ``models``, ``stream.ordering``, ``stream.arrival_batch``, ``stream.arrivals_per_round``,
 ``strategies``, ``cl`` and ``seeds`` may hold several values; the run is their product, less
 the ``exclude`` entries, plus one joint (upper-bound) trial per model and seed when ``joint``
-is set. :data:`fedll.columns.AXES` names the axes once: trial ids, ``exclude`` entries and
+is set. :data:`fedll.results.columns.AXES` names the axes once: trial ids, ``exclude`` entries and
 the result columns all read it.
 """
 
@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from fedll.columns import AXES
 from fedll.config.options import ContinualOptions, FineTuneOptions, StrategyOptions, named
+from fedll.results.columns import AXES
 
 if TYPE_CHECKING:
     from fedll.config.schema import Scenario

@@ -28,8 +28,8 @@ from fedll.errors import ConfigError
 
 
 class StateKey(BaseModel):
-    """What a site's kept state is bound to (:mod:`fedll.site_state`): the scenario's trial
-    and its fingerprint, and the federation: the Flower run id of the run that started the
+    """What a site's kept state is bound to (:mod:`fedll.federation.site_state`): the scenario's
+    trial and its fingerprint, and the federation: the Flower run id of the run that started the
     trial (a run resumed from the server's checkpoint keeps it)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)

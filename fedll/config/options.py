@@ -4,7 +4,7 @@ and the faults it injects.
 A strategy or CL method is a registered name plus its options, each a small frozen model
 (a tagged union on ``name``); ``label`` names an option set in trial ids and results: the
 name, then every option that differs from its default (``fedprox-mu0.1``). The strategies
-themselves live in ``strategies/`` and the CL methods in :mod:`fedll.continual`; their
+themselves live in ``strategies/`` and the CL methods in :mod:`fedll.training.continual`; their
 registries are keyed by these names, and :func:`option_names` lists them (there is no second
 list to keep in step).
 """

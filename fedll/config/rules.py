@@ -29,9 +29,9 @@ from fedll.config.grid import (
 from fedll.config.options import StrategyOptions, flower_rule
 from fedll.data import MAX_PATIENTS
 from fedll.errors import ConfigError
-from fedll.faults import lost_rounds
+from fedll.federation.faults import lost_rounds
+from fedll.federation.stream import build_stream, counted_holdings, round_sites, uses_seed
 from fedll.models.registry import footprint
-from fedll.stream import build_stream, counted_holdings, round_sites, uses_seed
 
 if TYPE_CHECKING:
     from fedll.config.schema import Scenario
@@ -255,8 +255,8 @@ def byzantine_rules_get_their_replies(scenario: Scenario) -> None:
 
     A round's replies are the sites that train in it (at most ``arrivals_per_round``: a site
     arriving twice in a round sends one update) less those whose fault loses their update
-    (:func:`fedll.faults.lost_rounds`). Flower's Bulyan keeps the model in a round of fewer
-    than 4f + 3 replies; Krum's guarantee (Blanchard et al. 2017) needs more than 2f + 2 (with
+    (:func:`fedll.federation.faults.lost_rounds`). Flower's Bulyan keeps the model in a round of
+    fewer than 4f + 3 replies; Krum's guarantee (Blanchard et al. 2017) needs more than 2f + 2 (with
     fewer, Flower's Krum still picks one update, scored by fewer neighbours than its n - f - 2,
     down to an arbitrary one of two); Multi-Krum cannot select more updates than a round has
     (Flower then averages them all). Either would be no robust rule at all, silently.
@@ -310,8 +310,8 @@ def _lost(scenario: Scenario, sites: dict[str, int], rounds: int) -> np.ndarray 
 
 
 def _replies(rows: np.ndarray, lost: np.ndarray | None) -> np.ndarray:
-    """int (R,): the replies of each round of :func:`fedll.stream.round_sites` ``rows``: its
-    distinct sites, less those whose update ``lost`` (:func:`_lost`) says the round loses."""
+    """int (R,): the replies of each round of :func:`fedll.federation.stream.round_sites` ``rows``:
+    its distinct sites, less those whose update ``lost`` (:func:`_lost`) says the round loses."""
     rows = rows.copy()
     if lost is not None:
         rounds = np.arange(len(rows))[:, None]

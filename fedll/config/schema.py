@@ -40,10 +40,10 @@ from fedll.config.options import (
 from fedll.config.rules import RULES
 from fedll.data import MAX_PATIENTS, MAX_SITES
 from fedll.data.layouts import LAYOUTS
-from fedll.device import Precision, check_device_name
+from fedll.federation.stream import ORDERINGS
 from fedll.models import ArgumentError, check_arguments
 from fedll.names import check_simple_name
-from fedll.stream import ORDERINGS
+from fedll.run.device import Precision, check_device_name
 
 Modality = Literal["t2", "flair"]
 SimpleName = Annotated[str, AfterValidator(lambda name: check_simple_name(name, "name"))]
@@ -145,7 +145,7 @@ class SliceConfig(_Frozen):
 
 
 class EvaluationConfig(_Frozen):
-    """How the test cases are scored after every round (:mod:`fedll.evaluation`)."""
+    """How the test cases are scored after every round (:mod:`fedll.evaluation.evaluate`)."""
 
     slices: Literal["all", "selected"] = Field(
         default="all",
@@ -164,7 +164,7 @@ class EvaluationConfig(_Frozen):
 
 
 class StreamConfig(_Frozen):
-    """How training cases arrive over rounds (see :mod:`fedll.stream`)."""
+    """How training cases arrive over rounds (see :mod:`fedll.federation.stream`)."""
 
     ordering: list[str | list[str]] = Field(
         default_factory=lambda: ["alternating"],

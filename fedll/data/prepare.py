@@ -307,7 +307,7 @@ def cohort_for(run_dir: Path, scenario: Scenario, source: str = "<scenario>") ->
 
 def _warn_if_other_bytes(index: Path, old: PreparedCohort, new: PreparedCohort) -> None:
     """One warning when the slices prepared again are not the bytes the run's kept trials
-    read (or cannot be checked): on a machine of other arithmetic (fedll.device) a synthetic
+    read (or cannot be checked): on a machine of other arithmetic (fedll.run.device) a synthetic
     cohort differs in its last bits, and the kept trials and those run now then agree in
     distribution, not bit for bit."""
     if not old.digests:

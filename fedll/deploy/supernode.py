@@ -2,7 +2,7 @@
 
 :func:`site_command` is what ``fedll site`` runs: it reads the site's data folder as the
 ClientApp will (:func:`fedll.data.site.site_from_node_config`), checks that the site can keep
-its state where it will (:mod:`fedll.site_state`), checks the TLS and node-authentication
+its state where it will (:mod:`fedll.federation.site_state`), checks the TLS and node-authentication
 files, and builds the argv.
 """
 
@@ -18,10 +18,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fedll.data.site import Site, site_from_node_config
-from fedll.device import resolve_device
 from fedll.errors import ConfigError
+from fedll.federation.site_state import check_state_dir, site_state_dir
 from fedll.names import is_simple_name, rule_for
-from fedll.site_state import check_state_dir, site_state_dir
+from fedll.run.device import resolve_device
 
 
 def check_port(port: int, what: str) -> int:

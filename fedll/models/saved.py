@@ -14,7 +14,7 @@ a model predicts an empty mask) or that differ from the digest; then rebuilds th
 :func:`fedll.models.build_model` and loads the weights strictly, so a file whose state does not
 fit its builder is refused. Files of an earlier fedll carry no digest and still load.
 :func:`read_model` also compares the file with the size and SHA-256 its trial's seal lists,
-when the caller has them (:func:`fedll.store.sealed_model`).
+when the caller has them (:func:`fedll.run.store.sealed_model`).
 
 Every problem with a file is a :class:`~fedll.errors.DataError` of one line that names it.
 """
@@ -146,7 +146,7 @@ def decode_model(data: bytes, source: str) -> SavedModel:
 
 def read_model(path: Path, sealed: tuple[int, str] | None = None) -> SavedModel:
     """The model file at ``path`` (see :func:`decode_model`); ``sealed``: the (size,
-    SHA-256) its trial's seal lists for it (:func:`fedll.store.sealed_model`), which the
+    SHA-256) its trial's seal lists for it (:func:`fedll.run.store.sealed_model`), which the
     file's bytes must match."""
     path = Path(path)
     if not path.is_file():

@@ -37,14 +37,14 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from fedll.columns import config_columns
 from fedll.data import MODALITIES
 from fedll.errors import ConfigError
-from fedll.metrics import nan_reduce
+from fedll.evaluation.metrics import nan_reduce
 from fedll.report.intervals import seed_case_interval
 from fedll.report.matrices import dice_matrix
 from fedll.report.read import check_results
 from fedll.report.summary import matrix_measures, measures
+from fedll.results.columns import config_columns
 
 COMPARE_COLUMNS = ("arm", "baseline", "modality", "measure", "label")
 MEAN = "mean"

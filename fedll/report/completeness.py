@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from fedll.columns import config_columns
+from fedll.results.columns import config_columns
 
 NO_ROWS = "no rows"
 """What :func:`missing_parts` says of a trial without a single row: it was not run (or did

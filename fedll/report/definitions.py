@@ -1,7 +1,7 @@
 """What each measure of a forgetting table is, for the page (one click from its column) and
 for a reader offline: its formula, the references it follows, and when it is n/a.
 
-The measures are computed by :mod:`fedll.metrics.lifelong` from a trial's metric matrix
+The measures are computed by :mod:`fedll.evaluation.metrics.lifelong` from a trial's metric matrix
 ``R`` ((T + 1) x M: ``R[t, m]`` is the mean over modality m's test cases after round t; row 0
 the untrained model); the docs' definitions page (docs/definitions.md) states the same with
 their derivations. A column of another metric (HD95, surface Dice, detection rate) takes the

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from fedll.columns import config_columns
+from fedll.results.columns import config_columns
 
 SITE_COLUMNS: tuple[str, ...] = ("site", "trained", "rounds", "epsilon", "dp_delta")
 """Per site of a trial with an accountant (:func:`site_privacy`): the rounds it trained in

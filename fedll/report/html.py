@@ -16,11 +16,11 @@ import jinja2
 import pandas as pd
 
 from fedll.atomic import atomic_path
-from fedll.provenance import read_provenance
 from fedll.report import page, template
 from fedll.report.definitions import page_definitions
 from fedll.report.pairs import pair_rows
 from fedll.report.tables import format_table
+from fedll.run.provenance import read_provenance
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 A trial's rows of checked results (:func:`fedll.report.read.check_results`) give its Dice
 matrix ``R`` (T + 1, M) and ``arriving`` (T + 1 sets of modality indices), from which
-:mod:`fedll.metrics` computes the measures of docs/definitions.md; the matrix of another
+:mod:`fedll.evaluation.metrics` computes the measures of docs/definitions.md; the matrix of another
 metric (:func:`metric_values`: a result column, or one derived from ``hd95``) likewise.
 """
 
@@ -15,7 +15,7 @@ import pandas as pd
 
 from fedll.data import MODALITIES
 from fedll.errors import DataError
-from fedll.metrics import detected, detected_hd95
+from fedll.evaluation.metrics import detected, detected_hd95
 from fedll.report.read import check_results, parse_arriving
 
 logger = logging.getLogger(__name__)
@@ -28,9 +28,9 @@ DERIVED: dict[str, str] = {  # metric -> the result column it is read from
     "detection_rate": "hd95",
 }
 """The metrics read from the ``hd95`` column: ``hd95`` over the cases with a non-empty
-prediction (:func:`fedll.metrics.detected_hd95`), ``hd95_brats`` as written (BraTS: an empty
-prediction counts 373.13 mm), ``detection_rate`` whether the prediction was non-empty
-(:func:`fedll.metrics.detected`: the mean over cases is the share detected)."""
+prediction (:func:`fedll.evaluation.metrics.detected_hd95`), ``hd95_brats`` as written (BraTS: an
+empty prediction counts 373.13 mm), ``detection_rate`` whether the prediction was non-empty
+(:func:`fedll.evaluation.metrics.detected`: the mean over cases is the share detected)."""
 
 
 def source_column(metric: str) -> str:

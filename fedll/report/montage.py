@@ -2,7 +2,7 @@
 outlined after the rounds around each switch of the arriving modality, beside the Dice curve.
 
 The predictions come from each trial's ``trials/<id>.previews.npz`` (written by the driver
-beside its results and checked against its seal, :func:`fedll.store.trial_previews`): the
+beside its results and checked against its seal, :func:`fedll.run.store.trial_previews`): the
 largest-tumour slice of the first two test cases of each modality, after every round. Kept
 slices are the simplest robust route: a report needs neither the models nor the cohort, and
 the files are small (a few 10 kB per trial). Results without previews (an earlier fedll, a
@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedll.columns import config_columns
 from fedll.data import LABELS, MODALITIES
 from fedll.report.matrices import dice_matrix
 from fedll.report.plots import (
@@ -32,7 +31,8 @@ from fedll.report.plots import (
     _slug,
 )
 from fedll.report.read import check_results
-from fedll.results import sealed_previews
+from fedll.results.columns import config_columns
+from fedll.results.rows import sealed_previews
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def write_montages(results: pd.DataFrame, run_dir: Path, out_dir: Path) -> list[
     paths = []
     for config, frame in results.groupby(keys, sort=False):
         trial = str(frame.sort_values("seed", kind="stable")["trial"].iloc[0])
-        trials = Path(run_dir) / "trials"  # fedll.store.TrialFiles names them so
+        trials = Path(run_dir) / "trials"  # fedll.run.store.TrialFiles names them so
         previews = sealed_previews(trials / f"{trial}.json", trials / f"{trial}.previews.npz")
         if not previews:
             continue

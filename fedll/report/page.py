@@ -20,10 +20,10 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from fedll.columns import config_columns
 from fedll.report.definitions import definition_of
 from fedll.report.epsilon import epsilon_clause, format_privacy, privacy_caption, privacy_table
 from fedll.report.summary import MEASURES
+from fedll.results.columns import config_columns
 
 KEY_LABELS: tuple[str, ...] = tuple(
     MEASURES[m] for m in ("final_dice", "forgetting_max", "bwt", "learning_accuracy")

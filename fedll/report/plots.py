@@ -15,12 +15,12 @@ import numpy as np
 import pandas as pd
 
 from fedll.atomic import atomic_path
-from fedll.columns import config_columns
 from fedll.data import LABELS, MODALITIES
-from fedll.metrics import nan_reduce
+from fedll.evaluation.metrics import nan_reduce
 from fedll.report.attention import attention_distance
 from fedll.report.matrices import Matrix, checked_matrices, dice_matrix, has_metric, last_round
 from fedll.report.read import check_results
+from fedll.results.columns import config_columns
 
 logger = logging.getLogger(__name__)
 

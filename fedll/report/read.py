@@ -2,7 +2,7 @@
 typed frames.
 
 :func:`check_results` validates long-format results (columns of
-:data:`fedll.columns.RESULT_COLUMNS`; files of an earlier fedll may lack the added ones) and
+:data:`fedll.results.columns.RESULT_COLUMNS`; files of an earlier fedll may lack the added ones) and
 returns a normalised copy; every problem is a :class:`~fedll.errors.DataError` naming the
 source. Each file may be gzipped (``.csv.gz``), as a study folder stores them.
 """
@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedll.columns import (
+from fedll.data import MODALITIES
+from fedll.errors import DataError
+from fedll.results.columns import (
     METRIC_COLUMNS,
     PERSONAL_COLUMNS,
     PRIVACY_COLUMNS,
@@ -25,8 +27,6 @@ from fedll.columns import (
     RESULT_COLUMNS,
     config_columns,
 )
-from fedll.data import MODALITIES
-from fedll.errors import DataError
 
 COUNTS: dict[str, str] = {  # per-round event column -> count column in the summaries
     "failed": "failed_updates",
@@ -41,7 +41,7 @@ def read_results(path: Path) -> pd.DataFrame:
 
 
 def read_attention(path: Path) -> pd.DataFrame:
-    """Read and check an attention.csv (:data:`fedll.columns.ATTENTION_COLUMNS`): integer
+    """Read and check an attention.csv (:data:`fedll.results.columns.ATTENTION_COLUMNS`): integer
     ``round``, ``seed`` and ``arrival_batch``, a finite ``mass`` on every row."""
     frame = _read_csv(Path(path))
     _require_columns(frame, REQUIRED_ATTENTION_COLUMNS, str(path))
@@ -55,7 +55,7 @@ def read_attention(path: Path) -> pd.DataFrame:
 
 
 def read_routing(path: Path) -> pd.DataFrame:
-    """Read and check a routing.csv (:data:`fedll.columns.ROUTING_COLUMNS`): ``round``,
+    """Read and check a routing.csv (:data:`fedll.results.columns.ROUTING_COLUMNS`): ``round``,
     ``seed``, ``arrival_batch`` and ``slices`` integers, ``decoding_accuracy`` and ``chance``
     in [0, 1] or NaN (a layer with too few slices of a modality is not decoded)."""
     source = str(path)
@@ -147,7 +147,7 @@ def _require_values(results: pd.DataFrame, source: str) -> None:
     earlier fedll, scored by Dice alone). The other columns may be empty: the privacy columns
     of a trial without an accountant, the personalised metrics before a site of the modality
     has trained (or without Ditto). The HD95 of a case with one empty mask is a number
-    (373.13 mm, :data:`fedll.metrics.segmentation.HD95_MAX_MM`), never empty."""
+    (373.13 mm, :data:`fedll.evaluation.metrics.segmentation.HD95_MAX_MM`), never empty."""
     _no_empty(results["dice"].isna(), source, "dice", "every test case has a Dice")
     for col in ("hd95", "surface_dice", "surface_tolerance_mm"):
         empty = results[col].isna()

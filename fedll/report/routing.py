@@ -1,16 +1,16 @@
 """How well each dynamic layer's per-slice routing separates the modalities, per configuration.
 
-Reads the rows of ``routing.csv`` (:data:`fedll.columns.ROUTING_COLUMNS`, checked by
+Reads the rows of ``routing.csv`` (:data:`fedll.results.columns.ROUTING_COLUMNS`, checked by
 :func:`fedll.report.read.read_routing`): the decoding accuracy of every trial, round and
-dynamic layer (:func:`fedll.metrics.routing.decoding_accuracy`) beside its chance level.
+dynamic layer (:func:`fedll.evaluation.metrics.routing.decoding_accuracy`) beside its chance level.
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-from fedll.columns import config_columns
 from fedll.report.matrices import last_round
+from fedll.results.columns import config_columns
 
 SEPARATION_COLUMNS: tuple[str, ...] = (
     "layer", "decoding_accuracy_mean", "decoding_accuracy_min", "decoding_accuracy_max",
@@ -20,8 +20,8 @@ SEPARATION_COLUMNS: tuple[str, ...] = (
 
 
 def routing_separation(routing: pd.DataFrame) -> pd.DataFrame:
-    """Per configuration (:func:`fedll.columns.config_columns`: every grid axis but the seed)
-    x layer, at each trial's last round: the mean, min and max over seeds of
+    """Per configuration (:func:`fedll.results.columns.config_columns`: every grid axis but the
+    seed) x layer, at each trial's last round: the mean, min and max over seeds of
     ``decoding_accuracy``, the mean ``chance`` and the number of seeds (trials) with the layer.
 
     NaN accuracies (a layer with too few slices) are skipped; configurations and layers keep

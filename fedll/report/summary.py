@@ -4,7 +4,7 @@ configuration (:func:`seed_interval` turns them into a 95 % interval).
 :func:`trial_summary` computes every measure of :data:`MEASURES` per trial and evaluated
 modality from its Dice matrix, or (``metric``) from its HD95 or surface-Dice matrix with the
 measures of :func:`measures`; :func:`summarise` (and :func:`forgetting_table`, both steps)
-aggregates them over the seeds of each configuration (:data:`fedll.columns.CONFIG_COLUMNS`).
+aggregates them over the seeds of each configuration (:data:`fedll.results.columns.CONFIG_COLUMNS`).
 Where the results have the per-round ``failed`` and ``rejected`` columns, the table also
 counts them per configuration (summed over seeds). Where they have personalised models'
 Dice (Ditto's ``personal_dice``), the Dice summary and table add :data:`PERSONAL_MEASURES`
@@ -19,9 +19,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from fedll.columns import config_columns
 from fedll.data import MODALITIES
-from fedll.metrics import (
+from fedll.evaluation.metrics import (
     area_under_curve,
     backward_transfer,
     forgetting,
@@ -31,6 +30,7 @@ from fedll.metrics import (
 )
 from fedll.report.matrices import dice_matrix
 from fedll.report.read import COUNTS, check_results
+from fedll.results.columns import config_columns
 
 logger = logging.getLogger(__name__)
 
@@ -99,21 +99,21 @@ def table_measures(frame: pd.DataFrame, metric: str = "dice") -> dict[str, str]:
 def trial_summary(results: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
     """One row per trial x evaluated modality with every measure of ``measures(metric)``.
 
-    For Dice and surface Dice (higher is better) the measures are those of ``fedll.metrics``
-    on the metric's matrix. For HD95 (lower is better) the forgetting measures are computed on
-    the negated matrix, so the signs keep their meaning: forgetting and switch drops are the
-    *rise* of HD95 in mm (positive = worse, as a Dice loss is), BWT is minus the rise since the
-    modality last trained (negative = forgotten); the level measures (final, learning accuracy,
-    AUC, mean final) stay in mm. ``hd95`` is the mean over the cases with a non-empty
-    prediction (NaN in a round without one), ``detection_rate`` the share of such cases,
+    For Dice and surface Dice (higher is better) the measures are those of
+    ``fedll.evaluation.metrics`` on the metric's matrix. For HD95 (lower is better) the forgetting
+    measures are computed on the negated matrix, so the signs keep their meaning: forgetting and
+    switch drops are the *rise* of HD95 in mm (positive = worse, as a Dice loss is), BWT is minus
+    the rise since the modality last trained (negative = forgotten); the level measures (final,
+    learning accuracy, AUC, mean final) stay in mm. ``hd95`` is the mean over the cases with a
+    non-empty prediction (NaN in a round without one), ``detection_rate`` the share of such cases,
     ``hd95_brats`` the mean with a missed case at 373.13 mm
     (:func:`fedll.report.matrices.metric_values`).
 
     Per modality ``m``: ``final_dice`` R[T, m]; ``forgetting_final`` / ``forgetting_max`` the
     last and the largest entry of ``forgetting(R)[:, m]``; ``switch_drop_mean`` / ``_max`` over
     the drops of ``m`` at switches (NaN without any); ``bwt`` and ``learning_accuracy`` as in
-    ``fedll.metrics`` for modality ``m``; ``auc`` the mean Dice over rounds 1..T. The trial's
-    ``mean_final_dice`` (mean over modalities), where the results have them its counts of
+    ``fedll.evaluation.metrics`` for modality ``m``; ``auc`` the mean Dice over rounds 1..T. The
+    trial's ``mean_final_dice`` (mean over modalities), where the results have them its counts of
     failed sites and rejected updates over all rounds (``COUNTS``) and, where some trial kept
     a privacy accountant, its ``final_epsilon`` (NaN for the others) are repeated on each of
     its rows. For Dice, where any trial has personalised models (:func:`has_personal`), every

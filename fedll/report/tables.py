@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 
 from fedll.atomic import atomic_path
-from fedll.columns import config_columns
 from fedll.data import LABELS
 from fedll.report.epsilon import epsilon_clause, format_privacy, privacy_caption, privacy_table
 from fedll.report.read import COUNTS
 from fedll.report.summary import METRICS, PRIVACY, seed_interval, table_measures
+from fedll.results.columns import config_columns
 
 logger = logging.getLogger(__name__)
 

@@ -164,7 +164,7 @@ PAGE = """\
 {% endif %}
 
 <h2 id="definitions">Definitions</h2>
-<p class="note">Each measure as fedll computes it (fedll/metrics/lifelong.py), from a trial's
+<p class="note">Each measure as fedll computes it (fedll/evaluation/metrics/lifelong.py), from a trial's
   matrix R: R[t, m] the mean over modality m's test cases after round t, T the last round; a
   table of another metric (HD95, surface Dice, detection rate) takes the same definitions
   with it in place of Dice, and for HD95, where lower is better, forgetting is its rise. The

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from fedll.columns import config_columns
 from fedll.data import LABELS, MODALITIES
 from fedll.report.summary import seed_interval
+from fedll.results.columns import config_columns
 
 KEY_MEASURES: dict[str, str] = {  # measure -> short label in the terminal
     "final_dice": "final",

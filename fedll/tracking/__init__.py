@@ -28,11 +28,11 @@ from pathlib import Path
 import pandas as pd
 
 from fedll.atomic import atomic_path
-from fedll.columns import config_columns
 from fedll.config.schema import TrackingConfig
 from fedll.errors import ConfigError
 from fedll.report.plots import plot_files
 from fedll.report.read import maybe_compressed, read_attention, read_results
+from fedll.results.columns import config_columns
 from fedll.tracking.series import TrialSeries, trial_series
 from fedll.tracking.target import check_target, sqlite_path
 

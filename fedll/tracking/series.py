@@ -5,7 +5,7 @@ the attention entropy of each dynamic layer for each modality's inputs
 (``attention_entropy/<layer>/<modality>``: nats of the mean kernel mass, log K for uniform
 routing), and the failed and rejected updates (``updates/failed``, ``updates/rejected``); as
 text, the modality switches. fedll's results do not carry the training loss (sites report
-Dice after every round, :data:`fedll.columns.RESULT_COLUMNS`), so none is logged.
+Dice after every round, :data:`fedll.results.columns.RESULT_COLUMNS`), so none is logged.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from fedll.columns import AXES, ROUND_EVENTS
 from fedll.data import LABELS, MODALITIES
 from fedll.report.matrices import dice_matrix
+from fedll.results.columns import AXES, ROUND_EVENTS
 
 
 @dataclass(frozen=True)

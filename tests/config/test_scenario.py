@@ -24,8 +24,8 @@ from fedll.config.instruction import StateKey
 from fedll.config.options import GaussianNoise, ScaledUpdate
 from fedll.config.rules import TRIAL_ID_BYTES
 from fedll.errors import ConfigError
-from fedll.site_state import SiteStateStore
-from fedll.store import TrialFiles, checkpoint_path
+from fedll.federation.site_state import SiteStateStore
+from fedll.run.store import TrialFiles, checkpoint_path
 
 T2 = {"name": "hospital-t2", "modality": "t2", "patients": 2}
 FLAIR = {"name": "hospital-flair", "modality": "flair", "patients": 2}

@@ -4,7 +4,10 @@ navigation; a module without a docstring fails here."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
+import pytest
 
 from docgen import api, layout
 
@@ -27,9 +30,26 @@ def test_every_module_is_listed_with_its_docstring():
     text = layout.markdown(ROOT)
     for path in listed:
         assert f"| `{path}` |" in text
-    assert listed["fedll/stream.py"] == (
+    assert listed["fedll/federation/stream.py"] == (
         "Arrival streams: which site's patients arrive in which federated round."
     )
+
+
+def test_every_module_is_listed_exactly_once_and_nothing_else():
+    """The page's file rows (before the scenarios) are the tree's Python files, each once."""
+    text = layout.markdown(ROOT).split("### `scenarios/`")[0]
+    rows = re.findall(r"^\| `([^`]+)` \|", text, flags=re.MULTILINE)
+    assert sorted(rows) == python_files()
+    assert len(rows) == len(set(rows))
+
+
+@pytest.mark.parametrize("page", ["architecture.md", "contributing.md"])
+def test_the_paths_the_prose_names_exist(page: str):
+    """A module moved or renamed is renamed in the architecture and contributing pages too."""
+    text = (ROOT / "docs" / page).read_text(encoding="utf-8")
+    paths = re.findall(r"`((?:fedll|sites|strategies|tests|docgen|benchmarks)/[\w./]*)`", text)
+    assert paths
+    assert [path for path in paths if not (ROOT / path).exists()] == []
 
 
 def test_every_scenario_is_listed():
@@ -68,10 +88,10 @@ def test_every_module_has_an_api_page_in_the_navigation():
     pages = api.pages(ROOT)
     assert sorted(pages) == sorted(api.page_uri(m) for m in modules)
     assert sorted(flatten(api.nav(ROOT))) == sorted(pages)
-    assert pages[api.page_uri("fedll.metrics.lifelong")] == (
-        "# `fedll.metrics.lifelong`\n\n::: fedll.metrics.lifelong\n"
+    assert pages[api.page_uri("fedll.evaluation.metrics.lifelong")] == (
+        "# `fedll.evaluation.metrics.lifelong`\n\n::: fedll.evaluation.metrics.lifelong\n"
     )
-    assert "members: false" in pages[api.page_uri("fedll.metrics")]
+    assert "members: false" in pages[api.page_uri("fedll.evaluation.metrics")]
 
 
 def test_the_architecture_page_holds_the_generated_part():

@@ -74,7 +74,7 @@ def test_the_site_builds_strictly_with_every_page(built: tuple[Path, str]):
     assert "fedll-docs:" not in reference
     for row in scenario.schema_rows():
         assert f"<code>{html.escape(row.key, quote=False)}</code>" in reference, row.key
-    lifelong = (site / "reference" / "api" / "fedll.metrics.lifelong.html").read_text()
+    lifelong = (site / "reference" / "api" / "fedll.evaluation.metrics.lifelong.html").read_text()
     assert "backward_transfer" in lifelong and ":::" not in lifelong
     assert ":class:" not in lifelong and ":func:" not in lifelong
     for page in site.rglob("*.html"):

@@ -17,7 +17,6 @@ import pandas as pd
 import pytest
 from test_report import make_attention, make_results  # the hand-built run of test_report
 
-from fedll.provenance import write_provenance
 from fedll.report import build_report
 from fedll.report.page import (
     KEY_LABELS,
@@ -27,6 +26,7 @@ from fedll.report.page import (
     trial_records,
 )
 from fedll.report.summary import MEASURES
+from fedll.run.provenance import write_provenance
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 BROWSER_SECONDS = 90

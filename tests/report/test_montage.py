@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 
 from fedll.config import Trial
+from fedll.federation.stream import Arrival, Round
 from fedll.report import build_report
 from fedll.report.montage import shown_rounds
-from fedll.results import TrialResults
-from fedll.store import write_trial
-from fedll.stream import Arrival, Round
+from fedll.results.rows import TrialResults
+from fedll.run.store import write_trial
 
 T2, FLAIR, BOTH = frozenset({0}), frozenset({1}), frozenset({0, 1})
 

@@ -8,9 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedll.columns import REQUIRED_RESULT_COLUMNS as RESULT_COLUMNS
 from fedll.errors import DataError, FedllError
-from fedll.metrics import HD95_MAX_MM
+from fedll.evaluation.metrics import HD95_MAX_MM
 from fedll.report import (
     attention_distance,
     build_report,
@@ -24,6 +23,7 @@ from fedll.report import (
     trial_summary,
     write_tables,
 )
+from fedll.results.columns import REQUIRED_RESULT_COLUMNS as RESULT_COLUMNS
 
 # Dice matrices (rows: rounds 0..2, columns: t2, flair); round 1 trains t2, round 2 flair
 MATRICES = {

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from test_report import make_results  # the hand-built run of test_report
 
-from fedll.columns import REQUIRED_ROUTING_COLUMNS
 from fedll.errors import DataError
 from fedll.report import build_report, read_routing, routing_separation
 from fedll.report.completeness import Expected
+from fedll.results.columns import REQUIRED_ROUTING_COLUMNS
 
 # decoding accuracy per layer after rounds 0, 1, ...: dycnn seed 1 stops a round early, and
 # its dec1 is not decoded in its last round (too few slices)

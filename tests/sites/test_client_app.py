@@ -18,8 +18,8 @@ from fedll.config.options import FaultConfig, ReplayOptions
 from fedll.data.prepare import prepare_cohort
 from fedll.data.site import resolve_site
 from fedll.errors import ConfigError
-from fedll.faults import InjectedFault
-from fedll.inprocess import _assign_message_id, _set_task_identity
+from fedll.federation.faults import InjectedFault
+from fedll.federation.inprocess import _assign_message_id, _set_task_identity
 from fedll.models import build_model, parameter_groups
 from sites.client_app import train_site
 

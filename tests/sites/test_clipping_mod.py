@@ -7,7 +7,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 
-from fedll.inprocess import _assign_message_id, _set_task_identity
+from fedll.federation.inprocess import _assign_message_id, _set_task_identity
 from sites.privacy import clipping_mod
 from strategies.privacy import KEY_CLIPPING
 

@@ -11,12 +11,12 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.common.constant import SUPERLINK_NODE_ID
 from pydantic import TypeAdapter
 
-from fedll.checkpoint import Checkpoint, decode, encode
 from fedll.config import ModelConfig, SliceConfig, TrainingConfig
 from fedll.config.instruction import TrainInstruction
 from fedll.config.options import StrategyOptions
-from fedll.inprocess import _assign_message_id, _set_task_identity
+from fedll.federation.inprocess import _assign_message_id, _set_task_identity
 from fedll.models import ModelLayout
+from fedll.run.checkpoint import Checkpoint, decode, encode
 from strategies.lifelong import Lifelong
 
 SITES = {11: "a", 12: "b", 13: "c", 14: "d"}

@@ -15,15 +15,15 @@ import pandas as pd
 import pytest
 import torch
 
-import fedll.evaluation
+import fedll.evaluation.evaluate
 import strategies.federation as federation
 from fedll.config import dump_scenario, load_scenario
 from fedll.config.grid import fingerprints
 from fedll.config.options import StrategyOptions, option_names
 from fedll.models.saved import read_model
 from fedll.report import build_report, forgetting_table, format_table, trial_summary
-from fedll.store import collect, trial_model
-from fedll.sweep import SweepOptions, run_sweep
+from fedll.run.store import collect, trial_model
+from fedll.run.sweep import SweepOptions, run_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -68,8 +68,8 @@ def test_a_nan_site_and_a_site_failing_every_other_round(
         evaluated.append(all(torch.isfinite(v).all() for v in model.state_dict().values()))
         return evaluate_cases(model, cases, **kwargs)
 
-    evaluate_cases = fedll.evaluation.evaluate_cases
-    monkeypatch.setattr(fedll.evaluation, "evaluate_cases", finite_model)
+    evaluate_cases = fedll.evaluation.evaluate.evaluate_cases
+    monkeypatch.setattr(fedll.evaluation.evaluate, "evaluate_cases", finite_model)
     updates = {
         **BOTH_PER_ROUND,
         "models": DYCNN,  # dynamic-aware has kernel banks to weigh

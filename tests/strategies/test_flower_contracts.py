@@ -25,7 +25,7 @@ from flwr.serverapp.exception import InconsistentMessageReplies
 from flwr.serverapp.strategy import FedAvg, FedProx
 from rule_replies import INSTRUCTION, options, record
 
-from fedll.inprocess import _assign_message_id, _set_task_identity
+from fedll.federation.inprocess import _assign_message_id, _set_task_identity
 from fedll.models import ModelLayout
 from strategies.lifelong import Lifelong
 from strategies.registry import RULE_DEFAULTS, build_strategy

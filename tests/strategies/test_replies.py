@@ -7,7 +7,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 
-from fedll.inprocess import _assign_message_id, _set_task_identity
+from fedll.federation.inprocess import _assign_message_id, _set_task_identity
 from strategies.replies import triage
 
 SITES = {11: "a", 12: "b", 13: "c", 14: "d", 15: "e"}

@@ -15,7 +15,7 @@ from flwr.app import Message, RecordDict
 from fedll.config import load_scenario
 from fedll.data.prepare import prepare_cohort
 from fedll.deploy.site_data import write_site_manifests
-from fedll.inprocess import InProcessGrid, _set_task_identity, run_server_app
+from fedll.federation.inprocess import InProcessGrid, _set_task_identity, run_server_app
 from sites.client_app import app as client_app
 from strategies.rounds import TimedGrid
 from strategies.server_app import make_server_app

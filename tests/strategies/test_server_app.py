@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-from fedll.checkpoint import decode, encode
 from fedll.config import expand_trials, load_scenario
 from fedll.data.prepare import prepare_cohort
 from fedll.deploy.site_data import write_site_manifests
-from fedll.inprocess import InProcessGrid, run_server_app
-from fedll.site_state import DATA_DIR_FOLDER
-from fedll.store import checkpoint_path, write_checkpoint
+from fedll.federation.inprocess import InProcessGrid, run_server_app
+from fedll.federation.site_state import DATA_DIR_FOLDER
+from fedll.run.checkpoint import decode, encode
+from fedll.run.store import checkpoint_path, write_checkpoint
 from sites.client_app import app as client_app
 from strategies.server_app import make_server_app
 

@@ -15,7 +15,7 @@ from rule_replies import INSTRUCTION
 
 from fedll.config.instruction import TrainInstruction
 from fedll.config.options import StrategyOptions, option_names
-from fedll.inprocess import _assign_message_id, _set_task_identity
+from fedll.federation.inprocess import _assign_message_id, _set_task_identity
 from fedll.models import ModelLayout
 from strategies.lifelong import Lifelong
 from strategies.registry import build_strategy

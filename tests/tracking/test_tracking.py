@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedll.columns import REQUIRED_RESULT_COLUMNS
 from fedll.config import TrackingConfig
 from fedll.errors import ConfigError
 from fedll.report import check_results, trial_summary
+from fedll.results.columns import REQUIRED_RESULT_COLUMNS
 from fedll.tracking import check_installed, log_trials, mlflow_target, trial_series
 from fedll.tracking.series import attention_entropy, modality_switches
 

@@ -1,0 +1,328 @@
+"""Mid-trial checkpoints: a trial's whole state after a round, as bytes the driver keeps.
+
+With ``execution.checkpoint_every: N``, a federated trial hands its driver, after rounds N,
+2N, ... (not the last), a :class:`Checkpoint`: the global model, the strategy's state (e.g.
+FedAvgM's velocity, the failed and rejected sites so far), every simulated site's Flower
+context state (its optimiser moments, CL state, replay buffer, FedBN norms), the RNG states
+of the trial's process and grid, and the results so far. The driver keeps the latest per trial
+(``RUN_DIR/checkpoints/<trial id>.ckpt``); a rerun resumes an unfinished trial from it and
+gives the results an uninterrupted run gives.
+
+The file is an ``.npz`` (no pickle: it is read with ``allow_pickle=False``): ``meta.json``, a
+JSON tree in which each array is named, and the arrays. Flower records are stored in
+Flower's own wire format (protobuf), byte for byte.
+
+A checkpoint resumes a trial only once :func:`verify` has found that it fits it (the trial
+and its settings, a round before the last, the model's own arrays with finite values, node
+states that decode, well-formed strategy, RNG and results state); one that does not is a
+:class:`CheckpointError`: its driver sets it aside and the trial runs from round 0.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import zipfile
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from flwr.app import RecordDict
+from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
+from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
+from google.protobuf.message import DecodeError
+
+import fedll
+from fedll.errors import DataError
+
+FORMAT = "fedll-checkpoint"
+VERSION = 1
+_ARRAY = "__array__"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A federated trial's state after ``round`` of its rounds.
+
+    model: the global state dict (CPU arrays). strategy: the strategy's own state (JSON
+    values and arrays). nodes: node id -> its context state (empty where the sites keep their
+    own: ``flwr run``, deployment). rng: the RNG states. results:
+    :meth:`fedll.results.rows.TrialResults.snapshot` of the rows so far. federation: the Flower
+    run id of the run that started the trial, which the sites' kept state is bound to
+    (:mod:`fedll.federation.site_state`; empty in a checkpoint written before it was kept).
+    """
+
+    trial_id: str
+    fingerprint: str
+    round: int
+    model: dict[str, np.ndarray]
+    strategy: dict[str, Any]
+    nodes: dict[int, RecordDict]
+    rng: dict[str, Any]
+    results: dict[str, Any]
+    federation: str = ""
+
+
+def encode(checkpoint: Checkpoint) -> bytes:
+    """The checkpoint as ``.npz`` bytes."""
+    arrays: dict[str, np.ndarray] = {}
+
+    def tree(value: Any, path: str) -> Any:
+        if isinstance(value, np.ndarray):
+            arrays[path] = value
+            return {_ARRAY: path}
+        if isinstance(value, Mapping):
+            return {str(k): tree(v, f"{path}/{k}") for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [tree(v, f"{path}/{i}") for i, v in enumerate(value)]
+        if isinstance(value, np.generic):
+            return value.item()
+        return value
+
+    nodes = {
+        str(node): np.frombuffer(recorddict_to_proto(state).SerializeToString(), dtype=np.uint8)
+        for node, state in checkpoint.nodes.items()
+    }
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "fedll": fedll.__version__,
+        "trial": checkpoint.trial_id,
+        "fingerprint": checkpoint.fingerprint,
+        "round": checkpoint.round,
+        "federation": checkpoint.federation,
+        "model": tree(checkpoint.model, "model"),
+        "strategy": tree(checkpoint.strategy, "strategy"),
+        "nodes": tree(nodes, "nodes"),
+        "rng": tree(checkpoint.rng, "rng"),
+        "results": tree(checkpoint.results, "results"),
+    }
+    text = json.dumps(meta, sort_keys=True, allow_nan=True)
+    buffer = io.BytesIO()
+    np.savez(buffer, **{"meta.json": np.frombuffer(text.encode(), dtype=np.uint8)}, **arrays)
+    return buffer.getvalue()
+
+
+def decode(data: bytes, source: str) -> Checkpoint:
+    """The checkpoint in ``data``; DataError naming ``source`` when it is not one this fedll
+    reads."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+        meta = json.loads(arrays.pop("meta.json").tobytes().decode())
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        raise DataError(f"{source}: not a fedll checkpoint ({type(error).__name__})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise DataError(f"{source}: not a fedll checkpoint")
+    if meta.get("version") != VERSION:
+        raise DataError(
+            f"{source}: checkpoint format {meta.get('version')} (fedll {meta.get('fedll')}); "
+            f"this fedll reads format {VERSION}"
+        )
+
+    def value(node: Any) -> Any:
+        if isinstance(node, dict):
+            if set(node) == {_ARRAY}:
+                if node[_ARRAY] not in arrays:
+                    raise DataError(f"{source}: checkpoint array {node[_ARRAY]} is missing")
+                return arrays[node[_ARRAY]]
+            return {k: value(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [value(v) for v in node]
+        return node
+
+    try:
+        nodes = {}
+        for node, raw in value(meta["nodes"]).items():
+            proto = ProtoRecordDict()
+            try:
+                proto.ParseFromString(np.asarray(raw).tobytes())
+                nodes[int(node)] = recorddict_from_proto(proto)
+            except (DecodeError, AttributeError) as error:
+                raise DataError(
+                    f"{source}: a damaged fedll checkpoint (the state of node {node} does not "
+                    f"decode: {type(error).__name__})"
+                ) from None
+        return Checkpoint(
+            trial_id=str(meta["trial"]),
+            fingerprint=str(meta["fingerprint"]),
+            round=int(meta["round"]),
+            model=value(meta["model"]),
+            strategy=value(meta["strategy"]),
+            nodes=nodes,
+            rng=value(meta["rng"]),
+            results=value(meta["results"]),
+            federation=str(meta.get("federation", "")),
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise DataError(f"{source}: a damaged fedll checkpoint ({error})") from None
+
+
+class CheckpointError(DataError):
+    """A checkpoint that cannot resume the trial it is kept for (:func:`verify`); its
+    message is ``source: problem``."""
+
+
+def verify(
+    checkpoint: Checkpoint,
+    source: str,
+    *,
+    trial_id: str,
+    fingerprint: str,
+    rounds: int | None = None,
+    model: Mapping[str, np.ndarray] | None = None,
+    nodes: Collection[int] | None = None,
+) -> Checkpoint:
+    """``checkpoint`` when it can resume trial ``trial_id`` run with the settings of
+    ``fingerprint``, else :class:`CheckpointError` naming ``source`` and the first thing
+    wrong. With ``rounds`` (the trial's, T), it is taken after a round 1..T-1 and its results
+    hold rows of rounds 0..that round, of that trial, and no later events; with ``model``
+    (the state dict a fresh model of the trial has), its model arrays have the same names,
+    shapes and dtypes; with ``nodes`` (the grid's node ids), it holds states of those nodes
+    only. Always: finite floating model and strategy arrays, a strategy state of JSON values
+    and arrays, RNG states that a fresh generator of each kind takes, and node states whose
+    arrays decode."""
+
+    def refuse(problem: str) -> CheckpointError:
+        return CheckpointError(f"{source}: {problem}")
+
+    if checkpoint.trial_id != trial_id:
+        raise refuse(f"taken for trial {checkpoint.trial_id!r}, not {trial_id!r}")
+    if checkpoint.fingerprint != fingerprint:
+        raise refuse(f"taken for other settings (fingerprint {checkpoint.fingerprint})")
+    if rounds is not None and not 1 <= checkpoint.round <= rounds - 1:
+        raise refuse(
+            f"taken after round {checkpoint.round}, not one of the trial's rounds 1..{rounds - 1} "
+            "(a checkpoint is taken after a round before the last)"
+        )
+    if model is not None:
+        _verify_model(checkpoint.model, model, refuse)
+    _verify_finite(checkpoint.model, "model", refuse)
+    if not isinstance(checkpoint.strategy, Mapping):
+        raise refuse("its strategy state is not a mapping")
+    _verify_finite(checkpoint.strategy, "strategy", refuse)
+    if nodes is not None and (unknown := sorted(set(checkpoint.nodes) - set(nodes))):
+        raise refuse(f"it holds the state of node {unknown[0]}, which this trial's grid lacks")
+    for node, state in checkpoint.nodes.items():
+        for name, record in state.array_records.items():
+            try:
+                for array in record.values():
+                    array.numpy()
+            except (ValueError, TypeError) as error:
+                raise refuse(
+                    f"an array of node {node}'s {name!r} does not decode ({error})"
+                ) from None
+    _verify_rng(checkpoint.rng, refuse)
+    if rounds is not None:
+        _verify_results(checkpoint, refuse)
+    return checkpoint
+
+
+def _verify_model(
+    held: Mapping[str, Any], model: Mapping[str, np.ndarray], refuse: Callable[[str], Exception]
+) -> None:
+    if not isinstance(held, Mapping):
+        raise refuse("its model is not a state dict")
+    if missing := [k for k in model if k not in held]:
+        raise refuse(f"its model lacks {missing[0]!r} (and has {len(held)} of {len(model)} arrays)")
+    if extra := [k for k in held if k not in model]:
+        raise refuse(f"its model has {extra[0]!r}, which the trial's model does not")
+    for name, expected in model.items():
+        array = held[name]
+        if not isinstance(array, np.ndarray):
+            raise refuse(f"its model's {name!r} is not an array")
+        if array.shape != tuple(expected.shape) or array.dtype != expected.dtype:
+            raise refuse(
+                f"its model's {name!r} is {array.dtype}{list(array.shape)}, the trial's model "
+                f"has {expected.dtype}{list(expected.shape)}"
+            )
+
+
+def _verify_finite(tree: Any, path: str, refuse: Callable[[str], Exception]) -> None:
+    """Every floating array in ``tree`` (nested mappings and lists) finite; no other objects
+    than JSON values and arrays."""
+    if isinstance(tree, np.ndarray):
+        if tree.dtype.kind in "fc" and not np.isfinite(tree).all():
+            raise refuse(f"{path} holds a value that is not finite (NaN or inf)")
+        if tree.dtype.kind not in "biufc":
+            raise refuse(f"{path} is an array of {tree.dtype}, not numbers")
+    elif isinstance(tree, Mapping):
+        for key, value in tree.items():
+            _verify_finite(value, f"{path}/{key}", refuse)
+    elif isinstance(tree, list | tuple):
+        for k, value in enumerate(tree):
+            _verify_finite(value, f"{path}/{k}", refuse)
+    elif not (tree is None or isinstance(tree, bool | int | float | str)):
+        raise refuse(f"{path} is a {type(tree).__name__}, not a JSON value or an array")
+
+
+def _verify_rng(rng: Any, refuse: Callable[[str], Exception]) -> None:
+    """Each RNG state is one that a fresh generator of its kind takes (nothing global is
+    touched): torch's (a ByteTensor), NumPy's legacy global one, Python's (and the grid's,
+    where there is one)."""
+    import torch
+
+    if not isinstance(rng, Mapping):
+        raise refuse("its RNG states are not a mapping")
+    try:
+        torch.Generator().set_state(torch.from_numpy(np.array(rng["torch"], dtype=np.uint8)))
+        kind, keys, pos, has_gauss, cached = rng["numpy"]
+        np.random.RandomState().set_state(
+            (kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached)
+        )
+        for name in ("python", "grid"):  # the grid's: an in-process grid's message ids
+            if name == "python" or name in rng:
+                version, internal, gauss = rng[name]
+                random.Random().setstate((version, tuple(internal), gauss))
+        for state in rng.get("cuda", []):
+            if np.asarray(state).dtype != np.uint8:
+                raise ValueError("a CUDA state is not bytes")
+    except (KeyError, TypeError, ValueError, RuntimeError, OverflowError) as error:
+        raise refuse(f"its RNG states are damaged ({type(error).__name__}: {error})") from None
+
+
+def _verify_results(checkpoint: Checkpoint, refuse: Callable[[str], Exception]) -> None:
+    """The results so far are the trial's, round 0..``checkpoint.round`` each."""
+    done = checkpoint.round
+    try:
+        results = checkpoint.results
+        rounds: set[int] = set()
+        for key in ("rows", "attention_rows", "routing_rows"):
+            for row in results.get(key, []):
+                if row["trial"] != checkpoint.trial_id:
+                    raise ValueError(f"{key} of trial {row['trial']!r}")
+                if not 0 <= int(row["round"]) <= done:
+                    raise ValueError(f"{key} of round {row['round']}")
+                if key == "rows":
+                    rounds.add(int(row["round"]))
+        events = [results["failures"], results["rejected"]]
+        events.append(checkpoint.strategy.get("failures", {}))
+        events.append(checkpoint.strategy.get("rejected", {}))
+        for event in events:
+            if late := [int(r) for r in event if not 0 <= int(r) <= done]:
+                raise ValueError(f"events of round {late[0]}")
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise refuse(f"its results so far do not fit round {done} ({error})") from None
+    if rounds != set(range(done + 1)):
+        lacking = sorted(set(range(done + 1)) - rounds)
+        raise refuse(f"its results so far lack round {lacking[0]} (it was taken after {done})")
+
+
+@dataclass(frozen=True)
+class Checkpointing:
+    """Mid-trial checkpoints (:mod:`fedll.run.checkpoint`): after every ``every``-th round (not
+    the last) the trial's state goes to ``save``; ``resume`` continues from one.
+
+    With ``node_states`` (a sweep's trial) the checkpoint holds the sites' context states too,
+    which needs a grid that can give and take them
+    (:class:`fedll.federation.inprocess.InProcessGrid`; on another grid no checkpoint is taken).
+    Without (``flwr run``, deployment) the sites keep their own state on their disks
+    (:mod:`fedll.federation.site_state`) and the checkpoint holds the server's side alone."""
+
+    every: int
+    fingerprint: str
+    save: Callable[[Checkpoint], None] | None = None
+    resume: Checkpoint | None = None
+    node_states: bool = True
