@@ -8,7 +8,7 @@ parameter counts and forward FLOPs per sample (FlopCounterMode).
 
 Each table is measured in every ``--precisions`` (default: fp32 and the precision a trial's
 ``auto`` resolves to here: bf16 autocast where the CPU has native bf16), the forward and loss
-under fedll's autocast as :func:`fedll.train.train_local` runs them. ``--layers`` adds what
+under fedll's autocast as :func:`fedll.training.train.train_local` runs them. ``--layers`` adds what
 bounds the ratio: one dynamic convolution (the per-sample grouped convolution fedll runs,
 kernels mixed from a bank of K) against one static convolution, forward + backward, at each
 layer shape of the U-Net, and the other formulations of the same arithmetic that were tried
@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from fedll.config.schema import TrainingConfig
-from fedll.device import Precision, autocast, resolve_precision
 from fedll.models import advance_schedule, build_model, count_parameters
+from fedll.run.device import Precision, autocast, resolve_precision
 from fedll.training.train import make_optimizer
 
 CPU = torch.device("cpu")

@@ -2,7 +2,7 @@
 
 Runs the chosen trials of a scenario in this process (as a sweep's worker runs one: the
 in-process Flower grid, ``threads`` torch threads) under cProfile and splits each trial's
-time into evaluation after every round (:func:`~fedll.evaluation.evaluate_cases`; of which
+time into evaluation after every round (:func:`~fedll.evaluation.evaluate.evaluate_cases`; of which
 the metrics, ``case_metrics``), local training (``train_local``) and the rest (Flower's
 messages, the strategy, the lifelong layer, result rows). The target of issue 32: evaluation
 <= 30 % of a paper-scale trial. cProfile adds a little to every Python call, so the shares
@@ -56,7 +56,7 @@ def main() -> None:
     # imported here: bench_federation's helper writes the run directory a trial reads
     from bench_federation import prepare_run
 
-    from fedll.sweep import run_trial
+    from fedll.run.sweep import run_trial
 
     scenario = load_scenario(Path(args.scenario), args.overrides)
     trials = expand_trials(scenario)
