@@ -1,8 +1,8 @@
 """Strategies by the names used in scenario files: the lifelong layer
 (:class:`strategies.lifelong.Lifelong`) over the rule each option class of
-:data:`fedll.config.options.StrategyOptions` names: fedll's own rules (``fedavg``,
+:data:`fedll.config.strategies.StrategyOptions` names: fedll's own rules (``fedavg``,
 ``fedbn``, ``dynamic-aware``, ``scaffold``, ``ditto``) or one of Flower's
-(:data:`fedll.config.options.FLOWER_RULES`), built from its options."""
+(:data:`fedll.config.flower.FLOWER_RULES`), built from its options."""
 
 from __future__ import annotations
 
@@ -12,15 +12,14 @@ from typing import Any
 from flwr.serverapp import strategy as flower
 from flwr.serverapp.strategy import Strategy
 
-from fedll.config.options import (
+from fedll.config.flower import flower_kwargs, flower_rule
+from fedll.config.strategies import (
     DittoOptions,
     DynamicAwareOptions,
     FedAvgOptions,
     FedBNOptions,
     ScaffoldOptions,
     StrategyOptions,
-    flower_kwargs,
-    flower_rule,
 )
 from fedll.federation.messages import CONFIG, MODEL, WEIGHT
 from fedll.models.inspection import ModelLayout

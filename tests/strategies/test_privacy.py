@@ -30,7 +30,7 @@ from pydantic import TypeAdapter
 from rule_replies import INSTRUCTION, LAYOUT, model, reply, run_round, start, through_checkpoint
 
 from fedll.config.instruction import TrainInstruction
-from fedll.config.options import StrategyOptions
+from fedll.config.strategies import StrategyOptions
 from strategies.lifelong import Lifelong
 from strategies.privacy import KEY_CLIPPING, privacy_spent
 from strategies.registry import build_strategy

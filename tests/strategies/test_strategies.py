@@ -14,7 +14,8 @@ from pydantic import TypeAdapter
 from rule_replies import INSTRUCTION
 
 from fedll.config.instruction import TrainInstruction
-from fedll.config.options import StrategyOptions, option_names
+from fedll.config.options import option_names
+from fedll.config.strategies import StrategyOptions
 from fedll.federation.inprocess import _assign_message_id, _set_task_identity
 from fedll.models import ModelLayout
 from strategies.lifelong import Lifelong
