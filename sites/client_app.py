@@ -60,7 +60,7 @@ from fedll.models import build_model, freeze_routing, parameter_groups
 from fedll.run.device import resolve_device
 from fedll.training.continual import ProximalTerm, build_method
 from fedll.training.train import TrainingHook, TrainResult, slice_modalities, train_local
-from sites.privacy import clipping_mod
+from strategies.privacy import clipping_mod
 from strategies.registry import site_parts
 
 logger = logging.getLogger(__name__)
