@@ -7,19 +7,19 @@ Messages it answers:
 - ``query.meta``: the site's name, modality and number of training cases (no case ids);
 - ``train``: load the global model, train on the cases the server says arrived (plus what
   the CL method adds, e.g. replayed earlier cases), reply with the new weights, the number of
-  training slices and the attention mass per kernel; with SCAFFOLD (the message carries the
-  server's ``control`` variate) the gradients are corrected and the reply carries the change
-  of the site's control variate (``control-delta``, :mod:`fedll.training.scaffold`); with Ditto
-  (``ditto`` in the config) the site also trains its personalised model and sends it back
-  (``personal``, :mod:`fedll.training.ditto`).
+  training slices and the attention mass per kernel, and what the strategy's site part adds
+  (:func:`strategies.registry.site_parts`): with SCAFFOLD (the message carries the server's
+  control variate) the gradients are corrected and the reply carries the change of the site's
+  control variate (:mod:`strategies.scaffold`); with Ditto the site also trains its
+  personalised model and sends it back (:mod:`strategies.ditto`).
 
 (The global model is evaluated by the ServerApp on the held-out test sets, so sites are never
 asked to evaluate.) Images and masks never leave the site: only parameters and aggregate
 metrics do. What a site keeps between its rounds lives in ``context.state``: the optimiser's
 moments (when the scenario keeps them), the CL method's state (``continual``: an EWC Fisher, a
 replay buffer of case indices), with a FedBN-style strategy its own normalisation layers
-(``local-norm``), overlaid on every model it receives, SCAFFOLD's control variate
-(``scaffold-control``) and Ditto's personalised model (``ditto-personal``). A real SuperNode
+(``local-norm``), overlaid on every model it receives, and what a strategy's site part keeps
+(SCAFFOLD's control variate, Ditto's personalised model). A real SuperNode
 holds the context in memory, so a site read from its node config (or the run directory)
 also keeps that state on its own disk after every round it trains and reloads it when its
 context state is empty: its SuperNode restarted, or the trial resumed under a new Flower run
@@ -48,26 +48,20 @@ from fedll.federation.messages import (
     ATTENTION,
     CONFIG,
     CONTINUAL_STATE,
-    CONTROL,
-    CONTROL_DELTA,
     LOCAL_NORM_STATE,
     META,
     METRICS,
     MODEL,
     OPTIMIZER_STATE,
-    PERSONAL,
-    SITE_CONTROL,
-    SITE_PERSONAL,
     WEIGHT,
 )
 from fedll.federation.site_state import SiteStateStore, site_state_dir
 from fedll.models import build_model, freeze_routing, parameter_groups
 from fedll.run.device import resolve_device
 from fedll.training.continual import ProximalTerm, build_method
-from fedll.training.ditto import train_personal
-from fedll.training.scaffold import ControlVariates
 from fedll.training.train import TrainingHook, TrainResult, slice_modalities, train_local
-from sites.privacy import clipping_mod
+from strategies.privacy import clipping_mod
+from strategies.registry import site_parts
 
 logger = logging.getLogger(__name__)
 
@@ -131,21 +125,13 @@ def train_site(
     cases = site.cases(instruction.slices, method.select_cases(instruction.case_range()))
     as_sent = _received_state(instruction, msg.content[MODEL])  # a Byzantine delta's base
     model = _received_model(instruction, msg.content[MODEL], context).to(device)
-    # Ditto's personalised model is pulled toward the model as received
-    received = (
-        {k: v.detach().clone() for k, v in model.state_dict().items()} if instruction.ditto else {}
-    )
+    parts = site_parts(msg.content, context.state, instruction)
+    for part in parts:
+        part.received(model)
     hooks: list[TrainingHook] = [method]
     if instruction.proximal_mu > 0:
         hooks.append(ProximalTerm(instruction.proximal_mu))
-    control = None
-    if CONTROL in msg.content.array_records:
-        control = ControlVariates(
-            _numpy(msg.content.array_records[CONTROL]),
-            _numpy(context.state.get(SITE_CONTROL, ArrayRecord())),
-            instruction.training.lr,
-        )
-        hooks.append(control)
+    hooks.extend(hook for part in parts for hook in part.hooks())
     images = np.concatenate([c.images for c in cases])
     masks = np.concatenate([c.masks for c in cases])
     modalities = slice_modalities(model, [site.modality] * len(images))
@@ -168,13 +154,10 @@ def train_site(
     _keep_site_state(context, instruction, result, method.state(), model, state)
     logger.info("site %s trained on %d slices, loss %.4f", site.name, result.samples, result.loss)
     extra: dict[str, ArrayRecord] = {}
-    if control is not None:
-        context.state[SITE_CONTROL] = _record(control.site_control)
-        extra[CONTROL_DELTA] = _record(control.delta)
-    if instruction.ditto:
-        extra[PERSONAL] = _train_personal(
-            instruction, received, context, images, masks, device, modalities
-        )
+    for part in parts:
+        reply, kept = part.finish(instruction, images, masks, modalities, device)
+        context.state.update({name: _record(arrays) for name, arrays in kept.items()})
+        extra.update({name: _record(arrays) for name, arrays in reply.items()})
     if store is not None and instruction.state_key is not None:
         # before the reply: a site whose update the server has holds the state it came from
         store.save(instruction.state_key, instruction.server_round, context.state)
@@ -204,44 +187,6 @@ def _reload(store: SiteStateStore, instruction: TrainInstruction, context: Conte
         "site %s: state of round %d reloaded from %s (round %d)",
         store.site, kept_round, store.path(instruction.state_key), instruction.server_round,
     )  # fmt: skip
-
-
-def _train_personal(
-    instruction: TrainInstruction,
-    received: dict[str, torch.Tensor],
-    context: Context,
-    images: np.ndarray,
-    masks: np.ndarray,
-    device: torch.device,
-    modalities: np.ndarray | None,
-) -> ArrayRecord:
-    """Ditto's personalised step: the site's personalised model (the received one at its
-    first round) trained toward ``received``; kept in the context and returned as a record."""
-    spec = instruction.model
-    personal = build_model(spec.name, **spec.kwargs())
-    if SITE_PERSONAL in context.state:
-        personal.load_state_dict(context.state[SITE_PERSONAL].to_torch_state_dict())
-    else:
-        personal.load_state_dict(received)
-    personal.to(device)
-    from fedll.models import freeze_routing
-
-    freeze_routing(personal, instruction.server_round)
-    parameters = {n for n, _ in personal.named_parameters()}
-    torch.manual_seed(instruction.seed)
-    train_personal(
-        personal,
-        {n: t for n, t in received.items() if n in parameters},
-        images,
-        masks,
-        instruction.training,
-        instruction.seed,
-        instruction.ditto_lambda,
-        modalities,
-    )
-    record = _record({k: v.detach().cpu().numpy() for k, v in personal.state_dict().items()})
-    context.state[SITE_PERSONAL] = record
-    return record
 
 
 app = make_client_app()

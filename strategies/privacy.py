@@ -2,7 +2,7 @@
 
 A strategy's ``dp`` option (:class:`fedll.config.options.DPOptions`) wraps its rule in
 Flower's matching wrapper (:data:`WRAPPERS`): the sites' updates are clipped to an L2 norm
-(on the server, or at the site by :func:`sites.privacy.clipping_mod`) and the aggregate gets
+(on the server, or at the site by :func:`clipping_mod`) and the aggregate gets
 Gaussian noise of std ``z * C / n`` (McMahan et al. 2018, "Learning differentially private
 recurrent language models"; adaptive clipping: Andrew et al. 2021). What a lifelong stream
 changes, in :class:`StreamPrivacy` (each wrapper here is Flower's with it mixed in):
@@ -45,6 +45,17 @@ trains in ``k`` rounds took part in ``k`` releases only, and its own ε is that 
 (:func:`fedll.report.epsilon.site_privacy`). Other rules (a median or Krum is not a mean:
 ``C / n`` is not its sensitivity) and adaptive clipping (Flower gives no accountant for it)
 have no ε.
+
+**The site side** (:func:`clipping_mod`, a mod of the one ClientApp): a strategy with ``dp:
+{side: client}`` runs Flower's client-side DP wrapper, which puts the clipping norm into each
+train message's config (``clipping_norm``); the mod then hands the message to Flower's
+``fixedclipping_mod`` or ``adaptiveclipping_mod`` (by :data:`KEY_CLIPPING`, which the wrappers
+here add), which clips the site's update ``w_site - w_global`` to that norm before it leaves
+the site. Any other message passes untouched, so one ClientApp serves every trial. The model's
+integer counters are not clipped: Flower's mods would scale them as floats (NumPy refuses that
+in place for an int64 array), and they count the site's optimiser steps, which its
+``num-examples`` tells the server anyway. They are taken out of what Flower's mod sees and put
+back, unchanged, in the reply.
 """
 
 from __future__ import annotations
@@ -55,7 +66,18 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
+from flwr.clientapp.typing import ClientAppCallable
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
     DifferentialPrivacyClientSideAdaptiveClipping,
@@ -65,6 +87,7 @@ from flwr.serverapp.strategy import (
     FedAvg,
     Strategy,
 )
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from flwr.supercore.privacy_accounting import (
     NeighboringRelation,
     PrivacyConfig,
@@ -74,6 +97,7 @@ from flwr.supercore.privacy_accounting import (
 from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 
 from fedll.config.options import DPOptions
+from fedll.federation.messages import MODEL
 from strategies.lifelong import WEIGHT
 
 logger = logging.getLogger(__name__)
@@ -291,3 +315,49 @@ def seeded_numpy(seed: int, server_round: int) -> Iterator[None]:
         yield
     finally:
         np.random.set_state(saved)
+
+
+# -- the site side -------------------------------------------------------------------------
+
+
+def clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Flower's client-side clipping mod for a train message whose config asks for it."""
+    if msg.metadata.message_type != MessageType.TRAIN or msg.has_error():
+        return call_next(msg, context)
+    configs = list(msg.content.config_records.values())
+    if len(configs) != 1 or KEY_CLIPPING_NORM not in configs[0]:
+        return call_next(msg, context)
+    adaptive = configs[0].get(KEY_CLIPPING) == "adaptive"
+    flower_mod = adaptiveclipping_mod if adaptive else fixedclipping_mod
+    received = msg.content
+    model = received.array_records[MODEL]
+    counters = [k for k, a in model.items() if not _floating(a.dtype)]
+    if not counters:
+        return flower_mod(msg, context, call_next)
+    kept: dict[str, ArrayRecord] = {}
+
+    def trained(inner: Message, inner_context: Context) -> Message:
+        inner.content = received  # the site trains the whole model
+        reply = call_next(inner, inner_context)
+        if not reply.has_error() and MODEL in reply.content.array_records:
+            kept[MODEL] = reply.content.array_records[MODEL]
+            reply.content[MODEL] = _without(kept[MODEL], counters)
+        return reply
+
+    msg.content = RecordDict({**dict(received.items()), MODEL: _without(model, counters)})
+    reply = flower_mod(msg, context, trained)
+    if reply.has_error() or MODEL not in kept:
+        return reply
+    clipped = reply.content.array_records[MODEL]
+    reply.content[MODEL] = ArrayRecord(
+        {k: kept[MODEL][k] if k in counters else clipped[k] for k in kept[MODEL]}
+    )
+    return reply
+
+
+def _without(record: ArrayRecord, names: list[str]) -> ArrayRecord:
+    return ArrayRecord({k: a for k, a in record.items() if k not in names})
+
+
+def _floating(dtype: str) -> bool:
+    return bool(np.issubdtype(np.dtype(dtype), np.floating))

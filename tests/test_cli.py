@@ -1063,7 +1063,8 @@ def test_paper_tcga_dry_runs_against_a_tiny_tcga_tree(tmp_path):
 
 
 def test_a_scenario_naming_every_strategy_with_dp_on_two_expands(write_scenario):
-    from fedll.config.options import StrategyOptions, option_names
+    from fedll.config.options import option_names
+    from fedll.config.strategies import StrategyOptions
 
     names = list(option_names(StrategyOptions))
     strategies = [

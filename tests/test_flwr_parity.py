@@ -287,7 +287,7 @@ def test_flwr_run_matches_the_in_process_run(strategy: str, tmp_path: Path, flow
     assert len(expected) == (rounds + 1) * 2  # rounds 0..4 x one test case per modality
     assert (expected["failed"] == "").all(), "a site failed in the in-process run"
     # the final models are compared too: SCAFFOLD's control variates (with fedll's default
-    # Adam, see fedll/training/scaffold.py) keep this tiny model's Dice at 0 in these few steps
+    # Adam, see strategies/scaffold.py) keep this tiny model's Dice at 0 in these few steps
     if strategy != "scaffold":
         assert (expected["dice"] > 0).any(), "Dice never moved off 0: the comparison is empty"
     finals = [

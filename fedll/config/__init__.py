@@ -16,12 +16,7 @@ from __future__ import annotations
 from fedll.config.grid import JOINT, NONE, Trial, expand_trials, joint_trial
 from fedll.config.instruction import TrainInstruction
 from fedll.config.load import apply_overrides, dump_scenario, load_scenario, parse_scenario
-from fedll.config.options import (
-    ContinualOptions,
-    FaultConfig,
-    StrategyOptions,
-    option_names,
-)
+from fedll.config.options import ContinualOptions, FaultConfig, option_names
 from fedll.config.schema import (
     CohortConfig,
     EvaluationConfig,
@@ -34,6 +29,7 @@ from fedll.config.schema import (
     TrackingConfig,
     TrainingConfig,
 )
+from fedll.config.strategies import StrategyOptions
 
 __all__ = [
     "JOINT",

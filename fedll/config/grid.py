@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from fedll.config.options import ContinualOptions, FineTuneOptions, StrategyOptions, named
+from fedll.config.options import ContinualOptions, FineTuneOptions, named
+from fedll.config.strategies import StrategyOptions
 from fedll.results.columns import AXES
 
 if TYPE_CHECKING:

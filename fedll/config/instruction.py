@@ -9,9 +9,10 @@ is built from the scenario's own section types (``ModelConfig``, ``TrainingConfi
 :meth:`TrainInstruction.from_config` are the only two functions that touch those keys, so
 the ServerApp and the ClientApp cannot disagree on one.
 
-Keys a Flower strategy adds for itself (``proximal-mu``, ``local-norm``, ``server-round``,
-Ditto's ``ditto`` and ``ditto-lambda``) are fields too; keys outside the instruction (what
-other Flower strategies or mods put into a config) are ignored.
+Keys a Flower strategy adds for itself (``proximal-mu``, ``local-norm``, ``server-round``)
+are fields too; keys outside the instruction (what other Flower strategies or mods put into a
+config, and the keys a strategy's site part reads itself: Ditto's, in :mod:`strategies.ditto`)
+are ignored.
 """
 
 from __future__ import annotations
@@ -43,9 +44,8 @@ class TrainInstruction(BaseModel):
     """One site's work in one round: train on its cases ``[arrival_start, arrival_stop)``.
 
     ``continual`` is the CL method and ``fault`` what the scenario injects at this site; the
-    strategy sets ``proximal_mu`` (FedProx), ``local_norm`` (FedBN), ``ditto`` and
-    ``ditto_lambda`` (Ditto: the site also trains its personalised model, pulled toward the
-    received one with this weight) and ``server_round``; ``state_key`` binds the state a site
+    strategy sets ``proximal_mu`` (FedProx), ``local_norm`` (FedBN) and ``server_round``;
+    ``state_key`` binds the state a site
     keeps on its disk to this run of the trial (None: a site keeps nothing on disk).
     """
 
@@ -63,8 +63,6 @@ class TrainInstruction(BaseModel):
     fault: FaultConfig | None = None
     proximal_mu: float = Field(default=0.0, ge=0)
     local_norm: bool = False
-    ditto: bool = False
-    ditto_lambda: float = Field(default=0.0, ge=0)
     server_round: int = Field(default=0, ge=0)
     state_key: StateKey | None = None
 

@@ -19,8 +19,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from fedll.config.options import SEND_TAGS, ContinualOptions, StrategyOptions, option_names
+from fedll.config.options import SEND_TAGS, ContinualOptions, option_names
 from fedll.config.schema import Scenario
+from fedll.config.strategies import StrategyOptions
 from fedll.errors import ConfigError
 
 MAX_SCENARIO_BYTES = 2**20

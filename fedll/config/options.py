@@ -1,28 +1,25 @@
-"""Typed options of what a scenario compares: strategies and continual-learning (CL) methods,
-and the faults it injects.
+"""Typed options of what a scenario compares: the options every strategy takes, the
+continual-learning (CL) methods, and the faults a scenario injects.
 
 A strategy or CL method is a registered name plus its options, each a small frozen model
 (a tagged union on ``name``); ``label`` names an option set in trial ids and results: the
-name, then every option that differs from its default (``fedprox-mu0.1``). The strategies
-themselves live in ``strategies/`` and the CL methods in :mod:`fedll.training.continual`; their
-registries are keyed by these names, and :func:`option_names` lists them (there is no second
-list to keep in step).
+name, then every option that differs from its default (``fedprox-mu0.1``). The strategies'
+option classes are :mod:`fedll.config.strategies` (fedll's own) and :mod:`fedll.config.flower`
+(Flower's), each a :class:`LayerOptions` (the lifelong layer's ``norm`` and ``dp``, here);
+the CL methods live in :mod:`fedll.training.continual`. Their registries are keyed by these
+names, and :func:`option_names` lists them (there is no second list to keep in step).
 """
 
 from __future__ import annotations
 
-import inspect
 import typing
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     Discriminator,
     Field,
     SerializerFunctionWrapHandler,
     Tag,
-    create_model,
     model_serializer,
     model_validator,
 )
@@ -139,7 +136,7 @@ class DPOptions(_Frozen):
         return "-".join(parts)
 
 
-class _StrategyOptions(_Named):
+class LayerOptions(_Named):
     """What every strategy takes, whatever its aggregation rule (the lifelong layer's options)."""
 
     norm: NormRule = Field(
@@ -162,265 +159,9 @@ class _StrategyOptions(_Named):
     def options(self) -> dict[str, Any]:
         """The rule's own options first, then the layer's (as labels have always named them)."""
         options = super().options()
-        layer = [key for key in _StrategyOptions.model_fields if key in options]
+        layer = [key for key in LayerOptions.model_fields if key in options]
         return {**{k: v for k, v in options.items() if k not in layer},
                 **{k: options[k] for k in layer}}  # fmt: skip
-
-
-class FedAvgOptions(_StrategyOptions):
-    """FedAvg (McMahan et al. 2017): the sample-weighted mean of the round's updates."""
-
-    name: Literal["fedavg"]
-
-
-class FedBNOptions(_StrategyOptions):
-    """FedBN (Li et al. 2021): FedAvg with normalisation layers kept local at each site."""
-
-    name: Literal["fedbn"]
-    norm: Literal["local"] = Field(
-        default="local", description="local: each site keeps its own normalisation layers"
-    )
-
-
-class DynamicAwareOptions(_StrategyOptions):
-    """Kernel banks averaged per kernel by attention mass, ACP by samples, the rest FedAvg."""
-
-    name: Literal["dynamic-aware"]
-
-
-class _SendsMore(_StrategyOptions):
-    """A rule whose sites send the server more than the model: DP does not cover it."""
-
-    _extra = "more"
-
-    @model_validator(mode="after")
-    def _no_dp(self) -> _SendsMore:
-        if self.dp is not None:
-            raise ValueError(
-                f"dp: {self.name} sends the server more than the model ({self._extra}), "
-                "which DP's clipping and noise do not cover: use dp with another strategy"
-            )
-        return self
-
-
-class ScaffoldOptions(_SendsMore):
-    """SCAFFOLD (Karimireddy et al. 2020): control variates correct each site's drift; the
-    server steps ``server_lr`` along the sample-weighted mean update."""
-
-    name: Literal["scaffold"]
-    server_lr: float = Field(default=1.0, gt=0, description="the global step size (eta_g)")
-    _extra = "its control-variate changes"
-
-
-class DittoOptions(_SendsMore):
-    """Ditto (Li et al. 2021): FedAvg, and each site trains a personalised model pulled
-    toward the global one by ``lam / 2 ||v - w_global||^2``."""
-
-    name: Literal["ditto"]
-    lam: float = Field(default=0.1, ge=0, description="the proximal weight lambda")
-    _extra = "its personalised models"
-
-
-@dataclass(frozen=True)
-class FlowerRule:
-    """A strategy of ``flwr.serverapp.strategy`` by its scenario name: its options are the
-    constructor's parameters (those of a JSON type that the lifelong layer does not own),
-    under fedll's name where ``renamed`` gives one, with fedll's default where ``defaults``
-    gives one and the bounds of ``bounds`` (what Flower's constructor does not check)."""
-
-    name: str
-    cls: str
-    doc: str
-    renamed: Mapping[str, str] = field(default_factory=dict)
-    defaults: Mapping[str, Any] = field(default_factory=dict)
-    bounds: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
-    server_step: bool = False
-    """Whether the rule steps from the average (FedAvgM, FedOpt, q-FedAvg): then only the
-    parameters take its step and buffers the plain average (see strategies.lifelong)."""
-
-
-LAYER_PARAMETERS = frozenset(
-    {
-        "fraction_train",
-        "fraction_evaluate",
-        "min_train_nodes",
-        "min_evaluate_nodes",
-        "min_available_nodes",
-        "weighted_by_key",
-        "arrayrecord_key",
-        "configrecord_key",
-        "train_metrics_aggr_fn",
-        "evaluate_metrics_aggr_fn",
-    }
-)
-"""Flower constructor parameters the lifelong layer owns (who trains, the record keys), never
-scenario options."""
-
-_OPT = {"eta": {"gt": 0}, "eta_l": {"gt": 0}, "tau": {"gt": 0}}
-_BETAS = {"beta_1": {"ge": 0, "lt": 1}, "beta_2": {"ge": 0, "lt": 1}}
-_BYZANTINE = {"num_malicious_nodes": {"ge": 0}, "num_nodes_to_select": {"ge": 1}}
-
-FLOWER_RULES: tuple[FlowerRule, ...] = (
-    FlowerRule(
-        "fedprox",
-        "FedProx",
-        "FedProx (Li et al. 2020): FedAvg, and a proximal term mu/2 ||w - w_global||^2 at sites.",
-        renamed={"mu": "proximal_mu"},
-        defaults={"proximal_mu": 0.01},
-        bounds={"proximal_mu": {"ge": 0}},
-    ),
-    FlowerRule(
-        "fedavgm",
-        "FedAvgM",
-        "FedAvgM (Hsu et al. 2019): server momentum on the average's pseudo-gradient.",
-        renamed={"server_lr": "server_learning_rate"},
-        defaults={"server_momentum": 0.9},
-        bounds={"server_learning_rate": {"gt": 0}, "server_momentum": {"ge": 0, "lt": 1}},
-        server_step=True,
-    ),
-    FlowerRule(
-        "fedadagrad",
-        "FedAdagrad",
-        "FedAdagrad (Reddi et al. 2021): an adaptive server step (Adagrad) on the average.",
-        bounds=_OPT,
-        server_step=True,
-    ),
-    FlowerRule(
-        "fedadam",
-        "FedAdam",
-        "FedAdam (Reddi et al. 2021): an adaptive server step (Adam) on the average.",
-        bounds={**_OPT, **_BETAS},
-        server_step=True,
-    ),
-    FlowerRule(
-        "fedyogi",
-        "FedYogi",
-        "FedYogi (Reddi et al. 2021): an adaptive server step (Yogi) on the average.",
-        bounds={**_OPT, **_BETAS},
-        server_step=True,
-    ),
-    FlowerRule(
-        "fedmedian",
-        "FedMedian",
-        "FedMedian (Yin et al. 2018): the coordinate-wise median of the round's updates.",
-    ),
-    FlowerRule(
-        "fedtrimmedavg",
-        "FedTrimmedAvg",
-        "Trimmed mean (Yin et al. 2018): per coordinate, the mean without the beta share of "
-        "largest and smallest values.",
-        bounds={"beta": {"ge": 0, "lt": 0.5}},
-    ),
-    FlowerRule(
-        "krum",
-        "Krum",
-        "Krum (Blanchard et al. 2017): the update closest to its n - f - 2 nearest others.",
-        bounds=_BYZANTINE,
-    ),
-    FlowerRule(
-        "multikrum",
-        "MultiKrum",
-        "Multi-Krum (Blanchard et al. 2017): the average of the num_nodes_to_select updates "
-        "with the best Krum scores.",
-        bounds=_BYZANTINE,
-    ),
-    FlowerRule(
-        "bulyan",
-        "Bulyan",
-        "Bulyan (El Mhamdi et al. 2018): Krum selection, then a trimmed mean around the median "
-        "(needs 4f + 3 updates in a round; with fewer the model is kept).",
-        bounds=_BYZANTINE,
-    ),
-    FlowerRule(
-        "qfedavg",
-        "QFedAvg",
-        "q-FedAvg (Li et al. 2020): updates re-weighted by the sites' loss to the power q "
-        "(fairness); client_learning_rate defaults to the scenario's training.lr.",
-        defaults={"client_learning_rate": None, "train_loss_key": "train-loss"},
-        bounds={"q": {"ge": 0}, "client_learning_rate": {"gt": 0}},
-        server_step=True,
-    ),
-)
-"""Flower's strategies by scenario name (kebab case)."""
-
-_JSON_TYPES = (bool, int, float, str)
-
-
-def _flower_options(rule: FlowerRule) -> type[_StrategyOptions]:
-    """The option class of ``rule``, from its Flower constructor's signature."""
-    from flwr.serverapp import strategy as flower
-
-    cls = getattr(flower, rule.cls)
-    fedll_name = {flower_name: ours for ours, flower_name in rule.renamed.items()}
-    fields: dict[str, Any] = {"name": (Literal[rule.name], ...)}
-    for parameter in inspect.signature(cls.__init__).parameters.values():
-        if parameter.name == "self" or parameter.name in LAYER_PARAMETERS:
-            continue
-        if parameter.annotation not in _JSON_TYPES:  # callables (Bulyan's selection_rule)
-            continue
-        default = rule.defaults.get(parameter.name, parameter.default)
-        required = default is inspect.Parameter.empty
-        annotation = parameter.annotation if default is not None else parameter.annotation | None
-        fields[fedll_name.get(parameter.name, parameter.name)] = (
-            annotation,
-            Field(
-                default=... if required else default,
-                description=f"{rule.cls}({parameter.name}=...)",
-                **rule.bounds.get(parameter.name, {}),
-            ),
-        )
-    options = create_model(  # type: ignore[call-overload]
-        f"{rule.cls}Options",
-        __base__=_StrategyOptions,
-        __doc__=rule.doc,
-        __module__=__name__,
-        **fields,
-    )
-    options.flower = rule
-    return options
-
-
-FLOWER_OPTIONS: tuple[type[_StrategyOptions], ...] = tuple(
-    _flower_options(rule) for rule in FLOWER_RULES
-)
-"""The option class of each of :data:`FLOWER_RULES`, in order."""
-
-# each is this module's attribute under its class name (``FedAdamOptions``), as a class
-# statement would make it: pickling (a Ray task's trial) refers to a class by module and name
-globals().update({options.__name__: options for options in FLOWER_OPTIONS})
-
-
-def flower_rule(options: _Named) -> FlowerRule | None:
-    """The Flower strategy an option set configures (None for fedll's own rules)."""
-    return getattr(type(options), "flower", None)
-
-
-def flower_kwargs(options: _Named) -> dict[str, Any]:
-    """The Flower constructor's keyword arguments for ``options`` (fedll's names mapped back
-    to Flower's; ``norm`` and the other layer options left out)."""
-    rule = flower_rule(options)
-    assert rule is not None, f"{options.name} is not a Flower strategy"
-    layer = set(_StrategyOptions.model_fields)
-    return {
-        rule.renamed.get(key, key): value
-        for key, value in options.options().items()
-        if key not in layer
-    }
-
-
-StrategyOptions = Annotated[
-    Union[  # noqa: UP007
-        (
-            FedAvgOptions,
-            FedBNOptions,
-            DynamicAwareOptions,
-            ScaffoldOptions,
-            DittoOptions,
-            *FLOWER_OPTIONS,
-        )
-    ],
-    Field(discriminator="name"),
-]
 
 
 class FineTuneOptions(_Named):

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fedll.config.flower import flower_rule
 from fedll.config.grid import (
     Trial,
     axis_product,
@@ -26,7 +27,7 @@ from fedll.config.grid import (
     expand_trials,
     same,
 )
-from fedll.config.options import StrategyOptions, flower_rule
+from fedll.config.strategies import StrategyOptions
 from fedll.data import MAX_PATIENTS
 from fedll.errors import ConfigError
 from fedll.federation.faults import lost_rounds

@@ -29,15 +29,9 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from fedll.config.base import Frozen as _Frozen
-from fedll.config.options import (
-    ContinualOptions,
-    FaultConfig,
-    FedAvgOptions,
-    FineTuneOptions,
-    StrategyOptions,
-    named,
-)
+from fedll.config.options import ContinualOptions, FaultConfig, FineTuneOptions, named
 from fedll.config.rules import RULES
+from fedll.config.strategies import FedAvgOptions, StrategyOptions
 from fedll.data import MAX_PATIENTS, MAX_SITES
 from fedll.data.layouts import LAYOUTS
 from fedll.federation.stream import ORDERINGS

@@ -5,18 +5,22 @@ these are the names, each written and read through this module only (what a reco
 is typed elsewhere: the instruction by :class:`fedll.config.instruction.TrainInstruction`
 and :mod:`fedll.config.wire`, the metrics by the ClientApp's reply).
 
-Server -> site (``train``): :data:`MODEL` (the global model's arrays), :data:`CONFIG` (the
-site's instruction, flat kebab-case), :data:`CONTROL` (SCAFFOLD's server control variate).
-The handshake (``query.meta``) and its reply carry :data:`META`.
+Server -> site (``train``): :data:`MODEL` (the global model's arrays) and :data:`CONFIG` (the
+site's instruction, flat kebab-case). The handshake (``query.meta``) and its reply carry
+:data:`META`.
 
 Site -> server (the reply): :data:`MODEL` (the site's model), :data:`METRICS` (with
 :data:`WEIGHT`, the number of training samples a weighted mean uses), :data:`ATTENTION` (a
-Dy-CNN's attention masses), :data:`PERSONAL` (Ditto's personalised model), and
-:data:`CONTROL_DELTA` (SCAFFOLD's ``delta c_i``).
+Dy-CNN's attention masses) and :data:`PERSONAL` (a personalised model, Ditto's, which the
+ServerApp evaluates whatever the strategy).
+
+A strategy with a site side names its own records, for both directions, in its module
+(SCAFFOLD's control variates in :mod:`strategies.scaffold`, Ditto's kept personalised model
+in :mod:`strategies.ditto`).
 
 A site's ``context.state`` (kept between rounds, and on its disk under deployment,
 :mod:`fedll.federation.site_state`): :data:`OPTIMIZER_STATE`, :data:`CONTINUAL_STATE`,
-:data:`LOCAL_NORM_STATE`, :data:`SITE_CONTROL` and :data:`SITE_PERSONAL`. These live in
+:data:`LOCAL_NORM_STATE` and a strategy's site part's own. These live in
 another namespace than the instruction's config keys: the state's ``local-norm`` is the
 site's own normalisation layers, the instruction's ``local-norm`` whether to keep them.
 The values are part of fedll's wire and checkpoint formats: renaming one breaks resuming
@@ -29,8 +33,6 @@ MODEL = "arrays"
 """The ArrayRecord of the model, both ways (Flower's default ``arrayrecord_key``)."""
 CONFIG = "config"
 """The ConfigRecord of a site's instruction in a train message."""
-CONTROL = "control"
-"""The ArrayRecord of SCAFFOLD's server control variate in a train message."""
 META = "meta"
 """The ConfigRecord of the handshake: the server's query and the site's answer."""
 METRICS = "metrics"
@@ -40,9 +42,7 @@ WEIGHT = "num-examples"
 ATTENTION = "attention"
 """The ConfigRecord of a Dy-CNN's attention masses in a reply."""
 PERSONAL = "personal"
-"""The ArrayRecord of Ditto's personalised model in a reply."""
-CONTROL_DELTA = "control-delta"
-"""The ArrayRecord of SCAFFOLD's ``delta c_i`` in a reply."""
+"""The ArrayRecord of a site's personalised model in a reply (Ditto's)."""
 
 OPTIMIZER_STATE = "optimizer"
 """A site's optimiser state (with ``training.optimizer_state: keep``)."""
@@ -50,7 +50,3 @@ CONTINUAL_STATE = "continual"
 """A site's continual-learning state (a replay buffer, EWC's Fisher, ...)."""
 LOCAL_NORM_STATE = "local-norm"
 """A site's own normalisation layers (with the instruction's ``local_norm``)."""
-SITE_CONTROL = "scaffold-control"
-"""A site's SCAFFOLD control variate ``c_i``."""
-SITE_PERSONAL = "ditto-personal"
-"""A site's Ditto personalised model."""

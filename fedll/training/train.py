@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedll.config.instruction import TrainInstruction
 from fedll.config.schema import TrainingConfig
 from fedll.data import modality_indices
 from fedll.models.inspection import (
@@ -49,7 +50,7 @@ class TrainingHook:
     """What :func:`train_local` calls besides its own loss; every call does nothing here, and
     a hook overrides the ones it needs: the continual-learning methods
     (:class:`fedll.training.continual.ContinualMethod`) and SCAFFOLD's correction
-    (:class:`fedll.training.scaffold.ControlVariates`). ``modality`` and ``modalities`` are what the
+    (:class:`strategies.scaffold.ControlVariates`). ``modality`` and ``modalities`` are what the
     model is given (None unless it routes by modality), so a hook that runs the model (LwF's
     teacher, EWC's Fisher) can give them too."""
 
@@ -80,6 +81,40 @@ class TrainingHook:
     ) -> None:
         """Called once with the trained model and the slices it trained on (and their
         modality indices, as the model was given them)."""
+
+
+Arrays = dict[str, np.ndarray]
+"""Named arrays: a model's state or an ArrayRecord's content (parameter name -> array)."""
+
+
+class SitePart:
+    """What a strategy does at a site besides training the global model (SCAFFOLD's gradient
+    correction, Ditto's personalised model); every call does nothing here, and a part
+    overrides the ones it needs. The ClientApp calls them in this order, once per round:
+    :meth:`received`, :meth:`hooks` (before the global model trains), :meth:`finish` (after).
+    A strategy's part is built from the train message by the factory its entry in
+    :data:`strategies.registry.STRATEGIES` names."""
+
+    def received(self, model: nn.Module) -> None:
+        """The global model as the site received it (its own normalisation layers overlaid,
+        on the site's device), before anything trains it."""
+
+    def hooks(self) -> list[TrainingHook]:
+        """Hooks for the global model's training, after the CL method's and FedProx's."""
+        return []
+
+    def finish(
+        self,
+        instruction: TrainInstruction,
+        images: np.ndarray,
+        masks: np.ndarray,
+        modalities: np.ndarray | None,
+        device: torch.device,
+    ) -> tuple[dict[str, Arrays], dict[str, Arrays]]:
+        """After the global model trained on ``images`` / ``masks`` (N, 1, H, W) (``modalities``
+        as the model was given them): the part's records for the reply and for the site's
+        kept state (record name -> arrays)."""
+        return {}, {}
 
 
 def make_optimizer(

@@ -89,7 +89,8 @@ def test_rows_carry_type_default_bounds_and_description():
 
 
 def test_each_strategy_and_cl_method_has_its_own_section():
-    from fedll.config.options import ContinualOptions, StrategyOptions, option_names
+    from fedll.config.options import ContinualOptions, option_names
+    from fedll.config.strategies import StrategyOptions
 
     titles = {s.title for s in page.sections()}
     for name in option_names(StrategyOptions):

@@ -22,6 +22,7 @@ from fedll.federation.faults import InjectedFault
 from fedll.federation.inprocess import _assign_message_id, _set_task_identity
 from fedll.models import build_model, parameter_groups
 from sites.client_app import train_site
+from strategies.ditto import LAMBDA, PERSONALISE
 
 
 def train(msg: Message, ctx: Context) -> Message:
@@ -250,11 +251,18 @@ def test_a_scaffold_site_keeps_its_control_variate(cohort_index, restore_torch_t
     assert list(plain.content.array_records) == ["arrays"]
 
 
+def personalise(msg: Message, lam: float = 0.1) -> Message:
+    """``msg`` as Ditto's rule configures it (:mod:`strategies.ditto`'s config keys)."""
+    msg.content["config"][PERSONALISE] = True
+    msg.content["config"][LAMBDA] = lam
+    return msg
+
+
 def test_a_ditto_site_keeps_and_sends_its_personalised_model(cohort_index, restore_torch_threads):
     torch.manual_seed(0)
     model = build_model(SPEC.name, **SPEC.kwargs())
     ctx = context(cohort_index)
-    first = train(message(model, 1, 0, ditto=True, ditto_lambda=0.1), ctx)
+    first = train(personalise(message(model, 1, 0)), ctx)
     personal = {k: v.numpy() for k, v in first.content["personal"].items()}
     received = {k: v.numpy() for k, v in model.state_dict().items()}
     assert set(personal) == set(received)
@@ -266,7 +274,7 @@ def test_a_ditto_site_keeps_and_sends_its_personalised_model(cohort_index, resto
     ctx.state["ditto-personal"] = ArrayRecord(
         {k: v + 1.0 if v.is_floating_point() else v for k, v in model.state_dict().items()}
     )
-    second = train(message(model, 3, 1, ditto=True, ditto_lambda=0.1), ctx)
+    second = train(personalise(message(model, 3, 1)), ctx)
     np.testing.assert_allclose(
         second.content["personal"]["head.weight"].numpy(), received["head.weight"] + 1.0, atol=1e-5
     )

@@ -13,7 +13,7 @@ from pydantic import TypeAdapter
 
 from fedll.config import ModelConfig, SliceConfig, TrainingConfig
 from fedll.config.instruction import TrainInstruction
-from fedll.config.options import StrategyOptions
+from fedll.config.strategies import StrategyOptions
 from fedll.federation.inprocess import _assign_message_id, _set_task_identity
 from fedll.models import ModelLayout
 from fedll.run.checkpoint import Checkpoint, decode, encode

@@ -19,7 +19,8 @@ import fedll.evaluation.evaluate
 import strategies.federation as federation
 from fedll.config import dump_scenario, load_scenario
 from fedll.config.grid import fingerprints
-from fedll.config.options import StrategyOptions, option_names
+from fedll.config.options import option_names
+from fedll.config.strategies import StrategyOptions
 from fedll.models.saved import read_model
 from fedll.report import build_report, forgetting_table, format_table, trial_summary
 from fedll.run.store import collect, trial_model

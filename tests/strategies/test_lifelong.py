@@ -21,8 +21,8 @@ from rule_replies import (
     through_checkpoint,
 )
 
+from fedll.config.flower import FLOWER_RULES
 from fedll.config.instruction import TrainInstruction
-from fedll.config.options import FLOWER_RULES
 from strategies.aggregation import weighted_average
 from strategies.lifelong import Lifelong, conform, floating
 from strategies.registry import RULE_DEFAULTS, build_strategy

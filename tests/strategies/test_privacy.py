@@ -1,7 +1,10 @@
 """Differential privacy over the lifelong layer: the wrapper each ``dp`` option builds, clipping
 and noise worked out by hand on hand-made replies, the round's n fixed by the plan (add/remove
 adjacency: a lost update counts as zero), the accountant's ε against dp-accounting, and a DP
-rule's state across a checkpoint."""
+rule's state across a checkpoint.
+
+The site's clipping mod on hand-made messages: a train message whose config carries Flower's
+clipping norm has the update clipped (counters untouched), any other passes as is."""
 
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ from typing import Any
 import dp_accounting
 import numpy as np
 import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp.strategy import (
     DifferentialPrivacyClientSideAdaptiveClipping,
     DifferentialPrivacyClientSideFixedClipping,
@@ -30,9 +35,10 @@ from pydantic import TypeAdapter
 from rule_replies import INSTRUCTION, LAYOUT, model, reply, run_round, start, through_checkpoint
 
 from fedll.config.instruction import TrainInstruction
-from fedll.config.options import StrategyOptions
+from fedll.config.strategies import StrategyOptions
+from fedll.federation.inprocess import _assign_message_id, _set_task_identity
 from strategies.lifelong import Lifelong
-from strategies.privacy import KEY_CLIPPING, privacy_spent
+from strategies.privacy import KEY_CLIPPING, clipping_mod, privacy_spent
 from strategies.registry import build_strategy
 
 SITES = {11: "a", 12: "b", 13: "c"}
@@ -289,3 +295,59 @@ def test_a_dp_rules_state_survives_a_checkpoint(dp):
 def test_dp_is_refused_for_a_rule_whose_sites_send_more_than_the_model(name):
     with pytest.raises(ValueError, match=rf"dp: {name} sends the server more than the model"):
         options(name, side="server", **FIXED)
+
+
+# -- the site side ----------------------------------------------------------------------
+
+GLOBAL = {"w": np.zeros(2, np.float32), "steps": np.array(4)}
+TRAINED = {"w": np.array([3.0, 4.0], np.float32), "steps": np.array(9)}  # update norm 5
+
+
+def arrays(state: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(v) for k, v in state.items()})
+
+
+def message(config: dict) -> Message:
+    _set_task_identity(run_id=1, node_id=SUPERLINK_NODE_ID, task_id=1)
+    content = RecordDict({"arrays": arrays(GLOBAL), "config": ConfigRecord(config)})
+    msg = Message(content, message_type="train", dst_node_id=5)
+    _assign_message_id(msg, "m")
+    return msg
+
+
+def site(received: list[dict[str, np.ndarray]]):
+    """A stand-in for the site's training: records the model it got, replies TRAINED."""
+
+    def call_next(msg: Message, context: Context) -> Message:
+        received.append({k: v.numpy() for k, v in msg.content["arrays"].items()})
+        metrics = MetricRecord({"num-examples": 3})
+        return Message(RecordDict({"arrays": arrays(TRAINED), "metrics": metrics}), reply_to=msg)
+
+    return call_next
+
+
+CONTEXT = Context(run_id=1, node_id=5, node_config={}, state=RecordDict(), run_config={})
+
+
+def test_fixed_clipping_at_the_site_scales_the_update_to_the_norm_and_keeps_counters():
+    received: list = []
+    reply = clipping_mod(message({"clipping_norm": 1.0, KEY_CLIPPING: "fixed"}), CONTEXT,
+                         site(received))  # fmt: skip
+    out = {k: v.numpy() for k, v in reply.content["arrays"].items()}
+    np.testing.assert_allclose(out["w"], [0.6, 0.8], rtol=1e-6)  # (3, 4) / 5
+    assert out["steps"] == 9 and out["steps"].dtype == np.int64  # not clipped
+    assert list(out) == ["w", "steps"]
+    assert set(received[0]) == {"w", "steps"}  # the site trained the whole model
+
+
+def test_adaptive_clipping_at_the_site_also_reports_whether_it_clipped():
+    reply = clipping_mod(message({"clipping_norm": 10.0, KEY_CLIPPING: "adaptive"}), CONTEXT,
+                         site([]))  # fmt: skip
+    np.testing.assert_allclose(reply.content["arrays"]["w"].numpy(), [3.0, 4.0])  # 5 < 10
+    assert reply.content["metrics"]["norm_bit"] == 0
+
+
+def test_a_train_message_without_a_clipping_norm_passes_untouched():
+    reply = clipping_mod(message({"server-round": 1}), CONTEXT, site([]))
+    np.testing.assert_allclose(reply.content["arrays"]["w"].numpy(), [3.0, 4.0])
+    assert "norm_bit" not in reply.content["metrics"]

@@ -14,11 +14,12 @@ from pydantic import TypeAdapter
 from rule_replies import INSTRUCTION
 
 from fedll.config.instruction import TrainInstruction
-from fedll.config.options import StrategyOptions, option_names
+from fedll.config.options import option_names
+from fedll.config.strategies import StrategyOptions
 from fedll.federation.inprocess import _assign_message_id, _set_task_identity
 from fedll.models import ModelLayout
 from strategies.lifelong import Lifelong
-from strategies.registry import build_strategy
+from strategies.registry import STRATEGIES, build_strategy
 
 NODES = {11: "site-a", 12: "site-b", 13: "site-c", 14: "site-d"}
 LAYOUT = ModelLayout(
@@ -78,6 +79,14 @@ def failure(message: Message) -> Message:
 def aggregated(result: tuple[ArrayRecord | None, Any]) -> dict[str, np.ndarray] | None:
     arrays, _ = result
     return None if arrays is None else {k: v.numpy() for k, v in arrays.items()}
+
+
+def test_the_registry_binds_every_strategy_of_the_schema_once_in_its_order():
+    assert tuple(STRATEGIES) == option_names(StrategyOptions)
+    for name, home in STRATEGIES.items():
+        assert home.name == name
+    sided = {name for name, home in STRATEGIES.items() if home.site is not None}
+    assert sided == {"scaffold", "ditto"}
 
 
 @pytest.mark.parametrize("name", option_names(StrategyOptions))

@@ -1,2 +1,2 @@
-"""Tests of fedll.training (a package: its test_ditto and test_scaffold share their names with
-the strategies' tests)."""
+"""Tests of fedll.training (a package, as tests/strategies' and tests/sites' tests may share a
+module's name with these)."""
