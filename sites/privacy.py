@@ -19,8 +19,8 @@ import numpy as np
 from flwr.app import ArrayRecord, Context, Message, MessageType, RecordDict
 from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
-from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
+from fedll.federation.flower_private import KEY_CLIPPING_NORM
 from fedll.federation.messages import MODEL
 from strategies.privacy import KEY_CLIPPING
 

@@ -49,6 +49,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedll.config.instruction import TrainInstruction
+from fedll.federation.flower_private import RULE_STATE_ATTRIBUTES
 from fedll.federation.messages import CONFIG, MODEL, WEIGHT
 from fedll.models.inspection import ModelLayout
 from strategies.aggregation import State, update_problem, weighted_average
@@ -410,7 +411,7 @@ def rule_state(rule: Strategy) -> list[dict[str, Any]]:
 
 def _stateful(name: str) -> bool:
     """Whether an attribute that is None now is state a rule fills in later."""
-    return name in ("current_arrays", "momentum_vector", "m_t", "v_t")
+    return name in RULE_STATE_ATTRIBUTES
 
 
 def restore_rule_state(rule: Strategy, state: Sequence[Mapping[str, Any]]) -> None:

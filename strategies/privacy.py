@@ -65,15 +65,15 @@ from flwr.serverapp.strategy import (
     FedAvg,
     Strategy,
 )
-from flwr.supercore.privacy_accounting import (
+
+from fedll.config.options import DPOptions
+from fedll.federation.flower_private import (
     NeighboringRelation,
     PrivacyConfig,
     PrivacySpent,
+    RdpAccountant,
     SamplingMethod,
 )
-from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
-
-from fedll.config.options import DPOptions
 from strategies.lifelong import WEIGHT
 
 logger = logging.getLogger(__name__)

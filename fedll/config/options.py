@@ -348,9 +348,9 @@ _JSON_TYPES = (bool, int, float, str)
 
 def _flower_options(rule: FlowerRule) -> type[_StrategyOptions]:
     """The option class of ``rule``, from its Flower constructor's signature."""
-    from flwr.serverapp import strategy as flower
+    from fedll.federation.flower_private import flower_strategy
 
-    cls = getattr(flower, rule.cls)
+    cls = flower_strategy(rule.cls)
     fedll_name = {flower_name: ours for ours, flower_name in rule.renamed.items()}
     fields: dict[str, Any] = {"name": (Literal[rule.name], ...)}
     for parameter in inspect.signature(cls.__init__).parameters.values():

@@ -7,7 +7,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 
-from fedll.federation.inprocess import _assign_message_id, _set_task_identity
+from fedll.federation.flower_private import assign_message_id, set_task_identity
 from sites.privacy import clipping_mod
 from strategies.privacy import KEY_CLIPPING
 
@@ -20,10 +20,10 @@ def arrays(state: dict[str, np.ndarray]) -> ArrayRecord:
 
 
 def message(config: dict) -> Message:
-    _set_task_identity(run_id=1, node_id=SUPERLINK_NODE_ID, task_id=1)
+    set_task_identity(run_id=1, node_id=SUPERLINK_NODE_ID, task_id=1)
     content = RecordDict({"arrays": arrays(GLOBAL), "config": ConfigRecord(config)})
     msg = Message(content, message_type="train", dst_node_id=5)
-    _assign_message_id(msg, "m")
+    assign_message_id(msg, "m")
     return msg
 
 
