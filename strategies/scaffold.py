@@ -14,7 +14,7 @@ side is :mod:`fedll.training.scaffold`). The server then steps
   accepted updates and ``N`` the sites of the federation.
 
 ``c`` is the rule's state: the lifelong layer's checkpoints keep it
-(:func:`strategies.lifelong.rule_state`).
+(:func:`strategies.rule_state.rule_state`).
 """
 
 from __future__ import annotations
