@@ -25,7 +25,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from flwr.app import RecordDict
@@ -34,6 +34,10 @@ import fedll
 from fedll.errors import DataError
 from fedll.federation.flower_private import recorddict_from_wire
 from fedll.federation.records import pack, record_tree, records_from_tree, unpack
+
+if TYPE_CHECKING:
+    from fedll.federation.inprocess import InProcessGrid
+    from fedll.results.rows import TrialResults
 
 FORMAT = "fedll-checkpoint"
 VERSION = 2
@@ -44,7 +48,9 @@ wire format, written by an earlier fedll)."""
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A federated trial's state after ``round`` of its rounds.
+    """A federated trial's state after ``round`` of its rounds: the one type that holds
+    what survives a restart of the trial, taken by :meth:`capture` and put back by
+    :meth:`restore`, written and read by :func:`encode` and :func:`decode`.
 
     model: the global state dict (CPU arrays). strategy: the strategy's own state (JSON
     values and arrays). nodes: node id -> its context state (empty where the sites keep their
@@ -63,6 +69,108 @@ class Checkpoint:
     rng: dict[str, Any]
     results: dict[str, Any]
     federation: str = ""
+
+    @classmethod
+    def capture(
+        cls,
+        trial_id: str,
+        fingerprint: str,
+        server_round: int,
+        model: Mapping[str, np.ndarray],
+        strategy: StrategyState,
+        results: TrialResults,
+        federation: str,
+        sites: InProcessGrid | None = None,
+    ) -> Checkpoint:
+        """The trial's state after ``server_round``: a copy of the global ``model``, the
+        strategy's and the results' state, this process's RNG states and, with ``sites`` (an
+        in-process grid), the simulated sites' context states and the grid's RNG; without,
+        the server's side alone (the sites keep theirs)."""
+        nodes, rng = {}, rng_states()
+        if sites is not None:
+            nodes, rng = sites.node_states(), {**rng, "grid": sites.rng_state()}
+        return cls(
+            trial_id=trial_id,
+            fingerprint=fingerprint,
+            round=server_round,
+            model={k: np.array(v) for k, v in model.items()},
+            strategy=strategy.checkpoint_state(),
+            nodes=nodes,
+            rng=rng,
+            results=results.snapshot(),
+            federation=federation,
+        )
+
+    def restore(
+        self,
+        fingerprint: str,
+        rounds: int,
+        model: Mapping[str, np.ndarray],
+        strategy: StrategyState,
+        results: TrialResults,
+        sites: InProcessGrid | None = None,
+    ) -> int:
+        """Put the trial back to where this checkpoint left it, once :func:`verify` has found
+        that it fits (the trial of ``results`` run with the settings of ``fingerprint``, its
+        ``rounds``, the state dict ``model`` of its fresh model, the nodes of ``sites``); the
+        strategy and the results take their state before anything global is set; then the
+        sites' states (with ``sites``: else the sites put back their own) and the RNG states.
+        Returns the rounds already run. CheckpointError: it does not fit (its driver sets it
+        aside and runs the trial from round 0)."""
+        source = f"checkpoint of {results.trial.trial_id}"
+        verify(
+            self, source, trial_id=results.trial.trial_id, fingerprint=fingerprint,
+            rounds=rounds, model=model, nodes=sites.get_node_ids() if sites is not None else (),
+        )  # fmt: skip
+        try:
+            strategy.restore_state(self.strategy)
+            results.restore(self.results)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
+            reason = f"{type(error).__name__}: {error}"
+            problem = f"its state does not fit the trial ({reason})"
+            raise CheckpointError(f"{source}: {problem}") from None
+        if sites is not None:
+            sites.restore_node_states(self.nodes)
+            sites.set_rng_state(self.rng["grid"])
+        set_rng_states(self.rng)
+        return self.round
+
+
+class StrategyState(Protocol):
+    """A strategy whose state a checkpoint keeps (:class:`strategies.lifelong.Lifelong`)."""
+
+    def checkpoint_state(self) -> dict[str, Any]: ...
+
+    def restore_state(self, state: Mapping[str, Any]) -> None: ...
+
+
+def rng_states() -> dict[str, Any]:
+    """This process's RNG states (torch, CUDA, NumPy's global one, Python's)."""
+    import torch
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state().numpy(),
+        "numpy": [kind, keys, int(pos), int(has_gauss), float(cached)],
+        "python": [version, list(internal), gauss],
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = [s.numpy() for s in torch.cuda.get_rng_state_all()]
+    return states
+
+
+def set_rng_states(states: Mapping[str, Any]) -> None:
+    """Put back :func:`rng_states`."""
+    import torch
+
+    torch.set_rng_state(torch.from_numpy(np.array(states["torch"], dtype=np.uint8)))
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.from_numpy(np.array(s)) for s in states["cuda"]])
 
 
 def encode(checkpoint: Checkpoint) -> bytes:
