@@ -17,6 +17,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg
 
+from fedll.federation.flower_private import check_and_log_replies
 from strategies.aggregation import weighted_average
 from strategies.replies import read_update
 
@@ -40,8 +41,8 @@ class PreciseFedAvg(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         # Flower's check wants exactly one ArrayRecord; with reply_arrays the lifelong layer
         # has checked the contract, extra records included (strategies.replies)
-        valid, _ = self._check_and_log_replies(
-            replies, is_train=True, validate=not self.reply_arrays
+        valid, _ = check_and_log_replies(
+            self, replies, is_train=True, validate=not self.reply_arrays
         )
         if not valid:
             return None, None

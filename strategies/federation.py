@@ -11,7 +11,6 @@ real SuperNodes in deployment.
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
@@ -30,11 +29,12 @@ from fedll.errors import ConfigError
 from fedll.evaluation.evaluate import evaluate_personal, evaluate_round
 from fedll.federation.inprocess import InProcessGrid
 from fedll.federation.messages import PERSONAL
+from fedll.federation.stream import Round
 from fedll.models import ModelLayout, build_model
 from fedll.results.rows import TrialOutcome, TrialResults
-from fedll.run.checkpoint import Checkpoint, CheckpointError, Checkpointing, verify
+from fedll.run.checkpoint import Checkpoint, Checkpointing
 from fedll.run.planning import plan_rounds, trial_stream
-from strategies.handshake import discover_sites, match_sites
+from strategies.handshake import SiteInfo, discover_sites, match_sites
 from strategies.lifelong import Lifelong, declared
 from strategies.privacy import privacy_spent
 from strategies.registry import build_strategy
@@ -67,20 +67,89 @@ def run_federation(
     torch.set_num_threads(max(1, threads))
     infos = discover_sites(grid, expected=len(scenario.sites), timeout=min(timeout, 300.0))
     bound = match_sites(scenario, infos)
-    stream = trial_stream(scenario, trial, [s.name for s in scenario.sites if s.name not in bound])
+    left_out = [s.name for s in scenario.sites if s.name not in bound]
+    stream = trial_stream(scenario, trial, left_out)
+    state_key = _state_key(scenario, trial, grid, checkpointing)
+    torch.manual_seed(trial.seed)
     spec = scenario.models[trial.model]
+    model = build_model(spec.name, **spec.kwargs())
+    initial = ArrayRecord(model.state_dict())
+    model.to(device)
+    strategy = _strategy(scenario, trial, stream, bound, ModelLayout.of(model), threads, state_key)
+    results = TrialResults(trial=trial, stream=stream)
+    snapshots = _snapshots(grid, checkpointing)
+    done, initial = _resume(checkpointing, grid, len(stream), initial, strategy, results)
+    strategy.round_offset = done
+    round_timeout = strategy.round_timeout = scenario.execution.round_timeout
+    # scored while the next round trains where the sites train elsewhere (_RoundEnds)
+    overlap = not isinstance(grid, InProcessGrid) and snapshots is None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedll-evaluation") as pool:
+        rounds = _RoundEnds(scenario, test, model, device, strategy, results, len(stream), done,
+                            initial, on_round, pool if overlap else None)  # fmt: skip
+        if snapshots is not None:
+            rounds.keep = partial(_save, snapshots, grid, trial, strategy, results, state_key)
+        timed = round_timeout is not None and not isinstance(grid, InProcessGrid)
+        strategy.start(
+            grid=TimedGrid(grid, strategy.site_of) if timed else grid,
+            initial_arrays=initial,
+            num_rounds=len(stream) - done,
+            timeout=timeout if round_timeout is None else round_timeout,
+            evaluate_fn=rounds.evaluate,
+        )
+        rounds.wait()
+    results.failures.update(strategy.failures)
+    results.rejected.update(strategy.rejected)
+    if left_out:
+        results.failures[0] = left_out  # round 0: the sites that never took part
+    return TrialOutcome(results=results, state=dict(rounds.final))
+
+
+def _state_key(
+    scenario: Scenario, trial: Trial, grid: Grid, checkpointing: Checkpointing | None
+) -> StateKey:
+    """The key the sites' kept state is bound to: the federation is the Flower run that
+    started the trial (a resumed trial's checkpoint keeps it)."""
     resume = checkpointing.resume if checkpointing is not None else None
-    state_key = StateKey(
+    return StateKey(
         trial=trial.trial_id,
         fingerprint=trial_fingerprint(scenario, trial),
         federation=resume.federation if resume and resume.federation else str(grid.run.run_id),
     )
-    torch.manual_seed(trial.seed)
-    model = build_model(spec.name, **spec.kwargs())
-    initial = ArrayRecord(model.state_dict())
-    model.to(device)
+
+
+def _resume(
+    checkpointing: Checkpointing | None,
+    grid: Grid,
+    rounds: int,
+    initial: ArrayRecord,
+    strategy: Lifelong,
+    results: TrialResults,
+) -> tuple[int, ArrayRecord]:
+    """The rounds already run and the global model to go on from: 0 and ``initial``, or
+    those of ``checkpointing.resume``, the trial put back to where it left it
+    (:meth:`fedll.run.checkpoint.Checkpoint.restore`: CheckpointError where it does not fit)."""
+    resume = checkpointing.resume if checkpointing is not None else None
+    if checkpointing is None or resume is None:
+        return 0, initial
+    fresh = {k: v.numpy() for k, v in initial.items()}
+    sites = _sites(grid, checkpointing)
+    done = resume.restore(checkpointing.fingerprint, rounds, fresh, strategy, results, sites)
+    logger.info("resumed %s from round %d", results.trial.trial_id, done)
+    return done, ArrayRecord({k: Array(v) for k, v in resume.model.items()})
+
+
+def _strategy(
+    scenario: Scenario,
+    trial: Trial,
+    stream: Sequence[Round],
+    bound: Mapping[str, SiteInfo],
+    layout: ModelLayout,
+    threads: int,
+    state_key: StateKey,
+) -> Lifelong:
+    """The trial's strategy: its rule over the plan of who trains what in each round."""
     template = TrainInstruction(
-        model=spec,
+        model=scenario.models[trial.model],
         training=scenario.training,
         slices=scenario.slices,
         arrival_start=0,
@@ -100,93 +169,99 @@ def run_federation(
         {f.site: f for f in scenario.faults},
     )
     assert trial.strategy is not None, "a stream trial has a strategy"
-    strategy = build_strategy(
+    return build_strategy(
         trial.strategy,
         plan=plan,
-        layout=ModelLayout.of(model),
+        layout=layout,
         site_of={i.node_id: n for n, i in bound.items()},
         training_lr=scenario.training.lr,
         seed=trial.seed,
     )
-    results = TrialResults(trial=trial, stream=stream)
-    snapshots = _snapshots(grid, checkpointing)
-    done = 0
-    if checkpointing is not None and resume is not None:
-        fresh = {k: v.numpy() for k, v in initial.items()}
-        done = _resume(checkpointing, len(stream), fresh, grid, strategy, results)
-        initial = ArrayRecord({k: Array(v) for k, v in resume.model.items()})
-        logger.info("resumed %s from round %d", trial.trial_id, done)
-    strategy.round_offset = done
-    round_timeout = scenario.execution.round_timeout
-    strategy.round_timeout = round_timeout
-    final: dict[str, np.ndarray] = {k: v.numpy() for k, v in initial.items()}
-    # a scratch model for the personalised ones, where the rule sends them back (Ditto);
-    # its initialisation leaves the RNG as it was (a resumed trial builds it later)
-    personal_model = None
-    if PERSONAL in declared(strategy.rule, "reply_arrays", ()):
-        with torch.random.fork_rng(devices=[]):
-            personal_model = build_model(spec.name, **spec.kwargs()).to(device)
-    modality_of = {s.name: s.modality for s in scenario.sites}
 
-    def score(server_round: int, state: dict[str, torch.Tensor], personal: Any, spent: Any) -> None:
-        """Round ``server_round``'s rows: the global model ``state`` (and the personalised
-        models the round's updates carried) on the test sets."""
-        model.load_state_dict(state)
-        if personal is not None:
-            evaluate_personal(
-                results, personal_model, personal, modality_of, test, scenario.evaluation
-            )
-        evaluate_round(results, server_round, model, test, scenario.evaluation)
-        if spent is not None:
-            results.privacy[server_round] = (spent.epsilon, spent.delta)
-        if on_round is not None:
-            on_round(server_round, len(stream))
 
-    # Off the in-process grid the sites train in other processes (SuperNodes, the Simulation
-    # Engine's workers): the global model is scored while the next round trains, in order,
-    # on one thread. On it (a sweep's trial, one CPU) scoring stays in line, as do snapshots.
-    overlap = not isinstance(grid, InProcessGrid) and snapshots is None
-    scoring: list[Future[None]] = []
+class _RoundEnds:
+    """What follows each round: the global model scored on the test sets (and the
+    personalised models the round's updates carried, where the rule sends them back: Ditto),
+    in line or, with ``pool``, on its one thread while the next round trains; then ``keep``
+    (a checkpoint) where one is set. ``done``: rounds run before (a resumed trial).
 
-    def evaluate(flower_round: int, arrays: ArrayRecord) -> None:
-        server_round = flower_round + done
-        if flower_round == 0 and done:  # a resumed trial: its round was evaluated already
+    Off the in-process grid the sites train in other processes (SuperNodes, the Simulation
+    Engine's workers): the global model is scored while the next round trains, in order, on
+    one thread. On it (a sweep's trial, one CPU) scoring stays in line, as do checkpoints."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        test: Mapping[str, Sequence[CaseSlices]],
+        model: torch.nn.Module,
+        device: torch.device,
+        strategy: Lifelong,
+        results: TrialResults,
+        rounds: int,
+        done: int,
+        initial: ArrayRecord,
+        on_round: RoundCallback | None,
+        pool: ThreadPoolExecutor | None,
+    ) -> None:
+        self.scenario, self.test, self.model = scenario, test, model
+        self.strategy, self.results, self.rounds, self.done = strategy, results, rounds, done
+        self.on_round, self.pool = on_round, pool
+        self.final: dict[str, np.ndarray] = {k: v.numpy() for k, v in initial.items()}
+        self.scoring: list[Future[None]] = []
+        self.keep: Callable[[int, Mapping[str, np.ndarray]], None] | None = None
+        self.modality_of = {s.name: s.modality for s in scenario.sites}
+        # a scratch model for the personalised ones; its initialisation leaves the RNG as it
+        # was (a resumed trial builds it later)
+        self.personal_model = None
+        if PERSONAL in declared(strategy.rule, "reply_arrays", ()):
+            spec = scenario.models[results.trial.model]
+            with torch.random.fork_rng(devices=[]):
+                self.personal_model = build_model(spec.name, **spec.kwargs()).to(device)
+
+    def evaluate(self, flower_round: int, arrays: ArrayRecord) -> None:
+        """Flower's ``evaluate_fn``: round ``flower_round`` of this run ended with ``arrays``."""
+        server_round = flower_round + self.done
+        if flower_round == 0 and self.done:  # a resumed trial: its round was evaluated already
             return
         state = arrays.to_torch_state_dict()  # the arrays deserialised once, for both uses
-        final.clear()
-        final.update({k: v.numpy() for k, v in state.items()})
+        self.final.clear()
+        self.final.update({k: v.numpy() for k, v in state.items()})
         personal = None
-        if personal_model is not None and flower_round > 0:
-            personal = _personal_models(strategy)
-        job = partial(score, server_round, state, personal, privacy_spent(strategy.rule))
-        if not overlap:
+        if self.personal_model is not None and flower_round > 0:
+            personal = _personal_models(self.strategy)
+        job = partial(self._score, server_round, state, personal, privacy_spent(self.strategy.rule))
+        if self.pool is None:
             job()
         else:
-            for earlier in scoring:
+            for earlier in self.scoring:
                 if earlier.done():
                     earlier.result()  # an evaluation's error ends the trial now
-            scoring.append(evaluations.submit(job))
-        if snapshots and 0 < server_round < len(stream) and server_round % snapshots.every == 0:
-            assert snapshots.save is not None
-            snapshots.save(_checkpoint(snapshots, trial, server_round, final, strategy, grid,
-                                       results, state_key.federation))  # fmt: skip
+            self.scoring.append(self.pool.submit(job))
+        if self.keep is not None and 0 < server_round < self.rounds:
+            self.keep(server_round, self.final)
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedll-evaluation") as evaluations:
-        timed = round_timeout is not None and not isinstance(grid, InProcessGrid)
-        strategy.start(
-            grid=TimedGrid(grid, strategy.site_of) if timed else grid,
-            initial_arrays=initial,
-            num_rounds=len(stream) - done,
-            timeout=timeout if round_timeout is None else round_timeout,
-            evaluate_fn=evaluate,
-        )
-        for job in scoring:
+    def wait(self) -> None:
+        """Wait for the evaluations still running (their errors raise here)."""
+        for job in self.scoring:
             job.result()
-    results.failures.update(strategy.failures)
-    results.rejected.update(strategy.rejected)
-    if left_out := [s.name for s in scenario.sites if s.name not in bound]:
-        results.failures[0] = left_out  # round 0: the sites that never took part
-    return TrialOutcome(results=results, state=dict(final))
+
+    def _score(
+        self, server_round: int, state: dict[str, torch.Tensor], personal: Any, spent: Any
+    ) -> None:
+        """Round ``server_round``'s rows: the global model ``state`` (and the personalised
+        models the round's updates carried) on the test sets."""
+        evaluation = self.scenario.evaluation
+        self.model.load_state_dict(state)
+        if personal is not None:
+            evaluate_personal(
+                self.results, self.personal_model, personal, self.modality_of, self.test,
+                evaluation,
+            )  # fmt: skip
+        evaluate_round(self.results, server_round, self.model, self.test, evaluation)
+        if spent is not None:
+            self.results.privacy[server_round] = (spent.epsilon, spent.delta)
+        if self.on_round is not None:
+            self.on_round(server_round, self.rounds)
 
 
 def _personal_models(strategy: Lifelong) -> dict[str, dict[str, torch.Tensor]]:
@@ -214,93 +289,30 @@ def _snapshots(grid: Grid, checkpointing: Checkpointing | None) -> Checkpointing
     return checkpointing
 
 
-def _checkpoint(
-    checkpointing: Checkpointing,
+def _sites(grid: Grid, checkpointing: Checkpointing) -> InProcessGrid | None:
+    """The grid whose sites' states a checkpoint holds (``node_states``: an in-process
+    grid's), or None where the sites keep their own."""
+    if not checkpointing.node_states:
+        return None
+    if not isinstance(grid, InProcessGrid):
+        raise ConfigError("a checkpoint can only resume a trial on an in-process grid")
+    return grid
+
+
+def _save(
+    snapshots: Checkpointing,
+    grid: Grid,
     trial: Trial,
+    strategy: Lifelong,
+    results: TrialResults,
+    state_key: StateKey,
     server_round: int,
     model: Mapping[str, np.ndarray],
-    strategy: Lifelong,
-    grid: Grid,
-    results: TrialResults,
-    federation: str,
-) -> Checkpoint:
-    """The trial's state after ``server_round``; the sites' with ``node_states`` (an
-    in-process grid's), the server's alone otherwise (the sites keep theirs)."""
-    nodes, rng = {}, rng_states()
-    if checkpointing.node_states:
-        assert isinstance(grid, InProcessGrid), "checked by _snapshots"
-        nodes, rng = grid.node_states(), {**rng, "grid": grid.rng_state()}
-    return Checkpoint(
-        trial_id=trial.trial_id,
-        fingerprint=checkpointing.fingerprint,
-        round=server_round,
-        model={k: np.array(v) for k, v in model.items()},
-        strategy=strategy.checkpoint_state(),
-        nodes=nodes,
-        rng=rng,
-        results=results.snapshot(),
-        federation=federation,
-    )
-
-
-def _resume(
-    checkpointing: Checkpointing,
-    rounds: int,
-    model: Mapping[str, np.ndarray],
-    grid: Grid,
-    strategy: Lifelong,
-    results: TrialResults,
-) -> int:
-    """Put the trial back to where ``checkpointing.resume`` left it, once it was found to
-    fit the trial (:func:`fedll.run.checkpoint.verify`: its ``rounds``, the state dict ``model``
-    of its fresh model, the grid's nodes; the strategy and the results take their state
-    before anything global is set); returns the rounds already run. Without
-    ``node_states`` the sites put back their own state. CheckpointError: it does not fit
-    (its driver sets it aside and runs the trial from round 0)."""
-    checkpoint = checkpointing.resume
-    assert checkpoint is not None
-    if checkpointing.node_states and not isinstance(grid, InProcessGrid):
-        raise ConfigError("a checkpoint can only resume a trial on an in-process grid")
-    source = f"checkpoint of {results.trial.trial_id}"
-    verify(
-        checkpoint, source, trial_id=results.trial.trial_id,
-        fingerprint=checkpointing.fingerprint, rounds=rounds, model=model,
-        nodes=grid.get_node_ids() if checkpointing.node_states else (),
-    )  # fmt: skip
-    try:
-        strategy.restore_state(checkpoint.strategy)
-        results.restore(checkpoint.results)
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
-        reason = f"{type(error).__name__}: {error}"
-        raise CheckpointError(f"{source}: its state does not fit the trial ({reason})") from None
-    if checkpointing.node_states:
-        assert isinstance(grid, InProcessGrid)
-        grid.restore_node_states(checkpoint.nodes)
-        grid.set_rng_state(checkpoint.rng["grid"])
-    set_rng_states(checkpoint.rng)
-    return checkpoint.round
-
-
-def rng_states() -> dict[str, Any]:
-    """This process's RNG states (torch, CUDA, NumPy's global one, Python's)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    version, internal, gauss = random.getstate()
-    states: dict[str, Any] = {
-        "torch": torch.get_rng_state().numpy(),
-        "numpy": [kind, keys, int(pos), int(has_gauss), float(cached)],
-        "python": [version, list(internal), gauss],
-    }
-    if torch.cuda.is_available():
-        states["cuda"] = [s.numpy() for s in torch.cuda.get_rng_state_all()]
-    return states
-
-
-def set_rng_states(states: Mapping[str, Any]) -> None:
-    """Put back :func:`rng_states`."""
-    torch.set_rng_state(torch.from_numpy(np.array(states["torch"], dtype=np.uint8)))
-    kind, keys, pos, has_gauss, cached = states["numpy"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-    version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([torch.from_numpy(np.array(s)) for s in states["cuda"]])
+) -> None:
+    """Hand the trial's state after ``server_round`` to ``snapshots.save``, every
+    ``snapshots.every`` rounds."""
+    if server_round % snapshots.every == 0:
+        assert snapshots.save is not None, "checked by _snapshots"
+        snapshots.save(Checkpoint.capture(trial.trial_id, snapshots.fingerprint, server_round,
+                                          model, strategy, results, state_key.federation,
+                                          _sites(grid, snapshots)))  # fmt: skip

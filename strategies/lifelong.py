@@ -53,6 +53,7 @@ from fedll.federation.messages import CONFIG, MODEL, WEIGHT
 from fedll.models.inspection import ModelLayout
 from strategies.aggregation import State, update_problem, weighted_average
 from strategies.replies import Triage, Update, triage
+from strategies.rule_state import restore_rule_state, rule_chain, rule_state
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +143,8 @@ class Lifelong(Strategy):
 
     def checkpoint_state(self) -> dict[str, Any]:
         """What the strategy keeps across rounds (a checkpoint stores it): JSON values and
-        arrays: the layer's accounting and the rule's state (:func:`rule_state`)."""
+        arrays: the layer's accounting and the rule's state
+        (:func:`strategies.rule_state.rule_state`)."""
         return {
             "failures": {str(k): v for k, v in self.failures.items()},
             "rejected": {str(k): v for k, v in self.rejected.items()},
@@ -355,84 +357,11 @@ def _extra(merged: Mapping[str, np.ndarray], current: State) -> str | None:
     return f"unexpected {extra[0]!r}" if extra else None
 
 
-# -- a rule's state (Flower's strategies keep theirs in attributes) -----------------------
-
-
-def _rules(rule: Any) -> list[Any]:
-    """``rule`` and the strategies it wraps (a DP wrapper's ``strategy``), outermost first."""
-    chain = [rule]
-    while isinstance(getattr(chain[-1], "strategy", None), Strategy):
-        chain.append(chain[-1].strategy)
-    return chain
-
-
 def declared(rule: Strategy, name: str, default: Any) -> Any:
-    """What the innermost-but-first strategy of :func:`_rules` that has ``name`` declares
-    (``reply_arrays``, ``problem``): a wrapper passes on what the rule it wraps reads."""
-    for part in _rules(rule):
+    """What the outermost strategy of :func:`strategies.rule_state.rule_chain` that has
+    ``name`` declares (``reply_arrays``, ``problem``): a wrapper passes on what the rule it
+    wraps reads."""
+    for part in rule_chain(rule):
         if hasattr(part, name):
             return getattr(part, name)
     return default
-
-
-def _encode(value: Any) -> dict[str, Any] | None:
-    """An attribute as checkpoint state, or None where it is not state (settings, callables)."""
-    if isinstance(value, ArrayRecord):  # its order matters (FedAvgM zips it with the model)
-        return {"arrayrecord": [v.numpy() for v in value.values()], "keys": list(value)}
-    if isinstance(value, np.ndarray):
-        return {"array": value}
-    # a 0-d array's arithmetic gives a NumPy scalar (FedAvgM's momentum of a counter)
-    numeric = (np.ndarray, np.generic)
-    if isinstance(value, list) and value and all(isinstance(v, numeric) for v in value):
-        return {"list": [np.asarray(v) for v in value]}
-    if isinstance(value, dict) and value and all(isinstance(v, numeric) for v in value.values()):
-        return {"arrays": {k: np.asarray(v) for k, v in value.items()}}
-    return None
-
-
-def rule_state(rule: Strategy) -> list[dict[str, Any]]:
-    """What a rule has learnt, per strategy of :func:`_rules`: its array-valued attributes
-    (FedAvgM's momentum, FedOpt's moments, the current arrays of either), the attributes a
-    rule lists in ``state_numbers`` (numbers it learns, e.g. an adaptive clipping norm),
-    which of its known state attributes are still unset (None) and, for a DP wrapper that
-    keeps a privacy accountant, the accountant's ``state_dict()`` (the releases composed)."""
-    chain = []
-    for part in _rules(rule):
-        arrays = {name: enc for name, value in vars(part).items() if (enc := _encode(value))}
-        numbers = {name: getattr(part, name) for name in getattr(part, "state_numbers", ())}
-        unset = [name for name, value in vars(part).items() if value is None and _stateful(name)]
-        entry = {"arrays": arrays, "numbers": numbers, "unset": unset}
-        if (accountant := getattr(part, "accountant", None)) is not None:
-            entry["accountant"] = accountant.state_dict()
-        chain.append(entry)
-    return chain
-
-
-def _stateful(name: str) -> bool:
-    """Whether an attribute that is None now is state a rule fills in later."""
-    return name in ("current_arrays", "momentum_vector", "m_t", "v_t")
-
-
-def restore_rule_state(rule: Strategy, state: Sequence[Mapping[str, Any]]) -> None:
-    """Put back :func:`rule_state`."""
-    chain = _rules(rule)
-    if len(chain) != len(state):
-        raise ValueError(f"rule state for {len(state)} strategies, the rule has {len(chain)}")
-    for part, saved in zip(chain, state, strict=True):
-        for name, encoded in saved["arrays"].items():
-            (kind, value), *_ = encoded.items()
-            if kind == "arrayrecord":
-                value = ArrayRecord(
-                    {k: Array(np.asarray(v)) for k, v in zip(encoded["keys"], value, strict=True)}
-                )
-            elif kind == "list":
-                value = [np.asarray(v) for v in value]
-            elif kind == "arrays":
-                value = {k: np.asarray(v) for k, v in value.items()}
-            setattr(part, name, value)
-        for name, value in saved["numbers"].items():
-            setattr(part, name, value)
-        for name in saved["unset"]:
-            setattr(part, name, None)
-        if "accountant" in saved:
-            part.accountant.load_state_dict(saved["accountant"])

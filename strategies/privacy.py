@@ -87,16 +87,16 @@ from flwr.serverapp.strategy import (
     FedAvg,
     Strategy,
 )
-from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
-from flwr.supercore.privacy_accounting import (
+
+from fedll.config.options import DPOptions
+from fedll.federation.flower_private import (
+    KEY_CLIPPING_NORM,
     NeighboringRelation,
     PrivacyConfig,
     PrivacySpent,
+    RdpAccountant,
     SamplingMethod,
 )
-from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
-
-from fedll.config.options import DPOptions
 from fedll.federation.messages import MODEL
 from strategies.lifelong import WEIGHT
 

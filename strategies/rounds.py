@@ -18,7 +18,8 @@ from collections.abc import Iterable, Mapping
 
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
+
+from fedll.federation.flower_private import Run
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ with its model ``y_i`` and the change of its own control variate ``delta c_i``
   accepted updates and ``N`` the sites of the federation.
 
 ``c`` is the rule's state: the lifelong layer's checkpoints keep it
-(:func:`strategies.lifelong.rule_state`).
+(:func:`strategies.rule_state.rule_state`).
 
 **The site** (:class:`ScaffoldSite`, built by :func:`scaffold_site` from a train message that
 carries ``c``) keeps its own ``c_i`` in its context state (:data:`SITE_CONTROL`; zeros before

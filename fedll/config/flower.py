@@ -63,9 +63,9 @@ def flower_options(rule: FlowerRule) -> type[LayerOptions]:
     """The option class of ``rule``, from its Flower constructor's signature, named
     ``<cls>Options``: each is assigned below to a module attribute of that name, as a class
     statement would make it (pickling, a Ray task's trial, finds a class by module and name)."""
-    from flwr.serverapp import strategy as flower
+    from fedll.federation.flower_private import flower_strategy
 
-    cls = getattr(flower, rule.cls)
+    cls = flower_strategy(rule.cls)
     fedll_name = {flower_name: ours for ours, flower_name in rule.renamed.items()}
     fields: dict[str, Any] = {"name": (Literal[rule.name], ...)}
     for parameter in inspect.signature(cls.__init__).parameters.values():

@@ -50,49 +50,17 @@ from flwr.common.constant import (
     ErrorCode,
 )
 from flwr.serverapp import Grid, ServerApp
-from flwr.supercore.run import Run
-from flwr.supercore.task_identity import TaskIdentity
+
+from fedll.federation.flower_private import (
+    Run,
+    assign_message_id,
+    error_reason,
+    set_task_identity,
+)
 
 logger = logging.getLogger(__name__)
 
 _ID_BITS = 63  # node, run and task ids fit a signed int64, as every Flower record field does
-
-
-# --- Private Flower corners (flwr 1.42, pinned in pyproject.toml) ---------------------------
-# Flower has no public way to do the things below; its own runtimes do them exactly so
-# (flwr/simulation/run_simulation.py, flwr/superlink/runtime/run_serverapp.py for the identity;
-# flwr/superlink/grid/inmemory_grid.py, flwr/server/superlink/fleet/vce/vce_api.py for the id).
-# ``flwr.supercore.run.Run`` (a grid's run) is the third; tests/federation/test_inprocess.py::
-# test_flower_private_corners fails loudly if any of them changes.
-
-
-def _set_task_identity(run_id: int, node_id: int, task_id: int) -> None:
-    """Declare the task this process runs (PRIVATE: ``flwr.supercore.task_identity``).
-
-    ``Message(content, dst_node_id, message_type)`` reads ``TaskIdentity.run_id``,
-    ``.node_id`` (its ``src_node_id``) and ``.task_id``; they are unset until a runtime sets
-    them, and the constructor raises ``RuntimeError`` while they are.
-    """
-    TaskIdentity.task_id = task_id
-    TaskIdentity.run_id = run_id
-    TaskIdentity.node_id = node_id
-
-
-def _assign_message_id(message: Message, message_id: str) -> None:
-    """Give ``message`` its id (PRIVATE: ``Metadata.message_id`` has no setter).
-
-    Flower's SuperLink and in-memory grid write ``metadata.__dict__["_message_id"]``.
-    """
-    message.metadata.__dict__["_message_id"] = message_id
-
-
-def _error_reason(ex: Exception) -> str:
-    """The reason of an error reply, as Flower's SuperNode words it (COPIED FORMAT:
-    ``flwr/supernode/runtime/run_clientapp.py`` builds it inline, with no function to call)."""
-    return f"{type(ex)}:<'{ex}'>"
-
-
-# ---------------------------------------------------------------------------------------------
 
 
 def load_reference(reference: str) -> Any:
@@ -237,9 +205,9 @@ class InProcessGrid(Grid):
             if problem:
                 logger.error("Message dropped: %s", problem)
                 continue
-            _assign_message_id(message, self._draw_message_id())
+            assign_message_id(message, self._draw_message_id())
             reply = self._deliver(message)
-            _assign_message_id(reply, self._draw_message_id())
+            assign_message_id(reply, self._draw_message_id())
             self._replies[metadata.message_id] = reply
             message_ids.append(metadata.message_id)
         return message_ids
@@ -284,7 +252,7 @@ class InProcessGrid(Grid):
                 ex,
             )
             logger.debug("traceback of the ClientApp on node %d", node_id, exc_info=True)
-            error = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=_error_reason(ex))
+            error = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=error_reason(ex))
             return Message(error, reply_to=message)
         self._contexts[node_id] = context
         logger.debug(
@@ -338,7 +306,7 @@ def run_server_app(server_app: ServerApp, grid: Grid, run_config: UserConfig) ->
         run_config=dict(run_config),
     )
     task_id = run.primary_task_id if run.primary_task_id is not None else 1
-    _set_task_identity(run_id=run.run_id, node_id=SUPERLINK_NODE_ID, task_id=task_id)
+    set_task_identity(run_id=run.run_id, node_id=SUPERLINK_NODE_ID, task_id=task_id)
     started = time.perf_counter()
     server_app(grid=grid, context=context)
     logger.info("ServerApp of run %d finished in %.2f s", run.run_id, time.perf_counter() - started)

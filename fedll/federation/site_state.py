@@ -24,11 +24,13 @@ k + 1 must start it again from the state it had before: a reload takes the newes
 round *before* the round asked. The server checkpoints every round before it sends the next,
 so two states suffice.
 
-Format: one Flower ``RecordDict`` in Flower's wire format (protobuf, as a checkpoint stores a
-simulated site's state): a ConfigRecord ``header`` (format, version, site, trial, fingerprint,
-federation, the rounds held) and each state's records named ``<round>/<name>``. It is written
-atomically (a temporary file, fsync, rename) with mode 0600 in a directory of mode 0700: it is
-derived from the site's patients' data.
+Format: one Flower ``RecordDict`` as plain data
+(:func:`fedll.federation.records.records_to_bytes`, as a checkpoint stores a simulated site's
+state; a file of format 1, an earlier fedll's, in Flower's wire format, is still read): a
+ConfigRecord ``header`` (format, version, site, trial, fingerprint, federation, the rounds
+held) and each state's records named ``<round>/<name>``. It is written atomically (a
+temporary file, fsync, rename) with mode 0600 in a directory of mode 0700: it is derived from
+the site's patients' data.
 """
 
 from __future__ import annotations
@@ -41,19 +43,20 @@ from pathlib import Path
 from typing import Any
 
 from flwr.app import ConfigRecord, RecordDict
-from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
-from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
-from google.protobuf.message import DecodeError
 
 import fedll
 from fedll.atomic import atomic_path
 from fedll.config.instruction import StateKey
 from fedll.errors import ConfigError, DataError
+from fedll.federation.records import records_from_bytes, records_to_bytes
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "fedll-site-state"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)
+"""The formats this fedll reads: 2 (plain data, :mod:`fedll.federation.records`) and 1
+(Flower's wire format, written by an earlier fedll)."""
 HEADER = "header"
 KEPT = 2
 """States kept: the last round's and the one before (see the module docstring)."""
@@ -155,19 +158,17 @@ class SiteStateStore:
         records: dict[str, Any] = {HEADER: ConfigRecord(header)}
         for rnd, state in states.items():
             records.update({f"{rnd}/{name}": record for name, record in state.items()})
-        return recorddict_to_proto(RecordDict(records)).SerializeToString()
+        return records_to_bytes(RecordDict(records))
 
     def _read(self, path: Path, key: StateKey) -> dict[int, RecordDict]:
         """The states in ``path`` by round; DataError when it is not a site state of this
         site and ``key``."""
-        proto = ProtoRecordDict()
         try:
-            proto.ParseFromString(path.read_bytes())
-            records = recorddict_from_proto(proto)
+            records = records_from_bytes(path.read_bytes())
             header = dict(records[HEADER])
-        except (OSError, DecodeError, KeyError, TypeError, ValueError) as error:
+        except (OSError, KeyError, TypeError, ValueError) as error:
             raise DataError(f"{path}: not a fedll site state ({type(error).__name__})") from None
-        if header.get("format") != FORMAT or header.get("version") != VERSION:
+        if header.get("format") != FORMAT or header.get("version") not in READS:
             raise DataError(
                 f"{path}: not a site state this fedll reads ({header.get('format')} "
                 f"{header.get('version')})"

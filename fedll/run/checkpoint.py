@@ -9,8 +9,10 @@ of the trial's process and grid, and the results so far. The driver keeps the la
 gives the results an uninterrupted run gives.
 
 The file is an ``.npz`` (no pickle: it is read with ``allow_pickle=False``): ``meta.json``, a
-JSON tree in which each array is named, and the arrays. Flower records are stored in
-Flower's own wire format (protobuf), byte for byte.
+JSON tree in which each array is named, and the arrays (:func:`fedll.federation.records.pack`).
+The sites' Flower records are plain data too (:func:`fedll.federation.records.record_tree`,
+each ``Array`` byte for byte), so a checkpoint does not depend on Flower's wire format; one of
+format 1 (an earlier fedll's, the records in Flower's protobuf) is still read.
 
 A checkpoint resumes a trial only once :func:`verify` has found that it fits it (the trial
 and its settings, a round before the last, the model's own arrays with finite values, node
@@ -20,31 +22,35 @@ states that decode, well-formed strategy, RNG and results state); one that does 
 
 from __future__ import annotations
 
-import io
-import json
 import random
-import zipfile
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from flwr.app import RecordDict
-from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
-from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
-from google.protobuf.message import DecodeError
 
 import fedll
 from fedll.errors import DataError
+from fedll.federation.flower_private import recorddict_from_wire
+from fedll.federation.records import pack, record_tree, records_from_tree, unpack
+
+if TYPE_CHECKING:
+    from fedll.federation.inprocess import InProcessGrid
+    from fedll.results.rows import TrialResults
 
 FORMAT = "fedll-checkpoint"
-VERSION = 1
-_ARRAY = "__array__"
+VERSION = 2
+READS = (1, 2)
+"""The formats this fedll reads: 2 (node states as plain data) and 1 (node states in Flower's
+wire format, written by an earlier fedll)."""
 
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A federated trial's state after ``round`` of its rounds.
+    """A federated trial's state after ``round`` of its rounds: the one type that holds
+    what survives a restart of the trial, taken by :meth:`capture` and put back by
+    :meth:`restore`, written and read by :func:`encode` and :func:`decode`.
 
     model: the global state dict (CPU arrays). strategy: the strategy's own state (JSON
     values and arrays). nodes: node id -> its context state (empty where the sites keep their
@@ -64,99 +70,168 @@ class Checkpoint:
     results: dict[str, Any]
     federation: str = ""
 
+    @classmethod
+    def capture(
+        cls,
+        trial_id: str,
+        fingerprint: str,
+        server_round: int,
+        model: Mapping[str, np.ndarray],
+        strategy: StrategyState,
+        results: TrialResults,
+        federation: str,
+        sites: InProcessGrid | None = None,
+    ) -> Checkpoint:
+        """The trial's state after ``server_round``: a copy of the global ``model``, the
+        strategy's and the results' state, this process's RNG states and, with ``sites`` (an
+        in-process grid), the simulated sites' context states and the grid's RNG; without,
+        the server's side alone (the sites keep theirs)."""
+        nodes, rng = {}, rng_states()
+        if sites is not None:
+            nodes, rng = sites.node_states(), {**rng, "grid": sites.rng_state()}
+        return cls(
+            trial_id=trial_id,
+            fingerprint=fingerprint,
+            round=server_round,
+            model={k: np.array(v) for k, v in model.items()},
+            strategy=strategy.checkpoint_state(),
+            nodes=nodes,
+            rng=rng,
+            results=results.snapshot(),
+            federation=federation,
+        )
+
+    def restore(
+        self,
+        fingerprint: str,
+        rounds: int,
+        model: Mapping[str, np.ndarray],
+        strategy: StrategyState,
+        results: TrialResults,
+        sites: InProcessGrid | None = None,
+    ) -> int:
+        """Put the trial back to where this checkpoint left it, once :func:`verify` has found
+        that it fits (the trial of ``results`` run with the settings of ``fingerprint``, its
+        ``rounds``, the state dict ``model`` of its fresh model, the nodes of ``sites``); the
+        strategy and the results take their state before anything global is set; then the
+        sites' states (with ``sites``: else the sites put back their own) and the RNG states.
+        Returns the rounds already run. CheckpointError: it does not fit (its driver sets it
+        aside and runs the trial from round 0)."""
+        source = f"checkpoint of {results.trial.trial_id}"
+        verify(
+            self, source, trial_id=results.trial.trial_id, fingerprint=fingerprint,
+            rounds=rounds, model=model, nodes=sites.get_node_ids() if sites is not None else (),
+        )  # fmt: skip
+        try:
+            strategy.restore_state(self.strategy)
+            results.restore(self.results)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
+            reason = f"{type(error).__name__}: {error}"
+            problem = f"its state does not fit the trial ({reason})"
+            raise CheckpointError(f"{source}: {problem}") from None
+        if sites is not None:
+            sites.restore_node_states(self.nodes)
+            sites.set_rng_state(self.rng["grid"])
+        set_rng_states(self.rng)
+        return self.round
+
+
+class StrategyState(Protocol):
+    """A strategy whose state a checkpoint keeps (:class:`strategies.lifelong.Lifelong`)."""
+
+    def checkpoint_state(self) -> dict[str, Any]: ...
+
+    def restore_state(self, state: Mapping[str, Any]) -> None: ...
+
+
+def rng_states() -> dict[str, Any]:
+    """This process's RNG states (torch, CUDA, NumPy's global one, Python's)."""
+    import torch
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state().numpy(),
+        "numpy": [kind, keys, int(pos), int(has_gauss), float(cached)],
+        "python": [version, list(internal), gauss],
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = [s.numpy() for s in torch.cuda.get_rng_state_all()]
+    return states
+
+
+def set_rng_states(states: Mapping[str, Any]) -> None:
+    """Put back :func:`rng_states`."""
+    import torch
+
+    torch.set_rng_state(torch.from_numpy(np.array(states["torch"], dtype=np.uint8)))
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.from_numpy(np.array(s)) for s in states["cuda"]])
+
 
 def encode(checkpoint: Checkpoint) -> bytes:
-    """The checkpoint as ``.npz`` bytes."""
-    arrays: dict[str, np.ndarray] = {}
-
-    def tree(value: Any, path: str) -> Any:
-        if isinstance(value, np.ndarray):
-            arrays[path] = value
-            return {_ARRAY: path}
-        if isinstance(value, Mapping):
-            return {str(k): tree(v, f"{path}/{k}") for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [tree(v, f"{path}/{i}") for i, v in enumerate(value)]
-        if isinstance(value, np.generic):
-            return value.item()
-        return value
-
-    nodes = {
-        str(node): np.frombuffer(recorddict_to_proto(state).SerializeToString(), dtype=np.uint8)
-        for node, state in checkpoint.nodes.items()
-    }
-    meta = {
-        "format": FORMAT,
-        "version": VERSION,
-        "fedll": fedll.__version__,
-        "trial": checkpoint.trial_id,
-        "fingerprint": checkpoint.fingerprint,
-        "round": checkpoint.round,
-        "federation": checkpoint.federation,
-        "model": tree(checkpoint.model, "model"),
-        "strategy": tree(checkpoint.strategy, "strategy"),
-        "nodes": tree(nodes, "nodes"),
-        "rng": tree(checkpoint.rng, "rng"),
-        "results": tree(checkpoint.results, "results"),
-    }
-    text = json.dumps(meta, sort_keys=True, allow_nan=True)
-    buffer = io.BytesIO()
-    np.savez(buffer, **{"meta.json": np.frombuffer(text.encode(), dtype=np.uint8)}, **arrays)
-    return buffer.getvalue()
+    """The checkpoint as ``.npz`` bytes (:func:`fedll.federation.records.pack`)."""
+    return pack(
+        {
+            "format": FORMAT,
+            "version": VERSION,
+            "fedll": fedll.__version__,
+            "trial": checkpoint.trial_id,
+            "fingerprint": checkpoint.fingerprint,
+            "round": checkpoint.round,
+            "federation": checkpoint.federation,
+            "model": checkpoint.model,
+            "strategy": checkpoint.strategy,
+            "nodes": {str(node): record_tree(state) for node, state in checkpoint.nodes.items()},
+            "rng": checkpoint.rng,
+            "results": checkpoint.results,
+        }
+    )
 
 
 def decode(data: bytes, source: str) -> Checkpoint:
     """The checkpoint in ``data``; DataError naming ``source`` when it is not one this fedll
-    reads."""
+    reads (format 1, an earlier fedll's, holds the node states in Flower's wire format)."""
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
-        meta = json.loads(arrays.pop("meta.json").tobytes().decode())
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
-        raise DataError(f"{source}: not a fedll checkpoint ({type(error).__name__})") from None
+        meta = unpack(data)
+    except ValueError as error:
+        raise DataError(f"{source}: not a fedll checkpoint ({error})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise DataError(f"{source}: not a fedll checkpoint")
-    if meta.get("version") != VERSION:
+    if meta.get("version") not in READS:
         raise DataError(
             f"{source}: checkpoint format {meta.get('version')} (fedll {meta.get('fedll')}); "
-            f"this fedll reads format {VERSION}"
+            f"this fedll reads formats {', '.join(map(str, READS))}"
         )
-
-    def value(node: Any) -> Any:
-        if isinstance(node, dict):
-            if set(node) == {_ARRAY}:
-                if node[_ARRAY] not in arrays:
-                    raise DataError(f"{source}: checkpoint array {node[_ARRAY]} is missing")
-                return arrays[node[_ARRAY]]
-            return {k: value(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [value(v) for v in node]
-        return node
-
     try:
         nodes = {}
-        for node, raw in value(meta["nodes"]).items():
-            proto = ProtoRecordDict()
+        for node, state in meta["nodes"].items():
             try:
-                proto.ParseFromString(np.asarray(raw).tobytes())
-                nodes[int(node)] = recorddict_from_proto(proto)
-            except (DecodeError, AttributeError) as error:
+                if meta["version"] == 1:
+                    nodes[int(node)] = recorddict_from_wire(np.asarray(state).tobytes())
+                else:
+                    nodes[int(node)] = records_from_tree(state)
+            except ValueError as error:
                 raise DataError(
                     f"{source}: a damaged fedll checkpoint (the state of node {node} does not "
-                    f"decode: {type(error).__name__})"
+                    f"decode: {error})"
                 ) from None
         return Checkpoint(
             trial_id=str(meta["trial"]),
             fingerprint=str(meta["fingerprint"]),
             round=int(meta["round"]),
-            model=value(meta["model"]),
-            strategy=value(meta["strategy"]),
+            model=meta["model"],
+            strategy=meta["strategy"],
             nodes=nodes,
-            rng=value(meta["rng"]),
-            results=value(meta["results"]),
+            rng=meta["rng"],
+            results=meta["results"],
             federation=str(meta.get("federation", "")),
         )
-    except (KeyError, TypeError, ValueError) as error:
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise DataError(f"{source}: a damaged fedll checkpoint ({error})") from None
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import logging
 import os
 import time
@@ -11,7 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import flwr
 import numpy as np
 import pytest
 import toy_flower_app as toy
@@ -22,9 +19,6 @@ from flwr.supercore.run import Run
 
 from fedll.federation.inprocess import (
     InProcessGrid,
-    _assign_message_id,
-    _error_reason,
-    _set_task_identity,
     run_server_app,
     simulation_node_configs,
 )
@@ -206,46 +200,6 @@ def test_server_app_exception_propagates():
 
     with pytest.raises(KeyError, match="no such round"):
         run_server_app(app, grid, CONFIG)
-
-
-def test_flower_private_corners():
-    """The pieces of flwr 1.42 the in-process grid relies on beyond the public API."""
-    assert flwr.__version__.startswith("1.42."), (
-        "fedll.federation.inprocess is written for flwr 1.42"
-    )
-
-    # The Grid interface implemented: a new abstract method would also make instantiation fail.
-    abstract = set(getattr(Grid, "__abstractmethods__", ()))
-    assert abstract == {
-        "set_run",
-        "run",
-        "create_message",
-        "get_node_ids",
-        "push_messages",
-        "pull_messages",
-        "send_and_receive",
-    }
-    assert inspect.signature(Grid.set_run).parameters["run"].annotation in (Run, "Run")
-    assert Run.create_empty(run_id=5).run_id == 5
-
-    # Message(...) takes run_id, src_node_id and src_task_id from TaskIdentity.
-    _set_task_identity(run_id=11, node_id=SUPERLINK_NODE_ID, task_id=13)
-    message = Message(RecordDict(), 12345, "query.meta")
-    assert (message.metadata.run_id, message.metadata.src_node_id) == (11, SUPERLINK_NODE_ID)
-    assert message.metadata.src_task_id == 13
-
-    # Message ids live in metadata.__dict__["_message_id"] (no public setter).
-    _assign_message_id(message, "abc")
-    assert message.metadata.message_id == "abc"
-    reply = Message(RecordDict(), reply_to=message)
-    assert reply.metadata.reply_to_message_id == "abc"
-
-    # The error code Flower gives an exception raised in a ClientApp, and its reason, which
-    # the SuperNode builds inline (the copied format must be the one in Flower's source).
-    assert ErrorCode.CLIENT_APP_RAISED_EXCEPTION == 2
-    source = inspect.getsource(importlib.import_module("flwr.supernode.runtime.run_clientapp"))
-    assert 'reason = str(type(ex)) + ":<\'" + str(ex) + "\'>"' in source
-    assert _error_reason(ValueError("x")) == str(ValueError) + ":<'x'>"
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedll.config.instruction import StateKey
 from fedll.errors import ConfigError, DataError
+from fedll.federation.flower_private import recorddict_to_wire
 from fedll.federation.site_state import SiteStateStore, check_state_dir, site_state_dir
 
 KEY = StateKey(trial="static__alternating__b1", fingerprint="0123456789abcdef0123", federation="77")
@@ -62,6 +63,23 @@ def test_a_state_round_trips_exactly_into_a_private_file(tmp_path):
     assert_same(back, kept)
     assert back["metrics"]["loss"] == (0.1 + 0.2) / 3  # floats exactly
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left
+
+
+def test_the_file_holds_no_flower_wire_format_and_one_of_format_1_is_still_read(tmp_path):
+    store = SiteStateStore(tmp_path / "state", "hospital-t2")
+    kept = state(0.5)
+    path = store.save(KEY, 1, kept)
+    assert path.read_bytes()[:2] == b"PK"  # an .npz, not protobuf
+    header = {
+        "format": "fedll-site-state", "version": 1, "fedll": "0.9", "site": "hospital-t2",
+        "trial": KEY.trial, "fingerprint": KEY.fingerprint, "federation": KEY.federation,
+        "rounds": [1],
+    }  # fmt: skip
+    records = {"header": ConfigRecord(header), **{f"1/{n}": r for n, r in kept.items()}}
+    path.write_bytes(recorddict_to_wire(RecordDict(records)))
+    rnd, back = store.load(KEY, before_round=2)
+    assert rnd == 1
+    assert_same(back, kept)
 
 
 def test_the_last_two_rounds_are_kept_and_a_reload_takes_one_before_the_round(tmp_path):

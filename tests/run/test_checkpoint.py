@@ -20,6 +20,8 @@ from fedll.config import dump_scenario, expand_trials, load_scenario
 from fedll.data.arrays import CohortArrays
 from fedll.data.prepare import prepare_cohort
 from fedll.errors import DataError
+from fedll.federation.flower_private import recorddict_to_wire
+from fedll.federation.records import pack, unpack
 from fedll.run.checkpoint import Checkpoint, CheckpointError, decode, encode, verify
 from fedll.run.store import checkpoint_path, write_checkpoint
 from fedll.run.sweep import SweepOptions, execute_task, run_sweep
@@ -189,26 +191,49 @@ def test_scaffold_and_ditto_resume_with_every_control_variate_and_personal_score
 # ---------------------------------------------------------------- a checkpoint that does not fit
 
 
-def npz_with(data: bytes, name: str, value: np.ndarray) -> bytes:
-    """The checkpoint's ``.npz`` bytes with the array ``name`` replaced by ``value``."""
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        arrays = {key: npz[key] for key in npz.files}
-    arrays[name] = value
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
+def format_1(checkpoint: Checkpoint, wire: dict[int, bytes] | None = None) -> bytes:
+    """``checkpoint`` as an earlier fedll wrote it (format 1): its node states in Flower's
+    wire format (or the bytes of ``wire``)."""
+    wire = wire or {node: recorddict_to_wire(state) for node, state in checkpoint.nodes.items()}
+    meta = {
+        "format": "fedll-checkpoint", "version": 1, "fedll": "0.9", "trial": checkpoint.trial_id,
+        "fingerprint": checkpoint.fingerprint, "round": checkpoint.round,
+        "federation": checkpoint.federation, "model": checkpoint.model,
+        "strategy": checkpoint.strategy, "rng": checkpoint.rng, "results": checkpoint.results,
+        "nodes": {str(n): np.frombuffer(b, dtype=np.uint8) for n, b in wire.items()},
+    }  # fmt: skip
+    return pack(meta)
+
+
+def test_a_checkpoint_holds_no_flower_wire_format_and_one_of_format_1_is_still_read():
+    state = RecordDict(
+        {
+            "optimizer": ArrayRecord({"0/exp_avg": Array(np.arange(6, dtype=np.float32))}),
+            "meta": ConfigRecord({"k": 3, "name": "x"}),
+        }
+    )
+    checkpoint = Checkpoint("t", "fp", 1, {"w": np.ones(2)}, {}, {7: state}, {}, {})
+    with np.load(io.BytesIO(encode(checkpoint)), allow_pickle=False) as npz:
+        assert recorddict_to_wire(state) not in {npz[k].tobytes() for k in npz.files}
+    for data in (encode(checkpoint), format_1(checkpoint)):
+        node = decode(data, "x.ckpt").nodes[7]
+        assert list(node) == ["optimizer", "meta"] and dict(node["meta"]) == {"k": 3, "name": "x"}
+        assert node["optimizer"]["0/exp_avg"].data == state["optimizer"]["0/exp_avg"].data
 
 
 def test_a_node_state_that_does_not_decode_is_one_line():
     checkpoint = Checkpoint("t", "fp", 1, {}, {}, {7: RecordDict()}, {}, {})
-    data = npz_with(encode(checkpoint), "nodes/7", np.frombuffer(b"\xff\xff\xff", np.uint8))
+    data = format_1(checkpoint, {7: b"\xff\xff\xff"})
     with pytest.raises(DataError, match=r"^x.ckpt: .*the state of node 7 does not decode"):
         decode(data, "x.ckpt")
+    broken = pack({**unpack(encode(checkpoint)), "nodes": {"7": [{"kind": "arrays"}]}})
+    with pytest.raises(DataError, match=r"^x.ckpt: .*the state of node 7 does not decode"):
+        decode(broken, "x.ckpt")
 
 
 def fitting() -> Checkpoint:
     """A checkpoint of trial ``t`` after round 2 of 4 that :func:`verify` takes."""
-    from strategies.federation import rng_states
+    from fedll.run.checkpoint import rng_states
 
     rows = [
         {"trial": "t", "round": rnd, "modality": "t2", "case": "p", "dice": 0.5, "hd95": np.nan}
@@ -310,8 +335,10 @@ def quick(tmp_path_factory, make_scenario):
 
 
 def garbage_node(data: bytes) -> bytes:
-    node = next(iter(decode(data, "c").nodes))
-    return npz_with(data, f"nodes/{node}", np.frombuffer(b"\x0a\xff\xff\xff", np.uint8))
+    """The checkpoint with a node's state made one that does not decode."""
+    meta = unpack(data)
+    node = next(iter(meta["nodes"]))
+    return pack({**meta, "nodes": {**meta["nodes"], node: [{"kind": "arrays"}]}})
 
 
 def changed(change):

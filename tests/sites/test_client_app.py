@@ -19,7 +19,7 @@ from fedll.data.prepare import prepare_cohort
 from fedll.data.site import resolve_site
 from fedll.errors import ConfigError
 from fedll.federation.faults import InjectedFault
-from fedll.federation.inprocess import _assign_message_id, _set_task_identity
+from fedll.federation.flower_private import assign_message_id, set_task_identity
 from fedll.models import build_model, parameter_groups
 from sites.client_app import train_site
 from strategies.ditto import LAMBDA, PERSONALISE
@@ -62,7 +62,7 @@ def context(index: Path) -> Context:
 
 
 def message(model: torch.nn.Module, server_round: int, start: int, **extra: Any) -> Message:
-    _set_task_identity(run_id=1, node_id=SUPERLINK_NODE_ID, task_id=1)
+    set_task_identity(run_id=1, node_id=SUPERLINK_NODE_ID, task_id=1)
     instruction = TrainInstruction(
         model=SPEC,
         training=TrainingConfig(epochs=1, batch_size=8, lr=1e-12),
@@ -78,7 +78,7 @@ def message(model: torch.nn.Module, server_round: int, start: int, **extra: Any)
         {"arrays": ArrayRecord(model.state_dict()), "config": ConfigRecord(config)}
     )
     msg = Message(content, dst_node_id=5, message_type="train")
-    _assign_message_id(msg, f"m{server_round}")
+    assign_message_id(msg, f"m{server_round}")
     return msg
 
 
@@ -294,7 +294,7 @@ def test_a_site_freezes_the_routing_after_round_r(routing, cohort_index, restore
     groups = parameter_groups(model)
     received = {k: v.numpy().copy() for k, v in model.state_dict().items()}
     for server_round, frozen in ((1, False), (2, True)):
-        _set_task_identity(run_id=1, node_id=SUPERLINK_NODE_ID, task_id=1)
+        set_task_identity(run_id=1, node_id=SUPERLINK_NODE_ID, task_id=1)
         instruction = TrainInstruction(
             model=spec,
             training=TrainingConfig(epochs=1, batch_size=8, lr=1e-2),
@@ -312,7 +312,7 @@ def test_a_site_freezes_the_routing_after_round_r(routing, cohort_index, restore
             }
         )
         msg = Message(content, dst_node_id=5, message_type="train")
-        _assign_message_id(msg, f"m{server_round}")
+        assign_message_id(msg, f"m{server_round}")
         sent = {
             k: v.numpy() for k, v in train(msg, context(cohort_index)).content["arrays"].items()
         }

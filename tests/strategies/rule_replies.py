@@ -14,7 +14,7 @@ from pydantic import TypeAdapter
 from fedll.config import ModelConfig, SliceConfig, TrainingConfig
 from fedll.config.instruction import TrainInstruction
 from fedll.config.strategies import StrategyOptions
-from fedll.federation.inprocess import _assign_message_id, _set_task_identity
+from fedll.federation.flower_private import assign_message_id, set_task_identity
 from fedll.models import ModelLayout
 from fedll.run.checkpoint import Checkpoint, decode, encode
 from strategies.lifelong import Lifelong
@@ -58,10 +58,10 @@ def plan(nodes=(11, 12), rounds=(1,)):
 
 def start(strategy: Lifelong, server_round: int, state: dict[str, np.ndarray]) -> dict:
     """Configure ``server_round`` from ``state``: the messages by destination node."""
-    _set_task_identity(run_id=1, node_id=SUPERLINK_NODE_ID, task_id=1)
+    set_task_identity(run_id=1, node_id=SUPERLINK_NODE_ID, task_id=1)
     messages = list(strategy.configure_train(server_round, record(state), ConfigRecord(), None))
     for i, m in enumerate(messages):
-        _assign_message_id(m, f"r{server_round}-m{i}")
+        assign_message_id(m, f"r{server_round}-m{i}")
     return {m.metadata.dst_node_id: m for m in messages}
 
 

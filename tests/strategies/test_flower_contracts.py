@@ -25,7 +25,7 @@ from flwr.serverapp.exception import InconsistentMessageReplies
 from flwr.serverapp.strategy import FedAvg, FedProx
 from rule_replies import INSTRUCTION, options, record
 
-from fedll.federation.inprocess import _assign_message_id, _set_task_identity
+from fedll.federation.flower_private import assign_message_id, set_task_identity
 from fedll.models import ModelLayout
 from strategies.lifelong import Lifelong
 from strategies.registry import RULE_DEFAULTS, build_strategy
@@ -46,12 +46,12 @@ class Round:
         self.rounds = rounds
 
     def run(self, server_round: int, replies_for) -> dict[str, np.ndarray] | None:
-        _set_task_identity(run_id=1, node_id=SUPERLINK_NODE_ID, task_id=1)
+        set_task_identity(run_id=1, node_id=SUPERLINK_NODE_ID, task_id=1)
         sent = list(
             self.strategy.configure_train(server_round, record(self.current), ConfigRecord(), None)
         )
         for i, message in enumerate(sent):
-            _assign_message_id(message, f"r{server_round}-{i}")
+            assign_message_id(message, f"r{server_round}-{i}")
         arrays, _ = self.strategy.aggregate_train(server_round, replies_for(sent))
         if arrays is None:
             return None
@@ -218,9 +218,9 @@ def test_flower_raises_on_a_round_with_a_bad_reply(kind):
     the global model too.)"""
     rule = FedAvg(**RULE_DEFAULTS)
     sent = [Message(RecordDict(), dst_node_id=n, message_type="train") for n in (11, 12)]
-    _set_task_identity(run_id=1, node_id=SUPERLINK_NODE_ID, task_id=1)
+    set_task_identity(run_id=1, node_id=SUPERLINK_NODE_ID, task_id=1)
     for i, m in enumerate(sent):
-        _assign_message_id(m, f"m{i}")
+        assign_message_id(m, f"m{i}")
     bad = [Message(content("good"), reply_to=sent[0]), Message(content(kind), reply_to=sent[1])]
     with pytest.raises(InconsistentMessageReplies):
         rule.aggregate_train(1, bad)
@@ -261,7 +261,7 @@ def test_flower_samples_a_fraction_of_the_connected_nodes_the_layer_the_arrivals
         def get_node_ids(self):
             return list(NODES)
 
-    _set_task_identity(run_id=1, node_id=SUPERLINK_NODE_ID, task_id=1)
+    set_task_identity(run_id=1, node_id=SUPERLINK_NODE_ID, task_id=1)
     rule = FedProx(**{**RULE_DEFAULTS, "fraction_train": 0.5, "min_available_nodes": 0})
     sampled = rule.configure_train(1, record(GOOD), ConfigRecord(), Grid())
     assert len(list(sampled)) == 4  # Flower: half of the eight connected nodes

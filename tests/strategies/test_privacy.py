@@ -36,7 +36,7 @@ from rule_replies import INSTRUCTION, LAYOUT, model, reply, run_round, start, th
 
 from fedll.config.instruction import TrainInstruction
 from fedll.config.strategies import StrategyOptions
-from fedll.federation.inprocess import _assign_message_id, _set_task_identity
+from fedll.federation.flower_private import assign_message_id, set_task_identity
 from strategies.lifelong import Lifelong
 from strategies.privacy import KEY_CLIPPING, clipping_mod, privacy_spent
 from strategies.registry import build_strategy
@@ -308,10 +308,10 @@ def arrays(state: dict[str, np.ndarray]) -> ArrayRecord:
 
 
 def message(config: dict) -> Message:
-    _set_task_identity(run_id=1, node_id=SUPERLINK_NODE_ID, task_id=1)
+    set_task_identity(run_id=1, node_id=SUPERLINK_NODE_ID, task_id=1)
     content = RecordDict({"arrays": arrays(GLOBAL), "config": ConfigRecord(config)})
     msg = Message(content, message_type="train", dst_node_id=5)
-    _assign_message_id(msg, "m")
+    assign_message_id(msg, "m")
     return msg
 
 

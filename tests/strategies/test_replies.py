@@ -7,7 +7,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 
-from fedll.federation.inprocess import _assign_message_id, _set_task_identity
+from fedll.federation.flower_private import assign_message_id, set_task_identity
 from strategies.replies import triage
 
 SITES = {11: "a", 12: "b", 13: "c", 14: "d", 15: "e"}
@@ -15,9 +15,9 @@ KEY = "num-examples"
 
 
 def sent(node: int) -> Message:
-    _set_task_identity(run_id=1, node_id=SUPERLINK_NODE_ID, task_id=1)
+    set_task_identity(run_id=1, node_id=SUPERLINK_NODE_ID, task_id=1)
     message = Message(RecordDict(), dst_node_id=node, message_type="train")
-    _assign_message_id(message, f"to-{node}")
+    assign_message_id(message, f"to-{node}")
     return message
 
 

@@ -15,7 +15,8 @@ from flwr.app import Message, RecordDict
 from fedll.config import load_scenario
 from fedll.data.prepare import prepare_cohort
 from fedll.deploy.site_data import write_site_manifests
-from fedll.federation.inprocess import InProcessGrid, _set_task_identity, run_server_app
+from fedll.federation.flower_private import set_task_identity
+from fedll.federation.inprocess import InProcessGrid, run_server_app
 from sites.client_app import app as client_app
 from strategies.rounds import TimedGrid
 from strategies.server_app import make_server_app
@@ -39,7 +40,7 @@ class Connecting:
 
 
 def messages(*nodes: int) -> list[Message]:
-    _set_task_identity(run_id=1, node_id=1, task_id=1)
+    set_task_identity(run_id=1, node_id=1, task_id=1)
     return [Message(RecordDict(), dst_node_id=n, message_type="train") for n in nodes]
 
 

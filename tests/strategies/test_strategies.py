@@ -16,7 +16,7 @@ from rule_replies import INSTRUCTION
 from fedll.config.instruction import TrainInstruction
 from fedll.config.options import option_names
 from fedll.config.strategies import StrategyOptions
-from fedll.federation.inprocess import _assign_message_id, _set_task_identity
+from fedll.federation.flower_private import assign_message_id, set_task_identity
 from fedll.models import ModelLayout
 from strategies.lifelong import Lifelong
 from strategies.registry import STRATEGIES, build_strategy
@@ -45,13 +45,13 @@ def state(value: float, **changes: np.ndarray) -> dict[str, np.ndarray]:
 
 def make(name: str = "fedavg", nodes: tuple[int, ...] = tuple(NODES), **options: Any):
     """A strategy whose round 1 trains ``nodes``, and its round-1 messages."""
-    _set_task_identity(run_id=1, node_id=SUPERLINK_NODE_ID, task_id=1)
+    set_task_identity(run_id=1, node_id=SUPERLINK_NODE_ID, task_id=1)
     plan = {1: {node: INSTRUCTION for node in nodes}}
     strategy = build_strategy(_options(name, **options), plan=plan, layout=LAYOUT, site_of=NODES)
     arrays = ArrayRecord({k: Array(v) for k, v in GLOBAL.items()})
     messages = list(strategy.configure_train(1, arrays, ConfigRecord(), grid=None))
     for i, m in enumerate(messages):
-        _assign_message_id(m, f"m{i}")
+        assign_message_id(m, f"m{i}")
     return strategy, {m.metadata.dst_node_id: m for m in messages}
 
 
@@ -213,7 +213,7 @@ def test_fedavgm_steps_with_momentum_and_keeps_its_velocity_over_a_kept_round():
     arrays = ArrayRecord({k: Array(np.asarray(v)) for k, v in out.items()})
     strategy.plan = {2: {11: INSTRUCTION}}
     (message,) = strategy.configure_train(2, arrays, ConfigRecord(), grid=None)
-    _assign_message_id(message, "next")
+    assign_message_id(message, "next")
     out = aggregated(strategy.aggregate_train(2, [reply(message, state(-2.0), 1)]))
     np.testing.assert_allclose(out["w"], [-2.5, -2.5])
     assert out["steps"] == 2  # a counter takes the update's value: no momentum step
