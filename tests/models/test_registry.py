@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import re
 
 import pytest
@@ -239,3 +240,91 @@ def test_a_footprint_is_measured_once_per_model_arguments_and_batch(monkeypatch)
     registry._remembered.cache_clear()
     # what a fresh measurement gives: the parameters of the model a trial builds
     assert first[0] == count_parameters(build_model("dycnn", base_width=4, depth=1))
+
+
+# Digests computed with the tree of main at 540d78e (/work/wt-base), torch 2.13.0+cpu, one
+# thread, by the helpers below: a restructuring of the models must keep every state key, its
+# order, shape and initial value (the random draws at construction) and the forward's bits.
+GOLDEN = {
+    "dycnn": (
+        "dycnn",
+        {},
+        "8be6a655637aa24507be1a769954cb8aaff788cbdba5bfb2cd1c4c8164a18436",
+        "96a38c19630430c81057dc6ca3792e0f6619febe7fe8a5d363ca5de57e1b4370",
+    ),
+    "grouped-acp": (
+        "dycnn-grouped",
+        {
+            "acp_stats": ["mean", "std", "max", "quantiles"],
+            "quantiles": [0.25, 0.75],
+            "top_k": 2,
+            "temperature_start": 5.0,
+            "temperature_end": 0.5,
+            "anneal_steps": 10,
+            "hidden_ratio": 0.5,
+            "min_hidden": 2,
+            "routing_loss_weights": {"confidence": 0.1, "balance": 0.2},
+            "first_layer_static": True,
+            "freeze_routing_after": 3,
+        },
+        "53606d6a632e743b19614c299e25966e3535effdb7a3a17e6bfa9f60211071a5",
+        "85d98cd28eddd2dbc8f57d19967a41c2e4208022051402784efff5b73ad5b916",
+    ),
+    "modality-soft": (
+        "dycnn",
+        {
+            "routing": "modality-soft",
+            "norm_by_modality": True,
+            "freeze_routing_after": 1,
+            "temperature_start": 2.0,
+        },
+        "7324e298814dce65d9684193f3d4a03bb68acb3796cfca393d79aa44232f625c",
+        "532874b626c511903dd66ea45a772dbbc7594d5863f31a668d3f2bdb88f59067",
+    ),
+    "modality-hard": (
+        "dycnn-grouped",
+        {"routing": "modality-hard", "head_prior": 0.1},
+        "89416aa5f92a08b55bf99db7d45f07e6e0e9d577c34321a823cfc7dbfdaa1cb0",
+        "4d0ce16278a0b64e8d7d9e2f08e330c822b8060659a389f12e839cd44d1f622a",
+    ),
+}
+
+
+def state_digest(model: torch.nn.Module) -> str:
+    """SHA-256 over every state key in order, its dtype, shape and bytes."""
+    digest = hashlib.sha256()
+    for key, value in model.state_dict().items():
+        digest.update(f"{key}:{value.dtype}:{tuple(value.shape)};".encode())
+        digest.update(value.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def forward_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of the output bits on a fixed input at schedule step 0 and after 4 steps, and of
+    the routing loss of the second forward."""
+    x = torch.randn(3, 1, 13, 11, generator=torch.Generator().manual_seed(7))
+    modality = torch.tensor([0, 1, 0])
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        digest.update(model(x, modality).numpy().tobytes())
+        advance_schedule(model, 4)
+        digest.update(model(x, modality).numpy().tobytes())
+        digest.update(routing_loss(model).numpy().tobytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture
+def one_thread():
+    """The forward's bits depend on how the CPU kernels split the work: pin one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("variant", list(GOLDEN))
+def test_a_dycnn_builds_and_computes_the_bits_it_did_on_main(variant: str, one_thread) -> None:
+    name, kwargs, state, forward = GOLDEN[variant]
+    model = build_model(name, seed=0, **SMALL, **kwargs)
+    assert state_digest(model) == state
+    assert forward_digest(model) == forward
