@@ -32,13 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedll.models.attention import (
-    MODES,
-    AttentionCoefficients,
-    ModalityCoefficients,
-    RoutingLossWeights,
-    routing_regulariser,
-)
+from fedll.models.attention import AttentionCoefficients
+from fedll.models.modality_routing import ModalityCoefficients
+from fedll.models.routing import MODES, RoutingLossWeights, routing_regulariser
 from fedll.models.unet import ModalityBatch, TakesModality
 
 
@@ -153,7 +149,7 @@ class DynamicConvLayer(TakesModality, nn.Module):
     Args:
         in_channels, out_channels, kernel_size, bias: as for ``nn.Conv2d`` (padding "same").
         num_kernels, mode: see :class:`DynamicConv2d`.
-        routing_loss_weights: weights of :func:`~fedll.models.attention.routing_regulariser`.
+        routing_loss_weights: weights of :func:`~fedll.models.routing.routing_regulariser`.
         routing: ``"learned"`` (the ACP), ``"modality-soft"`` or ``"modality-hard"``.
         num_modalities: M, for modality routing.
         **acp_kwargs: the remaining :class:`AttentionCoefficients` arguments (with modality

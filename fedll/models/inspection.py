@@ -19,8 +19,9 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
-from fedll.models.attention import AttentionCoefficients, ModalityCoefficients
+from fedll.models.attention import AttentionCoefficients
 from fedll.models.dynamic_conv import DynamicConv2d, DynamicConvLayer
+from fedll.models.modality_routing import ModalityCoefficients
 from fedll.models.unet import ModalityNorm
 
 _ROUTERS = (AttentionCoefficients, ModalityCoefficients)

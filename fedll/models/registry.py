@@ -34,9 +34,9 @@ from pydantic import ConfigDict, Field
 from torch import nn
 
 from fedll.data import MODALITIES
-from fedll.models.attention import ACP_STATS, ROUTINGS, RoutingLossWeights
 from fedll.models.dynamic_conv import DynamicConvLayer
 from fedll.models.inspection import routes_by_modality
+from fedll.models.routing import ACP_STATS, ROUTINGS, RoutingLossWeights
 from fedll.models.unet import NORMS, UNet, count_parameters, equal_param_width, static_conv
 
 logger = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def dynamic_unet(
     :class:`~fedll.models.unet.UNet`.
 
     ``routing``: ``"learned"`` (the ACP, from the input), or by the case's known modality
-    (:class:`~fedll.models.attention.ModalityCoefficients`): ``"modality-soft"`` (a learned
+    (:class:`~fedll.models.modality_routing.ModalityCoefficients`): ``"modality-soft"`` (a learned
     coefficient vector per modality, with the temperature schedule) or ``"modality-hard"``
     (a fixed, equal share of the kernels per modality; ``num_kernels`` a multiple of the
     number of modalities). Such a model's forward needs ``modality``; the ACP's own arguments

@@ -5,15 +5,9 @@ import math
 import pytest
 import torch
 
-from fedll.models.attention import (
-    AttentionCoefficients,
-    RoutingLossWeights,
-    pooled_statistics,
-    routing_regulariser,
-    straight_through_top_k,
-    temperature_at,
-    temperature_tensor,
-)
+from fedll.models.attention import AttentionCoefficients, pooled_statistics, straight_through_top_k
+from fedll.models.routing import RoutingLossWeights, routing_regulariser
+from fedll.models.temperature import temperature_at, temperature_tensor
 
 
 def entropy(p: torch.Tensor) -> torch.Tensor:

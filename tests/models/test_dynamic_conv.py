@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedll.models.attention import RoutingLossWeights
 from fedll.models.dynamic_conv import DynamicConv2d, DynamicConvLayer
+from fedll.models.routing import RoutingLossWeights
 
 
 def per_sample_reference(layer: DynamicConvLayer, x: torch.Tensor) -> torch.Tensor:

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 
 from fedll.config.schema import TrainingConfig
 from fedll.models import build_model, check_arguments, parameter_groups
-from fedll.models.attention import ModalityCoefficients
 from fedll.models.dynamic_conv import DynamicConvLayer
 from fedll.models.inspection import freeze_routing, last_attention, routes_by_modality
+from fedll.models.modality_routing import ModalityCoefficients
 from fedll.train import train_local
 
 SMALL = {"base_width": 4, "depth": 1}
