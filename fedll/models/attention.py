@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedll.models.routing import ACP_STATS, MODES, Routing
+from fedll.models.routing import ACP_STATS, MODES, Routing, RoutingSpec
 from fedll.models.temperature import TemperatureSchedule
 from fedll.models.unet import ModalityBatch
 
@@ -44,7 +44,9 @@ def _quantiles(flat: torch.Tensor, qs: Sequence[float]) -> torch.Tensor:
 
 
 def pooled_statistics(
-    x: torch.Tensor, stats: Sequence[str], quantiles: Sequence[float] = (0.1, 0.5, 0.9)
+    x: torch.Tensor,
+    acp_stats: Sequence[str],
+    quantiles: Sequence[float] = RoutingSpec.quantiles,
 ) -> torch.Tensor:
     """Per-channel spatial statistics of ``x`` (B, C, H, W), concatenated: (B, C * n_features).
 
@@ -53,7 +55,7 @@ def pooled_statistics(
     """
     flat = x.flatten(2)
     parts: list[torch.Tensor] = []
-    for name in stats:
+    for name in acp_stats:
         if name == "mean":
             # sum * (1/N), not mean: its backward broadcasts instead of materialising grad / N
             parts.append(flat.sum(-1) * (1.0 / flat.shape[-1]))
@@ -92,14 +94,10 @@ class AttentionCoefficients(TemperatureSchedule, nn.Module):
             (``mode="grouped"``, G).
         out_channels: C_out, needed for ``mode="grouped"`` (one coefficient per fixed kernel).
         mode: ``"bank"`` -> (B, K); ``"grouped"`` -> (B, C_out, G), softmax over G.
-        stats: pooled statistics, see :func:`pooled_statistics`.
-        hidden_ratio, min_hidden: hidden width ``max(int(C_in * hidden_ratio), min_hidden)``.
-        temperature_start, temperature_end, anneal_steps: see :func:`temperature_at`;
-            ``temperature_end < 1`` sharpens the routing.
-        top_k: keep only the k largest coefficients, see :func:`straight_through_top_k`.
-        quantiles: the quantile levels read by the ``"quantiles"`` statistic.
-        freeze_after: the federated round after which the routing parameters stop training
-            (None: never); read by :func:`fedll.models.inspection.freeze_routing`, not here.
+        spec: the routing (default :class:`RoutingSpec`'s): statistics, hidden width,
+            temperature schedule, ``top_k``, and ``freeze_routing_after`` (read by
+            :func:`fedll.models.inspection.freeze_routing`, not here); its routing must be
+            ``"learned"``.
 
     ``forward(x, modality=None)``: x (B, C_in, H, W) -> :class:`Routing`; ``modality`` is
     accepted and ignored (the ACP reads the input).
@@ -112,56 +110,26 @@ class AttentionCoefficients(TemperatureSchedule, nn.Module):
         *,
         out_channels: int | None = None,
         mode: str = "bank",
-        stats: Sequence[str] = ("mean",),
-        hidden_ratio: float = 0.25,
-        min_hidden: int = 4,
-        temperature_start: float = 30.0,
-        temperature_end: float = 1.0,
-        anneal_steps: int = 100,
-        top_k: int | None = None,
-        quantiles: Sequence[float] = (0.1, 0.5, 0.9),
-        freeze_after: int | None = None,
+        spec: RoutingSpec | None = None,
     ) -> None:
         super().__init__()
-        if freeze_after is not None and freeze_after < 0:
-            raise ValueError(f"freeze_routing_after: must be >= 0, got {freeze_after}")
+        spec = spec or RoutingSpec()
+        if spec.routing != "learned":
+            raise ValueError(f"routing: the ACP reads the input ('learned'), not {spec.routing!r}")
         if mode not in MODES:
             raise ValueError(f"mode: unknown dynamic mode {mode!r} (known: {MODES})")
         if mode == "grouped" and out_channels is None:
             raise ValueError("out_channels: the grouped ACP needs out_channels")
-        unknown = [s for s in stats if s not in ACP_STATS]
-        if not stats or unknown:
-            raise ValueError(
-                f"acp_stats: {list(stats)!r} must be a non-empty subset of {ACP_STATS}"
-            )
         if num_kernels < 1:
             raise ValueError(f"num_kernels: must be >= 1, got {num_kernels}")
-        if top_k is not None and not 1 <= top_k <= num_kernels:
-            raise ValueError(f"top_k: must be in 1..num_kernels={num_kernels}, got {top_k}")
-        if temperature_start <= 0 or temperature_end <= 0:
-            raise ValueError(
-                f"temperature_start/end: must be > 0, got {temperature_start}, {temperature_end}"
-            )
-        if anneal_steps < 0:
-            raise ValueError(f"anneal_steps: must be >= 0, got {anneal_steps}")
-        if not quantiles or not all(0.0 <= q <= 1.0 for q in quantiles):
-            raise ValueError(f"quantiles: must be levels in [0, 1], got {list(quantiles)!r}")
-        if hidden_ratio <= 0 or min_hidden < 1:
-            raise ValueError(
-                f"hidden_ratio/min_hidden: must be > 0 and >= 1, got {hidden_ratio}, {min_hidden}"
-            )
+        if spec.top_k is not None and not 1 <= spec.top_k <= num_kernels:
+            raise ValueError(f"top_k: must be in 1..num_kernels={num_kernels}, got {spec.top_k}")
         self.mode = mode
         self.num_kernels = num_kernels
         self.out_channels = out_channels
-        self.stats = tuple(stats)
-        self.quantiles = tuple(float(q) for q in quantiles)
-        self.temperature_start = float(temperature_start)
-        self.temperature_end = float(temperature_end)
-        self.anneal_steps = int(anneal_steps)
-        self.top_k = top_k
-        self.freeze_after = freeze_after
-        per_channel = sum(len(self.quantiles) if s == "quantiles" else 1 for s in self.stats)
-        hidden = max(int(in_channels * hidden_ratio), min_hidden)
+        self.spec = spec
+        per_channel = sum(len(spec.quantiles) if s == "quantiles" else 1 for s in spec.acp_stats)
+        hidden = max(int(in_channels * spec.hidden_ratio), spec.min_hidden)
         outputs = num_kernels * (out_channels if mode == "grouped" else 1)
         self.fc1 = nn.Linear(in_channels * per_channel, hidden)
         self.fc2 = nn.Linear(hidden, outputs)
@@ -170,17 +138,20 @@ class AttentionCoefficients(TemperatureSchedule, nn.Module):
     def forward(
         self, x: torch.Tensor, modality: torch.Tensor | ModalityBatch | None = None
     ) -> Routing:
-        z = self.fc2(F.relu(self.fc1(pooled_statistics(x, self.stats, self.quantiles))))
+        statistics = pooled_statistics(x, self.spec.acp_stats, self.spec.quantiles)
+        z = self.fc2(F.relu(self.fc1(statistics)))
         if self.mode == "grouped":
             z = z.view(x.shape[0], self.out_channels, self.num_kernels)
         probs = torch.softmax(z / self._temperature_for(z), dim=-1)
-        if self.top_k is None or self.top_k >= self.num_kernels:
+        top_k = self.spec.top_k
+        if top_k is None or top_k >= self.num_kernels:
             return Routing(probs, probs)
-        return Routing(straight_through_top_k(probs, self.top_k), probs)
+        return Routing(straight_through_top_k(probs, top_k), probs)
 
     def extra_repr(self) -> str:
+        spec = self.spec
         return (
-            f"mode={self.mode}, num_kernels={self.num_kernels}, stats={self.stats}, "
-            f"tau={self.temperature_start}->{self.temperature_end} over {self.anneal_steps} steps, "
-            f"top_k={self.top_k}"
+            f"mode={self.mode}, num_kernels={self.num_kernels}, stats={spec.acp_stats}, "
+            f"tau={spec.temperature_start}->{spec.temperature_end} over {spec.anneal_steps} "
+            f"steps, top_k={spec.top_k}"
         )

@@ -36,7 +36,7 @@ from torch import nn
 from fedll.data import MODALITIES
 from fedll.models.dynamic_conv import DynamicConvLayer
 from fedll.models.inspection import routes_by_modality
-from fedll.models.routing import ACP_STATS, ROUTINGS, RoutingLossWeights
+from fedll.models.routing import ACP_STATS, ROUTINGS, RoutingLossWeights, RoutingSpec
 from fedll.models.unet import NORMS, UNet, count_parameters, equal_param_width, static_conv
 
 logger = logging.getLogger(__name__)
@@ -115,78 +115,48 @@ def dynamic_unet(
     base_width: Positive = 16,
     norm: Norm = "batch",
     num_kernels: Positive = 4,
-    acp_stats: Sequence[Statistic] | Statistic = ("mean",),
-    quantiles: Sequence[Level] = (0.1, 0.5, 0.9),
-    hidden_ratio: PositiveFloat = 0.25,
-    min_hidden: Positive = 4,
-    temperature_start: PositiveFloat = 30.0,
-    temperature_end: PositiveFloat = 1.0,
-    anneal_steps: NonNegative = 100,
-    top_k: Positive | None = None,
+    acp_stats: Sequence[Statistic] | Statistic = RoutingSpec.acp_stats,
+    quantiles: Sequence[Level] = RoutingSpec.quantiles,
+    hidden_ratio: PositiveFloat = RoutingSpec.hidden_ratio,
+    min_hidden: Positive = RoutingSpec.min_hidden,
+    temperature_start: PositiveFloat = RoutingSpec.temperature_start,
+    temperature_end: PositiveFloat = RoutingSpec.temperature_end,
+    anneal_steps: NonNegative = RoutingSpec.anneal_steps,
+    top_k: Positive | None = RoutingSpec.top_k,
     routing_loss_weights: RoutingWeights | RoutingLossWeights | None = None,
     first_layer_static: bool = False,
     head_prior: Probability | None = None,
-    routing: RoutingName = "learned",
-    freeze_routing_after: NonNegative | None = None,
+    routing: RoutingName = RoutingSpec.routing,
+    freeze_routing_after: NonNegative | None = RoutingSpec.freeze_routing_after,
     norm_by_modality: bool = False,
 ) -> UNet:
     """A U-Net whose 3x3 convolutions are :class:`DynamicConvLayer` s (the 1x1 head is static).
 
-    ``mode="bank"``: K = ``num_kernels`` kernels per layer (Chen et al. 2020);
-    ``mode="grouped"``: G = ``num_kernels`` fixed kernels per output channel. The remaining
-    arguments configure the ACP (see :class:`AttentionCoefficients`);
-    ``routing_loss_weights`` is ``{"confidence": w, "balance": w}`` (missing keys are 0);
-    ``first_layer_static`` keeps the very first convolution static; ``head_prior`` see
-    :class:`~fedll.models.unet.UNet`.
-
-    ``routing``: ``"learned"`` (the ACP, from the input), or by the case's known modality
-    (:class:`~fedll.models.modality_routing.ModalityCoefficients`): ``"modality-soft"`` (a learned
-    coefficient vector per modality, with the temperature schedule) or ``"modality-hard"``
-    (a fixed, equal share of the kernels per modality; ``num_kernels`` a multiple of the
-    number of modalities). Such a model's forward needs ``modality``; the ACP's own arguments
-    (``acp_stats``, ``quantiles``, ``hidden_ratio``, ``min_hidden``, ``top_k``) do not apply.
-    ``freeze_routing_after``: R, the routing parameters (ACP or per-modality logits) train in
-    federated rounds 1..R only (:func:`~fedll.models.inspection.freeze_routing`).
-    ``norm_by_modality``: one normalisation layer per modality
-    (:class:`~fedll.models.unet.ModalityNorm`; the forward then needs ``modality``): with
-    ``modality-hard`` the modalities share only the 1x1 head.
+    ``mode="bank"``: K = ``num_kernels`` kernels per layer (Chen et al. 2020); ``"grouped"``:
+    G = ``num_kernels`` fixed kernels per output channel. ``acp_stats`` to ``top_k``,
+    ``routing_loss_weights`` (``{"confidence": w, "balance": w}``, missing keys 0), ``routing``
+    and ``freeze_routing_after`` make the one :class:`~fedll.models.routing.RoutingSpec` every
+    layer shares (their meaning and defaults are its). ``first_layer_static``: the very first
+    convolution static; ``head_prior``: see :class:`~fedll.models.unet.UNet`;
+    ``norm_by_modality``: one normalisation layer per modality (:class:`ModalityNorm`; with
+    ``modality-hard`` the modalities then share only the 1x1 head). With modality routing or
+    ``norm_by_modality`` the forward needs ``modality``.
     """
-    if routing != "learned":
-        learned_only = {
-            "acp_stats": acp_stats not in ("mean", ("mean",), ["mean"]),
-            "quantiles": tuple(quantiles) != (0.1, 0.5, 0.9),
-            "hidden_ratio": hidden_ratio != 0.25,
-            "min_hidden": min_hidden != 4,
-            "top_k": top_k is not None,
-        }
-        for argument, given in learned_only.items():
-            if given:
-                raise ArgumentError(
-                    argument, f"configures the ACP; routing {routing!r} has none (use learned)"
-                )
-    if isinstance(routing_loss_weights, RoutingLossWeights) or routing_loss_weights is None:
-        weights = routing_loss_weights or RoutingLossWeights()
-    else:
-        weights = RoutingLossWeights(**{k: float(w) for k, w in routing_loss_weights.items()})
-    conv = partial(
-        DynamicConvLayer,
-        kernel_size=3,
-        num_kernels=num_kernels,
-        mode=mode,
-        routing_loss_weights=weights,
-        stats=(acp_stats,) if isinstance(acp_stats, str) else tuple(acp_stats),
+    spec = RoutingSpec(
+        routing=routing,
+        acp_stats=(acp_stats,) if isinstance(acp_stats, str) else tuple(acp_stats),
         quantiles=tuple(quantiles),
         hidden_ratio=hidden_ratio,
         min_hidden=min_hidden,
+        top_k=top_k,
         temperature_start=temperature_start,
         temperature_end=temperature_end,
         anneal_steps=anneal_steps,
-        top_k=top_k,
-        freeze_after=freeze_routing_after,
-        **({} if routing == "learned" else {"routing": routing, "num_modalities": len(MODALITIES)}),
+        routing_loss_weights=RoutingLossWeights.of(routing_loss_weights),
+        freeze_routing_after=freeze_routing_after,
     )
     return UNet(
-        conv,
+        partial(DynamicConvLayer, kernel_size=3, num_kernels=num_kernels, mode=mode, spec=spec),
         in_channels=in_channels,
         out_channels=out_channels,
         depth=depth,

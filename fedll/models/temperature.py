@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from fedll.models.routing import RoutingSpec
+
 
 def temperature_at(step: int, start: float, end: float, anneal_steps: int) -> float:
     """Softmax temperature after ``step`` optimiser steps: linear from ``start`` to ``end``.
@@ -32,31 +34,31 @@ def temperature_tensor(
 
 
 class TemperatureSchedule:
-    """The annealed softmax temperature of a router: ``temperature_start``,
-    ``temperature_end``, ``anneal_steps`` (attributes) and the ``anneal_step`` buffer of the
-    module it is mixed into (see :func:`temperature_at`)."""
+    """The annealed softmax temperature of a router: the schedule of its ``spec``
+    (``temperature_start``, ``temperature_end``, ``anneal_steps``) at the ``anneal_step``
+    buffer of the module it is mixed into (see :func:`temperature_at`)."""
 
-    temperature_start: float
-    temperature_end: float
-    anneal_steps: int
+    spec: RoutingSpec
     anneal_step: torch.Tensor
 
     @property
     def temperature(self) -> float:
         """The current softmax temperature tau."""
+        spec = self.spec
         return temperature_at(
-            int(self.anneal_step), self.temperature_start, self.temperature_end, self.anneal_steps
+            int(self.anneal_step), spec.temperature_start, spec.temperature_end, spec.anneal_steps
         )
 
     def _temperature_for(self, like: torch.Tensor) -> float | torch.Tensor:
         """:attr:`temperature`: a float on CPU, else a 0-d tensor (no host sync per layer)."""
         if self.anneal_step.device.type == "cpu":
             return self.temperature
+        spec = self.spec
         return temperature_tensor(
             self.anneal_step.to(like.dtype),
-            self.temperature_start,
-            self.temperature_end,
-            self.anneal_steps,
+            spec.temperature_start,
+            spec.temperature_end,
+            spec.anneal_steps,
         )
 
     def advance(self, steps: int = 1) -> None:

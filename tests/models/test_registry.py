@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import inspect
 import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from fedll.data import MODALITIES
 from fedll.models import (
     PARAMETER_GROUPS,
     ArgumentError,
@@ -15,11 +18,13 @@ from fedll.models import (
     check_arguments,
     count_parameters,
     current_temperature,
+    dynamic_unet,
     last_attention,
     model_names,
     parameter_groups,
     routing_loss,
 )
+from fedll.models.routing import RoutingLossWeights, RoutingSpec
 
 SMALL = {"depth": 2, "base_width": 4}
 
@@ -84,7 +89,7 @@ def test_yaml_style_kwargs() -> None:
         routing_loss_weights={"confidence": 0.1},
     )
     acp = model.stem.conv2.acp
-    assert acp.stats == ("mean", "std", "max") and acp.top_k == 1
+    assert acp.spec.acp_stats == ("mean", "std", "max") and acp.spec.top_k == 1
     assert acp.fc1.in_features == 3 * 4
     model(torch.randn(2, 1, 8, 8))
     assert all(((a > 0).sum(-1) == 1).all() for a in last_attention(model).values())
@@ -201,22 +206,41 @@ def test_builders_train_and_the_loss_falls(name: str, blobs) -> None:
     assert losses[-1] < 0.75 * losses[0], losses
 
 
-def test_builder_defaults_are_the_acp_defaults() -> None:
-    """dynamic_unet spells out the ACP's keyword defaults (the YAML-facing signature); they
-    must not drift apart."""
-    import inspect
-
-    from fedll.models import AttentionCoefficients, dynamic_unet
-
+def test_the_routing_spec_is_the_builders_one_source_of_routing_defaults() -> None:
+    """Every RoutingSpec field but the modality count (fixed, not YAML) is a builder argument
+    of the same name whose default is the spec's, and a default build hands every layer and
+    router the default spec itself, one object for the model."""
     builder = inspect.signature(dynamic_unet).parameters
-    acp = inspect.signature(AttentionCoefficients).parameters
-    renamed = {"stats": "acp_stats"}
-    shared = [
-        "stats", "quantiles", "hidden_ratio", "min_hidden", "temperature_start",
-        "temperature_end", "anneal_steps", "top_k",
-    ]  # fmt: skip
-    for name in shared:
-        assert builder[renamed.get(name, name)].default == acp[name].default, name
+    fields = {f.name: f.default for f in dataclasses.fields(RoutingSpec)}
+    assert set(fields) - set(builder) == {"num_modalities"}
+    for name, default in fields.items():
+        if name == "routing_loss_weights":  # None in the YAML vocabulary: no weights
+            assert RoutingLossWeights.of(builder[name].default) == default
+        elif name != "num_modalities":
+            assert builder[name].default == default, name
+    model = build_model("dycnn", **SMALL)
+    specs = {id(m.spec) for m in model.modules() if hasattr(m, "spec")}
+    assert len(specs) == 1
+    assert model.stem.conv1.spec == RoutingSpec() and model.stem.conv1.acp.spec == RoutingSpec()
+    assert RoutingSpec().num_modalities == len(MODALITIES)
+
+
+def test_the_spec_normalises_its_fields_and_checks_them_as_the_builder_names_them() -> None:
+    spec = RoutingSpec(
+        acp_stats=["mean", "std"], quantiles=[0, 1], temperature_end=1, anneal_steps=3
+    )
+    assert spec.acp_stats == ("mean", "std") and spec.quantiles == (0.0, 1.0)
+    assert type(spec.temperature_end) is float
+    same_as_tuples = RoutingSpec(acp_stats=("mean", "std"), quantiles=(0.0, 1.0), anneal_steps=3)
+    assert spec == same_as_tuples and hash(spec) == hash(same_as_tuples)
+    with pytest.raises(ValueError, match="^acp_stats: configures the ACP; routing 'modality-soft'"):
+        RoutingSpec(routing="modality-soft", acp_stats=("mean", "max"))
+    # the defaults spelt as lists (as YAML gives them) are the defaults
+    RoutingSpec(routing="modality-hard", acp_stats=["mean"], quantiles=[0.1, 0.5, 0.9])
+    with pytest.raises(ValueError, match=r"^freeze_routing_after: must be >= 0, got -1$"):
+        RoutingSpec(freeze_routing_after=-1)
+    with pytest.raises(ValueError, match=r"^hidden_ratio/min_hidden: must be > 0 and >= 1"):
+        RoutingSpec(min_hidden=0)
 
 
 def test_a_footprint_is_measured_once_per_model_arguments_and_batch(monkeypatch):
