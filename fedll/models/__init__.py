@@ -9,8 +9,10 @@
 - :mod:`~fedll.models.routing`: what every router shares: the routings, the prediction
   (:class:`Routing`) and the routing regulariser;
 - :mod:`~fedll.models.temperature`: the annealed softmax temperature;
-- :mod:`~fedll.models.unet`: one :class:`UNet` built from a 3x3 convolution factory, its
-  normalisation optionally one layer per modality (:class:`ModalityNorm`);
+- :mod:`~fedll.models.unet`: one :class:`UNet` built from a 3x3 convolution factory;
+- :mod:`~fedll.models.norms`: its normalisation layers, optionally one per modality
+  (:class:`ModalityNorm`); :mod:`~fedll.models.modality`: each sample's modality, looked up
+  once per forward, for the layers that take it;
 - :mod:`~fedll.models.registry`: the builders by their YAML names (``build_model``,
   ``model_names``) and argument validation (``check_arguments``);
 - :mod:`~fedll.models.inspection`: what strategies and training read off any model.
@@ -33,6 +35,7 @@ from fedll.models.inspection import (
     routing_loss,
 )
 from fedll.models.modality_routing import ModalityCoefficients
+from fedll.models.norms import NORMS, ModalityNorm
 from fedll.models.registry import (
     ArgumentError,
     build_model,
@@ -50,9 +53,7 @@ from fedll.models.routing import (
 )
 from fedll.models.temperature import temperature_at
 from fedll.models.unet import (
-    NORMS,
     ConvFactory,
-    ModalityNorm,
     UNet,
     count_parameters,
     equal_param_width,

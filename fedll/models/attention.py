@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedll.models.modality import ModalityBatch
 from fedll.models.routing import ACP_STATS, MODES, Routing, RoutingSpec
 from fedll.models.temperature import TemperatureSchedule
-from fedll.models.unet import ModalityBatch
 
 _STD_EPS = 1e-5  # keeps the std's gradient finite on constant channels
 

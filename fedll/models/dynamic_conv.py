@@ -33,9 +33,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedll.models.attention import AttentionCoefficients
+from fedll.models.modality import ModalityBatch, TakesModality
 from fedll.models.modality_routing import ModalityCoefficients
 from fedll.models.routing import MODES, RoutingSpec, routing_regulariser
-from fedll.models.unet import ModalityBatch, TakesModality
 
 
 class DynamicConv2d(nn.Module):

@@ -22,7 +22,7 @@ from torch.nn.modules.batchnorm import _NormBase
 from fedll.models.attention import AttentionCoefficients
 from fedll.models.dynamic_conv import DynamicConv2d, DynamicConvLayer
 from fedll.models.modality_routing import ModalityCoefficients
-from fedll.models.unet import ModalityNorm
+from fedll.models.norms import ModalityNorm
 
 _ROUTERS = (AttentionCoefficients, ModalityCoefficients)
 

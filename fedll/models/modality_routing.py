@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fedll.models.modality import ModalityBatch, TakesModality
 from fedll.models.routing import MODES, ROUTINGS, Routing, RoutingSpec
 from fedll.models.temperature import TemperatureSchedule
-from fedll.models.unet import ModalityBatch, TakesModality
 
 
 class ModalityCoefficients(TemperatureSchedule, nn.Module):

@@ -36,8 +36,9 @@ from torch import nn
 from fedll.data import MODALITIES
 from fedll.models.dynamic_conv import DynamicConvLayer
 from fedll.models.inspection import routes_by_modality
+from fedll.models.norms import NORMS
 from fedll.models.routing import ACP_STATS, ROUTINGS, RoutingLossWeights, RoutingSpec
-from fedll.models.unet import NORMS, UNet, count_parameters, equal_param_width, static_conv
+from fedll.models.unet import UNet, count_parameters, equal_param_width, static_conv
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def static_unet(
     built from the same common kwargs plus ``match_kwargs``, and the static width is
     :func:`~fedll.models.unet.equal_param_width` of its parameter count (of a model with one
     normalisation layer each). ``norm_by_modality``: one normalisation layer per modality
-    (:class:`~fedll.models.unet.ModalityNorm`; the forward then needs ``modality``).
+    (:class:`~fedll.models.norms.ModalityNorm`; the forward then needs ``modality``).
     """
     common = dict(in_channels=in_channels, out_channels=out_channels, depth=depth, norm=norm)
     if match_model is not None:
