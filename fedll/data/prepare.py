@@ -33,7 +33,8 @@ from fedll.config.schema import Scenario, SliceConfig
 from fedll.data import MODALITIES
 from fedll.data.layouts import discover
 from fedll.data.nifti import CaseRecord
-from fedll.data.slices import CaseSlices, SliceCache, load_slices
+from fedll.data.slice_cache import SliceCache, load_slices
+from fedll.data.slices import CaseSlices
 from fedll.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)

@@ -15,7 +15,8 @@ from fedll.data.arrays import CohortArrays, SiteArrays
 from fedll.data.layouts import discover
 from fedll.data.nifti import CaseRecord
 from fedll.data.prepare import PreparedCohort, default_cache_dir
-from fedll.data.slices import CaseSlices, SliceCache, load_slices
+from fedll.data.slice_cache import SliceCache, load_slices
+from fedll.data.slices import CaseSlices
 from fedll.errors import ConfigError, DataError
 
 
