@@ -192,9 +192,11 @@ def _check_arguments(
     names = [str(s) for s in sites]
     if not names:
         raise ConfigError("sites: at least one site name is needed, got none")
-    bad = [s for s in names if not is_simple_name(s)]
-    if bad:
-        raise ConfigError(f"sites: {bad[0]!r} is not a simple name ({rule_for(bad[0])})")
+    not_simple = [s for s in names if not is_simple_name(s)]
+    if not_simple:
+        raise ConfigError(
+            f"sites: {not_simple[0]!r} is not a simple name ({rule_for(not_simple[0])})"
+        )
     if len(set(names)) < len(names):
         raise ConfigError(f"sites: names must be unique, got {names}")
     if patients < len(names):

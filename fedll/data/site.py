@@ -67,12 +67,12 @@ def site_from_node_config(node_config: Mapping[str, Any]) -> Site:
     if not data_dir.exists():
         raise ConfigError(f"--node-config: site {name}: data-dir {data_dir} does not exist")
     try:
-        found = discover(data_dir)
+        discovered = discover(data_dir)
     except DataError as error:
         raise DataError(f"site {name}: {error}") from None
     records = tuple(
         sorted(
-            (r for r in found if r.modality == modality and r.split != "test"),
+            (r for r in discovered if r.modality == modality and r.split != "test"),
             key=lambda r: r.patient,
         )
     )

@@ -26,8 +26,8 @@ from fedll.models.temperature import TemperatureSchedule
 _STD_EPS = 1e-5  # keeps the std's gradient finite on constant channels
 
 
-def _quantiles(flat: torch.Tensor, qs: Sequence[float]) -> torch.Tensor:
-    """Linear-interpolated quantiles along the last axis: (B, C, N) -> (B, C, len(qs)).
+def _quantiles(flat: torch.Tensor, levels: Sequence[float]) -> torch.Tensor:
+    """Linear-interpolated quantiles along the last axis: (B, C, N) -> (B, C, len(levels)).
 
     Uses a sort, not ``torch.quantile``, which refuses inputs above 2**24 elements; the
     positions are Python numbers, so nothing is copied to the device.
@@ -35,7 +35,7 @@ def _quantiles(flat: torch.Tensor, qs: Sequence[float]) -> torch.Tensor:
     n = flat.shape[-1]
     ordered = flat.sort(dim=-1).values
     values = []
-    for q in qs:
+    for q in levels:
         pos = q * (n - 1)
         lo = math.floor(pos)
         hi = min(lo + 1, n - 1)

@@ -84,9 +84,11 @@ def static_unet(
     """
     common = dict(in_channels=in_channels, out_channels=out_channels, depth=depth, norm=norm)
     if match_model is not None:
-        clash = sorted(set(match_kwargs or {}) & {"base_width", *common})
-        if clash:
-            raise ArgumentError("match_kwargs", f"{clash} are common keys; set them on the model")
+        common_given = sorted(set(match_kwargs or {}) & {"base_width", *common})
+        if common_given:
+            raise ArgumentError(
+                "match_kwargs", f"{common_given} are common keys; set them on the model"
+            )
         with torch.device("meta"):
             reference = build_model(
                 match_model, base_width=base_width, **common, **(match_kwargs or {})
@@ -242,12 +244,12 @@ def _remembered(name: str, arguments: str, batch: int, size: int) -> tuple[int, 
 
 
 def _measure(name: str, kwargs: Mapping[str, Any], batch: int, size: int) -> tuple[int, int]:
-    kept = 0
+    activation_bytes = 0
 
     def count(module: nn.Module, inputs: Any, output: Any) -> None:
-        nonlocal kept
+        nonlocal activation_bytes
         if isinstance(output, torch.Tensor):
-            kept += output.numel() * output.element_size()
+            activation_bytes += output.numel() * output.element_size()
 
     builder = _builder(name)
     with torch.device("meta"), torch.random.fork_rng(devices=[]):
@@ -258,7 +260,7 @@ def _measure(name: str, kwargs: Mapping[str, Any], batch: int, size: int) -> tup
         model(x, modality)
         for hook in hooks:
             hook.remove()
-    return count_parameters(model), kept
+    return count_parameters(model), activation_bytes
 
 
 def build_model(name: str, *, seed: int | None = None, **kwargs: Any) -> nn.Module:
@@ -290,5 +292,6 @@ def _builder(name: str) -> Callable[..., nn.Module]:
 
 def _parameters(builder: Callable[..., nn.Module]) -> dict[str, inspect.Parameter]:
     """The builder's keyword arguments, less those its registration fixes (``partial``)."""
-    fixed = getattr(builder, "keywords", {})
-    return {k: p for k, p in inspect.signature(builder).parameters.items() if k not in fixed}
+    fixed_by_name = getattr(builder, "keywords", {})
+    parameters = inspect.signature(builder).parameters
+    return {k: p for k, p in parameters.items() if k not in fixed_by_name}

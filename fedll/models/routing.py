@@ -138,9 +138,9 @@ class RoutingSpec:
                         f"{name}: configures the ACP; routing {self.routing!r} has none "
                         "(use learned)"
                     )
-        after = self.freeze_routing_after
-        if after is not None and after < 0:
-            raise ValueError(f"freeze_routing_after: must be >= 0, got {after}")
+        last_round = self.freeze_routing_after
+        if last_round is not None and last_round < 0:
+            raise ValueError(f"freeze_routing_after: must be >= 0, got {last_round}")
         stats = self.acp_stats
         if not stats or any(s not in ACP_STATS for s in stats):
             raise ValueError(

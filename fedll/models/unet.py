@@ -183,13 +183,13 @@ class UNet(nn.Module):
             raise ValueError(f"norm: unknown normalisation {norm!r} (known: {NORMS})")
         widths = [base_width * 2**level for level in range(depth + 1)]
         self.depth = depth
-        spec = NormSpec(norm, norm_modalities)
-        self.stem = TwoConv(in_channels, widths[0], conv, spec, first_conv)
+        norm_spec = NormSpec(norm, norm_modalities)
+        self.stem = TwoConv(in_channels, widths[0], conv, norm_spec, first_conv)
         self.down = nn.ModuleList(
-            Down(widths[level], widths[level + 1], conv, spec) for level in range(depth)
+            Down(widths[level], widths[level + 1], conv, norm_spec) for level in range(depth)
         )
         self.up = nn.ModuleList(
-            UpCat(widths[level + 1], widths[level], widths[level], conv, spec)
+            UpCat(widths[level + 1], widths[level], widths[level], conv, norm_spec)
             for level in reversed(range(depth))
         )
         self.head = nn.Conv2d(widths[0], out_channels, kernel_size=1)
