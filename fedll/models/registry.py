@@ -34,6 +34,7 @@ from pydantic import ConfigDict, Field
 from torch import nn
 
 from fedll.data import MODALITIES
+from fedll.models.arguments import ArgumentError
 from fedll.models.dynamic_conv import DynamicConvLayer
 from fedll.models.inspection import routes_by_modality
 from fedll.models.norms import NORMS
@@ -51,15 +52,6 @@ Statistic = Literal[ACP_STATS]  # type: ignore[valid-type]
 RoutingName = Literal[ROUTINGS]  # type: ignore[valid-type]
 Level = Annotated[float, Field(ge=0, le=1)]
 RoutingWeights = Mapping[Literal["confidence", "balance"], float]
-
-
-class ArgumentError(ValueError):
-    """A builder argument that cannot be used; ``argument`` names it (None: the combination)."""
-
-    def __init__(self, argument: str | None, message: str) -> None:
-        super().__init__(message if argument is None else f"{argument}: {message}")
-        self.argument = argument
-        self.message = message
 
 
 def static_unet(

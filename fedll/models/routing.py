@@ -22,6 +22,7 @@ from typing import ClassVar, NamedTuple
 import torch
 
 from fedll.data import MODALITIES
+from fedll.models.arguments import ArgumentError
 
 ACP_STATS: tuple[str, ...] = ("mean", "std", "max", "quantiles")
 """The pooled per-channel statistics the ACP can read, concatenated in the order given."""
@@ -93,8 +94,10 @@ class RoutingSpec:
         (None: always); read by :func:`~fedll.models.inspection.freeze_routing`.
     num_modalities: M, the modalities a modality router tells apart (:data:`MODALITIES`).
 
-    The ACP's own fields (:attr:`ACP_ONLY`) must keep their defaults with modality routing.
-    Every bad value is a ``ValueError`` whose message starts with the builder argument's name.
+    The ACP's own fields (:attr:`ACP_ONLY`) must keep their defaults with modality routing:
+    a cross-argument check, so an :class:`~fedll.models.arguments.ArgumentError` naming the
+    field, as the builder's own; every other bad value is a ``ValueError`` whose message starts
+    with the builder argument's name, as a layer's.
     """
 
     ACP_ONLY: ClassVar[tuple[str, ...]] = (
@@ -134,9 +137,8 @@ class RoutingSpec:
             defaults = {f.name: f.default for f in dataclasses.fields(self)}
             for name in self.ACP_ONLY:
                 if _differs(getattr(self, name), defaults[name]):
-                    raise ValueError(
-                        f"{name}: configures the ACP; routing {self.routing!r} has none "
-                        "(use learned)"
+                    raise ArgumentError(
+                        name, f"configures the ACP; routing {self.routing!r} has none (use learned)"
                     )
         last_round = self.freeze_routing_after
         if last_round is not None and last_round < 0:

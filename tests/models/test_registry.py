@@ -62,6 +62,13 @@ def test_unknown_name_or_key_raises_an_argument_error() -> None:
         ("dycnn", {"routing_loss_weights": {"sparsity": 1.0}}, "routing_loss_weights", "balance"),
         ("static-wide", {"match_kwargs": {"depth": 2}}, "match_kwargs", "common keys"),
         ("static", {"match_kwargs": {"top_k": 1}}, "match_kwargs", "without match_model"),
+        # the routing spec's cross-argument check names its argument, in a matched model too
+        (
+            "static-wide",
+            {"match_kwargs": {"routing": "modality-soft", "top_k": 1}},
+            "top_k",
+            "configures the ACP; routing 'modality-soft' has none",
+        ),
     ],
 )
 def test_check_arguments_names_the_argument(name, kwargs, argument, message) -> None:
@@ -233,8 +240,11 @@ def test_the_spec_normalises_its_fields_and_checks_them_as_the_builder_names_the
     assert type(spec.temperature_end) is float
     same_as_tuples = RoutingSpec(acp_stats=("mean", "std"), quantiles=(0.0, 1.0), anneal_steps=3)
     assert spec == same_as_tuples and hash(spec) == hash(same_as_tuples)
-    with pytest.raises(ValueError, match="^acp_stats: configures the ACP; routing 'modality-soft'"):
+    with pytest.raises(ArgumentError, match="^acp_stats: configures the ACP; routing 'modality-"):
         RoutingSpec(routing="modality-soft", acp_stats=("mean", "max"))
+    with pytest.raises(ArgumentError, match="^top_k: configures the ACP") as caught:
+        build_model("dycnn", routing="modality-hard", top_k=1)
+    assert caught.value.argument == "top_k"
     # the defaults spelt as lists (as YAML gives them) are the defaults
     RoutingSpec(routing="modality-hard", acp_stats=["mean"], quantiles=[0.1, 0.5, 0.9])
     with pytest.raises(ValueError, match=r"^freeze_routing_after: must be >= 0, got -1$"):
