@@ -27,7 +27,8 @@ from scipy import ndimage
 from fedll.config import SliceConfig
 from fedll.data.layouts import discover
 from fedll.data.nifti import load_volume
-from fedll.data.slices import SliceCache, load_slices, preprocess
+from fedll.data.slice_cache import SliceCache, load_slices
+from fedll.data.slices import preprocess
 
 
 def parse_args() -> argparse.Namespace:

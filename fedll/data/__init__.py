@@ -5,7 +5,8 @@
 - :mod:`~fedll.data.layouts` (discovery of BraTS, MSD and manifest cohorts),
   :mod:`~fedll.data.manifest` (the CSV manifest) and :mod:`~fedll.data.nifti` (reading and
   validating one case);
-- :mod:`~fedll.data.slices`: preprocessing into 2-D slices and the slice cache;
+- :mod:`~fedll.data.slices`: preprocessing into 2-D slices; :mod:`~fedll.data.slice_cache`:
+  the slice cache and loading many records' slices;
 - :mod:`~fedll.data.prepare`: a scenario's cohort split into sites and test sets, once per run.
 """
 

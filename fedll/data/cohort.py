@@ -125,17 +125,8 @@ def generate_cohort(
     atlas = load_atlas() if atlas is None else atlas
     if workers == 1:
         _write_cases(out, plans, atlas, shape, profiles, seed)
-    else:  # interleaved chunks, two per worker; each carries the atlas once
-        chunks = [plans[k :: 2 * workers] for k in range(min(len(plans), 2 * workers))]
-        # spawned, not forked: `fedll run` prepares the cohort while Ray's threads start
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            jobs = [
-                pool.submit(_write_cases, out, chunk, atlas, shape, profiles, seed)
-                for chunk in chunks
-            ]
-            for job in jobs:
-                job.result()
+    else:
+        _write_cases_in_pool(workers, out, plans, atlas, shape, profiles, seed)
     spacing, _ = output_grid(atlas, shape)
     meta = {
         "generator": "fedll.data.cohort",
@@ -159,6 +150,28 @@ def generate_cohort(
     return manifest
 
 
+def _write_cases_in_pool(
+    workers: int,
+    out: Path,
+    plans: Sequence[CasePlan],
+    atlas: Atlas,
+    shape: tuple[int, int, int],
+    profiles: dict[str, ScannerProfile],
+    seed: int,
+) -> None:
+    """:func:`_write_cases` in ``workers`` processes: interleaved chunks, two per worker; each
+    chunk carries the atlas once."""
+    chunks = [plans[k :: 2 * workers] for k in range(min(len(plans), 2 * workers))]
+    # spawned, not forked: `fedll run` prepares the cohort while Ray's threads start
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        jobs = [
+            pool.submit(_write_cases, out, chunk, atlas, shape, profiles, seed) for chunk in chunks
+        ]
+        for job in jobs:
+            job.result()
+
+
 def _check_arguments(
     patients: int,
     sites: Sequence[str],
@@ -179,9 +192,11 @@ def _check_arguments(
     names = [str(s) for s in sites]
     if not names:
         raise ConfigError("sites: at least one site name is needed, got none")
-    bad = [s for s in names if not is_simple_name(s)]
-    if bad:
-        raise ConfigError(f"sites: {bad[0]!r} is not a simple name ({rule_for(bad[0])})")
+    not_simple = [s for s in names if not is_simple_name(s)]
+    if not_simple:
+        raise ConfigError(
+            f"sites: {not_simple[0]!r} is not a simple name ({rule_for(not_simple[0])})"
+        )
     if len(set(names)) < len(names):
         raise ConfigError(f"sites: names must be unique, got {names}")
     if patients < len(names):

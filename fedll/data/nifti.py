@@ -149,8 +149,8 @@ def load_image(path: Path, channel: int | None = None) -> CanonicalImage:
 def _canonical_image(path: Path, nii: nib.Nifti1Image, channel: int | None) -> CanonicalImage:
     image = np.asarray(_read(path, nii, channel), dtype=np.float32)
     if not np.isfinite(image).all():
-        bad = int(image.size - np.count_nonzero(np.isfinite(image)))
-        raise DataError(f"{path}: {bad} voxel(s) are NaN or infinite")
+        non_finite = int(image.size - np.count_nonzero(np.isfinite(image)))
+        raise DataError(f"{path}: {non_finite} voxel(s) are NaN or infinite")
     low, high = float(image.min()), float(image.max())
     if low == high:
         raise DataError(f"{path}: image is constant ({low:g}): no brain")

@@ -33,7 +33,8 @@ from fedll.config.schema import Scenario, SliceConfig
 from fedll.data import MODALITIES
 from fedll.data.layouts import discover
 from fedll.data.nifti import CaseRecord
-from fedll.data.slices import CaseSlices, SliceCache, load_slices
+from fedll.data.slice_cache import SliceCache, load_slices
+from fedll.data.slices import CaseSlices
 from fedll.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -192,22 +193,22 @@ def split_cohort(records: list[CaseRecord], scenario: Scenario, source: str) -> 
         test[modality] = tuple(by_patient[p][modality] for p in chosen)
     sites: dict[str, tuple[CaseRecord, ...]] = {}
     for i, site in enumerate(scenario.sites):
-        own = [
+        from_this_site = [
             p
             for p in patients
             if p not in used
             and site.modality in by_patient[p]
             and by_patient[p][site.modality].site == site.name
         ]
-        rest = [
+        from_no_scenario_site = [
             p
             for p in patients
             if p not in used
-            and p not in set(own)
+            and p not in set(from_this_site)
             and site.modality in by_patient[p]
             and by_patient[p][site.modality].site not in {s.name for s in scenario.sites}
         ]
-        chosen = (own + rest)[: site.patients]
+        chosen = (from_this_site + from_no_scenario_site)[: site.patients]
         if len(chosen) < site.patients:
             raise ConfigError(
                 f"{source}: sites.{i}.patients: {site.name} asks for {site.patients} "
@@ -293,15 +294,15 @@ def cohort_for(run_dir: Path, scenario: Scenario, source: str = "<scenario>") ->
         if scenario.cohort.synthetic is None and not Path(scenario.cohort.path or "").exists():
             raise DataError(f"{missing}: listed in {index} but missing")
         logger.warning("%s: listed in %s but missing; preparing the cohort again", missing, index)
-        again = prepare_cohort(scenario, source=source)
-        if (difference := split_difference(prepared, again)) is not None:
+        prepared_again = prepare_cohort(scenario, source=source)
+        if (difference := split_difference(prepared, prepared_again)) is not None:
             raise DataError(
                 f"{index}: {missing} is missing, and the cohort prepared again differs "
                 f"({difference}); the run's trials used other data: start a new run directory"
             )
-        _warn_if_other_bytes(index, prepared, again)
-        again.write(index)
-        return again
+        _warn_if_other_bytes(index, prepared, prepared_again)
+        prepared_again.write(index)
+        return prepared_again
     return _prepare_into(index, scenario, source)
 
 
@@ -317,13 +318,13 @@ def _warn_if_other_bytes(index: Path, old: PreparedCohort, new: PreparedCohort) 
             index,
         )
         return
-    differ = sorted(k for k, v in new.digests.items() if old.digests.get(k) != v)
-    if differ:
+    changed_cases = sorted(k for k, v in new.digests.items() if old.digests.get(k) != v)
+    if changed_cases:
         logger.warning(
             "%s: the cohort prepared again differs from the run's in %d of %d cases' slices "
             "(first %s; another machine's arithmetic?): the kept trials stay, and agree with the "
-            "trials run now in distribution, not bit for bit", index, len(differ),
-            len(new.digests), differ[0],
+            "trials run now in distribution, not bit for bit", index, len(changed_cases),
+            len(new.digests), changed_cases[0],
         )  # fmt: skip
 
 
@@ -345,9 +346,9 @@ def split_difference(old: PreparedCohort, new: PreparedCohort) -> str | None:
             return f"{part}: {sorted(before)} before, {sorted(after)} now"
         for name in before:
             if cases(before[name]) != cases(after[name]):
-                was = [c[0] for c in cases(before[name])]
-                now = [c[0] for c in cases(after[name])]
-                return f"{part}.{name}: {was} before, {now} now"
+                patients_before = [c[0] for c in cases(before[name])]
+                patients_now = [c[0] for c in cases(after[name])]
+                return f"{part}.{name}: {patients_before} before, {patients_now} now"
     if old.spec != new.spec:
         return "slices: another slice recipe"
     return None

@@ -15,7 +15,8 @@ from fedll.data.arrays import CohortArrays, SiteArrays
 from fedll.data.layouts import discover
 from fedll.data.nifti import CaseRecord
 from fedll.data.prepare import PreparedCohort, default_cache_dir
-from fedll.data.slices import CaseSlices, SliceCache, load_slices
+from fedll.data.slice_cache import SliceCache, load_slices
+from fedll.data.slices import CaseSlices
 from fedll.errors import ConfigError, DataError
 
 
@@ -66,12 +67,12 @@ def site_from_node_config(node_config: Mapping[str, Any]) -> Site:
     if not data_dir.exists():
         raise ConfigError(f"--node-config: site {name}: data-dir {data_dir} does not exist")
     try:
-        found = discover(data_dir)
+        discovered = discover(data_dir)
     except DataError as error:
         raise DataError(f"site {name}: {error}") from None
     records = tuple(
         sorted(
-            (r for r in found if r.modality == modality and r.split != "test"),
+            (r for r in discovered if r.modality == modality and r.split != "test"),
             key=lambda r: r.patient,
         )
     )

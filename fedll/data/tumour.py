@@ -180,5 +180,5 @@ def render_tumour(
     codes = {Tissue.NECROSIS: 1, Tissue.NON_ENHANCING: 1, Tissue.OEDEMA: 2, Tissue.ENHANCING: 4}
     order = list(parts)
     winner = np.argmax(np.stack([parts[t] for t in order]), axis=0)
-    sub = np.asarray([codes[t] for t in order], dtype=np.uint8)[winner]
-    labels[box] = np.where(total >= 0.5, sub, 0)
+    winner_code = np.asarray([codes[t] for t in order], dtype=np.uint8)[winner]
+    labels[box] = np.where(total >= 0.5, winner_code, 0)

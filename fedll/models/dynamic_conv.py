@@ -32,14 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedll.models.attention import (
-    MODES,
-    AttentionCoefficients,
-    ModalityCoefficients,
-    RoutingLossWeights,
-    routing_regulariser,
-)
-from fedll.models.unet import ModalityBatch, TakesModality
+from fedll.models.attention import AttentionCoefficients
+from fedll.models.modality import ModalityBatch, TakesModality
+from fedll.models.modality_routing import ModalityCoefficients
+from fedll.models.routing import MODES, RoutingSpec, routing_regulariser
 
 
 class DynamicConv2d(nn.Module):
@@ -141,23 +137,21 @@ class DynamicConvLayer(TakesModality, nn.Module):
     """A router (``acp``) and a :class:`DynamicConv2d` (``conv``):
     ``conv(x, acp(x, modality).weights)``.
 
-    The router is the ACP (:class:`AttentionCoefficients`, ``routing="learned"``) or, with
-    ``routing="modality-soft"`` / ``"modality-hard"``, a :class:`ModalityCoefficients` that
-    mixes the kernels by the case's known modality (it keeps the name ``acp``, so strategies
-    find its parameters in the same group).
+    The router is the ACP (:class:`AttentionCoefficients`, ``spec.routing="learned"``) or, with
+    ``"modality-soft"`` / ``"modality-hard"``, a :class:`ModalityCoefficients` that mixes the
+    kernels by the case's known modality (it keeps the name ``acp``, so strategies find its
+    parameters in the same group).
 
     After each forward, ``last_attention`` holds a detached copy of the coefficients that
-    mixed the kernels, (B, K) or (B, C_out, G), and :meth:`routing_loss` the weighted
-    regulariser on the soft coefficients of that forward (with its graph).
+    mixed the kernels, (B, K) or (B, C_out, G), and :meth:`routing_loss` the regulariser,
+    weighted by ``spec.routing_loss_weights``, on the soft coefficients of that forward (with
+    its graph).
 
     Args:
         in_channels, out_channels, kernel_size, bias: as for ``nn.Conv2d`` (padding "same").
         num_kernels, mode: see :class:`DynamicConv2d`.
-        routing_loss_weights: weights of :func:`~fedll.models.attention.routing_regulariser`.
-        routing: ``"learned"`` (the ACP), ``"modality-soft"`` or ``"modality-hard"``.
-        num_modalities: M, for modality routing.
-        **acp_kwargs: the remaining :class:`AttentionCoefficients` arguments (with modality
-            routing, only the temperature schedule and ``freeze_after`` apply).
+        spec: how the router predicts the coefficients (default :class:`RoutingSpec`'s),
+            handed to it unchanged.
 
     ``forward(x, modality=None)``: (B, C_in, H, W), modality (B,) int64 -> (B, C_out, H, W);
     a modality-routed layer needs ``modality``, a learned one ignores it.
@@ -172,31 +166,23 @@ class DynamicConvLayer(TakesModality, nn.Module):
         num_kernels: int = 4,
         mode: str = "bank",
         bias: bool = False,
-        routing_loss_weights: RoutingLossWeights | None = None,
-        routing: str = "learned",
-        num_modalities: int = 2,
-        **acp_kwargs: Any,
+        spec: RoutingSpec | None = None,
     ) -> None:
         super().__init__()
+        spec = spec or RoutingSpec()
+        self.spec = spec
         self.acp: AttentionCoefficients | ModalityCoefficients
-        if routing == "learned":
+        if spec.routing == "learned":
             self.acp = AttentionCoefficients(
-                in_channels, num_kernels, out_channels=out_channels, mode=mode, **acp_kwargs
+                in_channels, num_kernels, out_channels=out_channels, mode=mode, spec=spec
             )
         else:
-            schedule = ("temperature_start", "temperature_end", "anneal_steps", "freeze_after")
             self.acp = ModalityCoefficients(
-                num_kernels,
-                num_modalities=num_modalities,
-                routing=routing,
-                out_channels=out_channels,
-                mode=mode,
-                **{k: v for k, v in acp_kwargs.items() if k in schedule},
+                num_kernels, out_channels=out_channels, mode=mode, spec=spec
             )
         self.conv = DynamicConv2d(
             in_channels, out_channels, kernel_size, num_kernels=num_kernels, mode=mode, bias=bias
         )
-        self.routing_loss_weights = routing_loss_weights or RoutingLossWeights()
         self.last_attention: torch.Tensor | None = None
         self._probs: torch.Tensor | None = None
 
@@ -205,14 +191,14 @@ class DynamicConvLayer(TakesModality, nn.Module):
     ) -> torch.Tensor:
         routing = self.acp(x, modality)
         self.last_attention = routing.weights.detach()
-        self._probs = routing.probs if self.routing_loss_weights.active else None
+        self._probs = routing.probs if self.spec.routing_loss_weights.active else None
         return self.conv(x, routing.weights)
 
     def routing_loss(self) -> torch.Tensor | None:
         """The weighted routing regulariser of the last forward, or None if there is none."""
         if self._probs is None:
             return None
-        return routing_regulariser(self._probs, self.routing_loss_weights)
+        return routing_regulariser(self._probs, self.spec.routing_loss_weights)
 
     def __getstate__(self) -> dict[str, Any]:
         # The kept soft coefficients are a non-leaf tensor, which deepcopy and pickle refuse.

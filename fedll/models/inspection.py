@@ -19,9 +19,10 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
-from fedll.models.attention import AttentionCoefficients, ModalityCoefficients
+from fedll.models.attention import AttentionCoefficients
 from fedll.models.dynamic_conv import DynamicConv2d, DynamicConvLayer
-from fedll.models.unet import ModalityNorm
+from fedll.models.modality_routing import ModalityCoefficients
+from fedll.models.norms import ModalityNorm
 
 _ROUTERS = (AttentionCoefficients, ModalityCoefficients)
 
@@ -163,15 +164,16 @@ def routes_by_modality(model: nn.Module) -> bool:
 
 def freeze_routing(model: nn.Module, server_round: int) -> list[str]:
     """Stop the routing parameters (the ACP's, or the per-modality logits) of every dynamic
-    layer built with ``freeze_after`` = R (the ``freeze_routing_after`` argument) from
-    training when ``server_round`` > R: they no longer require gradients, so an optimiser
-    leaves them as they are (PyTorch's optimisers skip parameters without a gradient, weight
-    decay included). Returns the names of the parameters frozen. The temperature schedule
-    (a buffer) still advances."""
+    layer whose spec has ``freeze_routing_after`` = R from training when ``server_round`` > R:
+    they no longer require gradients, so an optimiser leaves them as they are (PyTorch's
+    optimisers skip parameters without a gradient, weight decay included). Returns the names
+    of the parameters frozen. The temperature schedule (a buffer) still advances."""
     frozen = []
     for name, module in model.named_modules():
-        after = getattr(module, "freeze_after", None)
-        if isinstance(module, _ROUTERS) and after is not None and server_round > after:
+        if not isinstance(module, _ROUTERS):
+            continue
+        last_round = module.spec.freeze_routing_after
+        if last_round is not None and server_round > last_round:
             for param_name, param in module.named_parameters():
                 param.requires_grad_(False)
                 frozen.append(f"{name}.{param_name}" if name else param_name)

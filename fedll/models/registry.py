@@ -34,10 +34,12 @@ from pydantic import ConfigDict, Field
 from torch import nn
 
 from fedll.data import MODALITIES
-from fedll.models.attention import ACP_STATS, ROUTINGS, RoutingLossWeights
+from fedll.models.arguments import ArgumentError
 from fedll.models.dynamic_conv import DynamicConvLayer
 from fedll.models.inspection import routes_by_modality
-from fedll.models.unet import NORMS, UNet, count_parameters, equal_param_width, static_conv
+from fedll.models.norms import NORMS
+from fedll.models.routing import ACP_STATS, ROUTINGS, RoutingLossWeights, RoutingSpec
+from fedll.models.unet import UNet, count_parameters, equal_param_width, static_conv
 
 logger = logging.getLogger(__name__)
 
@@ -50,15 +52,6 @@ Statistic = Literal[ACP_STATS]  # type: ignore[valid-type]
 RoutingName = Literal[ROUTINGS]  # type: ignore[valid-type]
 Level = Annotated[float, Field(ge=0, le=1)]
 RoutingWeights = Mapping[Literal["confidence", "balance"], float]
-
-
-class ArgumentError(ValueError):
-    """A builder argument that cannot be used; ``argument`` names it (None: the combination)."""
-
-    def __init__(self, argument: str | None, message: str) -> None:
-        super().__init__(message if argument is None else f"{argument}: {message}")
-        self.argument = argument
-        self.message = message
 
 
 def static_unet(
@@ -79,13 +72,15 @@ def static_unet(
     built from the same common kwargs plus ``match_kwargs``, and the static width is
     :func:`~fedll.models.unet.equal_param_width` of its parameter count (of a model with one
     normalisation layer each). ``norm_by_modality``: one normalisation layer per modality
-    (:class:`~fedll.models.unet.ModalityNorm`; the forward then needs ``modality``).
+    (:class:`~fedll.models.norms.ModalityNorm`; the forward then needs ``modality``).
     """
     common = dict(in_channels=in_channels, out_channels=out_channels, depth=depth, norm=norm)
     if match_model is not None:
-        clash = sorted(set(match_kwargs or {}) & {"base_width", *common})
-        if clash:
-            raise ArgumentError("match_kwargs", f"{clash} are common keys; set them on the model")
+        common_given = sorted(set(match_kwargs or {}) & {"base_width", *common})
+        if common_given:
+            raise ArgumentError(
+                "match_kwargs", f"{common_given} are common keys; set them on the model"
+            )
         with torch.device("meta"):
             reference = build_model(
                 match_model, base_width=base_width, **common, **(match_kwargs or {})
@@ -115,78 +110,48 @@ def dynamic_unet(
     base_width: Positive = 16,
     norm: Norm = "batch",
     num_kernels: Positive = 4,
-    acp_stats: Sequence[Statistic] | Statistic = ("mean",),
-    quantiles: Sequence[Level] = (0.1, 0.5, 0.9),
-    hidden_ratio: PositiveFloat = 0.25,
-    min_hidden: Positive = 4,
-    temperature_start: PositiveFloat = 30.0,
-    temperature_end: PositiveFloat = 1.0,
-    anneal_steps: NonNegative = 100,
-    top_k: Positive | None = None,
+    acp_stats: Sequence[Statistic] | Statistic = RoutingSpec.acp_stats,
+    quantiles: Sequence[Level] = RoutingSpec.quantiles,
+    hidden_ratio: PositiveFloat = RoutingSpec.hidden_ratio,
+    min_hidden: Positive = RoutingSpec.min_hidden,
+    temperature_start: PositiveFloat = RoutingSpec.temperature_start,
+    temperature_end: PositiveFloat = RoutingSpec.temperature_end,
+    anneal_steps: NonNegative = RoutingSpec.anneal_steps,
+    top_k: Positive | None = RoutingSpec.top_k,
     routing_loss_weights: RoutingWeights | RoutingLossWeights | None = None,
     first_layer_static: bool = False,
     head_prior: Probability | None = None,
-    routing: RoutingName = "learned",
-    freeze_routing_after: NonNegative | None = None,
+    routing: RoutingName = RoutingSpec.routing,
+    freeze_routing_after: NonNegative | None = RoutingSpec.freeze_routing_after,
     norm_by_modality: bool = False,
 ) -> UNet:
     """A U-Net whose 3x3 convolutions are :class:`DynamicConvLayer` s (the 1x1 head is static).
 
-    ``mode="bank"``: K = ``num_kernels`` kernels per layer (Chen et al. 2020);
-    ``mode="grouped"``: G = ``num_kernels`` fixed kernels per output channel. The remaining
-    arguments configure the ACP (see :class:`AttentionCoefficients`);
-    ``routing_loss_weights`` is ``{"confidence": w, "balance": w}`` (missing keys are 0);
-    ``first_layer_static`` keeps the very first convolution static; ``head_prior`` see
-    :class:`~fedll.models.unet.UNet`.
-
-    ``routing``: ``"learned"`` (the ACP, from the input), or by the case's known modality
-    (:class:`~fedll.models.attention.ModalityCoefficients`): ``"modality-soft"`` (a learned
-    coefficient vector per modality, with the temperature schedule) or ``"modality-hard"``
-    (a fixed, equal share of the kernels per modality; ``num_kernels`` a multiple of the
-    number of modalities). Such a model's forward needs ``modality``; the ACP's own arguments
-    (``acp_stats``, ``quantiles``, ``hidden_ratio``, ``min_hidden``, ``top_k``) do not apply.
-    ``freeze_routing_after``: R, the routing parameters (ACP or per-modality logits) train in
-    federated rounds 1..R only (:func:`~fedll.models.inspection.freeze_routing`).
-    ``norm_by_modality``: one normalisation layer per modality
-    (:class:`~fedll.models.unet.ModalityNorm`; the forward then needs ``modality``): with
-    ``modality-hard`` the modalities share only the 1x1 head.
+    ``mode="bank"``: K = ``num_kernels`` kernels per layer (Chen et al. 2020); ``"grouped"``:
+    G = ``num_kernels`` fixed kernels per output channel. ``acp_stats`` to ``top_k``,
+    ``routing_loss_weights`` (``{"confidence": w, "balance": w}``, missing keys 0), ``routing``
+    and ``freeze_routing_after`` make the one :class:`~fedll.models.routing.RoutingSpec` every
+    layer shares (their meaning and defaults are its). ``first_layer_static``: the very first
+    convolution static; ``head_prior``: see :class:`~fedll.models.unet.UNet`;
+    ``norm_by_modality``: one normalisation layer per modality (:class:`ModalityNorm`; with
+    ``modality-hard`` the modalities then share only the 1x1 head). With modality routing or
+    ``norm_by_modality`` the forward needs ``modality``.
     """
-    if routing != "learned":
-        learned_only = {
-            "acp_stats": acp_stats not in ("mean", ("mean",), ["mean"]),
-            "quantiles": tuple(quantiles) != (0.1, 0.5, 0.9),
-            "hidden_ratio": hidden_ratio != 0.25,
-            "min_hidden": min_hidden != 4,
-            "top_k": top_k is not None,
-        }
-        for argument, given in learned_only.items():
-            if given:
-                raise ArgumentError(
-                    argument, f"configures the ACP; routing {routing!r} has none (use learned)"
-                )
-    if isinstance(routing_loss_weights, RoutingLossWeights) or routing_loss_weights is None:
-        weights = routing_loss_weights or RoutingLossWeights()
-    else:
-        weights = RoutingLossWeights(**{k: float(w) for k, w in routing_loss_weights.items()})
-    conv = partial(
-        DynamicConvLayer,
-        kernel_size=3,
-        num_kernels=num_kernels,
-        mode=mode,
-        routing_loss_weights=weights,
-        stats=(acp_stats,) if isinstance(acp_stats, str) else tuple(acp_stats),
+    spec = RoutingSpec(
+        routing=routing,
+        acp_stats=(acp_stats,) if isinstance(acp_stats, str) else tuple(acp_stats),
         quantiles=tuple(quantiles),
         hidden_ratio=hidden_ratio,
         min_hidden=min_hidden,
+        top_k=top_k,
         temperature_start=temperature_start,
         temperature_end=temperature_end,
         anneal_steps=anneal_steps,
-        top_k=top_k,
-        freeze_after=freeze_routing_after,
-        **({} if routing == "learned" else {"routing": routing, "num_modalities": len(MODALITIES)}),
+        routing_loss_weights=RoutingLossWeights.of(routing_loss_weights),
+        freeze_routing_after=freeze_routing_after,
     )
     return UNet(
-        conv,
+        partial(DynamicConvLayer, kernel_size=3, num_kernels=num_kernels, mode=mode, spec=spec),
         in_channels=in_channels,
         out_channels=out_channels,
         depth=depth,
@@ -271,12 +236,12 @@ def _remembered(name: str, arguments: str, batch: int, size: int) -> tuple[int, 
 
 
 def _measure(name: str, kwargs: Mapping[str, Any], batch: int, size: int) -> tuple[int, int]:
-    kept = 0
+    activation_bytes = 0
 
     def count(module: nn.Module, inputs: Any, output: Any) -> None:
-        nonlocal kept
+        nonlocal activation_bytes
         if isinstance(output, torch.Tensor):
-            kept += output.numel() * output.element_size()
+            activation_bytes += output.numel() * output.element_size()
 
     builder = _builder(name)
     with torch.device("meta"), torch.random.fork_rng(devices=[]):
@@ -287,7 +252,7 @@ def _measure(name: str, kwargs: Mapping[str, Any], batch: int, size: int) -> tup
         model(x, modality)
         for hook in hooks:
             hook.remove()
-    return count_parameters(model), kept
+    return count_parameters(model), activation_bytes
 
 
 def build_model(name: str, *, seed: int | None = None, **kwargs: Any) -> nn.Module:
@@ -319,5 +284,6 @@ def _builder(name: str) -> Callable[..., nn.Module]:
 
 def _parameters(builder: Callable[..., nn.Module]) -> dict[str, inspect.Parameter]:
     """The builder's keyword arguments, less those its registration fixes (``partial``)."""
-    fixed = getattr(builder, "keywords", {})
-    return {k: p for k, p in inspect.signature(builder).parameters.items() if k not in fixed}
+    fixed_by_name = getattr(builder, "keywords", {})
+    parameters = inspect.signature(builder).parameters
+    return {k: p for k, p in parameters.items() if k not in fixed_by_name}

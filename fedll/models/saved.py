@@ -179,8 +179,10 @@ def _check_weights(arrays: Mapping[str, np.ndarray], metadata: ModelMetadata, so
     for name in sorted(arrays):
         array = arrays[name]
         if array.dtype.kind in "fc" and not np.isfinite(array).all():
-            bad = int(array.size - np.count_nonzero(np.isfinite(array)))
-            raise DataError(f"{source}: tensor {name!r} holds {bad} NaN or infinite value(s)")
+            non_finite = int(array.size - np.count_nonzero(np.isfinite(array)))
+            raise DataError(
+                f"{source}: tensor {name!r} holds {non_finite} NaN or infinite value(s)"
+            )
     expected = metadata.weights_sha256
     if expected is not None and weights_digest(arrays) != expected:
         raise DataError(

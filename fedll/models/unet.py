@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
 
@@ -22,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-NORMS: tuple[str, ...] = ("batch", "instance", "group", "none")
+from fedll.models.modality import ModalityBatch, TakesModality
+from fedll.models.norms import NORMS, NormSpec
 
 
 class ConvFactory(Protocol):
@@ -33,135 +33,6 @@ class ConvFactory(Protocol):
 
 static_conv: ConvFactory = partial(nn.Conv2d, kernel_size=3, padding=1)
 """The plain 3x3 convolution factory."""
-
-
-@dataclass(frozen=True)
-class ModalityBatch:
-    """Each sample's modality, looked up once per forward: ``index`` (B,) int64 on the
-    model's device, the modalities ``present`` in the batch (in ascending order) and, for a
-    batch of several, ``rows[m]``, the indices of modality m's samples. :class:`UNet` makes
-    one from the ``modality`` it is given and passes it to every layer that takes one, so
-    that finding the modalities present (which reads the tensor on the host, a device
-    synchronisation on a GPU) happens once per forward, not once per layer."""
-
-    index: torch.Tensor
-    present: tuple[int, ...]
-    rows: dict[int, torch.Tensor]
-
-    @classmethod
-    def of(cls, modality: torch.Tensor, device: torch.device) -> ModalityBatch:
-        """The batch of ``modality`` (B,) int64, its index moved to ``device``."""
-        if modality.is_meta:  # a footprint measured on the meta device: shapes, no values
-            return cls(modality, (), {})
-        present = tuple(int(m) for m in torch.unique(modality).tolist())  # the one host read
-        index = modality.to(device)
-        if len(present) == 1:  # the whole batch goes through one layer: no rows to pick
-            return cls(index, present, {})
-        return cls(index, present, {m: (index == m).nonzero(as_tuple=True)[0] for m in present})
-
-    @property
-    def shape(self) -> torch.Size:
-        return self.index.shape
-
-
-class TakesModality:
-    """Marks a layer (a convolution, a normalisation) whose forward takes ``modality`` (B,)
-    int64, the index of each sample's modality (:data:`fedll.data.MODALITIES`), or the
-    :class:`ModalityBatch` of it, as a second argument: :class:`UNet` passes the modality it
-    is given to these, and only to these."""
-
-    @staticmethod
-    def checked_modality(
-        x: torch.Tensor, modality: torch.Tensor | ModalityBatch | None, uses: str
-    ) -> ModalityBatch:
-        """The :class:`ModalityBatch` of ``modality``, or ValueError when a layer that
-        ``uses`` it (e.g. "routes by the case's modality") was given none, or not one index
-        per sample of ``x``."""
-        if modality is None:
-            raise ValueError(
-                f"modality: this layer {uses}; call the model with modality=(B,) indices into "
-                "fedll.data.MODALITIES"
-            )
-        if modality.shape != (x.shape[0],):
-            raise ValueError(
-                f"modality: expected shape ({x.shape[0]},), got {tuple(modality.shape)}"
-            )
-        if isinstance(modality, ModalityBatch):
-            return modality
-        return ModalityBatch.of(modality, x.device)
-
-
-def make_norm(norm: str, channels: int) -> nn.Module:
-    """A normalisation layer over ``channels``: batch, instance (affine), group or none.
-
-    Group norm uses the largest divisor of ``channels`` that is at most 8 as its group count.
-    """
-    if norm == "batch":
-        return nn.BatchNorm2d(channels)
-    if norm == "instance":
-        return nn.InstanceNorm2d(channels, affine=True)
-    if norm == "group":
-        groups = max(g for g in range(1, min(8, channels) + 1) if channels % g == 0)
-        return nn.GroupNorm(groups, channels)
-    if norm == "none":
-        return nn.Identity()
-    raise ValueError(f"norm: unknown normalisation {norm!r} (known: {NORMS})")
-
-
-class ModalityNorm(TakesModality, nn.Module):
-    """One normalisation layer per modality (``norms[m]``, each as :func:`make_norm` makes
-    it): sample b is normalised by ``norms[modality[b]]``, so one modality's batches never move
-    another's statistics or affine parameters. A batch of one modality goes through its layer
-    whole (bit-identical to that layer alone); a mixed batch is split by modality.
-
-    ``forward(x, modality)``: (B, C, H, W), (B,) int64 -> (B, C, H, W).
-    """
-
-    def __init__(self, norm: str, channels: int, num_modalities: int) -> None:
-        super().__init__()
-        if num_modalities < 1:
-            raise ValueError(f"num_modalities: must be >= 1, got {num_modalities}")
-        self.norms = nn.ModuleList(make_norm(norm, channels) for _ in range(num_modalities))
-
-    def forward(
-        self, x: torch.Tensor, modality: torch.Tensor | ModalityBatch | None = None
-    ) -> torch.Tensor:
-        batch = self.checked_modality(
-            x, modality, "normalises by the case's modality (norm_by_modality)"
-        )
-        if batch.index.is_meta:  # a footprint measured on the meta device: shapes, no values
-            return self.norms[0](x)
-        present = batch.present
-        if not all(0 <= m < len(self.norms) for m in present):
-            raise ValueError(f"modality: indices {list(present)} outside 0..{len(self.norms) - 1}")
-        if len(present) == 1:
-            return self.norms[present[0]](x)
-        out = torch.empty_like(x)
-        for m in present:
-            index = batch.rows[m]
-            out = out.index_copy(0, index, self.norms[m](x.index_select(0, index)))
-        return out
-
-
-@dataclass(frozen=True)
-class NormSpec:
-    """How a U-Net's normalisation layers are made: ``kind`` (one of :data:`NORMS`, as
-    :func:`make_norm` makes it) and, with ``modalities``, one such layer per modality
-    (:class:`ModalityNorm`)."""
-
-    kind: str
-    modalities: int | None = None
-
-    def layer(self, channels: int) -> nn.Module:
-        if self.modalities is None:
-            return make_norm(self.kind, channels)
-        return ModalityNorm(self.kind, channels, self.modalities)
-
-    @property
-    def conv_bias(self) -> bool:
-        """Whether the convolutions before these layers take a bias: only without a
-        normalisation (a bias before one is redundant)."""
-        return self.kind == "none"
 
 
 class TwoConv(nn.Sequential):
@@ -312,13 +183,13 @@ class UNet(nn.Module):
             raise ValueError(f"norm: unknown normalisation {norm!r} (known: {NORMS})")
         widths = [base_width * 2**level for level in range(depth + 1)]
         self.depth = depth
-        spec = NormSpec(norm, norm_modalities)
-        self.stem = TwoConv(in_channels, widths[0], conv, spec, first_conv)
+        norm_spec = NormSpec(norm, norm_modalities)
+        self.stem = TwoConv(in_channels, widths[0], conv, norm_spec, first_conv)
         self.down = nn.ModuleList(
-            Down(widths[level], widths[level + 1], conv, spec) for level in range(depth)
+            Down(widths[level], widths[level + 1], conv, norm_spec) for level in range(depth)
         )
         self.up = nn.ModuleList(
-            UpCat(widths[level + 1], widths[level], widths[level], conv, spec)
+            UpCat(widths[level + 1], widths[level], widths[level], conv, norm_spec)
             for level in reversed(range(depth))
         )
         self.head = nn.Conv2d(widths[0], out_channels, kernel_size=1)

@@ -5,15 +5,9 @@ import math
 import pytest
 import torch
 
-from fedll.models.attention import (
-    AttentionCoefficients,
-    RoutingLossWeights,
-    pooled_statistics,
-    routing_regulariser,
-    straight_through_top_k,
-    temperature_at,
-    temperature_tensor,
-)
+from fedll.models.attention import AttentionCoefficients, pooled_statistics, straight_through_top_k
+from fedll.models.routing import RoutingLossWeights, RoutingSpec, routing_regulariser
+from fedll.models.temperature import temperature_at, temperature_tensor
 
 
 def entropy(p: torch.Tensor) -> torch.Tensor:
@@ -29,7 +23,9 @@ def test_temperature_schedule_is_linear_then_fixed() -> None:
 
 
 def test_annealing_reaches_temperature_end_after_anneal_steps() -> None:
-    acp = AttentionCoefficients(4, 4, temperature_start=30.0, temperature_end=0.25, anneal_steps=5)
+    acp = AttentionCoefficients(
+        4, 4, spec=RoutingSpec(temperature_start=30.0, temperature_end=0.25, anneal_steps=5)
+    )
     seen = [acp.temperature]
     for _ in range(7):
         acp.advance()
@@ -55,11 +51,11 @@ def test_pooled_statistics_values() -> None:
 def test_unknown_statistic_and_bad_arguments_raise_value_errors_naming_them() -> None:
     # layers know nothing of config files: a plain ValueError that starts with the argument
     with pytest.raises(ValueError, match="^acp_stats: "):
-        AttentionCoefficients(4, 4, stats=("mean", "median"))
+        RoutingSpec(acp_stats=("mean", "median"))
     with pytest.raises(ValueError, match="^top_k: "):
-        AttentionCoefficients(4, 4, top_k=5)
+        AttentionCoefficients(4, 4, spec=RoutingSpec(top_k=5))
     with pytest.raises(ValueError, match="^temperature_start/end: "):
-        AttentionCoefficients(4, 4, temperature_end=0.0)
+        RoutingSpec(temperature_end=0.0)
     with pytest.raises(ValueError, match="^mode: "):
         AttentionCoefficients(4, 4, mode="mixture")
 
@@ -67,7 +63,9 @@ def test_unknown_statistic_and_bad_arguments_raise_value_errors_naming_them() ->
 @pytest.mark.parametrize("mode", ["bank", "grouped"])
 def test_attention_sums_to_one_and_depends_on_the_input(mode: str) -> None:
     torch.manual_seed(0)
-    acp = AttentionCoefficients(6, 3, out_channels=5, mode=mode, temperature_start=1.0)
+    acp = AttentionCoefficients(
+        6, 3, out_channels=5, mode=mode, spec=RoutingSpec(temperature_start=1.0)
+    )
     x = torch.randn(4, 6, 8, 8)
     routing = acp(x)
     expected_shape = (4, 3) if mode == "bank" else (4, 5, 3)
@@ -78,7 +76,9 @@ def test_attention_sums_to_one_and_depends_on_the_input(mode: str) -> None:
 
 def test_higher_temperature_is_closer_to_uniform() -> None:
     torch.manual_seed(0)
-    acp = AttentionCoefficients(8, 4, temperature_start=30.0, temperature_end=1.0, anneal_steps=1)
+    acp = AttentionCoefficients(
+        8, 4, spec=RoutingSpec(temperature_start=30.0, temperature_end=1.0, anneal_steps=1)
+    )
     with torch.no_grad():
         acp.fc2.weight.mul_(20.0)  # logits far from zero
     x = torch.randn(16, 8, 6, 6)
@@ -96,7 +96,7 @@ def test_std_statistic_separates_inputs_with_equal_mean() -> None:
     torch.testing.assert_close(flat.mean((2, 3)), spread.mean((2, 3)))
     for stats, differs in ((("mean",), False), (("mean", "std"), True)):
         torch.manual_seed(0)
-        acp = AttentionCoefficients(3, 4, stats=stats, temperature_start=1.0)
+        acp = AttentionCoefficients(3, 4, spec=RoutingSpec(acp_stats=stats, temperature_start=1.0))
         a, b = acp(torch.cat([flat, spread])).weights
         assert bool((a - b).abs().max() > 1e-4) is differs, stats
 

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedll.models.attention import RoutingLossWeights
 from fedll.models.dynamic_conv import DynamicConv2d, DynamicConvLayer
+from fedll.models.routing import RoutingLossWeights, RoutingSpec
 
 
 def per_sample_reference(layer: DynamicConvLayer, x: torch.Tensor) -> torch.Tensor:
@@ -47,9 +47,9 @@ def test_batched_forward_and_gradients_equal_per_sample_reference(
         num_kernels=3,
         mode=mode,
         bias=True,
-        top_k=top_k,
-        stats=("mean", "std", "max", "quantiles"),
-        temperature_start=2.0,
+        spec=RoutingSpec(
+            top_k=top_k, acp_stats=("mean", "std", "max", "quantiles"), temperature_start=2.0
+        ),
     ).double()
     layer.train(training)
     x = torch.randn(4, 5, 9, 7, dtype=torch.float64, requires_grad=True)
@@ -93,7 +93,7 @@ def test_one_hot_attention_equals_conv2d_with_that_kernel(mode: str) -> None:
 def test_hard_routing_sends_gradient_only_to_the_chosen_kernels(mode: str) -> None:
     torch.manual_seed(0)
     layer = DynamicConvLayer(
-        4, 5, num_kernels=4, mode=mode, bias=True, top_k=1, temperature_start=1.0
+        4, 5, num_kernels=4, mode=mode, bias=True, spec=RoutingSpec(top_k=1, temperature_start=1.0)
     )
     x = torch.randn(1, 4, 6, 6)
     layer(x).square().sum().backward()
@@ -114,7 +114,9 @@ def test_hard_routing_sends_gradient_only_to_the_chosen_kernels(mode: str) -> No
 
 def test_last_attention_is_detached_and_routing_loss_keeps_the_graph() -> None:
     torch.manual_seed(0)
-    layer = DynamicConvLayer(3, 4, routing_loss_weights=RoutingLossWeights(confidence=1.0))
+    layer = DynamicConvLayer(
+        3, 4, spec=RoutingSpec(routing_loss_weights=RoutingLossWeights(confidence=1.0))
+    )
     assert layer.routing_loss() is None
     layer(torch.randn(2, 3, 5, 5))
     assert layer.last_attention.shape == (2, 4) and not layer.last_attention.requires_grad
@@ -125,7 +127,9 @@ def test_last_attention_is_detached_and_routing_loss_keeps_the_graph() -> None:
 
 def test_layer_deepcopies_and_pickles_after_a_training_forward() -> None:
     torch.manual_seed(0)
-    layer = DynamicConvLayer(3, 4, routing_loss_weights=RoutingLossWeights(balance=1.0))
+    layer = DynamicConvLayer(
+        3, 4, spec=RoutingSpec(routing_loss_weights=RoutingLossWeights(balance=1.0))
+    )
     x = torch.randn(2, 3, 5, 5)
     layer(x)
     for clone in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):

@@ -10,9 +10,10 @@ import torch.nn.functional as F
 
 from fedll.config.schema import TrainingConfig
 from fedll.models import build_model, check_arguments, parameter_groups
-from fedll.models.attention import ModalityCoefficients
 from fedll.models.dynamic_conv import DynamicConvLayer
 from fedll.models.inspection import freeze_routing, last_attention, routes_by_modality
+from fedll.models.modality_routing import ModalityCoefficients
+from fedll.models.routing import RoutingSpec
 from fedll.training.train import train_local
 
 SMALL = {"base_width": 4, "depth": 1}
@@ -49,7 +50,9 @@ def test_default_dycnn_state_keys_are_unchanged() -> None:
 
 def layer(routing: str, mode: str = "bank", k: int = 4) -> DynamicConvLayer:
     torch.manual_seed(0)
-    return DynamicConvLayer(3, 5, num_kernels=k, mode=mode, routing=routing, anneal_steps=0)
+    return DynamicConvLayer(
+        3, 5, num_kernels=k, mode=mode, spec=RoutingSpec(routing=routing, anneal_steps=0)
+    )
 
 
 @pytest.mark.parametrize("mode", ["bank", "grouped"])
@@ -88,15 +91,21 @@ def test_soft_routing_with_equal_logits_is_the_mean_kernel(mode: str) -> None:
 
 def test_soft_routing_follows_the_modality_logits_and_temperature() -> None:
     torch.manual_seed(0)
-    router = ModalityCoefficients(3, routing="modality-soft", temperature_start=2.0,
-                                  temperature_end=2.0, anneal_steps=0)  # fmt: skip
+    router = ModalityCoefficients(
+        3,
+        spec=RoutingSpec(
+            routing="modality-soft", temperature_start=2.0, temperature_end=2.0, anneal_steps=0
+        ),
+    )
     with torch.no_grad():
         router.logits.copy_(torch.tensor([[0.0, 2.0, 4.0], [4.0, 0.0, 0.0]]))
     weights = router(torch.zeros(3, 1, 2, 2), torch.tensor([1, 0, 1])).weights
     expected = torch.softmax(torch.tensor([[4.0, 0, 0], [0, 2, 4], [4, 0, 0]]) / 2.0, dim=-1)
     torch.testing.assert_close(weights, expected)
     assert router.logits.shape == (2, 3)
-    grouped = ModalityCoefficients(3, routing="modality-soft", mode="grouped", out_channels=5)
+    grouped = ModalityCoefficients(
+        3, mode="grouped", out_channels=5, spec=RoutingSpec(routing="modality-soft")
+    )
     assert grouped.logits.shape == (2, 5, 3)
 
 

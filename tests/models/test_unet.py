@@ -18,6 +18,7 @@ from fedll.models import (
     static_conv,
     static_unet_parameters,
 )
+from fedll.models.modality import ModalityBatch, TakesModality
 
 
 @pytest.mark.parametrize("name", ["static", "dycnn", "dycnn-grouped"])
@@ -158,21 +159,19 @@ def test_the_modalities_present_are_read_once_per_forward_not_per_layer(
     """A U-Net that routes and normalises by modality (20 layers take it) reads the modalities
     present once per forward (on a GPU, one host synchronisation instead of one per layer),
     and gives the outputs and gradients of each layer looking them up itself."""
-    import fedll.models.unet as unet
-
     model = build_model(
         "dycnn", depth=2, base_width=4, seed=0, routing="modality-hard", norm_by_modality=True
     )
     model.train(train)
     x = torch.randn(4, 1, 16, 16, generator=torch.Generator().manual_seed(1))
     index = torch.tensor(modality)
-    takers = [m for m in model.modules() if isinstance(m, unet.TakesModality)]
+    takers = [m for m in model.modules() if isinstance(m, TakesModality)]
     assert len(takers) >= 20
 
     def per_layer() -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The old way: every layer is handed the tensor and looks it up itself."""
         model.zero_grad()
-        wrapped = unet.ModalityBatch.of
+        wrapped = ModalityBatch.of
         calls = []
 
         def first_call_passes_the_tensor_on(cls, m, device):
@@ -180,9 +179,9 @@ def test_the_modalities_present_are_read_once_per_forward_not_per_layer(
             return m if len(calls) == 1 else wrapped(m, device)
 
         with monkeypatch.context() as patch:
-            patch.setattr(unet.ModalityBatch, "of", classmethod(first_call_passes_the_tensor_on))
+            patch.setattr(ModalityBatch, "of", classmethod(first_call_passes_the_tensor_on))
             out = model(x, index)
-        assert len(calls) == 1 + sum(1 for m in takers if isinstance(m, unet.ModalityNorm)) + sum(
+        assert len(calls) == 1 + sum(1 for m in takers if isinstance(m, ModalityNorm)) + sum(
             1 for m in model.modules() if type(m).__name__ == "ModalityCoefficients"
         )
         out.sum().backward()
