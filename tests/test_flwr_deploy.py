@@ -39,8 +39,9 @@ from fedll.config import dump_scenario, expand_trials, load_scenario
 from fedll.data.prepare import prepare_cohort
 from fedll.deploy.certs import Certificates, write_certificates
 from fedll.deploy.site_data import write_site_manifests
+from fedll.run.execute import run_trial
+from fedll.run.run_dir import RESOLVED_SCENARIO
 from fedll.run.store import trial_path
-from fedll.run.sweep import RESOLVED_SCENARIO, run_trial
 
 pytestmark = pytest.mark.slow
 

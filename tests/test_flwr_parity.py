@@ -38,8 +38,9 @@ from fedll.config import dump_scenario, expand_trials, load_scenario
 from fedll.data.prepare import prepare_cohort
 from fedll.models.saved import read_model
 from fedll.results.columns import RESULT_COLUMNS
+from fedll.run.execute import run_trial
+from fedll.run.run_dir import RESOLVED_SCENARIO
 from fedll.run.store import trial_path
-from fedll.run.sweep import RESOLVED_SCENARIO, run_trial
 
 try:
     import tomllib

@@ -46,8 +46,9 @@ from fedll.deploy.site_data import write_site_manifests
 from fedll.errors import DataError
 from fedll.federation.site_state import DATA_DIR_FOLDER, SiteStateStore
 from fedll.run.checkpoint import decode
+from fedll.run.execute import run_trial
+from fedll.run.run_dir import RESOLVED_SCENARIO
 from fedll.run.store import checkpoint_path, trial_path
-from fedll.run.sweep import RESOLVED_SCENARIO, run_trial
 
 pytestmark = pytest.mark.slow
 

@@ -16,8 +16,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("fedll", "sites", "strategies")
 REFERENCE = re.compile(r"^((?:fedll|sites|strategies)(?:\.\w+)*):\w+$")
-APP_SEAM = {"fedll.run.sweep": {"sites.client_app", "strategies.server_app"}}
-"""The references fedll's core holds into the apps: the sweep starts fedll's Flower app."""
+APP_SEAM = {"fedll.run.execute": {"sites.client_app", "strategies.server_app"}}
+"""The references fedll's core holds into the apps: a trial runs fedll's Flower app."""
 
 
 def module_name(path: Path) -> str:
@@ -76,8 +76,8 @@ def test_the_core_reaches_the_apps_only_through_its_declared_seam():
 
 def test_the_reference_scanner_sees_a_reference():
     """The check above has teeth: a reference in any string constant is found."""
-    path = ROOT / "fedll" / "run" / "sweep.py"
-    assert references(path) == APP_SEAM["fedll.run.sweep"]
+    path = ROOT / "fedll" / "run" / "execute.py"
+    assert references(path) == APP_SEAM["fedll.run.execute"]
 
 
 def test_fedll_never_imports_the_flower_apps():

@@ -19,7 +19,7 @@ from fedll.cli.report import print_table, run_report
 from fedll.config import Scenario, Trial, expand_trials, load_scenario
 
 if TYPE_CHECKING:
-    from fedll.run.sweep import Progress as SweepProgress
+    from fedll.run.backends import Progress as SweepProgress
 
 
 @guarded
@@ -55,7 +55,7 @@ def run(
     # absolute: Ray workers may start in another directory
     run_dir = (out or Path("runs") / scenario.name).expanduser().resolve()
     if address:
-        from fedll.run.sweep import check_address
+        from fedll.run.ray_cluster import check_address
 
         check_address(address)
     from fedll.run.lock import hold_run_dir

@@ -32,8 +32,8 @@ from fedll.deploy.site_data import write_site_manifests
 from fedll.deploy.supernode import load_auth_key, node_config_arg, supernode_command
 from fedll.errors import ConfigError, DataError
 from fedll.federation.inprocess import InProcessGrid, run_server_app
+from fedll.run.execute import run_trial
 from fedll.run.store import trial_path
-from fedll.run.sweep import run_trial
 from sites.client_app import app as client_app
 from strategies.handshake import SiteInfo, match_sites
 from strategies.server_app import make_server_app

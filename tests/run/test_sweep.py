@@ -26,8 +26,9 @@ from fedll.config.grid import fingerprints
 from fedll.models.saved import read_model
 from fedll.results.columns import RESULT_COLUMNS
 from fedll.run.device import arithmetic
+from fedll.run.execute import run_trial
 from fedll.run.store import trial_model, verify_trial
-from fedll.run.sweep import SweepOptions, pending, run_sweep, run_trial
+from fedll.run.sweep import SweepOptions, pending, run_sweep
 
 REQUIRED = [
     "trial",
