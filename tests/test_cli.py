@@ -329,8 +329,8 @@ def sealed_run(run_dir: Path, scenario_path: Path) -> dict[str, bytes]:
     """A run directory as `fedll run` leaves it: the scenario, every trial sealed (rounds
     0..4, one made-up case per modality with Dice, HD95 and surface Dice), results.csv
     collected and the report built; returns the forgetting tables' bytes."""
+    from fedll.run.collect import collect
     from fedll.run.planning import trial_stream
-    from fedll.run.store import collect
 
     scenario = load_scenario(scenario_path)
     run_dir.mkdir()

@@ -70,11 +70,11 @@ def run_report(run_dir: Path, partial: bool = False) -> dict:
     """The run's tables and plots; results that lack part of their scenario are refused,
     unless ``partial`` (then the complete configurations are reported and the rest listed).
     A run directory with sealed trials is collected again first: the report is of what the
-    seals vouch for (:func:`fedll.run.store.recollect`)."""
+    seals vouch for (:func:`fedll.run.collect.recollect`)."""
     from fedll.config.grid import fingerprints
     from fedll.report.build import build_report
     from fedll.report.read import maybe_compressed, read_results
-    from fedll.run.store import expected_results, has_seals, recollect
+    from fedll.run.collect import expected_results, has_seals, recollect
 
     saved = run_dir / "scenario.yaml"
     if not saved.is_file():  # results without their scenario: nothing to check them against

@@ -85,7 +85,7 @@ def _run(
 ) -> None:
     from fedll.config.grid import fingerprints
     from fedll.data.prepare import cohort_for
-    from fedll.run.store import collect
+    from fedll.run.collect import collect
     from fedll.run.sweep import SweepOptions, run_sweep
 
     quiet_flower(verbose=logging.getLogger().level <= logging.INFO)

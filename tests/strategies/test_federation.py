@@ -22,7 +22,8 @@ from fedll.config.grid import fingerprints
 from fedll.config.options import StrategyOptions, option_names
 from fedll.models.saved import read_model
 from fedll.report import build_report, forgetting_table, format_table, trial_summary
-from fedll.run.store import collect, trial_model
+from fedll.run.collect import collect
+from fedll.run.store import TrialFiles
 from fedll.run.sweep import SweepOptions, run_sweep
 
 pytestmark = pytest.mark.slow
@@ -121,7 +122,7 @@ def test_a_sign_flipping_site_is_accepted_and_moves_the_model(
     assert set(flipped["arriving"][flipped["round"] == 2]) == {"flair;t2"}  # both sites, both
     (trial_id,) = set(flipped["trial"])
     models = [
-        read_model(trial_model(tmp_path / name / "run", trial_id)).module.state_dict()
+        read_model(TrialFiles.of(tmp_path / name / "run", trial_id).model).module.state_dict()
         for name in ("clean", "flipped")
     ]
     assert all(torch.isfinite(v).all() for v in models[1].values())
