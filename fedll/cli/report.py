@@ -4,12 +4,15 @@ and the paired comparison with a baseline."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from fedll.cli.output import guarded, say
 from fedll.config import load_scenario
+
+if TYPE_CHECKING:
+    from fedll.report.build import Report
 
 
 @guarded
@@ -40,8 +43,8 @@ def report(
     from fedll.run.lock import hold_run_dir
 
     with hold_run_dir(run_dir, "fedll report", create=False):
-        built = run_report(run_dir, partial=partial)
-        print_table(built)
+        built, unfinished = run_report(run_dir, partial=partial)
+        print_table(built, unfinished=unfinished)
         if bootstrap is not None:
             say("--bootstrap no longer applies: --compare's interval has no replicates", err=True)
         if compare is not None:
@@ -66,11 +69,12 @@ def _compare(run_dir: Path, baseline: str, axis: str) -> None:
         say(line)
 
 
-def run_report(run_dir: Path, partial: bool = False) -> dict:
-    """The run's tables and plots; results that lack part of their scenario are refused,
-    unless ``partial`` (then the complete configurations are reported and the rest listed).
-    A run directory with sealed trials is collected again first: the report is of what the
-    seals vouch for (:func:`fedll.run.collect.recollect`)."""
+def run_report(run_dir: Path, partial: bool = False) -> tuple[Report, int]:
+    """The run's tables and plots, and how many of its scenario's trials have no results;
+    results that lack part of their scenario are refused, unless ``partial`` (then the
+    complete configurations are reported and the rest listed). A run directory with sealed
+    trials is collected again first: the report is of what the seals vouch for
+    (:func:`fedll.run.collect.recollect`)."""
     from fedll.config.grid import fingerprints
     from fedll.report.build import build_report
     from fedll.report.read import maybe_compressed, read_results
@@ -78,36 +82,36 @@ def run_report(run_dir: Path, partial: bool = False) -> dict:
 
     saved = run_dir / "scenario.yaml"
     if not saved.is_file():  # results without their scenario: nothing to check them against
-        return {**build_report(run_dir), "unfinished": 0}
+        return build_report(run_dir), 0
     scenario = load_scenario(saved)
     if has_seals(run_dir):
         recollect(run_dir, fingerprints(scenario))
     results = read_results(maybe_compressed(run_dir / "results.csv"))
     expected = expected_results(run_dir, scenario, results)
     built = build_report(run_dir, expected=expected, partial=partial)
-    built["unfinished"] = len(set(expected.rounds) - set(results["trial"]))
-    if built["left_out"]:
+    unfinished = len(set(expected.rounds) - set(results["trial"]))
+    if built.left_out:
         say(
-            f"partial: {len(built['left_out'])} trial(s) of {len(expected.rounds)} left out "
-            f"(listed in {built['missing']})",
+            f"partial: {len(built.left_out)} trial(s) of {len(expected.rounds)} left out "
+            f"(listed in {built.missing})",
             err=True,
         )
-    return built
+    return built, unfinished
 
 
-def print_table(report: dict, failed: int = 0) -> None:
+def print_table(report: Report, failed: int = 0, unfinished: int = 0) -> None:
     """The key measures within 120 columns (every measure is in the tables' files and the
     page), one summary line, and where the page is. ``failed``: trials that failed in this
-    run; the scenario's other trials without results were not run (``fedll report`` of a
-    deployment that ran one trial of several, say)."""
+    run; the scenario's other ``unfinished`` trials (without results) were not run (``fedll
+    report`` of a deployment that ran one trial of several, say)."""
     from fedll.report.pairs import pair_lines
     from fedll.report.terminal import summary_line, terminal_table, trial_counts
 
-    for line in terminal_table(report["table"]):
+    for line in terminal_table(report.table):
         say(line)
-    for line in pair_lines(report.get("pairs")):
+    for line in pair_lines(report.pairs):
         say(line)
-    done = report["summary"]["trial"].nunique()
-    not_run = max(0, report.get("unfinished", 0) - failed)
-    say(summary_line(done, failed, *trial_counts(report["summary"]), not_run=not_run))
-    say(f"report: {report['html']}")
+    done = report.summary["trial"].nunique()
+    not_run = max(0, unfinished - failed)
+    say(summary_line(done, failed, *trial_counts(report.summary), not_run=not_run))
+    say(f"report: {report.html}")

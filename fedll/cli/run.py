@@ -126,9 +126,9 @@ def _run(
     results, _ = collect(run_dir, fingerprints(scenario))
     if results.empty:
         fail(f"{run_dir}: no trial finished; see the errors above")
-    built = run_report(run_dir, partial=bool(summary.failed))
-    print_table(built, failed=len(summary.failed))
-    _track(run_dir, scenario, built["summary"])
+    built, unfinished = run_report(run_dir, partial=bool(summary.failed))
+    print_table(built, failed=len(summary.failed), unfinished=unfinished)
+    _track(run_dir, scenario, built.summary)
     say(f"results: {run_dir / 'results.csv'}")
     if summary.failed:
         fail(f"{len(summary.failed)} trial(s) failed: {', '.join(summary.failed)}")

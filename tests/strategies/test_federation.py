@@ -192,7 +192,7 @@ def test_scaffold_and_ditto_train_two_rounds_and_ditto_reports_its_personalised_
     assert (results.loc[~trained, "personal_dice"] == "").all()
     # and in the forgetting table: for Ditto's rows only
     report = build_report(tmp_path / "run")
-    table = report["table"].set_index(["strategy", "modality"])
+    table = report.table.set_index(["strategy", "modality"])
     final = table["final_personal_dice_mean"]
     assert final.loc["ditto-lam0.5"].between(0, 1).all()
     assert final.drop(index="ditto-lam0.5", level="strategy").isna().all()
