@@ -364,7 +364,7 @@ def test_report_of_sealed_trials_reports_what_the_seals_vouch_for(write_scenario
     other = frame[frame["trial"] == frame["trial"].iloc[0]].copy()
     other["trial"], other["seed"] = other["trial"].str.replace("__s0", "__s7"), 7
     pd.concat([frame, other]).to_csv(run_dir / "results.csv", index=False)
-    with caplog.at_level(logging.WARNING, logger="fedll.run.store"):
+    with caplog.at_level(logging.WARNING, logger="fedll.run.collect"):
         result = invoke("report", run_dir)
     assert result.exit_code == 0, result.output
     assert f"{run_dir / 'results.csv'} differed from the sealed trial files" in caplog.text
@@ -381,7 +381,7 @@ def test_report_of_sealed_trials_needs_no_results_csv(write_scenario, tmp_path, 
     for name in ("results.csv", "attention.csv"):
         (run_dir / name).unlink()
     shutil.rmtree(run_dir / "tables")
-    with caplog.at_level(logging.WARNING, logger="fedll.run.store"):
+    with caplog.at_level(logging.WARNING, logger="fedll.run.collect"):
         result = invoke("report", run_dir)
     assert result.exit_code == 0, result.output
     assert caplog.text == ""
@@ -397,7 +397,7 @@ def test_report_leaves_out_a_sealed_trial_that_does_not_verify(write_scenario, t
     trial = expand_trials(load_scenario(run_dir / "scenario.yaml"))[0].trial_id
     edited = run_dir / "trials" / f"{trial}.csv"
     edited.write_text(edited.read_text().replace("0.1,", "0.9,"))
-    with caplog.at_level(logging.WARNING, logger="fedll.run.store"):
+    with caplog.at_level(logging.WARNING, logger="fedll.run.collect"):
         result = invoke("report", run_dir)
     line = assert_one_line_error(result, str(run_dir / "results.csv"), f"not run: {trial}")
     assert "--partial" in line

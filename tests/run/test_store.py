@@ -165,7 +165,7 @@ def test_recollect_rebuilds_what_the_seals_vouch_for_and_names_what_differed(run
     results = run_dir / "results.csv"
     results.write_text(results.read_text().replace("0.5,", "0.9,"))  # better Dice
     (run_dir / "routing.csv").write_text("trial,round\nx,1\n")  # no trial has routing rows
-    with caplog.at_level(logging.WARNING, logger="fedll.run.store"):
+    with caplog.at_level(logging.WARNING, logger="fedll.run.collect"):
         replaced = recollect(run_dir, prints)
     assert replaced == [results, run_dir / "routing.csv"]
     assert f"{results} differed from the sealed trial files" in caplog.text
@@ -174,7 +174,7 @@ def test_recollect_rebuilds_what_the_seals_vouch_for_and_names_what_differed(run
     # a trial edited after its seal: left out, and the seal named
     cut_mid_row(files(run_dir).results)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="fedll.run.store"):
+    with caplog.at_level(logging.WARNING, logger="fedll.run.collect"):
         recollect(run_dir, prints)
     assert f"{files(run_dir).seal}: {files(run_dir).results.name} differs" in caplog.text
     frame = pd.read_csv(results)
