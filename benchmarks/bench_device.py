@@ -24,7 +24,7 @@ import torch
 from fedll.config import expand_trials, load_scenario
 from fedll.data.arrays import CohortArrays
 from fedll.data.prepare import prepare_cohort
-from fedll.run.sweep import execute_task
+from fedll.run.execute import execute_task
 from fedll.run.trial_task import TrialTask
 
 DEFAULT_SETS = [

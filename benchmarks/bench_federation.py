@@ -36,7 +36,8 @@ from fedll.data.prepare import prepare_cohort
 from fedll.evaluation.evaluate import evaluate_cases
 from fedll.federation.stream import build_stream, counted_holdings
 from fedll.models import build_model
-from fedll.run.sweep import SweepOptions, run_sweep, run_trial
+from fedll.run.execute import run_trial
+from fedll.run.sweep import SweepOptions, run_sweep
 from fedll.training.train import train_local
 
 
@@ -126,7 +127,8 @@ def sweep_speedup(run_dir: Path) -> None:
     Target: speed-up >= 0.95 of that bound."""
     import ray
 
-    from fedll.run.sweep import pool_size, ray_init_kwargs
+    from fedll.run.backends import pool_size
+    from fedll.run.ray_cluster import ray_init_kwargs
 
     trials = expand_trials(load_scenario(run_dir / "scenario.yaml"))
     shutil.rmtree(run_dir / "trials", ignore_errors=True)

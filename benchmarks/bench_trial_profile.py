@@ -56,7 +56,7 @@ def main() -> None:
     # imported here: bench_federation's helper writes the run directory a trial reads
     from bench_federation import prepare_run
 
-    from fedll.run.sweep import run_trial
+    from fedll.run.execute import run_trial
 
     scenario = load_scenario(Path(args.scenario), args.overrides)
     trials = expand_trials(scenario)

@@ -43,11 +43,11 @@ from fedll.federation.joint import run_joint
 from fedll.report.build import build_report
 from fedll.results.rows import TrialOutcome
 from fedll.run.checkpoint import Checkpoint, CheckpointError, Checkpointing, decode, encode
+from fedll.run.collect import collect
 from fedll.run.device import arithmetic, deterministic, resolve_device
 from fedll.run.lock import hold_run_dir
 from fedll.run.store import (
     checkpoint_path,
-    collect,
     read_checkpoint,
     set_aside_checkpoint,
     write_checkpoint,

@@ -13,11 +13,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from fedll.cli import _claim, _same_scenario, app
+from fedll.cli import app
 from fedll.config import Trial, dump_scenario, expand_trials, load_scenario
 from fedll.config.grid import fingerprints, trial_fingerprint
 from fedll.errors import DataError
 from fedll.results.rows import TrialResults
+from fedll.run.run_dir import claim, same_scenario
 from fedll.run.store import verify_trial, write_trial
 
 REPO = Path(__file__).resolve().parents[1]
@@ -218,13 +219,13 @@ def test_a_run_dir_whose_scenario_finished_nothing_takes_the_corrected_one(
     run_dir.mkdir()
     (run_dir / "scenario.yaml").write_text(dump_scenario(load_scenario(path, ["seeds=[5]"])))
     (run_dir / "cohort.json").write_text("{}")  # the old split goes with it
-    _claim(run_dir, scenario)
+    claim(run_dir, scenario)
     assert (run_dir / "scenario.yaml").read_text() == dump_scenario(scenario)
     assert not (run_dir / "cohort.json").exists()
     finish_a_trial(run_dir, scenario)
-    _claim(run_dir, scenario)  # the same scenario resumes
+    claim(run_dir, scenario)  # the same scenario resumes
     with pytest.raises(DataError, match="holds a different scenario with 1 finished trial"):
-        _claim(run_dir, load_scenario(path, ["seeds=[5]"]))
+        claim(run_dir, load_scenario(path, ["seeds=[5]"]))
 
 
 def test_a_run_dir_grows_to_a_scenario_that_repeats_its_finished_trials(write_scenario, tmp_path):
@@ -233,19 +234,19 @@ def test_a_run_dir_grows_to_a_scenario_that_repeats_its_finished_trials(write_sc
     path = write_scenario()
     scenario = load_scenario(path)
     run_dir = tmp_path / "run"
-    _claim(run_dir, scenario)
+    claim(run_dir, scenario)
     (run_dir / "cohort.json").write_text("{}")
     finish_a_trial(run_dir, scenario)
     grown = load_scenario(path, [f"seeds={[*scenario.seeds, 5]}"])
     assert len(expand_trials(grown)) > len(expand_trials(scenario))
-    _claim(run_dir, grown)
+    claim(run_dir, grown)
     assert (run_dir / "scenario.yaml").read_text() == dump_scenario(grown)
     assert (run_dir / "cohort.json").read_text() == "{}"
     held = fingerprints(grown)
     finished = expand_trials(scenario)[0].trial_id
     assert verify_trial(run_dir, finished, held[finished]) is None
     with pytest.raises(DataError, match="a run may only grow"):
-        _claim(run_dir, load_scenario(path, [f"seeds={[*scenario.seeds, 5]}", "training.epochs=7"]))
+        claim(run_dir, load_scenario(path, [f"seeds={[*scenario.seeds, 5]}", "training.epochs=7"]))
 
 
 def test_out_may_not_be_a_file(write_scenario, tmp_path):
@@ -264,12 +265,12 @@ def test_a_run_dir_written_by_an_earlier_fedll_is_the_same_scenario(write_scenar
     saved = tmp_path / "scenario.yaml"
     saved.write_text(yaml.safe_dump(raw))
     assert saved.read_text() != resolved
-    assert _same_scenario(saved, resolved, scenario)
+    assert same_scenario(saved, resolved, scenario)
     raw["training"]["epochs"] += 1
     saved.write_text(yaml.safe_dump(raw))
-    assert not _same_scenario(saved, resolved, scenario)
+    assert not same_scenario(saved, resolved, scenario)
     saved.write_text("sites: [\n")
-    assert not _same_scenario(saved, resolved, scenario)
+    assert not same_scenario(saved, resolved, scenario)
 
 
 def test_a_run_dir_may_add_tracking_to_its_scenario(write_scenario, tmp_path):
@@ -277,11 +278,11 @@ def test_a_run_dir_may_add_tracking_to_its_scenario(write_scenario, tmp_path):
     saved = tmp_path / "scenario.yaml"
     saved.write_text(dump_scenario(scenario))
     tracked = load_scenario(write_scenario({"tracking": {"tensorboard": True}}, "t.yaml"))
-    assert _same_scenario(saved, dump_scenario(tracked), tracked)
+    assert same_scenario(saved, dump_scenario(tracked), tracked)
     other = load_scenario(
         write_scenario({"tracking": {"tensorboard": True}, "seeds": [3]}, "o.yaml")
     )
-    assert not _same_scenario(saved, dump_scenario(other), other)
+    assert not same_scenario(saved, dump_scenario(other), other)
 
 
 def test_impossible_value_through_the_entry_point_has_no_traceback(
@@ -328,8 +329,8 @@ def sealed_run(run_dir: Path, scenario_path: Path) -> dict[str, bytes]:
     """A run directory as `fedll run` leaves it: the scenario, every trial sealed (rounds
     0..4, one made-up case per modality with Dice, HD95 and surface Dice), results.csv
     collected and the report built; returns the forgetting tables' bytes."""
+    from fedll.run.collect import collect
     from fedll.run.planning import trial_stream
-    from fedll.run.store import collect
 
     scenario = load_scenario(scenario_path)
     run_dir.mkdir()
@@ -363,7 +364,7 @@ def test_report_of_sealed_trials_reports_what_the_seals_vouch_for(write_scenario
     other = frame[frame["trial"] == frame["trial"].iloc[0]].copy()
     other["trial"], other["seed"] = other["trial"].str.replace("__s0", "__s7"), 7
     pd.concat([frame, other]).to_csv(run_dir / "results.csv", index=False)
-    with caplog.at_level(logging.WARNING, logger="fedll.run.store"):
+    with caplog.at_level(logging.WARNING, logger="fedll.run.collect"):
         result = invoke("report", run_dir)
     assert result.exit_code == 0, result.output
     assert f"{run_dir / 'results.csv'} differed from the sealed trial files" in caplog.text
@@ -380,7 +381,7 @@ def test_report_of_sealed_trials_needs_no_results_csv(write_scenario, tmp_path, 
     for name in ("results.csv", "attention.csv"):
         (run_dir / name).unlink()
     shutil.rmtree(run_dir / "tables")
-    with caplog.at_level(logging.WARNING, logger="fedll.run.store"):
+    with caplog.at_level(logging.WARNING, logger="fedll.run.collect"):
         result = invoke("report", run_dir)
     assert result.exit_code == 0, result.output
     assert caplog.text == ""
@@ -396,7 +397,7 @@ def test_report_leaves_out_a_sealed_trial_that_does_not_verify(write_scenario, t
     trial = expand_trials(load_scenario(run_dir / "scenario.yaml"))[0].trial_id
     edited = run_dir / "trials" / f"{trial}.csv"
     edited.write_text(edited.read_text().replace("0.1,", "0.9,"))
-    with caplog.at_level(logging.WARNING, logger="fedll.run.store"):
+    with caplog.at_level(logging.WARNING, logger="fedll.run.collect"):
         result = invoke("report", run_dir)
     line = assert_one_line_error(result, str(run_dir / "results.csv"), f"not run: {trial}")
     assert "--partial" in line

@@ -39,8 +39,9 @@ from fedll.config import dump_scenario, expand_trials, load_scenario
 from fedll.data.prepare import prepare_cohort
 from fedll.deploy.certs import Certificates, write_certificates
 from fedll.deploy.site_data import write_site_manifests
-from fedll.run.store import trial_path
-from fedll.run.sweep import RESOLVED_SCENARIO, run_trial
+from fedll.run.execute import run_trial
+from fedll.run.run_dir import RESOLVED_SCENARIO
+from fedll.run.store import TrialFiles
 
 pytestmark = pytest.mark.slow
 
@@ -355,7 +356,7 @@ def test_a_deployed_run_gives_the_outputs_and_dice_of_the_simulation(
     assert "MetricRecord: None" not in output, output[-6000:]
 
     # the results file (flwr run exits 0 even when the ServerApp failed) ...
-    got_path = trial_path(deployed, trial)
+    got_path = TrialFiles.of(deployed, trial.trial_id).results
     assert got_path.exists(), f"no results from the deployed run\n{output[-6000:]}"
     got = pd.read_csv(got_path, keep_default_na=False)
     expected = pd.read_csv(expected_path, keep_default_na=False)

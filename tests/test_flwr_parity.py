@@ -38,8 +38,9 @@ from fedll.config import dump_scenario, expand_trials, load_scenario
 from fedll.data.prepare import prepare_cohort
 from fedll.models.saved import read_model
 from fedll.results.columns import RESULT_COLUMNS
-from fedll.run.store import trial_path
-from fedll.run.sweep import RESOLVED_SCENARIO, run_trial
+from fedll.run.execute import run_trial
+from fedll.run.run_dir import RESOLVED_SCENARIO
+from fedll.run.store import TrialFiles
 
 try:
     import tomllib
@@ -271,7 +272,7 @@ def test_flwr_run_matches_the_in_process_run(strategy: str, tmp_path: Path, flow
 
     output = log.read_text(errors="replace")
     why = _diagnostics(flower, output)
-    got_path = trial_path(simulated, trial)
+    got_path = TrialFiles.of(simulated, trial.trial_id).results
     assert rc == 0, f"flwr run exited with {rc}\n{why}"
     assert re.search(r"Successfully started run \d+", output), why
     nodes = f"({len(scenario.sites)} simulated SuperNodes)"

@@ -46,8 +46,9 @@ from fedll.deploy.site_data import write_site_manifests
 from fedll.errors import DataError
 from fedll.federation.site_state import DATA_DIR_FOLDER, SiteStateStore
 from fedll.run.checkpoint import decode
-from fedll.run.store import checkpoint_path, trial_path
-from fedll.run.sweep import RESOLVED_SCENARIO, run_trial
+from fedll.run.execute import run_trial
+from fedll.run.run_dir import RESOLVED_SCENARIO
+from fedll.run.store import TrialFiles, checkpoint_path
 
 pytestmark = pytest.mark.slow
 
@@ -195,13 +196,13 @@ def test_a_killed_superlink_and_serverapp_resume_at_the_next_round(
     first.wait(timeout=10)
     assert len(killed) >= 3, f"expected the SuperLink, SuperExec and ServerApp: {killed}"
     assert checkpointed_round(kept) == 2
-    assert not trial_path(run_dir, trial).exists()
+    assert not TrialFiles.of(run_dir, trial.trial_id).results.exists()
     killed_at = time.monotonic()
 
     start_superlink(dep, database=dep.root / "superlink.db", name="superlink-2")
     output = finished(dep, flwr_run(dep, app_dir, run_config, "flwr-run-2"), "flwr-run-2")
     assert f"trial {trial.trial_id} resumes after round 2" in output, output[-6000:]
-    got = pd.read_csv(trial_path(run_dir, trial), keep_default_na=False)
+    got = pd.read_csv(TrialFiles.of(run_dir, trial.trial_id).results, keep_default_na=False)
     assert sorted(got["round"].unique()) == [0, 1, 2, 3, 4]
     assert (got["failed"] == "").all()
     assert_same_results(got, expected)
@@ -266,7 +267,7 @@ def test_a_killed_supernode_is_recorded_failed_then_rejoins_with_its_state(
     output = finished(dep, run, "flwr-run")
     run_id = re.search(r"Successfully started run (\d+)", output).group(1)
 
-    got = pd.read_csv(trial_path(run_dir, trial), keep_default_na=False)
+    got = pd.read_csv(TrialFiles.of(run_dir, trial.trial_id).results, keep_default_na=False)
     failed = got.groupby("round")["failed"].first().to_dict()
     assert failed == {0: "", 1: "", 2: "hospital-t2", 3: ""}, output[-6000:]
     assert "round 2: site hospital-t2 failed" in output

@@ -11,7 +11,7 @@ from test_cli import assert_one_line_error, invoke
 
 from fedll.data.prepare import PreparedCohort
 from fedll.results.columns import config_columns
-from fedll.run.store import trial_model
+from fedll.run.store import TrialFiles
 
 pytestmark = pytest.mark.slow
 
@@ -79,7 +79,7 @@ def test_segment_needs_the_modality_of_a_modality_routed_model(routed_run, tmp_p
     record = test["flair"][0]
     trials = pd.read_csv(routed_run / "results.csv")
     trial = trials.loc[(trials["model"] == "soft") & (trials["ordering"] != "joint"), "trial"]
-    kept = trial_model(routed_run, str(trial.iloc[0]))
+    kept = TrialFiles.of(routed_run, str(trial.iloc[0])).model
     out = tmp_path / "mask.nii.gz"
     assert_one_line_error(invoke("segment", kept, record.image, "--out", out), "--modality")
     assert not out.exists()

@@ -27,7 +27,8 @@ from fedll.data.nifti import CaseRecord, load_image, load_volume
 from fedll.data.prepare import PreparedCohort
 from fedll.evaluation.metrics import dice
 from fedll.models.saved import read_model
-from fedll.run.store import collect, trial_model
+from fedll.run.collect import collect
+from fedll.run.store import TrialFiles
 from fedll.run.sweep import SweepOptions, run_sweep
 from fedll.segment import predict_logits, segment_cohort, segment_file
 
@@ -65,7 +66,7 @@ def last_round_dice(results: pd.DataFrame, case: str, modality: str) -> float:
 def test_the_kept_model_gives_the_recorded_dice(tiny_run, tmp_path):
     run_dir, scenario, results = tiny_run
     (trial,) = expand_trials(scenario)
-    saved = read_model(trial_model(run_dir, trial.trial_id))
+    saved = read_model(TrialFiles.of(run_dir, trial.trial_id).model)
     assert saved.model == scenario.models["static"] and saved.slices == scenario.slices
     assert saved.metadata.trial == trial.trial_id
     prepared = PreparedCohort.read(run_dir / "cohort.json")
@@ -102,7 +103,7 @@ def test_any_orientation_gives_the_same_mask(tiny_run, tmp_path):
     mask follows the file's own grid, and is the same mask in the world."""
     run_dir, scenario, _ = tiny_run
     (trial,) = expand_trials(scenario)
-    saved = read_model(trial_model(run_dir, trial.trial_id))
+    saved = read_model(TrialFiles.of(run_dir, trial.trial_id).model)
     record = PreparedCohort.read(run_dir / "cohort.json").test["flair"][0]
     original = nib.load(record.image)
     data = np.asarray(original.dataobj)
@@ -128,7 +129,7 @@ def test_any_orientation_gives_the_same_mask(tiny_run, tmp_path):
 def test_a_cohort_gives_one_mask_per_case(tiny_run, tmp_path):
     run_dir, scenario, _ = tiny_run
     (trial,) = expand_trials(scenario)
-    saved = read_model(trial_model(run_dir, trial.trial_id))
+    saved = read_model(TrialFiles.of(run_dir, trial.trial_id).model)
     prepared = PreparedCohort.read(run_dir / "cohort.json")
     records = [*prepared.sites["hospital-t2"], *prepared.test["t2"]]
     seen = []

@@ -1,7 +1,9 @@
 """Scenarios: the schema, its rules, the grid of trials, loading, and the site instruction.
 
 - :mod:`~fedll.config.schema`: the scenario's sections as frozen pydantic types (the one
-  definition of each: sites, slices, training, models, ...);
+  definition of each: the stream, training, models, ...), with :mod:`~fedll.config.cohort`
+  (the cohort, sites, test set, slices) and :mod:`~fedll.config.execution` (execution,
+  tracking); :mod:`~fedll.config.base`: their base type;
 - :mod:`~fedll.config.options`: the options of strategies, CL methods and faults (tagged
   unions keyed by the names used in YAML);
 - :mod:`~fedll.config.rules`: the rules that relate sections to each other;

@@ -4,7 +4,8 @@ read as a number.
 Pydantic's lax mode reads ``true`` as 1 wherever an ``int`` or a ``float`` is meant (``seeds:
 true`` would be seed 1, ``epochs: yes`` one epoch: YAML reads ``yes`` and ``on`` as booleans);
 :class:`Frozen` refuses a boolean in any place that its field's annotation reads as a number,
-so every number of every section is covered, also those added later.
+so every number of every section is covered, also those added later. :data:`Seed` and
+:data:`SimpleName` are the scalar types several sections share.
 """
 
 from __future__ import annotations
@@ -13,8 +14,13 @@ import types
 import typing
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from fedll.names import check_simple_name
+
+SimpleName = Annotated[str, AfterValidator(lambda name: check_simple_name(name, "name"))]
+Seed = Annotated[int, Field(ge=0, lt=2**32, description="a seed: 0 <= seed < 2**32")]
 
 
 class Frozen(BaseModel):

@@ -60,20 +60,7 @@ def write_certificates(
     them). Private keys are written with mode 0600. Existing files are kept unless
     ``overwrite``: a key is never replaced silently.
     """
-    if not 1 <= days <= MAX_DAYS:
-        raise ConfigError(f"certs: days must be in 1..{MAX_DAYS}, got {days}")
-    if not hosts:
-        raise ConfigError("certs: at least one host name or IP address is needed")
-    for host in hosts:
-        if not _valid_host(host):
-            raise ConfigError(f"certs: --host {host!r} is neither an IP address nor a host name")
-    for site in sites:
-        if not is_simple_name(site):
-            raise ConfigError(
-                f"certs: site name {site!r} cannot name a key file ({rule_for(site)})"
-            )
-    if len(set(sites)) != len(sites):
-        raise ConfigError(f"certs: a site is named twice in {', '.join(sites)}")
+    _check_request(sites, hosts, days)
     out = Path(out)
     files = Certificates(
         ca_cert=out / "ca.crt",
@@ -101,8 +88,48 @@ def write_certificates(
         .sign(ca_key, hashes.SHA256())
     )
     server_key = ec.generate_private_key(ec.SECP256R1())
+    server_cert = _server_certificate(server_key, hosts, ca_key, ca_name, ca_ski, valid)
+    pem = serialization.Encoding.PEM
+    _write(files.ca_cert, ca_cert.public_bytes(pem))
+    _write(files.ca_key, _pkcs8(ca_key), private=True)
+    _write(files.server_cert, server_cert.public_bytes(pem))
+    _write(files.server_key, _pkcs8(server_key), private=True)
+    for private_path, public_path in files.keys.values():
+        _write_node_keys(private_path, public_path)
+    return files
+
+
+def _check_request(sites: Sequence[str], hosts: Sequence[str], days: int) -> None:
+    """ConfigError for days out of range, no host, a host that is neither an IP address nor
+    a host name, or a site name that cannot name a key file or is given twice."""
+    if not 1 <= days <= MAX_DAYS:
+        raise ConfigError(f"certs: days must be in 1..{MAX_DAYS}, got {days}")
+    if not hosts:
+        raise ConfigError("certs: at least one host name or IP address is needed")
+    for host in hosts:
+        if not _valid_host(host):
+            raise ConfigError(f"certs: --host {host!r} is neither an IP address nor a host name")
+    for site in sites:
+        if not is_simple_name(site):
+            raise ConfigError(
+                f"certs: site name {site!r} cannot name a key file ({rule_for(site)})"
+            )
+    if len(set(sites)) != len(sites):
+        raise ConfigError(f"certs: a site is named twice in {', '.join(sites)}")
+
+
+def _server_certificate(
+    server_key: ec.EllipticCurvePrivateKey,
+    hosts: Sequence[str],
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_name: x509.Name,
+    ca_ski: x509.SubjectKeyIdentifier,
+    valid: tuple[dt.datetime, dt.datetime],
+) -> x509.Certificate:
+    """The SuperLink's TLS certificate, signed by the CA, valid for every name and IP address
+    in ``hosts`` (the first names it)."""
     server_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])])
-    server_cert = (
+    return (
         _builder(server_name, ca_name, server_key.public_key(), valid)
         .add_extension(x509.SubjectAlternativeName([_san(h) for h in hosts]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -117,22 +144,20 @@ def write_certificates(
         )
         .sign(ca_key, hashes.SHA256())
     )
+
+
+def _write_node_keys(private_path: Path, public_path: Path) -> None:
+    """A site's node-auth key pair: ECDSA P-384 in OpenSSH format (the private key 0600)."""
     pem = serialization.Encoding.PEM
-    _write(files.ca_cert, ca_cert.public_bytes(pem))
-    _write(files.ca_key, _pkcs8(ca_key), private=True)
-    _write(files.server_cert, server_cert.public_bytes(pem))
-    _write(files.server_key, _pkcs8(server_key), private=True)
-    for private_path, public_path in files.keys.values():
-        key = ec.generate_private_key(ec.SECP384R1())
-        openssh = key.private_bytes(
-            pem, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-        )
-        _write(private_path, openssh, private=True)
-        public = key.public_key().public_bytes(
-            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-        )
-        _write(public_path, public + b"\n")
-    return files
+    key = ec.generate_private_key(ec.SECP384R1())
+    openssh = key.private_bytes(
+        pem, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    )
+    _write(private_path, openssh, private=True)
+    public = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    _write(public_path, public + b"\n")
 
 
 def _builder(

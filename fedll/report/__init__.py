@@ -18,7 +18,7 @@
 from __future__ import annotations
 
 from fedll.report.attention import attention_distance
-from fedll.report.build import build_report
+from fedll.report.build import Report, build_report
 from fedll.report.matrices import Matrix, checked_matrices, dice_matrix, last_round, trial_matrices
 from fedll.report.read import COUNTS, check_results, read_attention, read_results, read_routing
 from fedll.report.routing import routing_separation
@@ -38,6 +38,7 @@ __all__ = [
     "MEASURES",
     "METRICS",
     "Matrix",
+    "Report",
     "attention_distance",
     "build_report",
     "check_results",

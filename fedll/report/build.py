@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
@@ -28,9 +28,28 @@ from fedll.report.summary import METRICS, summarise, trial_summary
 from fedll.report.tables import caption, write_privacy, write_tables
 
 
-def build_report(
-    run_dir: Path, expected: Expected | None = None, partial: bool = False
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Report:
+    """What :func:`build_report` wrote: the forgetting table and the trial summary it rests on,
+    every table's and plot's path, the page, the forgetting table's three files, the trials
+    left out of a partial report (and the file listing them), and the model pairs' rows."""
+
+    table: pd.DataFrame
+    summary: pd.DataFrame
+    tables: list[Path]
+    plots: list[Path]
+    html: Path
+    csv: Path
+    markdown: Path
+    latex: Path
+    left_out: list[str]
+    missing: Path | None
+    """``tables/missing.csv``, listing the trials left out; None when none was."""
+    pairs: pd.DataFrame
+    """The model pairs' comparison rows (:mod:`fedll.report.pairs`; empty where none)."""
+
+
+def build_report(run_dir: Path, expected: Expected | None = None, partial: bool = False) -> Report:
     """Read ``run_dir/results.csv`` (and ``attention.csv`` and ``routing.csv`` if present; each
     may be gzipped, ``.csv.gz``, as a study folder stores them); write the tables to
     ``run_dir/tables`` (forgetting.*, trials.csv, attention_tv.csv, routing_separation.csv;
@@ -48,10 +67,7 @@ def build_report(
     the configurations whose every trial is complete are reported and the trials left out are
     listed in ``tables/missing.csv``.
 
-    Returns ``{"table": forgetting table, "summary": trial summary, "tables": [paths],
-    "plots": [paths], "html": the page, "csv" / "markdown" / "latex": the forgetting table's files,
-    "left_out": trial ids left out, "missing": the path listing them or None, "pairs": the
-    model pairs' comparison rows (empty where there are none)}``.
+    Returns what was written (:class:`Report`).
     DataError (one line naming the file) for a missing or bad CSV.
     """
     run_dir = Path(run_dir)
@@ -70,6 +86,39 @@ def build_report(
                 raise DataError(
                     f"{path}: trial {foreign[0]!r}{more} is not one of the scenario's trials"
                 )
+    results, attention, routing, left_out, missing_path = _complete(
+        results, attention, routing, expected, partial, results_path, tables_dir
+    )
+    summary = trial_summary(results)
+    table = summarise(summary)
+    tables, per_metric_tables = _write_tables(
+        results, summary, table, attention, routing, tables_dir
+    )
+    pairs = model_pairs(results, list(read_scenario(run_dir).get("models") or {}))
+    tables += _write_pairs(pairs, tables_dir)
+    plots = write_plots(results, run_dir / "plots", attention, routing)
+    plots += write_montages(results, run_dir, run_dir / "plots")
+    html = write_html(
+        run_dir,
+        page_context(run_dir, table, summary, plots, left_out, results, per_metric_tables, pairs),
+    )
+    csv, markdown, latex = tables[:3]
+    return Report(
+        table, summary, tables, plots, html, csv, markdown, latex, left_out, missing_path, pairs
+    )
+
+
+def _complete(
+    results: pd.DataFrame,
+    attention: pd.DataFrame | None,
+    routing: pd.DataFrame | None,
+    expected: Expected | None,
+    partial: bool,
+    results_path: Path,
+    tables_dir: Path,
+) -> tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFrame | None, list[str], Path | None]:
+    """The results (and attention and routing rows) of the complete configurations, the
+    trials left out and ``tables/missing.csv`` listing them (see :func:`build_report`)."""
     left_out: list[str] = []
     missing_path = None
     if expected is not None and (missing := missing_parts(results, expected)):
@@ -92,8 +141,20 @@ def build_report(
         pd.DataFrame(rows, columns=["trial", "missing"]).to_csv(missing_path, index=False)
     elif (stale := tables_dir / "missing.csv").exists():
         stale.unlink()  # from an earlier, partial report
-    summary = trial_summary(results)
-    table = summarise(summary)
+    return results, attention, routing, left_out, missing_path
+
+
+def _write_tables(
+    results: pd.DataFrame,
+    summary: pd.DataFrame,
+    table: pd.DataFrame,
+    attention: pd.DataFrame | None,
+    routing: pd.DataFrame | None,
+    tables_dir: Path,
+) -> tuple[list[Path], dict[str, pd.DataFrame]]:
+    """Write the forgetting tables (Dice's, then each other metric's), the trial summaries,
+    the attention and routing tables and the privacy tables; returns their paths, in that
+    order, and the forgetting table of each metric other than Dice."""
     tables = write_tables(table, tables_dir, title=caption("dice", results))
     extra = {"trials.csv": summary}
     per_metric_tables = {}
@@ -114,27 +175,15 @@ def build_report(
         frame.to_csv(tables_dir / name, index=False)
         tables.append(tables_dir / name)
     tables += write_privacy(results, tables_dir)
-    pairs = model_pairs(results, list(read_scenario(run_dir).get("models") or {}))
+    return tables, per_metric_tables
+
+
+def _write_pairs(pairs: pd.DataFrame, tables_dir: Path) -> list[Path]:
+    """Write ``model_pairs.csv`` where there are pairs (an earlier one is removed where there
+    are none); returns its path, if written."""
     if not pairs.empty:
         pairs.to_csv(tables_dir / "model_pairs.csv", index=False)
-        tables.append(tables_dir / "model_pairs.csv")
-    elif (stale_pairs := tables_dir / "model_pairs.csv").exists():
+        return [tables_dir / "model_pairs.csv"]
+    if (stale_pairs := tables_dir / "model_pairs.csv").exists():
         stale_pairs.unlink()
-    plots = write_plots(results, run_dir / "plots", attention, routing)
-    plots += write_montages(results, run_dir, run_dir / "plots")
-    files = dict(zip(("csv", "markdown", "latex"), tables[:3], strict=True))
-    html = write_html(
-        run_dir,
-        page_context(run_dir, table, summary, plots, left_out, results, per_metric_tables, pairs),
-    )
-    return {
-        "table": table,
-        "summary": summary,
-        "tables": tables,
-        "plots": plots,
-        "html": html,
-        **files,
-        "left_out": left_out,
-        "missing": missing_path,
-        "pairs": pairs,
-    }
+    return []

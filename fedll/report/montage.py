@@ -87,7 +87,6 @@ def plot_montage(
     """One trial's montage: a row per shown round, a column per previewed case (image with
     truth in green and prediction in red, the case's Dice), the Dice curve on the right."""
     from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
 
     R, arriving = dice_matrix(trial_results)
     rounds = shown_rounds(arriving)
@@ -122,6 +121,25 @@ def plot_montage(
                     0.03, 0.04, f"{dice[(t, case)]:.2f}", color="yellow", fontsize="x-small",
                     transform=ax.transAxes,
                 )  # fmt: skip
+    _plot_curve(fig, grid, R, arriving, rounds, cols)
+    fig.suptitle(
+        f"{title}: truth green, prediction red (yellow: the case's 3-D Dice)", fontsize="small"
+    )
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _plot_curve(
+    fig: Any,
+    grid: Any,
+    R: np.ndarray,
+    arriving: Sequence[frozenset[int]],
+    rounds: list[int],
+    cols: int,
+) -> None:
+    """The montage's Dice curve, right of the ``cols`` case columns, each shown round marked."""
+    from matplotlib.patches import Patch
+
     # the curve at a readable aspect (about 3:2), beside the first rounds, not their full height
     curve = fig.add_subplot(grid[: min(len(rounds), 2), cols:])
     _shade_rounds(curve, arriving)
@@ -143,11 +161,6 @@ def plot_montage(
     shaded = dict.fromkeys(_arrival_key(a) for a in arriving[1:] if a)
     handles += [Patch(color=_SHADES[k], label=f"{LABELS.get(k, k)} arriving") for k in shaded]
     curve.legend(handles=handles, fontsize="small")
-    fig.suptitle(
-        f"{title}: truth green, prediction red (yellow: the case's 3-D Dice)", fontsize="small"
-    )
-    fig.tight_layout()
-    return _save(fig, path)
 
 
 def _display(slice_: np.ndarray) -> np.ndarray:

@@ -17,17 +17,14 @@ the wall time or the arithmetic and still verify. A trial is finished exactly wh
 verifies: a file cut short, emptied, edited, missing (a model deleted), left without a
 seal (an earlier fedll, a crash between the writes) or copied in from a run of other
 settings does not, is moved to ``trials/invalid/`` (named in a warning) and the trial runs
-again. :func:`collect` reads only the scenario's own, verified trials, and replaces
-``results.csv`` and ``attention.csv`` only after every part was read; ``fedll report`` on a
-run directory with seals collects again first (:func:`recollect`), so that what it reports
-is what the seals vouch for, whatever was edited in the collected files.
+again. The run's collected files are rebuilt from the verified trials by
+:mod:`fedll.run.collect`.
 """
 
 from __future__ import annotations
 
 import datetime
 import hashlib
-import io
 import json
 import logging
 import shutil
@@ -35,25 +32,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-
 import fedll
 from fedll.atomic import atomic_path
-from fedll.config.grid import Trial, expand_trials
-from fedll.config.schema import Scenario
-from fedll.data.prepare import PreparedCohort
 from fedll.errors import DataError
-from fedll.report.completeness import Expected
-from fedll.results.columns import ATTENTION_COLUMNS, RESULT_COLUMNS, ROUTING_COLUMNS
 from fedll.results.rows import TrialResults, preview_npz, sealed_previews
-from fedll.run.planning import trial_stream
 
 logger = logging.getLogger(__name__)
 
 INVALID = "invalid"
 ROUTING = "routing.csv"
-COLLECTED = ("results.csv", "attention.csv", ROUTING)
-"""The run directory's collected files (:func:`collect`)."""
+"""The run directory's collected routing rows (:mod:`fedll.run.collect`)."""
 CHECKPOINTS = "checkpoints"
 MODEL_SUFFIX = ".safetensors"
 _CHUNK = 1 << 20
@@ -85,16 +73,6 @@ class TrialFiles:
     def existing(self) -> list[Path]:
         paths = (self.results, self.attention, self.previews, self.routing, self.model, self.seal)
         return [p for p in paths if p.exists()]
-
-
-def trial_path(run_dir: Path, trial: Trial) -> Path:
-    """The trial's results file."""
-    return TrialFiles.of(run_dir, trial.trial_id).results
-
-
-def trial_model(run_dir: Path, trial_id: str) -> Path:
-    """Where the trial's kept model is (whether or not it is there)."""
-    return TrialFiles.of(run_dir, trial_id).model
 
 
 def sealed_model(model: Path) -> tuple[int, str] | None:
@@ -246,11 +224,11 @@ def drop_checkpoint(run_dir: Path, trial_id: str) -> None:
 
 def verify_trial(run_dir: Path, trial_id: str, fingerprint: str) -> str | None:
     """Why the trial's files do not vouch for a finished trial of these settings, or None."""
-    payloads = _verified(run_dir, trial_id, fingerprint)
+    payloads = verified_payloads(run_dir, trial_id, fingerprint)
     return payloads if isinstance(payloads, str) else None
 
 
-def _verified(run_dir: Path, trial_id: str, fingerprint: str) -> dict[Path, bytes] | str:
+def verified_payloads(run_dir: Path, trial_id: str, fingerprint: str) -> dict[Path, bytes] | str:
     """The bytes of the trial's results and attention files when its seal vouches for them
     and for the model it lists, else why not (each file is read once, for its checksum and
     its caller; the model is hashed in chunks, not returned)."""
@@ -351,117 +329,3 @@ def trial_wall_s(run_dir: Path, trial_id: str) -> float | None:
     seal = json.loads(TrialFiles.of(run_dir, trial_id).seal.read_text())
     wall = seal.get("wall_s")
     return None if wall is None else float(wall)
-
-
-def trial_arithmetic(run_dir: Path, trial_id: str) -> str | None:
-    """The arithmetic the trial ran on (:func:`fedll.run.device.arithmetic`), from its seal (None
-    for a seal of an earlier fedll)."""
-    seal = json.loads(TrialFiles.of(run_dir, trial_id).seal.read_text())
-    value = seal.get("arithmetic")
-    return None if value is None else str(value)
-
-
-def has_seals(run_dir: Path) -> bool:
-    """Whether ``run_dir/trials`` holds a seal: the run's collected files can be rebuilt
-    from (and only from) its verified trials (:func:`recollect`)."""
-    trials = Path(run_dir) / "trials"
-    return trials.is_dir() and any(trials.glob("*.json"))
-
-
-def collect(run_dir: Path, fingerprints: Mapping[str, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Concatenate the verified trials among ``fingerprints`` (trial id -> fingerprint, in
-    the scenario's order) into ``results.csv`` and ``attention.csv`` (and ``routing.csv``,
-    when a trial has routing rows: a run with dynamic models; a ``routing.csv`` that no
-    verified trial vouches for is removed); files in ``trials/`` that are not the scenario's
-    are left out, and a trial whose seal is there but does not verify is left out with a
-    warning naming it. The files are replaced only after every part was read; DataError
-    names a trial file that fails to read."""
-    run_dir = Path(run_dir)
-    results_parts, attention_parts, routing_parts = [], [], []
-    for trial_id, fingerprint in fingerprints.items():
-        payloads = _verified(run_dir, trial_id, fingerprint)
-        if isinstance(payloads, str):
-            if (seal := TrialFiles.of(run_dir, trial_id).seal).is_file():
-                logger.warning("%s: %s; the trial is left out of results.csv", seal, payloads)
-            continue
-        files = TrialFiles.of(run_dir, trial_id)
-        results_parts.append((files.results, payloads[files.results]))
-        attention_parts.append((files.attention, payloads[files.attention]))
-        if files.routing in payloads:
-            routing_parts.append((files.routing, payloads[files.routing]))
-    results = _concat(results_parts, RESULT_COLUMNS, strings=True)
-    attention = _concat(attention_parts, ATTENTION_COLUMNS)
-    outputs = [("results.csv", results), ("attention.csv", attention)]
-    if routing_parts:
-        outputs.append((ROUTING, _concat(routing_parts, ROUTING_COLUMNS)))
-    for name, frame in outputs:
-        with atomic_path(run_dir / name) as tmp:
-            frame.to_csv(tmp, index=False)
-    if not routing_parts:
-        (run_dir / ROUTING).unlink(missing_ok=True)
-    return results, attention
-
-
-def recollect(run_dir: Path, fingerprints: Mapping[str, str]) -> list[Path]:
-    """:func:`collect` again, for a report: the collected files hold exactly what the verified
-    trials vouch for. Returns those of them that were there and held something else (edited,
-    copied in, or collected before more trials finished), each named in a warning."""
-    run_dir = Path(run_dir)
-    paths = [run_dir / name for name in COLLECTED]
-    before = {path: path.read_bytes() for path in paths if path.is_file()}
-    collect(run_dir, fingerprints)
-    replaced = [
-        path for path, held in before.items() if not path.is_file() or path.read_bytes() != held
-    ]
-    for path in replaced:
-        logger.warning(
-            "%s differed from the sealed trial files (edited, or collected before the last "
-            "trials finished): rebuilt from them",
-            path,
-        )
-    return replaced
-
-
-def _concat(
-    parts: Sequence[tuple[Path, bytes]], columns: Sequence[str], strings: bool = False
-) -> pd.DataFrame:
-    frames = []
-    for path, payload in parts:
-        try:
-            text = payload.decode()
-            frame = (
-                pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=[""])
-                if strings
-                else pd.read_csv(io.StringIO(text))
-            )
-        except (UnicodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
-            raise DataError(f"{path}: cannot be read ({type(error).__name__})") from None
-        if list(frame.columns) != list(columns):
-            raise DataError(f"{path}: columns differ from fedll's")
-        frames.append(frame)
-    if not frames:
-        return pd.DataFrame(columns=list(columns))
-    return pd.concat(frames, ignore_index=True)
-
-
-def expected_results(run_dir: Path, scenario: Scenario, results: pd.DataFrame) -> Expected:
-    """What complete results of ``scenario`` hold: every trial's rounds (in deployment, among
-    the sites that joined: those not named in its round 0 ``failed``) and, when the run's
-    ``cohort.json`` is there, every test case of each modality."""
-    absent: dict[str, list[str]] = {}
-    if "failed" in results.columns:
-        first = results[results["round"] == 0].drop_duplicates("trial")
-        absent = {
-            str(t): [s for s in str(f).split(";") if s]
-            for t, f in zip(first["trial"], first["failed"], strict=True)
-        }
-    rounds = {
-        t.trial_id: len(trial_stream(scenario, t, absent.get(t.trial_id, ())))
-        for t in expand_trials(scenario)
-    }
-    index = Path(run_dir) / "cohort.json"
-    cases: dict[str, tuple[str, ...]] = {}
-    if index.is_file():
-        test = PreparedCohort.read(index).test
-        cases = {m: tuple(r.patient for r in records) for m, records in test.items()}
-    return Expected(rounds=rounds, cases=cases)

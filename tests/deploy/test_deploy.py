@@ -32,8 +32,8 @@ from fedll.deploy.site_data import write_site_manifests
 from fedll.deploy.supernode import load_auth_key, node_config_arg, supernode_command
 from fedll.errors import ConfigError, DataError
 from fedll.federation.inprocess import InProcessGrid, run_server_app
-from fedll.run.store import trial_path
-from fedll.run.sweep import run_trial
+from fedll.run.execute import run_trial
+from fedll.run.store import TrialFiles
 from sites.client_app import app as client_app
 from strategies.handshake import SiteInfo, match_sites
 from strategies.server_app import make_server_app
@@ -246,7 +246,7 @@ def test_deployed_node_configs_give_the_simulated_dice(
     ]
     grid = InProcessGrid(client_app, node_configs, run_config, seed=7)
     run_server_app(make_server_app(), grid, run_config)
-    got = pd.read_csv(trial_path(deployed, trial))
+    got = pd.read_csv(TrialFiles.of(deployed, trial.trial_id).results)
 
     assert sorted(expected["round"].unique()) == [0, 1, 2]
     assert (expected["dice"] > 0).any()

@@ -35,6 +35,7 @@ def test_the_readme_is_short_and_runs_what_ci_runs():
     assert len(text.splitlines()) <= 200
     assert "```bash\n.venv/bin/python -m pytest\n```" in text
     assert "\n.venv/bin/python -m pytest\n" in ci
+    assert '`.venv/bin/python -m pytest -m "not slow"` is the quick subset' in text
     assert ".venv/bin/mkdocs build --strict" in text
     assert "\n.venv/bin/mkdocs build --strict\n" in ci
     assert "<!-- times: filled by lead -->" in text

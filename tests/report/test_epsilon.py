@@ -108,15 +108,15 @@ def test_the_captions_state_the_adjacency_the_sampling_and_delta(tmp_path: Path)
         "Gaussian noise of std z·C/n",
         "every planned site asked each round (no sampling amplification)",
     )
-    caption = report["markdown"].read_text().splitlines()[0]
+    caption = report.markdown.read_text().splitlines()[0]
     assert all(words in caption for words in stated)
     assert "final ε: " in caption and "the ε of a site that trains in every round" in caption
     privacy = (tmp_path / "tables" / "privacy.md").read_text()
     assert privacy.startswith("ε of each site over the rounds it trains in")
     assert all(words in privacy.splitlines()[0] for words in stated)
     assert "| site_a | 2 | 2 of 5 | 7.08 |" in privacy
-    assert {"privacy.csv", "privacy.md", "privacy.tex"} <= {p.name for p in report["tables"]}
-    html = report["html"].read_text()
+    assert {"privacy.csv", "privacy.md", "privacy.tex"} <= {p.name for p in report.tables}
+    html = report.html.read_text()
     assert 'id="privacy"' in html and "ε of each site over the rounds it trains in" in html
     assert "Final ε: site-level" in html
 
@@ -124,6 +124,6 @@ def test_the_captions_state_the_adjacency_the_sampling_and_delta(tmp_path: Path)
     plain.mkdir()
     private_results(z=None).to_csv(plain / "results.csv", index=False)
     report = build_report(plain)
-    assert "ε" not in report["markdown"].read_text().splitlines()[0]
+    assert "ε" not in report.markdown.read_text().splitlines()[0]
     assert not (plain / "tables" / "privacy.md").exists()
-    assert 'id="privacy"' not in report["html"].read_text()
+    assert 'id="privacy"' not in report.html.read_text()

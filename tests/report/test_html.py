@@ -70,10 +70,10 @@ def run_dir(tmp_path: Path) -> Path:
 
 def test_the_page_holds_the_run_and_needs_no_network(run_dir: Path) -> None:
     built = build_report(run_dir)
-    html = built["html"].read_text()
-    assert built["html"] == run_dir / "report.html"
+    html = built.html.read_text()
+    assert built.html == run_dir / "report.html"
     sources = re.findall(r'<img src="([^"]*)"', html)
-    assert len(sources) == len(built["plots"]) == 3
+    assert len(sources) == len(built.plots) == 3
     assert all(s.startswith("data:image/png;base64,") for s in sources)
     assert not re.search(r'(src|href)="(https?:)?//', html)  # nothing fetched
     key, full = html.split("<details>")
@@ -93,7 +93,7 @@ def test_names_are_escaped(tmp_path: Path) -> None:
     results = make_results()
     results["model"] = results["model"].replace("static", "<script>bad()</script>")
     results.to_csv(tmp_path / "results.csv", index=False)
-    html = build_report(tmp_path)["html"].read_text()
+    html = build_report(tmp_path).html.read_text()
     assert "<script>bad()" not in html
     assert "&lt;script&gt;bad()&lt;/script&gt;" in html
 
@@ -179,7 +179,7 @@ def chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess:
 def test_the_page_in_headless_chromium(run_dir: Path) -> None:
     import matplotlib.image
 
-    page = build_report(run_dir)["html"]
+    page = build_report(run_dir).html
     checked = run_dir / "checked.html"
     checked.write_text(page.read_text().replace("<head>", "<head>\n" + CHECK, 1))
     with tempfile.TemporaryDirectory() as profile:

@@ -42,7 +42,7 @@ def test_report_draws_a_montage_from_the_sealed_previews(tmp_path: Path) -> None
     results.frames()[0].to_csv(tmp_path / "results.csv", index=False)
     report = build_report(tmp_path)
     (montage,) = (tmp_path / "plots").glob("montage_*.png")
-    assert montage.name.startswith("montage_static_blocked_1_fedavg") and montage in report["plots"]
+    assert montage.name.startswith("montage_static_blocked_1_fedavg") and montage in report.plots
     assert montage.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     (tmp_path / "trials" / f"{trial.trial_id}.previews.npz").write_bytes(b"edited")
-    assert not [p for p in build_report(tmp_path)["plots"] if p.name.startswith("montage")]
+    assert not [p for p in build_report(tmp_path).plots if p.name.startswith("montage")]

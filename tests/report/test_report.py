@@ -206,13 +206,13 @@ def test_build_report_round_trip(tmp_path: Path, suffix: str) -> None:
     make_attention().to_csv(tmp_path / f"attention{suffix}", index=False)
     report = build_report(tmp_path)
     expected = forgetting_table(make_results())
-    pd.testing.assert_frame_equal(report["table"], expected)
-    assert {p.name for p in report["tables"]} == {
+    pd.testing.assert_frame_equal(report.table, expected)
+    assert {p.name for p in report.tables} == {
         "forgetting.csv", "forgetting.md", "forgetting.tex", "trials.csv", "attention_tv.csv"
     }  # fmt: skip
-    assert all(p.exists() and p.stat().st_size > 0 for p in report["tables"] + report["plots"])
-    assert len(report["plots"]) == 3
-    assert report["markdown"] == tmp_path / "tables" / "forgetting.md"
+    assert all(p.exists() and p.stat().st_size > 0 for p in report.tables + report.plots)
+    assert len(report.plots) == 3
+    assert report.markdown == tmp_path / "tables" / "forgetting.md"
 
 
 def write_csv(path: Path, text: str) -> Path:
@@ -321,7 +321,7 @@ def test_the_columns_that_may_be_empty_stay_readable(tmp_path: Path) -> None:
     built = build_report(tmp_path)
     hd95 = pd.read_csv(tmp_path / "tables" / "trials_hd95.csv")
     assert set(hd95.dropna(subset=["final_hd95"])["trial"]) == {"dycnn-s0", "dycnn-s1"}
-    assert len(built["summary"]) == 8
+    assert len(built.summary) == 8
 
 
 def test_an_attention_mass_must_be_a_finite_number(tmp_path: Path) -> None:
@@ -410,7 +410,7 @@ def test_hd95_measures_are_rises_by_hand(tmp_path: Path) -> None:
     assert np.isnan(flair["bwt"]) and np.isnan(flair["switch_drop_mean"])
     results.to_csv(tmp_path / "results.csv", index=False)
     report = build_report(tmp_path)
-    names = {p.name for p in report["tables"]}
+    names = {p.name for p in report.tables}
     assert {"forgetting_hd95.md", "forgetting_surface_dice.csv", "trials_hd95.csv"} <= names
     markdown = (tmp_path / "tables" / "forgetting_hd95.md").read_text()
     assert markdown.startswith("HD95 (mm) per test case") and "all brain slices" in markdown
@@ -465,7 +465,7 @@ def test_hd95_is_over_the_detected_cases_beside_the_detection_rate(tmp_path: Pat
 
     results.to_csv(tmp_path / "results.csv", index=False)
     report = build_report(tmp_path)
-    names = {p.name for p in report["tables"]}
+    names = {p.name for p in report.tables}
     assert {
         "forgetting_hd95.md", "forgetting_detection_rate.md", "forgetting_hd95_brats.md",
         "trials_hd95.csv", "trials_detection_rate.csv", "trials_hd95_brats.csv",
@@ -477,7 +477,7 @@ def test_hd95_is_over_the_detected_cases_beside_the_detection_rate(tmp_path: Pat
     written = pd.read_csv(tables / "trials_hd95.csv").set_index("modality")
     assert written.loc["t2", "final_hd95"] == 8.0 and np.isnan(written.loc["flair", "final_hd95"])
     # the page shows HD95 beside the detection rate
-    html = report["html"].read_text()
+    html = report.html.read_text()
     detection_part = html.split('<h2 id="detection">')[1].split("<h2")[0]
     assert "final detection rate" in detection_part and "detection rate (mean over rounds)" in (
         detection_part
@@ -522,7 +522,7 @@ def test_the_final_epsilon_is_a_column_only_where_some_trial_has_one(tmp_path: P
     assert view.loc[view["model"] == "static", "final ε"].tolist() == ["2.25", "2.25"]
     assert view.loc[view["model"] == "dycnn", "final ε"].tolist() == ["n/a", "n/a"]
     results.to_csv(tmp_path / "results.csv", index=False)
-    markdown = build_report(tmp_path)["markdown"].read_text()
+    markdown = build_report(tmp_path).markdown.read_text()
     assert "δ = 1e-05" in markdown.splitlines()[0] and "| final ε |" in markdown
     # without an accountant (or results of an earlier fedll): no column, the caption as before
     assert "final_epsilon" not in trial_summary(make_results()).columns

@@ -96,12 +96,12 @@ def test_build_report_reads_routing(tmp_path: Path, suffix: str) -> None:
     make_routing(("dycnn",)).to_csv(tmp_path / f"routing{suffix}", index=False)
     report = build_report(tmp_path)
     table = pd.read_csv(tmp_path / "tables" / "routing_separation.csv")
-    assert tmp_path / "tables" / "routing_separation.csv" in report["tables"]
+    assert tmp_path / "tables" / "routing_separation.csv" in report.tables
     assert list(table["layer"]) == ["enc1", "dec1"]
     assert table["decoding_accuracy_mean"].tolist() == pytest.approx([0.8, 0.8])
     plot = tmp_path / "plots" / "routing_blocked_2_fedavg.png"
-    assert plot in report["plots"] and plot.stat().st_size > 10_000
-    assert "Per-slice routing of the Dy-CNNs" in report["html"].read_text()
+    assert plot in report.plots and plot.stat().st_size > 10_000
+    assert "Per-slice routing of the Dy-CNNs" in report.html.read_text()
 
 
 def test_a_partial_report_keeps_the_routing_of_complete_configurations(tmp_path: Path) -> None:
@@ -112,6 +112,6 @@ def test_a_partial_report_keeps_the_routing_of_complete_configurations(tmp_path:
     make_routing(("dycnn",)).to_csv(tmp_path / "routing.csv", index=False)
     trials = ["static-s0", "static-s1", "dycnn-s0", "dycnn-s1"]
     report = build_report(tmp_path, Expected(rounds=dict.fromkeys(trials, 2)), partial=True)
-    assert report["left_out"] == ["dycnn-s0", "dycnn-s1"]
+    assert report.left_out == ["dycnn-s0", "dycnn-s1"]
     assert pd.read_csv(tmp_path / "tables" / "routing_separation.csv").empty
-    assert not any(p.name.startswith("routing_") for p in report["plots"])
+    assert not any(p.name.startswith("routing_") for p in report.plots)

@@ -23,8 +23,9 @@ from fedll.errors import DataError
 from fedll.federation.flower_private import recorddict_to_wire
 from fedll.federation.records import pack, unpack
 from fedll.run.checkpoint import Checkpoint, CheckpointError, decode, encode, verify
+from fedll.run.execute import execute_task
 from fedll.run.store import checkpoint_path, write_checkpoint
-from fedll.run.sweep import SweepOptions, execute_task, run_sweep
+from fedll.run.sweep import SweepOptions, run_sweep
 from fedll.run.trial_task import TrialTask
 
 

@@ -16,13 +16,10 @@ from fedll.config import Trial
 from fedll.errors import DataError
 from fedll.federation.stream import Arrival, Round
 from fedll.results.rows import TrialResults
+from fedll.run.collect import collect, has_seals, recollect
 from fedll.run.store import (
     TrialFiles,
-    collect,
     finished,
-    has_seals,
-    recollect,
-    trial_arithmetic,
     trial_events,
     trial_wall_s,
     verify_trial,
@@ -73,14 +70,13 @@ def test_the_seal_keeps_the_wall_time_and_arithmetic_and_an_old_seal_without_sti
 ):
     write_trial(tmp_path, results(), "fp-a", wall_s=12.34567, arithmetic="cpu AVX2, x")
     assert trial_wall_s(tmp_path, TRIAL.trial_id) == 12.346
-    assert trial_arithmetic(tmp_path, TRIAL.trial_id) == "cpu AVX2, x"
     seal_path = files(tmp_path).seal
     seal = json.loads(seal_path.read_text())
+    assert seal["arithmetic"] == "cpu AVX2, x"
     del seal["wall_s"], seal["arithmetic"]  # as an earlier fedll wrote it
     seal_path.write_text(json.dumps(seal))
     assert verify_trial(tmp_path, TRIAL.trial_id, "fp-a") is None
     assert trial_wall_s(tmp_path, TRIAL.trial_id) is None
-    assert trial_arithmetic(tmp_path, TRIAL.trial_id) is None
 
 
 def cut_at_a_row(path):
@@ -169,7 +165,7 @@ def test_recollect_rebuilds_what_the_seals_vouch_for_and_names_what_differed(run
     results = run_dir / "results.csv"
     results.write_text(results.read_text().replace("0.5,", "0.9,"))  # better Dice
     (run_dir / "routing.csv").write_text("trial,round\nx,1\n")  # no trial has routing rows
-    with caplog.at_level(logging.WARNING, logger="fedll.run.store"):
+    with caplog.at_level(logging.WARNING, logger="fedll.run.collect"):
         replaced = recollect(run_dir, prints)
     assert replaced == [results, run_dir / "routing.csv"]
     assert f"{results} differed from the sealed trial files" in caplog.text
@@ -178,7 +174,7 @@ def test_recollect_rebuilds_what_the_seals_vouch_for_and_names_what_differed(run
     # a trial edited after its seal: left out, and the seal named
     cut_mid_row(files(run_dir).results)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="fedll.run.store"):
+    with caplog.at_level(logging.WARNING, logger="fedll.run.collect"):
         recollect(run_dir, prints)
     assert f"{files(run_dir).seal}: {files(run_dir).results.name} differs" in caplog.text
     frame = pd.read_csv(results)

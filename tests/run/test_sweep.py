@@ -26,8 +26,9 @@ from fedll.config.grid import fingerprints
 from fedll.models.saved import read_model
 from fedll.results.columns import RESULT_COLUMNS
 from fedll.run.device import arithmetic
-from fedll.run.store import trial_model, verify_trial
-from fedll.run.sweep import SweepOptions, pending, run_sweep, run_trial
+from fedll.run.execute import run_trial
+from fedll.run.store import TrialFiles, verify_trial
+from fedll.run.sweep import SweepOptions, pending, run_sweep
 
 REQUIRED = [
     "trial",
@@ -266,7 +267,7 @@ def test_a_kept_model_survives_a_resume_and_a_damaged_one_is_redone(
     (run_dir / "scenario.yaml").write_text(dump_scenario(scenario))
     kept, redone = [t.trial_id for t in expand_trials(scenario)]
     run_sweep(run_dir, SweepOptions(backend="local"))
-    models = {t: trial_model(run_dir, t) for t in (kept, redone)}
+    models = {t: TrialFiles.of(run_dir, t).model for t in (kept, redone)}
     written = {t: path.read_bytes() for t, path in models.items()}
     for trial_id, path in models.items():
         saved = read_model(path)

@@ -12,7 +12,7 @@ from fedll.config import expand_trials, load_scenario
 from fedll.data.arrays import CohortArrays, SiteArrays
 from fedll.data.slices import CaseSlices
 from fedll.models import build_model
-from fedll.run.sweep import pool_size
+from fedll.run.backends import pool_size
 from fedll.run.workload import DYNAMIC_COST, TRAIN_PASSES, forward_flops, longest_first, trial_work
 
 

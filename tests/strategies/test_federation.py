@@ -23,7 +23,8 @@ from fedll.config.options import option_names
 from fedll.config.strategies import StrategyOptions
 from fedll.models.saved import read_model
 from fedll.report import build_report, forgetting_table, format_table, trial_summary
-from fedll.run.store import collect, trial_model
+from fedll.run.collect import collect
+from fedll.run.store import TrialFiles
 from fedll.run.sweep import SweepOptions, run_sweep
 
 pytestmark = pytest.mark.slow
@@ -122,7 +123,7 @@ def test_a_sign_flipping_site_is_accepted_and_moves_the_model(
     assert set(flipped["arriving"][flipped["round"] == 2]) == {"flair;t2"}  # both sites, both
     (trial_id,) = set(flipped["trial"])
     models = [
-        read_model(trial_model(tmp_path / name / "run", trial_id)).module.state_dict()
+        read_model(TrialFiles.of(tmp_path / name / "run", trial_id).model).module.state_dict()
         for name in ("clean", "flipped")
     ]
     assert all(torch.isfinite(v).all() for v in models[1].values())
@@ -192,7 +193,7 @@ def test_scaffold_and_ditto_train_two_rounds_and_ditto_reports_its_personalised_
     assert (results.loc[~trained, "personal_dice"] == "").all()
     # and in the forgetting table: for Ditto's rows only
     report = build_report(tmp_path / "run")
-    table = report["table"].set_index(["strategy", "modality"])
+    table = report.table.set_index(["strategy", "modality"])
     final = table["final_personal_dice_mean"]
     assert final.loc["ditto-lam0.5"].between(0, 1).all()
     assert final.drop(index="ditto-lam0.5", level="strategy").isna().all()

@@ -21,7 +21,7 @@ from fedll.config import dump_scenario, load_scenario
 from fedll.config.grid import fingerprints
 from fedll.models.saved import read_model
 from fedll.report import forgetting_table, format_table
-from fedll.run.store import collect
+from fedll.run.collect import collect
 from fedll.run.sweep import SweepOptions, run_sweep
 from strategies.lifelong import Lifelong
 from strategies.privacy import ClientSideFixedClipping, ServerSideFixedClipping
