@@ -25,17 +25,10 @@ MAX_FUNCTION_LINES = 60
 """A function's code: its statements, not its signature (a typer command's options are
 declared there) or its docstring; over it, the docstring says why, with "Long because"."""
 REASON = "Long because"
-PENDING_FILES = {
-    "fedll/config/options.py",  # the strategy homes' helper moves the options out
-    "strategies/lifelong.py",  # the checkpointing helper
-    "fedll/data/slices.py",  # the models-and-data helper
-}
-"""Modules other helpers of issue 29 are shrinking now; the lead empties this after merging."""
-PENDING_FUNCTIONS = {
-    "sites/client_app.py:train_site",  # the strategy homes' helper
-    "strategies/federation.py:run_federation",  # the checkpointing helper
-}
-"""Functions other helpers of issue 29 are shrinking now; the lead empties this after merging."""
+PENDING_FILES: set[str] = set()
+"""Modules allowed over the limit while a restructuring shrinks them (none now)."""
+PENDING_FUNCTIONS: set[str] = set()
+"""Functions allowed over the limit while a restructuring shrinks them (none now)."""
 
 
 def module_name(path: Path) -> str:

@@ -34,6 +34,7 @@ import fedll
 from fedll.errors import DataError
 from fedll.federation.flower_private import recorddict_from_wire
 from fedll.federation.records import pack, record_tree, records_from_tree, unpack
+from fedll.run.rng_state import rng_states, set_rng_states
 
 if TYPE_CHECKING:
     from fedll.federation.inprocess import InProcessGrid
@@ -142,35 +143,6 @@ class StrategyState(Protocol):
     def checkpoint_state(self) -> dict[str, Any]: ...
 
     def restore_state(self, state: Mapping[str, Any]) -> None: ...
-
-
-def rng_states() -> dict[str, Any]:
-    """This process's RNG states (torch, CUDA, NumPy's global one, Python's)."""
-    import torch
-
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    version, internal, gauss = random.getstate()
-    states: dict[str, Any] = {
-        "torch": torch.get_rng_state().numpy(),
-        "numpy": [kind, keys, int(pos), int(has_gauss), float(cached)],
-        "python": [version, list(internal), gauss],
-    }
-    if torch.cuda.is_available():
-        states["cuda"] = [s.numpy() for s in torch.cuda.get_rng_state_all()]
-    return states
-
-
-def set_rng_states(states: Mapping[str, Any]) -> None:
-    """Put back :func:`rng_states`."""
-    import torch
-
-    torch.set_rng_state(torch.from_numpy(np.array(states["torch"], dtype=np.uint8)))
-    kind, keys, pos, has_gauss, cached = states["numpy"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-    version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([torch.from_numpy(np.array(s)) for s in states["cuda"]])
 
 
 def encode(checkpoint: Checkpoint) -> bytes:

@@ -234,7 +234,7 @@ def test_a_node_state_that_does_not_decode_is_one_line():
 
 def fitting() -> Checkpoint:
     """A checkpoint of trial ``t`` after round 2 of 4 that :func:`verify` takes."""
-    from fedll.run.checkpoint import rng_states
+    from fedll.run.rng_state import rng_states
 
     rows = [
         {"trial": "t", "round": rnd, "modality": "t2", "case": "p", "dice": 0.5, "hd95": np.nan}
