@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from bench_arithmetic import interleaved
 from torch import nn
 
 from fedll.models import advance_schedule, build_model
@@ -46,18 +47,9 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def interleaved(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds of each run, interleaved with a rotating order (one warm-up each)."""
-    for run in runs.values():
-        run()
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    names = list(runs)
-    for rep in range(repeats):
-        for name in names[rep % len(names) :] + names[: rep % len(names)]:
-            start = time.perf_counter()
-            runs[name]()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+def medians(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each run, interleaved (:func:`bench_arithmetic.interleaved`)."""
+    return {name: statistics.median(t) for name, t in interleaved(runs, repeats).items()}
 
 
 def to_channels_last(model: nn.Module) -> nn.Module:
@@ -169,7 +161,7 @@ def main() -> None:
         steps = {"shipped": trainer(model, batch, False, False),
                  "fused Adam": trainer(model, batch, True, False),
                  "channels-last": trainer(model, batch, False, True)}  # fmt: skip
-        times = interleaved({k: step for k, (step, _) in steps.items()}, args.repeats)
+        times = medians({k: step for k, (step, _) in steps.items()}, args.repeats)
         fresh = {k: trainer(model, batch, fused=k == "fused Adam", layout=k == "channels-last")
                  for k in steps}  # fmt: skip
         for step, _ in fresh.values():
@@ -200,7 +192,7 @@ def main() -> None:
             notes["ONNX Runtime fp32"] = ort
         else:
             runs["ONNX Runtime fp32"] = ort
-        times = interleaved(runs, max(args.repeats // 2, 3))
+        times = medians(runs, max(args.repeats // 2, 3))
         line = f"{name:7s} evaluation of 128 slices: shipped {times['shipped'] * 1e3:.1f} ms"
         for lever in [k for k in runs if k != "shipped"]:
             line += f"; {lever} {times[lever] / times['shipped']:.2f}x"
