@@ -92,7 +92,7 @@ def bare_loop(run_dir: Path, trial_index: int) -> float:
 
 
 def federated(run_dir: Path, trial_index: int) -> float:
-    shutil.rmtree(run_dir / "trials", ignore_errors=True)
+    clear_trials(run_dir)
     start = time.perf_counter()
     run_trial(run_dir, trial_index, threads=1)
     return time.perf_counter() - start
@@ -108,6 +108,13 @@ def round_overhead(run_dir: Path, repeats: int) -> None:
         f"round overhead: in-process federation {f:.2f} s vs bare torch loop {b:.2f} s "
         f"-> {f / b:.3f}x (target <= 1.10x; medians of {repeats})"
     )
+
+
+def clear_trials(run_dir: Path) -> None:
+    """Remove every trial's files (its results and seal in ``trials/``, its kept model in
+    ``models/``), so that the next sweep runs every trial afresh."""
+    for folder in ("trials", "models"):
+        shutil.rmtree(run_dir / folder, ignore_errors=True)
 
 
 def seal_seconds(run_dir: Path, trials) -> float:
@@ -131,12 +138,12 @@ def sweep_speedup(run_dir: Path) -> None:
     from fedll.run.ray_cluster import ray_init_kwargs
 
     trials = expand_trials(load_scenario(run_dir / "scenario.yaml"))
-    shutil.rmtree(run_dir / "trials", ignore_errors=True)
+    clear_trials(run_dir)
     start = time.perf_counter()
     run_sweep(run_dir, SweepOptions(backend="local"))
     sequential = time.perf_counter() - start
     alone = seal_seconds(run_dir, trials)
-    shutil.rmtree(run_dir / "trials", ignore_errors=True)
+    clear_trials(run_dir)
     options = SweepOptions(backend="ray", cpus_per_trial=1)
     start = time.perf_counter()
     ray.init(**ray_init_kwargs(options))  # run_sweep uses the Ray it finds

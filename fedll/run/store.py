@@ -288,15 +288,15 @@ def set_aside(run_dir: Path, trial_id: str, reason: str) -> list[Path]:
     stamp = _stamp()
     target = files.results.parent / INVALID
     moved = []
-    for path in files.existing():
+    present = files.existing()
+    for path in present:
         target.mkdir(parents=True, exist_ok=True)
         destination = target / f"{path.name}.{stamp}"
         shutil.move(str(path), destination)
         moved.append(destination)
     if moved:
-        logger.warning(
-            "%s: %s; moved to %s and the trial runs again", files.results, reason, target
-        )
+        # named by a file that was there (a kept model may be all that is left of a trial)
+        logger.warning("%s: %s; moved to %s and the trial runs again", present[0], reason, target)
     return moved
 
 

@@ -113,6 +113,19 @@ def test_a_damaged_file_does_not_verify_and_is_set_aside(run_dir, damage, which,
     assert "runs again" in caplog.text
 
 
+def test_a_trial_left_with_only_its_kept_model_is_set_aside_naming_the_model(tmp_path, caplog):
+    # a run whose trials/ was removed but whose models/ was not: the warning names the file
+    # that was there, not a results file that is not
+    model = TrialFiles.of(tmp_path, TRIAL.trial_id).model
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"weights")
+    with caplog.at_level(logging.WARNING, logger="fedll.run.store"):
+        done = finished(tmp_path, {TRIAL.trial_id: "fp-a"})
+    assert done == set() and not model.exists()
+    assert f"{model}: no seal" in caplog.text and "runs again" in caplog.text
+    assert str(TrialFiles.of(tmp_path, TRIAL.trial_id).results) not in caplog.text
+
+
 def test_an_unsealed_or_foreign_trial_does_not_verify(run_dir):
     assert verify_trial(run_dir, TRIAL.trial_id, "fp-other") == (
         "it was run with other settings (its fingerprint differs)"
